@@ -1,0 +1,52 @@
+# eventpipe — the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO ?= demo
+DEMO_EVENTS ?= 2000
+ARGS ?=
+
+# python3.10 on PATH, else a pyenv-installed 3.10 (TFX 1.16 needs Python >=3.9,<3.11).
+PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
+	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
+
+.PHONY: setup run test lint bench bench-ingest bench-train bench-productionize bench-serving clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock setup.py
+	@if [ -z "$(PYTHON310)" ]; then echo "eventpipe needs Python 3.10 (TFX 1.16 supports >=3.9,<3.11): install python3.10 or set PYTHON310=/path/to/python3.10" >&2; exit 2; fi
+	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then echo "$(VENV) is not Python 3.10; recreating it"; rm -rf $(VENV); fi
+	[ -x $(PY) ] || $(PYTHON310) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip<26" wheel "setuptools<70"
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/eventpipe generate --out $(DEMO)/events --events $(DEMO_EVENTS)
+	$(VENV)/bin/eventpipe run --data $(DEMO)/events --workdir $(DEMO)/work $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline components trainer serving tests benchmarks setup.py
+
+bench: bench-ingest bench-train bench-productionize bench-serving
+
+bench-ingest: $(STAMP)
+	$(PY) benchmarks/bench_ingest.py $(ARGS)
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py $(ARGS)
+
+bench-productionize: $(STAMP)
+	$(PY) benchmarks/bench_productionize.py $(ARGS)
+
+bench-serving: $(STAMP)
+	$(PY) benchmarks/bench_serving.py $(ARGS)
+
+clean:
+	rm -rf $(DEMO) .pytest_cache build *.egg-info

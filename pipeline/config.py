@@ -1,0 +1,258 @@
+"""The one typed configuration of eventpipe.
+
+Defaults live here and nowhere else. A run's configuration is: these defaults, then
+a JSON file (``--config FILE``), then ``--set section.field=value`` overrides, then
+the dedicated CLI flags. The resolved object is written next to every run's
+report so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value a user supplied is not usable; the message says which."""
+
+
+@dataclass
+class DataConfig:
+    # Class vocabulary, in label-id order. Empty: derived from the labels seen at ingest.
+    classes: list[str] = field(default_factory=list)
+    # Model input geometry. 0 means "from the data" (most frames / most common size seen).
+    frames: int = 0
+    height: int = 0
+    width: int = 0
+    channels: int = 0
+    # Ingest rules.
+    max_frames: int = 16
+    eval_percent: int = 20  # share of events (by hash of event_id) in the eval split
+    max_reject_rate: float = 0.05
+    max_frame_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass
+class SimulatorConfig:
+    events: int = 2000
+    frames: int = 4
+    size: int = 32
+    channels: int = 3
+    classes: list[str] = field(default_factory=lambda: ["empty", "person", "vehicle", "animal"])
+    devices: int = 6
+    unlabelled_fraction: float = 0.2
+    label_noise: float = 0.0
+    shards: int = 2
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    strategy: str = "hybrid"  # single | mirrored | multiworker | hybrid
+    logical_devices: int = 4
+    mesh: str = "batch=2,model=2"
+    fc_layout: str = "2d"  # 2d: batch x model mesh; 1d: all-gather features, FC sharded over all devices
+    steps: int = 300
+    global_batch_size: int = 32
+    reference_batch_size: int = 32  # the batch size base_learning_rate is tuned for
+    base_learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    mixed_precision: str = "off"  # off | bf16 | fp16
+    checkpoint_every: int = 50
+    eval_batches: int = 0  # 0: the whole eval split
+    seed: int = 0
+    # Architecture.
+    conv_filters: list[int] = field(default_factory=lambda: [32, 64, 128])
+    attention_heads: int = 4
+    fc_units: list[int] = field(default_factory=lambda: [2048, 2048])
+    dropout: float = 0.2
+
+
+@dataclass
+class StudentConfig:
+    depth_multiplier: float = 1.0
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64])
+    head_units: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to distillation
+    epochs: int = 8
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    target_sparsity: float = 0.75
+    pruning_begin_fraction: float = 0.3  # of the total steps
+    pruning_end_fraction: float = 0.8
+    use_unlabelled: bool = True
+    seed: int = 0
+
+
+@dataclass
+class LiteConfig:
+    input_type: str = "int8"  # int8 | uint8 for the full-integer model's input
+    representative_examples: int = 200
+    min_agreement: float = 0.99  # int8 TFLite top-1 vs float student on the eval split
+
+
+@dataclass
+class GateConfig:
+    min_accuracy: float = 0.5  # absolute floor for both models
+    max_student_drop: float = 0.05  # student >= (1 - max_drop) x teacher
+    max_regression: float = 0.02  # vs the last blessed model
+
+
+@dataclass
+class ServingConfig:
+    model_name: str = "eventpipe"
+    host: str = "127.0.0.1"
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    version_policy: str = "latest"
+    poll_seconds: float = 1.0
+    max_batch_size: int = 16
+    batch_timeout_ms: float = 2.0
+    max_body_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass
+class RunConfig:
+    data: str = ""
+    workdir: str = "work"
+    runner: str = "local"  # local | beam | kubeflow
+    beam_workers: int = 1
+    beam_args: list[str] = field(default_factory=list)
+    metadata: str = ""  # "" = SQLite under workdir; or mysql://user:pass@host:port/db
+    enable_cache: bool = True
+    serving_base: str = ""  # "" = <workdir>/serving
+    mobile_base: str = ""  # "" = <workdir>/mobile
+    image: str = "eventpipe:latest"  # container image for Kubeflow
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    lite: LiteConfig = field(default_factory=LiteConfig)
+    gates: GateConfig = field(default_factory=GateConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # -- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        cfg = cls()
+        for section, values in raw.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be an object, got {values!r}")
+            for key, value in values.items():
+                cfg.set(f"{section}.{key}", value)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str) -> Config:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path!r} is not valid JSON: {e}") from e
+        return cls.from_dict(raw)
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+
+    # -- overrides -------------------------------------------------------------------
+    def set(self, dotted: str, value: Any) -> None:
+        """Set ``section.field`` to ``value``, coercing strings to the field's type."""
+        section_name, _, key = dotted.partition(".")
+        section = getattr(self, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section) or not key:
+            raise ConfigError(
+                f"unknown config key {dotted!r}; sections: {', '.join(f.name for f in dataclasses.fields(self))}"
+            )
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if key not in fields:
+            raise ConfigError(f"unknown config key {dotted!r}; {section_name} has: {', '.join(fields)}")
+        current = getattr(section, key)
+        setattr(section, key, _coerce(dotted, value, current))
+
+    def apply_overrides(self, assignments: list[str]) -> None:
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"--set expects section.field=value, got {item!r}")
+            key, value = item.split("=", 1)
+            self.set(key.strip(), value.strip())
+
+    # -- derived paths ---------------------------------------------------------------
+    @property
+    def workdir(self) -> str:
+        return os.path.abspath(self.run.workdir)
+
+    @property
+    def serving_base(self) -> str:
+        return os.path.abspath(self.run.serving_base or os.path.join(self.workdir, "serving"))
+
+    @property
+    def mobile_base(self) -> str:
+        return os.path.abspath(self.run.mobile_base or os.path.join(self.workdir, "mobile"))
+
+    @property
+    def report_path(self) -> str:
+        return os.path.join(self.workdir, "report.json")
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Convert ``value`` (often a CLI string) to the type of the field's current value."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("1", "true", "yes")
+            return bool(value)
+        if isinstance(current, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, list):
+            if isinstance(value, str):
+                items = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                items = list(value)
+            template = current[0] if current else ""
+            return [_coerce(key, v, template) for v in items]
+        if isinstance(current, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {type(current).__name__}") from None
+    return value
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    """``"batch=2,model=2"`` -> ``{"batch": 2, "model": 2}`` (order kept)."""
+    mesh: dict[str, int] = {}
+    for part in spec.split(","):
+        name, sep, size = part.partition("=")
+        if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise ConfigError(f"--mesh expects name=size pairs like batch=2,model=2, got {spec!r}")
+        mesh[name.strip()] = int(size)
+    if set(mesh) != {"batch", "model"}:
+        raise ConfigError(f"--mesh needs exactly the axes 'batch' and 'model', got {spec!r}")
+    return mesh

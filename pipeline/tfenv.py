@@ -1,0 +1,13 @@
+"""The one place that pins TensorFlow to Keras 2 (tf_keras).
+
+TFMOT pruning and DTensor layouts only work with Keras 2, and TensorFlow reads
+``TF_USE_LEGACY_KERAS`` once, when it is first imported. Every entry point (CLI,
+tests, Beam workers, TFX module files, subprocess trainers) imports this module
+before anything that may import TensorFlow. It must not import TensorFlow itself.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# TensorFlow's C++ INFO/WARNING chatter hides the messages users need to see.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,3 @@
+"""eventpipe serving: TF-Serving-compatible server, model manager, on-device TFLite runner."""
+
+from pipeline import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)
