@@ -43,6 +43,7 @@ SPLITS = (TRAIN, EVAL, UNLABELLED_SPLIT)
 SERVING_INPUT = "frames"  # [batch, K] encoded frame bytes ("" pads short events)
 DECODED_INPUT = "frames"  # [batch, K, H, W, C] float32 in the decoded signature
 OUT_PROBABILITIES = "probabilities"
+OUT_LOGITS = "logits"
 OUT_CLASS = "class_name"
 OUT_CLASS_ID = "class_id"
 OUT_BEST_FRAME = "best_frame"
