@@ -75,18 +75,23 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    depth_multiplier: float = 1.0
+    depth_multiplier: float = 1.0  # MobileNet width multiplier on every stage's channels
     filters: list[int] = field(default_factory=lambda: [16, 32, 64])
     head_units: int = 64
+    blocks_per_stage: int = 2  # depthwise-separable blocks per stage (the first one strides)
+    dropout: float = 0.1
+    weight_decay: float = 0.0  # L2 on conv kernels
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to distillation
-    epochs: int = 8
+    epochs: int = 8  # dense distillation ("student float")
     batch_size: int = 32
     learning_rate: float = 2e-3
     target_sparsity: float = 0.75
-    pruning_begin_fraction: float = 0.3  # of the total steps
-    pruning_end_fraction: float = 0.8
+    prune_epochs: int = 4  # distillation fine-tuning with pruning ("student pruned"); 0 = no pruning
+    pruning_begin_fraction: float = 0.0  # of the pruning phase's steps
+    pruning_end_fraction: float = 0.7  # sparsity is held at target for the rest of the phase
     use_unlabelled: bool = True
+    teacher_batch_size: int = 64  # batch for computing the teacher's soft labels (once per example)
     seed: int = 0
 
 
