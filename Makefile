@@ -19,7 +19,7 @@ $(STAMP): requirements.lock setup.py
 	@if [ -z "$(PYTHON310)" ]; then echo "eventpipe needs Python 3.10 (TFX 1.16 supports >=3.9,<3.11): install python3.10 or set PYTHON310=/path/to/python3.10" >&2; exit 2; fi
 	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then echo "$(VENV) is not Python 3.10; recreating it"; rm -rf $(VENV); fi
 	[ -x $(PY) ] || $(PYTHON310) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip<26" wheel "setuptools<70"
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip wheel setuptools
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)

@@ -1,0 +1,1 @@
+"""EventExampleGen: raw camera events in, layout tf.Examples + a quarantine out."""

@@ -1,0 +1,203 @@
+"""Discovery and reading of the three accepted input forms.
+
+Everything becomes a ``RawEvent``: a JSON-like record exactly as the user wrote it
+(or as synthesised from a folder / tf.Example), its position for deterministic
+duplicate resolution, and the raw text kept for the quarantine. Reading never
+judges: a line that is not JSON is still a ``RawEvent`` (with ``record=None``) so
+that the checks can reject it with a reason instead of it being lost.
+
+Input forms under the data root (auto-detected, in this order):
+1. ``*.jsonl`` manifests anywhere below the root (frame paths relative to the manifest).
+2. ``*.tfrecord`` / ``*.tfrecord.gz`` files of tf.Examples in the project layout.
+3. an image-folder tree ``<label>/<event_id>/<frame>.png`` or ``<label>/<name>.jpg``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import gzip
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
+
+
+@dataclass
+class RawEvent:
+    source: str  # "<file relative to root>:<line or index>" — shown to users, and the dedup order
+    record: dict[str, Any] | None  # None: the line could not be parsed into an object
+    raw: str  # original text (JSON line) kept verbatim for the quarantine
+    base_dir: str  # directory frame paths are relative to
+    parse_error: str = ""
+    inline_frames: list[bytes] = field(default_factory=list)  # frames that arrived as bytes (TFRecord)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independently readable piece of input: the parallelism grain of ingest."""
+
+    kind: str  # "jsonl" | "tfrecord" | "folder_event" | "folder_image"
+    path: str  # absolute path
+    label: str = ""
+
+
+def discover(root: str) -> list[Unit]:
+    """All input units under ``root``, sorted so every run reads them in the same order."""
+    if not os.path.exists(root):
+        raise UserError(f"data path {root!r} does not exist; pass --data DIR with your events")
+    root = os.path.abspath(root)
+    if os.path.isfile(root):
+        if root.endswith(".jsonl"):
+            return [Unit("jsonl", root)]
+        if root.endswith(TFRECORD_SUFFIXES):
+            return [Unit("tfrecord", root)]
+        raise UserError(f"{root!r} is neither a .jsonl manifest nor a TFRecord file")
+    files = sorted(
+        os.path.join(d, f) for d, dirs, fs in os.walk(root) for f in fs if not f.startswith(".")
+    )
+    jsonl = [f for f in files if f.endswith(".jsonl")]
+    if jsonl:
+        return [Unit("jsonl", f) for f in jsonl]
+    records = [f for f in files if f.endswith(TFRECORD_SUFFIXES)]
+    if records:
+        return [Unit("tfrecord", f) for f in records]
+    units = []
+    for label in sorted(os.listdir(root)):
+        label_dir = os.path.join(root, label)
+        if label.startswith(".") or not os.path.isdir(label_dir):
+            continue
+        for name in sorted(os.listdir(label_dir)):
+            path = os.path.join(label_dir, name)
+            if os.path.isdir(path):
+                units.append(Unit("folder_event", path, label))
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
+                units.append(Unit("folder_image", path, label))
+    if not units:
+        raise UserError(
+            f"no events found under {root!r}: expected *.jsonl manifests, *.tfrecord(.gz) files, "
+            "or an image-folder tree <label>/<event_id>/<frame>.png"
+        )
+    return units
+
+
+def read_unit(unit: Unit, root: str) -> Iterator[RawEvent]:
+    root = os.path.abspath(root)
+    rel = os.path.relpath(unit.path, root if os.path.isdir(root) else os.path.dirname(root))
+    if unit.kind == "jsonl":
+        yield from _read_jsonl(unit.path, rel)
+    elif unit.kind == "tfrecord":
+        yield from _read_tfrecord(unit.path, rel)
+    else:
+        yield _folder_event(unit, rel, root)
+
+
+def _read_jsonl(path: str, rel: str) -> Iterator[RawEvent]:
+    base_dir = os.path.dirname(path)
+    with open(path, "rb") as f:
+        for number, line_bytes in enumerate(f, start=1):
+            try:
+                line = line_bytes.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                line = line_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
+                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not UTF-8: {e}")
+                continue
+            if not line.strip():
+                continue  # blank lines are formatting, not events
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not JSON: {e.msg} at column {e.colno}")
+                continue
+            if not isinstance(record, dict):
+                yield RawEvent(f"{rel}:{number}", None, line, base_dir, "a JSON value that is not an object")
+                continue
+            yield RawEvent(f"{rel}:{number}", record, line, base_dir)
+
+
+def _folder_event(unit: Unit, rel: str, root: str) -> RawEvent:
+    if unit.kind == "folder_event":
+        frames = sorted(
+            f for f in os.listdir(unit.path) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+        )
+        frame_paths = [os.path.relpath(os.path.join(unit.path, f), root) for f in frames]
+        event_id = os.path.basename(unit.path)
+    else:
+        frame_paths = [os.path.relpath(unit.path, root)]
+        event_id = os.path.splitext(os.path.basename(unit.path))[0]
+    mtime = os.stat(unit.path).st_mtime
+    record = {
+        "event_id": event_id,
+        "device_id": "unknown",
+        "timestamp": dt.datetime.fromtimestamp(mtime, dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        "label": unit.label,
+        "frames": frame_paths,
+    }
+    return RawEvent(f"{rel}", record, json.dumps(record), root)
+
+
+def _tfrecord_payloads(path: str) -> Iterator[bytes]:
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise ValueError("truncated record header")
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                raise ValueError("truncated record body")
+            yield data
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
+    from tensorflow.core.example import example_pb2
+
+    from pipeline import layout
+
+    base_dir = os.path.dirname(path)
+    index = 0
+    try:
+        for index, data in enumerate(_tfrecord_payloads(path)):
+            source = f"{rel}:{index}"
+            raw = base64.b64encode(data).decode()
+            try:
+                example = example_pb2.Example.FromString(data)
+            except Exception as e:  # protobuf raises DecodeError subclasses
+                yield RawEvent(source, None, raw, base_dir, f"not a tf.Example: {e}")
+                continue
+            feats = example.features.feature
+
+            def text(name: str) -> str | None:
+                if name not in feats or not feats[name].bytes_list.value:
+                    return None
+                return feats[name].bytes_list.value[0].decode("utf-8", errors="replace")
+
+            label = text(layout.LABEL_NAME)
+            record: dict[str, Any] = {
+                "event_id": text(layout.EVENT_ID),
+                "device_id": text(layout.DEVICE_ID),
+                "timestamp": text(layout.TIMESTAMP),
+                "label": label or None,
+                "frames": [f"<inline frame {i}>" for i in range(len(feats[layout.FRAMES].bytes_list.value))]
+                if layout.FRAMES in feats
+                else None,
+            }
+            frames = list(feats[layout.FRAMES].bytes_list.value) if layout.FRAMES in feats else []
+            yield RawEvent(source, record, raw, base_dir, inline_frames=frames)
+    except (ValueError, OSError) as e:
+        yield RawEvent(f"{rel}:{index + 1}", None, "", base_dir, f"unreadable TFRecord file: {e}")
