@@ -1,0 +1,572 @@
+"""Rendering of one simulated camera event: background, a moving object, and nuisances.
+
+Every event is a pure function of ``(config, index)``: its random generator is seeded
+from ``(seed, index)`` alone, so an event's bytes do not depend on which worker or shard
+renders it. All K frames of an event are rendered at once as one ``[K, S, S, C]`` array
+with shapes drawn from signed distances (a one-pixel ramp gives antialiasing), which
+keeps a 32x32x4 event well under a millisecond of numpy work.
+
+Classes get archetypes that differ in silhouette, palette and motion so a small CNN can
+tell them apart: ``person`` (tall, walks with swinging legs), ``vehicle`` (wide, wheels,
+fast), ``animal`` (four legs, trots diagonally), ``bird`` (small, flaps, flies high),
+``package`` (a box that appears and stays); other names get distinct geometric shapes,
+hues and motions. A class named ``empty`` (or ``background``/``none``/``nothing``) is the
+hard negative: nothing enters, but lighting changes, passing cloud shadows, flashes,
+camera shake and heavy sensor noise make the frames change. Objects are also occluded,
+blurred and lit differently at random so no single cue gives the class away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from pipeline.simulator.backgrounds import LUMA, device_background, shake_margin
+
+NEGATIVE_NAMES = ("empty", "background", "none", "nothing", "negative")
+_KIND_SYNONYMS = {
+    "person": ("person", "people", "pedestrian", "human", "man", "woman", "child"),
+    "vehicle": ("vehicle", "car", "truck", "bus", "van", "automobile"),
+    "animal": ("animal", "dog", "cat", "deer", "fox", "pet"),
+    "bird": ("bird", "birds", "pigeon", "crow"),
+    "package": ("package", "parcel", "box", "delivery"),
+}
+_SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
+_MOTIONS = ("slide", "fall", "orbit", "zigzag", "rise", "appear")
+NUISANCES = ("lighting", "cloud", "flash", "shake", "noise")
+
+_NOISE_BANK = 1 << 21
+_BASE_TIME = 1767571200  # 2026-01-05T00:00:00Z
+_SECONDS_PER_EVENT = 11
+
+
+@dataclass(frozen=True)
+class Archetype:
+    """How objects of one class look and move."""
+
+    kind: str  # empty | person | vehicle | animal | bird | package | shape
+    shape: str = ""  # for kind == "shape"
+    motion: str = ""
+    hue: float = 0.0  # for kind == "shape"
+
+    def describe(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", 0.0)}
+
+
+def archetypes_for(classes: list[str] | tuple[str, ...]) -> list[Archetype]:
+    """One archetype per class name; names without a known meaning get distinct shapes."""
+    out: list[Archetype] = []
+    used: set[str] = set()
+    generic = 0
+    for name in classes:
+        key = name.strip().lower()
+        kind = next((k for k, names in _KIND_SYNONYMS.items() if key in names), None)
+        if key in NEGATIVE_NAMES and "empty" not in used:
+            used.add("empty")
+            out.append(Archetype("empty"))
+        elif kind is not None and kind not in used:
+            used.add(kind)
+            motion = {
+                "person": "walk",
+                "vehicle": "drive",
+                "animal": "trot",
+                "bird": "fly",
+                "package": "appear",
+            }
+            out.append(Archetype(kind, motion=motion[kind]))
+        else:
+            out.append(
+                Archetype(
+                    "shape",
+                    shape=_SHAPES[generic % len(_SHAPES)],
+                    motion=_MOTIONS[(generic * 5 + generic // len(_SHAPES)) % len(_MOTIONS)],
+                    hue=round((0.03 + generic * 0.618034) % 1.0, 4),
+                )
+            )
+            generic += 1
+    return out
+
+
+@dataclass
+class RenderedEvent:
+    """One event's frames (uint8 ``[K, S, S, C]``) and its manifest fields."""
+
+    index: int
+    event_id: str
+    device_id: str
+    timestamp: str
+    true_class: int
+    label: int | None  # None: unlabelled; may differ from true_class under label noise
+    frames: np.ndarray
+    tags: list[str] = field(default_factory=list)  # nuisances applied, "occluded", "blurred"
+
+
+def event_id_width(events: int) -> int:
+    return max(6, len(str(max(events - 1, 0))))
+
+
+def device_name(device: int, devices: int) -> str:
+    return f"cam{device:0{max(2, len(str(devices - 1)))}d}"
+
+
+def _rgb(channels: int, r: float, g: float, b: float) -> np.ndarray:
+    col = np.array([r, g, b], dtype=np.float32)
+    return col if channels == 3 else np.array([col @ LUMA], dtype=np.float32)
+
+
+def _hsv(channels: int, h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6.0) % 6
+    f = h * 6.0 - int(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return _rgb(channels, *rgb)
+
+
+def _pick(
+    rng: np.random.Generator, palette: tuple[tuple[float, float, float], ...], channels: int
+) -> np.ndarray:
+    r, g, b = palette[int(rng.integers(len(palette)))]
+    jitter = rng.uniform(0.9, 1.1)
+    return _rgb(channels, min(1.0, r * jitter), min(1.0, g * jitter), min(1.0, b * jitter))
+
+
+_SHIRTS = (
+    (0.8, 0.15, 0.12),
+    (0.15, 0.3, 0.75),
+    (0.2, 0.6, 0.25),
+    (0.9, 0.8, 0.2),
+    (0.92, 0.92, 0.9),
+    (0.12, 0.12, 0.14),
+    (0.55, 0.2, 0.6),
+    (0.95, 0.5, 0.1),
+)
+_PANTS = ((0.1, 0.12, 0.25), (0.15, 0.15, 0.15), (0.35, 0.3, 0.25), (0.3, 0.35, 0.45))
+_SKIN = ((0.95, 0.78, 0.65), (0.8, 0.6, 0.45), (0.55, 0.38, 0.26), (0.35, 0.24, 0.17))
+_CARS = (
+    (0.92, 0.92, 0.92),
+    (0.7, 0.72, 0.75),
+    (0.08, 0.08, 0.1),
+    (0.75, 0.08, 0.08),
+    (0.1, 0.2, 0.6),
+    (0.95, 0.75, 0.1),
+)
+_FUR = ((0.55, 0.35, 0.18), (0.85, 0.55, 0.25), (0.45, 0.45, 0.45), (0.12, 0.1, 0.08), (0.9, 0.88, 0.8))
+_BIRDS = ((0.2, 0.2, 0.22), (0.6, 0.6, 0.62), (0.35, 0.25, 0.2), (0.9, 0.9, 0.92))
+_BOXES = ((0.72, 0.55, 0.35), (0.62, 0.45, 0.28), (0.85, 0.78, 0.62))
+_POLES = ((0.25, 0.25, 0.27), (0.4, 0.3, 0.2), (0.55, 0.55, 0.55))
+
+
+class _Canvas:
+    """K frames being painted, channel-first ``[C, K, S, S]`` so numpy loops run along rows.
+
+    Primitives are painted only inside their bounding box over all frames, so an object
+    costs in proportion to its size, not the frame's.
+    """
+
+    def __init__(self, img: np.ndarray):
+        self.img = img
+        self.size = img.shape[-1]
+        self.coords = np.arange(self.size, dtype=np.float32) + 0.5  # pixel centres
+
+    def _window(self, cx: np.ndarray, cy: np.ndarray, ex: float, ey: float, visible: np.ndarray | None):
+        xl, yl = cx.tolist(), cy.tolist()
+        if visible is not None:
+            shown = visible.tolist()
+            xl = [x for x, keep in zip(xl, shown, strict=True) if keep]
+            yl = [y for y, keep in zip(yl, shown, strict=True) if keep]
+            if not xl:
+                return None
+        x0, x1 = max(0, int(min(xl) - ex - 1)), min(self.size, int(max(xl) + ex + 2))
+        y0, y1 = max(0, int(min(yl) - ey - 1)), min(self.size, int(max(yl) + ey + 2))
+        if x0 >= x1 or y0 >= y1:
+            return None
+        u = self.coords[x0:x1] - cx.reshape(-1, 1, 1)
+        v = self.coords[y0:y1, None] - cy.reshape(-1, 1, 1)
+        if visible is not None and len(xl) < len(visible):
+            v += np.where(visible, 0.0, 1e4).astype(np.float32).reshape(-1, 1, 1)
+        return (slice(y0, y1), slice(x0, x1)), u, v
+
+    def paint(
+        self,
+        sdf: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        cx: np.ndarray,
+        cy: np.ndarray,
+        extent: tuple[float, float],
+        colour: np.ndarray,
+        visible: np.ndarray | None = None,
+        shade: tuple[float, float] | None = None,
+        texture: np.ndarray | None = None,
+    ) -> None:
+        """Blend ``colour`` ([C]) where ``sdf(u, v)`` (pixels, < 0 inside) covers.
+
+        ``cx``/``cy``: per-frame centre; ``extent``: half width/height of the shape;
+        ``shade``: (top offset, height) of a lit-from-above vertical gradient.
+        """
+        win = self._window(cx, cy, extent[0], extent[1], visible)
+        if win is None:
+            return
+        (ysl, xsl), u, v = win
+        alpha = np.subtract(0.5, sdf(u, v), dtype=np.float32)
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+        col = colour.reshape(-1, 1, 1, 1)
+        if shade is not None:
+            g = 1.12 - 0.3 * (v - shade[0]) / max(shade[1], 1.0)
+            col = col * np.clip(g, 0.75, 1.15)
+        if texture is not None:
+            col = col * texture[:, :, ysl, xsl]
+        region = self.img[:, :, ysl, xsl]
+        delta = col - region
+        delta *= alpha
+        region += delta
+
+    def darken(
+        self,
+        sdf,
+        cx: np.ndarray,
+        cy: np.ndarray,
+        extent: tuple[float, float],
+        strength: float,
+        visible: np.ndarray | None = None,
+    ) -> None:
+        """Multiply by ``1 - strength`` where ``sdf`` covers (a cast shadow)."""
+        win = self._window(cx, cy, extent[0], extent[1], visible)
+        if win is None:
+            return
+        (ysl, xsl), u, v = win
+        alpha = 0.5 - sdf(u, v)
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+        self.img[:, :, ysl, xsl] *= 1.0 - strength * alpha
+
+
+def _box(hw: float, hh: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    return lambda u, v: np.maximum(np.abs(u) - hw, np.abs(v) - hh)
+
+
+def _ellipse(rx: float, ry: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    rx, ry = max(rx, 0.3), max(ry, 0.3)
+    m = min(rx, ry)
+    return lambda u, v: (np.sqrt((u * (1.0 / rx)) ** 2 + (v * (1.0 / ry)) ** 2) - 1.0) * m
+
+
+def _shape(shape: str, r: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if shape == "disc":
+        return _ellipse(r, r)
+    if shape == "square":
+        return _box(0.85 * r, 0.85 * r)
+    if shape == "triangle":
+        h, hw = 2.0 * r, 1.05 * r
+        norm = float(np.hypot(h, hw))
+        return lambda u, v: np.maximum((np.abs(u) * h - (v + r) * hw) / norm, v - r)
+    if shape == "ring":
+        disc, t = _ellipse(r, r), max(0.6, 0.28 * r)
+        return lambda u, v: np.abs(disc(u, v)) - t
+    if shape == "cross":
+        t = max(0.6, 0.3 * r)
+        a, b = _box(r, t), _box(t, r)
+        return lambda u, v: np.minimum(a(u, v), b(u, v))
+    if shape == "diamond":
+        return lambda u, v: (np.abs(u) + np.abs(v) - 1.2 * r) * 0.7071
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+@dataclass
+class _Track:
+    """Per-frame ground-contact (or centre) position of the object, and its size."""
+
+    x: np.ndarray  # [K]
+    y: np.ndarray  # [K]
+    scale: float
+    direction: float  # +1 moving right, -1 left
+    visible: np.ndarray  # [K] bool: the object is in the scene at frame k
+
+
+def _track(arch: Archetype, rng: np.random.Generator, k: int, s: int) -> _Track:
+    t = np.arange(k, dtype=np.float32) - (k - 1) / 2.0
+    direction = 1.0 if rng.random() < 0.5 else -1.0
+    visible = np.ones(k, dtype=bool)
+    motion = arch.motion
+    if arch.kind in ("person", "vehicle", "animal", "package"):
+        ground = rng.uniform(0.55, 0.97) * s
+        scale = 0.55 + 0.7 * ground / s  # nearer the camera (lower in frame) is bigger
+    else:
+        ground = rng.uniform(0.25, 0.75) * s
+        scale = rng.uniform(0.8, 1.2)
+    x_mid = rng.uniform(0.25, 0.75) * s
+    speed = {
+        "walk": (0.05, 0.1),
+        "drive": (0.16, 0.3),
+        "trot": (0.07, 0.13),
+        "fly": (0.14, 0.24),
+        "slide": (0.08, 0.16),
+        "fall": (0.08, 0.14),
+        "rise": (0.06, 0.12),
+        "zigzag": (0.07, 0.12),
+        "orbit": (0.0, 0.0),
+        "appear": (0.0, 0.0),
+    }[motion]
+    v = rng.uniform(*speed) * s * direction
+    x = x_mid + v * t
+    y = np.full(k, ground, dtype=np.float32)
+    if motion == "walk":
+        y = y + 0.012 * s * np.abs(np.sin(t * 1.7))
+    elif motion == "trot":
+        y = y + rng.uniform(0.02, 0.05) * s * t * (1 if rng.random() < 0.5 else -1)
+    elif motion == "fly":
+        y = rng.uniform(0.12, 0.45) * s + 0.04 * s * t**2 - 0.03 * s * t
+    elif motion == "fall":
+        x = np.full(k, x_mid, dtype=np.float32) + 0.01 * s * t
+        y = rng.uniform(0.35, 0.65) * s + abs(v) * t
+    elif motion == "rise":
+        x = np.full(k, x_mid, dtype=np.float32)
+        y = rng.uniform(0.35, 0.65) * s - abs(v) * t
+    elif motion == "zigzag":
+        y = y + 0.08 * s * np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
+    elif motion == "orbit":
+        r = rng.uniform(0.12, 0.2) * s
+        phase = rng.uniform(0, 2 * np.pi)
+        x = x_mid + r * np.cos(phase + 1.2 * direction * t)
+        y = ground + r * np.sin(phase + 1.2 * direction * t)
+    elif motion == "appear":
+        x = np.full(k, x_mid, dtype=np.float32)
+        if k > 1:
+            visible = np.arange(k) >= int(rng.integers(1, k))
+    return _Track(x.astype(np.float32), y.astype(np.float32), float(scale), direction, visible)
+
+
+@lru_cache(maxsize=4)
+def _noise_bank(seed: int) -> np.ndarray:
+    """A fixed pool of standard-normal samples; events read windows of it at random offsets.
+
+    Drawing fresh Gaussian noise for every pixel costs more than rendering the rest of
+    the event; sensor noise only needs to look random, not be independent across events.
+    """
+    bank = np.random.default_rng([seed, 0x0150]).standard_normal(_NOISE_BANK, dtype=np.float32)
+    bank.setflags(write=False)
+    return bank
+
+
+def _draw_object(c: _Canvas, arch: Archetype, tr: _Track, rng: np.random.Generator, s: int, ch: int) -> None:
+    """Paint the class's object (and its ground shadow) at every frame of ``tr``."""
+    kf = np.arange(len(tr.x), dtype=np.float32)
+    gx, gy, sc, d = tr.x, tr.y, tr.scale, tr.direction
+    vis = None if tr.visible.all() else tr.visible
+
+    def paint(sdf, dx, dy, ext, colour, shade=None):
+        c.paint(sdf, gx + dx, gy + dy, ext, colour, vis, shade)
+
+    def shadow(rx, ry, strength):
+        c.darken(_ellipse(rx, ry), gx, gy, (rx, ry), strength, vis)
+
+    if arch.kind == "person":
+        h = rng.uniform(0.36, 0.46) * s * sc
+        w = h * rng.uniform(0.3, 0.38)
+        shirt, pants, skin = _pick(rng, _SHIRTS, ch), _pick(rng, _PANTS, ch), _pick(rng, _SKIN, ch)
+        shadow(0.55 * w + 0.5, 0.06 * h + 0.5, 0.35)
+        swing = (0.18 * w * np.sin(kf * 2.2 + rng.uniform(0, 6.28))).astype(np.float32)
+        legw, legh = max(0.35, 0.13 * w), 0.23 * h
+        for sign in (-1.0, 1.0):
+            paint(_box(legw, legh), sign * (0.22 * w + swing * sign), -legh, (legw, legh), pants)
+        paint(_box(0.5 * w, 0.2 * h), 0.0, -0.64 * h, (0.5 * w, 0.2 * h), shirt, (-0.2 * h, 0.4 * h))
+        paint(_ellipse(0.12 * h, 0.12 * h), 0.0, -0.9 * h, (0.12 * h, 0.12 * h), skin)
+    elif arch.kind == "vehicle":
+        w = rng.uniform(0.42, 0.56) * s * sc
+        h = w * rng.uniform(0.42, 0.5)
+        body, glass, tyre = _pick(rng, _CARS, ch), _rgb(ch, 0.16, 0.2, 0.26), _rgb(ch, 0.05, 0.05, 0.05)
+        shadow(0.58 * w, 0.07 * h + 0.5, 0.45)
+        paint(_box(0.5 * w, 0.24 * h), 0.0, -0.38 * h, (0.5 * w, 0.24 * h), body, (-0.24 * h, 0.5 * h))
+        paint(_box(0.3 * w, 0.2 * h), -0.06 * w * d, -0.76 * h, (0.3 * w, 0.2 * h), body)
+        paint(_box(0.24 * w, 0.13 * h), -0.06 * w * d, -0.76 * h, (0.24 * w, 0.13 * h), glass)
+        for sign in (-1.0, 1.0):
+            paint(_ellipse(0.11 * w, 0.11 * w), sign * 0.3 * w, -0.13 * h, (0.11 * w, 0.11 * w), tyre)
+        lamp = 0.04 * w + 0.3
+        paint(_ellipse(lamp, lamp), 0.47 * w * d, -0.45 * h, (lamp, lamp), _rgb(ch, 1.0, 0.95, 0.7))
+    elif arch.kind == "animal":
+        w = rng.uniform(0.3, 0.4) * s * sc
+        h = w * 0.62
+        fur = _pick(rng, _FUR, ch)
+        dark = fur * 0.7
+        shadow(0.45 * w, 0.07 * h + 0.5, 0.35)
+        gait = (0.06 * w * np.sin(kf * 2.6)).astype(np.float32)
+        legw = max(0.35, 0.05 * w)
+        for off in (-0.3, -0.18, 0.18, 0.3):
+            paint(_box(legw, 0.2 * h), off * w + gait * np.sign(off), -0.2 * h, (legw, 0.2 * h), dark)
+        paint(_ellipse(0.4 * w, 0.22 * h), 0.0, -0.55 * h, (0.4 * w, 0.22 * h), fur, (-0.22 * h, 0.44 * h))
+        paint(_ellipse(0.15 * w, 0.13 * w), 0.42 * w * d, -0.8 * h, (0.15 * w, 0.13 * w), fur)
+        tail = max(0.35, 0.04 * w)
+        paint(_box(0.12 * w, tail), -0.45 * w * d, -0.72 * h, (0.12 * w, tail), dark)
+    elif arch.kind == "bird":
+        w = rng.uniform(0.14, 0.2) * s * sc
+        feathers = _pick(rng, _BIRDS, ch)
+        flap = (0.35 * np.where(np.arange(len(gx)) % 2 == 0, 1.0, -1.0)).astype(np.float32)[:, None, None]
+        wing = _ellipse(0.3 * w, 0.08 * w + 0.3)
+        for sign in (-1.0, 1.0):
+            # Wing tips bend up or down by frame: the flap.
+            paint(
+                lambda u, v: wing(u, v + flap * np.abs(u)), sign * 0.28 * w, 0.0, (0.3 * w, 0.2 * w), feathers
+            )
+        paint(_ellipse(0.2 * w, 0.1 * w + 0.3), 0.0, 0.0, (0.2 * w, 0.1 * w + 0.3), feathers * 0.85)
+        head = 0.07 * w + 0.3
+        paint(_ellipse(head, head), 0.2 * w * d, -0.05 * w, (head, head), feathers * 0.7)
+    elif arch.kind == "package":
+        w = rng.uniform(0.16, 0.24) * s * sc
+        h = w * rng.uniform(0.6, 0.9)
+        cardboard = _pick(rng, _BOXES, ch)
+        shadow(0.6 * w, 0.08 * h + 0.5, 0.4)
+        paint(_box(0.5 * w, 0.5 * h), 0.0, -0.5 * h, (0.5 * w, 0.5 * h), cardboard, (-0.5 * h, h))
+        tape = max(0.3, 0.07 * w)
+        paint(_box(tape, 0.5 * h), 0.0, -0.5 * h, (tape, 0.5 * h), _rgb(ch, 0.85, 0.8, 0.6))
+    elif arch.kind == "shape":
+        r = rng.uniform(0.1, 0.15) * s * sc
+        colour = _hsv(
+            ch, (arch.hue + rng.uniform(-0.03, 0.03)) % 1.0, rng.uniform(0.65, 0.95), rng.uniform(0.7, 1.0)
+        )
+        off = 0.06 * s
+        c.darken(_ellipse(r, r), gx + off, gy + off, (r, r), 0.3, vis)
+        paint(_shape(arch.shape, r), 0.0, 0.0, (1.25 * r, 1.25 * r), colour, (-r, 2 * r))
+    else:
+        raise ValueError(f"no drawing for archetype {arch}")
+
+
+def _occluder(c: _Canvas, rng: np.random.Generator, s: int, ch: int, near_x: float) -> None:
+    """A static foreground pole or bush that hides part of the scene in every frame."""
+    k = c.img.shape[1]
+    if rng.random() < 0.5:
+        x = np.full(k, near_x + rng.uniform(-0.12, 0.12) * s, np.float32)
+        hw = max(0.6, rng.uniform(0.04, 0.08) * s)
+        c.paint(_box(hw, s), x, np.full(k, s / 2.0, np.float32), (hw, s / 2.0), _pick(rng, _POLES, ch))
+    else:
+        x = np.full(k, near_x + rng.uniform(-0.15, 0.15) * s, np.float32)
+        rx, ry = rng.uniform(0.15, 0.25) * s, rng.uniform(0.25, 0.4) * s
+        leaf = _hsv(ch, rng.uniform(0.22, 0.35), rng.uniform(0.5, 0.8), rng.uniform(0.25, 0.45))
+        texture = 1.0 + 0.25 * rng.standard_normal((1, 1, s, s), dtype=np.float32)
+        c.paint(_ellipse(rx, ry), x, np.full(k, float(s), np.float32), (rx, ry), leaf, texture=texture)
+
+
+def _blur(img: np.ndarray, horizontal_only: bool) -> np.ndarray:
+    """3-tap box blur of ``[C, K, S, S]`` frames (defocus), or along x only (motion blur)."""
+    out = img.copy()
+    out[..., 1:-1] = (img[..., :-2] + img[..., 1:-1] + img[..., 2:]) / 3.0
+    if not horizontal_only:
+        tmp = out.copy()
+        out[..., 1:-1, :] = (tmp[..., :-2, :] + tmp[..., 1:-1, :] + tmp[..., 2:, :]) / 3.0
+    return out
+
+
+def _timestamp(index: int, rng: np.random.Generator) -> str:
+    t = _BASE_TIME + index * _SECONDS_PER_EVENT + int(rng.integers(0, _SECONDS_PER_EVENT))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> RenderedEvent:
+    """Render event ``index`` of the data set described by ``cfg`` (a SimulatorConfig).
+
+    The result depends only on ``cfg``'s content fields and ``index``.
+    """
+    archetypes = archetypes if archetypes is not None else archetypes_for(cfg.classes)
+    rng = np.random.default_rng([cfg.seed, index])
+    k, s, ch = cfg.frames, cfg.size, cfg.channels
+    device = int(rng.integers(cfg.devices))
+    true_class = int(rng.integers(len(cfg.classes)))
+    arch = archetypes[true_class]
+    label: int | None = true_class
+    if rng.random() < cfg.unlabelled_fraction:
+        label = None
+    elif len(cfg.classes) > 1 and rng.random() < cfg.label_noise:
+        label = (true_class + int(rng.integers(1, len(cfg.classes)))) % len(cfg.classes)
+    timestamp = _timestamp(index, rng)
+    tags: list[str] = []
+
+    # Which nuisances: the hard negatives always get at least one, strong; others sometimes, mild.
+    negative = arch.kind == "empty"
+    if negative:
+        chosen = set(rng.choice(len(NUISANCES), size=int(rng.integers(1, 3)), replace=False).tolist())
+        nuisance = {name: (i in chosen) for i, name in enumerate(NUISANCES)}
+    else:
+        nuisance = {name: bool(rng.random() < 0.12) for name in NUISANCES}
+    strength = 1.0 if negative else 0.5
+
+    # Background through a (possibly shaking) camera: [C, K, S, S].
+    bg = device_background(cfg.seed, device, s, ch)
+    m = shake_margin(s)
+    if nuisance["shake"]:
+        amp = m if negative else max(1, m // 2)
+    else:
+        amp = 1 if rng.random() < 0.3 else 0
+    offsets = rng.integers(-amp, amp + 1, size=(k, 2)) if amp else np.zeros((k, 2), np.int64)
+    img = np.stack([bg[:, m + dy : m + dy + s, m + dx : m + dx + s] for dy, dx in offsets.tolist()], axis=1)
+    canvas = _Canvas(img)
+
+    # The object, in world coordinates, seen through the shaken camera.
+    near_x = rng.uniform(0.3, 0.7) * s
+    if not negative:
+        tr = _track(arch, rng, k, s)
+        tr.x -= offsets[:, 1].astype(np.float32)
+        tr.y -= offsets[:, 0].astype(np.float32)
+        near_x = float(np.mean(tr.x))
+        _draw_object(canvas, arch, tr, rng, s, ch)
+    if rng.random() < 0.2:
+        _occluder(canvas, rng, s, ch, near_x)
+        tags.append("occluded")
+
+    # Lighting: per-event exposure and white balance, per-frame drift or a strong change.
+    coords = canvas.coords
+    gain = rng.uniform(0.75, 1.15) * (1 + rng.normal(0, 0.02, k))
+    if nuisance["lighting"]:
+        if k > 1:
+            ramp = rng.uniform(0.2, 0.45) * strength * (1 if rng.random() < 0.5 else -1)
+            gain = gain * (1 + ramp * np.linspace(-0.5, 0.5, k))
+        else:
+            gain = gain * (1 + rng.uniform(-0.3, 0.3) * strength)
+    tint = 1 + rng.normal(0, 0.04, ch) if ch == 3 else np.ones(1)
+    img *= (tint[:, None] * gain[None, :]).astype(np.float32)[:, :, None, None]
+    if nuisance["cloud"]:
+        # A soft shadow drifting across the scene.
+        r = rng.uniform(0.35, 0.7) * s
+        cx = rng.uniform(-0.2, 1.2) * s + rng.uniform(0.1, 0.25) * s * (np.arange(k) - (k - 1) / 2)
+        cy = rng.uniform(0, 1) * s
+        d2 = (coords[None, None, :] - cx[:, None, None].astype(np.float32)) ** 2 + (coords - cy)[
+            None, :, None
+        ] ** 2
+        img *= 1.0 - np.float32(rng.uniform(0.25, 0.5) * strength) * np.exp(d2 * np.float32(-1.0 / (r * r)))
+    if nuisance["flash"]:
+        # A light source (headlights, a torch) glaring into one frame.
+        f = int(rng.integers(k))
+        fx, fy, fr = rng.uniform(0, 1) * s, rng.uniform(0, 1) * s, rng.uniform(0.3, 0.8) * s
+        d2 = (coords[None, :] - fx) ** 2 + (coords - fy)[:, None] ** 2
+        img[:, f] += np.float32(rng.uniform(0.2, 0.45) * strength) * np.exp(d2 * np.float32(-1.0 / (fr * fr)))
+    if rng.random() < 0.15:
+        img = _blur(img, horizontal_only=bool(rng.random() < 0.5))
+        tags.append("blurred")
+
+    # Sensor noise: always a little, heavy for the noise nuisance (low light).
+    sigma = rng.uniform(0.03, 0.065) * strength if nuisance["noise"] else rng.uniform(0.004, 0.02)
+    n = img.size
+    if n <= _NOISE_BANK // 2:
+        start = int(rng.integers(0, _NOISE_BANK - n))
+        noise = _noise_bank(cfg.seed)[start : start + n].reshape(img.shape)
+    else:
+        noise = rng.standard_normal(img.shape, dtype=np.float32)
+    img += np.float32(sigma) * noise
+    img *= 255.0
+    img += 0.5
+    np.clip(img, 0.0, 255.0, out=img)
+    frames = np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))  # [K, S, S, C]
+    tags.extend(name for name in NUISANCES if nuisance[name])
+
+    width = event_id_width(cfg.events)
+    device_id = device_name(device, cfg.devices)
+    return RenderedEvent(
+        index=index,
+        event_id=f"{device_id}-{index:0{width}d}",
+        device_id=device_id,
+        timestamp=timestamp,
+        true_class=true_class,
+        label=label,
+        frames=frames,
+        tags=tags,
+    )
