@@ -18,6 +18,7 @@ from pipeline.errors import UserError
 
 # Modules that define subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
+    "pipeline.simulator.cli",
     "pipeline.commands",
 ]
 

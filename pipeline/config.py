@@ -49,6 +49,7 @@ class SimulatorConfig:
     label_noise: float = 0.0
     shards: int = 2
     seed: int = 0
+    workers: int = 0  # processes rendering in parallel; 0 = one per CPU core (in-process for small sets)
 
 
 @dataclass
