@@ -20,6 +20,7 @@ from pipeline.errors import UserError
 COMMAND_MODULES = [
     "pipeline.simulator.cli",
     "pipeline.commands",
+    "serving.cli",
 ]
 
 

@@ -121,6 +121,8 @@ class ServingConfig:
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
     max_body_bytes: int = 64 * 1024 * 1024
+    version_labels: str = ""  # JSON {"stable": 1, "canary": 2}; "" = <base>/<name>/labels.json
+    prefer_tflite: bool = False  # a version dir holding both: serve model.tflite, not the SavedModel
 
 
 @dataclass

@@ -21,6 +21,7 @@ import apache_beam as beam
 from tfx import types
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.event_example_gen import checks, sources
@@ -74,6 +75,7 @@ class _ReadAndCheck(beam.DoFn):
                     "reason": None,
                     "event_id": result.event_id,
                     "source": event.source,
+                    "order": list(event.order),
                     "label": result.label,
                     "frames": len(result.frames),
                     "size": [result.height, result.width],
@@ -142,13 +144,13 @@ class _KeepFirst(beam.CombineFn):
 
     def add_input(self, acc, meta):
         count, first = acc
-        return count + 1, meta if first is None or meta["source"] < first["source"] else first
+        return count + 1, meta if first is None or meta["order"] < first["order"] else first
 
     def merge_accumulators(self, accs):
         count, first = 0, None
         for c, m in accs:
             count += c
-            if m is not None and (first is None or m["source"] < first["source"]):
+            if m is not None and (first is None or m["order"] < first["order"]):
                 first = m
         return count, first
 
@@ -343,7 +345,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.split_names = artifact_utils.encode_split_names(
             [s for s in layout.SPLITS if summary["splits"].get(s)]
         )
-        examples_utils.set_payload_format(examples, examples_utils.example_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
+        examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
         for key in ("read", "accepted", "rejected", "unlabelled"):
             quarantine.set_int_custom_property(key, int(summary[key]))
             examples.set_int_custom_property(key, int(summary[key]))

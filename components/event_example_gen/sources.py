@@ -37,6 +37,7 @@ class RawEvent:
     raw: str  # original text (JSON line) kept verbatim for the quarantine
     base_dir: str  # directory frame paths are relative to
     parse_error: str = ""
+    order: tuple[str, int] = ("", 0)  # (file, line/record index): "first occurrence" for duplicates
     inline_frames: list[bytes] = field(default_factory=list)  # frames that arrived as bytes (TFRecord)
 
 
@@ -107,19 +108,19 @@ def _read_jsonl(path: str, rel: str) -> Iterator[RawEvent]:
                 line = line_bytes.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 line = line_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
-                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not UTF-8: {e}")
+                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not UTF-8: {e}", order=(rel, number))
                 continue
             if not line.strip():
                 continue  # blank lines are formatting, not events
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not JSON: {e.msg} at column {e.colno}")
+                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not JSON: {e.msg} at column {e.colno}", order=(rel, number))
                 continue
             if not isinstance(record, dict):
-                yield RawEvent(f"{rel}:{number}", None, line, base_dir, "a JSON value that is not an object")
+                yield RawEvent(f"{rel}:{number}", None, line, base_dir, "a JSON value that is not an object", order=(rel, number))
                 continue
-            yield RawEvent(f"{rel}:{number}", record, line, base_dir)
+            yield RawEvent(f"{rel}:{number}", record, line, base_dir, order=(rel, number))
 
 
 def _folder_event(unit: Unit, rel: str, root: str) -> RawEvent:
@@ -140,7 +141,7 @@ def _folder_event(unit: Unit, rel: str, root: str) -> RawEvent:
         "label": unit.label,
         "frames": frame_paths,
     }
-    return RawEvent(f"{rel}", record, json.dumps(record), root)
+    return RawEvent(f"{rel}", record, json.dumps(record), root, order=(rel, 0))
 
 
 def _tfrecord_payloads(path: str) -> Iterator[bytes]:
@@ -178,7 +179,7 @@ def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
             try:
                 example = example_pb2.Example.FromString(data)
             except Exception as e:  # protobuf raises DecodeError subclasses
-                yield RawEvent(source, None, raw, base_dir, f"not a tf.Example: {e}")
+                yield RawEvent(source, None, raw, base_dir, f"not a tf.Example: {e}", order=(rel, index))
                 continue
             feats = example.features.feature
 
@@ -198,6 +199,6 @@ def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
                 else None,
             }
             frames = list(feats[layout.FRAMES].bytes_list.value) if layout.FRAMES in feats else []
-            yield RawEvent(source, record, raw, base_dir, inline_frames=frames)
+            yield RawEvent(source, record, raw, base_dir, inline_frames=frames, order=(rel, index))
     except (ValueError, OSError) as e:
-        yield RawEvent(f"{rel}:{index + 1}", None, "", base_dir, f"unreadable TFRecord file: {e}")
+        yield RawEvent(f"{rel}:{index + 1}", None, "", base_dir, f"unreadable TFRecord file: {e}", order=(rel, index + 1))

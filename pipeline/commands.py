@@ -1,0 +1,140 @@
+"""``eventpipe validate`` and ``eventpipe run``: the pipeline as a user runs it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from pipeline import report
+from pipeline.config import Config
+from pipeline.errors import GateFailed, UserError
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that runs (part of) the pipeline."""
+    from pipeline.cli import add_config_flags
+
+    add_config_flags(p)
+    p.add_argument("--data", dest="run.data", help="events: JSONL manifests, an image-folder tree or TFRecords")
+    p.add_argument("--workdir", dest="run.workdir", help="where metadata, artifacts and report.json go (default: work)")
+    p.add_argument("--classes", dest="data.classes", help="class vocabulary a,b,c in label-id order (default: labels seen)")
+    p.add_argument("--max-frames", dest="data.max_frames", type=int, help="most frames one event may have (default 16)")
+    p.add_argument("--max-reject-rate", dest="data.max_reject_rate", type=float, help="stop if more events are rejected (default 0.05)")
+    p.add_argument("--runner", dest="run.runner", choices=["local", "beam", "kubeflow"], help="orchestrator (default local)")
+    p.add_argument("--beam-workers", dest="run.beam_workers", type=int, help="DirectRunner worker processes (default 1)")
+    p.add_argument("--beam-arg", dest="run.beam_args", action="append", help="Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner")
+    p.add_argument("--metadata", dest="run.metadata", help="ML Metadata store: mysql://user:pass@host:port/db (default SQLite in workdir)")
+    p.add_argument("--no-cache", dest="run.enable_cache", action="store_false", default=None, help="re-execute every component")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("validate", help="ingest and validate events (TFX: EventExampleGen..ExampleValidator)")
+    add_run_flags(p)
+    p.set_defaults(func=validate_command)
+
+
+def prepare(args: argparse.Namespace) -> Config:
+    from pipeline.cli import load_config
+
+    cfg = load_config(args)
+    os.makedirs(cfg.workdir, exist_ok=True)
+    cfg.save(os.path.join(cfg.workdir, "config.json"))
+    _quiet_libraries()
+    return cfg
+
+
+def _quiet_libraries() -> None:
+    """TFX/Beam/absl log at INFO by default; users need our summary, not their chatter."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("absl", "apache_beam", "tensorflow", "tfx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_stage(cfg: Config, through: str) -> dict[str, Any]:
+    """Run the pipeline through ``through``; return the outputs MLMD recorded for this run."""
+    from pipeline import outputs, runners
+
+    started = time.time()
+    connection = runners.metadata_connection(cfg)
+    before = outputs.last_run_id(connection)
+    error: BaseException | None = None
+    try:
+        runners.run_pipeline(cfg, through)
+    except UserError:
+        raise
+    except Exception as e:  # a failing component: find which, and why, from MLMD below
+        error = e
+    found = outputs.latest_run(connection, newer_than=before)
+    gen = found.get("EventExampleGen")
+    if gen is None or "examples" not in gen.uris:
+        raise error or RuntimeError("EventExampleGen produced no output")
+    ingest = ingest_report(found, cfg)
+    report.update(cfg.report_path, {**ingest, "config": cfg.to_dict()})
+    if ingest["gate"]["blessed"] is False:
+        raise GateFailed("ingest gate: " + "; ".join(ingest["gate"]["problems"]))
+    if error is not None:
+        raise error
+    found["_seconds"] = time.time() - started
+    return found
+
+
+def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """The events/quarantine/anomalies/gate part of report.json from this run's outputs."""
+    import json
+
+    from components.event_example_gen.executor import SUMMARY_FILE
+    from components.ingest_gate.component import read_anomalies, verdict
+
+    gen = found["EventExampleGen"]
+    examples_uri, quarantine_uri = gen.uris["examples"][0], gen.uris["quarantine"][0]
+    with open(os.path.join(quarantine_uri, SUMMARY_FILE), encoding="utf-8") as f:
+        summary = json.load(f)
+    anomalies = []
+    if "ExampleValidator" in found and found["ExampleValidator"].uris.get("anomalies"):
+        anomalies = read_anomalies(found["ExampleValidator"].uris["anomalies"][0])
+    section = report.ingest_section(summary, quarantine_uri, examples_uri, anomalies)
+    gate = found.get("IngestGate")
+    if gate is not None and gate.state != "FAILED":
+        section["gate"] = {"blessed": True, "problems": []}
+    elif gate is not None:
+        v = verdict(summary, anomalies, cfg.data.max_reject_rate, quarantine_uri)
+        section["gate"] = {"blessed": False, "problems": v["problems"]}
+    else:
+        section["gate"] = {"blessed": None, "problems": []}
+    return section
+
+
+def print_ingest(cfg: Config, rep: dict[str, Any]) -> None:
+    ev = rep["events"]
+    reasons = ", ".join(f"{k} {v}" for k, v in ev["rejected_by_reason"].items()) or "none"
+    print(
+        f"events: read {ev['read']}, accepted {ev['accepted']} "
+        f"(train {ev['splits'].get('train', 0)}, eval {ev['splits'].get('eval', 0)}, "
+        f"unlabelled {ev['unlabelled']}), rejected {ev['rejected']} ({reasons})"
+    )
+    print(f"quarantine: {rep['quarantine']}")
+    print(f"examples:   {rep['examples']}")
+    print(f"anomalies:  {len(rep['anomalies'])}")
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    cfg = prepare(args)
+    try:
+        run_stage(cfg, "validate")
+    except GateFailed:
+        rep = report.update(cfg.report_path, {})
+        if "events" in rep:
+            print_ingest(cfg, rep)
+        print(f"report: {cfg.report_path}", file=sys.stderr)
+        raise
+    rep = report.update(cfg.report_path, {})
+    print_ingest(cfg, rep)
+    print(f"report: {cfg.report_path}")
+    return 0

@@ -1,0 +1,79 @@
+"""Where the pipeline runs: metadata connection, Beam arguments and the DAG runner."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.errors import UserError
+
+
+def pipeline_root(config: Config) -> str:
+    return os.path.join(config.workdir, "pipeline")
+
+
+def metadata_path(config: Config) -> str:
+    return os.path.join(config.workdir, "metadata.sqlite")
+
+
+def metadata_connection(config: Config) -> Any:
+    """SQLite under the workdir by default; ``mysql://user:pass@host:port/db`` for shared setups."""
+    from tfx import v1 as tfx
+
+    url = config.run.metadata
+    if not url:
+        os.makedirs(config.workdir, exist_ok=True)
+        return tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config))
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "mysql" or not parsed.hostname or not parsed.path.strip("/"):
+        raise UserError(f"--metadata must be mysql://user:password@host:port/database, got {url!r}")
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.mysql.host = parsed.hostname
+    cfg.mysql.port = parsed.port or 3306
+    cfg.mysql.database = parsed.path.strip("/")
+    cfg.mysql.user = urllib.parse.unquote(parsed.username or "")
+    cfg.mysql.password = urllib.parse.unquote(parsed.password or "")
+    return cfg
+
+
+def beam_args(config: Config) -> list[str]:
+    """DirectRunner defaults (in-process, or N worker processes), plus user pass-through args."""
+    args: list[str] = []
+    if config.run.runner != "kubeflow" and not any(a.startswith("--runner") for a in config.run.beam_args):
+        if config.run.beam_workers > 1:
+            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={config.run.beam_workers}"]
+        else:
+            args += ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    return args + list(config.run.beam_args)
+
+
+def run_pipeline(config: Config, through: str) -> None:
+    """Build and run the pipeline with the configured runner (local or beam)."""
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline_def import create_pipeline
+
+    if not config.run.data:
+        raise UserError("no data: pass --data DIR (make demo data with `eventpipe generate --out DIR`)")
+    if not os.path.exists(config.run.data):
+        raise UserError(f"data path {config.run.data!r} does not exist; pass --data DIR with your events")
+    pipeline = create_pipeline(
+        config,
+        data_root=os.path.abspath(config.run.data),
+        pipeline_root=pipeline_root(config),
+        metadata_connection_config=metadata_connection(config),
+        beam_pipeline_args=beam_args(config),
+        through=through,
+    )
+    if config.run.runner == "local":
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    elif config.run.runner == "beam":
+        from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+
+        BeamDagRunner().run(pipeline)
+    else:
+        raise UserError(f"runner {config.run.runner!r} does not execute here; use --runner local or beam")
