@@ -77,8 +77,8 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     depth_multiplier: float = 1.0  # MobileNet width multiplier on every stage's channels
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64])
-    head_units: int = 64
+    filters: list[int] = field(default_factory=lambda: [32, 64, 128])
+    head_units: int = 128
     blocks_per_stage: int = 2  # depthwise-separable blocks per stage (the first one strides)
     dropout: float = 0.1
     weight_decay: float = 0.0  # L2 on conv kernels
@@ -89,6 +89,7 @@ class StudentConfig:
     learning_rate: float = 2e-3
     target_sparsity: float = 0.75
     prune_epochs: int = 4  # distillation fine-tuning with pruning ("student pruned"); 0 = no pruning
+    prune_learning_rate: float = 5e-4  # start of the pruning phase's cosine decay
     pruning_begin_fraction: float = 0.0  # of the pruning phase's steps
     pruning_end_fraction: float = 0.7  # sparsity is held at target for the rest of the phase
     use_unlabelled: bool = True

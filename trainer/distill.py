@@ -1,0 +1,210 @@
+"""Knowledge distillation: the student learns from labels and from the teacher's soft labels.
+
+Loss per event (Hinton et al. 2015)::
+
+    alpha * CE(label, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+Unlabelled events (label -1) contribute only the distillation term, so more unlabelled data
+means fewer labels are needed. The teacher's logits are computed once per example (one pass
+over the data through the teacher SavedModel's ``decoded_frames`` signature) and travel with
+the serialized examples through shuffling and batching, so epochs never re-run the teacher.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import tf_keras as keras
+from tqdm import tqdm
+
+from pipeline import layout
+from pipeline.config import StudentConfig
+from pipeline.layout import EventSpec
+
+TEACHER_LOGITS = "teacher_logits"
+
+
+def distillation_loss(
+    labels: Any, student_logits: Any, teacher_logits: Any, temperature: float, alpha: float
+) -> Any:
+    """Per-event loss ``[B]``; events with ``label < 0`` get the distillation term only."""
+    import tensorflow as tf
+
+    labels = tf.cast(labels, tf.int32)
+    student_logits = tf.cast(student_logits, tf.float32)
+    teacher_logits = tf.cast(teacher_logits, tf.float32)
+    labelled = tf.cast(labels >= 0, tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=student_logits
+    )
+    t = float(temperature)
+    teacher_log_p = tf.nn.log_softmax(teacher_logits / t, axis=-1)
+    student_log_p = tf.nn.log_softmax(student_logits / t, axis=-1)
+    kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1)
+    return alpha * labelled * ce + (1.0 - alpha) * (t * t) * kl
+
+
+def teacher_soft_labels(
+    teacher_dir: str, files: list[str], spec: EventSpec, batch_size: int = 64
+) -> np.ndarray:
+    """The teacher's logits ``[N, C]`` for every record of ``files``, in ``sorted(files)`` order."""
+    import tensorflow as tf
+
+    model = tf.saved_model.load(teacher_dir)
+    if layout.DECODED_SIGNATURE not in model.signatures:
+        raise ValueError(f"teacher at {teacher_dir} has no {layout.DECODED_SIGNATURE!r} signature")
+    decoded = model.signatures[layout.DECODED_SIGNATURE]
+    chunks = []
+    ds = layout.dataset(sorted(files), spec, batch_size)
+    for batch in tqdm(ds, desc="teacher soft labels", unit="batch", leave=False):
+        out = decoded(**{layout.DECODED_INPUT: batch[layout.FRAMES]})
+        chunks.append(out[layout.OUT_LOGITS].numpy().astype(np.float32))
+    if not chunks:
+        raise ValueError(f"no examples in {files}")
+    logits = np.concatenate(chunks, axis=0)
+    if logits.shape[1] != spec.num_classes:
+        raise ValueError(
+            f"teacher predicts {logits.shape[1]} classes but the examples have {spec.num_classes}"
+        )
+    return logits
+
+
+def distillation_dataset(
+    files: list[str],
+    teacher_logits: np.ndarray,
+    spec: EventSpec,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> Any:
+    """``(frames, {"label", "teacher_logits"})`` batches; logits paired with records by position."""
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
+    pairs = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(teacher_logits)))
+    if shuffle:
+        pairs = pairs.shuffle(min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True)
+    pairs = pairs.batch(batch_size)
+
+    def parse(serialized: Any, logits: Any) -> tuple[Any, dict[str, Any]]:
+        parsed = layout.parse_batch(serialized, spec)
+        return parsed[layout.FRAMES], {layout.LABEL: parsed[layout.LABEL], TEACHER_LOGITS: logits}
+
+    return pairs.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class DistillationModel(keras.Model):
+    """Trains ``student`` on the distillation loss; Keras callbacks (pruning) see the student inside."""
+
+    def __init__(self, student: keras.Model, temperature: float, alpha: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.student = student
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy = keras.metrics.Mean(name="accuracy")  # labelled events only
+        self.agreement = keras.metrics.Mean(name="teacher_agreement")
+
+    @property
+    def metrics(self) -> list[Any]:
+        return [self.loss_tracker, self.accuracy, self.agreement]
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        return self.student(inputs, training=training)
+
+    def _update_metrics(self, loss: Any, logits: Any, targets: dict[str, Any]) -> dict[str, Any]:
+        import tensorflow as tf
+
+        pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        labels = tf.cast(targets[layout.LABEL], tf.int32)
+        labelled = tf.cast(labels >= 0, tf.float32)
+        self.loss_tracker.update_state(loss)
+        self.accuracy.update_state(tf.cast(pred == labels, tf.float32), sample_weight=labelled)
+        teacher = tf.argmax(targets[TEACHER_LOGITS], axis=-1, output_type=tf.int32)
+        self.agreement.update_state(tf.cast(pred == teacher, tf.float32))
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        frames, targets = data
+        with tf.GradientTape() as tape:
+            logits = self.student(frames, training=True)["logits"]
+            per_event = distillation_loss(
+                targets[layout.LABEL], logits, targets[TEACHER_LOGITS], self.temperature, self.alpha
+            )
+            loss = tf.reduce_mean(per_event)
+            if self.student.losses:
+                loss += tf.add_n(self.student.losses)
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return self._update_metrics(loss, logits, targets)
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        frames, targets = data
+        logits = self.student(frames, training=False)["logits"]
+        loss = tf.reduce_mean(
+            distillation_loss(targets[layout.LABEL], logits, targets[TEACHER_LOGITS], self.temperature, self.alpha)
+        )
+        return self._update_metrics(loss, logits, targets)
+
+
+class _TqdmEpochs(keras.callbacks.Callback):
+    """One progress bar over all training steps of a phase, with the running metrics."""
+
+    def __init__(self, total_steps: int, desc: str) -> None:
+        super().__init__()
+        self.total_steps = total_steps
+        self.desc = desc
+        self.bar: Any = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.bar = tqdm(total=self.total_steps, desc=self.desc, unit="step", leave=False)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.bar.update(1)
+        if logs and batch % 10 == 0:
+            self.bar.set_postfix({k: f"{float(v):.3f}" for k, v in logs.items()})
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.bar.close()
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(examples / batch_size))
+
+
+def distill(
+    student: keras.Model,
+    train: Any,
+    *,
+    steps: int,
+    epochs: int,
+    cfg: StudentConfig,
+    learning_rate: float,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    validation: Any = None,
+    desc: str = "distil",
+) -> dict[str, list[float]]:
+    """Train ``student`` in place on ``train`` (a ``distillation_dataset``) for ``epochs`` epochs.
+
+    Returns the Keras history (loss, accuracy on labelled events, agreement with the teacher).
+    """
+    total = steps * epochs
+    trainer = DistillationModel(student, cfg.temperature, cfg.alpha)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total), alpha=0.05)
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule))
+    history = trainer.fit(
+        train.repeat(),
+        epochs=epochs,
+        steps_per_epoch=steps,
+        validation_data=validation,
+        callbacks=[*(callbacks or []), _TqdmEpochs(total, desc)],
+        verbose=0,
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}

@@ -1,0 +1,283 @@
+"""TFLite conversion of the student: full-integer int8 and float16, metadata, parity gate.
+
+- int8: every op integer; weights per-channel int8, activations calibrated on a representative
+  data set of training events; input ``int8`` or ``uint8`` as configured. The representative
+  set pins the input range to exactly [0, 1], so the input quantization is ``pixel - 128``
+  (int8) or ``pixel`` (uint8): an app can feed camera bytes without arithmetic.
+- float16: float16 weights (half the bytes; GPU delegates run it natively), float32 in/out.
+- Sparse encoding (``Optimize.EXPERIMENTAL_SPARSITY``) is tried for pruned models and kept only
+  when the file gets smaller.
+- Names of intermediate tensors (debug strings, a sizeable share of a small model) are
+  dropped; the signature and its input/output names stay.
+- Metadata (labels, normalization, frames layout, quantization, output names) is embedded
+  in the flatbuffer's ``metadata`` list (see ``trainer.lite_metadata``): no side files.
+
+Every model takes decoded frames ``[1, K, H, W, C]`` and returns ``logits`` and
+``frame_weights`` through the ``serving_default`` signature.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline import layout
+from pipeline.layout import EventSpec
+from trainer.lite_metadata import FORMAT, METADATA_NAME
+
+VARIANTS = ("int8", "float16", "float32")
+INPUT_TYPES = ("int8", "uint8")
+
+
+@dataclass
+class LiteModel:
+    """One converted variant: its bytes and how it was made."""
+
+    variant: str
+    content: bytes
+    sparse: bool
+    dense_bytes: int
+    sparse_bytes: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "bytes": len(self.content),
+            "sparse_encoding": self.sparse,
+            "dense_encoding_bytes": self.dense_bytes,
+            "sparse_encoding_bytes": self.sparse_bytes,
+        }
+
+
+def representative_events(files: list[str], spec: EventSpec, count: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` decoded training events ``[1, K, H, W, C]`` (a shuffled sample), for calibration.
+
+    The first event gets one pixel at 0.0 and one at 1.0 so the calibrated input range is
+    exactly [0, 1] whatever the sample holds.
+    """
+    ds = layout.dataset(files, spec, 1, shuffle=True, seed=seed)
+    events = [batch[layout.FRAMES].numpy().astype(np.float32) for batch in ds.take(max(1, count))]
+    if not events:
+        raise ValueError(f"no training events in {files} for the representative data set")
+    first = events[0].copy()
+    first.reshape(-1)[0] = 0.0
+    first.reshape(-1)[1] = 1.0
+    events[0] = first
+    return events
+
+
+def _concrete_function(model: Any, spec: EventSpec) -> Any:
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)])
+    def serve(frames: Any) -> dict[str, Any]:
+        out = model(frames, training=False)
+        return {"logits": out["logits"], "frame_weights": out["frame_weights"]}
+
+    return serve.get_concrete_function()
+
+
+def convert(
+    model: Any,
+    spec: EventSpec,
+    variant: str,
+    *,
+    representative: list[np.ndarray] | None = None,
+    input_type: str = "int8",
+    sparse: bool = False,
+) -> bytes:
+    """Convert a tf_keras student to one TFLite variant (no metadata yet)."""
+    import tensorflow as tf
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r}; one of {VARIANTS}")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model, spec)], model)
+    optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
+    if variant == "int8":
+        if input_type not in INPUT_TYPES:
+            raise ValueError(f"lite.input_type must be one of {INPUT_TYPES}, got {input_type!r}")
+        if not representative:
+            raise ValueError("int8 conversion needs a representative data set")
+        io_type = tf.int8 if input_type == "int8" else tf.uint8
+        converter.optimizations = [tf.lite.Optimize.DEFAULT, *optimizations]
+        converter.representative_dataset = _as_generator(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    elif variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT, *optimizations]
+        converter.target_spec.supported_types = [tf.float16]
+    else:
+        converter.optimizations = optimizations
+    return bytes(converter.convert())
+
+
+def _as_generator(events: list[np.ndarray]) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def generate() -> Iterator[list[np.ndarray]]:
+        for event in events:
+            yield [event]
+
+    return generate
+
+
+def _signature_tensors(model_object: Any) -> set[int]:
+    keep: set[int] = set()
+    for signature in model_object.signatureDefs or []:
+        for tensor_map in [*(signature.inputs or []), *(signature.outputs or [])]:
+            keep.add(tensor_map.tensorIndex)
+    return keep
+
+
+def strip_internal_names(content: bytes) -> bytes:
+    """Drop names of tensors that are neither a signature input nor output (debug strings only)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    keep = _signature_tensors(model_object)
+    for index, subgraph in enumerate(model_object.subgraphs):
+        io = set(subgraph.inputs) | set(subgraph.outputs) | (keep if index == 0 else set())
+        for tensor_index, tensor in enumerate(subgraph.tensors):
+            if tensor_index not in io:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_object))
+
+
+def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
+    """Add (or replace) the ``EVENTPIPE_METADATA`` entry: a buffer holding ``metadata`` as JSON."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    blob = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(blob, dtype=np.uint8)
+    entries = [m for m in (model_object.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
+    model_object.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model_object.buffers) - 1
+    model_object.metadata = [*entries, entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_object))
+
+
+def _io_details(content: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    import tensorflow as tf
+
+    runner = tf.lite.Interpreter(model_content=content).get_signature_runner("serving_default")
+    return runner.get_input_details(), runner.get_output_details()
+
+
+def _tensor_info(detail: dict[str, Any]) -> dict[str, Any]:
+    scale, zero_point = detail["quantization"]
+    info: dict[str, Any] = {
+        "shape": [int(d) for d in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+    }
+    if np.issubdtype(detail["dtype"], np.integer):
+        info["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+    return info
+
+
+def build_metadata(content: bytes, spec: EventSpec, variant: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What an app needs to use the model with no side files (the TFLite metadata contents)."""
+    inputs, outputs = _io_details(content)
+    input_info = _tensor_info(inputs[layout.DECODED_INPUT])
+    input_info.update(
+        {
+            "name": layout.DECODED_INPUT,
+            "layout": "NKHWC",
+            "frames": spec.frames,
+            "height": spec.height,
+            "width": spec.width,
+            "channels": spec.channels,
+            "color_space": "RGB" if spec.channels == 3 else "GRAYSCALE",
+            "value_range": [0.0, 1.0],
+            # TFLite metadata convention: model value = (pixel - mean) / std for uint8 pixels.
+            "normalization": {"mean": [0.0] * spec.channels, "std": [255.0] * spec.channels},
+            "resize": "bilinear to height x width",
+            "short_events": "repeat the last frame up to K frames",
+            "frame_order": "time order, oldest first",
+        }
+    )
+    return {
+        "format": FORMAT,
+        "name": "eventpipe student",
+        "variant": variant,
+        "labels": list(spec.classes),
+        "event_spec": spec.to_dict(),
+        "input": input_info,
+        "outputs": {"logits": "logits", "frame_weights": "frame_weights"},
+        "output_tensors": {name: _tensor_info(detail) for name, detail in outputs.items()},
+        "postprocessing": {
+            "probabilities": "softmax(logits)",
+            "class": "labels[argmax(logits)]",
+            "best_frame": "argmax(frame_weights)",
+        },
+        **(extra or {}),
+    }
+
+
+def has_sparsity(model: Any, threshold: float = 0.3) -> bool:
+    """Whether any kernel is at least ``threshold`` zeros (worth trying sparse encoding)."""
+    for w in model.weights:
+        value = w.numpy()
+        if value.ndim >= 2 and value.size >= 64 and float(np.mean(value == 0)) >= threshold:
+            return True
+    return False
+
+
+def convert_variant(
+    model: Any,
+    spec: EventSpec,
+    variant: str,
+    *,
+    representative: list[np.ndarray] | None = None,
+    input_type: str = "int8",
+    try_sparse: bool | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> LiteModel:
+    """The smallest encoding of ``variant`` (dense or sparse), names stripped, metadata embedded."""
+    dense = strip_internal_names(
+        convert(model, spec, variant, representative=representative, input_type=input_type)
+    )
+    content, sparse, sparse_bytes = dense, False, None
+    if try_sparse if try_sparse is not None else has_sparsity(model):
+        candidate = strip_internal_names(
+            convert(model, spec, variant, representative=representative, input_type=input_type, sparse=True)
+        )
+        sparse_bytes = len(candidate)
+        if sparse_bytes < len(dense):
+            content, sparse = candidate, True
+    metadata = build_metadata(content, spec, variant, {"sparse_encoding": sparse, **(extra_metadata or {})})
+    return LiteModel(variant, embed_metadata(content, metadata), sparse, len(dense), sparse_bytes, metadata)
+
+
+@dataclass
+class ParityResult:
+    """int8 TFLite vs the float student it came from, on the eval split."""
+
+    agreement: float
+    events: int
+    disagreements: int
+    min_agreement: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parity(reference_predicted: np.ndarray, lite_predicted: np.ndarray, min_agreement: float) -> ParityResult:
+    """The gate: top-1 of the TFLite model equals the float model's on >= ``min_agreement`` of events."""
+    if len(reference_predicted) != len(lite_predicted):
+        raise ValueError(f"{len(reference_predicted)} reference vs {len(lite_predicted)} TFLite predictions")
+    events = int(len(reference_predicted))
+    if events == 0:
+        return ParityResult(float("nan"), 0, 0, min_agreement, False)
+    same = int(np.sum(np.asarray(reference_predicted) == np.asarray(lite_predicted)))
+    agreement = same / events
+    return ParityResult(agreement, events, events - same, min_agreement, agreement >= min_agreement)

@@ -1,0 +1,140 @@
+"""The student: a small depthwise-separable event classifier that fits on a device.
+
+Every frame of an event goes through the same MobileNet-style backbone (a strided 3x3 stem,
+then depthwise 3x3 + pointwise 1x1 blocks, global average pooling). A per-frame score, computed
+from the frame's features and their deviation from the event's mean (what changed), is
+softmax-normalised across the frames: those weights pool the frames and name the best frame.
+A small fully-connected head maps the pooled features to class logits.
+
+The model maps ``[B, K, H, W, C]`` float32 in [0, 1] to ``{"logits": [B, C], "frame_weights":
+[B, K]}`` so ``trainer.export.export_saved_model`` exports it with the teacher's signatures. All
+layers are stock tf_keras layers or the small serializable layers below (no ``Lambda``): TFMOT
+can clone and prune it, and every op has an int8 TFLite kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tf_keras as keras
+
+from pipeline.config import StudentConfig
+from pipeline.layout import EventSpec
+
+PACKAGE = "eventpipe"
+LOGITS_LAYER = "logits"
+SCORE_LAYER = "frame_score"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MergeFrames(keras.layers.Layer):
+    """``[B, K, H, W, C]`` -> ``[B*K, H, W, C]`` so the backbone sees frames as a batch."""
+
+    def call(self, inputs: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.reshape(inputs, [-1, *inputs.shape[2:]])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SplitFrames(keras.layers.Layer):
+    """``[B*K, D]`` -> ``[B, K, D]``: per-frame features back into their events."""
+
+    def __init__(self, frames: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.frames = frames
+
+    def call(self, inputs: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.reshape(inputs, [-1, self.frames, inputs.shape[-1]])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "frames": self.frames}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FrameContext(keras.layers.Layer):
+    """``[B, K, D]`` -> ``[B, K, 2D]``: each frame's features and how they differ from the event mean."""
+
+    def call(self, inputs: Any) -> Any:
+        import tensorflow as tf
+
+        mean = tf.reduce_mean(inputs, axis=1, keepdims=True)
+        return tf.concat([inputs, inputs - mean], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class WeightedPool(keras.layers.Layer):
+    """``([B, K, D], [B, K])`` -> ``[B, D]``: frames pooled with the softmax frame weights."""
+
+    def call(self, inputs: Any) -> Any:
+        import tensorflow as tf
+
+        features, weights = inputs
+        return tf.reduce_sum(features * tf.expand_dims(weights, -1), axis=1)
+
+
+CUSTOM_OBJECTS = {
+    f"{PACKAGE}>{cls.__name__}": cls for cls in (MergeFrames, SplitFrames, FrameContext, WeightedPool)
+}
+
+
+def scaled_channels(filters: int, depth_multiplier: float) -> int:
+    """MobileNet's width multiplier: ``filters * depth_multiplier``, at least 4, rounded to 4."""
+    return max(4, int(round(filters * depth_multiplier / 4.0)) * 4)
+
+
+def _separable_block(x: Any, filters: int, strides: int, name: str, l2: float) -> Any:
+    """Depthwise 3x3 (+BN, ReLU6) then pointwise 1x1 (+BN, ReLU6), as in MobileNet v1."""
+    reg = keras.regularizers.l2(l2) if l2 else None
+    x = keras.layers.DepthwiseConv2D(
+        3, strides=strides, padding="same", use_bias=False, depthwise_regularizer=reg, name=f"{name}_dw"
+    )(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    x = keras.layers.Conv2D(
+        filters, 1, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_pw"
+    )(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_pw_bn")(x)
+    return keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
+
+
+def build_student(spec: EventSpec, cfg: StudentConfig | None = None) -> keras.Model:
+    """The student for ``spec``'s geometry and classes; its size follows ``cfg``."""
+    cfg = cfg or StudentConfig()
+    if not cfg.filters:
+        raise ValueError("student.filters must name at least one stage width")
+    widths = [scaled_channels(f, cfg.depth_multiplier) for f in cfg.filters]
+    l2 = cfg.weight_decay
+
+    frames = keras.Input(shape=spec.input_shape, name="frames", dtype="float32")
+    x = MergeFrames(name="merge_frames")(frames)
+    x = keras.layers.Conv2D(
+        widths[0], 3, strides=2, padding="same", use_bias=False, name="stem",
+        kernel_regularizer=keras.regularizers.l2(l2) if l2 else None,
+    )(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    for stage, width in enumerate(widths):
+        x = _separable_block(x, width, 1 if stage == 0 else 2, f"stage{stage}_down", l2)
+        for repeat in range(cfg.blocks_per_stage - 1):
+            x = _separable_block(x, width, 1, f"stage{stage}_block{repeat + 1}", l2)
+    x = keras.layers.GlobalAveragePooling2D(name="frame_pool")(x)
+    per_frame = SplitFrames(spec.frames, name="split_frames")(x)
+
+    scores = keras.layers.Dense(1, name=SCORE_LAYER)(FrameContext(name="frame_context")(per_frame))
+    scores = keras.layers.Reshape((spec.frames,), name="frame_scores")(scores)
+    weights = keras.layers.Softmax(axis=-1, name="frame_weights")(scores)
+    pooled = WeightedPool(name="event_pool")([per_frame, weights])
+
+    h = keras.layers.Dense(cfg.head_units, activation="relu", name="head")(pooled)
+    h = keras.layers.Dropout(cfg.dropout, name="head_dropout")(h)
+    logits = keras.layers.Dense(spec.num_classes, name=LOGITS_LAYER)(h)
+    return keras.Model(frames, {"logits": logits, "frame_weights": weights}, name="student")
+
+
+def load_keras(path: str) -> keras.Model:
+    """Load a student saved with ``model.save(path)`` (``.keras``/``.h5``), custom layers included."""
+    with keras.saving.custom_object_scope(CUSTOM_OBJECTS):
+        return keras.models.load_model(path, compile=False)
