@@ -50,6 +50,7 @@ class SimulatorConfig:
     shards: int = 2
     seed: int = 0
     workers: int = 0  # processes rendering in parallel; 0 = one per CPU core (in-process for small sets)
+    inline_frames: bool = False  # frames as {"b64": PNG} inside the manifest instead of files
 
 
 @dataclass

@@ -69,6 +69,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="render processes; 0 = one per CPU core (0)",
     )
+    p.add_argument(
+        "--inline-frames",
+        action="store_const",
+        const=True,
+        dest="simulator.inline_frames",
+        default=None,
+        help='embed frames as {"b64": PNG} in the manifest instead of files',
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_config_flags(p)
     p.set_defaults(func=run)

@@ -9,13 +9,14 @@ which the parent appends to the shard files in order. Memory stays constant in N
 Output under ``out_dir``::
 
     events-00000-of-00002.jsonl   one event per line; frames are paths relative to it
-    frames/<event_id>/<i>.png
+    frames/<event_id>/<i>.png     (or, with inline_frames, {"b64": ...} inside the lines)
     simulator.json                parameters, counts per class, label noise, backgrounds
     preview.png                   a contact sheet of a few events per class
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import multiprocessing
@@ -94,7 +95,7 @@ def _is_ours(name: str) -> bool:
     )
 
 
-def _prepare_out_dir(out_dir: str) -> None:
+def _prepare_out_dir(out_dir: str, frames_dir: bool) -> None:
     """Create ``out_dir``, replacing a previous simulator output; refuse anything else."""
     if os.path.isfile(out_dir):
         raise UserError(f"--out {out_dir} is a file; give a directory")
@@ -112,7 +113,8 @@ def _prepare_out_dir(out_dir: str) -> None:
             shutil.rmtree(path)
         else:
             os.remove(path)
-    os.makedirs(os.path.join(out_dir, FRAMES_DIR))
+    if frames_dir:
+        os.makedirs(os.path.join(out_dir, FRAMES_DIR))
 
 
 @dataclass
@@ -148,11 +150,12 @@ def save_frames(event: RenderedEvent, out_dir: str) -> list[str]:
     return paths
 
 
-def manifest_record(event: RenderedEvent, classes: list[str], frame_paths: list[str]) -> dict:
+def manifest_record(event: RenderedEvent, classes: list[str], frames: list) -> dict:
+    """The JSONL record; ``frames`` are relative paths or ``{"b64": ...}`` objects."""
     record: dict = {"event_id": event.event_id, "device_id": event.device_id, "timestamp": event.timestamp}
     if event.label is not None:
         record["label"] = classes[event.label]
-    record["frames"] = frame_paths
+    record["frames"] = frames
     return record
 
 
@@ -165,8 +168,11 @@ def _render_chunk(bounds: tuple[int, int]) -> _ChunkResult:
     res = _ChunkResult("")
     for index in range(*bounds):
         ev = render_event(cfg, index, archetypes)
-        paths = save_frames(ev, out_dir)
-        lines.append(json.dumps(manifest_record(ev, classes, paths)))
+        if cfg.inline_frames:
+            frames: list = [{"b64": base64.b64encode(encode_png(f)).decode("ascii")} for f in ev.frames]
+        else:
+            frames = save_frames(ev, out_dir)
+        lines.append(json.dumps(manifest_record(ev, classes, frames)))
         true_name = classes[ev.true_class]
         res.by_class[true_name] += 1
         res.by_label[classes[ev.label] if ev.label is not None else "(unlabelled)"] += 1
@@ -219,7 +225,7 @@ def generate(
     cfg.classes = [c.strip() for c in cfg.classes]
     validate(cfg)
     out_dir = os.path.abspath(out_dir)
-    _prepare_out_dir(out_dir)
+    _prepare_out_dir(out_dir, frames_dir=not cfg.inline_frames)
     n_workers = _worker_count(cfg, workers)
     started = time.perf_counter()
 
