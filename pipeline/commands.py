@@ -67,6 +67,8 @@ def run_stage(cfg: Config, through: str) -> dict[str, Any]:
     error: BaseException | None = None
     try:
         runners.run_pipeline(cfg, through)
+    except GateFailed as e:  # raised inside a component: report what ran, then stop below
+        error = e
     except UserError:
         raise
     except Exception as e:  # a failing component: find which, and why, from MLMD below

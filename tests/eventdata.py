@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -20,12 +21,16 @@ def png(height: int = 8, width: int = 8, channels: int = 3, value: int = 0, seed
     return buf.getvalue()
 
 
-def event(event_id: str, label: str | None = "a", frames: int = 2, **fields) -> dict:
+def event(event_id: str, label: str | None = "a", frames: int | list = 2, **fields) -> dict:
+    """One manifest record; ``frames`` is a count of inline PNGs or the exact frames list."""
+    if isinstance(frames, int):
+        seed = zlib.crc32(event_id.encode())
+        frames = [{"b64": base64.b64encode(png(seed=seed + i)).decode()} for i in range(frames)]
     record = {
         "event_id": event_id,
         "device_id": "cam01",
         "timestamp": "2026-01-05T12:00:00Z",
-        "frames": [{"b64": base64.b64encode(png(seed=i + hash(event_id) % 1000)).decode()} for i in range(frames)],
+        "frames": frames,
     }
     if label is not None:
         record["label"] = label

@@ -1,0 +1,114 @@
+"""Every rejection reason, one event at a time (no Beam): the reason code and a helpful detail."""
+
+import base64
+import json
+import os
+
+import pytest
+
+import eventdata as ed
+from components.event_example_gen import checks, sources
+
+
+def run_checks(tmp_path, records, classes=(), max_frames=4):
+    ed.write_manifest(str(tmp_path), records)
+    rules = checks.Rules(data_root=str(tmp_path), max_frames=max_frames, classes=tuple(classes))
+    units = sources.discover(str(tmp_path))
+    return [checks.check(e, rules) for u in units for e in sources.read_unit(u, str(tmp_path))]
+
+
+def only(tmp_path, record, **kw):
+    (result,) = run_checks(tmp_path, [record], **kw)
+    return result
+
+
+def test_valid_event_is_accepted_with_its_geometry(tmp_path):
+    result = only(tmp_path, ed.event("e1", frames=3))
+    assert isinstance(result, checks.Accepted)
+    assert (result.height, result.width, result.channels, len(result.frames)) == (8, 8, 3, 3)
+    assert result.label == "a"
+
+
+def test_unlabelled_event_is_accepted(tmp_path):
+    result = only(tmp_path, ed.event("u1", label=None))
+    assert isinstance(result, checks.Accepted) and result.label is None
+
+
+@pytest.mark.parametrize(
+    "record, reason, words",
+    [
+        ("{not json", checks.MALFORMED_LINE, "not JSON"),
+        ("[1, 2]", checks.MALFORMED_LINE, "not an object"),
+        ({"device_id": "c", "timestamp": "2026-01-05T12:00:00Z", "frames": []}, checks.MISSING_FIELD, "event_id"),
+        (ed.event("e", device_id=7), checks.BAD_FIELD, "device_id"),
+        (ed.event("e", label=""), checks.BAD_FIELD, "label"),
+        (ed.event("e", timestamp="2026-13-45T99:00:00Z"), checks.BAD_TIMESTAMP, "RFC 3339"),
+        (ed.event("e", timestamp="2026-01-05 12:00"), checks.BAD_TIMESTAMP, "RFC 3339"),
+        (ed.event("e", label="zebra"), checks.UNKNOWN_LABEL, "zebra"),
+        (ed.event("e", frames=0), checks.WRONG_FRAME_COUNT, "1..4"),
+        (ed.event("e", frames=5), checks.WRONG_FRAME_COUNT, "--max-frames"),
+        (ed.event("e", frames=[42]), checks.BAD_FRAME_REF, "frame 0"),
+        (ed.event("e", frames=["../outside.png"]), checks.PATH_ESCAPE, "outside"),
+        (ed.event("e", frames=["/etc/passwd"]), checks.PATH_ESCAPE, "outside"),
+        (ed.event("e", frames=["missing.png"]), checks.FRAME_MISSING, "does not exist"),
+        (ed.event("e", frames=[{"b64": "!!!"}]), checks.UNDECODABLE_FRAME, "base64"),
+        (ed.event("e", frames=[{"b64": base64.b64encode(b"not an image").decode()}]), checks.UNDECODABLE_FRAME, "decode"),
+        (ed.event("e", frames=[{"b64": base64.b64encode(ed.png()[:40]).decode()}]), checks.UNDECODABLE_FRAME, "decode"),
+        (
+            ed.event("e", frames=[{"b64": base64.b64encode(ed.png(8, 8)).decode()}, {"b64": base64.b64encode(ed.png(8, 9)).decode()}]),
+            checks.MIXED_FRAME_SIZES,
+            "8x8, 9x8",
+        ),
+    ],
+)
+def test_each_rejection_names_reason_and_field(tmp_path, record, reason, words):
+    result = only(tmp_path, record, classes=("a", "b"))
+    assert isinstance(result, checks.Rejected), result
+    assert result.reason == reason
+    assert words in result.detail
+    assert "events.jsonl:1" in result.detail  # says where the event is
+
+
+def test_frame_path_relative_to_manifest_and_symlink_escape(tmp_path):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "ok.png").write_bytes(ed.png())
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    outside.write_bytes(ed.png())
+    os.symlink(outside, tmp_path / "frames" / "link.png")
+    results = run_checks(tmp_path, [ed.event("ok", frames=["frames/ok.png"]), ed.event("ln", frames=["frames/link.png"])])
+    assert isinstance(results[0], checks.Accepted)
+    assert results[1].reason == checks.PATH_ESCAPE
+
+
+def test_oversized_frame_is_rejected(tmp_path):
+    ed.write_manifest(str(tmp_path), [ed.event("big")])
+    rules = checks.Rules(data_root=str(tmp_path), max_frames=4, max_frame_bytes=10)
+    (event,) = sources.read_unit(sources.discover(str(tmp_path))[0], str(tmp_path))
+    assert checks.check(event, rules).reason == checks.FRAME_TOO_LARGE
+
+
+def test_grayscale_jpeg_is_accepted_with_one_channel(tmp_path):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (12, 10), 128).save(buf, format="JPEG")
+    record = ed.event("g", frames=[{"b64": base64.b64encode(buf.getvalue()).decode()}])
+    result = only(tmp_path, record)
+    assert (result.height, result.width, result.channels) == (10, 12, 1)
+
+
+def test_blank_lines_are_not_events_but_every_other_line_is(tmp_path):
+    ed.write_manifest(str(tmp_path), [ed.event("a1"), "", "   ", json.dumps(ed.event("a2"))])
+    events = list(sources.read_unit(sources.discover(str(tmp_path))[0], str(tmp_path)))
+    assert [e.source for e in events] == ["events.jsonl:1", "events.jsonl:4"]
+
+
+def test_discover_explains_an_empty_or_missing_directory(tmp_path):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):
+        sources.discover(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="no events found"):
+        sources.discover(str(tmp_path))

@@ -1,0 +1,152 @@
+"""Ingest end to end: real Beam, real TFX (LocalDagRunner, SQLite MLMD), real files."""
+
+import glob
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import apache_beam as beam
+import pytest
+
+import eventdata as ed
+from components.event_example_gen import executor
+from pipeline import layout
+from pipeline.config import DataConfig, SimulatorConfig
+from pipeline.simulator.writer import generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["empty", "person", "vehicle"]
+
+
+def eventpipe(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def dirty_data(tmp_path_factory):
+    """120 simulated events plus one bad event of each kind a camera fleet produces."""
+    root = tmp_path_factory.mktemp("events")
+    generate(str(root), SimulatorConfig(events=120, frames=2, size=16, classes=CLASSES, unlabelled_fraction=0.1, seed=3, shards=2), workers=1, progress=False, preview=False)
+    first = json.loads(open(sorted(glob.glob(str(root / "*.jsonl")))[0]).readline())
+    bad = [
+        "{this is not json",
+        dict(first),  # duplicate event_id (the later copy is the one rejected)
+        {**first, "event_id": "bad-label", "label": "dragon"},
+        {**first, "event_id": "bad-missing", "frames": ["frames/nope/0.png"]},
+        {**first, "event_id": "bad-escape", "frames": ["../../etc/passwd"]},
+        {**first, "event_id": "bad-time", "timestamp": "last tuesday"},
+        ed.event("bad-sizes", label="person", frames=[{"b64": __import__("base64").b64encode(ed.png(16, 16)).decode()}, {"b64": __import__("base64").b64encode(ed.png(12, 16)).decode()}]),
+    ]
+    ed.write_manifest(str(root), bad, name="zz-injected.jsonl")
+    return root
+
+
+EXPECTED_REASONS = {
+    "malformed_line": 1, "duplicate_id": 1, "unknown_label": 1, "frame_missing": 1,
+    "path_escape": 1, "bad_timestamp": 1, "mixed_frame_sizes": 1,
+}  # fmt: skip
+
+
+def test_validate_accounts_for_every_event(dirty_data, tmp_path):
+    work = tmp_path / "work"
+    r = eventpipe("validate", "--data", str(dirty_data), "--workdir", str(work), "--classes", ",".join(CLASSES), "--max-reject-rate", "0.1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((work / "report.json").read_text())
+    ev = report["events"]
+    assert ev["read"] == 127
+    assert ev["read"] == ev["accepted"] + ev["rejected"]
+    assert ev["rejected_by_reason"] == EXPECTED_REASONS
+    assert ev["unlabelled"] == ev["splits"]["unlabelled"] > 0
+    assert sum(ev["splits"].values()) == ev["accepted"] == 120
+    assert report["anomalies"] == []
+    assert "accepted 120" in r.stdout and report["quarantine"] in r.stdout
+
+    # The quarantine holds each rejected event with its original record and reason.
+    lines = [json.loads(line) for f in glob.glob(os.path.join(report["quarantine"], "quarantine-*.jsonl")) for line in open(f)]
+    assert sorted(e["reason"] for e in lines) == sorted(EXPECTED_REASONS)
+    by_reason = {e["reason"]: e for e in lines}
+    assert by_reason["malformed_line"]["raw"] == "{this is not json"
+    assert by_reason["unknown_label"]["record"]["label"] == "dragon"
+    assert by_reason["duplicate_id"]["source"].startswith("zz-injected.jsonl:")
+    assert "dragon" in by_reason["unknown_label"]["detail"]
+
+    # The examples decode through the shared layout into the model geometry.
+    spec = layout.EventSpec.load(report["examples"])
+    assert spec == layout.EventSpec(tuple(CLASSES), frames=2, height=16, width=16, channels=3)
+    batch = next(iter(layout.dataset(os.path.join(report["examples"], "Split-train", "*"), spec, batch_size=8)))
+    assert batch["frames"].shape == (8, 2, 16, 16, 3)
+    assert set(batch["label"].numpy()) <= {0, 1, 2}
+    unlabelled = next(iter(layout.dataset(os.path.join(report["examples"], "Split-unlabelled", "*"), spec, batch_size=64)))
+    assert set(unlabelled["label"].numpy()) == {-1}
+
+
+def test_gate_stops_with_reasons_and_quarantine_path(dirty_data, tmp_path):
+    work = tmp_path / "work"
+    r = eventpipe("validate", "--data", str(dirty_data), "--workdir", str(work), "--classes", ",".join(CLASSES), "--max-reject-rate", "0.01", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr[-3000:]
+    error = [line for line in r.stderr.splitlines() if line.startswith("eventpipe validate: error:")]
+    assert len(error) == 1 and "Traceback" not in r.stderr
+    assert "7 of 127 events rejected" in error[0] and "duplicate_id=1" in error[0]
+    report = json.loads((work / "report.json").read_text())
+    assert report["quarantine"] in error[0]
+    assert report["gate"]["blessed"] is False
+
+
+def run_ingest(root, out, data=None):
+    data = data or DataConfig()
+    with beam.Pipeline() as p:
+        executor.build_ingest(p, str(root), data, str(out / "examples"), str(out / "quarantine"))
+    return executor.finish_outputs(str(out / "examples"), str(out / "quarantine"), data)
+
+
+def test_image_folder_tree_single_frame_grayscale(tmp_path):
+    root = tmp_path / "tree"
+    for label in ("cat", "dog"):
+        for i in range(6):
+            (root / label).mkdir(parents=True, exist_ok=True)
+            (root / label / f"{label}{i}.png").write_bytes(ed.png(8, 8, channels=1, seed=i))
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    summary = run_ingest(root, tmp_path / "out")
+    assert (summary["read"], summary["accepted"], summary["rejected"]) == (13, 12, 1)
+    assert summary["rejected_by_reason"] == {"undecodable_frame": 1}
+    spec = layout.EventSpec.load(str(tmp_path / "out" / "examples"))
+    assert spec == layout.EventSpec(("cat", "dog"), frames=1, height=8, width=8, channels=1)
+
+
+def test_image_folder_tree_multi_frame_rgb(tmp_path):
+    root = tmp_path / "tree"
+    for i in range(5):
+        event_dir = root / "person" / f"ev{i}"
+        event_dir.mkdir(parents=True)
+        for f in range(4):
+            (event_dir / f"{f}.png").write_bytes(ed.png(64, 64, seed=f + i))
+    summary = run_ingest(root, tmp_path / "out")
+    assert summary["accepted"] == 5 and summary["labels"] == {"person": 5}
+    spec = layout.EventSpec.load(str(tmp_path / "out" / "examples"))
+    assert spec.input_shape == (4, 64, 64, 3)
+
+
+def test_tfrecord_input_is_rechecked(tmp_path):
+    """Layout TFRecords go through the same checks; a corrupt record is quarantined, not fatal."""
+    src = tmp_path / "src"
+    ed.write_manifest(str(src), [ed.event(f"e{i}", label="ab"[i % 2]) for i in range(10)])
+    first = run_ingest(src, tmp_path / "first")
+    root = tmp_path / "records"
+    root.mkdir()
+    for f in glob.glob(str(tmp_path / "first" / "examples" / "Split-*" / "*.gz")):
+        shutil.copy(f, root / (os.path.basename(os.path.dirname(f)) + ".tfrecord.gz"))
+    with open(root / "zz-corrupt.tfrecord", "wb") as f:
+        payload = b"\x08garbage"
+        f.write(struct.pack("<Q", len(payload)) + b"\0" * 4 + payload + b"\0" * 4)
+    summary = run_ingest(root, tmp_path / "second")
+    assert summary["read"] == first["accepted"] + 1
+    assert summary["accepted"] == first["accepted"]
+    assert summary["rejected_by_reason"] == {"malformed_line": 1}
+    q = [json.loads(line) for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*")) for line in open(f)]
+    assert q[0]["source"].startswith("zz-corrupt.tfrecord:")
