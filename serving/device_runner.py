@@ -1,0 +1,186 @@
+"""On-device runner: classify events with a released ``.tflite`` file and time it.
+
+This is what an app does on a phone or camera: ``tflite_runtime`` and PIL only, labels and
+normalization from the model's own metadata, one event at a time. It must never import
+TensorFlow, directly or through any module it imports (a test runs it where importing
+TensorFlow fails).
+
+Events come from JSON Lines manifests (``*.jsonl`` under ``--data``, or one file), one
+event per line: ``{"event_id": ..., "label": ..., "frames": ["rel/path.png", {"b64": ...}]}``
+with frame paths relative to the manifest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+
+@dataclass
+class Event:
+    event_id: str
+    label: str | None
+    frames: list[bytes]
+    source: str
+
+
+def iter_manifest_events(data: str) -> Iterator[Event]:
+    """Events of every ``*.jsonl`` manifest under ``data`` (sorted), or of one manifest file."""
+    if os.path.isfile(data):
+        manifests = [data]
+    elif os.path.isdir(data):
+        manifests = sorted(
+            os.path.join(d, f) for d, _dirs, fs in os.walk(data) for f in fs if f.endswith(".jsonl")
+        )
+    else:
+        raise UserError(f"--data {data!r} does not exist")
+    if not manifests:
+        raise UserError(f"--data {data!r} holds no *.jsonl manifests")
+    for manifest in manifests:
+        base = os.path.dirname(os.path.abspath(manifest))
+        with open(manifest, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{manifest}:{number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where}: not JSON ({e.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
+                    raise UserError(f"{where}: expected an object with a 'frames' list")
+                yield Event(
+                    event_id=str(record.get("event_id", where)),
+                    label=record.get("label"),
+                    frames=[_read_frame(fr, base, where) for fr in record["frames"]],
+                    source=where,
+                )
+
+
+def _read_frame(frame: object, base: str, where: str) -> bytes:
+    if isinstance(frame, dict) and isinstance(frame.get("b64"), str):
+        try:
+            return base64.b64decode(frame["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(f"{where}: a frame's 'b64' is not valid base64") from None
+    if isinstance(frame, str):
+        path = os.path.join(base, frame)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise UserError(f"{where}: cannot read frame {frame!r}: {e.strerror}") from None
+    raise UserError(f"{where}: a frame must be a relative path or {{\"b64\": ...}}, got {frame!r}")
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
+
+
+def run_device(
+    model_path: str,
+    data: str,
+    *,
+    limit: int = 0,
+    threads: int = 0,
+    warmup: int = 3,
+    show: int = 20,
+    out_path: str = "",
+    stream=None,
+) -> dict:
+    """Classify the events under ``data``; print predictions and latency; return the summary."""
+    from serving.frames import FrameDecodeError
+    from serving.tflite_model import LiteEventModel, LiteModelError
+
+    stream = stream or sys.stdout
+    try:
+        model = LiteEventModel(model_path, num_threads=threads or None)
+    except LiteModelError as e:
+        raise UserError(str(e)) from e
+    print(
+        f"model {model_path}: {model.size_bytes / 1024:.1f} KiB, input {model.input_dtype} "
+        f"[B,{','.join(map(str, model.input_shape))}], labels {list(model.labels)}",
+        file=stream,
+    )
+    events = iter_manifest_events(data)
+    decode_s: list[float] = []
+    infer_s: list[float] = []
+    total_s: list[float] = []
+    counts = {"events": 0, "labelled": 0, "correct": 0, "failed": 0}
+    out = open(out_path, "w", encoding="utf-8") if out_path else None  # noqa: SIM115  (closed below)
+    try:
+        for i, event in enumerate(events):
+            if limit and i >= limit:
+                break
+            t0 = time.perf_counter()
+            try:
+                decoded = model.decode([event.frames])
+            except FrameDecodeError as e:
+                counts["failed"] += 1
+                print(f"{event.event_id}: skipped, {e}", file=stream)
+                continue
+            t1 = time.perf_counter()
+            if counts["events"] == 0:
+                for _ in range(max(0, warmup)):  # first invocations allocate; keep them out of the numbers
+                    model.predict_decoded(decoded)
+            t2 = time.perf_counter()
+            result = model.predict_decoded(decoded)
+            t3 = time.perf_counter()
+            decode_s.append(t1 - t0)
+            infer_s.append(t3 - t2)
+            total_s.append((t1 - t0) + (t3 - t2))
+            counts["events"] += 1
+            name = result["class_name"][0].decode("utf-8")
+            prob = float(result["probabilities"][0][result["class_id"][0]])
+            best = int(result["best_frame"][0])
+            verdict = ""
+            if event.label is not None:
+                counts["labelled"] += 1
+                ok = event.label == name
+                counts["correct"] += int(ok)
+                verdict = f"  label={event.label} {'ok' if ok else 'WRONG'}"
+            if counts["events"] <= show:
+                print(f"{event.event_id}: {name} p={prob:.3f} best_frame={best}{verdict}", file=stream)
+            if out is not None:
+                out.write(json.dumps({
+                    "event_id": event.event_id, "class_name": name, "probability": prob, "best_frame": best,
+                    "probabilities": [float(p) for p in result["probabilities"][0]], "label": event.label,
+                }) + "\n")
+    finally:
+        if out is not None:
+            out.close()
+    if counts["events"] == 0:
+        raise UserError(f"no event under {data!r} could be classified")
+    summary = {
+        "model": model_path,
+        **counts,
+        "accuracy": counts["correct"] / counts["labelled"] if counts["labelled"] else None,
+        "latency_ms": {
+            "inference_p50": percentile_ms(infer_s, 50),
+            "inference_p99": percentile_ms(infer_s, 99),
+            "decode_p50": percentile_ms(decode_s, 50),
+            "end_to_end_p50": percentile_ms(total_s, 50),
+            "end_to_end_p99": percentile_ms(total_s, 99),
+        },
+    }
+    if counts["events"] > show:
+        print(f"... {counts['events'] - show} more", file=stream)
+    lat = summary["latency_ms"]
+    acc = f", accuracy {summary['accuracy']:.3f} on {counts['labelled']} labelled" if counts["labelled"] else ""
+    print(
+        f"{counts['events']} events classified ({counts['failed']} skipped){acc}\n"
+        f"latency per event: inference p50 {lat['inference_p50']:.2f} ms p99 {lat['inference_p99']:.2f} ms; "
+        f"decode+inference p50 {lat['end_to_end_p50']:.2f} ms p99 {lat['end_to_end_p99']:.2f} ms",
+        file=stream,
+    )
+    return summary

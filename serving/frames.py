@@ -1,0 +1,140 @@
+"""Decode encoded event frames with PIL and NumPy, without TensorFlow.
+
+The on-device runner and the TFLite backend cannot use ``pipeline.layout.decode_frames``
+(TensorFlow). This module reproduces its semantics so a TFLite model sees what training saw:
+
+- ``""`` entries pad short events: index ``i`` takes frame ``min(i, real - 1)`` where ``real``
+  is the number of non-empty entries (so the last real frame repeats);
+- frames are converted to the spec's channels (RGB -> gray with the fixed-point weights
+  libpng uses under ``tf.io.decode_png(channels=1)``; alpha is dropped);
+- uint8 -> float32 as ``x * (1/255)`` (``tf.image.convert_image_dtype``);
+- other sizes are resized with half-pixel-centre bilinear interpolation, as
+  ``tf.image.resize(method="bilinear")`` does.
+
+PNG frames decode bit-exactly like TensorFlow; JPEG frames may differ by a few grey levels
+(TensorFlow's libjpeg uses the fast integer IDCT, PIL the accurate one).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+# TensorFlow's PNG decoder asks libpng for gray = 0.299 R + 0.587 G + 0.114 B; libpng turns that
+# into these 1/32768 fixed-point weights and truncates.
+_PNG_GRAY_WEIGHTS = (9797, 19234, 3737)
+_UINT8_SCALE = np.float32(1.0 / 255.0)
+
+
+class FrameDecodeError(ValueError):
+    """An encoded frame is not a PNG/JPEG image PIL can read."""
+
+
+def _to_channels(image: Image.Image, channels: int) -> np.ndarray:
+    """``image`` as uint8 ``[H, W, channels]``."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: keep the high byte, as TensorFlow's uint8 decode does.
+        arr = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+        image = Image.fromarray(arr, mode="L")
+        mode = "L"
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if channels == 1:
+        if mode in ("L", "LA", "1"):
+            return np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
+        if mode in ("CMYK", "YCbCr"):
+            return np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint32)
+        rc, gc, bc = _PNG_GRAY_WEIGHTS
+        gray = (rc * rgb[..., 0] + gc * rgb[..., 1] + bc * rgb[..., 2]) >> 15
+        return gray.astype(np.uint8)[..., None]
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(data: bytes, channels: int) -> np.ndarray:
+    """One encoded PNG/JPEG -> uint8 ``[H, W, channels]``."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG" and channels == 1:
+                # libjpeg's grayscale output is the luma plane, as tf.io.decode_jpeg(channels=1).
+                image.draft("L", image.size)
+            image.load()
+            return _to_channels(image, channels)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise FrameDecodeError(f"cannot decode frame ({len(data)} bytes): {e}") from e
+
+
+def _resize_axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower/upper source indices and lerp weights of TF's half-pixel bilinear resize."""
+    scale = in_size / out_size
+    coord = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+    floor = np.floor(coord)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(coord), in_size - 1).astype(np.int64)
+    lerp = (coord - floor).astype(np.float32)
+    return lower, upper, lerp
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 ``[H, W, C]`` -> ``[height, width, C]`` like ``tf.image.resize`` (bilinear)."""
+    in_h, in_w = image.shape[:2]
+    if (in_h, in_w) == (height, width):
+        return image
+    y0, y1, ly = _resize_axis_weights(in_h, height)
+    x0, x1, lx = _resize_axis_weights(in_w, width)
+    top = image[y0]
+    bottom = image[y1]
+    ly = ly[:, None, None]
+    lx = lx[None, :, None]
+    top_left, top_right = top[:, x0], top[:, x1]
+    bottom_left, bottom_right = bottom[:, x0], bottom[:, x1]
+    top_row = top_left + (top_right - top_left) * lx
+    bottom_row = bottom_left + (bottom_right - bottom_left) * lx
+    return (top_row + (bottom_row - top_row) * ly).astype(np.float32)
+
+
+def decode_event(
+    encoded: Sequence[bytes], frames: int, height: int, width: int, channels: int
+) -> np.ndarray:
+    """``frames`` encoded images ("" pads) -> float32 ``[frames, height, width, channels]`` in [0, 1]."""
+    encoded = list(encoded)
+    if len(encoded) > frames:
+        encoded = encoded[:frames]
+    encoded += [b""] * (frames - len(encoded))
+    real = max(sum(1 for e in encoded if len(e) > 0), 1)
+    out = np.empty((frames, height, width, channels), dtype=np.float32)
+    cache: dict[int, np.ndarray] = {}
+    for i in range(frames):
+        src = min(i, real - 1)
+        if src not in cache:
+            data = encoded[src]
+            if not data:
+                raise FrameDecodeError(f"frame {src} is empty: padding may only follow real frames")
+            image = decode_image(data, channels).astype(np.float32) * _UINT8_SCALE
+            cache[src] = resize_bilinear(image, height, width)
+        out[i] = cache[src]
+    return out
+
+
+def decode_events(
+    events: Sequence[Sequence[bytes]], frames: int, height: int, width: int, channels: int
+) -> np.ndarray:
+    """A batch of events -> float32 ``[B, frames, height, width, channels]``."""
+    out = np.empty((len(events), frames, height, width, channels), dtype=np.float32)
+    for b, event in enumerate(events):
+        out[b] = decode_event(event, frames, height, width, channels)
+    return out
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    """uint8 ``[H, W, C]`` (C = 1 or 3) -> PNG bytes (used to build warm-up and test inputs)."""
+    arr = np.asarray(frame, dtype=np.uint8)
+    image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, mode="L" if arr.shape[-1] == 1 else "RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

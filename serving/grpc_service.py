@@ -1,0 +1,133 @@
+"""TF Serving's gRPC services: ``PredictionService`` and ``ModelService``.
+
+Registered with the generated ``tensorflow_serving.apis`` servicers, so any client built on
+``prediction_service_pb2_grpc.PredictionServiceStub`` / ``ModelServiceStub`` works unchanged.
+Classify, Regress and MultiInference answer UNIMPLEMENTED (eventpipe models expose predict
+signatures only), as does ``HandleReloadConfigRequest`` (the manager polls the base path).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving import api
+from serving.manager import ModelManager
+from serving.metrics import ServingMetrics
+from serving.status import INTERNAL, OK, ServingError
+from serving.tensors import array_to_proto, proto_to_array
+
+log = logging.getLogger("eventpipe.serving.grpc")
+
+
+def _version_args(spec) -> tuple[int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return spec.version.value, None
+    if choice == "version_label":
+        return None, spec.version_label
+    return None, None
+
+
+class _Observed:
+    """Times one RPC, records it, and turns ServingError into a gRPC status."""
+
+    def __init__(self, metrics: ServingMetrics, method: str, context: grpc.ServicerContext) -> None:
+        self.metrics, self.method, self.context = metrics, method, context
+
+    def __enter__(self) -> _Observed:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        code = OK
+        if isinstance(exc, ServingError):
+            code = exc.code
+        elif exc is not None and not isinstance(exc, grpc.RpcError):
+            log.error("gRPC %s failed", self.method, exc_info=(exc_type, exc, tb))
+            code = INTERNAL
+            exc = ServingError(INTERNAL, f"{type(exc).__name__}: {exc}")
+        self.metrics.observe_request("grpc", self.method, code, time.perf_counter() - self.started)
+        if isinstance(exc, ServingError):
+            self.context.abort(grpc.StatusCode[exc.code], exc.message)
+        return False
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics) -> None:
+        self.manager, self.metrics = manager, metrics
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
+        with _Observed(self.metrics, "predict", context):
+            spec = request.model_spec
+            version, label = _version_args(spec)
+            with self.manager.in_flight:
+                lv = self.manager.resolve(spec.name, version, label)
+                signature = lv.signature(spec.signature_name)
+                inputs = {k: proto_to_array(v) for k, v in request.inputs.items()}
+                wanted = signature.select_outputs(list(request.output_filter))
+                outputs = lv.predict(signature, inputs, wanted)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.CopyFrom(api.model_spec(lv, signature.name))
+            for alias, value in outputs.items():
+                response.outputs[alias].CopyFrom(array_to_proto(value))
+            return response
+
+    def GetModelMetadata(  # noqa: N802
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        with _Observed(self.metrics, "metadata", context):
+            version, label = _version_args(request.model_spec)
+            return api.model_metadata(
+                self.manager, request.model_spec.name, version, label, list(request.metadata_field)
+            )
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics) -> None:
+        self.manager, self.metrics = manager, metrics
+
+    def GetModelStatus(  # noqa: N802
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        with _Observed(self.metrics, "status", context):
+            if not request.HasField("model_spec"):
+                raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
+            version, label = _version_args(request.model_spec)
+            return api.model_status(self.manager, request.model_spec.name, version, label)
+
+
+class GrpcServer:
+    """Both services on ``host:port`` (port 0: pick a free one)."""
+
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_message_bytes: int, workers: int = 32):
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(manager, metrics), self._server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, metrics), self._server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {address}")
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._server.stop(grace).wait()

@@ -1,0 +1,219 @@
+"""TF Serving's REST API over a threaded stdlib HTTP/1.1 server.
+
+Routes (TF Serving's regular expressions, case-insensitive):
+
+- ``GET  /v1/models/NAME[/versions/N|/labels/L]``            model status
+- ``GET  /v1/models/NAME[/versions/N|/labels/L]/metadata``   signature defs
+- ``POST /v1/models/NAME[/versions/N|/labels/L]:predict``    row or column form
+- ``GET  /monitoring/prometheus/metrics``                    Prometheus text format
+
+Errors are ``{"error": "..."}`` with the HTTP status TF Serving maps the canonical code
+to. Bodies over the limit are refused with 413 before they are read. Responses go out in
+one write with TCP_NODELAY, so keep-alive clients do not wait on Nagle's algorithm.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+from serving import api, tensors
+from serving.manager import ModelManager
+from serving.metrics import ServingMetrics
+from serving.status import INTERNAL, INVALID_ARGUMENT, OK, ServingError, invalid
+
+log = logging.getLogger("eventpipe.serving.rest")
+
+PREDICT_RE = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I
+)
+STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+API_RE = re.compile(r"/v1/.*", re.I)
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "eventpipe-serving"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (stdlib signature)
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _reply(self, status: int, body: bytes, content_type: str = "application/json", close: bool = False) -> None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Error"
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        )
+        if close:
+            head += "Connection: close\r\n"
+            self.close_connection = True
+        self.wfile.write(head.encode("latin-1") + b"\r\n" + body)
+
+    def _read_body(self) -> bytes:
+        limit = self.server.max_body_bytes
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks, total = [], 0
+            while True:
+                size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                total += size
+                if total > limit:
+                    raise _TooLarge(total, limit)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(3)
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return b""
+        try:
+            n = int(length)
+        except ValueError:
+            raise invalid(f"Content-Length {length!r} is not a number") from None
+        if n > limit:
+            raise _TooLarge(n, limit)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def _dispatch(self) -> None:
+        started = time.perf_counter()
+        path = self.path.split("?", 1)[0]
+        method = "other"
+        code = OK
+        try:
+            if path == METRICS_PATH and self.command == "GET":
+                method = "metrics"
+                self._reply(200, self.server.metrics.render(), self.server.metrics.content_type)
+                return
+            if not API_RE.fullmatch(path):
+                code = "NOT_FOUND"
+                self._reply(404, tensors.error_json(f"Not found: {self.command} {path}"))
+                return
+            try:
+                body = self._read_body()
+            except _TooLarge as e:
+                code = "RESOURCE_EXHAUSTED"
+                self._reply(413, tensors.error_json(str(e)), close=True)
+                return
+            method = _method_label(self.command, path)
+            payload = self._route(path, body)
+            self._reply(200, payload)
+        except ServingError as e:
+            code = e.code
+            self._reply(e.http_status, tensors.error_json(e.message))
+        except Exception as e:  # noqa: BLE001  (a server bug must still answer the client)
+            log.exception("REST %s %s failed", self.command, path)
+            code = INTERNAL
+            self._reply(500, tensors.error_json(f"{type(e).__name__}: {e}"))
+        finally:
+            self.server.metrics.observe_request("rest", method, code, time.perf_counter() - started)
+
+    def _route(self, path: str, body: bytes) -> bytes:
+        manager = self.server.manager
+        if self.command == "POST":
+            m = PREDICT_RE.fullmatch(path)
+            if m:
+                name, version, label = _model_args(m.group(1), m.group(2), m.group(3))
+                verb = m.group(4).lower()
+                if verb != "predict":
+                    raise ServingError(
+                        INVALID_ARGUMENT,
+                        f"{verb} needs a signature with method_name tensorflow/serving/{verb}; "
+                        "eventpipe models expose predict signatures only (use :predict)",
+                    )
+                return self._predict(manager, name, version, label, body)
+        elif self.command == "GET":
+            m = STATUS_RE.fullmatch(path)
+            if m:
+                if not m.group(1):
+                    raise invalid("Missing model name in request.")
+                name, version, label = _model_args(m.group(1), m.group(2), m.group(3))
+                if m.group(4):
+                    response = api.model_metadata(manager, name, version, label, [api.SIGNATURE_DEF_FIELD])
+                    return api.metadata_json(response)
+                return api.status_json(api.model_status(manager, name, version, label))
+        raise invalid(f"Malformed request: {self.command} {path}")
+
+    def _predict(self, manager: ModelManager, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        with manager.in_flight:
+            doc = tensors.parse_predict_body(body)
+            lv = manager.resolve(name, version, label)
+            signature = lv.signature(doc.get("signature_name", ""))
+            inputs, form = tensors.request_inputs(doc, signature)
+            outputs = lv.predict(signature, inputs, sorted(signature.outputs))
+        return tensors.response_json(outputs, form)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch  # noqa: N815  (stdlib naming)
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"Request body of {size} bytes exceeds the limit of {limit} bytes")
+
+
+def _method_label(command: str, path: str) -> str:
+    if command == "POST":
+        return "predict"
+    if command == "GET":
+        return "metadata" if path.lower().endswith("/metadata") else "status"
+    return "other"
+
+
+def _model_args(name: str, version: str | None, label: str | None) -> tuple[str, int | None, str | None]:
+    if version and label:
+        raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+    parsed = None
+    if version:
+        try:
+            parsed = int(version)
+        except ValueError:
+            raise invalid(f"Failed to convert version: {version} to numeric.") from None
+    return unquote(name), parsed, unquote(label) if label else None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], manager: ModelManager, metrics: ServingMetrics, max_body_bytes: int):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+        self.manager = manager
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+
+class RestServer:
+    """TF Serving's REST API for one ``ModelManager`` on ``host:port`` (port 0: pick a free one)."""
+
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int):
+        self._server = _Server((host, port), manager, metrics, max_body_bytes)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="rest-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,269 @@
+"""The two runtimes a model version can be served with: SavedModel (TensorFlow) and TFLite.
+
+A version directory ``<base>/<name>/<version>/`` holds either ``saved_model.pb`` (a
+SavedModel; TF Serving's layout) or ``model.tflite`` (tflite-runtime). Both expose the same
+exported-model contract, so clients do not care which one answers:
+
+- ``serving_default``: ``frames`` string ``[-1, K]`` (encoded PNG/JPEG, "" pads);
+- ``decoded_frames``: ``frames`` float32 ``[-1, K, H, W, C]`` in [0, 1];
+- outputs ``probabilities``, ``logits``, ``class_id``, ``class_name``, ``best_frame``.
+
+A SavedModel serves whatever signatures it has; a TFLite model gets the two above (frames
+are decoded with PIL). Every servable is warmed up at load time with a real request, so a
+version that loads but cannot answer is rejected before it takes traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from pipeline import layout
+from serving import frames as framecodec
+from serving.signatures import DEFAULT_SIGNATURE, Signature, TensorSig
+from serving.status import INTERNAL, INVALID_ARGUMENT, ServingError, invalid
+
+SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_PBTXT = "saved_model.pbtxt"
+TFLITE_FILE = "model.tflite"
+SERVE_TAG = "serve"
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+
+TENSORFLOW = "tensorflow"
+TFLITE = "tflite"
+
+
+class LoadError(Exception):
+    """A version directory could not be loaded; the message goes into the version's status."""
+
+
+class Servable:
+    """A loaded model version: signatures and a thread-safe ``run``."""
+
+    platform: str = ""
+    signatures: dict[str, Signature]
+
+    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
+        """What ``GetModelMetadata`` reports (the model's own SignatureDefs)."""
+        return {name: sig.to_proto() for name, sig in self.signatures.items()}
+
+    def signature(self, name: str) -> Signature:
+        key = name or DEFAULT_SIGNATURE
+        sig = self.signatures.get(key)
+        if sig is None:
+            raise invalid(f'Serving signature name: "{key}" not found in signature def')
+        return sig
+
+    def close(self) -> None:
+        """Drop references to the runtime (in-flight calls keep their own)."""
+
+
+def detect_platform(version_dir: str, prefer_tflite: bool = False) -> str:
+    """Which runtime a version directory needs; LoadError if it holds no model."""
+    has_saved = any(os.path.isfile(os.path.join(version_dir, f)) for f in (SAVED_MODEL_PB, SAVED_MODEL_PBTXT))
+    has_tflite = os.path.isfile(os.path.join(version_dir, TFLITE_FILE))
+    if has_tflite and (prefer_tflite or not has_saved):
+        return TFLITE
+    if has_saved:
+        return TENSORFLOW
+    raise LoadError(
+        f"{version_dir} holds neither {SAVED_MODEL_PB} (SavedModel) nor {TFLITE_FILE} (TFLite)"
+    )
+
+
+def load_servable(version_dir: str, prefer_tflite: bool = False) -> Servable:
+    """Load and warm up the model in ``version_dir``; LoadError says why it cannot serve."""
+    platform = detect_platform(version_dir, prefer_tflite)
+    servable: Servable = SavedModelServable(version_dir) if platform == TENSORFLOW else TFLiteServable(version_dir)
+    try:
+        warm_up(servable)
+    except ServingError as e:
+        raise LoadError(f"warm-up request failed: {e.message}") from e
+    return servable
+
+
+# -- SavedModel ----------------------------------------------------------------------------
+def _read_meta_graph(export_dir: str) -> meta_graph_pb2.MetaGraphDef:
+    pb = os.path.join(export_dir, SAVED_MODEL_PB)
+    saved = saved_model_pb2.SavedModel()
+    try:
+        if os.path.isfile(pb):
+            with open(pb, "rb") as f:
+                saved.ParseFromString(f.read())
+        else:
+            from google.protobuf import text_format
+
+            with open(os.path.join(export_dir, SAVED_MODEL_PBTXT), encoding="utf-8") as f:
+                text_format.Parse(f.read(), saved)
+    except Exception as e:  # noqa: BLE001  (any parse failure means an unusable export)
+        raise LoadError(f"cannot parse the SavedModel in {export_dir}: {e}") from e
+    for meta in saved.meta_graphs:
+        if SERVE_TAG in meta.meta_info_def.tags:
+            return meta
+    raise LoadError(f"the SavedModel in {export_dir} has no MetaGraph tagged {SERVE_TAG!r}")
+
+
+def _tf_error_code(e: tf.errors.OpError) -> str:
+    from tensorflow.core.protobuf import error_codes_pb2
+
+    try:
+        return error_codes_pb2.Code.Name(e.error_code)
+    except ValueError:
+        return INTERNAL
+
+
+class SavedModelServable(Servable):
+    """A TensorFlow SavedModel, called through its signature functions."""
+
+    platform = TENSORFLOW
+
+    def __init__(self, export_dir: str) -> None:
+        self.export_dir = export_dir
+        self._meta = _read_meta_graph(export_dir)
+        try:
+            self._loaded = tf.saved_model.load(export_dir, tags=[SERVE_TAG])
+        except Exception as e:  # noqa: BLE001  (TF raises many types for a broken export)
+            raise LoadError(f"tf.saved_model.load failed: {type(e).__name__}: {e}") from e
+        self._functions = dict(self._loaded.signatures)
+        self.signatures = {
+            name: Signature.from_proto(name, proto)
+            for name, proto in self._meta.signature_def.items()
+            if name in self._functions
+        }
+        if not self.signatures:
+            raise LoadError(f"the SavedModel in {export_dir} has no callable signatures")
+
+    def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
+        return dict(self._meta.signature_def)
+
+    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        fn = self._functions[signature.name]
+        try:
+            result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+            return {k: result[k].numpy() for k in outputs}
+        except tf.errors.OpError as e:
+            raise ServingError(_tf_error_code(e), e.message) from None
+        except (TypeError, ValueError) as e:
+            raise ServingError(INVALID_ARGUMENT, str(e)) from None
+
+    def event_spec(self) -> layout.EventSpec | None:
+        path = os.path.join(self.export_dir, "assets.extra", layout.SPEC_FILE)
+        return layout.EventSpec.load(path) if os.path.isfile(path) else None
+
+    def close(self) -> None:
+        self._functions = {}
+        self._loaded = None
+
+
+# -- TFLite --------------------------------------------------------------------------------
+class TFLiteServable(Servable):
+    """A ``model.tflite`` behind the contract's two signatures (frames decoded with PIL)."""
+
+    platform = TFLITE
+
+    def __init__(self, version_dir: str) -> None:
+        from serving.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError
+
+        path = os.path.join(version_dir, TFLITE_FILE)
+        try:
+            self.model = LiteEventModel(path, num_threads=os.cpu_count())
+        except LiteModelError as e:
+            raise LoadError(str(e)) from e
+        m = self.model
+        out_types = {
+            "probabilities": (types_pb2.DT_FLOAT, (None, m.num_classes)),
+            "logits": (types_pb2.DT_FLOAT, (None, m.num_classes)),
+            "class_id": (types_pb2.DT_INT64, (None,)),
+            "class_name": (types_pb2.DT_STRING, (None,)),
+            "best_frame": (types_pb2.DT_INT64, (None,)),
+        }
+        outputs = {k: TensorSig(k, out_types[k][0], out_types[k][1], f"{k}:0") for k in CONTRACT_OUTPUTS}
+        self.signatures = {
+            DEFAULT_SIGNATURE: Signature(
+                DEFAULT_SIGNATURE,
+                {layout.SERVING_INPUT: TensorSig(
+                    layout.SERVING_INPUT, types_pb2.DT_STRING, (None, m.frames), "serving_default_frames:0"
+                )},
+                outputs,
+            ),
+            layout.DECODED_SIGNATURE: Signature(
+                layout.DECODED_SIGNATURE,
+                {layout.DECODED_INPUT: TensorSig(
+                    layout.DECODED_INPUT, types_pb2.DT_FLOAT, (None, *m.input_shape), "decoded_frames_frames:0"
+                )},
+                outputs,
+            ),
+        }
+
+    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        from serving.frames import FrameDecodeError
+        from serving.tflite_model import LiteModelError
+
+        (value,) = inputs.values()
+        try:
+            if signature.name == DEFAULT_SIGNATURE:
+                events = [[bytes(f) for f in row] for row in value]
+                result = self.model.predict_encoded(events)
+            else:
+                result = self.model.predict_decoded(value)
+        except FrameDecodeError as e:
+            raise ServingError(INVALID_ARGUMENT, str(e)) from None
+        except LiteModelError as e:
+            raise ServingError(INVALID_ARGUMENT, str(e)) from None
+        except (ValueError, RuntimeError) as e:
+            raise ServingError(INTERNAL, f"TFLite inference failed: {e}") from None
+        return {k: result[k] for k in outputs}
+
+    def event_spec(self) -> layout.EventSpec:
+        m = self.model
+        return layout.EventSpec(m.labels, m.frames, m.height, m.width, m.channels)
+
+
+# -- warm-up -------------------------------------------------------------------------------
+def warm_up_inputs(signature: Signature, spec: layout.EventSpec | None) -> dict[str, np.ndarray] | None:
+    """A one-row request for ``signature`` built from its input specs, or None if unknowable."""
+    inputs: dict[str, np.ndarray] = {}
+    for alias, t in signature.inputs.items():
+        if t.shape is None or not t.shape or any(d is None for d in t.shape[1:]):
+            return None
+        shape = (1, *t.shape[1:])
+        if t.dtype == types_pb2.DT_STRING:
+            if spec is None or alias != layout.SERVING_INPUT or len(shape) != 2:
+                return None
+            frame = np.full(spec.frame_shape, 128, dtype=np.uint8)
+            png = framecodec.encode_png(frame)
+            arr = np.empty(shape, dtype=object)
+            arr[:] = png
+            inputs[alias] = arr
+        else:
+            inputs[alias] = np.zeros(shape, dtype=t.numpy_dtype)
+    return inputs
+
+
+def warm_up(servable: Any) -> None:
+    """Run one request through every signature whose input can be synthesized."""
+    spec = servable.event_spec()
+    for sig in servable.signatures.values():
+        inputs = warm_up_inputs(sig, spec)
+        if inputs is None:
+            continue
+        out = servable.run(sig, inputs, sorted(sig.outputs))
+        for alias, value in out.items():
+            if value.shape[:1] != (1,):
+                raise ServingError(
+                    INTERNAL, f"signature {sig.name!r} output {alias!r} has shape {list(value.shape)} for one row"
+                )
+
+
+def describe(servable: Servable) -> str:
+    """One line for logs: platform and signatures."""
+    return json.dumps({"platform": servable.platform, "signatures": sorted(servable.signatures)})

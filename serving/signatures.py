@@ -1,0 +1,167 @@
+"""Signatures a servable exposes: named, typed, shaped inputs and outputs.
+
+Both backends (SavedModel, TFLite) describe themselves with these, so the REST/gRPC layers,
+the batcher and the metadata endpoints never care which runtime answers. ``to_proto`` gives
+the ``SignatureDef`` TF Serving's ``GetModelMetadata`` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tensorflow.core.framework import tensor_shape_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.status import invalid
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+DEFAULT_SIGNATURE = "serving_default"
+
+# TensorFlow DataType <-> NumPy. Strings are object arrays of ``bytes``.
+NUMPY_DTYPES: dict[int, np.dtype] = {
+    types_pb2.DT_FLOAT: np.dtype(np.float32),
+    types_pb2.DT_DOUBLE: np.dtype(np.float64),
+    types_pb2.DT_HALF: np.dtype(np.float16),
+    types_pb2.DT_INT8: np.dtype(np.int8),
+    types_pb2.DT_INT16: np.dtype(np.int16),
+    types_pb2.DT_INT32: np.dtype(np.int32),
+    types_pb2.DT_INT64: np.dtype(np.int64),
+    types_pb2.DT_UINT8: np.dtype(np.uint8),
+    types_pb2.DT_UINT16: np.dtype(np.uint16),
+    types_pb2.DT_UINT32: np.dtype(np.uint32),
+    types_pb2.DT_UINT64: np.dtype(np.uint64),
+    types_pb2.DT_BOOL: np.dtype(np.bool_),
+    types_pb2.DT_STRING: np.dtype(object),
+}
+DTYPE_OF_NUMPY: dict[np.dtype, int] = {v: k for k, v in NUMPY_DTYPES.items()}
+
+
+def dtype_name(dtype: int) -> str:
+    return types_pb2.DataType.Name(dtype)
+
+
+def dtype_of_array(array: np.ndarray) -> int:
+    """TensorFlow DataType of a NumPy array (``bytes``/``str`` arrays are DT_STRING)."""
+    if array.dtype.kind in ("O", "S", "U"):
+        return types_pb2.DT_STRING
+    try:
+        return DTYPE_OF_NUMPY[array.dtype]
+    except KeyError:
+        raise invalid(f"unsupported tensor dtype {array.dtype}") from None
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    """One signature input or output: alias, DataType, shape (None dims unknown), graph name."""
+
+    alias: str
+    dtype: int
+    shape: tuple[int | None, ...] | None  # None: unknown rank
+    tensor_name: str = ""
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return NUMPY_DTYPES[self.dtype]
+
+    def shape_text(self) -> str:
+        if self.shape is None:
+            return "[?]"
+        return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
+
+    def check(self, array: np.ndarray) -> None:
+        """Raise INVALID_ARGUMENT unless ``array`` fits this input's dtype and shape."""
+        if dtype_of_array(array) != self.dtype:
+            raise invalid(
+                f"input '{self.alias}' has dtype {dtype_name(dtype_of_array(array))} "
+                f"but the signature expects {dtype_name(self.dtype)}"
+            )
+        if self.shape is None:
+            return
+        if array.ndim != len(self.shape) or any(
+            want is not None and want != got for want, got in zip(self.shape, array.shape, strict=True)
+        ):
+            got = "[" + ",".join(str(d) for d in array.shape) + "]"
+            raise invalid(
+                f"input '{self.alias}' has shape {got} but the signature expects {self.shape_text()}"
+            )
+
+    def to_proto(self) -> meta_graph_pb2.TensorInfo:
+        info = meta_graph_pb2.TensorInfo(name=self.tensor_name, dtype=self.dtype)
+        if self.shape is None:
+            info.tensor_shape.unknown_rank = True
+        else:
+            info.tensor_shape.CopyFrom(
+                tensor_shape_pb2.TensorShapeProto(
+                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in self.shape]
+                )
+            )
+        return info
+
+    @classmethod
+    def from_proto(cls, alias: str, info: meta_graph_pb2.TensorInfo) -> TensorSig:
+        shape = None
+        if not info.tensor_shape.unknown_rank:
+            shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+        return cls(alias=alias, dtype=info.dtype, shape=shape, tensor_name=info.name)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A named function of a servable: inputs and outputs by alias."""
+
+    name: str
+    inputs: dict[str, TensorSig]
+    outputs: dict[str, TensorSig]
+    method_name: str = PREDICT_METHOD
+
+    def to_proto(self) -> meta_graph_pb2.SignatureDef:
+        sig = meta_graph_pb2.SignatureDef(method_name=self.method_name)
+        for alias, t in self.inputs.items():
+            sig.inputs[alias].CopyFrom(t.to_proto())
+        for alias, t in self.outputs.items():
+            sig.outputs[alias].CopyFrom(t.to_proto())
+        return sig
+
+    @classmethod
+    def from_proto(cls, name: str, proto: meta_graph_pb2.SignatureDef) -> Signature:
+        return cls(
+            name=name,
+            inputs={k: TensorSig.from_proto(k, v) for k, v in proto.inputs.items()},
+            outputs={k: TensorSig.from_proto(k, v) for k, v in proto.outputs.items()},
+            method_name=proto.method_name or PREDICT_METHOD,
+        )
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> int:
+        """Validate a full input map; returns the batch size (dim 0 shared by all inputs)."""
+        sent, wanted = set(inputs), set(self.inputs)
+        if sent != wanted:
+            extra = ",".join(sorted(sent - wanted))
+            missing = ",".join(sorted(wanted - sent))
+            raise invalid(
+                f"input size does not match signature: {len(sent)}!={len(wanted)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
+                f"Sent extra: {{{extra}}}. Missing but required: {{{missing}}}."
+            )
+        batch = None
+        for alias, array in inputs.items():
+            self.inputs[alias].check(array)
+            if array.ndim == 0:
+                continue
+            if batch is None:
+                batch = array.shape[0]
+            elif array.shape[0] != batch:
+                raise invalid(f"inputs have different batch sizes: {batch} and {array.shape[0]} ('{alias}')")
+        return batch if batch is not None else 1
+
+    def select_outputs(self, output_filter: list[str] | tuple[str, ...]) -> list[str]:
+        """Output aliases to return: all, or the filter (each must exist)."""
+        if not output_filter:
+            return sorted(self.outputs)
+        for alias in output_filter:
+            if alias not in self.outputs:
+                raise invalid(
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                    f"the set {{{','.join(sorted(self.outputs))}}}."
+                )
+        return list(dict.fromkeys(output_filter))

@@ -1,0 +1,61 @@
+"""Canonical error codes shared by the REST and gRPC front ends.
+
+Errors carry a canonical code name (``tensorflow.error.Code`` / ``grpc.StatusCode``) so one
+failure reads the same on both APIs; REST maps it to an HTTP status exactly as TF Serving's
+``ToHTTPStatusCode`` does (``tensorflow_serving/model_servers/http_server.cc``).
+"""
+
+from __future__ import annotations
+
+OK = "OK"
+CANCELLED = "CANCELLED"
+UNKNOWN = "UNKNOWN"
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+NOT_FOUND = "NOT_FOUND"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+FAILED_PRECONDITION = "FAILED_PRECONDITION"
+UNIMPLEMENTED = "UNIMPLEMENTED"
+INTERNAL = "INTERNAL"
+UNAVAILABLE = "UNAVAILABLE"
+
+HTTP_STATUS = {
+    OK: 200,
+    CANCELLED: 499,
+    UNKNOWN: 500,
+    INVALID_ARGUMENT: 400,
+    DEADLINE_EXCEEDED: 504,
+    NOT_FOUND: 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    RESOURCE_EXHAUSTED: 429,
+    FAILED_PRECONDITION: 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    UNIMPLEMENTED: 501,
+    INTERNAL: 500,
+    UNAVAILABLE: 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+
+
+class ServingError(Exception):
+    """A request failed with a canonical ``code`` and a message for the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 500)
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError(INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(NOT_FOUND, message)

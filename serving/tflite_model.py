@@ -1,0 +1,127 @@
+"""Batches of encoded events through an eventpipe ``.tflite`` file, without TensorFlow.
+
+Shared by the on-device runner and the server's TFLite backend. The per-event model call,
+quantization and metadata handling are ``trainer.lite_runtime.LiteEventClassifier`` — the
+same code the productionize parity gate runs — so what is served is what was verified.
+This module adds what serving needs on top: decoding PNG/JPEG frames with PIL
+(``serving.frames``, TensorFlow's decoding semantics), normalization from the metadata,
+batches, thread safety, and the exported-model contract's output arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving import frames as framecodec
+
+PROBABILITIES = "probabilities"
+LOGITS = "logits"
+CLASS_ID = "class_id"
+CLASS_NAME = "class_name"
+BEST_FRAME = "best_frame"
+CONTRACT_OUTPUTS = (PROBABILITIES, LOGITS, CLASS_ID, CLASS_NAME, BEST_FRAME)
+
+
+class LiteModelError(ValueError):
+    """The file is not an eventpipe TFLite model (unreadable, no metadata, wrong tensors)."""
+
+
+def require_tflite_runtime() -> None:
+    """The on-device path runs on ``tflite_runtime`` only, never TensorFlow's interpreter."""
+    try:
+        import tflite_runtime.interpreter  # noqa: F401
+    except ImportError as e:
+        raise LiteModelError("tflite-runtime is not installed: pip install tflite-runtime==2.14.0") from e
+
+
+class LiteEventModel:
+    """An eventpipe ``.tflite`` model: ``decode``, ``predict_decoded``, ``predict_encoded``."""
+
+    def __init__(self, path: str, num_threads: int | None = None) -> None:
+        from trainer.lite_metadata import MetadataError
+        from trainer.lite_runtime import LiteEventClassifier
+
+        require_tflite_runtime()
+        if not os.path.isfile(path):
+            raise LiteModelError(f"TFLite model {path!r} does not exist")
+        with open(path, "rb") as f:
+            content = f.read()
+        self.path = path
+        self.size_bytes = len(content)
+        try:
+            self._classifier = LiteEventClassifier(content, num_threads=num_threads or 1)
+        except MetadataError as e:
+            raise LiteModelError(
+                f"{path}: {e}; convert the model with trainer/lite.py, which embeds labels and normalization"
+            ) from e
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise LiteModelError(f"{path}: not a usable eventpipe TFLite model: {type(e).__name__}: {e}") from e
+        # tflite_runtime 2.14's signature runner does not allocate tensors (TensorFlow's does).
+        self._classifier.interpreter.allocate_tensors()
+        self.metadata = self._classifier.metadata
+        inp = self.metadata["input"]
+        self.frames, self.height, self.width, self.channels = (
+            int(inp["frames"]), int(inp["height"]), int(inp["width"]), int(inp["channels"])
+        )
+        if tuple(self._classifier.input_shape[1:]) != self.input_shape:
+            raise LiteModelError(
+                f"{path}: metadata says frames {list(self.input_shape)} but the model input is "
+                f"{list(self._classifier.input_shape)}"
+            )
+        norm = inp.get("normalization") or {"mean": [0.0] * self.channels, "std": [255.0] * self.channels}
+        self.mean = np.asarray(norm["mean"], np.float32)
+        self.std = np.asarray(norm["std"], np.float32)
+        self._lock = threading.Lock()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self._classifier.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._classifier.labels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.frames, self.height, self.width, self.channels)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self._classifier.input_dtype
+
+    def decode(self, events: Sequence[Sequence[bytes]]) -> np.ndarray:
+        """Encoded events (PNG/JPEG bytes, "" pads) -> float32 ``[B, K, H, W, C]`` in [0, 1]."""
+        return framecodec.decode_events(events, self.frames, self.height, self.width, self.channels)
+
+    def predict_decoded(self, decoded: np.ndarray) -> dict[str, np.ndarray]:
+        """float32 ``[B, K, H, W, C]`` in [0, 1] -> the contract's outputs as arrays."""
+        decoded = np.asarray(decoded, dtype=np.float32)
+        if decoded.ndim != 5 or tuple(decoded.shape[1:]) != self.input_shape:
+            raise LiteModelError(
+                f"frames must have shape [B, {', '.join(map(str, self.input_shape))}], got {list(decoded.shape)}"
+            )
+        batch = decoded.shape[0]
+        logits = np.zeros((batch, self.num_classes), np.float32)
+        weights = np.zeros((batch, self.frames), np.float32)
+        pixels = decoded * np.float32(255.0)  # the metadata's normalization is in pixel units
+        with self._lock:  # one interpreter: calls must not interleave
+            for i in range(batch):
+                logits[i], weights[i] = self._classifier.invoke(self._classifier.prepare_pixels(pixels[i]))
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        class_id = np.argmax(logits, axis=-1).astype(np.int64)
+        names = np.empty(batch, dtype=object)
+        names[:] = [self.labels[c].encode("utf-8") for c in class_id]
+        return {
+            PROBABILITIES: (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32),
+            LOGITS: logits,
+            CLASS_ID: class_id,
+            CLASS_NAME: names,
+            BEST_FRAME: np.argmax(weights, axis=-1).astype(np.int64),
+        }
+
+    def predict_encoded(self, events: Sequence[Sequence[bytes]]) -> dict[str, np.ndarray]:
+        return self.predict_decoded(self.decode(events))

@@ -1,0 +1,269 @@
+"""Serving building blocks in-process: JSON/TensorProto codecs, PIL decoding vs TensorFlow's,
+version policy and labels, path validation, dynamic batching."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import layout
+from pipeline.errors import UserError
+from serving import frames as framecodec
+from serving.batching import Batcher, InFlight
+from serving.signatures import Signature, TensorSig
+from serving.status import ServingError
+
+
+def _sig(**inputs) -> Signature:
+    from tensorflow.core.framework import types_pb2
+
+    dtypes = {"string": types_pb2.DT_STRING, "float": types_pb2.DT_FLOAT, "int64": types_pb2.DT_INT64,
+              "int32": types_pb2.DT_INT32, "bool": types_pb2.DT_BOOL}
+    ins = {name: TensorSig(name, dtypes[kind], shape) for name, (kind, shape) in inputs.items()}
+    return Signature("serving_default", ins, {"y": TensorSig("y", dtypes["float"], (None,))})
+
+
+# -- JSON requests ----------------------------------------------------------------------------
+def test_row_and_column_forms_give_the_same_tensors():
+    from serving.tensors import COLUMN, ROW, request_inputs
+
+    sig = _sig(frames=("string", (None, 2)))
+    b64 = {"b64": base64.b64encode(b"\x89PNG\x00").decode()}
+    rows, form = request_inputs({"instances": [[b64, "plain"], [b64, b64]]}, sig)
+    assert form == ROW and rows["frames"].shape == (2, 2)
+    assert rows["frames"][0, 0] == b"\x89PNG\x00" and rows["frames"][0, 1] == b"plain"
+    cols, form = request_inputs({"inputs": [[b64, "plain"], [b64, b64]]}, sig)
+    assert form == COLUMN and (cols["frames"] == rows["frames"]).all()
+    named, _ = request_inputs({"inputs": {"frames": [[b64, "plain"], [b64, b64]]}}, sig)
+    assert (named["frames"] == rows["frames"]).all()
+    objects, _ = request_inputs({"instances": [{"frames": [b64, "plain"]}, {"frames": [b64, b64]}]}, sig)
+    assert (objects["frames"] == rows["frames"]).all()
+
+
+def test_multiple_inputs_need_named_objects():
+    from serving.tensors import request_inputs
+
+    sig = _sig(a=("float", (None, 2)), b=("int64", (None,)))
+    arrays, _ = request_inputs({"instances": [{"a": [1, 2.5], "b": 3}, {"a": [0, 1], "b": -1}]}, sig)
+    assert arrays["a"].dtype == np.float32 and arrays["a"].tolist() == [[1, 2.5], [0, 1]]
+    assert arrays["b"].dtype == np.int64 and arrays["b"].tolist() == [3, -1]
+    with pytest.raises(ServingError, match="plain list"):
+        request_inputs({"instances": [[1, 2]]}, sig)
+    with pytest.raises(ServingError, match="keys must be equal to: a,b"):
+        request_inputs({"instances": [{"a": [1, 2]}]}, sig)
+    with pytest.raises(ServingError, match="Missing named input: b"):
+        request_inputs({"inputs": {"a": [[1, 2]]}}, sig)
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({}, "Missing 'inputs' or 'instances' key"),
+        ({"instances": [], }, "No values in 'instances' array"),
+        ({"instances": {"x": 1}}, "to be an list/array"),
+        ({"instances": [[1]], "inputs": [[1]]}, "only one of 'inputs' or 'instances'"),
+        ({"instances": [["1", "2"]]}, "is not of expected type: float"),
+        ({"instances": [[True, False]]}, "is not of expected type: float"),
+        ({"instances": [[1, 2], [3]]}, "Expecting shape"),
+        ({"inputs": [[1, 2], [3]]}, "ragged"),
+        ({"inputs": [[1e300, 1]]}, "without loss of precision"),
+        ({"inputs": [[16777217, 1]]}, "without loss of precision"),
+    ],
+)
+def test_bad_float_requests_are_invalid_argument(doc, message):
+    from serving.tensors import request_inputs
+
+    with pytest.raises(ServingError, match=message) as e:
+        request_inputs(doc, _sig(x=("float", (None, 2))))
+    assert e.value.code == "INVALID_ARGUMENT" and e.value.http_status == 400
+
+
+def test_integer_string_and_bool_type_rules():
+    from serving.tensors import request_inputs
+
+    with pytest.raises(ServingError, match="not of expected type: int64"):
+        request_inputs({"inputs": [1.5]}, _sig(x=("int64", (None,))))
+    with pytest.raises(ServingError, match="not of expected type: int32"):
+        request_inputs({"inputs": [2**40]}, _sig(x=("int32", (None,))))
+    with pytest.raises(ServingError, match="not of expected type: string"):
+        request_inputs({"inputs": [1]}, _sig(x=("string", (None,))))
+    with pytest.raises(ServingError, match="Unable to base64 decode"):
+        request_inputs({"inputs": [{"b64": "not base64!"}]}, _sig(x=("string", (None,))))
+    with pytest.raises(ServingError, match="not formatted correctly for base64"):
+        request_inputs({"inputs": [[{"b64": "AA==", "x": 1}]]}, _sig(x=("string", (None, 1))))
+    arrays, _ = request_inputs({"inputs": [True, False]}, _sig(x=("bool", (None,))))
+    assert arrays["x"].tolist() == [True, False]
+
+
+def test_parse_errors_and_signature_name_type():
+    from serving.tensors import parse_predict_body
+
+    for body, message in [
+        (b"", "The document is empty"),
+        (b"{not json", "JSON Parse error"),
+        (b"[1, 2]", "Is not object"),
+        (b'{"signature_name": 3, "instances": [1]}', "'signature_name' key must be a string value"),
+    ]:
+        with pytest.raises(ServingError, match=message):
+            parse_predict_body(body)
+
+
+def test_response_json_follows_tf_serving_encoding():
+    from serving.tensors import COLUMN, ROW, response_json
+
+    outputs = {
+        "probabilities": np.array([[0.2, 0.8], [np.nan, np.inf]], np.float32),
+        "class_name": np.array([b"person", b"vehicle"], object),
+        "thumb_bytes": np.array([b"\x00\xff", b"ok"], object),
+        "class_id": np.array([1, 0], np.int64),
+    }
+    text = response_json(outputs, ROW).decode()
+    assert '"probabilities":[0.2,0.8]' in text  # shortest float32 text, not 0.20000000298...
+    assert "[NaN,Infinity]" in text
+    rows = json.loads(text)["predictions"]
+    assert rows[0]["class_name"] == "person" and rows[1]["class_id"] == 0
+    assert rows[0]["thumb_bytes"] == {"b64": base64.b64encode(b"\x00\xff").decode()}
+    single = json.loads(response_json({"class_id": np.array([3, 4], np.int64)}, ROW))
+    assert single == {"predictions": [3, 4]}
+    cols = json.loads(response_json({"class_id": np.array([3, 4], np.int64)}, COLUMN))
+    assert cols == {"outputs": [3, 4]}
+    assert json.loads(response_json({"a": np.array([1.0], np.float32), "b": np.array([2], np.int64)}, COLUMN)) == {
+        "outputs": {"a": [1.0], "b": [2]}
+    }
+
+
+def test_tensor_proto_round_trip_matches_tensorflow():
+    import tensorflow as tf
+
+    from serving.tensors import array_to_proto, proto_to_array
+
+    for value in [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array([[1, -2]], dtype=np.int64),
+        np.array([True, False]),
+        np.array([[b"a", b""], [b"\x00\xff", b"ccc"]], dtype=object),
+    ]:
+        proto = array_to_proto(value)
+        assert (tf.make_ndarray(proto) == value).all()
+        assert (proto_to_array(tf.make_tensor_proto(value)) == value).all()
+        assert proto_to_array(tf.make_tensor_proto(value)).shape == value.shape
+    # Typed value lists, as other clients send them.
+    assert proto_to_array(tf.make_tensor_proto([1.5, 2.5], dtype=tf.float32)).tolist() == [1.5, 2.5]
+
+
+# -- frames: PIL decoding must match pipeline.layout.decode_frames ------------------------------
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("channels, source_size", [(3, 8), (3, 11), (1, 8), (1, 5)])
+def test_pil_decoding_matches_tensorflow(channels, source_size):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(channels * 100 + source_size)
+    spec = layout.EventSpec(("a", "b"), frames=4, height=8, width=8, channels=channels)
+    rgb = [_png(rng.integers(0, 256, (source_size, source_size, 3), dtype=np.uint8)) for _ in range(2)]
+    gray = _png(rng.integers(0, 256, (source_size, source_size), dtype=np.uint8))
+    events = [[rgb[0], gray, rgb[1], b""], [rgb[1], b"", b"", b""]]
+    want = layout.decode_frames(tf.constant(events), spec).numpy()
+    got = framecodec.decode_events(events, spec.frames, spec.height, spec.width, spec.channels)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_undecodable_frame_is_a_clear_error():
+    with pytest.raises(framecodec.FrameDecodeError, match="cannot decode frame"):
+        framecodec.decode_event([b"not an image"], 1, 4, 4, 3)
+    with pytest.raises(framecodec.FrameDecodeError, match="padding may only follow"):
+        framecodec.decode_event([b"", b"", _png(np.zeros((4, 4, 3), np.uint8))], 3, 4, 4, 3)
+
+
+# -- versions, labels, paths -----------------------------------------------------------------
+def test_version_policy_and_scan(tmp_path):
+    from serving.versions import VersionPolicy, scan_versions
+
+    for name in ["1", "2", "10", ".tmp-11", "labels.json", "0", "x3"]:
+        (tmp_path / name).mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    os.symlink(outside, tmp_path / "12")  # a version that escapes the model directory is ignored
+    found = scan_versions(str(tmp_path))
+    assert sorted(found) == [1, 2, 10]
+    assert VersionPolicy.parse("latest").aspired(sorted(found)) == {10}
+    assert VersionPolicy.parse("all").aspired(sorted(found)) == {1, 2, 10}
+    assert VersionPolicy.parse("specific:2,7").aspired(sorted(found)) == {2}
+    for bad in ["newest", "specific:", "specific:0", "specific:a"]:
+        with pytest.raises(UserError):
+            VersionPolicy.parse(bad)
+
+
+def test_labels_file_and_model_name_validation(tmp_path):
+    from serving.versions import LabelsError, model_dir, read_labels
+
+    path = tmp_path / "labels.json"
+    assert read_labels(str(path)) == {}
+    path.write_text('{"stable": 1, "canary": 2}')
+    assert read_labels(str(path)) == {"stable": 1, "canary": 2}
+    for bad in ['["stable"]', '{"stable": "1"}', '{"stable": 0}', '{"1x": 1}', "{oops"]:
+        path.write_text(bad)
+        with pytest.raises(LabelsError):
+            read_labels(str(path))
+    for bad in ["..", "../etc", "a/b", "", ".hidden"]:
+        with pytest.raises(UserError):
+            model_dir(str(tmp_path), bad)
+    assert model_dir(str(tmp_path), "events-v1.2") == os.path.join(os.path.realpath(tmp_path), "events-v1.2")
+
+
+# -- dynamic batching ------------------------------------------------------------------------
+def test_batcher_merges_concurrent_requests_and_isolates_failures():
+    calls: list[int] = []
+
+    def run(arrays):
+        x = arrays["x"]
+        if (x < 0).any():
+            raise ValueError("negative input")
+        calls.append(x.shape[0])
+        time.sleep(0.01)
+        return {"y": x * 2}
+
+    in_flight = InFlight()
+    batcher = Batcher(run, max_batch_size=8, timeout_s=0.05, in_flight=in_flight)
+    results: dict[int, object] = {}
+
+    def client(i: int) -> None:
+        with in_flight:
+            try:
+                results[i] = batcher.submit({"x": np.array([[i, i]], np.float32)}, 1)["y"].tolist()
+            except ValueError as e:
+                results[i] = str(e)
+
+    threads = [threading.Thread(target=client, args=(i if i != 5 else -5,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    batcher.close()
+    assert results[-5] == "negative input"
+    assert all(results[i] == [[2 * i, 2 * i]] for i in range(8) if i != 5)
+    assert max(calls) > 1, f"no merged call in {calls}"
+    assert sum(calls) >= 7
+
+
+def test_lone_request_does_not_wait_for_the_timeout():
+    in_flight = InFlight()
+    batcher = Batcher(lambda a: {"y": a["x"]}, max_batch_size=16, timeout_s=2.0, in_flight=in_flight)
+    started = time.perf_counter()
+    with in_flight:
+        batcher.submit({"x": np.zeros((1, 2))}, 1)
+    assert time.perf_counter() - started < 0.5
+    batcher.close()
