@@ -457,6 +457,25 @@ def _blur(img: np.ndarray, horizontal_only: bool) -> np.ndarray:
     return out
 
 
+def _noise(seed: int, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Unit-variance noise ``[C, K, S, S]``: 80% shared by the channels, 20% per channel."""
+    channels, plane = shape[0], shape[1:]
+    n = int(np.prod(plane))
+    if n * (channels + 1) <= _NOISE_BANK // 2:
+        bank = _noise_bank(seed)
+        start = int(rng.integers(0, _NOISE_BANK - n * (channels + 1)))
+        shared = bank[start : start + n].reshape(plane)
+        if channels == 1:
+            return shared[None]
+        own = bank[start + n : start + n * (channels + 1)].reshape(shape)
+    else:
+        shared = rng.standard_normal(plane, dtype=np.float32)
+        if channels == 1:
+            return shared[None]
+        own = rng.standard_normal(shape, dtype=np.float32)
+    return np.float32(0.89) * shared + np.float32(0.45) * own
+
+
 def _timestamp(index: int, rng: np.random.Generator) -> str:
     t = _BASE_TIME + index * _SECONDS_PER_EVENT + int(rng.integers(0, _SECONDS_PER_EVENT))
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
@@ -516,6 +535,8 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
     # Lighting: per-event exposure and white balance, per-frame drift or a strong change.
     coords = canvas.coords
     gain = rng.uniform(0.75, 1.15) * (1 + rng.normal(0, 0.02, k))
+    if nuisance["noise"]:
+        gain = gain * (1 - rng.uniform(0.25, 0.5) * strength)  # dusk: dark and grainy
     if nuisance["lighting"]:
         if k > 1:
             ramp = rng.uniform(0.2, 0.45) * strength * (1 if rng.random() < 0.5 else -1)
@@ -543,15 +564,10 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
         img = _blur(img, horizontal_only=bool(rng.random() < 0.5))
         tags.append("blurred")
 
-    # Sensor noise: always a little, heavy for the noise nuisance (low light).
-    sigma = rng.uniform(0.03, 0.065) * strength if nuisance["noise"] else rng.uniform(0.004, 0.02)
-    n = img.size
-    if n <= _NOISE_BANK // 2:
-        start = int(rng.integers(0, _NOISE_BANK - n))
-        noise = _noise_bank(cfg.seed)[start : start + n].reshape(img.shape)
-    else:
-        noise = rng.standard_normal(img.shape, dtype=np.float32)
-    img += np.float32(sigma) * noise
+    # Sensor noise: always a little; heavy for the noise nuisance (low light). Mostly
+    # luminance (shared by the channels, as after demosaicing), some chroma.
+    sigma = rng.uniform(0.03, 0.06) * strength if nuisance["noise"] else rng.uniform(0.004, 0.02)
+    img += np.float32(sigma) * _noise(cfg.seed, rng, img.shape)
     img *= 255.0
     img += 0.5
     np.clip(img, 0.0, 255.0, out=img)
