@@ -51,8 +51,10 @@ class LiteEventClassifier:
         self.metadata = read_metadata(model)
         self.labels: list[str] = list(self.metadata["labels"])
         self.interpreter = interpreter_class()(model_content=model, num_threads=num_threads)
-        runner = self.interpreter.get_signature_runner(SIGNATURE)
+        # Allocate before taking the signature runner: tflite_runtime refuses to allocate while
+        # a runner holds the interpreter, and its runner does not allocate by itself.
         self.interpreter.allocate_tensors()
+        runner = self.interpreter.get_signature_runner(SIGNATURE)
         self._input = runner.get_input_details()[self.metadata["input"]["name"]]
         outputs = runner.get_output_details()
         self._logits = outputs[self.metadata["outputs"]["logits"]]
