@@ -12,6 +12,7 @@ from typing import Any
 from pipeline import report
 from pipeline.config import Config
 from pipeline.errors import GateFailed, UserError
+from pipeline.pipeline_def import STAGES
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,11 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("validate", help="ingest and validate events (TFX: EventExampleGen..ExampleValidator)")
     add_run_flags(p)
     p.set_defaults(func=validate_command)
+
+    p = subparsers.add_parser("run", help="run the whole pipeline: ingest, train, productionize, push")
+    add_run_flags(p)
+    p.add_argument("--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)")
+    p.set_defaults(func=run_command)
 
 
 def prepare(args: argparse.Namespace) -> Config:
@@ -139,4 +145,17 @@ def validate_command(args: argparse.Namespace) -> int:
     rep = report.update(cfg.report_path, {})
     print_ingest(cfg, rep)
     print(f"report: {cfg.report_path}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    cfg = prepare(args)
+    started = time.time()
+    try:
+        run_stage(cfg, args.through)
+    finally:
+        rep = report.update(cfg.report_path, {"seconds": round(time.time() - started, 1)})
+        if "events" in rep:
+            print_ingest(cfg, rep)
+        print(f"report: {cfg.report_path}")
     return 0

@@ -4,9 +4,9 @@ import base64
 import json
 import os
 
+import eventdata as ed
 import pytest
 
-import eventdata as ed
 from components.event_example_gen import checks, sources
 
 

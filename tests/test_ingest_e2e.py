@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import apache_beam as beam
+import eventdata as ed
 import pytest
 
-import eventdata as ed
 from components.event_example_gen import executor
 from pipeline import layout
 from pipeline.config import DataConfig, SimulatorConfig

@@ -182,17 +182,11 @@ def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
                 yield RawEvent(source, None, raw, base_dir, f"not a tf.Example: {e}", order=(rel, index))
                 continue
             feats = example.features.feature
-
-            def text(name: str) -> str | None:
-                if name not in feats or not feats[name].bytes_list.value:
-                    return None
-                return feats[name].bytes_list.value[0].decode("utf-8", errors="replace")
-
-            label = text(layout.LABEL_NAME)
+            label = _text(feats, layout.LABEL_NAME)
             record: dict[str, Any] = {
-                "event_id": text(layout.EVENT_ID),
-                "device_id": text(layout.DEVICE_ID),
-                "timestamp": text(layout.TIMESTAMP),
+                "event_id": _text(feats, layout.EVENT_ID),
+                "device_id": _text(feats, layout.DEVICE_ID),
+                "timestamp": _text(feats, layout.TIMESTAMP),
                 "label": label or None,
                 "frames": [f"<inline frame {i}>" for i in range(len(feats[layout.FRAMES].bytes_list.value))]
                 if layout.FRAMES in feats
@@ -202,3 +196,9 @@ def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
             yield RawEvent(source, record, raw, base_dir, inline_frames=frames, order=(rel, index))
     except (ValueError, OSError) as e:
         yield RawEvent(f"{rel}:{index + 1}", None, "", base_dir, f"unreadable TFRecord file: {e}", order=(rel, index + 1))
+
+
+def _text(feats: Any, name: str) -> str | None:
+    if name not in feats or not feats[name].bytes_list.value:
+        return None
+    return feats[name].bytes_list.value[0].decode("utf-8", errors="replace")
