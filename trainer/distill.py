@@ -140,7 +140,7 @@ class DistillationModel(keras.Model):
             if self.student.losses:
                 loss += tf.add_n(self.student.losses)
         variables = self.student.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return self._update_metrics(loss, logits, targets)
 
     def test_step(self, data: Any) -> dict[str, Any]:

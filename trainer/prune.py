@@ -1,10 +1,11 @@
 """Magnitude pruning of the student with TFMOT, and the sparsity it reached.
 
 Pruning runs while the student keeps distilling (``trainer.distill``): ``prune_low_magnitude``
-wraps every prunable kernel except the two tiny output layers (the class logits and the frame
-score, where every weight matters), a ``PolynomialDecay`` schedule ramps sparsity from 0 to the
-target, ``UpdatePruningStep`` drives it, and ``strip_pruning`` leaves a plain tf_keras model whose
-kernels hold the zeros (what the TFLite converter encodes sparsely).
+wraps every prunable kernel of at least ``MIN_PRUNABLE_WEIGHTS`` weights except the two output
+layers (the class logits and the frame score, where every weight matters); a
+``PolynomialDecay`` schedule ramps sparsity from 0 to the target, ``UpdatePruningStep`` drives
+it, and ``strip_pruning`` leaves a plain tf_keras model whose kernels hold the zeros (what the
+TFLite converter encodes sparsely).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import tf_keras as keras
 from trainer.student_model import LOGITS_LAYER, SCORE_LAYER
 
 DEFAULT_EXCLUDE = (LOGITS_LAYER, SCORE_LAYER)
+# Kernels smaller than this (the stem, depthwise 3x3 filters) stay dense: they are a sliver of
+# the bytes, and every one of their weights sees every pixel.
+MIN_PRUNABLE_WEIGHTS = 1024
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,10 @@ def _kernel_names(layer: keras.layers.Layer) -> list[str]:
 
 
 def _prunable(layer: keras.layers.Layer, exclude: tuple[str, ...]) -> bool:
-    return layer.name not in exclude and bool(_kernel_names(layer))
+    if layer.name in exclude or not _kernel_names(layer):
+        return False
+    kernels = [w for w in layer.weights if w.name.split("/")[-1].split(":")[0] in _kernel_names(layer)]
+    return sum(int(np.prod(w.shape)) for w in kernels) >= MIN_PRUNABLE_WEIGHTS
 
 
 def apply_pruning(

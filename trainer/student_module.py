@@ -1,0 +1,188 @@
+"""The Distiller's entry point: examples + teacher SavedModel -> distilled, pruned student.
+
+Two phases, both on the distillation loss (labelled + unlabelled events, teacher soft labels
+computed once):
+
+1. dense distillation for ``student.epochs`` -> "student float";
+2. pruning fine-tune for ``student.prune_epochs`` from the dense weights (TFMOT polynomial
+   schedule to ``student.target_sparsity``), then ``strip_pruning`` -> "student pruned", the
+   model that goes on to TFLite and serving.
+
+Output directory (a TFX Model artifact)::
+
+    Format-Serving/            the production student (pruned if pruning ran), contract signatures
+    student_float/             the dense student, same signatures
+    keras/student_float.keras  tf_keras files (the TFLite converter starts from these)
+    keras/student_pruned.keras
+    distill_report.json        params, sparsity, histories, eval accuracy/teacher agreement
+
+Used by the ``Distiller`` component's executor and, as ``run_fn``, by a stock TFX Trainer given
+the teacher as ``base_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from pipeline import layout
+from pipeline.config import StudentConfig
+from pipeline.errors import UserError
+from pipeline.layout import EventSpec
+
+SERVING_DIR = "Format-Serving"
+FLOAT_DIR = "student_float"
+KERAS_DIR = "keras"
+FLOAT_KERAS = "student_float.keras"
+PRUNED_KERAS = "student_pruned.keras"
+REPORT_FILE = "distill_report.json"
+
+
+def split_files(examples_uri: str, split: str) -> list[str]:
+    """The TFRecord files of one split of an Examples artifact ([] if the split is absent)."""
+    import tensorflow as tf
+
+    directory = layout.split_dir(examples_uri, split)
+    if not tf.io.gfile.isdir(directory):
+        return []
+    return sorted(tf.io.gfile.glob(os.path.join(directory, "*")))
+
+
+def keras_path(model_dir: str, name: str) -> str:
+    return os.path.join(model_dir, KERAS_DIR, name)
+
+
+def production_keras_path(model_dir: str) -> str:
+    """The Keras file of the model that serves: the pruned student if there is one."""
+    pruned = keras_path(model_dir, PRUNED_KERAS)
+    return pruned if os.path.exists(pruned) else keras_path(model_dir, FLOAT_KERAS)
+
+
+def _check_teacher(teacher_dir: str, spec: EventSpec) -> None:
+    from trainer.export import load_spec
+
+    try:
+        teacher_spec = load_spec(teacher_dir)
+    except FileNotFoundError:
+        raise UserError(f"{teacher_dir} is not an eventpipe export (no assets.extra/event_spec.json)") from None
+    if teacher_spec != spec:
+        raise UserError(
+            f"the teacher at {teacher_dir} was trained for {teacher_spec.to_dict()} but the examples are "
+            f"{spec.to_dict()}; retrain the teacher on this data"
+        )
+
+
+def run_distillation(
+    examples_uri: str,
+    teacher_dir: str,
+    output_dir: str,
+    cfg: StudentConfig,
+    *,
+    train_files: list[str] | None = None,
+    eval_files: list[str] | None = None,
+) -> dict[str, Any]:
+    """Distil (and prune) a student from ``teacher_dir`` on ``examples_uri``; returns the report."""
+    import tf_keras as keras
+
+    from trainer import distill, prune
+    from trainer.evaluate import keras_predictor, predict_split
+    from trainer.export import export_saved_model
+    from trainer.student_model import build_student
+
+    started = time.time()
+    spec = EventSpec.load(examples_uri)
+    _check_teacher(teacher_dir, spec)
+    labelled = train_files if train_files is not None else split_files(examples_uri, layout.TRAIN)
+    unlabelled = split_files(examples_uri, layout.UNLABELLED_SPLIT) if cfg.use_unlabelled else []
+    eval_files = eval_files if eval_files is not None else split_files(examples_uri, layout.EVAL)
+    if not labelled:
+        raise UserError(f"no training examples under {examples_uri}; run ingest first")
+    files = sorted(labelled + unlabelled)
+
+    soft = distill.teacher_soft_labels(teacher_dir, files, spec, cfg.teacher_batch_size)
+    train = distill.distillation_dataset(files, soft, spec, cfg.batch_size, seed=cfg.seed)
+    steps = distill.steps_per_epoch(len(soft), cfg.batch_size)
+
+    keras.utils.set_random_seed(cfg.seed)
+    student = build_student(spec, cfg)
+    history = {
+        "dense": distill.distill(
+            student, train, steps=steps, epochs=cfg.epochs, cfg=cfg,
+            learning_rate=cfg.learning_rate, desc="distil (dense)",
+        )
+    }  # fmt: skip
+    os.makedirs(os.path.join(output_dir, KERAS_DIR), exist_ok=True)
+    student.save(keras_path(output_dir, FLOAT_KERAS))
+    export_saved_model(student, spec, os.path.join(output_dir, FLOAT_DIR))
+
+    production = student
+    sparsity: dict[str, Any] | None = None
+    plan = None
+    if cfg.prune_epochs > 0:
+        plan = prune.plan_schedule(
+            steps * cfg.prune_epochs, cfg.target_sparsity, cfg.pruning_begin_fraction, cfg.pruning_end_fraction
+        )
+        pruning = prune.apply_pruning(student, plan)
+        history["pruning"] = distill.distill(
+            pruning, train, steps=steps, epochs=cfg.prune_epochs, cfg=cfg,
+            learning_rate=cfg.prune_learning_rate, callbacks=prune.pruning_callbacks(), desc="distil (pruning)",
+        )  # fmt: skip
+        production = prune.strip(pruning)
+        sparsity = prune.sparsity_report(production, prune.pruned_layer_names(pruning))
+        production.save(keras_path(output_dir, PRUNED_KERAS))
+    export_saved_model(production, spec, os.path.join(output_dir, SERVING_DIR))
+
+    report: dict[str, Any] = {
+        "event_spec": spec.to_dict(),
+        "teacher": teacher_dir,
+        "examples": {"labelled": len(soft) - _count(unlabelled), "unlabelled": _count(unlabelled)},
+        "params": int(student.count_params()),
+        "steps_per_epoch": steps,
+        "pruning": {"plan": plan.to_dict() if plan else None, "sparsity": sparsity},
+        "history": history,
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+    }
+    if eval_files:
+        from trainer.evaluate import saved_model_predictor
+
+        predictors = {"teacher": saved_model_predictor(teacher_dir), "student_float": keras_predictor(student)}
+        if production is not student:
+            predictors["student_pruned"] = keras_predictor(production)
+        preds = predict_split(eval_files, spec, predictors, desc="eval")
+        report["eval"] = {
+            name: {"accuracy": p.accuracy(), "teacher_agreement": p.agreement(preds["teacher"])}
+            for name, p in preds.items()
+        }
+        report["eval"]["events"] = int(len(preds["teacher"].labels))
+    report["seconds"] = round(time.time() - started, 1)
+    with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True, default=float)
+    return report
+
+
+def _count(files: list[str]) -> int:
+    import tensorflow as tf
+
+    if not files:
+        return 0
+    return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(0, lambda n, _: n + 1))
+
+
+def run_fn(fn_args: Any) -> None:
+    """TFX Trainer entry: ``base_model`` is the teacher, ``custom_config["student"]`` the section."""
+    import tensorflow as tf
+    if not fn_args.base_model:
+        raise UserError("the student Trainer needs the teacher model as base_model")
+    custom = fn_args.custom_config or {}
+    cfg = StudentConfig(**custom.get("student", {}))
+    examples_uri = layout.examples_dir_of(fn_args.train_files[0])
+    output_dir = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
+
+    train = sorted(f for pattern in fn_args.train_files for f in tf.io.gfile.glob(pattern))
+    evals = sorted(f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern))
+    run_distillation(
+        examples_uri, fn_args.base_model, output_dir, cfg,  # base_model: the teacher's serving dir
+        train_files=train, eval_files=evals,
+    )  # fmt: skip
