@@ -21,11 +21,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, help="output directory (new, empty, or a previous simulator output)"
     )
     p.add_argument(
-        "--events", type=int, dest="simulator.events", default=None, help="number of events (2000)"
+        "--events",
+        type=int,
+        dest="simulator.events",
+        metavar="N",
+        default=None,
+        help="number of events (2000)",
     )
-    p.add_argument("--frames", type=int, dest="simulator.frames", default=None, help="frames per event (4)")
     p.add_argument(
-        "--size", type=int, dest="simulator.size", default=None, help="frame height = width in pixels (32)"
+        "--frames", type=int, dest="simulator.frames", metavar="K", default=None, help="frames per event (4)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        dest="simulator.size",
+        metavar="PIXELS",
+        default=None,
+        help="frame height = width in pixels (32)",
     )
     p.add_argument(
         "--channels",
@@ -38,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--classes",
         dest="simulator.classes",
+        metavar="A,B,C",
         default=None,
         help="comma-separated class names (empty,person,vehicle,animal); 'empty' = hard negatives",
     )
@@ -45,6 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--unlabelled-fraction",
         type=float,
         dest="simulator.unlabelled_fraction",
+        metavar="F",
         default=None,
         help="share of events written without a label (0.2)",
     )
@@ -52,20 +66,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--label-noise",
         type=float,
         dest="simulator.label_noise",
+        metavar="P",
         default=None,
         help="probability a labelled event carries a wrong label (0.0)",
     )
     p.add_argument(
-        "--devices", type=int, dest="simulator.devices", default=None, help="number of cameras (6)"
+        "--devices",
+        type=int,
+        dest="simulator.devices",
+        metavar="D",
+        default=None,
+        help="number of cameras (6)",
     )
-    p.add_argument("--seed", type=int, dest="simulator.seed", default=None, help="random seed (0)")
     p.add_argument(
-        "--shards", type=int, dest="simulator.shards", default=None, help="JSONL manifest shards (2)"
+        "--seed", type=int, dest="simulator.seed", metavar="S", default=None, help="random seed (0)"
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        dest="simulator.shards",
+        metavar="M",
+        default=None,
+        help="JSONL manifest shards (2)",
     )
     p.add_argument(
         "--workers",
         type=int,
         dest="simulator.workers",
+        metavar="W",
         default=None,
         help="render processes; 0 = one per CPU core (0)",
     )
