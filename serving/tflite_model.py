@@ -60,8 +60,6 @@ class LiteEventModel:
             ) from e
         except (KeyError, ValueError, RuntimeError) as e:
             raise LiteModelError(f"{path}: not a usable eventpipe TFLite model: {type(e).__name__}: {e}") from e
-        # tflite_runtime 2.14's signature runner does not allocate tensors (TensorFlow's does).
-        self._classifier.interpreter.allocate_tensors()
         self.metadata = self._classifier.metadata
         inp = self.metadata["input"]
         self.frames, self.height, self.width, self.channels = (

@@ -1,0 +1,395 @@
+"""``eventpipe serve`` as a real subprocess on loopback: TF Serving's REST and gRPC APIs, errors,
+batching, metrics, and version changes under load (zero failed requests)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import serving_support as ss
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+NAME = "events"
+
+
+@pytest.fixture(scope="module")
+def static_server(tmp_path_factory):
+    """Versions 1 and 2 both served (policy all), labels stable=1 canary=2, batching on."""
+    base = tmp_path_factory.mktemp("static-base")
+    model_dir = base / NAME
+    model_dir.mkdir()
+    ss.push_saved_model(ss.saved_model(1), str(model_dir), 1)
+    ss.push_saved_model(ss.saved_model(2), str(model_dir), 2)
+    (model_dir / "labels.json").write_text(json.dumps({"stable": 1, "canary": 2}))
+    server = ss.ServerProcess(
+        str(base), NAME, "--version-policy", "all", "--max-batch-size", "8", "--batch-timeout-ms", "20",
+        "--max-body-bytes", "200000",
+    )
+    try:
+        server.wait_status(NAME, ss.available([1, 2]))
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def saved_model_answers():
+    """The in-process SavedModel (version 2) on a fixed event: what the server must return."""
+    frames = ss.frames_png(3, seed=7)
+    loaded = tf.saved_model.load(ss.saved_model(2))
+    out = loaded.signatures["serving_default"](frames=tf.constant([frames]))
+    return frames, {k: v.numpy() for k, v in out.items()}
+
+
+def _predict_url(server, suffix: str = "") -> str:
+    return f"{server.url}/v1/models/{NAME}{suffix}:predict"
+
+
+# -- REST: status and metadata ----------------------------------------------------------------
+def test_status_as_tf_serving_reports_it(static_server):
+    code, body = ss.get_json(f"{static_server.url}/v1/models/{NAME}")
+    assert code == 200
+    assert body == {
+        "model_version_status": [
+            {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+        ]
+    }
+    code, body = ss.get_json(f"{static_server.url}/v1/models/{NAME}/versions/1")
+    assert code == 200 and [s["version"] for s in body["model_version_status"]] == ["1"]
+    code, body = ss.get_json(f"{static_server.url}/v1/models/{NAME}/labels/canary")
+    assert code == 200 and [s["version"] for s in body["model_version_status"]] == ["2"]
+
+
+def test_metadata_lists_the_exported_signatures(static_server):
+    code, body = ss.get_json(f"{static_server.url}/v1/models/{NAME}/metadata")
+    assert code == 200
+    assert body["model_spec"] == {"name": NAME, "signature_name": "", "version": "2"}
+    sigs = body["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "decoded_frames"} <= set(sigs)
+    frames = sigs["serving_default"]["inputs"]["frames"]
+    assert frames["dtype"] == "DT_STRING"
+    assert [d["size"] for d in frames["tensor_shape"]["dim"]] == ["-1", "3"]
+    assert set(sigs["serving_default"]["outputs"]) == {"probabilities", "logits", "class_id", "class_name", "best_frame"}
+    assert sigs["serving_default"]["method_name"] == "tensorflow/serving/predict"
+    code, body = ss.get_json(f"{static_server.url}/v1/models/{NAME}/versions/1/metadata")
+    assert code == 200 and body["model_spec"]["version"] == "1"
+
+
+# -- REST: predict ----------------------------------------------------------------------------
+def test_row_form_with_b64_frames_matches_the_in_process_model(static_server, saved_model_answers):
+    frames, want = saved_model_answers
+    code, body = ss.post_json(_predict_url(static_server), {"instances": [ss.b64_instance(frames)] * 2})
+    assert code == 200 and len(body["predictions"]) == 2
+    row = body["predictions"][0]
+    assert row["class_name"] == "vehicle" and row["class_id"] == 2
+    np.testing.assert_allclose(row["probabilities"], want["probabilities"][0], rtol=1e-6)
+    np.testing.assert_allclose(row["logits"], want["logits"][0], rtol=1e-6)
+    assert row["best_frame"] == int(want["best_frame"][0])
+
+
+def test_column_form_versions_and_labels(static_server, saved_model_answers):
+    frames, want = saved_model_answers
+    code, body = ss.post_json(_predict_url(static_server), {"inputs": {"frames": [ss.b64_instance(frames)]}})
+    assert code == 200 and set(body) == {"outputs"}
+    assert body["outputs"]["class_name"] == ["vehicle"]
+    np.testing.assert_allclose(body["outputs"]["probabilities"], want["probabilities"], rtol=1e-6)
+    # Single input: the column value may also be given bare.
+    code, bare = ss.post_json(_predict_url(static_server), {"inputs": [ss.b64_instance(frames)]})
+    assert code == 200 and bare == body
+    for suffix, answer in [("/versions/1", "person"), ("/versions/2", "vehicle"),
+                           ("/labels/stable", "person"), ("/labels/canary", "vehicle")]:
+        code, body = ss.post_json(_predict_url(static_server, suffix), {"instances": [ss.b64_instance(frames)]})
+        assert code == 200 and body["predictions"][0]["class_name"] == answer, suffix
+
+
+def test_decoded_frames_signature(static_server):
+    rng = np.random.default_rng(3)
+    decoded = rng.random((2, *ss.SPEC.input_shape)).round(3).tolist()
+    code, body = ss.post_json(_predict_url(static_server, "/versions/1"),
+                              {"signature_name": "decoded_frames", "instances": decoded})
+    assert code == 200 and [p["class_name"] for p in body["predictions"]] == ["person", "person"]
+
+
+@pytest.mark.parametrize(
+    "suffix, payload, status, message",
+    [
+        ("", b"{not json", 400, "JSON Parse error"),
+        ("", b'{"signature_name": "serving_default"}', 400, "Missing 'inputs' or 'instances' key"),
+        ("", {"signature_name": "nope", "instances": [["a", "b", "c"]]}, 400,
+         'Serving signature name: "nope" not found in signature def'),
+        ("", {"instances": [[{"b64": "%%%"}, "", ""]]}, 400, "Unable to base64 decode"),
+        ("", {"instances": [["not a png", "", ""]]}, 400, ""),
+        ("", {"instances": [["a", "b"]]}, 400, "shape"),
+        ("", {"instances": [[1, 2, 3]]}, 400, "is not of expected type: string"),
+        ("", {"instances": [["a", "b", "c"]], "inputs": [["a", "b", "c"]]}, 400, "only one of"),
+        ("/versions/7", {"instances": [["a", "b", "c"]]}, 404, "Servable not found for request: Specific(events, 7)"),
+        ("/labels/nope", {"instances": [["a", "b", "c"]]}, 400, "Unrecognized servable version label: nope"),
+    ],
+)
+def test_predict_errors(static_server, suffix, payload, status, message):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    code, raw = ss.request(_predict_url(static_server, suffix), body)
+    reply = json.loads(raw)
+    assert code == status and set(reply) == {"error"}, reply
+    assert message in reply["error"]
+
+
+def test_routing_errors_and_body_limit(static_server):
+    url = static_server.url
+    code, body = ss.request(f"{url}/v1/models/unknown:predict", b'{"instances": [1]}')
+    assert code == 404 and "Servable not found for request: Latest(unknown)" in json.loads(body)["error"]
+    code, body = ss.get_json(f"{url}/v1/models/unknown")
+    assert code == 404 and "Could not find any versions of model unknown" in body["error"]
+    code, body = ss.get_json(f"{url}/v1/models/{NAME}/versions/9")
+    assert code == 404 and "Could not find version 9" in body["error"]
+    code, body = ss.get_json(f"{url}/v1/models/{NAME}/labels/nope")
+    assert code == 400 and "Unrecognized servable version label" in body["error"]
+    code, body = ss.get_json(f"{url}/v1/models")
+    assert code == 400 and body["error"] == "Missing model name in request."
+    code, body = ss.request(f"{url}/v1/models/{NAME}", b"{}", method="PUT")
+    assert code == 400 and "Malformed request: PUT" in json.loads(body)["error"]
+    code, body = ss.request(f"{url}/v1/models/{NAME}:classify", b'{"examples": []}')
+    assert code == 400 and "predict signatures only" in json.loads(body)["error"]
+    code, _ = ss.request(f"{url}/nowhere")
+    assert code == 404
+    big = json.dumps({"instances": [["x" * 300_000, "", ""]]}).encode()
+    code, body = ss.request(_predict_url(static_server), big)
+    assert code == 413 and "exceeds the limit of 200000 bytes" in json.loads(body)["error"]
+    # The server is still healthy after refusing it.
+    assert ss.get_json(f"{url}/v1/models/{NAME}")[0] == 200
+
+
+def test_keep_alive_connection_serves_many_requests(static_server):
+    frames = ss.frames_png(3)
+    body = json.dumps({"instances": [ss.b64_instance(frames)]})
+    conn = http.client.HTTPConnection("127.0.0.1", static_server.rest_port, timeout=10)
+    for _ in range(20):
+        conn.request("POST", f"/v1/models/{NAME}:predict", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["predictions"][0]["class_name"] == "vehicle"
+    conn.close()
+
+
+# -- gRPC ---------------------------------------------------------------------------------------
+def _predict_request(frames: list[bytes], **spec) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = spec.get("name", NAME)
+    request.model_spec.signature_name = spec.get("signature", "serving_default")
+    if "version" in spec:
+        request.model_spec.version.value = spec["version"]
+    if "label" in spec:
+        request.model_spec.version_label = spec["label"]
+    request.inputs["frames"].CopyFrom(tf.make_tensor_proto([frames]))
+    return request
+
+
+def test_grpc_prediction_service(static_server, saved_model_answers):
+    frames, want = saved_model_answers
+    with grpc.insecure_channel(static_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(_predict_request(frames), timeout=30)
+        assert response.model_spec.name == NAME and response.model_spec.version.value == 2
+        assert response.model_spec.signature_name == "serving_default"
+        out = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        np.testing.assert_allclose(out["probabilities"], want["probabilities"], rtol=1e-6)
+        assert out["class_name"].tolist() == [b"vehicle"] and out["class_id"].dtype == np.int64
+        assert stub.Predict(_predict_request(frames, version=1), timeout=30).model_spec.version.value == 1
+        by_label = stub.Predict(_predict_request(frames, label="stable"), timeout=30)
+        assert tf.make_ndarray(by_label.outputs["class_name"]).tolist() == [b"person"]
+        filtered = _predict_request(frames)
+        filtered.output_filter.append("class_id")
+        assert list(stub.Predict(filtered, timeout=30).outputs) == ["class_id"]
+
+        meta_request = get_model_metadata_pb2.GetModelMetadataRequest()
+        meta_request.model_spec.name = NAME
+        meta_request.metadata_field.append("signature_def")
+        meta = stub.GetModelMetadata(meta_request, timeout=30)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        assert meta.metadata["signature_def"].Unpack(sig_map)
+        assert sig_map.signature_def["serving_default"].inputs["frames"].dtype == tf.string.as_datatype_enum
+
+        status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = NAME
+        status = status_stub.GetModelStatus(status_request, timeout=30)
+        assert sorted(s.version for s in status.model_version_status) == [1, 2]
+        assert all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status)
+
+
+def test_grpc_errors_carry_tf_serving_codes(static_server):
+    frames = ss.frames_png(3)
+    with grpc.insecure_channel(static_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        cases = [
+            (_predict_request(frames, name="unknown"), grpc.StatusCode.NOT_FOUND, "Servable not found"),
+            (_predict_request(frames, version=9), grpc.StatusCode.NOT_FOUND, "Specific(events, 9)"),
+            (_predict_request(frames, label="nope"), grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized"),
+            (_predict_request(frames, signature="nope"), grpc.StatusCode.INVALID_ARGUMENT, "not found in signature def"),
+            (_predict_request([b"junk", b"", b""]), grpc.StatusCode.INVALID_ARGUMENT, ""),
+        ]
+        wrong_dtype = _predict_request(frames)
+        wrong_dtype.inputs["frames"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 3), np.float32)))
+        cases.append((wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "expects DT_STRING"))
+        extra = _predict_request(frames)
+        extra.inputs["other"].CopyFrom(tf.make_tensor_proto([1]))
+        cases.append((extra, grpc.StatusCode.INVALID_ARGUMENT, "Sent extra: {other}"))
+        bad_filter = _predict_request(frames)
+        bad_filter.output_filter.append("nope")
+        cases.append((bad_filter, grpc.StatusCode.INVALID_ARGUMENT, "output tensor alias not found"))
+        for request, code, message in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Predict(request, timeout=30)
+            assert e.value.code() == code and message in e.value.details(), (code, e.value.details())
+        empty_fields = get_model_metadata_pb2.GetModelMetadataRequest()
+        empty_fields.model_spec.name = NAME
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetModelMetadata(empty_fields, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- batching and metrics -----------------------------------------------------------------------
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_concurrent_requests_are_batched_and_counted(static_server):
+    frames = ss.frames_png(3, seed=1)
+    body = json.dumps({"instances": [ss.b64_instance(frames)]}).encode()
+    before = ss.request(f"{static_server.url}/monitoring/prometheus/metrics")[1].decode()
+    results: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def client() -> None:
+        barrier.wait()
+        for _ in range(5):
+            results.append(ss.request(_predict_url(static_server), body)[0])
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [200] * 40
+    code, raw = ss.request(f"{static_server.url}/monitoring/prometheus/metrics")
+    text = raw.decode()
+    assert code == 200 and "# TYPE eventpipe_serving_request_latency_seconds histogram" in text
+    ok = _metric(text, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK")
+    assert ok - _metric(before, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK") >= 40
+    calls = _metric(text, "eventpipe_serving_batch_requests_count") - _metric(before, "eventpipe_serving_batch_requests_count")
+    merged = _metric(text, "eventpipe_serving_batch_requests_sum") - _metric(before, "eventpipe_serving_batch_requests_sum")
+    assert merged >= 40 and calls < merged, f"40 concurrent requests ran in {calls} calls: no batching"
+    assert _metric(text, "eventpipe_serving_model_version_available", model=NAME, version="1") == 1
+    assert _metric(text, "eventpipe_serving_model_version_available", model=NAME, version="2") == 1
+    assert _metric(text, "eventpipe_serving_requests_total", api="rest", code="NOT_FOUND") >= 1
+
+
+# -- versions appearing under load ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """Policy latest, starting from an empty model directory."""
+    base = tmp_path_factory.mktemp("live-base")
+    (base / NAME).mkdir()
+    server = ss.ServerProcess(str(base), NAME, "--max-batch-size", "8", "--batch-timeout-ms", "2")
+    try:
+        yield server, str(base / NAME)
+    finally:
+        server.stop()
+
+
+def test_no_version_yet_is_503_for_predict_and_404_for_status(live_server):
+    server, _ = live_server
+    code, body = ss.post_json(_predict_url(server), {"instances": [["a", "b", "c"]]})
+    assert code == 503 and "no version of model events is available" in body["error"]
+    code, body = ss.get_json(f"{server.url}/v1/models/{NAME}")
+    assert code == 404 and "Could not find any versions" in body["error"]
+
+
+def test_new_version_under_load_fails_no_request_and_corrupt_version_keeps_old(live_server):
+    server, model_dir = live_server
+    ss.push_saved_model(ss.saved_model(1), model_dir, 1)
+    server.wait_status(NAME, ss.available([1]))
+    frames = ss.frames_png(3, seed=2)
+    body = json.dumps({"instances": [ss.b64_instance(frames)]})
+    grpc_request = _predict_request(frames)
+    log: list[tuple[float, str, str]] = []  # (time, api, answer or error)
+    stop = threading.Event()
+
+    def rest_client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+        while not stop.is_set():
+            conn.request("POST", f"/v1/models/{NAME}:predict", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = json.loads(response.read())
+            answer = payload["predictions"][0]["class_name"] if response.status == 200 else f"HTTP {response.status}"
+            log.append((time.monotonic(), "rest", answer))
+
+    def grpc_client() -> None:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    out = stub.Predict(grpc_request, timeout=30)
+                    answer = tf.make_ndarray(out.outputs["class_name"])[0].decode()
+                except grpc.RpcError as e:
+                    answer = f"gRPC {e.code()}"
+                log.append((time.monotonic(), "grpc", answer))
+
+    clients = [threading.Thread(target=rest_client) for _ in range(3)] + [
+        threading.Thread(target=grpc_client) for _ in range(3)
+    ]
+    for t in clients:
+        t.start()
+    time.sleep(1.0)
+    pushed_at = time.monotonic()
+    ss.push_saved_model(ss.saved_model(2), model_dir, 2)
+    server.wait_status(NAME, lambda s: any(x["version"] == "1" and x["state"] == "END" for x in s))
+    swapped_at = time.monotonic()
+    time.sleep(1.0)
+    stop.set()
+    for t in clients:
+        t.join(timeout=60)
+
+    answers = [a for _, _, a in log]
+    failures = [a for a in answers if a not in ("person", "vehicle")]
+    assert not failures, f"{len(failures)} failed requests during the swap: {failures[:5]}"
+    assert len(log) >= 30, f"only {len(log)} requests in the load test"
+    before = [a for t, _, a in log if t < pushed_at]
+    after = [a for t, _, a in log if t > swapped_at + 0.2]
+    assert before and set(before) == {"person"}
+    assert after and set(after) == {"vehicle"}, "answers did not switch to version 2"
+    assert {api for _, api, _ in log} == {"rest", "grpc"}
+
+    # A corrupt version 3: reported in status, version 2 keeps serving.
+    corrupt = os.path.join(model_dir, ".tmp-3")
+    os.makedirs(corrupt)
+    with open(os.path.join(corrupt, "saved_model.pb"), "wb") as f:
+        f.write(b"this is not a SavedModel")
+    os.rename(corrupt, os.path.join(model_dir, "3"))
+    statuses = server.wait_status(NAME, lambda s: any(x["version"] == "3" and x["state"] == "END" for x in s))
+    v3 = next(x for x in statuses if x["version"] == "3")
+    assert v3["status"]["error_code"] != "OK" and "SavedModel" in v3["status"]["error_message"]
+    assert next(x for x in statuses if x["version"] == "2")["state"] == "AVAILABLE"
+    code, answer = ss.post_json(_predict_url(server), {"instances": [ss.b64_instance(frames)]})
+    assert code == 200 and answer["predictions"][0]["class_name"] == "vehicle"
+    code, body = ss.get_json(f"{server.url}/v1/models/{NAME}/versions/3")
+    assert code == 200 and body["model_version_status"][0]["state"] == "END"
