@@ -57,7 +57,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import TeacherConfig, parse_mesh
+from pipeline.config import TeacherConfig
 from pipeline.errors import UserError
 
 LAYOUTS = ("data", "model", "hybrid")
@@ -623,10 +623,6 @@ def parse_devices(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise PlannerError(f"--devices expects device counts like 1,2,4,8, got {text!r}")
     return sorted(set(values))
-
-
-def parse_mesh_flag(text: str) -> dict[str, int]:
-    return parse_mesh(text)
 
 
 # ----------------------------------------------------------------------------- the paper
