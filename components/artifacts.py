@@ -1,13 +1,12 @@
 """eventpipe's own ML Metadata artifact types."""
 
-from tfx.types.artifact import Artifact, Property, PropertyType
+from tfx.types.artifact import Artifact
 
 
 class Quarantine(Artifact):
     """Rejected events (JSONL: reason, detail, source, original record) and the ingest summary."""
 
     TYPE_NAME = "eventpipe.Quarantine"
-    PROPERTIES = {"span": Property(type=PropertyType.INT)}
 
 
 class IngestBlessing(Artifact):

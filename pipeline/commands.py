@@ -42,6 +42,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)")
     p.set_defaults(func=run_command)
 
+    p = subparsers.add_parser("compile-kubeflow", help="compile the pipeline to a Kubeflow Pipelines v2 spec (JSON)")
+    add_run_flags(p)
+    p.add_argument("--output", default="eventpipe_kfp.json", help="spec file to write (default eventpipe_kfp.json)")
+    p.add_argument("--image", dest="run.image", help="container image built from the repo's Dockerfile")
+    p.add_argument("--pipeline-root", dest="run.pipeline_root", help="artifact root as the cluster sees it (gs://...)")
+    p.set_defaults(func=compile_kubeflow_command)
+
 
 def prepare(args: argparse.Namespace) -> Config:
     from pipeline.cli import load_config
@@ -158,4 +165,14 @@ def run_command(args: argparse.Namespace) -> int:
         if "events" in rep:
             print_ingest(cfg, rep)
         print(f"report: {cfg.report_path}")
+    return 0
+
+
+def compile_kubeflow_command(args: argparse.Namespace) -> int:
+    from pipeline import runners
+
+    args.__dict__["run.runner"] = "kubeflow"
+    cfg = prepare(args)
+    path = runners.compile_kubeflow(cfg, args.output)
+    print(f"Kubeflow Pipelines v2 spec: {path} (image {cfg.run.image})")
     return 0

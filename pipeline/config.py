@@ -138,7 +138,8 @@ class RunConfig:
     enable_cache: bool = True
     serving_base: str = ""  # "" = <workdir>/serving
     mobile_base: str = ""  # "" = <workdir>/mobile
-    image: str = "eventpipe:latest"  # container image for Kubeflow
+    image: str = "eventpipe:latest"  # container image for Kubeflow (built from the repo's Dockerfile)
+    pipeline_root: str = ""  # "" = <workdir>/pipeline; a gs:// or shared path on Kubeflow
 
 
 @dataclass

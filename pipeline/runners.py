@@ -11,7 +11,7 @@ from pipeline.errors import UserError
 
 
 def pipeline_root(config: Config) -> str:
-    return os.path.join(config.workdir, "pipeline")
+    return config.run.pipeline_root or os.path.join(config.workdir, "pipeline")
 
 
 def metadata_path(config: Config) -> str:
@@ -69,6 +69,8 @@ def run_pipeline(config: Config, through: str) -> None:
         beam_pipeline_args=beam_args(config),
         through=through,
     )
+    if config.run.runner == "kubeflow":
+        raise UserError("--runner kubeflow compiles, it does not execute here; use `eventpipe compile-kubeflow`")
     if config.run.runner == "local":
         tfx.orchestration.LocalDagRunner().run(pipeline)
     elif config.run.runner == "beam":
@@ -76,4 +78,34 @@ def run_pipeline(config: Config, through: str) -> None:
 
         BeamDagRunner().run(pipeline)
     else:
-        raise UserError(f"runner {config.run.runner!r} does not execute here; use --runner local or beam")
+        raise UserError(f"unknown runner {config.run.runner!r}; use local, beam or kubeflow")
+
+
+def compile_kubeflow(config: Config, output_path: str) -> str:
+    """Compile the same pipeline to a Kubeflow Pipelines v2 spec (JSON); returns its path.
+
+    Paths (``--data``, ``run.pipeline_root``) are used as given: on a cluster they are bucket
+    or shared-volume paths that need not exist on this machine. Metadata is the cluster's.
+    """
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline_def import create_pipeline
+
+    if not config.run.data:
+        raise UserError("no data: pass --data with the events' location as the cluster sees it")
+    pipeline = create_pipeline(
+        config,
+        data_root=config.run.data,
+        pipeline_root=pipeline_root(config),
+        metadata_connection_config=None,
+        beam_pipeline_args=beam_args(config),
+    )
+    output_path = os.path.abspath(output_path)
+    os.makedirs(os.path.dirname(output_path), exist_ok=True)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.run.image),
+        output_dir=os.path.dirname(output_path),
+        output_filename=os.path.basename(output_path),
+    )
+    runner.run(pipeline, write_out=True)
+    return output_path

@@ -1,0 +1,22 @@
+# The image Kubeflow runs every eventpipe component in (`eventpipe compile-kubeflow --image ...`).
+# Built only from the repository's own pinned files, so it resolves exactly what `make setup` does.
+FROM python:3.10-slim
+
+ENV TF_USE_LEGACY_KERAS=1 \
+    TF_CPP_MIN_LOG_LEVEL=3 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /eventpipe
+COPY requirements.lock .
+RUN pip install --no-cache-dir -r requirements.lock
+COPY setup.py README.md ./
+COPY pipeline pipeline
+COPY components components
+COPY trainer trainer
+COPY serving serving
+RUN pip install --no-cache-dir --no-deps .
+
+# The KFP v2 compiler sets each task's command (the TFX container entrypoint); this default
+# makes `docker run IMAGE --help` show the CLI.
+ENTRYPOINT ["eventpipe"]

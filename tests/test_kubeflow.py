@@ -1,0 +1,45 @@
+"""The same create_pipeline(...) compiles offline to a Kubeflow Pipelines v2 spec."""
+
+import json
+import os
+import subprocess
+import sys
+
+from pipeline.config import Config
+from pipeline.pipeline_def import create_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
+    out = tmp_path / "spec.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "compile-kubeflow", "--data", "gs://bucket/events",
+         "--pipeline-root", "gs://bucket/root", "--workdir", str(tmp_path / "w"), "--output", str(out),
+         "--image", "registry.example/eventpipe:7", "--max-reject-rate", "0.07"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    spec = json.loads(out.read_text())["pipelineSpec"]
+    executors = spec["deploymentSpec"]["executors"]
+    tasks = spec["root"]["dag"]["tasks"]
+
+    cfg = Config()
+    cfg.data.max_reject_rate = 0.07
+    expected = create_pipeline(
+        cfg, data_root="gs://bucket/events", pipeline_root="gs://bucket/root",
+        metadata_connection_config=None, beam_pipeline_args=[],
+    ).components  # fmt: skip
+    assert {c.id for c in expected} == set(tasks)
+    for c in expected:
+        assert f"{c.id}_executor" in executors
+        assert executors[f"{c.id}_executor"]["container"]["image"] == "registry.example/eventpipe:7"
+
+    def constant(task, name):
+        value = tasks[task]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]
+        return next(iter(value.values()))
+
+    assert constant("EventExampleGen", "input_base") == "gs://bucket/events"
+    assert json.loads(constant("EventExampleGen", "data_config"))["max_reject_rate"] == 0.07
+    assert constant("IngestGate", "max_reject_rate") == 0.07
+    assert set(tasks["IngestGate"]["dependentTasks"]) == {"EventExampleGen", "ExampleValidator"}
