@@ -1,0 +1,186 @@
+"""Hybrid data x model parallelism on DTensor: Krizhevsky's "one weird trick" (2014).
+
+Convolutional and attention layers hold few parameters and much compute: they run data
+parallel (weights replicated, activations sharded over the batch). The fully-connected
+head holds most parameters and little compute: its kernels are sharded over devices
+(model parallel), so no device stores or all-reduces the whole head. Two layouts:
+
+- ``2d`` (default): a ``batch x model`` mesh. Activations are sharded over ``batch``; FC
+  kernels are ``[unsharded, "model"]`` (column-parallel) and the logits kernel
+  ``["model", unsharded]`` (row-parallel, one all-reduce of the small logits).
+- ``1d`` (the paper's): one axis ``devices`` over all devices. Convolutions are data
+  parallel over every device; the pooled event features are all-gathered (relayout to
+  replicated) and the FC layers are sharded over all devices, each computing its slice of
+  units for the whole batch.
+
+The tf_keras ``LayoutMap`` assigns layouts by variable path; everything it does not name
+is replicated. Training is a custom loop: one ``tf.function`` computes the loss and
+gradients, a second applies them (in one function, DTensor left tf_keras Adam's updates of
+replicated variables unapplied in our measurements; two functions are exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow.experimental import dtensor
+
+from pipeline import layout
+from pipeline.config import TeacherConfig, parse_mesh
+from pipeline.errors import UserError
+from pipeline.layout import EventSpec
+from trainer.devices import DeviceSetup
+from trainer.strategies import UNSHARDED, BatchesFn, Runner, event_loss, mixed_precision_policy
+from trainer.teacher_model import FC_PREFIX, LOGITS, build_teacher
+
+FC_LAYOUTS = ("2d", "1d")
+
+
+def mesh_dims(cfg: TeacherConfig) -> list[tuple[str, int]]:
+    """Mesh axes for ``cfg``: ``[("batch", b), ("model", m)]`` (2d) or ``[("devices", b*m)]`` (1d)."""
+    sizes = parse_mesh(cfg.mesh)
+    if cfg.fc_layout == "2d":
+        return [("batch", sizes["batch"]), ("model", sizes["model"])]
+    if cfg.fc_layout == "1d":
+        return [("devices", sizes["batch"] * sizes["model"])]
+    raise UserError(f"--fc-layout must be 2d or 1d, got {cfg.fc_layout!r}")
+
+
+def make_layout_map(mesh: Any, cfg: TeacherConfig) -> Any:
+    """FC kernels sharded over the model axis; everything else replicated (the default)."""
+    model_axis = mesh.dim_names[-1]
+    layout_map = keras.dtensor.experimental.LayoutMap(mesh=mesh)
+    layout_map[rf"{FC_PREFIX}\d+\..*kernel"] = dtensor.Layout([dtensor.UNSHARDED, model_axis], mesh)
+    layout_map[rf"{FC_PREFIX}\d+\..*bias"] = dtensor.Layout([model_axis], mesh)
+    layout_map[rf"{LOGITS}\..*kernel"] = dtensor.Layout([model_axis, dtensor.UNSHARDED], mesh)
+    return layout_map
+
+
+def to_mesh(value: Any, target: Any) -> Any:
+    """A host tensor placed on ``target``'s mesh with ``target``'s layout."""
+    value = tf.convert_to_tensor(value)
+    replicated = dtensor.Layout.replicated(target.mesh, rank=value.shape.rank)
+    return dtensor.relayout(dtensor.copy_to_mesh(value, replicated), target)
+
+
+def unsharded_value(value: Any) -> np.ndarray:
+    """The full value of a DTensor (variable or tensor) as numpy, gathered from its shards."""
+    if isinstance(value, tf.Variable):
+        value = value.read_value()
+    full = dtensor.relayout(value, dtensor.Layout.replicated(dtensor.fetch_layout(value).mesh, value.shape.rank))
+    return dtensor.unpack(full)[0].numpy()
+
+
+class HybridRunner(Runner):
+    """DTensor batch x model mesh with a LayoutMap (see the module docstring)."""
+
+    name = "hybrid"
+
+    def __init__(self, cfg: TeacherConfig, spec: EventSpec, setup: DeviceSetup) -> None:
+        super().__init__(cfg, spec, setup)
+        dims = mesh_dims(cfg)
+        needed = int(np.prod([size for _, size in dims]))
+        if needed > setup.count:
+            raise UserError(
+                f"--mesh {cfg.mesh} needs {needed} devices but {setup.count} are configured; "
+                f"pass --logical-devices {needed}"
+            )
+        data_axis, model_axis = dims[0][0], dims[-1][0]
+        data_size, model_size = dims[0][1], dims[-1][1]
+        if cfg.global_batch_size % data_size:
+            raise UserError(
+                f"--global-batch-size {cfg.global_batch_size} must be a multiple of the {data_axis} axis ({data_size})"
+            )
+        for units in cfg.fc_units:
+            if units % model_size:
+                raise UserError(
+                    f"teacher.fc_units {cfg.fc_units} must be multiples of the {model_axis} axis ({model_size})"
+                )
+        if mixed_precision_policy(cfg.mixed_precision, setup.device_type) == "mixed_float16":
+            raise UserError("hybrid supports --mixed-precision bf16 or off (fp16 loss scaling has no DTensor path)")
+        self.dims = dims
+        self.mesh = dtensor.create_mesh(dims, devices=list(setup.devices[:needed]), device_type=setup.device_type)
+        self.data_axis = data_axis
+        rank = len(spec.input_shape) + 1
+        self.frames_layout = dtensor.Layout.batch_sharded(self.mesh, data_axis, rank=rank)
+        self.labels_layout = dtensor.Layout.batch_sharded(self.mesh, data_axis, rank=1)
+        # 1-D layout: gather the batch-sharded features before the sharded FC head.
+        self.feature_layout = dtensor.Layout.replicated(self.mesh, rank=2) if cfg.fc_layout == "1d" else None
+        self._grad_fn: Any = None
+        self._apply_fn: Any = None
+
+    def mesh_description(self) -> dict[str, int]:
+        return dict(self.dims)
+
+    @property
+    def replicas(self) -> int:
+        return self.dims[0][1]
+
+    def build(self, initial_weights: list[np.ndarray], learning_rate: Any) -> None:
+        keras.mixed_precision.set_global_policy(mixed_precision_policy(self.cfg.mixed_precision, self.setup.device_type))
+        try:
+            with make_layout_map(self.mesh, self.cfg).scope():
+                self.model = build_teacher(self.spec, self.cfg, feature_layout=self.feature_layout)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        for variable, value in zip(self.model.weights, initial_weights, strict=True):
+            variable.assign(to_mesh(value, variable.layout))
+        self.optimizer = keras.optimizers.Adam(learning_rate, mesh=self.mesh)
+        self.optimizer.build(self.model.trainable_variables)
+        model, optimizer = self.model, self.optimizer
+        global_batch = self.cfg.global_batch_size
+
+        @tf.function
+        def grad_fn(frames: Any, labels: Any) -> Any:
+            with tf.GradientTape() as tape:
+                out = model(frames, training=True)
+                loss = event_loss(labels, out[LOGITS], global_batch)
+            return loss, tape.gradient(loss, model.trainable_variables)
+
+        @tf.function
+        def apply_fn(grads: Any) -> None:
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+        self._grad_fn, self._apply_fn = grad_fn, apply_fn
+
+    def batches(self, make: BatchesFn) -> Iterator[Any]:
+        return iter(make(self.cfg.global_batch_size, 1, 0))
+
+    def step(self, batch: Any) -> float:
+        frames = to_mesh(batch[layout.FRAMES], self.frames_layout)
+        labels = to_mesh(batch[layout.LABEL], self.labels_layout)
+        loss, grads = self._grad_fn(frames, labels)
+        self._apply_fn(list(grads))
+        return float(unsharded_value(loss))
+
+    def completed_steps(self) -> int:
+        return int(unsharded_value(self.optimizer.iterations))
+
+    def plain_weights(self) -> list[np.ndarray]:
+        return [unsharded_value(v) for v in self.model.weights]
+
+    def variable_layouts(self) -> list[dict[str, Any]]:
+        rows = []
+        for v in self.model.weights:
+            spec = v.layout.sharding_specs
+            shards = dtensor.unpack(v.read_value())
+            rows.append(
+                {
+                    "name": v.name,
+                    "shape": v.shape.as_list(),
+                    "layout": [UNSHARDED if s == dtensor.UNSHARDED else s for s in spec],
+                    "shards": [{"device": c.device, "shape": c.shape.as_list()} for c in shards],
+                }
+            )
+        return rows
+
+
+def unsharded_copy(runner: HybridRunner) -> Any:
+    """A plain tf_keras teacher (no DTensor) holding the runner's trained weights, for export."""
+    model = build_teacher(runner.spec, runner.cfg)
+    model.set_weights(runner.plain_weights())
+    return model

@@ -1,0 +1,239 @@
+"""How a training step runs on devices: one ``Runner`` per ``--strategy``.
+
+- ``single``: ``OneDeviceStrategy`` on the first device.
+- ``mirrored``: ``MirroredStrategy`` over all local (logical) devices; gradients all-reduced.
+- ``multiworker``: ``MultiWorkerMirroredStrategy`` over the cluster in ``TF_CONFIG``
+  (ring all-reduce); one process per worker.
+- ``hybrid``: DTensor data x model parallelism (``trainer.hybrid``).
+
+Every runner consumes the same global batches (``trainer.train_data``): data-parallel
+runners split a global batch into per-replica slices in stream order, so one step sees the
+same events whatever the strategy, and the loss is the sum of per-event losses divided by
+the global batch size. That makes the per-step losses of all strategies equal up to float
+rounding, which the tests check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline import layout
+from pipeline.config import TeacherConfig
+from pipeline.errors import UserError
+from pipeline.layout import EventSpec
+from trainer.devices import DeviceSetup
+from trainer.teacher_model import LOGITS, build_teacher
+
+STRATEGIES = ("single", "mirrored", "multiworker", "hybrid")
+UNSHARDED = "unsharded"
+
+# (per-replica batch size, number of input pipelines, this pipeline's index) -> dataset
+BatchesFn = Callable[[int, int, int], Any]
+
+
+def event_loss(labels: Any, logits: Any, global_batch_size: int) -> Any:
+    """Sum of per-event cross-entropies / global batch (unlabelled events, -1, count zero)."""
+    labels = tf.cast(labels, tf.int32)
+    per_event = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32)
+    )
+    per_event = tf.where(labels >= 0, per_event, tf.zeros_like(per_event))
+    return tf.reduce_sum(per_event) / float(global_batch_size)
+
+
+def mixed_precision_policy(mode: str, device_type: str) -> str:
+    """The tf_keras policy name for ``--mixed-precision``."""
+    if mode == "off":
+        return "float32"
+    if mode == "bf16":
+        return "mixed_bfloat16"
+    if mode == "fp16":
+        if device_type != "GPU":
+            raise UserError("--mixed-precision fp16 needs a GPU; use bf16 on CPUs (or off)")
+        return "mixed_float16"
+    raise UserError(f"--mixed-precision must be off, bf16 or fp16, got {mode!r}")
+
+
+class Runner:
+    """Builds the teacher on its devices and runs optimisation steps on global batches."""
+
+    name = "base"
+
+    def __init__(self, cfg: TeacherConfig, spec: EventSpec, setup: DeviceSetup) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.setup = setup
+        self.model: Any = None
+        self.optimizer: Any = None
+
+    # -- cluster -------------------------------------------------------------------------
+    @property
+    def is_chief(self) -> bool:
+        return True
+
+    @property
+    def worker_index(self) -> int:
+        return 0
+
+    @property
+    def replicas(self) -> int:
+        return 1
+
+    def mesh_description(self) -> dict[str, int]:
+        """Mesh axis -> size for the report."""
+        return {"replicas": self.replicas}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def build(self, initial_weights: list[np.ndarray], learning_rate: Any) -> None:
+        raise NotImplementedError
+
+    def batches(self, make: BatchesFn) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def step(self, batch: Any) -> float:
+        raise NotImplementedError
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+
+    def completed_steps(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def plain_weights(self) -> list[np.ndarray]:
+        """Full (unsharded) values of every model weight, in ``model.weights`` order."""
+        return self.model.get_weights()
+
+    def variable_layouts(self) -> list[dict[str, Any]]:
+        """Name, global shape, mesh axis per dimension and the placed shards of every variable."""
+        raise NotImplementedError
+
+
+class DistributeRunner(Runner):
+    """single / mirrored / multiworker through ``tf.distribute`` and a custom training loop."""
+
+    def __init__(self, cfg: TeacherConfig, spec: EventSpec, setup: DeviceSetup, name: str) -> None:
+        super().__init__(cfg, spec, setup)
+        self.name = name
+        if name == "single":
+            self.strategy = tf.distribute.OneDeviceStrategy(setup.devices[0])
+        elif name == "mirrored":
+            self.strategy = tf.distribute.MirroredStrategy(devices=list(setup.devices))
+        elif name == "multiworker":
+            options = tf.distribute.experimental.CommunicationOptions(
+                implementation=tf.distribute.experimental.CommunicationImplementation.RING
+            )
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        else:
+            raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        if cfg.global_batch_size % self.strategy.num_replicas_in_sync:
+            raise UserError(
+                f"--global-batch-size {cfg.global_batch_size} must be a multiple of the "
+                f"{self.strategy.num_replicas_in_sync} replicas of {name}"
+            )
+        self._step_fn: Any = None
+
+    @property
+    def replicas(self) -> int:
+        return int(self.strategy.num_replicas_in_sync)
+
+    @property
+    def is_chief(self) -> bool:
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if self.name != "multiworker" or resolver is None or not resolver.cluster_spec().as_dict():
+            return True
+        task_type, task_id = resolver.task_type, resolver.task_id
+        has_chief = "chief" in resolver.cluster_spec().as_dict()
+        return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+
+    @property
+    def worker_index(self) -> int:
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if self.name != "multiworker" or resolver is None or resolver.task_id is None:
+            return 0
+        return int(resolver.task_id)
+
+    def mesh_description(self) -> dict[str, int]:
+        workers = 1
+        if self.name == "multiworker":
+            cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+            workers = max(1, sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")))
+        return {"workers": workers, "replicas": self.replicas}
+
+    def build(self, initial_weights: list[np.ndarray], learning_rate: Any) -> None:
+        policy = mixed_precision_policy(self.cfg.mixed_precision, self.setup.device_type)
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            with self.strategy.scope():
+                self.model = build_teacher(self.spec, self.cfg)
+                self.model.set_weights(initial_weights)
+                optimizer = keras.optimizers.Adam(learning_rate)
+                if policy == "mixed_float16":
+                    optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+                self.optimizer = optimizer
+                # Slots exist before the first step, so a checkpoint restores into them at once.
+                getattr(optimizer, "inner_optimizer", optimizer).build(self.model.trainable_variables)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        self._step_fn = self._make_step(loss_scaling=policy == "mixed_float16")
+
+    def _make_step(self, loss_scaling: bool) -> Any:
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        global_batch = self.cfg.global_batch_size
+
+        def replica_step(batch: dict[str, Any]) -> Any:
+            with tf.GradientTape() as tape:
+                out = model(batch[layout.FRAMES], training=True)
+                loss = event_loss(batch[layout.LABEL], out[LOGITS], global_batch)
+                scaled = optimizer.get_scaled_loss(loss) if loss_scaling else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
+            if loss_scaling:
+                grads = optimizer.get_unscaled_gradients(grads)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        @tf.function
+        def step(dist_batch: Any) -> Any:
+            per_replica = strategy.run(replica_step, args=(dist_batch,))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        return step
+
+    def batches(self, make: BatchesFn) -> Iterator[Any]:
+        def dataset_fn(ctx: tf.distribute.InputContext) -> Any:
+            per_replica = ctx.get_per_replica_batch_size(self.cfg.global_batch_size)
+            return make(per_replica, ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def step(self, batch: Any) -> float:
+        return float(self._step_fn(batch))
+
+    def variable_layouts(self) -> list[dict[str, Any]]:
+        rows = []
+        for v in self.model.weights:
+            components = list(getattr(v, "values", None) or (v,))
+            rows.append(
+                {
+                    "name": v.name,
+                    "shape": v.shape.as_list(),
+                    "layout": [UNSHARDED] * v.shape.rank,
+                    "shards": [{"device": c.device, "shape": c.shape.as_list()} for c in components],
+                }
+            )
+        return rows
+
+
+def make_runner(cfg: TeacherConfig, spec: EventSpec, setup: DeviceSetup) -> Runner:
+    """The runner for ``cfg.strategy`` (creates the tf.distribute strategy or DTensor mesh)."""
+    if cfg.strategy == "hybrid":
+        from trainer.hybrid import HybridRunner
+
+        return HybridRunner(cfg, spec, setup)
+    return DistributeRunner(cfg, spec, setup, cfg.strategy)

@@ -1,0 +1,186 @@
+"""The teacher: a large event classifier over K frames, built with tf_keras.
+
+``[B, K, H, W, C]`` frames -> ``{"logits": [B, classes], "frame_weights": [B, K]}``:
+
+1. a residual convolutional backbone applied to every frame with shared weights (frames are
+   folded into the batch, ``B*K``), global-average-pooled to one embedding per frame;
+2. self-attention across the K frame embeddings (plus a learned frame-position embedding),
+   so each frame's embedding can see what changed relative to the others;
+3. attention pooling: a learned score per frame, softmax over frames; the weights name the
+   best frame and pool the event into one vector;
+4. a wide fully-connected head (``fc_units``) that holds most of the parameters, as in
+   AlexNet, and is the model-parallel part in the hybrid strategy.
+
+Layer names are stable (``conv*``, ``attention*``, ``fc_<i>``, ``logits``): the hybrid
+strategy's LayoutMap selects variables by them. The backbone has no batch-statistics
+normalisation, so every strategy computes exactly the same function of a global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.config import TeacherConfig
+from pipeline.layout import EventSpec
+
+FC_PREFIX = "fc_"
+LOGITS = "logits"
+FRAME_WEIGHTS = "frame_weights"
+FEATURES = "event_features"
+
+
+def fc_layer_names(cfg: TeacherConfig) -> list[str]:
+    """Names of the hidden fully-connected layers, in order."""
+    return [f"{FC_PREFIX}{i}" for i in range(len(cfg.fc_units))]
+
+
+class FoldFrames(keras.layers.Layer):
+    """[B, K, H, W, C] -> [B*K, H, W, C]: the backbone sees frames as a batch."""
+
+    def call(self, x: Any) -> Any:
+        shape = tf.shape(x)
+        return tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
+
+
+class UnfoldFrames(keras.layers.Layer):
+    """[B*K, F] -> [B, K, F]."""
+
+    def __init__(self, frames: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.frames = frames
+
+    def call(self, x: Any) -> Any:
+        return tf.reshape(x, [-1, self.frames, x.shape[-1]])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "frames": self.frames}
+
+
+class FramePosition(keras.layers.Layer):
+    """Adds a learned embedding of each frame's position in the event."""
+
+    def build(self, input_shape: Any) -> None:
+        self.position = self.add_weight(
+            name="position",
+            shape=(int(input_shape[1]), int(input_shape[2])),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+
+    def call(self, x: Any) -> Any:
+        return x + tf.cast(self.position, x.dtype)
+
+
+class AttentionPooling(keras.layers.Layer):
+    """Scores every frame, softmax over frames; returns (pooled [B, F], weights [B, K])."""
+
+    def build(self, input_shape: Any) -> None:
+        self.score = keras.layers.Dense(1, name="score")
+        self.score.build(input_shape)
+
+    def call(self, x: Any) -> Any:
+        scores = tf.squeeze(self.score(x), axis=-1)
+        weights = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
+        pooled = tf.reduce_sum(x * tf.cast(weights, x.dtype)[..., None], axis=1)
+        return pooled, weights
+
+
+class LayerNorm(keras.layers.Layer):
+    """Layer normalisation over the last axis from plain moments.
+
+    tf_keras's LayerNormalization lowers to FusedBatchNormV3, which DTensor cannot lay out.
+    """
+
+    def __init__(self, epsilon: float = 1e-5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape: Any) -> None:
+        dim = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+
+    def call(self, x: Any) -> Any:
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        normed = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
+        return normed * tf.cast(self.gamma, x.dtype) + tf.cast(self.beta, x.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class FeatureRelayout(keras.layers.Layer):
+    """Identity, or a DTensor relayout of the features (the 1-D layout's all-gather)."""
+
+    def __init__(self, layout: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.layout = layout
+
+    def call(self, x: Any) -> Any:
+        if self.layout is None:
+            return x
+        from tensorflow.experimental import dtensor
+
+        return dtensor.relayout(x, self.layout)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config()  # layouts are a training-time concern, not saved
+
+
+def build_teacher(spec: EventSpec, cfg: TeacherConfig, *, feature_layout: Any = None) -> Any:
+    """The teacher as a functional tf_keras model (see the module docstring).
+
+    ``feature_layout``: a DTensor layout the pooled event features are relaid out to
+    before the fully-connected head (hybrid 1-D layout); ``None`` everywhere else.
+    """
+    if not cfg.conv_filters or not cfg.fc_units:
+        raise ValueError("teacher needs at least one conv stage and one fc layer")
+    relu = "relu"
+
+    frames = keras.Input(shape=spec.input_shape, name="frames", dtype="float32")
+    x = FoldFrames(name="fold_frames")(frames)
+    x = keras.layers.Conv2D(cfg.conv_filters[0], 3, padding="same", activation=relu, name="conv_stem")(x)
+    for stage, filters in enumerate(cfg.conv_filters):
+        stride = 1 if stage == 0 else 2
+        name = f"conv_{stage}"
+        shortcut = x
+        if stride != 1 or shortcut.shape[-1] != filters:
+            shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project")(x)
+        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", activation=relu, name=f"{name}_a")(x)
+        y = keras.layers.Conv2D(
+            filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_b"
+        )(y)  # zero-initialised: each block starts as its shortcut (trains without normalisation)
+        x = keras.layers.Activation(relu, name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([shortcut, y]))
+    x = keras.layers.GlobalAveragePooling2D(name="conv_pool")(x)
+    x = UnfoldFrames(spec.frames, name="unfold_frames")(x)
+
+    width = x.shape[-1]
+    heads = max(1, min(cfg.attention_heads, width))
+    x = FramePosition(name="attention_position")(x)
+    attended = keras.layers.MultiHeadAttention(
+        num_heads=heads, key_dim=max(1, width // heads), name="attention_self"
+    )(x, x)
+    x = LayerNorm(name="attention_norm")(keras.layers.Add(name="attention_add")([x, attended]))
+    pooled, weights = AttentionPooling(name="attention_pool")(x)
+
+    h = FeatureRelayout(feature_layout, name=FEATURES)(pooled)
+    for name, units in zip(fc_layer_names(cfg), cfg.fc_units, strict=True):
+        h = keras.layers.Dense(units, activation=relu, name=name)(h)
+        if cfg.dropout > 0:
+            h = keras.layers.Dropout(cfg.dropout, seed=cfg.seed, name=f"{name}_dropout")(h)
+    logits = keras.layers.Dense(spec.num_classes, name=LOGITS, dtype="float32")(h)
+    weights = keras.layers.Activation("linear", name=FRAME_WEIGHTS, dtype="float32")(weights)
+    return keras.Model(frames, {LOGITS: logits, FRAME_WEIGHTS: weights}, name="teacher")
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    """Total parameters and the share in the fully-connected head (fc_* and logits)."""
+    total = fc = 0
+    for v in model.trainable_variables:
+        n = int(v.shape.num_elements())
+        total += n
+        if v.name.startswith(FC_PREFIX) or v.name.startswith(LOGITS + "/"):
+            fc += n
+    return {"total": total, "fully_connected": fc, "other": total - fc}

@@ -1,0 +1,127 @@
+"""The teacher's input stream: a deterministic function of (files, seed, record position).
+
+Every strategy reads the same sequence of training events, so single, mirrored,
+multi-worker and hybrid runs see the same global batches, and a resumed run continues at
+exactly the record where the checkpoint was taken. Epoch ``e`` is the train split in an
+order shuffled statelessly with seed ``(seed, e)``; resuming at record ``p`` starts at epoch
+``p // epoch_size`` and skips ``p % epoch_size`` serialized records (no decoding), so a
+resume costs at most one epoch of reading, never the whole history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pipeline import layout
+from pipeline.errors import UserError
+from pipeline.layout import EventSpec
+
+SHUFFLE_BUFFER = 8192
+
+
+def split_files(examples_dir: str, split: str) -> list[str]:
+    """Sorted TFRecord files of one split of an Examples artifact."""
+    import tensorflow as tf
+
+    directory = layout.split_dir(examples_dir, split)
+    files = sorted(tf.io.gfile.glob(os.path.join(directory, "*")))
+    files = [f for f in files if not tf.io.gfile.isdir(f)]
+    if not files:
+        raise UserError(f"no {split} examples under {directory}: point --data at an ingested Examples artifact")
+    return files
+
+
+def count_records(files: list[str], cache_path: str | None = None) -> int:
+    """Number of records in ``files`` (cached in ``cache_path`` keyed by the file list)."""
+    import tensorflow as tf
+
+    key = "|".join(files)
+    if cache_path and os.path.exists(cache_path):
+        with open(cache_path, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached.get("files") == key:
+            return int(cached["records"])
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    if cache_path:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        with open(cache_path, "w", encoding="utf-8") as f:
+            json.dump({"files": key, "records": count}, f)
+    return count
+
+
+def record_stream(files: list[str], *, seed: int, epoch_size: int, start_record: int = 0) -> Any:
+    """Endless serialized records: epoch ``e`` shuffled with seed ``(seed, e)``, from ``start_record``.
+
+    Per epoch: the file order is a stateless shuffle, files are interleaved, and every window
+    of ``SHUFFLE_BUFFER`` consecutive records is permuted by stateless random keys (a full
+    permutation when the split fits one window). All randomness is stateless in ``(seed,
+    epoch, window)``, so any epoch can be produced without replaying the ones before it.
+    """
+    import tensorflow as tf
+
+    if epoch_size < 1:
+        raise UserError("the train split is empty")
+    first_epoch, offset = divmod(start_record, epoch_size)
+    window = min(epoch_size, SHUFFLE_BUFFER)
+    names = tf.constant(files)
+    cycle = min(4, len(files))
+
+    def epoch(e: Any) -> Any:
+        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + e
+        order = tf.random.experimental.stateless_shuffle(names, seed=tf.stack([epoch_seed, tf.constant(0, tf.int64)]))
+        records = tf.data.Dataset.from_tensor_slices(order).interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"), cycle_length=cycle
+        )
+
+        def permute(i: Any, chunk: Any) -> Any:
+            keys = tf.random.stateless_uniform(tf.shape(chunk)[:1], seed=tf.stack([epoch_seed, i + 1]))
+            return tf.gather(chunk, tf.argsort(keys))
+
+        return records.batch(window).enumerate().map(permute).unbatch()
+
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
+
+
+def train_batches(
+    files: list[str],
+    spec: EventSpec,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch_size: int,
+    start_record: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+) -> Any:
+    """Decoded batches ``{"frames", "label"}`` of ``batch_size`` from the record stream.
+
+    With ``num_shards > 1`` (one input pipeline per worker), batch ``i`` of the stream goes to
+    shard ``i % num_shards``; a global step then consumes ``num_shards`` consecutive batches.
+    """
+    import tensorflow as tf
+
+    ds = record_stream(files, seed=seed, epoch_size=epoch_size, start_record=start_record)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if num_shards > 1:
+        ds = ds.shard(num_shards, shard_index)
+    ds = ds.map(lambda s: _features(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(files: list[str], spec: EventSpec, *, batch_size: int, max_batches: int = 0) -> Any:
+    """Decoded eval batches in file order (scoring skips unlabelled events, label -1)."""
+    import tensorflow as tf
+
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
+    ds = ds.map(lambda s: _features(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if max_batches > 0:
+        ds = ds.take(max_batches)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _features(serialized: Any, spec: EventSpec) -> dict[str, Any]:
+    parsed = layout.parse_batch(serialized, spec)
+    return {layout.FRAMES: parsed[layout.FRAMES], layout.LABEL: parsed[layout.LABEL]}

@@ -1,0 +1,278 @@
+"""The teacher's training loop, shared by every strategy.
+
+Large mini-batches follow Goyal et al. (2017): the learning rate scales linearly with the
+global batch (``base_learning_rate * global_batch_size / reference_batch_size``) and is
+reached by a gradual linear warm-up from the reference rate over ``warmup_steps``.
+
+A run in workdir ``W`` checkpoints every ``checkpoint_every`` steps (model, optimizer slots
+and step; the data position is a function of the step, see ``trainer.train_data``); a
+killed run started again with the same ``W`` restores the last checkpoint and continues
+with the next step on the next batch. At the end it scores the eval split, optionally
+exports the SavedModel, and writes ``W/train_report.json``, TensorBoard scalars
+(``W/tensorboard``) and a training-curve plot.
+
+Must run in a process whose TensorFlow runtime is not initialised yet (or already has
+the requested logical devices): ``trainer.devices.configure`` is called first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import layout
+from pipeline.config import TeacherConfig
+from pipeline.errors import UserError
+from pipeline.layout import EventSpec
+from trainer import devices, train_data
+
+REPORT = "train_report.json"
+STATE = "train_state.json"
+CURVE = "training_curve.png"
+# Fields a resumed run must share with the run that wrote the checkpoint.
+RESUME_KEYS = (
+    "strategy", "fc_layout", "mesh", "global_batch_size", "seed", "conv_filters",
+    "attention_heads", "fc_units", "mixed_precision",
+)  # fmt: skip
+
+
+def scaled_learning_rate(cfg: TeacherConfig) -> float:
+    """Linear scaling rule: the reference rate times global / reference batch size."""
+    return cfg.base_learning_rate * cfg.global_batch_size / cfg.reference_batch_size
+
+
+def make_schedule(cfg: TeacherConfig) -> Any:
+    """Gradual warm-up from the reference rate to the scaled rate, then constant."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class GradualWarmup(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, start: float, peak: float, warmup_steps: int) -> None:
+            self.start, self.peak, self.warmup_steps = start, peak, warmup_steps
+
+        def __call__(self, step: Any) -> Any:
+            if self.warmup_steps <= 0 or self.peak <= self.start:
+                return tf.constant(self.peak, tf.float32)
+            fraction = tf.minimum(tf.cast(step, tf.float32) / float(self.warmup_steps), 1.0)
+            return self.start + (self.peak - self.start) * fraction
+
+        def get_config(self) -> dict[str, Any]:
+            return {"start": self.start, "peak": self.peak, "warmup_steps": self.warmup_steps}
+
+    return GradualWarmup(cfg.base_learning_rate, scaled_learning_rate(cfg), cfg.warmup_steps)
+
+
+def evaluate(model: Any, files: list[str], spec: EventSpec, *, batch_size: int, max_batches: int = 0) -> dict:
+    """Accuracy and mean loss of a plain model on labelled events of ``files``."""
+    import tensorflow as tf
+
+    predict = tf.function(lambda frames: model(frames, training=False)["logits"])
+    correct = total = 0
+    loss_sum = 0.0
+    for batch in train_data.eval_batches(files, spec, batch_size=batch_size, max_batches=max_batches):
+        labels = batch[layout.LABEL].numpy()
+        logits = predict(batch[layout.FRAMES]).numpy().astype(np.float64)
+        keep = labels >= 0
+        labels, logits = labels[keep], logits[keep]
+        if not len(labels):
+            continue
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss_sum += float(-log_probs[np.arange(len(labels)), labels].sum())
+        correct += int((logits.argmax(axis=1) == labels).sum())
+        total += len(labels)
+    if not total:
+        raise UserError("the eval split has no labelled events to score the teacher on")
+    return {"accuracy": correct / total, "loss": loss_sum / total, "events": total}
+
+
+def _write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _resume_fields(cfg: TeacherConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in RESUME_KEYS}
+
+
+def train(
+    cfg: TeacherConfig,
+    examples_dir: str,
+    workdir: str,
+    *,
+    export_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the teacher on an Examples artifact; returns (and writes) the train report."""
+    from trainer.strategies import STRATEGIES
+
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
+    if cfg.steps < 1 or cfg.global_batch_size < 1 or cfg.reference_batch_size < 1:
+        raise UserError("teacher steps, global_batch_size and reference_batch_size must be >= 1")
+    if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
+        raise UserError(f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact")
+    spec = EventSpec.load(examples_dir)
+    train_files = train_data.split_files(examples_dir, layout.TRAIN)
+    eval_files = train_data.split_files(examples_dir, layout.EVAL)
+
+    setup = devices.configure(cfg.logical_devices)
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from trainer.strategies import make_runner
+    from trainer.teacher_model import build_teacher, parameter_counts
+
+    runner = make_runner(cfg, spec, setup)  # before any TF op: MultiWorkerMirroredStrategy needs that
+    workdir = os.path.abspath(workdir)
+    own_dir = workdir if runner.is_chief else os.path.join(workdir, "workers", f"worker-{runner.worker_index}")
+    os.makedirs(own_dir, exist_ok=True)
+
+    keras.backend.experimental.enable_tf_random_generator()
+    keras.utils.set_random_seed(cfg.seed)
+    initial = build_teacher(spec, cfg)
+    params = parameter_counts(initial)
+    runner.build(initial.get_weights(), make_schedule(cfg))
+    del initial
+
+    # -- resume -------------------------------------------------------------------------
+    checkpoint = runner.checkpoint()
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(own_dir, "checkpoints"), max_to_keep=3)
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    losses: list[float] = []
+    resumed_from = None
+    if latest:
+        state_path = os.path.join(workdir, STATE)
+        state = _read_json(state_path) if os.path.exists(state_path) else {}
+        if state.get("config") and state["config"] != _resume_fields(cfg):
+            changed = sorted(k for k in RESUME_KEYS if state["config"].get(k) != getattr(cfg, k))
+            raise UserError(
+                f"{workdir} holds a checkpoint of a run with different {', '.join(changed)}; "
+                "use a fresh --workdir or the same settings"
+            )
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        resumed_from = runner.completed_steps()
+        losses = list(state.get("losses", []))[:resumed_from]
+    start = runner.completed_steps()
+
+    # -- data ---------------------------------------------------------------------------
+    epoch_size = train_data.count_records(train_files, os.path.join(own_dir, "train_records.json"))
+
+    def make_batches(batch_size: int, num_shards: int, shard_index: int) -> Any:
+        return train_data.train_batches(
+            train_files, spec, batch_size=batch_size, seed=cfg.seed, epoch_size=epoch_size,
+            start_record=start * cfg.global_batch_size, num_shards=num_shards, shard_index=shard_index,
+        )  # fmt: skip
+
+    batches = runner.batches(make_batches)
+    writer = tf.summary.create_file_writer(os.path.join(own_dir, "tensorboard"))
+    schedule = make_schedule(cfg)
+
+    def save_checkpoint(step: int) -> None:
+        # State first: a kill between the two leaves extra losses that the resume trims.
+        if runner.is_chief:
+            _write_json(
+                os.path.join(workdir, STATE),
+                {"step": step, "losses": losses, "config": _resume_fields(cfg)},
+            )
+        manager.save(checkpoint_number=step)
+
+    # -- loop ---------------------------------------------------------------------------
+    step_times: list[float] = []
+    began = time.time()
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
+    for step in range(start, cfg.steps):
+        batch = next(batches)
+        t0 = time.perf_counter()
+        loss = runner.step(batch)
+        step_times.append(time.perf_counter() - t0)
+        if not np.isfinite(loss):
+            raise UserError(f"teacher loss became {loss} at step {step + 1}; lower teacher.base_learning_rate")
+        losses.append(loss)
+        with writer.as_default():
+            tf.summary.scalar("loss", loss, step=step + 1)
+            tf.summary.scalar("learning_rate", float(schedule(step)), step=step + 1)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        done = step + 1
+        if done % max(1, cfg.checkpoint_every) == 0 or done == cfg.steps:
+            save_checkpoint(done)
+    bar.close()
+    wall = time.time() - began
+
+    # -- evaluate, export, report -------------------------------------------------------
+    plain = build_teacher(spec, cfg)
+    plain.set_weights(runner.plain_weights())
+    scores = evaluate(plain, eval_files, spec, batch_size=cfg.global_batch_size, max_batches=cfg.eval_batches)
+    with writer.as_default():
+        tf.summary.scalar("eval_accuracy", scores["accuracy"], step=cfg.steps)
+    writer.flush()
+    if export_dir and runner.is_chief:
+        from trainer.export import export_saved_model
+
+        export_saved_model(plain, spec, export_dir)
+
+    steady = step_times[3:] if len(step_times) > 5 else step_times
+    step_seconds = statistics.median(steady) if steady else None
+    report: dict[str, Any] = {
+        "strategy": cfg.strategy,
+        "fc_layout": cfg.fc_layout if cfg.strategy == "hybrid" else None,
+        "mesh": runner.mesh_description(),
+        "device_type": setup.device_type,
+        "devices": list(setup.devices),
+        "worker_index": runner.worker_index,
+        "is_chief": runner.is_chief,
+        "steps": cfg.steps,
+        "start_step": start,
+        "resumed_from_step": resumed_from,
+        "global_batch_size": cfg.global_batch_size,
+        "learning_rate": {
+            "base": cfg.base_learning_rate,
+            "reference_batch_size": cfg.reference_batch_size,
+            "scaled": scaled_learning_rate(cfg),
+            "warmup_steps": cfg.warmup_steps,
+        },
+        "mixed_precision": cfg.mixed_precision,
+        "seed": cfg.seed,
+        "losses": losses,
+        "learning_rates": [float(schedule(s)) for s in range(cfg.steps)],
+        "eval": scores,
+        "final_eval_accuracy": scores["accuracy"],
+        "parameters": params,
+        "timing": {
+            "wall_seconds": wall,
+            "steps_timed": len(step_times),
+            "first_step_seconds": step_times[0] if step_times else None,  # includes tracing/compiling
+            "median_step_seconds": step_seconds,
+            "examples_per_second": (cfg.global_batch_size / step_seconds) if step_seconds else None,
+        },
+        "data": {"examples_dir": os.path.abspath(examples_dir), "train_events": epoch_size, "spec": spec.to_dict()},
+        "variables": runner.variable_layouts(),
+        "export_dir": os.path.abspath(export_dir) if export_dir and runner.is_chief else None,
+        "config": _config_dict(cfg),
+    }
+    from trainer.train_plots import plot_training_curve
+
+    report["plots"] = {"training_curve": plot_training_curve(report, os.path.join(own_dir, CURVE))}
+    _write_json(os.path.join(own_dir, REPORT), report)
+    return report
+
+
+def _config_dict(cfg: TeacherConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)

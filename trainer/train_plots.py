@@ -1,0 +1,43 @@
+"""The training-curve plot a person looks at instead of reading the loss list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def plot_training_curve(report: dict[str, Any], path: str) -> str:
+    """Per-step loss (and a moving average) over the learning-rate schedule; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    losses = np.asarray(report["losses"], dtype=float)
+    steps = np.arange(1, len(losses) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1, label="loss")
+    window = max(1, min(20, len(losses) // 10))
+    if len(losses) >= window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="tab:blue", linewidth=2, label=f"loss ({window}-step mean)")
+    if report.get("resumed_from_step"):
+        ax.axvline(report["resumed_from_step"], color="gray", linestyle="--", label="resumed")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    lr_ax = ax.twinx()
+    lr_ax.plot(np.arange(1, len(report["learning_rates"]) + 1), report["learning_rates"], color="tab:orange",
+               linewidth=1, label="learning rate")  # fmt: skip
+    lr_ax.set_ylabel("learning rate", color="tab:orange")
+    mesh = ",".join(f"{k}={v}" for k, v in report["mesh"].items())
+    layout = f" {report['fc_layout']}" if report.get("fc_layout") else ""
+    ax.set_title(
+        f"teacher {report['strategy']}{layout} ({mesh}), batch {report['global_batch_size']}: "
+        f"eval accuracy {report['eval']['accuracy']:.3f}",
+        fontsize=9,
+    )
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
