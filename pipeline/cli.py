@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "pipeline.simulator.cli",
     "pipeline.commands",
     "serving.cli",
+    "trainer.cli",
     "trainer.planner_cli",
 ]
 

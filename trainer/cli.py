@@ -1,0 +1,81 @@
+"""``eventpipe train``: train the teacher outside TFX, for experiments with strategies and meshes.
+
+Training runs in this process: logical devices are configured before TensorFlow starts,
+so each invocation is one mesh configuration. (The TFX module file, whose process already
+runs TensorFlow, starts this command in a subprocess instead: ``trainer.launch``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from pipeline.errors import UserError
+
+STRATEGY_CHOICES = ["single", "mirrored", "multiworker", "hybrid"]
+
+
+def add_parser(subparsers: Any) -> None:
+    from pipeline.cli import add_config_flags
+
+    p = subparsers.add_parser(
+        "train",
+        help="train the teacher on an Examples artifact (single | mirrored | multiworker | hybrid)",
+        description="Train the teacher; writes WORKDIR/train_report.json, checkpoints (a rerun resumes), "
+        "TensorBoard scalars, a training-curve plot and the exported SavedModel.",
+    )
+    add_config_flags(p)
+    p.add_argument("--data", metavar="DIR", dest="examples", required=True, help="Examples artifact dir (Split-train/, Split-eval/, event_spec.json)")
+    p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="checkpoints, report and model go here; rerun to resume (default: work)")
+    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGY_CHOICES, help="distribution strategy (default hybrid)")
+    p.add_argument("--logical-devices", metavar="N", dest="teacher.logical_devices", type=int, help="split the CPU into N devices when no GPU (default 4)")
+    p.add_argument("--mesh", metavar="AXES", dest="teacher.mesh", help="hybrid mesh, e.g. batch=2,model=2")
+    p.add_argument("--fc-layout", dest="teacher.fc_layout", choices=["2d", "1d"], help="hybrid: 2d batch x model mesh, or the paper's 1-D layout")
+    p.add_argument("--steps", metavar="N", dest="teacher.steps", type=int, help="optimisation steps in total (default 300)")
+    p.add_argument("--seed", metavar="S", dest="teacher.seed", type=int, help="initialisation and data-order seed")
+    p.add_argument("--global-batch-size", metavar="B", dest="teacher.global_batch_size", type=int, help="events per step over all devices")
+    p.add_argument("--mixed-precision", dest="teacher.mixed_precision", choices=["off", "bf16", "fp16"], help="compute dtype policy")
+    p.add_argument("--checkpoint-every", metavar="N", dest="teacher.checkpoint_every", type=int, help="steps between checkpoints")
+    p.add_argument("--export-dir", metavar="DIR", help="where the SavedModel goes (default WORKDIR/model)")
+    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=train_command)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from pipeline.cli import load_config
+
+    cfg = load_config(args)
+    examples = os.path.abspath(args.examples)
+    if not os.path.isdir(examples):
+        raise UserError(f"--data {args.examples} is not a directory")
+    export_dir = None if args.no_export else os.path.abspath(args.export_dir or os.path.join(cfg.workdir, "model"))
+    os.makedirs(cfg.workdir, exist_ok=True)
+    cfg.save(os.path.join(cfg.workdir, "config.json"))
+
+    from trainer.train_loop import REPORT, train
+
+    report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
+    print(summary_line(report))
+    if report["is_chief"]:
+        print(f"report: {os.path.join(cfg.workdir, REPORT)}")
+        if report["export_dir"]:
+            print(f"model: {report['export_dir']}")
+    return 0
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One human line: what ran, where it ended, how fast."""
+    mesh = ",".join(f"{k}={v}" for k, v in report["mesh"].items())
+    layout = f" {report['fc_layout']}" if report.get("fc_layout") else ""
+    losses = report["losses"]
+    speed = report["timing"]["examples_per_second"]
+    resumed = f", resumed at step {report['resumed_from_step']}" if report.get("resumed_from_step") else ""
+    parts = [f"teacher {report['strategy']}{layout} ({mesh}): {report['steps']} steps{resumed}"]
+    if losses:
+        parts.append(f"final loss {losses[-1]:.4f}")
+    parts.append(f"eval accuracy {report['eval']['accuracy']:.3f} on {report['eval']['events']} events")
+    if speed:
+        parts.append(f"{speed:.1f} events/s")
+    return ", ".join(parts)
