@@ -9,6 +9,7 @@ AlexNet prediction next to Krizhevsky 2014's reported speedups. No TensorFlow ne
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from typing import Any
@@ -145,7 +146,7 @@ def plan_parallel_command(args: argparse.Namespace) -> int:
 
     result = {
         "model": model.to_dict(),
-        "hardware": {**hw.__dict__, "device_flops_source": flops_note},
+        "hardware": {**dataclasses.asdict(hw), "device_flops_source": flops_note},
         "scaling": "weak (batch per device)" if batch else "strong (fixed global batch)",
         "plans": [p.to_dict() for p in plans],
         "best": _best(plans),
