@@ -1,0 +1,1 @@
+"""ReleaseGate: the one decision that lets a student (and its TFLite files) be pushed."""
