@@ -103,6 +103,10 @@ class LiteConfig:
     input_type: str = "int8"  # int8 | uint8 for the full-integer model's input
     representative_examples: int = 200
     min_agreement: float = 0.99  # int8 TFLite top-1 vs float student on the eval split
+    measure_latency: bool = True  # p50/p99 per event of every variant (batch 1, 1 thread)
+    latency_runs: int = 200
+    latency_warmup: int = 20
+    seed: int = 0
 
 
 @dataclass
