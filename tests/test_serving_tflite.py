@@ -1,0 +1,145 @@
+"""TFLite serving and the on-device runner: a served ``model.tflite`` answers like the Keras model,
+and ``eventpipe device-run`` works in a process where importing TensorFlow fails."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+import serving_support as ss
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pipeline import layout
+from serving import frames as framecodec
+
+NAME = "lite"
+
+
+@pytest.fixture(scope="module")
+def lite_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lite-base")
+    (base / NAME).mkdir()
+    ss.push_tflite(ss.tflite_model(1, "int8"), str(base / NAME), 1)
+    server = ss.ServerProcess(str(base), NAME, "--max-batch-size", "4")
+    try:
+        server.wait_status(NAME, ss.available([1]))
+        yield server
+    finally:
+        server.stop()
+
+
+def _keras_probabilities(events: list[list[bytes]]) -> np.ndarray:
+    decoded = layout.decode_frames(tf.constant(events), ss.SPEC)
+    logits = ss.keras_model(1)(decoded, training=False)["logits"]
+    return tf.nn.softmax(logits).numpy()
+
+
+def test_tflite_version_serves_the_contract_over_rest(lite_server):
+    events = [ss.frames_png(3, seed=s) for s in range(3)]
+    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
+                              {"instances": [ss.b64_instance(e) for e in events]})
+    assert code == 200 and len(body["predictions"]) == 3
+    want = _keras_probabilities(events)
+    for row, probs in zip(body["predictions"], want, strict=True):
+        assert row["class_name"] == "person" and row["class_id"] == 1
+        np.testing.assert_allclose(row["probabilities"], probs, atol=0.02)  # int8 vs float
+        assert 0 <= row["best_frame"] < ss.SPEC.frames
+    decoded = framecodec.decode_events(events, *ss.SPEC.input_shape)
+    code, cols = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
+                              {"signature_name": "decoded_frames", "inputs": decoded.tolist()})
+    assert code == 200 and cols["outputs"]["class_name"] == ["person"] * 3
+    np.testing.assert_allclose(cols["outputs"]["probabilities"], [r["probabilities"] for r in body["predictions"]],
+                               atol=1e-6)
+    code, meta = ss.get_json(f"{lite_server.url}/v1/models/{NAME}/metadata")
+    sigs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(sigs) == {"serving_default", "decoded_frames"}
+    assert sigs["serving_default"]["inputs"]["frames"]["dtype"] == "DT_STRING"
+    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [["junk", "", ""]]})
+    assert code == 400 and "cannot decode frame" in body["error"]
+
+
+def test_tflite_version_over_grpc(lite_server):
+    events = [ss.frames_png(3, seed=9)]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = NAME
+    request.inputs["frames"].CopyFrom(tf.make_tensor_proto(events))
+    with grpc.insecure_channel(lite_server.grpc_target) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert response.model_spec.version.value == 1
+    assert tf.make_ndarray(response.outputs["class_name"]).tolist() == [b"person"]
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]), _keras_probabilities(events),
+                               atol=0.02)
+
+
+# -- on-device runner --------------------------------------------------------------------------
+@pytest.fixture()
+def no_tensorflow_env(tmp_path):
+    """Environment whose Python cannot import TensorFlow (a stub package that raises)."""
+    blocker = tmp_path / "blocker" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('TensorFlow is not available on this device')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), ss.REPO])}
+    probe = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "not available on this device" in probe.stderr
+    return env
+
+
+def _manifest(directory) -> str:
+    """Four events: frames as files relative to the manifest, one inline, one short event."""
+    frames_dir = directory / "frames"
+    frames_dir.mkdir(parents=True)
+    lines = []
+    for i in range(4):
+        paths = []
+        for j, data in enumerate(ss.frames_png(3 if i != 3 else 2, seed=10 + i)):
+            (frames_dir / f"e{i}-{j}.png").write_bytes(data)
+            paths.append(f"frames/e{i}-{j}.png")
+        record = {"event_id": f"cam01-{i:06d}", "device_id": "cam01", "timestamp": "2026-01-05T12:00:00Z",
+                  "label": "person" if i % 2 == 0 else "vehicle", "frames": paths}
+        if i == 1:
+            record["frames"][0] = {"b64": base64.b64encode((frames_dir / "e1-0.png").read_bytes()).decode()}
+        lines.append(json.dumps(record))
+    path = directory / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(directory)
+
+
+def test_device_run_without_tensorflow(tmp_path, no_tensorflow_env):
+    data = _manifest(tmp_path / "events")
+    out = tmp_path / "predictions.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "device-run", "--model", ss.tflite_model(1, "int8"),
+         "--data", data, "--out", str(out)],
+        env=no_tensorflow_env, cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "labels ['empty', 'person', 'vehicle']" in result.stdout
+    assert "cam01-000000: person" in result.stdout and "label=vehicle WRONG" in result.stdout
+    assert "4 events classified (0 skipped), accuracy 0.500 on 4 labelled" in result.stdout
+    assert "inference p50" in result.stdout and "p99" in result.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["event_id"] for r in rows] == [f"cam01-{i:06d}" for i in range(4)]
+    events = [ss.frames_png(3 if i != 3 else 2, seed=10 + i) for i in range(4)]
+    want = _keras_probabilities([e + [b""] * (3 - len(e)) for e in events])
+    np.testing.assert_allclose([r["probabilities"] for r in rows], want, atol=0.02)
+
+
+def test_device_run_explains_missing_metadata(tmp_path, no_tensorflow_env):
+    with open(ss.tflite_model(1, "int8"), "rb") as f:
+        content = f.read()
+    stripped = tmp_path / "no-metadata.tflite"
+    stripped.write_bytes(content.replace(b"EVENTPIPE_METADATA", b"SOMEOTHER_METADATA"))
+    data = _manifest(tmp_path / "events")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "device-run", "--model", str(stripped), "--data", data],
+        env=no_tensorflow_env, cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no EVENTPIPE_METADATA entry" in result.stderr and "trainer/lite.py" in result.stderr
