@@ -11,7 +11,7 @@ ARGS ?=
 PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 
-.PHONY: setup run test lint bench bench-ingest bench-train bench-productionize bench-serving clean
+.PHONY: setup run test lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline components trainer serving tests benchmarks setup.py
 
-bench: bench-ingest bench-train bench-productionize bench-serving
+bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving
+
+bench-simulator: $(STAMP)
+	$(PY) benchmarks/bench_simulator.py $(ARGS)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/bench_ingest.py $(ARGS)

@@ -73,6 +73,8 @@ def create_pipeline(
         max_reject_rate=config.data.max_reject_rate,
     )
     components = [example_gen, statistics_gen, schema_gen, example_validator, ingest_gate]
+    if STAGES.index(through) >= STAGES.index("train"):
+        components += _training(config, example_gen, schema_gen, ingest_gate)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
@@ -82,3 +84,26 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args,
     )
+
+
+def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: Any) -> list[Any]:
+    """The teacher: hybrid-parallel training in a child process, then TFMA on the eval split."""
+    from tfx import v1 as tfx
+
+    from pipeline.evaluation import eval_config
+
+    teacher = tfx.components.Trainer(
+        run_fn="trainer.teacher_module.run_fn",
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.teacher.steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.teacher.eval_batches),
+        custom_config={"config": config.to_dict()},
+    ).with_id("TeacherTrainer")
+    teacher.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
+    teacher_evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=teacher.outputs["model"],
+        eval_config=eval_config(config.gates, with_baseline=False),
+    ).with_id("TeacherEvaluator")
+    return [teacher, teacher_evaluator]
