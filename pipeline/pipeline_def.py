@@ -74,7 +74,10 @@ def create_pipeline(
     )
     components = [example_gen, statistics_gen, schema_gen, example_validator, ingest_gate]
     if STAGES.index(through) >= STAGES.index("train"):
-        components += _training(config, example_gen, schema_gen, ingest_gate)
+        teacher, teacher_evaluator = _training(config, example_gen, schema_gen, ingest_gate)
+        components += [teacher, teacher_evaluator]
+    if STAGES.index(through) >= STAGES.index("productionize"):
+        components += _productionize(config, example_gen, schema_gen, teacher)
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
@@ -107,3 +110,32 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
         eval_config=eval_config(config.gates, with_baseline=False),
     ).with_id("TeacherEvaluator")
     return [teacher, teacher_evaluator]
+
+
+def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: Any) -> list[Any]:
+    """Distil + prune the student from the teacher, then judge it against the last blessed one."""
+    from tfx import v1 as tfx
+
+    from pipeline.evaluation import eval_config
+
+    distiller = tfx.components.Trainer(
+        run_fn="trainer.student_module.run_fn",
+        examples=example_gen.outputs["examples"],  # all splits: unlabelled events feed distillation
+        schema=schema_gen.outputs["schema"],
+        base_model=teacher.outputs["model"],  # the teacher
+        custom_config={"config": config.to_dict()},
+    ).with_id("Distiller")
+    last_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id="Distiller"),
+        model_blessing=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.ModelBlessing, producer_component_id="ReleaseGate"
+        ),
+    ).with_id("LastBlessedStudent")
+    student_evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=distiller.outputs["model"],
+        baseline_model=last_blessed.outputs["model"],
+        eval_config=eval_config(config.gates, with_baseline=True),
+    ).with_id("StudentEvaluator")
+    return [distiller, last_blessed, student_evaluator]

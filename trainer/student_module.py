@@ -171,12 +171,13 @@ def _count(files: list[str]) -> int:
 
 
 def run_fn(fn_args: Any) -> None:
-    """TFX Trainer entry: ``base_model`` is the teacher, ``custom_config["student"]`` the section."""
+    """TFX Trainer entry: ``base_model`` is the teacher; ``custom_config["config"]`` the pipeline config."""
     import tensorflow as tf
     if not fn_args.base_model:
         raise UserError("the student Trainer needs the teacher model as base_model")
-    custom = fn_args.custom_config or {}
-    cfg = StudentConfig(**custom.get("student", {}))
+    from trainer.teacher_module import config_from_fn_args
+
+    cfg = config_from_fn_args(fn_args).student
     examples_uri = layout.examples_dir_of(fn_args.train_files[0])
     output_dir = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
 
