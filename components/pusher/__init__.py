@@ -1,0 +1,1 @@
+"""EventPusher: the blessed student, its teacher and its TFLite release, pushed atomically."""
