@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 @dataclass(frozen=True)
 class DeviceSetup:
     device_type: str  # "CPU" or "GPU"
-    devices: tuple[str, ...]  # full logical device names, e.g. /job:localhost/replica:0/task:0/device:CPU:0
+    devices: tuple[str, ...]  # logical device names, e.g. /device:CPU:0
 
     @property
     def count(self) -> int:
@@ -36,7 +36,7 @@ def configure(logical_devices: int, *, gpu_memory_mb: int = 4096) -> DeviceSetup
 
     if logical_devices < 1:
         raise UserError(f"--logical-devices must be >= 1, got {logical_devices}")
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = tf.config.list_physical_devices("GPU")  # does not initialise the runtime
     device_type = "GPU" if gpus else "CPU"
     try:
         if gpus:
@@ -59,11 +59,15 @@ def configure(logical_devices: int, *, gpu_memory_mb: int = 4096) -> DeviceSetup
                 cpu, [tf.config.LogicalDeviceConfiguration()] * logical_devices
             )
     except RuntimeError:
-        pass  # runtime already initialised: accept it below if it matches
-    devices = tuple(d.name for d in tf.config.list_logical_devices(device_type))
-    if len(devices) < logical_devices:
-        raise UserError(
-            f"this process already initialised TensorFlow with {len(devices)} {device_type} device(s); "
-            f"{logical_devices} logical devices must be configured in a fresh process"
-        )
-    return DeviceSetup(device_type=device_type, devices=devices[:logical_devices])
+        # Runtime already initialised: accept it if it already has enough devices.
+        existing = tuple(d.name for d in tf.config.list_logical_devices(device_type))
+        if len(existing) < logical_devices:
+            raise UserError(
+                f"this process already initialised TensorFlow with {len(existing)} {device_type} device(s); "
+                f"{logical_devices} logical devices must be configured in a fresh process"
+            ) from None
+        return DeviceSetup(device_type=device_type, devices=existing[:logical_devices])
+    # Named without listing them: listing would initialise the runtime, and
+    # MultiWorkerMirroredStrategy must configure collectives before that happens.
+    names = tuple(f"/device:{device_type}:{i}" for i in range(logical_devices))
+    return DeviceSetup(device_type=device_type, devices=names)

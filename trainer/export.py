@@ -49,17 +49,20 @@ def serving_signatures(model: Any, spec: EventSpec) -> dict[str, Any]:
 
     classes = tf.constant(list(spec.classes), dtype=tf.string)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, spec.frames], tf.string, name=layout.SERVING_INPUT)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, spec.frames], tf.string, name=layout.SERVING_INPUT)], autograph=False
+    )
     def serve_encoded(frames: Any) -> dict[str, Any]:
         return output_tensors(model, layout.decode_frames(frames, spec), classes)
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)]
+        input_signature=[tf.TensorSpec([None, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)],
+        autograph=False,
     )
     def serve_decoded(frames: Any) -> dict[str, Any]:
         return output_tensors(model, frames, classes)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples: Any) -> dict[str, Any]:
         parsed = layout.parse_batch(examples, spec)
         return output_tensors(model, parsed[layout.FRAMES], classes)

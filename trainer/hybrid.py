@@ -134,14 +134,14 @@ class HybridRunner(Runner):
         model, optimizer = self.model, self.optimizer
         global_batch = self.cfg.global_batch_size
 
-        @tf.function
+        @tf.function(autograph=False)  # no tensor-dependent Python control flow; skips AST conversion
         def grad_fn(frames: Any, labels: Any) -> Any:
             with tf.GradientTape() as tape:
                 out = model(frames, training=True)
                 loss = event_loss(labels, out[LOGITS], global_batch)
             return loss, tape.gradient(loss, model.trainable_variables)
 
-        @tf.function
+        @tf.function(autograph=False)  # no tensor-dependent Python control flow; skips AST conversion
         def apply_fn(grads: Any) -> None:
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 

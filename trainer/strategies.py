@@ -198,7 +198,7 @@ class DistributeRunner(Runner):
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss
 
-        @tf.function
+        @tf.function(autograph=False)  # no tensor-dependent Python control flow; skips AST conversion
         def step(dist_batch: Any) -> Any:
             per_replica = strategy.run(replica_step, args=(dist_batch,))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)

@@ -40,7 +40,8 @@ def fc_layer_names(cfg: TeacherConfig) -> list[str]:
 class FoldFrames(keras.layers.Layer):
     """[B, K, H, W, C] -> [B*K, H, W, C]: the backbone sees frames as a batch."""
 
-    def call(self, x: Any) -> Any:
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
         shape = tf.shape(x)
         return tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
 
@@ -52,7 +53,8 @@ class UnfoldFrames(keras.layers.Layer):
         super().__init__(**kwargs)
         self.frames = frames
 
-    def call(self, x: Any) -> Any:
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
         return tf.reshape(x, [-1, self.frames, x.shape[-1]])
 
     def get_config(self) -> dict[str, Any]:
@@ -69,7 +71,8 @@ class FramePosition(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=0.02),
         )
 
-    def call(self, x: Any) -> Any:
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
         return x + tf.cast(self.position, x.dtype)
 
 
@@ -80,7 +83,8 @@ class AttentionPooling(keras.layers.Layer):
         self.score = keras.layers.Dense(1, name="score")
         self.score.build(input_shape)
 
-    def call(self, x: Any) -> Any:
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
         scores = tf.squeeze(self.score(x), axis=-1)
         weights = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
         pooled = tf.reduce_sum(x * tf.cast(weights, x.dtype)[..., None], axis=1)
@@ -102,7 +106,8 @@ class LayerNorm(keras.layers.Layer):
         self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
 
-    def call(self, x: Any) -> Any:
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
         mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
         normed = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
         return normed * tf.cast(self.gamma, x.dtype) + tf.cast(self.beta, x.dtype)
@@ -118,7 +123,8 @@ class FeatureRelayout(keras.layers.Layer):
         super().__init__(**kwargs)
         self.layout = layout
 
-    def call(self, x: Any) -> Any:
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
         if self.layout is None:
             return x
         from tensorflow.experimental import dtensor

@@ -80,9 +80,10 @@ def record_stream(files: list[str], *, seed: int, epoch_size: int, start_record:
             keys = tf.random.stateless_uniform(tf.shape(chunk)[:1], seed=tf.stack([epoch_seed, i + 1]))
             return tf.gather(chunk, tf.argsort(keys))
 
-        return records.batch(window).enumerate().map(permute).unbatch()
+        return records.batch(window).enumerate().map(tf.autograph.experimental.do_not_convert(permute)).unbatch()
 
-    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
+    epochs = tf.data.Dataset.range(first_epoch, 2**62)
+    return epochs.flat_map(tf.autograph.experimental.do_not_convert(epoch)).skip(offset)
 
 
 def train_batches(
@@ -107,7 +108,7 @@ def train_batches(
     ds = ds.batch(batch_size, drop_remainder=True)
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
-    ds = ds.map(lambda s: _features(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_features_fn(spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -116,12 +117,19 @@ def eval_batches(files: list[str], spec: EventSpec, *, batch_size: int, max_batc
     import tensorflow as tf
 
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
-    ds = ds.map(lambda s: _features(s, spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_features_fn(spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if max_batches > 0:
         ds = ds.take(max_batches)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _features(serialized: Any, spec: EventSpec) -> dict[str, Any]:
-    parsed = layout.parse_batch(serialized, spec)
-    return {layout.FRAMES: parsed[layout.FRAMES], layout.LABEL: parsed[layout.LABEL]}
+def _features_fn(spec: EventSpec) -> Any:
+    """Serialized batch -> {"frames", "label"}; plain tensor code, so autograph is skipped."""
+    import tensorflow as tf
+
+    @tf.autograph.experimental.do_not_convert
+    def features(serialized: Any) -> dict[str, Any]:
+        parsed = layout.parse_batch(serialized, spec)
+        return {layout.FRAMES: parsed[layout.FRAMES], layout.LABEL: parsed[layout.LABEL]}
+
+    return features

@@ -72,7 +72,7 @@ def evaluate(model: Any, files: list[str], spec: EventSpec, *, batch_size: int, 
     """Accuracy and mean loss of a plain model on labelled events of ``files``."""
     import tensorflow as tf
 
-    predict = tf.function(lambda frames: model(frames, training=False)["logits"])
+    predict = tf.function(lambda frames: model(frames, training=False)["logits"], autograph=False)
     correct = total = 0
     loss_sum = 0.0
     for batch in train_data.eval_batches(files, spec, batch_size=batch_size, max_batches=max_batches):
