@@ -63,9 +63,10 @@ def saved_model_predictor(export_dir: str) -> Predictor:
     """The ``decoded_frames`` signature of an exported model (teacher or student)."""
     import tensorflow as tf
 
-    signature = tf.saved_model.load(export_dir).signatures[layout.DECODED_SIGNATURE]
+    loaded = tf.saved_model.load(export_dir)
+    signature = loaded.signatures[layout.DECODED_SIGNATURE]
 
-    def predict(frames: np.ndarray) -> np.ndarray:
+    def predict(frames: np.ndarray, _owner: Any = loaded) -> np.ndarray:  # _owner keeps the variables alive
         return signature(**{layout.DECODED_INPUT: tf.constant(frames)})[layout.OUT_LOGITS].numpy()
 
     return predict

@@ -1,0 +1,237 @@
+"""The LiteConverter's work: student -> int8/float16 TFLite, parity gate, measurements, report.
+
+Inputs are the Distiller's output directory (``trainer.student_module`` layout), the Examples
+artifact and, optionally, the teacher export (to put the teacher beside its students in the
+report). Output directory (a TFX artifact)::
+
+    model.tflite               full-integer int8, metadata embedded: the on-device release
+    model_float16.tflite       float16 weights (GPU delegates)
+    metadata.json              a human-readable copy of the int8 model's embedded metadata
+    lite_report.json           teacher / student / tflite sections, comparison, parity, blessing
+    variants.png               accuracy vs size vs latency of every variant
+    confusion_int8.png         the released model's confusion matrix on the eval split
+
+The int8 model is blessed for release only if its top-1 agrees with the float student it was
+converted from on >= ``lite.min_agreement`` of the eval events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline import layout
+from pipeline.config import GateConfig, LiteConfig
+from pipeline.errors import UserError
+from pipeline.layout import EventSpec
+
+INT8_FILE = "model.tflite"
+FLOAT16_FILE = "model_float16.tflite"
+METADATA_FILE = "metadata.json"
+REPORT_FILE = "lite_report.json"
+TRADEOFF_PNG = "variants.png"
+CONFUSION_PNG = "confusion_int8.png"
+
+
+def _variant_measurements(
+    name: str,
+    kind: str,
+    path: str,
+    *,
+    cfg: LiteConfig,
+    keras_path: str | None = None,
+) -> dict[str, Any]:
+    from trainer import measure
+
+    entry: dict[str, Any] = {"format": kind, "path": path, "bytes": measure.path_bytes(path)}
+    if keras_path:
+        entry["keras_path"] = keras_path
+        entry["keras_bytes"] = measure.path_bytes(keras_path)
+    if cfg.measure_latency:
+        latency = {kind: measure.latency(kind, path, runs=cfg.latency_runs, warmup=cfg.latency_warmup)}
+        if keras_path:
+            latency["keras"] = measure.latency("keras", keras_path, runs=cfg.latency_runs, warmup=cfg.latency_warmup)
+        entry["latency"] = latency
+    return entry
+
+
+def run_lite_conversion(
+    student_dir: str,
+    examples_uri: str,
+    output_dir: str,
+    cfg: LiteConfig,
+    *,
+    teacher_dir: str | None = None,
+    gates: GateConfig | None = None,
+    baseline_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """Convert, verify and measure; write the artifacts above; return the report."""
+    from trainer import lite, measure, plots
+    from trainer.evaluate import keras_predictor, predict_split, saved_model_predictor, tflite_predictor
+    from trainer.export import load_spec
+    from trainer.gates import decide_blessing
+    from trainer.student_model import load_keras
+    from trainer.student_module import (
+        FLOAT_DIR,
+        FLOAT_KERAS,
+        PRUNED_KERAS,
+        SERVING_DIR,
+        keras_path,
+        split_files,
+    )
+    from trainer.student_module import (
+        REPORT_FILE as DISTILL_REPORT,
+    )
+
+    started = time.time()
+    spec = EventSpec.load(examples_uri)
+    serving_dir = os.path.join(student_dir, SERVING_DIR)
+    if load_spec(serving_dir) != spec:
+        raise UserError(f"the student at {student_dir} was distilled for other data than {examples_uri}")
+    float_keras = keras_path(student_dir, FLOAT_KERAS)
+    pruned_keras = keras_path(student_dir, PRUNED_KERAS)
+    has_pruned = os.path.exists(pruned_keras)
+    production_keras = pruned_keras if has_pruned else float_keras
+    with open(os.path.join(student_dir, DISTILL_REPORT), encoding="utf-8") as f:
+        distill_report = json.load(f)
+
+    train_files = split_files(examples_uri, layout.TRAIN) + split_files(examples_uri, layout.UNLABELLED_SPLIT)
+    eval_files = split_files(examples_uri, layout.EVAL)
+    if not eval_files:
+        raise UserError(f"no eval split under {examples_uri}: the parity gate needs eval events")
+
+    model = load_keras(production_keras)
+    representative = lite.representative_events(train_files, spec, cfg.representative_examples, cfg.seed)
+    os.makedirs(output_dir, exist_ok=True)
+    converted = {}
+    for variant, filename in tqdm([("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False):
+        converted[variant] = lite.convert_variant(
+            model, spec, variant, representative=representative, input_type=cfg.input_type,
+            extra_metadata={"source": "pruned student" if has_pruned else "student"},
+        )  # fmt: skip
+        with open(os.path.join(output_dir, filename), "wb") as f:
+            f.write(converted[variant].content)
+    with open(os.path.join(output_dir, METADATA_FILE), "w", encoding="utf-8") as f:
+        json.dump(converted["int8"].metadata, f, indent=2, sort_keys=True)
+
+    predictors = {}
+    if teacher_dir:
+        predictors["teacher"] = saved_model_predictor(teacher_dir)
+    float_model = load_keras(float_keras)
+    predictors["student_float"] = keras_predictor(float_model)
+    if has_pruned:
+        predictors["student_pruned"] = keras_predictor(model)
+    predictors["int8"] = tflite_predictor(converted["int8"].content)
+    predictors["float16"] = tflite_predictor(converted["float16"].content)
+    preds = predict_split(eval_files, spec, predictors, desc="eval variants")
+    reference = "student_pruned" if has_pruned else "student_float"
+    parity = lite.parity(preds[reference].predicted, preds["int8"].predicted, cfg.min_agreement)
+
+    student_params = measure.count_params(model)
+    student_flops = measure.keras_flops_per_event(model, spec.input_shape)
+    variants: dict[str, dict[str, Any]] = {}
+    if teacher_dir:
+        variants["teacher"] = _variant_measurements("teacher", "savedmodel", teacher_dir, cfg=cfg)
+        variants["teacher"].update(
+            params=measure.saved_model_params(teacher_dir), flops_per_event=measure.saved_model_flops_per_event(teacher_dir)
+        )
+    variants["student_float"] = _variant_measurements(
+        "student_float", "savedmodel", os.path.join(student_dir, FLOAT_DIR), cfg=cfg, keras_path=float_keras
+    )
+    variants["student_float"].update(params=student_params, flops_per_event=student_flops)
+    if has_pruned:
+        variants["student_pruned"] = _variant_measurements(
+            "student_pruned", "savedmodel", serving_dir, cfg=cfg, keras_path=pruned_keras
+        )
+        variants["student_pruned"].update(
+            params=student_params,
+            flops_per_event=student_flops,
+            sparsity=distill_report.get("pruning", {}).get("sparsity"),
+        )
+    for variant, filename in (("int8", INT8_FILE), ("float16", FLOAT16_FILE)):
+        variants[variant] = _variant_measurements(variant, "tflite", os.path.join(output_dir, filename), cfg=cfg)
+        variants[variant].update(params=student_params, flops_per_event=student_flops, **converted[variant].info())
+    for name, entry in variants.items():
+        entry["accuracy"] = preds[name].accuracy()
+        entry["agreement_with_" + reference] = preds[name].agreement(preds[reference])
+    variants["int8"]["input_type"] = cfg.input_type
+    variants["int8"]["parity"] = parity.to_dict()
+
+    matrix = preds["int8"].confusion(spec.num_classes)
+    plot_rows = [
+        {"name": name, "accuracy": entry["accuracy"], "bytes": entry["bytes"]["raw"],
+         "latency_ms": _p50(entry)}
+        for name, entry in variants.items()
+    ]  # fmt: skip
+    tradeoff = plots.tradeoff_plot(plot_rows, os.path.join(output_dir, TRADEOFF_PNG), "Teacher and student variants")
+    confusion = plots.confusion_plot(matrix, list(spec.classes), os.path.join(output_dir, CONFUSION_PNG),
+                                     "int8 TFLite on the eval split")  # fmt: skip
+
+    report: dict[str, Any] = {
+        "teacher": variants.get("teacher"),
+        "student": {
+            "float": variants["student_float"],
+            "pruned": variants.get("student_pruned"),
+            "distillation": {
+                "examples": distill_report.get("examples"),
+                "temperature": distill_report.get("config", {}).get("temperature"),
+                "alpha": distill_report.get("config", {}).get("alpha"),
+                "epochs": distill_report.get("config", {}).get("epochs"),
+                "prune_epochs": distill_report.get("config", {}).get("prune_epochs"),
+                "pruning_plan": distill_report.get("pruning", {}).get("plan"),
+            },
+        },
+        "tflite": {
+            "int8": variants["int8"],
+            "float16": variants["float16"],
+            "blessed": parity.blessed,
+            "parity": parity.to_dict(),
+            "release": os.path.join(output_dir, INT8_FILE),
+            "confusion_matrix": {"classes": list(spec.classes), "matrix": matrix.tolist()},
+        },
+        "comparison": comparison(variants),
+        "plots": {"tradeoff": tradeoff, "confusion": confusion},
+        "parity": parity.to_dict(),  # what ReleaseGate reads
+        "eval_events": int(len(preds[reference].labels)),
+    }
+    if gates is not None and teacher_dir:
+        report["blessing"] = decide_blessing(
+            variants["teacher"]["accuracy"], variants[reference]["accuracy"], gates, baseline_accuracy
+        ).to_dict()
+    report["seconds"] = round(time.time() - started, 1)
+    with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True, default=float)
+    return report
+
+
+def _p50(entry: dict[str, Any]) -> float | None:
+    latency = entry.get("latency") or {}
+    primary = latency.get(entry["format"])
+    return primary["p50_ms"] if primary else None
+
+
+def comparison(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Student vs teacher ratios (absent entries: what was not measured)."""
+    out: dict[str, Any] = {}
+    teacher = variants.get("teacher")
+    float_student = variants["student_float"]
+    int8 = variants["int8"]
+    out["int8_bytes_over_float_student_savedmodel"] = int8["bytes"]["raw"] / float_student["bytes"]["raw"]
+    if "keras_bytes" in float_student:
+        out["int8_bytes_over_float_student_keras"] = int8["bytes"]["raw"] / float_student["keras_bytes"]["raw"]
+    out["int8_gzipped_over_float_student_keras_gzipped"] = (
+        int8["bytes"]["gzipped"] / float_student["keras_bytes"]["gzipped"] if "keras_bytes" in float_student else None
+    )
+    if teacher:
+        out["teacher_params_over_student"] = teacher["params"] / max(float_student["params"], 1)
+        out["teacher_flops_over_student"] = teacher["flops_per_event"] / max(float_student["flops_per_event"], 1)
+        out["teacher_bytes_over_int8"] = teacher["bytes"]["raw"] / int8["bytes"]["raw"]
+        out["int8_accuracy_over_teacher"] = int8["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else None
+        t_lat, s_lat = _p50(teacher), _p50(int8)
+        if t_lat and s_lat:
+            out["int8_speedup_over_teacher_savedmodel"] = t_lat / s_lat
+    return out
