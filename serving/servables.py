@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -174,11 +176,19 @@ class TFLiteServable(Servable):
         from serving.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError
 
         path = os.path.join(version_dir, TFLITE_FILE)
+        # One single-threaded interpreter per core: multi-threaded TFLite spin-waits and collapses
+        # when cores are shared, while independent interpreters run requests side by side.
+        workers = max(1, os.cpu_count() or 1)
         try:
-            self.model = LiteEventModel(path, num_threads=os.cpu_count())
+            models = [LiteEventModel(path, num_threads=1) for _ in range(workers)]
         except LiteModelError as e:
             raise LoadError(str(e)) from e
-        m = self.model
+        self.model = m = models[0]
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()
+        for model in models:
+            self._pool.put(model)
+        self._workers = workers
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tflite") if workers > 1 else None
         out_types = {
             "probabilities": (types_pb2.DT_FLOAT, (None, m.num_classes)),
             "logits": (types_pb2.DT_FLOAT, (None, m.num_classes)),
@@ -209,12 +219,16 @@ class TFLiteServable(Servable):
         from serving.tflite_model import LiteModelError
 
         (value,) = inputs.values()
+        encoded = signature.name == DEFAULT_SIGNATURE
+        rows = [[bytes(f) for f in row] for row in value] if encoded else value
         try:
-            if signature.name == DEFAULT_SIGNATURE:
-                events = [[bytes(f) for f in row] for row in value]
-                result = self.model.predict_encoded(events)
+            if len(rows) <= 1 or self._executor is None:
+                result = self._on_one_interpreter(rows, encoded)
             else:
-                result = self.model.predict_decoded(value)
+                bounds = np.linspace(0, len(rows), min(self._workers, len(rows)) + 1).astype(int)
+                chunks = [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+                parts = list(self._executor.map(lambda c: self._on_one_interpreter(c, encoded), chunks))
+                result = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
         except FrameDecodeError as e:
             raise ServingError(INVALID_ARGUMENT, str(e)) from None
         except LiteModelError as e:
@@ -222,6 +236,13 @@ class TFLiteServable(Servable):
         except (ValueError, RuntimeError) as e:
             raise ServingError(INTERNAL, f"TFLite inference failed: {e}") from None
         return {k: result[k] for k in outputs}
+
+    def _on_one_interpreter(self, rows, encoded: bool) -> dict[str, np.ndarray]:
+        model = self._pool.get()
+        try:
+            return model.predict_encoded(rows) if encoded else model.predict_decoded(rows)
+        finally:
+            self._pool.put(model)
 
     def event_spec(self) -> layout.EventSpec:
         m = self.model

@@ -116,10 +116,17 @@ def is_b64_object(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(B64_KEY), str)
 
 
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
 def _decode_b64(value: dict) -> bytes:
+    text = value[B64_KEY]
     try:
-        return base64.b64decode(value[B64_KEY], validate=True)
-    except (binascii.Error, ValueError):
+        raw = text.encode("ascii")
+        if raw.translate(None, _B64_ALPHABET):  # any byte outside the alphabet (fast, in C)
+            raise ValueError(text)
+        return binascii.a2b_base64(raw)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
         raise invalid("Unable to base64 decode") from None
 
 

@@ -1,0 +1,350 @@
+"""Serving overhead and throughput: REST and gRPC vs the in-process model call.
+
+The model is the pipeline's student (``trainer.student_model.build_student``, untrained
+weights; latency does not depend on them) at the simulator's default geometry, exported with
+``trainer.export`` (SavedModel) and ``trainer.lite`` (int8 TFLite). Each backend is served
+by ``eventpipe serve`` in a subprocess on loopback; the clients are threads of this process.
+
+Measured per backend:
+- latency: one event per request, sequential, keep-alive: in-process ``servable.run``
+  (the same code the server calls), REST (``http.client``) and gRPC
+  (``PredictionServiceStub``) p50/p99; added ms and ratio at p50 vs in-process;
+- throughput (requests/s) at 1/4/16 concurrent clients over REST and gRPC, with dynamic
+  batching off (``--max-batch-size 0``) and on (``--max-batch-size 16 --batch-timeout-ms 2``).
+
+    .venv/bin/python benchmarks/bench_serving.py                  # ~3-4 minutes
+    .venv/bin/python benchmarks/bench_serving.py --duration 1 --requests 100 --backends tflite
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from pipeline import tfenv  # noqa: E402,F401
+
+NAME = "bench"
+
+
+def build_models(workdir: str, frames: int, size: int, channels: int) -> dict[str, str]:
+    """The student exported as SavedModel and int8 TFLite, each in a model base path."""
+    import numpy as np
+
+    from pipeline.config import StudentConfig
+    from pipeline.layout import EventSpec
+    from trainer.export import export_saved_model
+    from trainer.lite import convert_variant
+    from trainer.student_model import build_student
+
+    spec = EventSpec(("empty", "person", "vehicle", "animal"), frames, size, size, channels)
+    model = build_student(spec, StudentConfig())
+    bases = {}
+    saved_base = os.path.join(workdir, "savedmodel")
+    export_saved_model(model, spec, os.path.join(saved_base, NAME, "1"))
+    bases["savedmodel"] = saved_base
+    rng = np.random.default_rng(0)
+    representative = [rng.random((1, *spec.input_shape), dtype=np.float32) for _ in range(16)]
+    lite = convert_variant(model, spec, "int8", representative=representative, try_sparse=False)
+    lite_dir = os.path.join(workdir, "tflite", NAME, "1")
+    os.makedirs(lite_dir)
+    with open(os.path.join(lite_dir, "model.tflite"), "wb") as f:
+        f.write(lite.content)
+    bases["tflite"] = os.path.join(workdir, "tflite")
+    return {"spec": spec, **bases}
+
+
+def event_frames(spec) -> list[bytes]:
+    import numpy as np
+
+    from serving.frames import encode_png
+
+    rng = np.random.default_rng(1)
+    return [encode_png(rng.integers(0, 256, spec.frame_shape, dtype=np.uint8)) for _ in range(spec.frames)]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    ms = np.asarray(seconds) * 1000.0
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+class InProcessBaseline:
+    """The model call alone, in a separate fresh process (like the server's), driven over a pipe.
+
+    Measurements alternate between this baseline and the server in short rounds, so load from
+    other processes on a shared machine hits both sides alike.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--in-process", base],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("in-process baseline failed to start")
+
+    def measure(self, requests: int) -> list[float]:
+        self.proc.stdin.write(f"{requests}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _baseline_worker(base: str) -> None:
+    import numpy as np
+
+    from serving.servables import load_servable
+
+    servable = load_servable(os.path.join(base, NAME, "1"))
+    signature = servable.signature("serving_default")
+    frames = event_frames(servable.event_spec())
+    batch = np.empty((1, len(frames)), dtype=object)
+    batch[0, :] = frames
+    outputs = sorted(signature.outputs)
+    for _ in range(20):
+        servable.run(signature, {"frames": batch}, outputs)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t = time.perf_counter()
+            servable.run(signature, {"frames": batch}, outputs)
+            times.append(time.perf_counter() - t)
+        print(json.dumps(times), flush=True)
+
+
+class RestClient:
+    def __init__(self, port: int, body: bytes) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.body = body
+
+    def __call__(self) -> None:
+        self.conn.request("POST", f"/v1/models/{NAME}:predict", self.body, {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+
+
+class GrpcClient:
+    def __init__(self, target: str, frames: list[bytes]) -> None:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(target)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.request = predict_pb2.PredictRequest()
+        self.request.model_spec.name = NAME
+        self.request.inputs["frames"].CopyFrom(tf.make_tensor_proto([frames]))
+
+    def __call__(self) -> None:
+        self.stub.Predict(self.request, timeout=60)
+
+
+def timed(client, requests: int) -> list[float]:
+    times = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        client()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+ROUNDS = 6
+
+
+def throughput(make_client, clients: int, duration: float) -> dict[str, float]:
+    """Requests/s with ``clients`` threads each sending back-to-back for ``duration`` seconds."""
+    workers = [make_client() for _ in range(clients)]
+    for w in workers:
+        w()  # connect and warm up
+    counts = [0] * clients
+    errors: list[str] = []
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def loop(i: int) -> None:
+        start.wait()
+        while time.perf_counter() < stop_at[0]:
+            try:
+                workers[i]()
+                counts[i] += 1
+            except Exception as e:  # noqa: BLE001  (counted and reported)
+                errors.append(str(e)[:200])
+                return
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + duration
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return {"requests_per_s": sum(counts) / elapsed, "requests": sum(counts)}
+
+
+def batch_stats(port: int) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/monitoring/prometheus/metrics")
+    text = conn.getresponse().read().decode()
+    values = {"eventpipe_serving_batch_requests_sum": 0.0, "eventpipe_serving_batch_requests_count": 0.0}
+    for line in text.splitlines():
+        for name in values:
+            if line.startswith(name + "{"):
+                values[name] += float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Namespace) -> dict:
+    from serving_support import ServerProcess, available, b64_instance
+
+    body = json.dumps({"instances": [b64_instance(frames)]}).encode()
+    result: dict = {"backend": name}
+    for batching in (False, True):
+        flags = ["--max-batch-size", "16", "--batch-timeout-ms", "2"] if batching else ["--max-batch-size", "0"]
+        server = ServerProcess(base, NAME, *flags)
+        try:
+            server.wait_status(NAME, available([1]), timeout=120)
+            mode = "batching" if batching else "no_batching"
+            entry: dict = {}
+            print(f"[{name}] latency, server {mode} ...", flush=True)
+            clients = {"rest": RestClient(server.rest_port, body), "grpc": GrpcClient(server.grpc_target, frames)}
+            samples: dict[str, list[float]] = {"in_process": [], "rest": [], "grpc": []}
+            baseline = InProcessBaseline(base) if not batching else None
+            for client in clients.values():
+                timed(client, 20)  # connect, warm up
+            per_round = max(1, args.requests // ROUNDS)
+            for _ in range(ROUNDS):
+                if baseline is not None:
+                    samples["in_process"] += baseline.measure(per_round)
+                for api, client in clients.items():
+                    samples[api] += timed(client, per_round)
+            if baseline is not None:
+                baseline.close()
+                result["in_process"] = percentiles(samples["in_process"])
+            entry["rest_latency"] = percentiles(samples["rest"])
+            entry["grpc_latency"] = percentiles(samples["grpc"])
+            entry["throughput"] = {}
+            for api in ("rest", "grpc"):
+                for clients in args.clients:
+                    print(f"[{name}] {mode} {api} throughput, {clients} clients ...", flush=True)
+                    before = batch_stats(server.rest_port)
+                    if api == "rest":
+                        point = throughput(lambda s=server: RestClient(s.rest_port, body), clients, args.duration)
+                    else:
+                        point = throughput(lambda s=server: GrpcClient(s.grpc_target, frames), clients, args.duration)
+                    after = batch_stats(server.rest_port)
+                    calls = after["eventpipe_serving_batch_requests_count"] - before["eventpipe_serving_batch_requests_count"]
+                    merged = after["eventpipe_serving_batch_requests_sum"] - before["eventpipe_serving_batch_requests_sum"]
+                    point["requests_per_model_call"] = merged / calls if calls else 1.0
+                    entry["throughput"][f"{api}_{clients}"] = point
+            result[mode] = entry
+        finally:
+            server.stop()
+    base_p50 = result["in_process"]["p50_ms"]
+    for api in ("rest", "grpc"):
+        p50 = result["no_batching"][f"{api}_latency"]["p50_ms"]
+        result[f"{api}_added_ms_p50"] = p50 - base_p50
+        result[f"{api}_ratio_p50"] = p50 / base_p50
+    top = max(args.clients)
+    for api in ("rest", "grpc"):
+        off = result["no_batching"]["throughput"][f"{api}_{top}"]["requests_per_s"]
+        on = result["batching"]["throughput"][f"{api}_{top}"]["requests_per_s"]
+        result[f"{api}_batching_speedup_{top}_clients"] = on / off
+    return result
+
+
+def print_table(results: list[dict], clients: list[int]) -> None:
+    print("\nlatency, one event per request (ms)        p50      p99   added@p50  ratio@p50")
+    for r in results:
+        b = r["in_process"]
+        print(f"  {r['backend']:<10} in-process               {b['p50_ms']:7.2f}  {b['p99_ms']:7.2f}")
+        for api in ("rest", "grpc"):
+            lat = r["no_batching"][f"{api}_latency"]
+            print(
+                f"  {r['backend']:<10} {api.upper():<5} (no batching)       {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
+                f"   {r[f'{api}_added_ms_p50']:+7.2f}    {r[f'{api}_ratio_p50']:5.2f}x"
+            )
+            lat = r["batching"][f"{api}_latency"]
+            print(f"  {r['backend']:<10} {api.upper():<5} (batching on)       {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}")
+    print("\nthroughput (requests/s; requests per model call with batching)")
+    header = "".join(f"{c:>16} clients" for c in clients)
+    print(f"  {'':<10} {'':<14}{header}")
+    for r in results:
+        for api in ("rest", "grpc"):
+            for mode in ("no_batching", "batching"):
+                cells = ""
+                for c in clients:
+                    p = r[mode]["throughput"][f"{api}_{c}"]
+                    cells += f"{p['requests_per_s']:>14.0f}" + (
+                        f" ({p['requests_per_model_call']:4.1f})" if mode == "batching" else "       "
+                    ) + "  "
+                print(f"  {r['backend']:<10} {api.upper():<4} {mode:<11}{cells}")
+        top = max(clients)
+        print(
+            f"  {r['backend']:<10} batching speedup at {top} clients: "
+            f"REST {r[f'rest_batching_speedup_{top}_clients']:.2f}x, gRPC {r[f'grpc_batching_speedup_{top}_clients']:.2f}x"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="savedmodel,tflite", help="savedmodel,tflite")
+    parser.add_argument("--clients", default="1,4,16", help="concurrent clients for throughput (1,4,16)")
+    parser.add_argument("--duration", type=float, default=2.5, help="seconds per throughput point (2.5)")
+    parser.add_argument("--requests", type=int, default=300, help="sequential requests per latency point (300)")
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--out", default="", help="also write the results as JSON here")
+    parser.add_argument("--in-process", default="", help=argparse.SUPPRESS)  # internal: baseline worker
+    args = parser.parse_args()
+    if args.in_process:
+        _baseline_worker(args.in_process)
+        return 0
+    args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    workdir = tempfile.mkdtemp(prefix="bench-serving-")
+    try:
+        print("building the student SavedModel and int8 TFLite ...", flush=True)
+        models = build_models(workdir, args.frames, args.size, args.channels)
+        frames = event_frames(models["spec"])
+        results = [bench_backend(b, models[b], frames, args) for b in backends]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_table(results, args.clients)
+    summary = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "geometry": {"frames": args.frames, "size": args.size, "channels": args.channels},
+        "results": results,
+    }
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    print("\n" + json.dumps({"bench_serving": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
