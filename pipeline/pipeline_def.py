@@ -41,10 +41,16 @@ def create_pipeline(
     pipeline_root: str,
     metadata_connection_config: Any | None,
     beam_pipeline_args: list[str],
+    serving_base: str = "",
+    mobile_base: str = "",
     through: str = "push",
     pipeline_name: str = PIPELINE_NAME,
 ) -> Any:
-    """Build the pipeline up to and including stage ``through`` (one of STAGES)."""
+    """Build the pipeline up to and including stage ``through`` (one of STAGES).
+
+    ``serving_base`` / ``mobile_base``: where blessed models are pushed (TF Serving model base
+    path layout / on-device release layout); default ``<pipeline_root>/../serving|mobile``.
+    """
     from tfx import v1 as tfx
 
     from components.event_example_gen.component import EventExampleGen
@@ -52,6 +58,9 @@ def create_pipeline(
 
     if through not in STAGES:
         raise ValueError(f"through must be one of {STAGES}, got {through!r}")
+    parent = pipeline_root.rstrip("/").rsplit("/", 1)[0]
+    serving_base = serving_base or f"{parent}/serving"
+    mobile_base = mobile_base or f"{parent}/mobile"
 
     example_gen = EventExampleGen(input_base=data_root, data=config.data)
     statistics_gen = tfx.components.StatisticsGen(
@@ -77,7 +86,15 @@ def create_pipeline(
         teacher, teacher_evaluator = _training(config, example_gen, schema_gen, ingest_gate)
         components += [teacher, teacher_evaluator]
     if STAGES.index(through) >= STAGES.index("productionize"):
-        components += _productionize(config, example_gen, schema_gen, teacher)
+        distiller, last_blessed, student_evaluator, lite = _productionize(
+            config, example_gen, schema_gen, teacher
+        )
+        components += [distiller, last_blessed, student_evaluator, lite]
+    if STAGES.index(through) >= STAGES.index("push"):
+        components += _release(
+            config, example_gen, teacher, teacher_evaluator, distiller, student_evaluator, lite,
+            serving_base=serving_base, mobile_base=mobile_base,
+        )  # fmt: skip
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
@@ -116,6 +133,7 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
     """Distil + prune the student from the teacher, then judge it against the last blessed one."""
     from tfx import v1 as tfx
 
+    from components.lite_converter.component import LiteConverter, lite_config_json
     from pipeline.evaluation import eval_config
 
     distiller = tfx.components.Trainer(
@@ -138,4 +156,48 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
         baseline_model=last_blessed.outputs["model"],
         eval_config=eval_config(config.gates, with_baseline=True),
     ).with_id("StudentEvaluator")
-    return [distiller, last_blessed, student_evaluator]
+    lite = LiteConverter(
+        model=distiller.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        teacher_model=teacher.outputs["model"],
+        lite_config=lite_config_json(config.lite),
+    )
+    return [distiller, last_blessed, student_evaluator, lite]
+
+
+def _release(
+    config: Config, example_gen: Any, teacher: Any, teacher_evaluator: Any, distiller: Any,
+    student_evaluator: Any, lite: Any, *, serving_base: str, mobile_base: str,
+) -> list[Any]:  # fmt: skip
+    """Load the student in the real server, decide the release, push only what is blessed."""
+    from components.pusher.component import EventPusher
+    from components.release_gate.component import ReleaseGate
+    from components.serving_validator.component import ServingValidator
+
+    serving_validator = ServingValidator(
+        model=distiller.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        model_name=config.serving.model_name,
+    )
+    release_gate = ReleaseGate(
+        teacher_evaluation=teacher_evaluator.outputs["evaluation"],
+        teacher_blessing=teacher_evaluator.outputs["blessing"],
+        student_evaluation=student_evaluator.outputs["evaluation"],
+        student_blessing=student_evaluator.outputs["blessing"],
+        student_model=distiller.outputs["model"],
+        lite=lite.outputs["lite"],
+        infra_blessing=serving_validator.outputs["blessing"],
+        max_student_drop=config.gates.max_student_drop,
+        min_accuracy=config.gates.min_accuracy,
+    )
+    pusher = EventPusher(
+        model=distiller.outputs["model"],
+        model_blessing=release_gate.outputs["blessing"],
+        teacher_model=teacher.outputs["model"],
+        lite=lite.outputs["lite"],
+        infra_blessing=serving_validator.outputs["blessing"],
+        serving_base=serving_base,
+        mobile_base=mobile_base,
+        model_name=config.serving.model_name,
+    )
+    return [serving_validator, release_gate, pusher]

@@ -67,6 +67,8 @@ def run_pipeline(config: Config, through: str) -> None:
         pipeline_root=pipeline_root(config),
         metadata_connection_config=metadata_connection(config),
         beam_pipeline_args=beam_args(config),
+        serving_base=config.serving_base,
+        mobile_base=config.mobile_base,
         through=through,
     )
     if config.run.runner == "kubeflow":
@@ -99,6 +101,8 @@ def compile_kubeflow(config: Config, output_path: str) -> str:
         pipeline_root=pipeline_root(config),
         metadata_connection_config=None,
         beam_pipeline_args=beam_args(config),
+        serving_base=config.run.serving_base,
+        mobile_base=config.run.mobile_base,
     )
     output_path = os.path.abspath(output_path)
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
