@@ -314,6 +314,39 @@ def _grpc_request(server, model_name, frames, ids, reference, tolerance, report)
     report["mismatches"] += compare(reference, answer, slice(0, len(ids)), tolerance, "grpc", ids)
 
 
+def _serve_and_compare(
+    server: ServerProcess,
+    model_name: str,
+    frames: np.ndarray,
+    ids: list[str],
+    reference: dict[str, np.ndarray] | None,
+    tolerance: float,
+    started: float,
+    deadline: float,
+    report: dict[str, Any],
+) -> None:
+    """Wait for the version to load, then check metadata and send the requests (into ``report``)."""
+    problems = report["problems"]
+    try:
+        server.wait_listening(deadline)
+    except (RuntimeError, TimeoutError) as e:
+        problems.append(str(e))
+        return
+    report["status"] = state = wait_available(server, model_name, deadline)
+    report["load_seconds"] = round(time.monotonic() - started, 2)
+    if state.get("state") != "AVAILABLE":
+        why = "timed out" if state.get("timed_out") else f"state {state.get('state')}"
+        problems.append(f"version {VERSION} never became AVAILABLE ({why}): {state.get('error_message', '')}")
+        return
+    try:
+        problems += _check_metadata(server, model_name)
+        if reference is not None and not problems:
+            _rest_requests(server, model_name, frames, ids, reference, tolerance, report)
+            _grpc_request(server, model_name, frames, ids, reference, tolerance, report)
+    except (urllib.error.URLError, OSError) as e:  # the server died or hung mid-way
+        report["errors"].append(f"request failed: {type(e).__name__}: {e}")
+
+
 def validate_in_server(
     model_dir: str,
     examples_uri: str,
@@ -359,7 +392,7 @@ def validate_in_server(
     workdir = tempfile.mkdtemp(prefix="eventpipe-serving-validation-")
     server = None
     try:
-        push = push_saved_model(model_dir, os.path.join(workdir, "base"), model_name)
+        push_saved_model(model_dir, os.path.join(workdir, "base"), model_name)  # version 1 of a fresh base
         server = ServerProcess(os.path.join(workdir, "base"), model_name, workdir)
         # The reference runs here while the server process starts and loads.
         try:
@@ -369,25 +402,11 @@ def validate_in_server(
             problems.append(f"the model does not run in-process: {type(e).__name__}: {str(e)[:300]}")
         if reference is not None:
             problems += [f"in-process outputs: {p}" for p in contract_problems(reference, model_spec or spec, len(ids))]
-        try:
-            server.wait_listening(deadline)
-        except (RuntimeError, TimeoutError) as e:
-            problems.append(str(e))
+        if reference is not None and problems:
+            # It runs but answers wrongly (or is for other data): refused without waiting for the server.
+            report["serving_skipped"] = "the in-process checks already failed"
         else:
-            report["status"] = wait_available(server, model_name, deadline)
-            report["load_seconds"] = round(time.monotonic() - started, 2)
-            if report["status"].get("state") != "AVAILABLE":
-                state = report["status"]
-                why = "timed out" if state.get("timed_out") else f"state {state.get('state')}"
-                problems.append(f"version {push['version']} never became AVAILABLE ({why}): {state.get('error_message', '')}")
-            else:
-                try:
-                    problems += _check_metadata(server, model_name)
-                    if reference is not None and not problems:
-                        _rest_requests(server, model_name, frames, ids, reference, tolerance, report)
-                        _grpc_request(server, model_name, frames, ids, reference, tolerance, report)
-                except (urllib.error.URLError, OSError) as e:  # the server died or hung mid-way
-                    report["errors"].append(f"request failed: {type(e).__name__}: {e}")
+            _serve_and_compare(server, model_name, frames, ids, reference, tolerance, started, deadline, report)
     finally:
         if server is not None:
             report["server_exit_code"] = server.stop()
