@@ -5,6 +5,9 @@ its first request arrived (TF Serving's ``batch_timeout_micros``), or as soon as
 predict request now inside the server is already in it: a lone client is never made to
 wait for company that cannot come, while under load batches fill up.
 
+Only servables that run batches as one graph call use it (SavedModels); TFLite models take
+one event per invocation and run on an interpreter pool instead.
+
 Requests whose non-batch shapes differ (e.g. a dynamic-length input) run in separate
 calls. If a merged call fails, each request is retried alone, so one client's bad input
 never fails another client's request.

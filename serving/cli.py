@@ -40,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version-policy", dest="serving.version_policy", default=None,
                    help="latest | all | specific:1,2 (latest)")
     p.add_argument("--max-batch-size", dest="serving.max_batch_size", type=int, default=None,
-                   help="rows per merged model call; 0 or 1 turns batching off (16)")
+                   help="rows per merged SavedModel call; 0 or 1 turns batching off (16); "
+                        "TFLite versions run on an interpreter pool instead")
     p.add_argument("--batch-timeout-ms", dest="serving.batch_timeout_ms", type=float, default=None,
                    help="longest a request waits for others to join its batch (2.0)")
     p.add_argument("--poll-seconds", dest="serving.poll_seconds", type=float, default=None,

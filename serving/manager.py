@@ -80,7 +80,7 @@ class LoadedVersion:
         return self.servable.signature(name)
 
     def _batcher(self, signature: Signature) -> Batcher | None:
-        if self._max_batch_size <= 1 or self._closed:
+        if self._max_batch_size <= 1 or self._closed or not self.servable.batchable:
             return None
         batcher = self._batchers.get(signature.name)
         if batcher is None:

@@ -205,7 +205,9 @@ class RestServer:
 
     def __init__(self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int):
         self._server = _Server((host, port), manager, metrics, max_body_bytes)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="rest-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="rest-server", daemon=True
+        )
 
     @property
     def port(self) -> int:

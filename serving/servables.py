@@ -50,6 +50,10 @@ class Servable:
 
     platform: str = ""
     signatures: dict[str, Signature]
+    # Whether merging requests into one call pays off (a batched graph). TFLite models from
+    # trainer/lite.py take one event per invocation, so they run requests on an interpreter
+    # pool instead.
+    batchable: bool = True
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -171,6 +175,7 @@ class TFLiteServable(Servable):
     """A ``model.tflite`` behind the contract's two signatures (frames decoded with PIL)."""
 
     platform = TFLITE
+    batchable = False
 
     def __init__(self, version_dir: str) -> None:
         from serving.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError

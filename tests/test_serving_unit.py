@@ -276,3 +276,18 @@ def test_lone_request_does_not_wait_for_the_timeout():
         batcher.submit({"x": np.zeros((1, 2))}, 1)
     assert time.perf_counter() - started < 0.5
     batcher.close()
+
+
+def test_version_directory_platform(tmp_path):
+    from serving.servables import TENSORFLOW, TFLITE, LoadError, detect_platform
+
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    assert detect_platform(str(tmp_path)) == TENSORFLOW
+    (tmp_path / "model.tflite").write_bytes(b"")
+    assert detect_platform(str(tmp_path)) == TENSORFLOW
+    assert detect_platform(str(tmp_path), prefer_tflite=True) == TFLITE
+    (tmp_path / "saved_model.pb").unlink()
+    assert detect_platform(str(tmp_path)) == TFLITE
+    (tmp_path / "model.tflite").unlink()
+    with pytest.raises(LoadError, match="neither saved_model.pb"):
+        detect_platform(str(tmp_path))
