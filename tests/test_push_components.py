@@ -39,7 +39,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     report = {"tflite": {"int8": {"accuracy": 0.9, "bytes": {"raw": 1234}, "agreement_with_student_float": 0.99},
                          "float16": {"accuracy": 0.91, "bytes": {"raw": 2345}},
                          "parity": {"agreement": 0.99, "passed": True}, "blessed": True}}  # fmt: skip
-    (lite / "productionize_report.json").write_text(json.dumps(report))
+    (lite / "lite_report.json").write_text(json.dumps(report))
     return {"examples": examples, "student": str(student), "teacher": str(teacher), "lite": str(lite)}
 
 
@@ -297,7 +297,7 @@ def test_pusher_versions_increase_run_after_run(inputs, tmp_path):
 def test_pusher_refuses_a_release_with_a_missing_file_before_pushing_anything(inputs, tmp_path):
     lite = tmp_path / "lite"
     lite.mkdir()
-    (lite / "productionize_report.json").write_text("{}")
+    (lite / "lite_report.json").write_text("{}")
     args = _pusher_inputs(inputs, tmp_path)
     args["lite"] = _artifact(LiteModels, str(lite), 9)
     pushed = _artifact(standard_artifacts.PushedModel, str(tmp_path / "pushed"))
