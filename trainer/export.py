@@ -77,14 +77,19 @@ def serving_signatures(model: Any, spec: EventSpec) -> dict[str, Any]:
 def export_saved_model(model: Any, spec: EventSpec, export_dir: str) -> str:
     """Write ``model`` (tf_keras, [B,K,H,W,C] -> {"logits", "frame_weights"}) as a SavedModel.
 
-    The model must hold plain (unsharded) variables; a DTensor-trained model is copied into
-    a plain one first (``trainer.hybrid.unsharded_copy``). Returns ``export_dir``.
+    The SavedModel holds the traced signatures and the model's variables, not Keras
+    metadata: consumers use the signatures (``tf.saved_model.load``), and skipping Keras's
+    per-layer serialization makes the export an order of magnitude faster. The model must
+    hold plain (unsharded) variables; a DTensor-trained model is copied into a plain one
+    first (``trainer.hybrid.unsharded_copy``). Returns ``export_dir``.
     """
     import tensorflow as tf
 
     signatures = serving_signatures(model, spec)
+    servable = tf.Module()
+    servable.model_variables = list(model.variables)  # what the signatures read
     tf.io.gfile.makedirs(export_dir)
-    model.save(export_dir, save_format="tf", include_optimizer=False, signatures=signatures)
+    tf.saved_model.save(servable, export_dir, signatures=signatures)
     extra = os.path.join(export_dir, ASSETS_EXTRA)
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, layout.SPEC_FILE), "w") as f:

@@ -1,0 +1,272 @@
+"""Teacher training: every strategy computes the same steps; FC sharding; multi-worker; resume; export.
+
+Each mesh configuration needs its own process (logical devices are set once per process),
+so one module fixture starts every run as a real ``eventpipe train`` process at once, the
+reference ``single`` run through the TFX module file's ``run_fn`` (which exports), and a
+run that is killed with SIGKILL and started again. The tests then read the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from teacher_data import write_examples
+
+from pipeline import layout
+from pipeline.config import Config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+TINY = {
+    "teacher": {
+        "conv_filters": [4, 8],
+        "fc_units": [64, 64],
+        "attention_heads": 2,
+        "dropout": 0.0,
+        "global_batch_size": 8,
+        "reference_batch_size": 4,  # linear scaling doubles the rate ...
+        "warmup_steps": 4,  # ... reached after a 4-step warm-up
+        "base_learning_rate": 0.003,
+        "steps": STEPS,
+        "checkpoint_every": 4,
+        "logical_devices": 4,
+    }
+}
+TIMEOUT = 900
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _train(config: str, data: str, workdir: str, *flags: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", config, "--data", data,
+           "--workdir", workdir, "--quiet", *flags]  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, out
+
+
+def _report(workdir: str) -> dict:
+    with open(os.path.join(workdir, "train_report.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _latest_checkpoint_step(workdir: str) -> int:
+    with open(os.path.join(workdir, "checkpoints", "checkpoint"), encoding="utf-8") as f:
+        first = f.readline()  # model_checkpoint_path: "ckpt-4"
+    return int(first.strip().rstrip('"').rsplit("-", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("teacher"))
+    data = os.path.join(root, "examples")
+    spec = write_examples(data, train=96, eval=32, frames=3, size=8, seed=3)
+    config = os.path.join(root, "tiny.json")
+    with open(config, "w", encoding="utf-8") as f:
+        json.dump(TINY, f)
+    w = {name: os.path.join(root, name) for name in
+         ("mirrored", "hybrid_2d", "hybrid_1d", "multiworker", "killed", "bad_mesh", "single")}  # fmt: skip
+
+    procs = {
+        "mirrored": _train(config, data, w["mirrored"], "--strategy", "mirrored", "--no-export"),
+        "hybrid_2d": _train(config, data, w["hybrid_2d"], "--strategy", "hybrid", "--mesh", "batch=2,model=2",
+                            "--fc-layout", "2d", "--no-export"),  # fmt: skip
+        "hybrid_1d": _train(config, data, w["hybrid_1d"], "--strategy", "hybrid", "--fc-layout", "1d", "--no-export"),
+        "bad_mesh": _train(config, data, w["bad_mesh"], "--strategy", "hybrid", "--mesh", "batch=4,model=2",
+                           "--no-export"),  # fmt: skip
+        "killed": _train(config, data, w["killed"], "--strategy", "single", "--steps", "400",
+                         "--checkpoint-every", "2", "--no-export"),  # fmt: skip
+    }
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs[f"worker{i}"] = _train(config, data, w["multiworker"], "--strategy", "multiworker",
+                                     "--logical-devices", "1", "--no-export", env={"TF_CONFIG": tf_config})  # fmt: skip
+
+    # Kill the long run with SIGKILL as soon as it has written a checkpoint.
+    state = os.path.join(w["killed"], "train_state.json")
+    index = os.path.join(w["killed"], "checkpoints", "checkpoint")
+    deadline = time.time() + TIMEOUT
+    while not os.path.exists(index) and procs["killed"].poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    procs["killed"].send_signal(signal.SIGKILL)
+    killed_code, killed_out = _finish(procs.pop("killed"))
+    with open(state, encoding="utf-8") as f:
+        killed_state = json.load(f)
+    killed_at = _latest_checkpoint_step(w["killed"])
+    resumed = _train(config, data, w["killed"], "--strategy", "single", "--no-export")
+
+    # The reference single run goes through the TFX Trainer module file, which exports.
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from trainer.teacher_module import run_fn
+
+    cfg = Config.from_dict(TINY)
+    cfg.teacher.strategy = "single"
+    serving_dir = os.path.join(root, "serving_model")
+    run_fn(
+        FnArgs(
+            train_files=[os.path.join(layout.split_dir(data, layout.TRAIN), "*")],
+            eval_files=[os.path.join(layout.split_dir(data, layout.EVAL), "*")],
+            serving_model_dir=serving_dir,
+            model_run_dir=w["single"],
+            custom_config={"config": cfg.to_json()},
+        )
+    )
+    outputs = {name: _finish(p) for name, p in procs.items()}
+    outputs["resumed"] = _finish(resumed)
+    for name, (code, out) in outputs.items():
+        if name != "bad_mesh":
+            assert code == 0, f"{name} failed:\n{out[-4000:]}"
+    return {
+        "root": root,
+        "spec": spec,
+        "data": data,
+        "serving_dir": serving_dir,
+        "outputs": outputs,
+        "killed": {"code": killed_code, "out": killed_out, "state": killed_state, "at": killed_at},
+        "reports": {
+            "single": _report(w["single"]),
+            "mirrored": _report(w["mirrored"]),
+            "hybrid_2d": _report(w["hybrid_2d"]),
+            "hybrid_1d": _report(w["hybrid_1d"]),
+            "worker0": _report(w["multiworker"]),
+            "worker1": _report(os.path.join(w["multiworker"], "workers", "worker-1")),
+            "resumed": _report(w["killed"]),
+        },
+        "workdirs": w,
+    }
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "hybrid_2d", "hybrid_1d", "worker0"])
+def test_strategy_losses_match_single(runs, strategy):
+    single = np.array(runs["reports"]["single"]["losses"])
+    other = np.array(runs["reports"][strategy]["losses"])
+    assert len(single) == len(other) == STEPS
+    np.testing.assert_allclose(other, single, rtol=2e-5, atol=2e-6)
+    assert not np.allclose(single, single[0]), "training should change the loss"
+
+
+def test_multiworker_workers_agree(runs):
+    w0, w1 = runs["reports"]["worker0"], runs["reports"]["worker1"]
+    assert w0["mesh"] == w1["mesh"] == {"workers": 2, "replicas": 2}
+    assert w0["is_chief"] and not w1["is_chief"]
+    np.testing.assert_allclose(w0["losses"], w1["losses"], rtol=1e-6)
+    assert w0["eval"]["accuracy"] == w1["eval"]["accuracy"]
+
+
+def _variables(report):
+    return {v["name"].split(":")[0]: v for v in report["variables"]}
+
+
+def test_hybrid_2d_shards_fc_kernels_over_model_axis(runs):
+    report = runs["reports"]["hybrid_2d"]
+    assert report["mesh"] == {"batch": 2, "model": 2}
+    v = _variables(report)
+    devices = {f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in range(4)}
+    for name in ("fc_0/kernel", "fc_1/kernel"):
+        assert v[name]["layout"] == ["unsharded", "model"]
+        rows = v[name]["shape"][0]
+        assert [s["shape"] for s in v[name]["shards"]] == [[rows, 32]] * 4  # 64 units / model=2
+        assert {s["device"] for s in v[name]["shards"]} == devices
+    assert v["fc_0/bias"]["layout"] == ["model"]
+    assert v["logits/kernel"]["layout"] == ["model", "unsharded"]
+    assert [s["shape"] for s in v["logits/kernel"]["shards"]] == [[32, 4]] * 4
+    convs = [n for n in v if n.startswith("conv") and n.endswith("kernel")]
+    assert convs
+    for name in convs + ["attention_self/query/kernel"]:
+        assert set(v[name]["layout"]) == {"unsharded"}
+        assert all(s["shape"] == v[name]["shape"] for s in v[name]["shards"])
+        assert len(v[name]["shards"]) == 4
+
+
+def test_hybrid_1d_shards_fc_over_all_devices(runs):
+    report = runs["reports"]["hybrid_1d"]
+    assert report["mesh"] == {"devices": 4}
+    v = _variables(report)
+    assert v["fc_1/kernel"]["layout"] == ["unsharded", "devices"]
+    assert [s["shape"] for s in v["fc_1/kernel"]["shards"]] == [[64, 16]] * 4
+    assert set(v["conv_stem/kernel"]["layout"]) == {"unsharded"}
+
+
+def test_bad_mesh_is_one_line_user_error(runs):
+    code, out = runs["outputs"]["bad_mesh"]
+    assert code == 2
+    assert "eventpipe train: error: --mesh batch=4,model=2 needs 8 devices" in out
+    assert "Traceback" not in out
+
+
+def test_killed_run_resumes_from_its_checkpoint(runs):
+    killed, resumed = runs["killed"], runs["reports"]["resumed"]
+    assert killed["code"] == -signal.SIGKILL
+    at = killed["at"]
+    assert 0 < at < STEPS, f"kill landed at step {at}"
+    assert resumed["resumed_from_step"] == resumed["start_step"] == at
+    single = np.array(runs["reports"]["single"]["losses"])
+    # Same optimizer state and data position: the resumed steps equal the uninterrupted run's.
+    np.testing.assert_allclose(resumed["losses"], single, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(killed["state"]["losses"][:at], single[:at], rtol=1e-6)
+    assert "resumed at step" in runs["outputs"]["resumed"][1]
+
+
+def test_report_schedule_plot_and_tensorboard(runs):
+    report = runs["reports"]["single"]
+    lrs = report["learning_rates"]
+    assert report["learning_rate"]["scaled"] == pytest.approx(0.006)
+    assert lrs[0] == pytest.approx(0.003) and lrs[2] == pytest.approx(0.0045) and lrs[4:] == pytest.approx([0.006] * 8)
+    assert 0.0 <= report["final_eval_accuracy"] <= 1.0 and report["eval"]["events"] == 32
+    params = report["parameters"]
+    assert params["fully_connected"] > params["other"]
+    assert os.path.getsize(report["plots"]["training_curve"]) > 1000
+    tensorboard = os.path.join(runs["workdirs"]["single"], "tensorboard")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tensorboard))
+
+
+def test_exported_signature_answers_png_bytes(runs):
+    import tensorflow as tf
+
+    spec = runs["spec"]
+    export = runs["serving_dir"]
+    with open(os.path.join(export, "assets.extra", layout.SPEC_FILE), encoding="utf-8") as f:
+        assert json.load(f) == spec.to_dict()
+    files = tf.io.gfile.glob(os.path.join(layout.split_dir(runs["data"], layout.EVAL), "*"))
+    serialized = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(5)))
+    png = layout.encoded_frames(tf.io.parse_example(serialized, layout.feature_spec()), spec)
+    assert png.numpy()[0, 0].startswith(b"\x89PNG")
+
+    loaded = tf.saved_model.load(export)
+    out = loaded.signatures["serving_default"](frames=png)
+    assert out[layout.OUT_PROBABILITIES].shape == (5, spec.num_classes)
+    np.testing.assert_allclose(out[layout.OUT_PROBABILITIES].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert out[layout.OUT_CLASS_ID].dtype == tf.int64 and out[layout.OUT_BEST_FRAME].dtype == tf.int64
+    assert set(out[layout.OUT_BEST_FRAME].numpy()) <= set(range(spec.frames))
+    names = [spec.classes[i] for i in out[layout.OUT_CLASS_ID].numpy()]
+    assert [n.decode() for n in out[layout.OUT_CLASS].numpy()] == names
+    decoded = loaded.signatures[layout.DECODED_SIGNATURE](frames=layout.decode_frames(png, spec))
+    np.testing.assert_allclose(decoded[layout.OUT_LOGITS].numpy(), out[layout.OUT_LOGITS].numpy(), atol=1e-5)
