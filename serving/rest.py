@@ -97,6 +97,12 @@ class _Handler(BaseHTTPRequestHandler):
         method = "other"
         code = OK
         try:
+            try:
+                body = self._read_body()  # always consumed, so a keep-alive stream stays in step
+            except _TooLarge as e:
+                code = "RESOURCE_EXHAUSTED"
+                self._reply(413, tensors.error_json(str(e)), close=True)
+                return
             if path == METRICS_PATH and self.command == "GET":
                 method = "metrics"
                 self._reply(200, self.server.metrics.render(), self.server.metrics.content_type)
@@ -104,12 +110,6 @@ class _Handler(BaseHTTPRequestHandler):
             if not API_RE.fullmatch(path):
                 code = "NOT_FOUND"
                 self._reply(404, tensors.error_json(f"Not found: {self.command} {path}"))
-                return
-            try:
-                body = self._read_body()
-            except _TooLarge as e:
-                code = "RESOURCE_EXHAUSTED"
-                self._reply(413, tensors.error_json(str(e)), close=True)
                 return
             method = _method_label(self.command, path)
             payload = self._route(path, body)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.signatures import NUMPY_DTYPES, Signature, TensorSig, dtype_name, dtype_of_array
 from serving.status import UNIMPLEMENTED, ServingError, invalid
@@ -32,16 +32,18 @@ COLUMN = "column"
 def array_to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     """NumPy -> TensorProto (numbers as ``tensor_content``, strings as ``string_val``)."""
     dtype = dtype_of_array(array)
-    proto = tensor_pb2.TensorProto(
-        dtype=dtype,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]
-        ),
-    )
+    proto = tensor_pb2.TensorProto(dtype=dtype)
     if dtype == types_pb2.DT_STRING:
-        proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
+        values = array.reshape(-1).tolist()
+        if not all(isinstance(v, bytes) for v in values):
+            values = [_as_bytes(v) for v in values]
+        proto.string_val.extend(values)
     else:
-        proto.tensor_content = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[dtype].newbyteorder("<")).tobytes()
+        little = NUMPY_DTYPES[dtype].newbyteorder("<")
+        proto.tensor_content = np.ascontiguousarray(array).astype(little, copy=False).tobytes()
+    dims = proto.tensor_shape.dim
+    for d in array.shape:
+        dims.add().size = int(d)
     return proto
 
 

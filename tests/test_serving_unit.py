@@ -291,3 +291,20 @@ def test_version_directory_platform(tmp_path):
     (tmp_path / "model.tflite").unlink()
     with pytest.raises(LoadError, match="neither saved_model.pb"):
         detect_platform(str(tmp_path))
+
+
+def test_cli_rejects_bad_serving_arguments_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "m").mkdir()
+    cases = [
+        (["serve", "--model-base-path", str(tmp_path / "missing"), "--model-name", "m"], "is not a directory"),
+        (["serve", "--model-base-path", str(tmp_path), "--model-name", "../m"], "is not allowed"),
+        (["serve", "--model-base-path", str(tmp_path), "--model-name", "m", "--version-policy", "newest"],
+         "--version-policy must be"),
+        (["device-run", "--model", str(tmp_path / "none.tflite"), "--data", str(tmp_path)], "does not exist"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
