@@ -1,0 +1,242 @@
+"""Productionize building blocks: distillation loss, pruning, gates, TFLite metadata, measurement.
+
+Fast: no teacher training, tiny models. The whole Distiller -> LiteConverter chain is in
+tests/test_productionize_pipeline.py.
+"""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.config import GateConfig, StudentConfig
+from pipeline.layout import EventSpec
+
+SPEC = EventSpec(("a", "b", "c"), frames=2, height=8, width=8, channels=1)
+# Wide enough that the pointwise kernels (32x64, 64x64) and the head pass MIN_PRUNABLE_WEIGHTS.
+STUDENT = StudentConfig(filters=[32, 64], head_units=32, blocks_per_stage=2, epochs=1, batch_size=8)
+
+
+def _softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# -- distillation loss -------------------------------------------------------------------------
+def test_distillation_loss_matches_hand_computed_values():
+    from trainer.distill import distillation_loss
+
+    labels = np.array([0, 2, -1], np.int32)  # the last event is unlabelled
+    student = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -1.0, 0.0]], np.float32)
+    teacher = np.array([[3.0, 0.0, -2.0], [0.0, 0.0, 2.0], [-1.0, 2.0, 0.5]], np.float32)
+    t, alpha = 2.0, 0.3
+
+    got = distillation_loss(labels, student, teacher, t, alpha).numpy()
+
+    p_t, p_s = _softmax(teacher / t), _softmax(student / t)
+    kl = np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=-1)
+    ce = -np.log(_softmax(student)[np.arange(3), np.maximum(labels, 0)])
+    expected = alpha * ce * (labels >= 0) + (1 - alpha) * t * t * kl
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # The unlabelled event is pure distillation: exactly (1 - alpha) T^2 KL.
+    np.testing.assert_allclose(got[2], (1 - alpha) * t * t * kl[2], rtol=1e-5)
+
+
+def test_distillation_loss_limits():
+    from trainer.distill import distillation_loss
+
+    labels = np.array([1, 0], np.int32)
+    logits = np.array([[0.3, 1.2, -0.4], [2.0, -1.0, 0.0]], np.float32)
+    # A student equal to its teacher has zero KD loss; alpha=0 leaves nothing else.
+    np.testing.assert_allclose(distillation_loss(labels, logits, logits, 4.0, 0.0).numpy(), 0.0, atol=1e-6)
+    # alpha=1 is plain cross-entropy, whatever the teacher says.
+    ce = -np.log(_softmax(logits)[[0, 1], labels])
+    got = distillation_loss(labels, logits, -logits, 4.0, 1.0).numpy()
+    np.testing.assert_allclose(got, ce, rtol=1e-5)
+    # A disagreeing teacher costs more than an agreeing one.
+    assert np.all(distillation_loss(labels, logits, -logits, 4.0, 0.5).numpy() > got * 0.5)
+
+
+# -- student -----------------------------------------------------------------------------------
+def test_student_outputs_and_size():
+    import tf_keras as keras
+
+    from trainer.student_model import build_student
+
+    model = build_student(SPEC, STUDENT)
+    out = model(np.random.default_rng(0).uniform(size=(3, *SPEC.input_shape)).astype(np.float32))
+    assert out["logits"].shape == (3, 3)
+    assert out["frame_weights"].shape == (3, 2)
+    np.testing.assert_allclose(out["frame_weights"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    default = build_student(EventSpec(("x",) * 1 + ("y", "z", "w"), 4, 32, 32, 3))
+    assert default.count_params() <= 300_000
+    half = build_student(SPEC, StudentConfig(filters=[32, 64], head_units=32, depth_multiplier=0.5))
+    assert half.count_params() < model.count_params()
+    assert all(
+        isinstance(layer, (keras.layers.DepthwiseConv2D,))
+        for layer in model.layers
+        if layer.name.endswith("_dw")
+    )
+
+
+# -- pruning -----------------------------------------------------------------------------------
+def test_plan_schedule_lands_on_target_step():
+    from trainer.prune import plan_schedule
+
+    plan = plan_schedule(total_steps=100, target_sparsity=0.75, begin_fraction=0.1, end_fraction=0.8)
+    assert plan.begin_step == 10
+    assert (plan.end_step - plan.begin_step) % plan.frequency == 0
+    assert plan.end_step <= 99
+    with pytest.raises(ValueError):
+        plan_schedule(100, 0.75, 0.8, 0.2)
+    with pytest.raises(ValueError):
+        plan_schedule(100, 1.0, 0.0, 0.5)
+
+
+def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
+    import tensorflow as tf
+
+    from trainer import distill, prune
+    from trainer.student_model import build_student
+
+    rng = np.random.default_rng(1)
+    n = 64
+    frames = rng.uniform(size=(n, *SPEC.input_shape)).astype(np.float32)
+    labels = rng.integers(-1, 3, size=n).astype(np.int32)
+    teacher = rng.normal(size=(n, 3)).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (frames, {"label": labels, distill.TEACHER_LOGITS: teacher})
+    ).batch(8)
+
+    student = build_student(SPEC, StudentConfig(filters=[32, 64], head_units=32, blocks_per_stage=1))
+    dense_before = [w.copy() for w in student.get_weights()]
+    plan = prune.plan_schedule(16, 0.75, 0.0, 0.5)
+    pruning = prune.apply_pruning(student, plan)
+    names = prune.pruned_layer_names(pruning)
+    assert "logits" not in names and "frame_score" not in names and "stem" not in names
+    assert set(names) == {"stage0_down_pw", "stage1_down_pw", "head"}  # kernels of >= 1024 weights
+    # Wrapping copies the trained weights.
+    np.testing.assert_array_equal(
+        pruning.get_layer("prune_low_magnitude_stage1_down_pw").layer.kernel.numpy(),
+        student.get_layer("stage1_down_pw").kernel.numpy(),
+    )
+    distill.distill(pruning, ds, steps=8, epochs=2, cfg=STUDENT, learning_rate=1e-3,
+                    callbacks=prune.pruning_callbacks())  # fmt: skip
+    stripped = prune.strip(pruning)
+    report = prune.sparsity_report(stripped, names)
+    assert report["total"] == pytest.approx(0.75, abs=0.01)
+    for layer in report["layers"].values():
+        assert layer["sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert 0 < report["all_weights"] < report["total"]
+    # The dense student was not touched by pruning.
+    for before, after in zip(dense_before, student.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+# -- gates -------------------------------------------------------------------------------------
+def test_blessing_blocks_a_student_below_the_floor():
+    from trainer.gates import decide_blessing
+
+    gates = GateConfig(min_accuracy=0.6, max_student_drop=0.05, max_regression=0.02)
+    low = decide_blessing(teacher_accuracy=0.62, student_accuracy=0.59, gates=gates)
+    assert not low.blessed
+    assert any("below the floor" in r for r in low.reasons)
+    assert not low.checks["floor"]["passed"]
+
+
+def test_blessing_relative_and_regression_checks():
+    from trainer.gates import decide_blessing
+
+    gates = GateConfig(min_accuracy=0.5, max_student_drop=0.05, max_regression=0.02)
+    first = decide_blessing(0.90, 0.86, gates)  # 0.86 >= 0.95 * 0.90 = 0.855; no baseline yet
+    assert first.blessed and first.reasons == []
+    assert first.checks["regression"]["skipped"]
+    assert not decide_blessing(0.90, 0.85, gates).blessed  # below 0.855
+    regressed = decide_blessing(0.90, 0.86, gates, baseline_accuracy=0.89)
+    assert not regressed.blessed and "regresses" in regressed.reasons[0]
+    assert decide_blessing(0.90, 0.88, gates, baseline_accuracy=0.89).blessed
+
+
+def test_tfma_eval_config_expresses_the_gates():
+    from trainer.gates import eval_config
+
+    gates = GateConfig(min_accuracy=0.7, max_student_drop=0.05, max_regression=0.02)
+    teacher = eval_config(gates, baseline="teacher")
+    assert [s.is_baseline for s in teacher.model_specs] == [False, True]
+    assert teacher.model_specs[0].label_key == "label"
+    assert teacher.model_specs[0].prediction_key == "probabilities"
+    threshold = teacher.metrics_specs[0].metrics[0].threshold
+    assert threshold.value_threshold.lower_bound.value == pytest.approx(0.7)
+    assert threshold.change_threshold.relative.value == pytest.approx(-0.05)
+    last = eval_config(gates, baseline="last_blessed").metrics_specs[0].metrics[0].threshold
+    assert last.change_threshold.absolute.value == pytest.approx(-0.02)
+    assert len(eval_config(gates).model_specs) == 1
+
+
+# -- parity ------------------------------------------------------------------------------------
+def test_parity_gate_threshold():
+    from trainer.lite import parity
+
+    reference = np.array([0, 1, 2, 1] * 25)
+    same = parity(reference, reference.copy(), 0.99)
+    assert same.blessed and same.agreement == 1.0 and same.disagreements == 0
+    off = reference.copy()
+    off[:2] = (off[:2] + 1) % 3  # 98% agreement
+    result = parity(reference, off, 0.99)
+    assert not result.blessed and result.agreement == pytest.approx(0.98) and result.disagreements == 2
+    assert not parity(np.array([]), np.array([]), 0.99).blessed  # no evidence, no blessing
+
+
+# -- metadata ----------------------------------------------------------------------------------
+def test_metadata_roundtrip_without_tensorflow_parsing(tmp_path):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from trainer.lite import build_metadata, convert, embed_metadata
+    from trainer.lite_metadata import METADATA_NAME, MetadataError, metadata_entries, read_metadata
+    from trainer.student_model import build_student
+
+    model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
+    content = convert(model, SPEC, "float32")
+    meta = build_metadata(content, SPEC, "float32", {"note": "ünïcode"})
+    tagged = embed_metadata(content, meta)
+    assert read_metadata(tagged) == meta
+    assert meta["labels"] == ["a", "b", "c"] and meta["input"]["shape"] == [1, 2, 8, 8, 1]
+    assert meta["input"]["normalization"] == {"mean": [0.0], "std": [255.0]}
+    # Re-embedding replaces the entry instead of adding a second one; converter entries survive.
+    again = embed_metadata(tagged, {**meta, "variant": "x"})
+    names = [m.name for m in flatbuffer_utils.convert_bytearray_to_object(bytearray(again)).metadata]
+    assert names.count(METADATA_NAME.encode()) == 1 and b"min_runtime_version" in names
+    assert read_metadata(again)["variant"] == "x"
+    assert METADATA_NAME not in metadata_entries(content)
+    with pytest.raises(MetadataError):
+        read_metadata(content)
+    with pytest.raises(MetadataError):
+        read_metadata(b"\x00" * 64)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(tagged)
+    assert read_metadata(str(path))["variant"] == "float32"
+
+
+# -- measurement -------------------------------------------------------------------------------
+def test_sizes_and_flops_are_sane(tmp_path):
+    import tf_keras as keras
+
+    from trainer import measure
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "zeros.bin").write_bytes(b"\x00" * 10000)
+    (tmp_path / "d" / "random.bin").write_bytes(os.urandom(5000))
+    sizes = measure.path_bytes(str(tmp_path / "d"))
+    assert sizes["raw"] == 15000
+    assert 5000 < sizes["gzipped"] < 15000
+    single = measure.path_bytes(str(tmp_path / "d" / "zeros.bin"))
+    assert single["raw"] == 10000 and single["gzipped"] == len(gzip.compress(b"\x00" * 10000, 9, mtime=0))
+
+    inputs = keras.Input((2, 10))
+    model = keras.Model(inputs, keras.layers.Dense(20)(keras.layers.Flatten()(inputs)))
+    # MatMul [1,20]x[20,20] = 2*20*20 FLOPs plus 20 bias adds.
+    assert measure.keras_flops_per_event(model, (2, 10)) == 2 * 20 * 20 + 20
+    assert measure.count_params(model) == 20 * 20 + 20
+    stats = measure.summarize([0.001] * 98 + [0.010, 0.020])
+    assert stats["p50_ms"] == pytest.approx(1.0) and stats["p99_ms"] > 9.0 and stats["runs"] == 100
