@@ -46,6 +46,11 @@ def _png(frame: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def encoded_event(spec: EventSpec, label: int = 1, seed: int = 0) -> list[bytes]:
+    """One event as the PNG frames a serving client sends."""
+    return [_png(f) for f in render_event(np.random.default_rng(seed), label, spec)]
+
+
 def write_examples(
     root: str,
     spec: EventSpec,
