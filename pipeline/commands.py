@@ -64,7 +64,10 @@ def _quiet_libraries() -> None:
     """TFX/Beam/absl log at INFO by default; users need our summary, not their chatter."""
     import warnings
 
+    from absl import logging as absl_logging
+
     warnings.filterwarnings("ignore")
+    absl_logging.set_verbosity(absl_logging.ERROR)
     logging.getLogger().setLevel(logging.WARNING)
     for name in ("absl", "apache_beam", "tensorflow", "tfx"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -156,15 +159,25 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from pipeline import summary
+
     cfg = prepare(args)
     started = time.time()
     try:
-        run_stage(cfg, args.through)
-    finally:
+        found = run_stage(cfg, args.through)
+    except GateFailed:
         rep = report.update(cfg.report_path, {"seconds": round(time.time() - started, 1)})
-        if "events" in rep:
-            print_ingest(cfg, rep)
-        print(f"report: {cfg.report_path}")
+        summary.print_summary(rep, cfg.report_path)
+        raise
+    sections = summary.collect(found, cfg)
+    if args.through == STAGES[-1] and (sections.get("push") or {}).get("pushed"):
+        sections["serving_check"] = summary.serve_once(cfg, found["EventExampleGen"].uris["examples"][0])
+    sections["seconds"] = round(time.time() - started, 1)
+    rep = report.update(cfg.report_path, sections)
+    summary.print_summary(rep, cfg.report_path)
+    release = rep.get("release") if args.through == STAGES[-1] else None
+    if release is not None and not release.get("blessed"):
+        raise GateFailed("release gate: the student was not pushed; see 'release' in " + cfg.report_path)
     return 0
 
 

@@ -1,0 +1,219 @@
+"""After a run: gather each stage's own report into report.json, try the served model once,
+and print the few lines a person reads."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import urllib.request
+from typing import Any
+
+from pipeline import layout
+from pipeline.config import Config
+
+
+def _load(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _uri(found: dict[str, Any], node: str, key: str) -> str | None:
+    outputs = found.get(node)
+    if outputs is None or not outputs.uris.get(key):
+        return None
+    return outputs.uris[key][0]
+
+
+def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
+    from pipeline.evaluation import overall_accuracy
+
+    run_dir, model_dir = _uri(found, "TeacherTrainer", "model_run"), _uri(found, "TeacherTrainer", "model")
+    if run_dir is None or model_dir is None:
+        return None
+    train = _load(os.path.join(run_dir, "train_report.json")) or {}
+    section: dict[str, Any] = {
+        "model": os.path.join(model_dir, "Format-Serving"),
+        "strategy": train.get("strategy"),
+        "mesh": train.get("mesh"),
+        "fc_layout": train.get("fc_layout"),
+        "devices": train.get("devices"),
+        "steps": train.get("steps"),
+        "params": (train.get("parameters") or {}).get("total"),
+        "train_eval_accuracy": train.get("final_eval_accuracy"),
+        "examples_per_second": (train.get("timing") or {}).get("examples_per_second"),
+        "final_loss": (train.get("losses") or [None])[-1],
+        "train_report": os.path.join(run_dir, "train_report.json"),
+        "plots": train.get("plots", {}),
+        "tensorboard": os.path.join(run_dir, "tensorboard"),
+    }
+    evaluation = _uri(found, "TeacherEvaluator", "evaluation")
+    if evaluation:
+        section["accuracy"] = overall_accuracy(evaluation)
+        blessing = _uri(found, "TeacherEvaluator", "blessing")
+        section["tfma_blessed"] = bool(blessing and os.path.exists(os.path.join(blessing, "BLESSED")))
+    return section
+
+
+def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """report.json sections from the stages that ran: each stage's own report, merged."""
+    sections: dict[str, Any] = {}
+    teacher = teacher_section(found)
+    lite_dir = _uri(found, "LiteConverter", "lite")
+    lite = _load(os.path.join(lite_dir, "lite_report.json")) if lite_dir else None
+    if lite:
+        teacher = {**(lite.get("teacher") or {}), **(teacher or {})}
+        sections["student"] = lite["student"]
+        sections["tflite"] = lite["tflite"]
+        sections["comparison"] = lite.get("comparison")
+        sections["plots"] = lite.get("plots")
+    if teacher:
+        sections["teacher"] = teacher
+    student_eval = _uri(found, "StudentEvaluator", "evaluation")
+    if student_eval:
+        from pipeline.evaluation import overall_accuracy
+
+        sections.setdefault("student", {})["tfma_accuracy"] = overall_accuracy(student_eval)
+    gate = _uri(found, "ReleaseGate", "blessing")
+    if gate:
+        sections["release"] = _load(os.path.join(gate, "verdict.json"))
+    validator = _uri(found, "ServingValidator", "blessing")
+    if validator:
+        sections["serving_validation"] = _load(os.path.join(validator, "validation.json"))
+    pushed = _uri(found, "EventPusher", "pushed_model")
+    if pushed:
+        sections["push"] = _load(os.path.join(pushed, "push.json"))
+    return sections
+
+
+def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
+    """Start the server on the pushed models, send one real REST predict, and stop it."""
+    from serving.server import ModelServer, ServerOptions
+
+    spec = layout.EventSpec.load(examples_uri)
+    event = _first_event(examples_uri)
+    server = ModelServer(
+        ServerOptions(
+            model_base_path=cfg.serving_base,
+            model_name=cfg.serving.model_name,
+            host="127.0.0.1",
+            rest_port=0,
+            grpc_port=-1,
+            max_batch_size=1,
+        )
+    ).start()
+    try:
+        if not server.wait_until_available(timeout=120):
+            return {"ok": False, "error": "the pushed model did not become AVAILABLE within 120 s"}
+        frames = [{"b64": base64.b64encode(f).decode()} for f in event["frames"][: spec.frames]]
+        frames += [{"b64": ""}] * (spec.frames - len(frames))
+        body = json.dumps({"instances": [{layout.SERVING_INPUT: frames}]}).encode()
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/{cfg.serving.model_name}:predict"
+        started = time.perf_counter()
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        prediction = answer["predictions"][0]
+        return {
+            "ok": True,
+            "url": url,
+            "event_id": event["event_id"],
+            "label": event["label"],
+            "predicted": prediction.get(layout.OUT_CLASS),
+            "best_frame": prediction.get(layout.OUT_BEST_FRAME),
+            "probability": max(prediction.get(layout.OUT_PROBABILITIES, [0.0])),
+            "milliseconds": round((time.perf_counter() - started) * 1000, 1),
+        }
+    finally:
+        server.stop()
+
+
+def _first_event(examples_uri: str) -> dict[str, Any]:
+    import tensorflow as tf
+
+    files = sorted(tf.io.gfile.glob(os.path.join(layout.split_dir(examples_uri, layout.EVAL), "*")))
+    record = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").take(1)))
+    example = tf.train.Example.FromString(record.numpy())
+    f = example.features.feature
+    return {
+        "event_id": f[layout.EVENT_ID].bytes_list.value[0].decode(),
+        "label": f[layout.LABEL_NAME].bytes_list.value[0].decode(),
+        "frames": list(f[layout.FRAMES].bytes_list.value),
+    }
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _p50(variant: dict[str, Any]) -> float | None:
+    """Per-event p50 latency of a variant in its own format (batch 1, 1 thread)."""
+    latency = (variant.get("latency") or {}).get(variant.get("format", ""), {})
+    return latency.get("p50_ms")
+
+
+def print_summary(rep: dict[str, Any], report_path: str) -> None:
+    """The human summary at the end of ``eventpipe run``."""
+    lines = []
+    ev = rep.get("events")
+    if ev:
+        reasons = ", ".join(f"{k} {v}" for k, v in ev["rejected_by_reason"].items()) or "none"
+        lines.append(
+            f"events     read {ev['read']} = accepted {ev['accepted']} + rejected {ev['rejected']} ({reasons}); "
+            f"train {ev['splits'].get('train', 0)}, eval {ev['splits'].get('eval', 0)}, unlabelled {ev['unlabelled']}"
+        )
+        lines.append(f"quarantine {rep['quarantine']}")
+    t = rep.get("teacher")
+    if t:
+        mesh = "x".join(f"{k}={v}" for k, v in (t.get("mesh") or {}).items())
+        lines.append(
+            f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
+            f"{t.get('strategy')} {mesh} on {len(t.get('devices') or [])} devices, {t.get('steps')} steps, "
+            f"p50 {_fmt(_p50(t), '.2f')} ms/event"
+        )
+    student = rep.get("student") or {}
+    for name in ("float", "pruned"):
+        v = student.get(name)
+        if v:
+            sparsity = (v.get("sparsity") or {}).get("all_weights")
+            lines.append(
+                f"student    {name}: accuracy {_fmt(v.get('accuracy'))}, {v.get('params') or 0:,} params"
+                + (f", sparsity {sparsity:.2f}" if sparsity is not None else "")
+                + f", p50 {_fmt(_p50(v), '.2f')} ms/event"
+            )
+    for name in ("int8", "float16"):
+        v = (rep.get("tflite") or {}).get(name)
+        if v:
+            lines.append(
+                f"tflite     {name}: {v['bytes']['raw']:,} bytes, accuracy {_fmt(v.get('accuracy'))}, "
+                f"p50 {_fmt(_p50(v), '.2f')} ms/event"
+            )
+    release = rep.get("release")
+    if release:
+        verdict = "BLESSED" if release.get("blessed") else "NOT blessed: " + "; ".join(release.get("problems", []))
+        lines.append(f"release    {verdict}")
+    push = rep.get("push")
+    if push:
+        for dest in push.get("destinations", []):
+            lines.append(f"pushed     {dest['role']}: {dest['path']} (version {dest.get('version')})")
+        if not push.get("pushed"):
+            lines.append("pushed     nothing: " + "; ".join(push.get("reasons", [])))
+    plots = rep.get("plots") or {}
+    curve = ((rep.get("teacher") or {}).get("plots") or {}).get("training_curve")
+    for path in ([curve] if curve else []) + list(plots.values()):
+        lines.append(f"plot       {path}")
+    served = rep.get("serving_check")
+    if served:
+        if served.get("ok"):
+            lines.append(
+                f"served     {served['url']} -> event {served['event_id']} (label {served['label']}): "
+                f"{served['predicted']} p={served['probability']:.2f}, best frame {served['best_frame']}, "
+                f"{served['milliseconds']} ms"
+            )
+        else:
+            lines.append(f"served     FAILED: {served.get('error')}")
+    lines.append(f"report     {report_path}")
+    print("\n".join(lines))

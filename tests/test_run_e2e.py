@@ -1,0 +1,92 @@
+"""`eventpipe run` end to end on small generated data: every stage, every artifact, the cache."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import Config, SimulatorConfig
+from pipeline.simulator.writer import generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--set", "teacher.steps=40", "--set", "teacher.conv_filters=8,16", "--set", "teacher.fc_units=64,64",
+    "--set", "teacher.global_batch_size=16", "--set", "teacher.checkpoint_every=20",
+    "--set", "student.epochs=1", "--set", "student.prune_epochs=1", "--set", "student.filters=8,16",
+    "--set", "lite.representative_examples=32",
+    # The gates are tested on their own; here the release must go through so push and serving run.
+    "--set", "gates.min_accuracy=0", "--set", "gates.max_student_drop=1", "--set", "lite.min_agreement=0",
+]  # fmt: skip
+
+
+def eventpipe(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    generate(
+        str(root / "events"),
+        SimulatorConfig(events=160, frames=2, size=16, classes=["empty", "person", "vehicle"], seed=1),
+        workers=1, progress=False, preview=False,
+    )  # fmt: skip
+    args = ["run", "--data", str(root / "events"), "--workdir", str(root / "work"), *TINY]
+    result = eventpipe(*args, cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return root, args, result
+
+
+def test_run_writes_every_section_and_artifact(first_run):
+    root, _, result = first_run
+    report = json.loads((root / "work" / "report.json").read_text())
+    ev = report["events"]
+    assert ev["read"] == ev["accepted"] + ev["rejected"] == 160
+
+    teacher, student, tflite = report["teacher"], report["student"], report["tflite"]
+    assert teacher["strategy"] == "hybrid" and teacher["mesh"] == {"batch": 2, "model": 2}
+    assert 0 <= teacher["accuracy"] <= 1
+    assert os.path.exists(teacher["plots"]["training_curve"])
+    assert student["pruned"]["params"] < teacher["params"]
+    assert tflite["int8"]["bytes"]["raw"] < student["float"]["bytes"]["raw"]
+    for plot in report["plots"].values():
+        assert os.path.exists(plot)
+
+    assert report["release"]["blessed"] is True
+    assert report["push"]["pushed"]
+    serving = root / "work" / "serving" / "eventpipe"
+    versions = sorted(os.listdir(serving))
+    assert versions == ["1"] and os.path.exists(serving / "1" / "saved_model.pb")
+    assert os.path.exists(root / "work" / "serving" / "eventpipe-teacher" / "1" / "saved_model.pb")
+    mobile = root / "work" / "mobile" / "eventpipe" / "1"
+    release = json.loads((mobile / "release.json").read_text())
+    assert os.path.exists(mobile / "model.tflite") and release["labels"] == ["empty", "person", "vehicle"]
+
+    check = report["serving_check"]
+    assert check["ok"] and check["predicted"] in ("empty", "person", "vehicle")
+    assert "served" in result.stdout and "report" in result.stdout
+
+
+def test_rerun_with_unchanged_inputs_is_served_from_the_mlmd_cache(first_run):
+    root, args, _ = first_run
+    result = eventpipe(*args, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from pipeline import outputs, runners
+
+    cfg = Config()
+    cfg.run.workdir = str(root / "work")
+    connection = runners.metadata_connection(cfg)
+    for node in ("EventExampleGen", "StatisticsGen", "TeacherTrainer", "Distiller", "LiteConverter"):
+        assert outputs.execution_count(connection, node) == {"COMPLETE": 1, "CACHED": 1}, node
+    assert sorted(os.listdir(root / "work" / "serving" / "eventpipe")) == ["1"]  # nothing re-pushed
+
+    result = eventpipe(*args, "--no-cache", "--through", "validate", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert outputs.execution_count(connection, "EventExampleGen") == {"COMPLETE": 2, "CACHED": 1}
+    assert glob.glob(str(root / "work" / "pipeline" / "EventExampleGen" / "examples" / "*"))
