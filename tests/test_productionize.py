@@ -69,8 +69,13 @@ def test_student_outputs_and_size():
     assert out["logits"].shape == (3, 3)
     assert out["frame_weights"].shape == (3, 2)
     np.testing.assert_allclose(out["frame_weights"].numpy().sum(axis=1), 1.0, rtol=1e-5)
-    default = build_student(EventSpec(("x",) * 1 + ("y", "z", "w"), 4, 32, 32, 3))
-    assert default.count_params() <= 300_000
+    from pipeline.config import TeacherConfig
+    from trainer.teacher_model import build_teacher
+
+    demo = EventSpec(("empty", "person", "vehicle", "animal"), 4, 32, 32, 3)
+    default = build_student(demo)
+    assert default.count_params() <= 300_000  # "a few hundred thousand at most"
+    assert build_teacher(demo, TeacherConfig()).count_params() >= 20 * default.count_params()
     half = build_student(SPEC, StudentConfig(filters=[32, 64], head_units=32, depth_multiplier=0.5))
     assert half.count_params() < model.count_params()
     assert all(

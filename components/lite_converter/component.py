@@ -9,7 +9,6 @@ release), ``model_float16.tflite``, ``lite_report.json`` and the plots; its cust
 without opening files.
 """
 
-
 import dataclasses
 import json
 
