@@ -384,6 +384,7 @@ def main() -> int:
         return 0
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    load_before = os.getloadavg()[0]
     workdir = tempfile.mkdtemp(prefix="bench-serving-")
     try:
         print("building the student SavedModel and int8 TFLite ...", flush=True)
@@ -392,9 +393,11 @@ def main() -> int:
         results = [bench_backend(b, models[b], frames, args) for b in backends]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    load_after = os.getloadavg()[0]
+    print(f"\nmachine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} at start, {load_after:.1f} at end")
     print_table(results, args.clients)
     summary = {
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load_before, "load_avg_1m_end": load_after},
         "geometry": {"frames": args.frames, "size": args.size, "channels": args.channels},
         "results": results,
     }

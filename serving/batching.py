@@ -116,10 +116,11 @@ class Batcher:
                 if remaining <= 0 or self._everyone_here(len(batch)):
                     break
                 try:
-                    # Short waits so a batch notices when every in-flight request has joined.
-                    item = self._queue.get(timeout=min(remaining, 0.0002))
+                    # Requests counted in flight but not queued yet will arrive here; one that
+                    # fails before submitting only costs this batch the rest of the timeout.
+                    item = self._queue.get(timeout=remaining)
                 except queue.Empty:
-                    continue
+                    break
             if item is _STOP:
                 self._queue.put(_STOP)
                 break
