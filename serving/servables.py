@@ -37,6 +37,8 @@ TFLITE_FILE = "model.tflite"
 SERVE_TAG = "serve"
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 
+MAX_TFLITE_INTERPRETERS = 8  # per TFLite version; each is single-threaded
+
 TENSORFLOW = "tensorflow"
 TFLITE = "tflite"
 
@@ -183,7 +185,7 @@ class TFLiteServable(Servable):
         path = os.path.join(version_dir, TFLITE_FILE)
         # One single-threaded interpreter per core: multi-threaded TFLite spin-waits and collapses
         # when cores are shared, while independent interpreters run requests side by side.
-        workers = max(1, os.cpu_count() or 1)
+        workers = max(1, min(MAX_TFLITE_INTERPRETERS, os.cpu_count() or 1))
         try:
             models = [LiteEventModel(path, num_threads=1) for _ in range(workers)]
         except LiteModelError as e:
