@@ -15,7 +15,6 @@ version that loads but cannot answer is rejected before it takes traffic.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
@@ -291,7 +290,3 @@ def warm_up(servable: Any) -> None:
                     INTERNAL, f"signature {sig.name!r} output {alias!r} has shape {list(value.shape)} for one row"
                 )
 
-
-def describe(servable: Servable) -> str:
-    """One line for logs: platform and signatures."""
-    return json.dumps({"platform": servable.platform, "signatures": sorted(servable.signatures)})

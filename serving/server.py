@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import UserError
 from serving.grpc_service import GrpcServer
-from serving.manager import AVAILABLE, ModelManager
+from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.rest import RestServer
 from serving.versions import VersionPolicy, validate_model_name
@@ -122,5 +122,3 @@ class ModelServer:
             self.grpc.stop()
         self.manager.stop()
 
-
-__all__ = ["AVAILABLE", "ModelServer", "ServerOptions"]
