@@ -239,13 +239,14 @@ class ModelManager:
     def _load(self, version: int, path: str) -> None:
         self._set_status(VersionStatus(version, LOADING))
         started = time.monotonic()
+        files = fingerprint(path)  # taken before loading: files written meanwhile trigger a retry
         try:
             servable = load_servable(path, self.prefer_tflite)
         except Exception as e:  # noqa: BLE001  (any failure goes into the version's status)
             message = str(e) if isinstance(e, LoadError) else f"{type(e).__name__}: {e}"
             log.error("loading %s version %d from %s failed: %s", self.model_name, version, path, message)
             with self._lock:
-                self._failed_fingerprints[version] = fingerprint(path)
+                self._failed_fingerprints[version] = files
                 self._set_status(VersionStatus(version, END, UNKNOWN, message))
                 self._pending.discard(version)
                 self._changed.notify_all()
