@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import threading
 import time
 
@@ -393,3 +394,11 @@ def test_new_version_under_load_fails_no_request_and_corrupt_version_keeps_old(l
     assert code == 200 and answer["predictions"][0]["class_name"] == "vehicle"
     code, body = ss.get_json(f"{server.url}/v1/models/{NAME}/versions/3")
     assert code == 200 and body["model_version_status"][0]["state"] == "END"
+
+    # Repairing version 3 in place (a valid SavedModel of the "person" model) retries the load.
+    version3 = os.path.join(model_dir, "3")
+    os.remove(os.path.join(version3, "saved_model.pb"))
+    shutil.copytree(ss.saved_model(1), version3, dirs_exist_ok=True)
+    server.wait_status(NAME, ss.available([3]))
+    code, answer = ss.post_json(_predict_url(server), {"instances": [ss.b64_instance(frames)]})
+    assert code == 200 and answer["predictions"][0]["class_name"] == "person"
