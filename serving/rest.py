@@ -36,6 +36,7 @@ PREDICT_RE = re.compile(
 STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
 API_RE = re.compile(r"/v1/.*", re.I)
 METRICS_PATH = "/monitoring/prometheus/metrics"
+DRAIN_LIMIT = 16 * 1024 * 1024
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -88,6 +89,14 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise invalid(f"Content-Length {length!r} is not a number") from None
         if n > limit:
+            # Read (and drop) a moderately large body before answering, so the client sees the
+            # 413 rather than a connection reset; beyond DRAIN_LIMIT the connection just closes.
+            remaining = n if n <= DRAIN_LIMIT else 0
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
             raise _TooLarge(n, limit)
         return self.rfile.read(n) if n > 0 else b""
 
