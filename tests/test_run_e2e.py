@@ -22,6 +22,11 @@ TINY = [
 ]  # fmt: skip
 
 
+def versions(model_dir):
+    """Version directories as TF Serving sees them (all-digit names; pushes stage in hidden dirs)."""
+    return sorted(d for d in os.listdir(model_dir) if d.isdigit())
+
+
 def eventpipe(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
@@ -61,8 +66,7 @@ def test_run_writes_every_section_and_artifact(first_run):
     assert report["release"]["blessed"] is True
     assert report["push"]["pushed"]
     serving = root / "work" / "serving" / "eventpipe"
-    versions = sorted(os.listdir(serving))
-    assert versions == ["1"] and os.path.exists(serving / "1" / "saved_model.pb")
+    assert versions(serving) == ["1"] and os.path.exists(serving / "1" / "saved_model.pb")
     assert os.path.exists(root / "work" / "serving" / "eventpipe-teacher" / "1" / "saved_model.pb")
     mobile = root / "work" / "mobile" / "eventpipe" / "1"
     release = json.loads((mobile / "release.json").read_text())
@@ -84,7 +88,7 @@ def test_rerun_with_unchanged_inputs_is_served_from_the_mlmd_cache(first_run):
     connection = runners.metadata_connection(cfg)
     for node in ("EventExampleGen", "StatisticsGen", "TeacherTrainer", "Distiller", "LiteConverter"):
         assert outputs.execution_count(connection, node) == {"COMPLETE": 1, "CACHED": 1}, node
-    assert sorted(os.listdir(root / "work" / "serving" / "eventpipe")) == ["1"]  # nothing re-pushed
+    assert versions(root / "work" / "serving" / "eventpipe") == ["1"]  # nothing re-pushed
 
     result = eventpipe(*args, "--no-cache", "--through", "validate", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
