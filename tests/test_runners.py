@@ -1,0 +1,64 @@
+"""Runners and the user-facing edges of the CLI: metadata URLs, Beam args, BeamDagRunner, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import eventdata as ed
+from pipeline import runners
+from pipeline.config import Config
+from pipeline.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def eventpipe(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def test_mysql_metadata_url_becomes_a_connection_config():
+    cfg = Config()
+    cfg.run.metadata = "mysql://ml%40team:s3cret@db.internal:3307/mlmd"
+    conn = runners.metadata_connection(cfg)
+    assert (conn.mysql.host, conn.mysql.port, conn.mysql.database) == ("db.internal", 3307, "mlmd")
+    assert (conn.mysql.user, conn.mysql.password) == ("ml@team", "s3cret")
+    for bad in ("postgres://h/db", "mysql://host-only", "mysql:///db"):
+        cfg.run.metadata = bad
+        with pytest.raises(UserError, match="mysql://"):
+            runners.metadata_connection(cfg)
+
+
+def test_beam_args_direct_runner_workers_and_pass_through():
+    cfg = Config()
+    assert runners.beam_args(cfg) == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    cfg.run.beam_workers = 2
+    assert "--direct_num_workers=2" in runners.beam_args(cfg)
+    cfg.run.beam_args = ["--runner=FlinkRunner", "--flink_master=host:8081"]
+    assert runners.beam_args(cfg) == ["--runner=FlinkRunner", "--flink_master=host:8081"]
+
+
+def test_user_errors_are_one_line(tmp_path):
+    r = eventpipe("validate", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("eventpipe validate: error: data path")
+    assert "Traceback" not in r.stderr
+    r = eventpipe("run", "--data", str(tmp_path), "--set", "teacher.stepz=3", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown config key 'teacher.stepz'" in r.stderr and "Traceback" not in r.stderr
+    r = eventpipe("run", "--data", str(tmp_path), "--metadata", "sqlite://x", cwd=tmp_path)
+    assert r.returncode == 2 and "--metadata must be mysql://" in r.stderr
+
+
+def test_validate_with_the_beam_dag_runner_and_two_beam_workers(tmp_path):
+    ed.write_manifest(str(tmp_path / "data"), [ed.event(f"e{i}", label="ab"[i % 2]) for i in range(40)])
+    work = tmp_path / "w"
+    r = eventpipe("validate", "--data", str(tmp_path / "data"), "--workdir", str(work), "--runner", "beam",
+                  "--beam-workers", "2", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = json.loads((work / "report.json").read_text())["events"]
+    assert (events["read"], events["accepted"]) == (40, 40)
