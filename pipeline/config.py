@@ -106,6 +106,7 @@ class LiteConfig:
     measure_latency: bool = True  # p50/p99 per event of every variant (batch 1, 1 thread)
     latency_runs: int = 200
     latency_warmup: int = 20
+    latency_rounds: int = 10  # variants are timed in alternating rounds (fair on a busy machine)
     seed: int = 0
 
 

@@ -4,14 +4,15 @@
   registered op statistics (convolutions, matmuls, elementwise ops; ``Einsum`` — used by
   attention — is registered here since TensorFlow has no statistic for it).
 - Bytes: raw and gzipped (a directory is measured as a gzipped tar of its files).
-- Latency: batch 1, one thread, p50/p99 over ``runs`` calls after ``warmup``, each measurement
-  in a fresh subprocess so thread settings apply from the start and variants do not share
-  caches. TFLite latency runs in a process where ``import tensorflow`` fails
-  (``tflite_runtime`` only), as on a device.
+- Latency: batch 1, one thread, p50/p99 over ``runs`` calls after ``warmup``. Each model lives
+  in its own subprocess (thread settings apply from the start, no shared caches) and the
+  variants are timed in alternating rounds, so load from other work on the machine hits them
+  alike. TFLite runs in a process where ``import tensorflow`` fails (``tflite_runtime`` only),
+  as on a device.
 
-Command line (used by ``latency``)::
+Worker command line (used by ``latencies``; reads a number N per line, prints N timings)::
 
-    python -m trainer.measure latency --kind {savedmodel,keras,tflite} --path P --runs N --warmup W
+    python -m trainer.measure worker --kind {savedmodel,keras,tflite} --path P --warmup W
 """
 
 from __future__ import annotations
@@ -152,45 +153,92 @@ def summarize(times_s: list[float]) -> dict[str, float]:
     }
 
 
-def latency(kind: str, path: str, *, runs: int = 200, warmup: int = 20, timeout: float = 600) -> dict[str, Any]:
-    """p50/p99 latency per event (batch 1, 1 thread) of a model file/dir, in a fresh subprocess."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update({"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"})
-    command = [sys.executable, "-m", "trainer.measure", "latency", "--kind", kind, "--path", path,
-               "--runs", str(runs), "--warmup", str(warmup)]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"latency measurement of {path} ({kind}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return env
 
 
-def _time_calls(call: Any, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+class _Worker:
+    """A subprocess holding one loaded model; times ``n`` calls when asked (line protocol)."""
+
+    def __init__(self, kind: str, path: str, warmup: int) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.path = kind, path
+        command = [sys.executable, "-m", "trainer.measure", "worker", "--kind", kind, "--path", path,
+                   "--warmup", str(warmup)]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=_worker_env(), cwd=REPO_ROOT, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.info = self._reply()
+
+    def _reply(self) -> dict[str, Any]:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(timeout=30)
+            raise RuntimeError(
+                f"latency measurement of {self.path} ({self.kind}) failed:\n{self.process.stderr.read()[-3000:]}"
+            )
+        return json.loads(line)
+
+    def time(self, runs: int) -> list[float]:
+        self.process.stdin.write(f"{runs}\n")
+        self.process.stdin.flush()
+        return self._reply()["times"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
-def _measure_tflite(path: str, runs: int, warmup: int) -> dict[str, Any]:
+def latencies(
+    variants: dict[str, tuple[str, str]], *, runs: int = 200, warmup: int = 20, rounds: int = 10
+) -> dict[str, dict[str, Any]]:
+    """p50/p99 per event (batch 1, 1 thread) of several models, measured side by side.
+
+    ``variants``: name -> (kind, path). Each model is loaded once in its own subprocess; the
+    ``runs`` calls are split into ``rounds`` that alternate between the models, so a busy
+    machine slows every variant alike and the ratios stay meaningful.
+    """
+    workers: dict[str, _Worker] = {}
+    try:
+        for name, (kind, path) in variants.items():
+            workers[name] = _Worker(kind, path, warmup)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        rounds = max(1, min(rounds, runs))
+        for r in range(rounds):
+            share = runs // rounds + (1 if r < runs % rounds else 0)
+            for name, worker in workers.items():
+                times[name].extend(worker.time(share))
+        return {name: {**summarize(times[name]), **workers[name].info} for name in variants}
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def latency(kind: str, path: str, *, runs: int = 200, warmup: int = 20) -> dict[str, Any]:
+    """p50/p99 latency per event (batch 1, 1 thread) of one model file/dir, in a fresh subprocess."""
+    return latencies({"model": (kind, path)}, runs=runs, warmup=warmup, rounds=1)["model"]
+
+
+def _load_tflite(path: str) -> tuple[Any, dict[str, Any]]:
     sys.modules["tensorflow"] = None  # type: ignore[assignment]  # a device has no TensorFlow
     from trainer.lite_runtime import LiteEventClassifier
 
     classifier = LiteEventClassifier(path, num_threads=1)
-    rng = np.random.default_rng(0)
-    prepared = classifier.prepare(rng.uniform(0, 1, classifier.input_shape).astype(np.float32))
-    result = summarize(_time_calls(lambda: classifier.invoke(prepared), runs, warmup))
-    result["tensorflow_imported"] = False
-    return result
+    prepared = classifier.prepare(np.random.default_rng(0).uniform(0, 1, classifier.input_shape).astype(np.float32))
+    return (lambda: classifier.invoke(prepared)), {"kind": "tflite", "tensorflow_imported": False}
 
 
-def _measure_tf(kind: str, path: str, runs: int, warmup: int) -> dict[str, Any]:
+def _load_tf(kind: str, path: str) -> tuple[Any, dict[str, Any]]:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -204,7 +252,7 @@ def _measure_tf(kind: str, path: str, runs: int, warmup: int) -> dict[str, Any]:
         loaded = tf.saved_model.load(path)
         signature = loaded.signatures[layout.DECODED_SIGNATURE]
 
-        def run(x: Any) -> Any:
+        def run(x: Any, _owner: Any = loaded) -> Any:
             return signature(**{layout.DECODED_INPUT: x})[layout.OUT_PROBABILITIES].numpy()
     else:
         from trainer.student_model import load_keras
@@ -217,25 +265,34 @@ def _measure_tf(kind: str, path: str, runs: int, warmup: int) -> dict[str, Any]:
             return fn(x)["logits"].numpy()
 
     x = tf.constant(np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32))
-    return summarize(_time_calls(lambda: run(x), runs, warmup))
+    return (lambda: run(x)), {"kind": kind}
+
+
+def _serve(kind: str, path: str, warmup: int) -> int:
+    """Worker loop: load, warm up, say ready; then for each line N on stdin time N calls."""
+    call, info = _load_tflite(path) if kind == "tflite" else _load_tf(kind, path)
+    for _ in range(warmup):
+        call()
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        print(json.dumps({"times": times}), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.measure")
     sub = parser.add_subparsers(dest="command", required=True)
-    lat = sub.add_parser("latency", help="latency per event at batch 1, 1 thread; prints JSON")
-    lat.add_argument("--kind", choices=KINDS, required=True)
-    lat.add_argument("--path", required=True)
-    lat.add_argument("--runs", type=int, default=200)
-    lat.add_argument("--warmup", type=int, default=20)
+    worker = sub.add_parser("worker", help="hold one model; time N calls per line N read from stdin (JSON out)")
+    worker.add_argument("--kind", choices=KINDS, required=True)
+    worker.add_argument("--path", required=True)
+    worker.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args(argv)
-    if args.kind == "tflite":
-        result = _measure_tflite(args.path, args.runs, args.warmup)
-    else:
-        result = _measure_tf(args.kind, args.path, args.runs, args.warmup)
-    result["kind"] = args.kind
-    print(json.dumps(result))
-    return 0
+    return _serve(args.kind, args.path, args.warmup)
 
 
 if __name__ == "__main__":

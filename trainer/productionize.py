@@ -37,26 +37,31 @@ TRADEOFF_PNG = "variants.png"
 CONFUSION_PNG = "confusion_int8.png"
 
 
-def _variant_measurements(
-    name: str,
-    kind: str,
-    path: str,
-    *,
-    cfg: LiteConfig,
-    keras_path: str | None = None,
-) -> dict[str, Any]:
+def _variant_entry(kind: str, path: str, keras_path: str | None = None) -> dict[str, Any]:
     from trainer import measure
 
     entry: dict[str, Any] = {"format": kind, "path": path, "bytes": measure.path_bytes(path)}
     if keras_path:
         entry["keras_path"] = keras_path
         entry["keras_bytes"] = measure.path_bytes(keras_path)
-    if cfg.measure_latency:
-        latency = {kind: measure.latency(kind, path, runs=cfg.latency_runs, warmup=cfg.latency_warmup)}
-        if keras_path:
-            latency["keras"] = measure.latency("keras", keras_path, runs=cfg.latency_runs, warmup=cfg.latency_warmup)
-        entry["latency"] = latency
     return entry
+
+
+def _measure_latencies(variants: dict[str, dict[str, Any]], cfg: LiteConfig) -> None:
+    """Every variant's latency (its own format, plus Keras for the students), side by side."""
+    from trainer import measure
+
+    jobs: dict[str, tuple[str, str]] = {}
+    for name, entry in variants.items():
+        jobs[f"{name}/{entry['format']}"] = (entry["format"], entry["path"])
+        if entry.get("keras_path"):
+            jobs[f"{name}/keras"] = ("keras", entry["keras_path"])
+    results = measure.latencies(
+        jobs, runs=cfg.latency_runs, warmup=cfg.latency_warmup, rounds=cfg.latency_rounds
+    )
+    for job, result in results.items():
+        name, kind = job.split("/")
+        variants[name].setdefault("latency", {})[kind] = result
 
 
 def run_lite_conversion(
@@ -135,26 +140,24 @@ def run_lite_conversion(
     student_flops = measure.keras_flops_per_event(model, spec.input_shape)
     variants: dict[str, dict[str, Any]] = {}
     if teacher_dir:
-        variants["teacher"] = _variant_measurements("teacher", "savedmodel", teacher_dir, cfg=cfg)
+        variants["teacher"] = _variant_entry("savedmodel", teacher_dir)
         variants["teacher"].update(
             params=measure.saved_model_params(teacher_dir), flops_per_event=measure.saved_model_flops_per_event(teacher_dir)
         )
-    variants["student_float"] = _variant_measurements(
-        "student_float", "savedmodel", os.path.join(student_dir, FLOAT_DIR), cfg=cfg, keras_path=float_keras
-    )
+    variants["student_float"] = _variant_entry("savedmodel", os.path.join(student_dir, FLOAT_DIR), float_keras)
     variants["student_float"].update(params=student_params, flops_per_event=student_flops)
     if has_pruned:
-        variants["student_pruned"] = _variant_measurements(
-            "student_pruned", "savedmodel", serving_dir, cfg=cfg, keras_path=pruned_keras
-        )
+        variants["student_pruned"] = _variant_entry("savedmodel", serving_dir, pruned_keras)
         variants["student_pruned"].update(
             params=student_params,
             flops_per_event=student_flops,
             sparsity=distill_report.get("pruning", {}).get("sparsity"),
         )
     for variant, filename in (("int8", INT8_FILE), ("float16", FLOAT16_FILE)):
-        variants[variant] = _variant_measurements(variant, "tflite", os.path.join(output_dir, filename), cfg=cfg)
+        variants[variant] = _variant_entry("tflite", os.path.join(output_dir, filename))
         variants[variant].update(params=student_params, flops_per_event=student_flops, **converted[variant].info())
+    if cfg.measure_latency:
+        _measure_latencies(variants, cfg)
     for name, entry in variants.items():
         entry["accuracy"] = preds[name].accuracy()
         entry["agreement_with_" + reference] = preds[name].agreement(preds[reference])
