@@ -245,3 +245,24 @@ def test_sizes_and_flops_are_sane(tmp_path):
     assert measure.count_params(model) == 20 * 20 + 20
     stats = measure.summarize([0.001] * 98 + [0.010, 0.020])
     assert stats["p50_ms"] == pytest.approx(1.0) and stats["p99_ms"] > 9.0 and stats["runs"] == 100
+
+
+def test_uint8_input_takes_camera_pixels_unchanged():
+    from trainer.lite import convert_variant
+    from trainer.lite_runtime import LiteEventClassifier
+    from trainer.student_model import build_student
+
+    model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
+    rng = np.random.default_rng(0)
+    representative = [rng.uniform(size=(1, *SPEC.input_shape)).astype(np.float32) for _ in range(8)]
+    representative[0].reshape(-1)[:2] = [0.0, 1.0]  # what representative_events does: pin [0, 1]
+    lite_model = convert_variant(model, SPEC, "int8", representative=representative, input_type="uint8")
+    assert lite_model.metadata["input"]["dtype"] == "uint8"
+    assert lite_model.metadata["input"]["quantization"]["zero_point"] == 0
+    classifier = LiteEventClassifier(lite_model.content)
+    pixels = rng.integers(0, 256, size=SPEC.input_shape).astype(np.uint8)
+    prepared = classifier.prepare_pixels(pixels)
+    assert prepared.dtype == np.uint8
+    np.testing.assert_array_equal(prepared.reshape(SPEC.input_shape), pixels)  # q = pixel exactly
+    out = classifier.classify(pixels / 255.0)
+    assert out["class_name"] in SPEC.classes and out["probabilities"].sum() == pytest.approx(1.0, rel=1e-5)
