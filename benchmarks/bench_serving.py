@@ -7,9 +7,10 @@ by ``eventpipe serve`` in a subprocess on loopback.
 
 Measured per backend:
 - latency: one event per request, sequential, keep-alive: in-process ``servable.run`` (the
-  same code the server calls, in its own fresh process), REST (``http.client``) and gRPC
-  (``PredictionServiceStub``) p50/p99, in alternating rounds so background load hits all
-  alike; added ms and ratio at p50 vs in-process;
+  same code the server calls), REST (``http.client``) and gRPC (``PredictionService/Predict``
+  with a serialized ``PredictRequest``, what a stub sends), each client in its own clean
+  process, p50/p99 in alternating rounds so background load hits all alike; added ms and
+  ratio at p50 vs in-process;
 - throughput (requests/s) at 1/4/16 concurrent clients over REST and gRPC, with dynamic
   batching off (``--max-batch-size 0``) and on (``--max-batch-size 16 --batch-timeout-ms 2``);
   clients are threads in up to 4 worker processes that import neither TensorFlow nor
@@ -135,49 +136,15 @@ def _baseline_worker(base: str) -> None:
         print(json.dumps(times), flush=True)
 
 
-class RestClient:
-    def __init__(self, port: int, body: bytes) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.body = body
+def grpc_request_bytes(frames: list[bytes]) -> bytes:
+    """A serialized PredictRequest for one event (clients send it without importing TensorFlow)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
 
-    def __call__(self) -> None:
-        self.conn.request("POST", f"/v1/models/{NAME}:predict", self.body, {"Content-Type": "application/json"})
-        response = self.conn.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
-
-
-class GrpcClient:
-    def __init__(self, target: str, frames: list[bytes]) -> None:
-        import grpc
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-        self.channel = grpc.insecure_channel(target)
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.request = self.request_for(frames)
-
-    @staticmethod
-    def request_for(frames: list[bytes]):
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = NAME
-        request.inputs["frames"].CopyFrom(tf.make_tensor_proto([frames]))
-        return request
-
-    def __call__(self) -> None:
-        self.stub.Predict(self.request, timeout=60)
-
-
-def timed(client, requests: int) -> list[float]:
-    times = []
-    for _ in range(requests):
-        t = time.perf_counter()
-        client()
-        times.append(time.perf_counter() - t)
-    return times
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = NAME
+    request.inputs["frames"].CopyFrom(tf.make_tensor_proto([frames]))
+    return request.SerializeToString()
 
 
 ROUNDS = 6
@@ -252,11 +219,40 @@ def loop(i):
         except Exception as e:
             errors.append(str(e)[:200]); return
 
+if nthreads == 0:  # latency mode: each stdin line N -> N sequential calls, their durations
+    call = make_call()
+    for _ in range(20):
+        call()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t = time.perf_counter(); call(); times.append(time.perf_counter() - t)
+        print(json.dumps(times), flush=True)
+    sys.exit(0)
 threads = [threading.Thread(target=loop, args=(i,)) for i in range(nthreads)]
 for t in threads: t.start()
 for t in threads: t.join()
 print(json.dumps({"count": sum(counts), "errors": len(errors), "first_error": errors[0] if errors else ""}))
 """
+
+
+class LatencyClient:
+    """One sequential keep-alive client in its own clean process, driven over a pipe."""
+
+    def __init__(self, api: str, target: str, payload: bytes, scratch: str) -> None:
+        path = os.path.join(scratch, f"latency-{api}")
+        with open(path, "wb") as f:
+            f.write(payload)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CLIENT_WORKER, api, target, "0", "0", "0", path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{api} latency client failed to start")
+
+    measure = InProcessBaseline.measure
+    close = InProcessBaseline.close
 
 
 def batch_stats(port: int) -> dict[str, float]:
@@ -275,7 +271,7 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
     from serving_support import ServerProcess, available, b64_instance
 
     body = json.dumps({"instances": [b64_instance(frames)]}).encode()
-    grpc_payload = GrpcClient.request_for(frames).SerializeToString()
+    grpc_payload = grpc_request_bytes(frames)
     scratch = os.path.join(os.path.dirname(base), f"clients-{name}")  # inside the bench workdir
     os.makedirs(scratch, exist_ok=True)
     result: dict = {"backend": name}
@@ -287,19 +283,20 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
             mode = "batching" if batching else "no_batching"
             entry: dict = {}
             print(f"[{name}] latency, server {mode} ...", flush=True)
-            clients = {"rest": RestClient(server.rest_port, body), "grpc": GrpcClient(server.grpc_target, frames)}
-            samples: dict[str, list[float]] = {"in_process": [], "rest": [], "grpc": []}
-            baseline = InProcessBaseline(base) if not batching else None
-            for client in clients.values():
-                timed(client, 20)  # connect, warm up
+            clients = {
+                "rest": LatencyClient("rest", f"127.0.0.1:{server.rest_port}", body, scratch),
+                "grpc": LatencyClient("grpc", server.grpc_target, grpc_payload, scratch),
+            }
+            if not batching:
+                clients["in_process"] = InProcessBaseline(base)
+            samples: dict[str, list[float]] = {api: [] for api in clients}
             per_round = max(1, args.requests // ROUNDS)
             for _ in range(ROUNDS):
-                if baseline is not None:
-                    samples["in_process"] += baseline.measure(per_round)
                 for api, client in clients.items():
-                    samples[api] += timed(client, per_round)
-            if baseline is not None:
-                baseline.close()
+                    samples[api] += client.measure(per_round)
+            for client in clients.values():
+                client.close()
+            if not batching:
                 result["in_process"] = percentiles(samples["in_process"])
             entry["rest_latency"] = percentiles(samples["rest"])
             entry["grpc_latency"] = percentiles(samples["grpc"])
