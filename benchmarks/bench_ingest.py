@@ -6,7 +6,7 @@ Measured side by side in one run (the machine may be shared: compare the ratios)
 2. the floor: the same frame bytes written as gzipped TFRecords of the layout by one process
    (read manifest + frame files, ``layout.make_example``, ``tf.io.TFRecordWriter``) — the I/O
    limit any ingest has to pay;
-3. ``EventExampleGen``'s Beam graph (``executor.build_ingest`` + ``finish_outputs``: every event
+3. ``EventExampleGen``'s Beam graph (``beam_graph.build_ingest`` + ``finish_outputs``: every event
    read, checked, fully decoded, deduplicated, split, written) on the DirectRunner, in-memory
    and multi-processing with ``--workers`` processes, as a ratio to the floor;
 4. peak RSS of the whole process tree of ingest at ``--events`` and ``--large`` events (it
@@ -207,7 +207,7 @@ def measure_ingest(a: argparse.Namespace) -> dict[str, Any]:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from components.event_example_gen import executor
+    from components.event_example_gen import beam_graph
     from pipeline.config import Config, DataConfig
     from pipeline.runners import beam_args
 
@@ -219,8 +219,8 @@ def measure_ingest(a: argparse.Namespace) -> dict[str, Any]:
 
     def work() -> dict[str, Any]:
         with beam.Pipeline(options=options) as p:
-            executor.build_ingest(p, a.data, data, examples, quarantine)
-        return executor.finish_outputs(examples, quarantine, data)
+            beam_graph.build_ingest(p, a.data, data, examples, quarantine)
+        return beam_graph.finish_outputs(examples, quarantine, data)
 
     m = _timed(work)
     summary = m.pop("result")

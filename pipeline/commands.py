@@ -107,7 +107,7 @@ def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """The events/quarantine/anomalies/gate part of report.json from this run's outputs."""
     import json
 
-    from components.event_example_gen.executor import SUMMARY_FILE
+    from components.event_example_gen.beam_graph import SUMMARY_FILE
     from components.ingest_gate.component import read_anomalies, verdict
 
     gen = found["EventExampleGen"]

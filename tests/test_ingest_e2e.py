@@ -12,7 +12,7 @@ import apache_beam as beam
 import eventdata as ed
 import pytest
 
-from components.event_example_gen import executor
+from components.event_example_gen import beam_graph
 from pipeline import layout
 from pipeline.config import DataConfig, SimulatorConfig
 from pipeline.simulator.writer import generate
@@ -101,8 +101,8 @@ def test_gate_stops_with_reasons_and_quarantine_path(dirty_data, tmp_path):
 def run_ingest(root, out, data=None):
     data = data or DataConfig()
     with beam.Pipeline() as p:
-        executor.build_ingest(p, str(root), data, str(out / "examples"), str(out / "quarantine"))
-    return executor.finish_outputs(str(out / "examples"), str(out / "quarantine"), data)
+        beam_graph.build_ingest(p, str(root), data, str(out / "examples"), str(out / "quarantine"))
+    return beam_graph.finish_outputs(str(out / "examples"), str(out / "quarantine"), data)
 
 
 def test_image_folder_tree_single_frame_grayscale(tmp_path):
@@ -150,3 +150,14 @@ def test_tfrecord_input_is_rechecked(tmp_path):
     assert summary["rejected_by_reason"] == {"malformed_line": 1}
     q = [json.loads(line) for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*")) for line in open(f)]
     assert q[0]["source"].startswith("zz-corrupt.tfrecord:")
+
+
+def test_duplicate_with_inline_frames_is_quarantined_verbatim(tmp_path):
+    """Inline-frame lines are not staged twice; a duplicate is re-read from its manifest."""
+    records = [ed.event(f"e{i}", label="ab"[i % 2]) for i in range(6)]
+    duplicate = ed.event("e2", label="b", frames=1)
+    ed.write_manifest(str(tmp_path / "data"), records + [duplicate])
+    summary = run_ingest(tmp_path / "data", tmp_path / "out")
+    assert summary["rejected_by_reason"] == {"duplicate_id": 1} and summary["accepted"] == 6
+    (line,) = [json.loads(x) for f in glob.glob(str(tmp_path / "out" / "quarantine" / "quarantine-dup*")) for x in open(f)]
+    assert line["record"] == duplicate and line["source"] == "events.jsonl:7"

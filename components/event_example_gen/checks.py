@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import io
 import os
 import re
@@ -52,6 +53,11 @@ class Rules:
     max_frames: int
     classes: tuple[str, ...] = ()  # empty: any label is accepted (the vocabulary is derived)
     max_frame_bytes: int = 8 * 1024 * 1024
+
+    @functools.cached_property
+    def real_root(self) -> str:
+        """The data root with symlinks resolved, once (every frame path is checked against it)."""
+        return os.path.realpath(self.data_root)
 
 
 @dataclass
@@ -154,7 +160,7 @@ def _load_frame(ref: Any, index: int, base_dir: str, rules: Rules) -> bytes:
             raise _Reject(UNDECODABLE_FRAME, f"frame {index}: 'b64' is not valid base64") from None
     if not isinstance(ref, str) or not ref:
         raise _Reject(BAD_FRAME_REF, f"frame {index} must be a relative path or {{'b64': ...}}, got {str(ref)[:80]!r}")
-    root = os.path.realpath(rules.data_root)
+    root = rules.real_root
     path = os.path.realpath(os.path.join(base_dir, ref))
     if os.path.isabs(ref) or os.path.commonpath([root, path]) != root:
         raise _Reject(PATH_ESCAPE, f"frame {index} path {ref!r} points outside the data directory {rules.data_root}")

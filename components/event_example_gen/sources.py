@@ -202,3 +202,17 @@ def _text(feats: Any, name: str) -> str | None:
     if name not in feats or not feats[name].bytes_list.value:
         return None
     return feats[name].bytes_list.value[0].decode("utf-8", errors="replace")
+
+
+def reread_line(root: str, source: str) -> str:
+    """The manifest line ``source`` ("<file relative to root>:<line>") as written; "" if gone."""
+    rel, _, number = source.rpartition(":")
+    path = os.path.join(root, rel)
+    try:
+        with open(path, "rb") as f:
+            for i, line in enumerate(f, start=1):
+                if i == int(number):
+                    return line.decode("utf-8", errors="replace").rstrip("\r\n")
+    except (OSError, ValueError):
+        pass
+    return ""

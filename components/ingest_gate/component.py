@@ -9,7 +9,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.artifacts import IngestBlessing, Quarantine
-from components.event_example_gen.executor import SUMMARY_FILE
+from components.event_example_gen.beam_graph import SUMMARY_FILE
 from pipeline.errors import GateFailed
 
 VERDICT_FILE = "verdict.json"

@@ -1,0 +1,341 @@
+"""The ingest Beam graph of EventExampleGen (no TFX import: Beam workers load only this).
+
+Two passes keep memory flat at any scale (the DirectRunner materialises whatever crosses
+a stage boundary, so frame bytes must not): pass 1 reads and checks every event, streams
+rejections to the quarantine and check-passed events to staging TFRecords, and emits a
+small metadata record per event. Duplicate ids, the vocabulary and the summary are
+computed from the metadata alone. Pass 2 streams the staging records back, drops all but
+the first occurrence of a duplicated id, assigns label ids and writes the splits.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import shutil
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+
+from components.event_example_gen import checks, sources
+from pipeline import layout
+from pipeline.config import DataConfig
+
+SUMMARY_FILE = "summary.json"
+QUARANTINE_PREFIX = "quarantine"
+_SOURCE = "_eventpipe_source"  # staging-only features, stripped before the final write
+_RAW = "_eventpipe_raw"
+
+
+class Meta(NamedTuple):
+    """What pass 1 keeps per event for the cross-event decisions: small, frame-free."""
+
+    reason: str | None  # None: passed the checks
+    event_id: str = ""
+    source: str = ""
+    order: tuple[str, int] = ("", 0)
+    label: str | None = None
+    frames: int = 0
+    height: int = 0
+    width: int = 0
+    channels: int = 0
+
+
+def split_of(event_id: str, labelled: bool, eval_percent: int) -> str:
+    """Deterministic split: unlabelled apart; labelled by a hash of the event id."""
+    if not labelled:
+        return layout.UNLABELLED_SPLIT
+    bucket = int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:8], "big") % 100
+    return layout.EVAL if bucket < eval_percent else layout.TRAIN
+
+
+def _quarantine_line(event: sources.RawEvent, rejected: checks.Rejected) -> str:
+    entry: dict[str, Any] = {
+        "reason": rejected.reason,
+        "detail": rejected.detail,
+        "source": event.source,
+        "event_id": rejected.event_id,
+    }
+    if event.record is not None and not event.inline_frames:
+        entry["record"] = event.record
+    else:
+        entry["raw"] = event.raw  # the line as read, or the serialized tf.Example in base64
+    return json.dumps(entry, sort_keys=True)
+
+
+class _ReadAndCheck(beam.DoFn):
+    """Pass 1 for one input unit: outputs 'meta' (small dicts), 'rejected', main = staging examples."""
+
+    def __init__(self, root: str, rules: checks.Rules) -> None:
+        self._root, self._rules = root, rules
+
+    def process(self, unit: sources.Unit):
+        for event in sources.read_unit(unit, self._root):
+            result = checks.check(event, self._rules)
+            if isinstance(result, checks.Rejected):
+                yield beam.pvalue.TaggedOutput("meta", Meta(result.reason))
+                yield beam.pvalue.TaggedOutput("rejected", _quarantine_line(event, result))
+                continue
+            yield beam.pvalue.TaggedOutput(
+                "meta",
+                Meta(None, result.event_id, event.source, event.order, result.label,
+                     len(result.frames), result.height, result.width, result.channels),
+            )  # fmt: skip
+            example = layout.make_example(
+                frames=result.frames,
+                height=result.height,
+                width=result.width,
+                channels=result.channels,
+                label=layout.UNLABELLED,
+                label_name=result.label or "",
+                event_id=result.event_id,
+                device_id=result.device_id,
+                timestamp=result.timestamp,
+            )
+            feats = example.features.feature
+            feats[_SOURCE].bytes_list.value.append(event.source.encode())
+            feats[_RAW].bytes_list.value.append(_staged_raw(event).encode())
+            yield example.SerializeToString()
+
+
+def _staged_raw(event: sources.RawEvent) -> str:
+    """The original record for a possible duplicate_id quarantine entry, without doubling frames.
+
+    Inline ``{"b64"}`` frames are already in the staged example; such a line is re-read from its
+    manifest in the rare case it turns out to be a duplicate ("" here).
+    """
+    if event.inline_frames:  # TFRecord input: the record names its frames, the bytes are staged
+        return json.dumps(event.record)
+    if any(isinstance(f, dict) for f in event.record.get("frames", [])):
+        return ""
+    return event.raw
+
+
+class _Finalize(beam.DoFn):
+    """Pass 2: keep the first occurrence of each id, set the label id, route to a split."""
+
+    def __init__(self, eval_percent: int, root: str) -> None:
+        self._eval_percent, self._root = eval_percent, root
+
+    def process(self, serialized: bytes, kept_source: dict[str, str], classes: list[str]):
+        from tensorflow.core.example import example_pb2
+
+        example = example_pb2.Example.FromString(serialized)
+        feats = example.features.feature
+        event_id = feats[layout.EVENT_ID].bytes_list.value[0].decode()
+        source = feats.pop(_SOURCE).bytes_list.value[0].decode()
+        raw = feats.pop(_RAW).bytes_list.value[0].decode()
+        if event_id in kept_source and kept_source[event_id] != source:
+            raw = raw or sources.reread_line(self._root, source) or "null"
+            yield beam.pvalue.TaggedOutput(
+                "rejected",
+                json.dumps(
+                    {
+                        "reason": checks.DUPLICATE_ID,
+                        "detail": f"{source}: event_id {event_id!r} was already accepted from "
+                        f"{kept_source[event_id]}; event ids must be unique",
+                        "source": source,
+                        "event_id": event_id,
+                        "record": json.loads(raw),
+                    },
+                    sort_keys=True,
+                ),
+            )
+            return
+        label = feats[layout.LABEL_NAME].bytes_list.value[0].decode()
+        if label:
+            feats[layout.LABEL].int64_list.value[0] = classes.index(label)
+        yield beam.pvalue.TaggedOutput(split_of(event_id, bool(label), self._eval_percent), example)
+
+
+class _KeepFirst(beam.CombineFn):
+    """Per event id: how many check-passed events carry it, and the first one's metadata."""
+
+    def create_accumulator(self):
+        return (0, None)
+
+    def add_input(self, acc, meta):
+        count, first = acc
+        return count + 1, meta if first is None or meta.order < first.order else first
+
+    def merge_accumulators(self, accs):
+        count, first = 0, None
+        for c, m in accs:
+            count += c
+            if m is not None and (first is None or m.order < first.order):
+                first = m
+        return count, first
+
+    def extract_output(self, acc):
+        return acc
+
+
+class _Summarize(beam.CombineFn):
+    """Counts by reason/split/label and the geometry histogram, from metadata only."""
+
+    def __init__(self, eval_percent: int) -> None:
+        self._eval_percent = eval_percent
+
+    def create_accumulator(self):
+        return collections.Counter()
+
+    def add_input(self, acc, item):
+        kind, value = item
+        if kind == "rejected":
+            acc[("rejected", value)] += 1
+        else:  # ("kept", (count, meta)) — one per distinct check-passed id
+            count, meta = value
+            acc["read_ok"] += count
+            if count > 1:
+                acc[("rejected", checks.DUPLICATE_ID)] += count - 1
+            split = split_of(meta.event_id, meta.label is not None, self._eval_percent)
+            acc[("split", split)] += 1
+            if meta.label is not None:
+                acc[("label", meta.label)] += 1
+            acc[("frames", meta.frames)] += 1
+            acc[("size", (meta.height, meta.width))] += 1
+            acc[("channels", meta.channels)] += 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        total = collections.Counter()
+        for a in accs:
+            total.update(a)
+        return total
+
+    def extract_output(self, acc):
+        def group(name):
+            return {k[1]: v for k, v in acc.items() if isinstance(k, tuple) and k[0] == name}
+
+        rejected = group("rejected")
+        splits = group("split")
+        return {
+            "read": acc["read_ok"] + sum(v for r, v in rejected.items() if r != checks.DUPLICATE_ID),
+            "accepted": sum(splits.values()),
+            "rejected": sum(rejected.values()),
+            "unlabelled": splits.get(layout.UNLABELLED_SPLIT, 0),
+            "rejected_by_reason": dict(sorted(rejected.items())),
+            "splits": dict(sorted(splits.items())),
+            "labels": dict(sorted(group("label").items())),
+            "frames_histogram": {str(k): v for k, v in sorted(group("frames").items())},
+            "size_histogram": {f"{h}x{w}": v for (h, w), v in sorted(group("size").items())},
+            "channels_histogram": {str(k): v for k, v in sorted(group("channels").items())},
+        }
+
+
+def build_ingest(
+    p: beam.Pipeline, root: str, data: DataConfig, examples_uri: str, quarantine_uri: str
+) -> None:
+    """Add the whole ingest graph to ``p``; outputs land under the two artifact URIs."""
+    rules = checks.Rules(
+        data_root=os.path.realpath(root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))),
+        max_frames=data.max_frames,
+        classes=tuple(data.classes),
+        max_frame_bytes=data.max_frame_bytes,
+    )
+    units = sources.discover(root)
+    staging = os.path.join(examples_uri, "_staging")
+
+    checked = (
+        p
+        | "Units" >> beam.Create(units, reshuffle=True)
+        | "ReadAndCheck" >> beam.ParDo(_ReadAndCheck(root, rules)).with_outputs("meta", "rejected", main="ok")
+    )
+    checked.rejected | "QuarantineChecks" >> beam.io.WriteToText(
+        os.path.join(quarantine_uri, f"{QUARANTINE_PREFIX}-checks"), file_name_suffix=".jsonl"
+    )
+    staged = checked.ok | "Stage" >> beam.io.WriteToTFRecord(os.path.join(staging, "events"))
+
+    per_id = (
+        checked.meta
+        | "Passed" >> beam.Filter(lambda m: m.reason is None)
+        | "ById" >> beam.Map(lambda m: (m.event_id, m))
+        | "KeepFirst" >> beam.CombinePerKey(_KeepFirst())
+    )
+    kept_source = (
+        per_id
+        | "Duplicated" >> beam.Filter(lambda kv: kv[1][0] > 1)
+        | "KeptSource" >> beam.Map(lambda kv: (kv[0], kv[1][1].source))
+    )
+    if data.classes:
+        classes = p | "ConfiguredClasses" >> beam.Create([list(data.classes)])
+    else:
+        classes = (
+            per_id
+            | "Labels" >> beam.FlatMap(lambda kv: [kv[1][1].label] if kv[1][1].label is not None else [])
+            | "DistinctLabels" >> beam.Distinct()
+            | "Vocabulary" >> beam.combiners.ToList()
+            | "Sorted" >> beam.Map(sorted)
+        )
+
+    summary_items = (
+        checked.meta
+        | "RejectedReasons" >> beam.FlatMap(lambda m: [("rejected", m.reason)] if m.reason else []),
+        per_id | "KeptItems" >> beam.Map(lambda kv: ("kept", kv[1])),
+    ) | "SummaryItems" >> beam.Flatten()
+    summary = summary_items | "Summarize" >> beam.CombineGlobally(_Summarize(data.eval_percent))
+    (
+        (summary, classes)
+        | "SummaryAndClasses" >> beam.Flatten()
+        | "Key" >> beam.Map(lambda x: ("classes", x) if isinstance(x, list) else ("summary", x))
+        | "Together" >> beam.combiners.ToDict()
+        | "AsJson" >> beam.Map(lambda d: json.dumps({**d["summary"], "classes": d["classes"]}, indent=2))
+        | "WriteSummary" >> beam.io.WriteToText(
+            os.path.join(quarantine_uri, SUMMARY_FILE), num_shards=1, shard_name_template=""
+        )
+    )
+
+    final = (
+        staged
+        | "ReadStaged" >> beam.io.ReadAllFromTFRecord()
+        | "Finalize"
+        >> beam.ParDo(
+            _Finalize(data.eval_percent, rules.data_root),
+            kept_source=beam.pvalue.AsDict(kept_source),
+            classes=beam.pvalue.AsSingleton(classes),
+        ).with_outputs("rejected", *layout.SPLITS)
+    )
+    final.rejected | "QuarantineDuplicates" >> beam.io.WriteToText(
+        os.path.join(quarantine_uri, f"{QUARANTINE_PREFIX}-duplicates"), file_name_suffix=".jsonl"
+    )
+    for split in layout.SPLITS:
+        (
+            final[split]
+            | f"Serialize[{split}]" >> beam.Map(lambda e: e.SerializeToString())
+            | f"Write[{split}]"
+            >> beam.io.WriteToTFRecord(
+                os.path.join(layout.split_dir(examples_uri, split), "data_tfrecord"),
+                file_name_suffix=".gz",
+            )
+        )
+
+
+def event_spec_from(summary: dict[str, Any], data: DataConfig) -> layout.EventSpec:
+    """Model geometry and vocabulary: configured values win, else what the data says."""
+    sizes = {tuple(int(v) for v in k.split("x")): n for k, n in summary["size_histogram"].items()}
+    # Most common size; ties go to the larger frame so nothing is downsampled needlessly.
+    common = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))[0] if sizes else (0, 0)
+    frames = max((int(k) for k in summary["frames_histogram"]), default=0)
+    channels = max((int(k) for k in summary["channels_histogram"]), default=0)
+    return layout.EventSpec(
+        classes=tuple(data.classes or summary["classes"]),
+        frames=data.frames or frames,
+        height=data.height or common[0],
+        width=data.width or common[1],
+        channels=data.channels or channels,
+    )
+
+
+def finish_outputs(examples_uri: str, quarantine_uri: str, data: DataConfig) -> dict[str, Any]:
+    """After the Beam run: drop empty splits and staging, write event_spec.json, return the summary."""
+    shutil.rmtree(os.path.join(examples_uri, "_staging"), ignore_errors=True)
+    with open(os.path.join(quarantine_uri, SUMMARY_FILE), encoding="utf-8") as f:
+        summary = json.load(f)
+    for split in layout.SPLITS:
+        if not summary["splits"].get(split):
+            shutil.rmtree(layout.split_dir(examples_uri, split), ignore_errors=True)
+    if summary["accepted"] and summary["classes"]:
+        event_spec_from(summary, data).save(examples_uri)
+    return summary
