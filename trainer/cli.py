@@ -54,6 +54,7 @@ def train_command(args: argparse.Namespace) -> int:
     os.makedirs(cfg.workdir, exist_ok=True)
     cfg.save(os.path.join(cfg.workdir, "config.json"))
 
+    _quiet_libraries()
     from trainer.train_loop import REPORT, train
 
     report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
@@ -63,6 +64,17 @@ def train_command(args: argparse.Namespace) -> int:
         if report["export_dir"]:
             print(f"model: {report['export_dir']}")
     return 0
+
+
+def _quiet_libraries() -> None:
+    """TensorFlow's retracing and deprecation warnings bury the progress users need to see."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def summary_line(report: dict[str, Any]) -> str:

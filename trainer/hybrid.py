@@ -100,8 +100,11 @@ class HybridRunner(Runner):
                 raise UserError(
                     f"teacher.fc_units {cfg.fc_units} must be multiples of the {model_axis} axis ({model_size})"
                 )
-        if mixed_precision_policy(cfg.mixed_precision, setup.device_type) == "mixed_float16":
-            raise UserError("hybrid supports --mixed-precision bf16 or off (fp16 loss scaling has no DTensor path)")
+        if mixed_precision_policy(cfg.mixed_precision, setup.device_type) != "float32":
+            raise UserError(
+                "hybrid trains in float32 (--mixed-precision off): tf_keras's LayoutMap cannot lay out the "
+                "AutoCastVariables mixed precision creates; use bf16/fp16 with single, mirrored or multiworker"
+            )
         self.dims = dims
         self.mesh = dtensor.create_mesh(dims, devices=list(setup.devices[:needed]), device_type=setup.device_type)
         self.data_axis = data_axis
@@ -121,12 +124,8 @@ class HybridRunner(Runner):
         return self.dims[0][1]
 
     def build(self, initial_weights: list[np.ndarray], learning_rate: Any) -> None:
-        keras.mixed_precision.set_global_policy(mixed_precision_policy(self.cfg.mixed_precision, self.setup.device_type))
-        try:
-            with make_layout_map(self.mesh, self.cfg).scope():
-                self.model = build_teacher(self.spec, self.cfg, feature_layout=self.feature_layout)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        with make_layout_map(self.mesh, self.cfg).scope():
+            self.model = build_teacher(self.spec, self.cfg, feature_layout=self.feature_layout)
         for variable, value in zip(self.model.weights, initial_weights, strict=True):
             variable.assign(to_mesh(value, variable.layout))
         self.optimizer = keras.optimizers.Adam(learning_rate, mesh=self.mesh)

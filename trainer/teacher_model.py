@@ -3,7 +3,8 @@
 ``[B, K, H, W, C]`` frames -> ``{"logits": [B, classes], "frame_weights": [B, K]}``:
 
 1. a residual convolutional backbone applied to every frame with shared weights (frames are
-   folded into the batch, ``B*K``), global-average-pooled to one embedding per frame;
+   folded into the batch, ``B*K``), global-average-pooled to one embedding per frame; its
+   input is each frame plus the frame's difference from the event's mean frame;
 2. self-attention across the K frame embeddings (plus a learned frame-position embedding),
    so each frame's embedding can see what changed relative to the others;
 3. attention pooling: a learned score per frame, softmax over frames; the weights name the
@@ -12,8 +13,9 @@
    AlexNet, and is the model-parallel part in the hybrid strategy.
 
 Layer names are stable (``conv*``, ``attention*``, ``fc_<i>``, ``logits``): the hybrid
-strategy's LayoutMap selects variables by them. The backbone has no batch-statistics
-normalisation, so every strategy computes exactly the same function of a global batch.
+strategy's LayoutMap selects variables by them. Normalisation is per pixel (layer norm over
+channels), never over the batch, so every strategy computes exactly the same function of a
+global batch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ FEATURES = "event_features"
 def fc_layer_names(cfg: TeacherConfig) -> list[str]:
     """Names of the hidden fully-connected layers, in order."""
     return [f"{FC_PREFIX}{i}" for i in range(len(cfg.fc_units))]
+
+
+class EventContrast(keras.layers.Layer):
+    """[B, K, H, W, C] -> [B, K, H, W, 2C]: each frame and its difference from the event's mean.
+
+    What changed between frames is the signal (an object entering) against a static scene;
+    the difference channels hand the backbone that contrast directly.
+    """
+
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
+        return tf.concat([x, x - tf.reduce_mean(x, axis=1, keepdims=True)], axis=-1)
 
 
 class FoldFrames(keras.layers.Layer):
@@ -146,19 +160,25 @@ def build_teacher(spec: EventSpec, cfg: TeacherConfig, *, feature_layout: Any = 
     relu = "relu"
 
     frames = keras.Input(shape=spec.input_shape, name="frames", dtype="float32")
-    x = FoldFrames(name="fold_frames")(frames)
-    x = keras.layers.Conv2D(cfg.conv_filters[0], 3, padding="same", activation=relu, name="conv_stem")(x)
+    x = EventContrast(name="event_contrast")(frames)
+    x = FoldFrames(name="fold_frames")(x)
+    x = keras.layers.Conv2D(cfg.conv_filters[0], 3, padding="same", name="conv_stem")(x)
     for stage, filters in enumerate(cfg.conv_filters):
+        # Pre-activation residual block; per-pixel layer norm keeps every event independent
+        # of the others in its batch (no batch statistics), so all strategies agree exactly.
         stride = 1 if stage == 0 else 2
         name = f"conv_{stage}"
+        y = keras.layers.Activation(relu, name=f"{name}_relu_a")(LayerNorm(name=f"{name}_norm_a")(x))
         shortcut = x
-        if stride != 1 or shortcut.shape[-1] != filters:
-            shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project")(x)
-        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", activation=relu, name=f"{name}_a")(x)
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project")(y)
+        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{name}_a")(y)
+        y = keras.layers.Activation(relu, name=f"{name}_relu_b")(LayerNorm(name=f"{name}_norm_b")(y))
         y = keras.layers.Conv2D(
             filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_b"
-        )(y)  # zero-initialised: each block starts as its shortcut (trains without normalisation)
-        x = keras.layers.Activation(relu, name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([shortcut, y]))
+        )(y)  # zero-initialised: each block starts as its shortcut
+        x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    x = keras.layers.Activation(relu, name="conv_relu")(LayerNorm(name="conv_norm")(x))
     x = keras.layers.GlobalAveragePooling2D(name="conv_pool")(x)
     x = UnfoldFrames(spec.frames, name="unfold_frames")(x)
 

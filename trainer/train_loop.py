@@ -182,7 +182,10 @@ def train(
     writer = tf.summary.create_file_writer(os.path.join(own_dir, "tensorboard"))
     schedule = make_schedule(cfg)
 
+    checkpoint_seconds: list[float] = []
+
     def save_checkpoint(step: int) -> None:
+        began_saving = time.perf_counter()
         # State first: a kill between the two leaves extra losses that the resume trims.
         if runner.is_chief:
             _write_json(
@@ -190,6 +193,7 @@ def train(
                 {"step": step, "losses": losses, "config": _resume_fields(cfg)},
             )
         manager.save(checkpoint_number=step)
+        checkpoint_seconds.append(time.perf_counter() - began_saving)
 
     # -- loop ---------------------------------------------------------------------------
     step_times: list[float] = []
@@ -259,6 +263,8 @@ def train(
             "first_step_seconds": step_times[0] if step_times else None,  # includes tracing/compiling
             "median_step_seconds": step_seconds,
             "examples_per_second": (cfg.global_batch_size / step_seconds) if step_seconds else None,
+            "checkpoints": len(checkpoint_seconds),
+            "checkpoint_seconds": sum(checkpoint_seconds),
         },
         "data": {"examples_dir": os.path.abspath(examples_dir), "train_events": epoch_size, "spec": spec.to_dict()},
         "variables": runner.variable_layouts(),
