@@ -34,6 +34,12 @@ def _stats_options() -> Any:
     return tfdv.StatsOptions(feature_allowlist=features)
 
 
+def _sections(config: Config, *names: str) -> dict[str, Any]:
+    """Only the config sections a component reads, so its cache key ignores the others."""
+    full = config.to_dict()
+    return {name: full[name] for name in names}
+
+
 def create_pipeline(
     config: Config,
     *,
@@ -118,7 +124,7 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.teacher.steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.teacher.eval_batches),
-        custom_config={"config": config.to_dict()},
+        custom_config={"config": _sections(config, "data", "teacher")},
     ).with_id("TeacherTrainer")
     teacher.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
     teacher_evaluator = tfx.components.Evaluator(
@@ -141,7 +147,7 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
         examples=example_gen.outputs["examples"],  # all splits: unlabelled events feed distillation
         schema=schema_gen.outputs["schema"],
         base_model=teacher.outputs["model"],  # the teacher
-        custom_config={"config": config.to_dict()},
+        custom_config={"config": _sections(config, "data", "student")},
     ).with_id("Distiller")
     last_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

@@ -43,3 +43,17 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
     assert json.loads(constant("EventExampleGen", "data_config"))["max_reject_rate"] == 0.07
     assert constant("IngestGate", "max_reject_rate") == 0.07
     assert set(tasks["IngestGate"]["dependentTasks"]) == {"EventExampleGen", "ExampleValidator"}
+
+
+def test_trainers_cache_keys_hold_only_their_own_config_sections():
+    def trainers(cfg):
+        pipe = create_pipeline(cfg, data_root="/d", pipeline_root="/r", metadata_connection_config=None, beam_pipeline_args=[])
+        return {c.id: c.exec_properties["custom_config"] for c in pipe.components if c.id in ("TeacherTrainer", "Distiller")}
+
+    base, changed = Config(), Config()
+    changed.student.temperature = 9.0
+    changed.serving.rest_port = 9999
+    a, b = trainers(base), trainers(changed)
+    assert a["TeacherTrainer"] == b["TeacherTrainer"]  # a student/serving change does not retrain the teacher
+    assert a["Distiller"] != b["Distiller"]
+    assert set(json.loads(a["TeacherTrainer"])["config"]) == {"data", "teacher"}
