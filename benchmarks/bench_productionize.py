@@ -171,6 +171,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=2000, help="simulated events (the demo size by default)")
     p.add_argument("--teacher-steps", type=int, default=300, help="teacher optimisation steps (pipeline default)")
+    p.add_argument("--teacher-export", help="use this teacher SavedModel (e.g. a pipeline run's) instead of training one")
     p.add_argument("--epochs", type=int, default=None, help="student dense distillation epochs (config default)")
     p.add_argument("--prune-epochs", type=int, default=None, help="student pruning epochs (config default)")
     p.add_argument("--latency-runs", type=int, default=300)
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         examples = make_examples(workdir, a.events, a.seed)
         timings["data_s"] = time.time() - t
         t = time.time()
-        teacher = train_teacher(workdir, examples, a.teacher_steps, a.seed)
+        teacher = a.teacher_export or train_teacher(workdir, examples, a.teacher_steps, a.seed)
         timings["teacher_s"] = time.time() - t
 
         from pipeline.config import Config
