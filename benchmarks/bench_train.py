@@ -11,7 +11,9 @@
 3. Step time of each multi-device strategy relative to ``single`` on the same cores: on a
    CPU split into logical devices the devices share the physical cores, so this measures
    the overhead of the parallel plan (communication, sharding, redundant compute), not a
-   speed-up from more hardware.
+   speed-up from more hardware. CPU seconds per step (all threads of all processes) are
+   printed next to it: on a shared, busy machine they compare plans more fairly than wall
+   time, which favours plans that run more processes.
 
     .venv/bin/python benchmarks/bench_train.py                 # ~3-5 minutes on 2 cores
     .venv/bin/python benchmarks/bench_train.py --steps 8 --strategies single,hybrid-1d
@@ -115,6 +117,8 @@ def run_strategy(name: str, data: str, workdir: str, steps: int, batch: int) -> 
         report = json.load(f)
     return {
         "median_step_seconds": report["timing"]["median_step_seconds"],
+        # CPU seconds of all processes per step: what the plan costs, whatever else runs.
+        "median_step_cpu_seconds": report["timing"]["median_step_cpu_seconds"] * workers,
         "first_step_seconds": report["timing"]["first_step_seconds"],
         "events_per_second": report["timing"]["examples_per_second"],
         "mesh": report["mesh"],
@@ -153,17 +157,24 @@ def main() -> None:
     if "single" in results:
         for r in results.values():
             r["step_time_vs_single"] = r["median_step_seconds"] / results["single"]["median_step_seconds"]
+            r["step_cpu_vs_single"] = r["median_step_cpu_seconds"] / results["single"]["median_step_cpu_seconds"]
 
     load = os.getloadavg()
     print(f"\nfp32 matmul ceiling: {ceiling['flops_per_second'] / 1e9:.1f} GFLOP/s ({os.cpu_count()} cores, "
           f"n={ceiling['n']}); teacher: {work['training'] / 1e9:.3f} GFLOP per training event, "
           f"{work['parameters']['total'] / 1e6:.2f} M parameters ({work['parameters']['fully_connected'] / 1e6:.2f} M in FC)")  # fmt: skip
-    print(f"{'strategy':<12} {'mesh':<22} {'step s':>8} {'events/s':>9} {'GFLOP/s':>8} {'of ceiling':>10} {'vs single':>9}")
+    print(f"{'strategy':<12} {'mesh':<22} {'step s':>7} {'events/s':>9} {'GFLOP/s':>8} {'of ceiling':>10} "
+          f"{'step vs single':>14} {'CPU-s/step':>10} {'CPU vs single':>13}")  # fmt: skip
     for name, r in results.items():
         mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items())
         vs = f"{r['step_time_vs_single']:.2f}x" if "step_time_vs_single" in r else "-"
-        print(f"{name:<12} {mesh:<22} {r['median_step_seconds']:>8.3f} {r['events_per_second']:>9.1f} "
-              f"{r['achieved_flops_per_second'] / 1e9:>8.2f} {r['fraction_of_ceiling']:>10.1%} {vs:>9}")  # fmt: skip
+        cpu_vs = f"{r['step_cpu_vs_single']:.2f}x" if "step_cpu_vs_single" in r else "-"
+        print(f"{name:<12} {mesh:<22} {r['median_step_seconds']:>7.3f} {r['events_per_second']:>9.1f} "
+              f"{r['achieved_flops_per_second'] / 1e9:>8.2f} {r['fraction_of_ceiling']:>10.1%} {vs:>14} "
+              f"{r['median_step_cpu_seconds']:>10.3f} {cpu_vs:>13}")  # fmt: skip
+    if load[0] > (os.cpu_count() or 1):
+        print("note: the machine is busier than its cores; separate processes (multiworker) get a larger share "
+              "of a contended CPU, so compare CPU-s/step rather than wall time")  # fmt: skip
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; total {time.time() - started:.0f} s")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

@@ -197,13 +197,15 @@ def train(
 
     # -- loop ---------------------------------------------------------------------------
     step_times: list[float] = []
+    step_cpu: list[float] = []  # process CPU seconds (all threads): robust on a shared machine
     began = time.time()
     bar = tqdm(total=cfg.steps, initial=start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
     for step in range(start, cfg.steps):
         batch = next(batches)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = runner.step(batch)
         step_times.append(time.perf_counter() - t0)
+        step_cpu.append(time.process_time() - c0)
         if not np.isfinite(loss):
             raise UserError(f"teacher loss became {loss} at step {step + 1}; lower teacher.base_learning_rate")
         losses.append(loss)
@@ -230,8 +232,9 @@ def train(
 
         export_saved_model(plain, spec, export_dir)
 
-    steady = step_times[3:] if len(step_times) > 5 else step_times
-    step_seconds = statistics.median(steady) if steady else None
+    steady = slice(3, None) if len(step_times) > 5 else slice(None)
+    step_seconds = statistics.median(step_times[steady]) if step_times else None
+    cpu_seconds = statistics.median(step_cpu[steady]) if step_cpu else None
     report: dict[str, Any] = {
         "strategy": cfg.strategy,
         "fc_layout": cfg.fc_layout if cfg.strategy == "hybrid" else None,
@@ -262,6 +265,7 @@ def train(
             "steps_timed": len(step_times),
             "first_step_seconds": step_times[0] if step_times else None,  # includes tracing/compiling
             "median_step_seconds": step_seconds,
+            "median_step_cpu_seconds": cpu_seconds,
             "examples_per_second": (cfg.global_batch_size / step_seconds) if step_seconds else None,
             "checkpoints": len(checkpoint_seconds),
             "checkpoint_seconds": sum(checkpoint_seconds),
