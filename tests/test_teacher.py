@@ -90,7 +90,7 @@ def runs(tmp_path_factory):
     with open(config, "w", encoding="utf-8") as f:
         json.dump(TINY, f)
     w = {name: os.path.join(root, name) for name in
-         ("mirrored", "hybrid_2d", "hybrid_1d", "multiworker", "killed", "bad_mesh", "single")}  # fmt: skip
+         ("mirrored", "hybrid_2d", "hybrid_1d", "multiworker", "killed", "bad_mesh", "single", "bf16")}  # fmt: skip
 
     procs = {
         "mirrored": _train(config, data, w["mirrored"], "--strategy", "mirrored", "--no-export"),
@@ -99,6 +99,7 @@ def runs(tmp_path_factory):
         "hybrid_1d": _train(config, data, w["hybrid_1d"], "--strategy", "hybrid", "--fc-layout", "1d", "--no-export"),
         "bad_mesh": _train(config, data, w["bad_mesh"], "--strategy", "hybrid", "--mesh", "batch=4,model=2",
                            "--no-export"),  # fmt: skip
+        "bf16": _train(config, data, w["bf16"], "--strategy", "single", "--mixed-precision", "bf16", "--no-export"),
         "killed": _train(config, data, w["killed"], "--strategy", "single", "--steps", "400",
                          "--checkpoint-every", "2", "--no-export"),  # fmt: skip
     }
@@ -159,6 +160,7 @@ def runs(tmp_path_factory):
             "worker0": _report(w["multiworker"]),
             "worker1": _report(os.path.join(w["multiworker"], "workers", "worker-1")),
             "resumed": _report(w["killed"]),
+            "bf16": _report(w["bf16"]),
         },
         "workdirs": w,
     }
@@ -220,6 +222,15 @@ def test_bad_mesh_is_one_line_user_error(runs):
     assert code == 2
     assert "eventpipe train: error: --mesh batch=4,model=2 needs 8 devices" in out
     assert "Traceback" not in out
+
+
+def test_bf16_mixed_precision_trains_close_to_float32(runs):
+    bf16, single = runs["reports"]["bf16"], runs["reports"]["single"]
+    assert bf16["mixed_precision"] == "bf16"
+    # bfloat16 keeps ~3 significant digits: the same start and course, not the same bits.
+    np.testing.assert_allclose(bf16["losses"][:3], single["losses"][:3], rtol=3e-2)
+    assert np.mean(bf16["losses"]) == pytest.approx(np.mean(single["losses"]), rel=5e-2)
+    assert not np.allclose(bf16["losses"], single["losses"], rtol=1e-6, atol=0)
 
 
 def test_killed_run_resumes_from_its_checkpoint(runs):
