@@ -207,7 +207,12 @@ def eventpipe_teacher(
 
     Residual blocks and the attention stage become one planner layer each (one boundary at
     their output); the backbone runs on all ``frames`` of an event, so its FLOPs and
-    activations are per event. Parameter counts include biases, as Keras counts them.
+    activations are per event. The stem sees ``2 x channels`` (each frame and its difference
+    from the event's mean frame); each pre-activation block holds its two per-pixel layer
+    norms (``2 x channels`` parameters each) and the last block the final norm before the
+    pooling. Parameter counts include biases and norm scales/offsets, as Keras counts them;
+    FLOPs count multiply-adds only (norms, ReLUs, adds and pooling are ignored, as everywhere
+    in the cost model).
     """
     if not cfg.conv_filters or not cfg.fc_units:
         raise PlannerError("teacher needs at least one conv stage (teacher.conv_filters) and one fc layer (teacher.fc_units)")
@@ -220,20 +225,25 @@ def eventpipe_teacher(
         oh, ow = math.ceil(h / stride), math.ceil(w / stride)  # padding="same" (1x1 "valid" agrees)
         return k * k * c_in * c_out + c_out, 2.0 * oh * ow * k * k * c_in * c_out * frames, oh, ow
 
-    p, f, h, w = conv(3, 1, c, cfg.conv_filters[0], h, w)
+    def norm(c: int) -> int:  # per-pixel layer norm over channels: gamma and beta
+        return 2 * c
+
+    p, f, h, w = conv(3, 1, 2 * c, cfg.conv_filters[0], h, w)  # frame + frame-difference channels
     c = cfg.conv_filters[0]
     layers.append(Layer("conv_stem", "conv", p, f, frames * h * w * c))
     for stage, filters in enumerate(cfg.conv_filters):
         stride = 1 if stage == 0 else 2
-        params = flops = 0.0
-        if stride != 1 or c != filters:
+        params, flops = float(norm(c) + norm(filters)), 0.0  # norm_a on the input, norm_b mid-block
+        if stride != 1 or c != filters:  # 1x1 projection shortcut from the pre-activated input
             pp, ff, _, _ = conv(1, stride, c, filters, h, w)
             params, flops = params + pp, flops + ff
         pa, fa, oh, ow = conv(3, stride, c, filters, h, w)
         pb, fb, _, _ = conv(3, 1, filters, filters, oh, ow)
         h, w, c = oh, ow, filters
         last = stage == len(cfg.conv_filters) - 1
-        out = frames * c if last else frames * h * w * c  # the last block ends in global average pooling
+        if last:  # the final norm + ReLU, then global average pooling
+            params += norm(c)
+        out = frames * c if last else frames * h * w * c
         layers.append(Layer(f"conv_{stage}", "conv", int(params + pa + pb), flops + fa + fb, out))
     width_f = c
     heads = max(1, min(cfg.attention_heads, width_f))
