@@ -170,7 +170,7 @@ def targets(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=2000, help="simulated events (the demo size by default)")
-    p.add_argument("--teacher-steps", type=int, default=300, help="teacher optimisation steps (pipeline default)")
+    p.add_argument("--teacher-steps", type=int, default=None, help="teacher optimisation steps (default: teacher.steps)")
     p.add_argument("--teacher-export", help="use this teacher SavedModel (e.g. a pipeline run's) instead of training one")
     p.add_argument("--epochs", type=int, default=None, help="student dense distillation epochs (config default)")
     p.add_argument("--prune-epochs", type=int, default=None, help="student pruning epochs (config default)")
@@ -181,8 +181,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="reuse data / teacher already in --workdir")
     p.add_argument("--json", help="write the full results here")
     a = p.parse_args(argv)
+    if a.teacher_steps is None and not a.quick:
+        from pipeline.config import TeacherConfig
+
+        a.teacher_steps = TeacherConfig().steps
     if a.quick:
-        a.events, a.teacher_steps = min(a.events, 600), min(a.teacher_steps, 120)
+        a.events, a.teacher_steps = min(a.events, 600), min(a.teacher_steps or 120, 120)
         a.epochs = a.epochs or 6
         a.prune_epochs = a.prune_epochs or 3
         a.latency_runs = min(a.latency_runs, 150)

@@ -119,8 +119,9 @@ def build_student(spec: EventSpec, cfg: StudentConfig | None = None) -> keras.Mo
     )(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    strides = [*cfg.strides, *[2] * len(widths)][: len(widths)]  # stages without a stride halve
     for stage, width in enumerate(widths):
-        x = _separable_block(x, width, 1 if stage == 0 else 2, f"stage{stage}_down", l2)
+        x = _separable_block(x, width, strides[stage], f"stage{stage}_down", l2)
         for repeat in range(cfg.blocks_per_stage - 1):
             x = _separable_block(x, width, 1, f"stage{stage}_block{repeat + 1}", l2)
     x = keras.layers.GlobalAveragePooling2D(name="frame_pool")(x)
