@@ -1,7 +1,8 @@
 """The student: a small depthwise-separable event classifier that fits on a device.
 
 Every frame of an event goes through the same MobileNet-style backbone (a strided 3x3 stem,
-then depthwise 3x3 + pointwise 1x1 blocks, global average pooling). A per-frame score, computed
+then stages of depthwise 3x3 + pointwise 1x1 blocks whose first block strides as configured,
+global average pooling). A per-frame score, computed
 from the frame's features and their deviation from the event's mean (what changed), is
 softmax-normalised across the frames: those weights pool the frames and name the best frame.
 A small fully-connected head maps the pooled features to class logits.
