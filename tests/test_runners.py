@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
+import eventdata as ed
 import pytest
 
-import eventdata as ed
 from pipeline import runners
 from pipeline.config import Config
 from pipeline.errors import UserError
