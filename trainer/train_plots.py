@@ -29,6 +29,7 @@ def plot_training_curve(report: dict[str, Any], path: str) -> str:
     lr_ax.plot(np.arange(1, len(report["learning_rates"]) + 1), report["learning_rates"], color="tab:orange",
                linewidth=1, label="learning rate")  # fmt: skip
     lr_ax.set_ylabel("learning rate", color="tab:orange")
+    lr_ax.set_ylim(0, 1.1 * max(report["learning_rates"] or [1.0]))
     mesh = ",".join(f"{k}={v}" for k, v in report["mesh"].items())
     layout = f" {report['fc_layout']}" if report.get("fc_layout") else ""
     ax.set_title(
@@ -36,7 +37,7 @@ def plot_training_curve(report: dict[str, Any], path: str) -> str:
         f"eval accuracy {report['eval']['accuracy']:.3f}",
         fontsize=9,
     )
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
