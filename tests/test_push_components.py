@@ -280,8 +280,11 @@ def test_pusher_versions_increase_run_after_run(inputs, tmp_path):
     params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"),
               "model_name": NAME, "pipeline_run_id": "run-1"}  # fmt: skip
     for run in (1, 2):
+        # Each run's Trainer writes a new model artifact (a new uri); that is what gets a new version.
+        student = shutil.copytree(inputs["student"], tmp_path / f"student{run}")
+        run_inputs = {**inputs, "student": str(student)}
         pushed = _artifact(standard_artifacts.PushedModel, str(tmp_path / f"pushed{run}"))
-        _run(EventPusher, _pusher_inputs(inputs, tmp_path), {"pushed_model": pushed}, {**params, "pipeline_run_id": f"run-{run}"})
+        _run(EventPusher, _pusher_inputs(run_inputs, tmp_path), {"pushed_model": pushed}, {**params, "pipeline_run_id": f"run-{run}"})
         assert pushed.get_int_custom_property("pushed") == 1
         assert pushed.get_string_custom_property("pushed_version") == str(run)
         assert pushed.get_int_custom_property("teacher_version") == run
@@ -290,6 +293,13 @@ def test_pusher_versions_increase_run_after_run(inputs, tmp_path):
     assert sorted(os.listdir(tmp_path / "serving" / f"{NAME}-teacher")) == [".eventpipe-push", "1", "2"]
     release = push.read_release(str(tmp_path / "mobile" / NAME / "2"))
     assert release["version"] == 2 and release["source"]["pipeline_run_id"] == "run-2"
+
+    # The same model artifact blessed again (a cached re-run) is not pushed twice.
+    again = _artifact(standard_artifacts.PushedModel, str(tmp_path / "pushed-again"))
+    _run(EventPusher, _pusher_inputs({**inputs, "student": str(tmp_path / "student2")}, tmp_path),
+         {"pushed_model": again}, {**params, "pipeline_run_id": "run-3"})  # fmt: skip
+    assert again.get_string_custom_property("pushed_version") == "2"
+    assert sorted(os.listdir(tmp_path / "serving" / NAME)) == [".eventpipe-push", "1", "2"]
     assert release["metrics"]["student_accuracy"] == 0.93 and release["metrics"]["teacher_accuracy"] == 0.95
     assert sorted(release["files"]) == ["model.tflite", "model_float16.tflite"]
 

@@ -88,7 +88,12 @@ def test_rerun_with_unchanged_inputs_is_served_from_the_mlmd_cache(first_run):
     connection = runners.metadata_connection(cfg)
     for node in ("EventExampleGen", "StatisticsGen", "TeacherTrainer", "Distiller", "LiteConverter"):
         assert outputs.execution_count(connection, node) == {"COMPLETE": 1, "CACHED": 1}, node
-    assert versions(root / "work" / "serving" / "eventpipe") == ["1"]  # nothing re-pushed
+    # The student is now judged against itself (the last blessed one) and blessed again, but the
+    # same model artifact is not pushed twice.
+    assert outputs.execution_count(connection, "StudentEvaluator") == {"COMPLETE": 2}
+    assert versions(root / "work" / "serving" / "eventpipe") == ["1"]
+    report = json.loads((root / "work" / "report.json").read_text())
+    assert report["push"]["already_pushed"] and report["serving_check"]["ok"]
 
     result = eventpipe(*args, "--no-cache", "--through", "validate", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]

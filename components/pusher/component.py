@@ -9,7 +9,9 @@ float16 one) as ``<mobile_base>/<model_name>/<version>/model.tflite`` with ``rel
 Output: a standard PushedModel with the stock Pusher's custom properties ``pushed`` (0/1),
 ``pushed_version`` and ``pushed_destination`` (the student's serving version), plus
 ``teacher_version`` and ``mobile_version``; ``push.json`` in its uri lists every destination
-or, when nothing was pushed, every reason why.
+or, when nothing was pushed, every reason why. Pushing is idempotent per model artifact: a
+re-run that blesses the same student again (a ledger under ``<model>/.eventpipe-push/``
+remembers what went where) reports the existing versions instead of minting new ones.
 """
 
 import json
@@ -38,6 +40,35 @@ def _int_property(artifact, name):
     if artifact is None or not artifact.has_custom_property(name):
         return None
     return artifact.get_int_custom_property(name)
+
+
+def _ledger(serving_base, model_name):
+    return os.path.join(serving_base, model_name, ".eventpipe-push", "pushed-models.json")
+
+
+def _already_pushed(serving_base, model_name, model_uri):
+    """The earlier push of this exact model artifact, if its versions are all still in place."""
+    path = _ledger(serving_base, model_name)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        entry = json.load(f).get(model_uri)
+    if entry and all(os.path.isdir(d["path"]) for d in entry["destinations"]):
+        return entry
+    return None
+
+
+def _remember_push(serving_base, model_name, model_uri, destinations):
+    path = _ledger(serving_base, model_name)
+    ledger = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            ledger = json.load(f)
+    ledger[model_uri] = {"destinations": destinations}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(ledger, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 def _serving_dir(model):
@@ -81,7 +112,14 @@ def EventPusher(
         "destinations": [],
         "reasons": reasons,
     }
-    if not reasons:
+    already = _already_pushed(serving_base, model_name, model.uri) if not reasons else None
+    if already is not None:
+        # A re-run that re-blesses the same student (e.g. now judged against itself as the last
+        # blessed baseline) must not mint a duplicate version: point at the one already there.
+        record["destinations"] = already["destinations"]
+        record["pushed"] = True
+        record["already_pushed"] = True
+    elif not reasons:
         source = {
             "pipeline_run_id": pipeline_run_id,
             "student_model_uri": model.uri,
@@ -104,6 +142,7 @@ def EventPusher(
         )
         record["destinations"] = push_all(plan)
         record["pushed"] = True
+        _remember_push(serving_base, model_name, model.uri, record["destinations"])
     os.makedirs(pushed_model.uri, exist_ok=True)
     with open(os.path.join(pushed_model.uri, PUSH_FILE), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2, sort_keys=True)
