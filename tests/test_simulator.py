@@ -17,6 +17,7 @@ from pipeline.cli import main
 from pipeline.config import SimulatorConfig
 from pipeline.errors import UserError
 from pipeline.simulator import generate
+from pipeline.simulator.backgrounds import PHOTOS
 from pipeline.simulator.png import encode_png
 from pipeline.simulator.scenes import archetypes_for, render_event
 
@@ -135,18 +136,7 @@ def test_counts_classes_and_unlabelled_fraction(tmp_path):
     assert saved["parameters"]["classes"] == classes
     assert saved["counts"] == summary["counts"]
     assert set(saved["devices"]) == {f"cam0{i}" for i in range(5)}
-    assert {d["photo"] for d in saved["devices"].values()} <= {
-        "rocket.jpg",
-        "camera.png",
-        "grass.png",
-        "coffee.png",
-        "brick.png",
-        "astronaut.png",
-        "gravel.png",
-        "motorcycle_left.png",
-        "chelsea.png",
-        "coins.png",
-    }
+    assert {d["photo"] for d in saved["devices"].values()} <= set(PHOTOS)
 
 
 def test_label_noise_is_recorded_not_written(tmp_path):
