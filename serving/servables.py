@@ -15,6 +15,7 @@ version that loads but cannot answer is rejected before it takes traffic.
 
 from __future__ import annotations
 
+import abc
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ class LoadError(Exception):
     """A version directory could not be loaded; the message goes into the version's status."""
 
 
-class Servable:
+class Servable(abc.ABC):
     """A loaded model version: signatures and a thread-safe ``run``."""
 
     platform: str = ""
@@ -56,8 +57,9 @@ class Servable:
     # pool instead.
     batchable: bool = True
 
+    @abc.abstractmethod
     def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run one signature on a batch; each backend (SavedModel, TFLite) implements it."""
 
     def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         """What ``GetModelMetadata`` reports (the model's own SignatureDefs)."""
@@ -70,7 +72,7 @@ class Servable:
             raise invalid(f'Serving signature name: "{key}" not found in signature def')
         return sig
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: backends with resources override it)
         """Drop references to the runtime (in-flight calls keep their own)."""
 
 
@@ -166,7 +168,7 @@ class SavedModelServable(Servable):
         path = os.path.join(self.export_dir, "assets.extra", layout.SPEC_FILE)
         return layout.EventSpec.load(path) if os.path.isfile(path) else None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: backends with resources override it)
         self._functions = {}
         self._loaded = None
 

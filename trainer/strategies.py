@@ -15,6 +15,7 @@ rounding, which the tests check.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -61,7 +62,7 @@ def mixed_precision_policy(mode: str, device_type: str) -> str:
     raise UserError(f"--mixed-precision must be off, bf16 or fp16, got {mode!r}")
 
 
-class Runner:
+class Runner(abc.ABC):
     """Builds the teacher on its devices and runs optimisation steps on global batches."""
 
     name = "base"
@@ -91,14 +92,17 @@ class Runner:
         return {"replicas": self.replicas}
 
     # -- lifecycle -----------------------------------------------------------------------
+    @abc.abstractmethod
     def build(self, initial_weights: list[np.ndarray], learning_rate: Any) -> None:
-        raise NotImplementedError
+        """Create model and optimizer on the runner's devices from the given initial weights."""
 
+    @abc.abstractmethod
     def batches(self, make: BatchesFn) -> Iterator[Any]:
-        raise NotImplementedError
+        """Global batches placed the way this runner's step expects them."""
 
+    @abc.abstractmethod
     def step(self, batch: Any) -> float:
-        raise NotImplementedError
+        """One optimisation step on a global batch; returns the loss."""
 
     def checkpoint(self) -> tf.train.Checkpoint:
         return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
@@ -110,9 +114,9 @@ class Runner:
         """Full (unsharded) values of every model weight, in ``model.weights`` order."""
         return self.model.get_weights()
 
+    @abc.abstractmethod
     def variable_layouts(self) -> list[dict[str, Any]]:
         """Name, global shape, mesh axis per dimension and the placed shards of every variable."""
-        raise NotImplementedError
 
 
 class DistributeRunner(Runner):
