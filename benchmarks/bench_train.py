@@ -8,7 +8,12 @@
    Achieved FLOP/s = events/s x training FLOPs per event (3 x the profiled forward pass),
    so redundant work (the 2d mesh repeats the convolutions on every model-axis device)
    counts as waste, not as achievement.
-3. Step time of each multi-device strategy relative to ``single`` on the same cores: on a
+3. Input rate vs step rate: the training input pipeline (``trainer.train_data``: parallel
+   PNG decode, prefetch) alone in a fresh process, events/s and CPU per event, against each
+   strategy's training events/s; and, inside every training run, the share of the loop
+   spent waiting for the next batch. A headroom well above 1x and a wait share near 0 mean
+   the trainer is compute-bound, not input-bound.
+4. Step time of each multi-device strategy relative to ``single`` on the same cores: on a
    CPU split into logical devices the devices share the physical cores, so this measures
    the overhead of the parallel plan (communication, sharding, redundant compute), not a
    speed-up from more hardware. CPU seconds per step (all threads of all processes) are
@@ -27,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +71,33 @@ print(json.dumps({"n": n, "flops_per_second": 2 * n**3 * reps / best}))
 """
 
 
+INPUT_PROBE = """
+import json, os, sys, time
+from pipeline import tfenv
+from pipeline import layout
+from pipeline.layout import EventSpec
+from trainer import train_data
+data, batch, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+spec = EventSpec.load(data)
+files = train_data.split_files(data, layout.TRAIN)
+it = iter(train_data.train_batches(files, spec, batch_size=batch, seed=0, epoch_size=train_data.count_records(files)))
+for _ in range(3):
+    next(it)
+t, c = time.perf_counter(), time.process_time()
+for _ in range(batches):
+    next(it)
+wall, cpu = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({"events_per_second": batch * batches / wall, "cpu_seconds_per_event": cpu / (batch * batches)}))
+"""
+
+
+def input_rate(data: str, batch: int, batches: int = 60) -> dict:
+    """The teacher's input pipeline alone: decoded events/s and CPU seconds per event."""
+    out = subprocess.run([sys.executable, "-c", INPUT_PROBE, data, str(batch), str(batches)], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def matmul_ceiling(n: int = 1024, reps: int = 8) -> dict:
     out = subprocess.run([sys.executable, "-c", MATMUL_PROBE, str(n), str(reps)], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
@@ -85,28 +116,19 @@ def flops_per_event(spec_dir: str) -> dict:
     return {"forward": forward, "training": 3 * forward, "parameters": parameter_counts(model)}
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def run_strategy(name: str, data: str, workdir: str, steps: int, batch: int) -> dict:
     base = [sys.executable, "-m", "pipeline.cli", "train", "--data", data, "--steps", str(steps),
             "--global-batch-size", str(batch), "--checkpoint-every", str(10 * steps), "--no-export", "--quiet",
             "--set", "teacher.eval_batches=1"]  # fmt: skip
+    from trainer.launch import local_cluster, tf_config
+
     workers = 2 if name == "multiworker" else 1
-    ports = _free_ports(workers)
+    cluster = local_cluster(workers)
     procs = []
     for i in range(workers):
         env = dict(os.environ)
         if name == "multiworker":
-            cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-            env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            env["TF_CONFIG"] = tf_config(cluster, i)
         procs.append(subprocess.Popen([*base, "--workdir", workdir, *STRATEGIES[name]], cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
     for p in procs:
@@ -121,6 +143,7 @@ def run_strategy(name: str, data: str, workdir: str, steps: int, batch: int) -> 
         "median_step_cpu_seconds": report["timing"]["median_step_cpu_seconds"] * workers,
         "first_step_seconds": report["timing"]["first_step_seconds"],
         "events_per_second": report["timing"]["examples_per_second"],
+        "input_wait_fraction": report["timing"]["input_wait_fraction"],
         "mesh": report["mesh"],
         "processes": workers,
     }
@@ -147,12 +170,15 @@ def main() -> None:
         print("measuring the fp32 matmul ceiling ...", flush=True)
         ceiling = matmul_ceiling()
         work = flops_per_event(data)
+        print("measuring the input pipeline alone ...", flush=True)
+        feed = input_rate(data, args.batch)
         results = {}
         for name in names:
             print(f"training {name} for {args.steps} steps ...", flush=True)
             r = run_strategy(name, data, os.path.join(tmp, name), args.steps, args.batch)
             r["achieved_flops_per_second"] = r["events_per_second"] * work["training"]
             r["fraction_of_ceiling"] = r["achieved_flops_per_second"] / ceiling["flops_per_second"]
+            r["input_headroom"] = feed["events_per_second"] / r["events_per_second"]
             results[name] = r
     if "single" in results:
         for r in results.values():
@@ -172,6 +198,13 @@ def main() -> None:
         print(f"{name:<12} {mesh:<22} {r['median_step_seconds']:>7.3f} {r['events_per_second']:>9.1f} "
               f"{r['achieved_flops_per_second'] / 1e9:>8.2f} {r['fraction_of_ceiling']:>10.1%} {vs:>14} "
               f"{r['median_step_cpu_seconds']:>10.3f} {cpu_vs:>13}")  # fmt: skip
+    print(f"\ninput pipeline alone: {feed['events_per_second']:.0f} events/s, "
+          f"{feed['cpu_seconds_per_event'] * 1e3:.2f} CPU-ms/event (parallel PNG decode + prefetch)")
+    print(f"{'strategy':<12} {'train events/s':>14} {'input headroom':>14} {'waiting for input':>17}  verdict")
+    for name, r in results.items():
+        wait = r["input_wait_fraction"] or 0.0
+        verdict = "compute-bound" if r["input_headroom"] > 1.5 and wait < 0.05 else "INPUT-BOUND"
+        print(f"{name:<12} {r['events_per_second']:>14.1f} {r['input_headroom']:>13.1f}x {wait:>17.1%}  {verdict}")
     if load[0] > (os.cpu_count() or 1):
         print("note: the machine is busier than its cores; separate processes (multiworker) get a larger share "
               "of a contended CPU, so compare CPU-s/step rather than wall time")  # fmt: skip
@@ -179,7 +212,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"ceiling": ceiling, "flops_per_event": work, "batch": args.batch, "steps": args.steps,
-                   "strategies": results, "load_average": load}, f, indent=2)  # fmt: skip
+                   "input_pipeline": feed, "strategies": results, "load_average": load}, f, indent=2)  # fmt: skip
     print(f"results: {args.out}")
 
 

@@ -32,6 +32,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", dest="run.enable_cache", action="store_false", default=None, help="re-execute every component")
 
 
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """Teacher flags for the commands that build the training stage (the rest via --set)."""
+    from trainer.cli import STRATEGY_CHOICES
+
+    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGY_CHOICES, help="teacher distribution strategy (default hybrid)")
+    p.add_argument("--train-workers", metavar="N", dest="teacher.workers", type=int, help="multiworker: local worker processes started on 127.0.0.1 when TF_CONFIG is unset (default 2)")
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("validate", help="ingest and validate events (TFX: EventExampleGen..ExampleValidator)")
     add_run_flags(p)
@@ -40,10 +48,12 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="run the whole pipeline: ingest, train, productionize, push")
     add_run_flags(p)
     p.add_argument("--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)")
+    add_training_flags(p)
     p.set_defaults(func=run_command)
 
     p = subparsers.add_parser("compile-kubeflow", help="compile the pipeline to a Kubeflow Pipelines v2 spec (JSON)")
     add_run_flags(p)
+    add_training_flags(p)
     p.add_argument("--output", default="eventpipe_kfp.json", help="spec file to write (default eventpipe_kfp.json)")
     p.add_argument("--image", dest="run.image", help="container image built from the repo's Dockerfile")
     p.add_argument("--pipeline-root", dest="run.pipeline_root", help="artifact root as the cluster sees it (gs://...)")

@@ -57,6 +57,7 @@ class SimulatorConfig:
 class TeacherConfig:
     strategy: str = "hybrid"  # single | mirrored | multiworker | hybrid
     logical_devices: int = 4
+    workers: int = 2  # multiworker: local worker processes the pipeline starts when TF_CONFIG is unset
     mesh: str = "batch=2,model=2"
     fc_layout: str = "2d"  # 2d: batch x model mesh; 1d: all-gather features, FC sharded over all devices
     steps: int = 300

@@ -168,10 +168,12 @@ def print_summary(rep: dict[str, Any], report_path: str) -> None:
         lines.append(f"quarantine {rep['quarantine']}")
     t = rep.get("teacher")
     if t:
-        mesh = "x".join(f"{k}={v}" for k, v in (t.get("mesh") or {}).items())
+        mesh = ", ".join(f"{k}={v}" for k, v in (t.get("mesh") or {}).items())
+        # A multiworker report lists the chief's own devices; the mesh already counts workers.
+        where = "" if t.get("strategy") == "multiworker" else f" on {len(t.get('devices') or [])} devices"
         lines.append(
             f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
-            f"{t.get('strategy')} {mesh} on {len(t.get('devices') or [])} devices, {t.get('steps')} steps, "
+            f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps, "
             f"p50 {_fmt(_p50(t), '.2f')} ms/event"
         )
     student = rep.get("student") or {}

@@ -99,3 +99,24 @@ def test_rerun_with_unchanged_inputs_is_served_from_the_mlmd_cache(first_run):
     assert result.returncode == 0, result.stderr[-3000:]
     assert outputs.execution_count(connection, "EventExampleGen") == {"COMPLETE": 2, "CACHED": 1}
     assert glob.glob(str(root / "work" / "pipeline" / "EventExampleGen" / "examples" / "*"))
+
+
+def test_multiworker_teacher_runs_as_local_worker_processes_from_the_pipeline(first_run):
+    root, _, _ = first_run
+    work = root / "work-multiworker"
+    args = ["run", "--data", str(root / "events"), "--workdir", str(work), *TINY,
+            "--through", "train", "--strategy", "multiworker", "--train-workers", "2"]  # fmt: skip
+    result = eventpipe(*args, cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "multiworker (workers=2, replicas=2)" in result.stdout
+
+    teacher = json.loads((work / "report.json").read_text())["teacher"]
+    assert teacher["strategy"] == "multiworker" and teacher["mesh"] == {"workers": 2, "replicas": 2}
+    chief = json.loads(open(teacher["train_report"]).read())
+    run_dir = os.path.dirname(teacher["train_report"])
+    worker = json.loads((open(os.path.join(run_dir, "workers", "worker-1", "train_report.json"))).read())
+    assert chief["is_chief"] and not worker["is_chief"] and worker["worker_index"] == 1
+    assert len(chief["losses"]) == 40 and chief["losses"] == pytest.approx(worker["losses"], rel=1e-6)
+    # Only the chief exports; the pipeline's evaluator scored that model.
+    assert os.path.exists(os.path.join(teacher["model"], "saved_model.pb")) and chief["export_dir"]
+    assert worker["export_dir"] is None and 0 <= teacher["accuracy"] <= 1

@@ -22,6 +22,7 @@ from teacher_data import write_examples
 
 from pipeline import layout
 from pipeline.config import Config
+from pipeline.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -281,3 +282,16 @@ def test_exported_signature_answers_png_bytes(runs):
     assert [n.decode() for n in out[layout.OUT_CLASS].numpy()] == names
     decoded = loaded.signatures[layout.DECODED_SIGNATURE](frames=layout.decode_frames(png, spec))
     np.testing.assert_allclose(decoded[layout.OUT_LOGITS].numpy(), out[layout.OUT_LOGITS].numpy(), atol=1e-5)
+
+
+def test_local_workers_report_a_worker_error_as_one_user_error(tmp_path):
+    from trainer import launch
+
+    cfg = Config.from_dict(TINY)
+    cfg.teacher.strategy = "multiworker"
+    cfg.teacher.workers = 2
+    with pytest.raises(UserError, match=r"worker \d: --data .*not-examples is not a directory"):
+        launch.train(cfg, str(tmp_path / "not-examples"), str(tmp_path / "work"))
+    cfg.teacher.global_batch_size = 5
+    with pytest.raises(UserError, match="multiple of the 2 multiworker workers"):
+        launch.train(cfg, str(tmp_path / "not-examples"), str(tmp_path / "work"))

@@ -1,9 +1,15 @@
-"""Run teacher training in a fresh process.
+"""Run teacher training in fresh processes.
 
 Logical devices (and a DTensor mesh) can be configured only before TensorFlow initialises
 its runtime, once per process. A caller whose process already runs TensorFlow (the TFX
 Trainer executor, a notebook, a test) starts ``eventpipe train`` as a child process with
 the resolved config, streams its output, and reads back the train report.
+
+``--strategy multiworker`` needs one process per worker, each with its own ``TF_CONFIG``.
+When the caller's environment already has a ``TF_CONFIG`` (a cluster manager started this
+process as one task of a job) the single child inherits it. Otherwise
+``train_local_workers`` starts ``teacher.workers`` processes on 127.0.0.1, worker 0 being
+the chief that writes the checkpoints, the report and the export.
 """
 
 from __future__ import annotations
@@ -11,8 +17,11 @@ from __future__ import annotations
 import collections
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +29,8 @@ from pipeline.config import Config
 from pipeline.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCAL_HOST = "127.0.0.1"
+Log = Callable[[str], Any]
 
 
 def train_in_subprocess(
@@ -28,7 +39,7 @@ def train_in_subprocess(
     workdir: str,
     *,
     export_dir: str | None = None,
-    log: Callable[[str], Any] = print,
+    log: Log = print,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``eventpipe train`` with ``cfg`` in a child process; returns its train report.
@@ -36,8 +47,99 @@ def train_in_subprocess(
     ``export_dir``: where the SavedModel goes (None: no export). ``env`` adds environment
     variables for the child (e.g. ``TF_CONFIG`` for one multiworker task).
     """
-    from trainer.train_loop import REPORT
+    workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
+    child = _Child("teacher", cmd, env or {}, log, prefix="")
+    child.wait()
+    child.raise_for_failure()
+    return _read_report(workdir)
 
+
+def train(
+    cfg: Config,
+    examples_dir: str,
+    workdir: str,
+    *,
+    export_dir: str | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train the teacher with ``cfg`` in fresh processes; returns the chief's train report.
+
+    ``multiworker`` without a ``TF_CONFIG`` in this environment runs ``cfg.teacher.workers``
+    local worker processes; every other case runs one child.
+    """
+    if cfg.teacher.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
+        return train_local_workers(cfg, examples_dir, workdir, export_dir=export_dir, log=log)
+    return train_in_subprocess(cfg, examples_dir, workdir, export_dir=export_dir, log=log)
+
+
+def local_cluster(workers: int) -> list[str]:
+    """``workers`` free loopback addresses (host:port) for a local TF_CONFIG cluster."""
+    sockets = [socket.socket() for _ in range(workers)]
+    try:
+        for s in sockets:
+            s.bind((LOCAL_HOST, 0))
+        return [f"{LOCAL_HOST}:{s.getsockname()[1]}" for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(cluster: list[str], index: int) -> str:
+    """The ``TF_CONFIG`` of worker ``index`` (worker 0 is the chief)."""
+    return json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})
+
+
+def train_local_workers(
+    cfg: Config,
+    examples_dir: str,
+    workdir: str,
+    *,
+    export_dir: str | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """MultiWorkerMirroredStrategy over ``cfg.teacher.workers`` processes on 127.0.0.1.
+
+    Each worker is one replica (one CPU device or its local GPUs). If any worker fails the
+    others are stopped, since a collective would otherwise wait for the lost peer forever.
+    """
+    workers = cfg.teacher.workers
+    if workers < 1:
+        raise UserError(f"teacher.workers must be >= 1 for --strategy multiworker, got {workers}")
+    if cfg.teacher.global_batch_size % workers:
+        raise UserError(
+            f"--global-batch-size {cfg.teacher.global_batch_size} must be a multiple of the "
+            f"{workers} multiworker workers (teacher.workers)"
+        )
+    worker_cfg = Config.from_dict(cfg.to_dict())
+    worker_cfg.teacher.logical_devices = 1  # MultiWorkerMirroredStrategy uses one CPU device per worker
+    workdir, cmd = _prepare(worker_cfg, examples_dir, workdir, export_dir)
+    cluster = local_cluster(workers)
+    log(f"multiworker: {workers} local workers on {', '.join(cluster)} (worker 0 is the chief)")
+    children = [
+        _Child(f"worker {i}", cmd, {"TF_CONFIG": tf_config(cluster, i)}, log, prefix=f"[worker {i}] ")
+        for i in range(workers)
+    ]
+    try:
+        while any(c.running for c in children):
+            failed = next((c for c in children if not c.running and c.code), None)
+            if failed is not None:
+                for c in children:
+                    c.stop()
+                failed.raise_for_failure()
+            time.sleep(0.2)
+    finally:
+        for c in children:
+            c.stop()
+            c.wait()
+    for c in children:
+        c.raise_for_failure()
+    return _read_report(workdir)
+
+
+# -- internals --------------------------------------------------------------------------
+
+
+def _prepare(cfg: Config, examples_dir: str, workdir: str, export_dir: str | None) -> tuple[str, list[str]]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "teacher_config.json")
@@ -47,23 +149,67 @@ def train_in_subprocess(
         "--data", os.path.abspath(examples_dir), "--workdir", workdir, "--quiet",
     ]  # fmt: skip
     cmd += ["--export-dir", os.path.abspath(export_dir)] if export_dir else ["--no-export"]
-    child_env = dict(os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, child_env.get("PYTHONPATH", "")) if p)
-    child_env.update(env or {})
-    tail: collections.deque[str] = collections.deque(maxlen=30)
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env, cwd=REPO_ROOT
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            log(line)
-        code = proc.wait()
-    if code == UserError.exit_code:
-        message = next((t for t in reversed(tail) if "error:" in t), tail[-1] if tail else "")
-        raise UserError(message.split("error:", 1)[-1].strip())
-    if code:
-        raise RuntimeError(f"teacher training exited with {code}; last output:\n" + "\n".join(tail))
+    return workdir, cmd
+
+
+def _read_report(workdir: str) -> dict[str, Any]:
+    from trainer.train_loop import REPORT
+
     with open(os.path.join(workdir, REPORT), encoding="utf-8") as f:
         return json.load(f)
+
+
+class _Child:
+    """One ``eventpipe train`` process whose output is streamed to ``log`` as it arrives."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Log, prefix: str) -> None:
+        self.name = name
+        child_env = dict(os.environ)
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, child_env.get("PYTHONPATH", "")) if p)
+        child_env.update(env)
+        self.tail: collections.deque[str] = collections.deque(maxlen=30)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env, cwd=REPO_ROOT
+        )
+        self._reader = threading.Thread(target=self._stream, args=(log, prefix), daemon=True)
+        self._reader.start()
+
+    def _stream(self, log: Log, prefix: str) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.tail.append(line)
+            log(prefix + line)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def code(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        if self.running:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self._reader.join()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+    def raise_for_failure(self) -> None:
+        code = self.wait()
+        if code == UserError.exit_code:
+            message = next((t for t in reversed(self.tail) if "error:" in t), self.tail[-1] if self.tail else "")
+            raise UserError(f"{self.name}: " + message.split("error:", 1)[-1].strip())
+        if code:
+            raise RuntimeError(
+                f"teacher training ({self.name}) exited with {code}; last output:\n" + "\n".join(self.tail)
+            )

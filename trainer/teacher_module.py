@@ -2,9 +2,11 @@
 
 The Trainer executor already runs TensorFlow in its process, so the logical devices and
 mesh the strategy needs cannot be configured there: training runs in a child process
-(``trainer.launch``) with the pipeline's resolved config. The child writes the exported
-SavedModel to ``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard
-scalars and the training-curve plot under ``model_run_dir``.
+(``trainer.launch``) with the pipeline's resolved config; ``--strategy multiworker`` starts
+``teacher.workers`` local worker processes with a TF_CONFIG each (or one task of an external
+cluster when TF_CONFIG is already set). The (chief) child writes the exported SavedModel to
+``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard scalars and the
+training-curve plot under ``model_run_dir``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from pipeline import layout
 from pipeline.config import Config
-from trainer.launch import train_in_subprocess
+from trainer import launch
 
 CONFIG_KEY = "config"
 
@@ -34,7 +36,7 @@ def run_fn(fn_args: Any) -> None:
     examples_dir = layout.examples_dir_of(fn_args.train_files[0])
     logger = logging.getLogger("eventpipe.teacher")
     logger.info("teacher: %s on %s", cfg.teacher.strategy, examples_dir)
-    report = train_in_subprocess(
+    report = launch.train(
         cfg,
         examples_dir,
         fn_args.model_run_dir,

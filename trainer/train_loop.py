@@ -198,10 +198,13 @@ def train(
     # -- loop ---------------------------------------------------------------------------
     step_times: list[float] = []
     step_cpu: list[float] = []  # process CPU seconds (all threads): robust on a shared machine
+    input_waits: list[float] = []  # time the step waited for its batch: > 0 means input-bound
     began = time.time()
     bar = tqdm(total=cfg.steps, initial=start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
     for step in range(start, cfg.steps):
+        waited = time.perf_counter()
         batch = next(batches)
+        input_waits.append(time.perf_counter() - waited)
         t0, c0 = time.perf_counter(), time.process_time()
         loss = runner.step(batch)
         step_times.append(time.perf_counter() - t0)
@@ -267,6 +270,9 @@ def train(
             "median_step_seconds": step_seconds,
             "median_step_cpu_seconds": cpu_seconds,
             "examples_per_second": (cfg.global_batch_size / step_seconds) if step_seconds else None,
+            "median_input_wait_seconds": statistics.median(input_waits[steady]) if input_waits else None,
+            # Share of the steady loop spent waiting for input: ~0 when compute-bound.
+            "input_wait_fraction": _wait_fraction(input_waits[steady], step_times[steady]),
             "checkpoints": len(checkpoint_seconds),
             "checkpoint_seconds": sum(checkpoint_seconds),
         },
@@ -280,6 +286,11 @@ def train(
     report["plots"] = {"training_curve": plot_training_curve(report, os.path.join(own_dir, CURVE))}
     _write_json(os.path.join(own_dir, REPORT), report)
     return report
+
+
+def _wait_fraction(waits: list[float], steps: list[float]) -> float | None:
+    total = sum(waits) + sum(steps)
+    return sum(waits) / total if total > 0 else None
 
 
 def _config_dict(cfg: TeacherConfig) -> dict[str, Any]:
