@@ -83,7 +83,10 @@ def record_stream(files: list[str], *, seed: int, epoch_size: int, start_record:
         return records.batch(window).enumerate().map(tf.autograph.experimental.do_not_convert(permute)).unbatch()
 
     epochs = tf.data.Dataset.range(first_epoch, 2**62)
-    return epochs.flat_map(tf.autograph.experimental.do_not_convert(epoch)).skip(offset)
+    stream = epochs.flat_map(tf.autograph.experimental.do_not_convert(epoch)).skip(offset)
+    # flat_map hides that the stream never ends; declared, a multi-worker iterator skips the
+    # per-step cross-worker "does every worker still have data?" all-reduce.
+    return stream.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
 
 
 def train_batches(
