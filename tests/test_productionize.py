@@ -266,3 +266,18 @@ def test_uint8_input_takes_camera_pixels_unchanged():
     np.testing.assert_array_equal(prepared.reshape(SPEC.input_shape), pixels)  # q = pixel exactly
     out = classifier.classify(pixels / 255.0)
     assert out["class_name"] in SPEC.classes and out["probabilities"].sum() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_converter_native_logs_are_kept_off_the_terminal_unless_conversion_fails(capfd):
+    from trainer.lite import convert
+    from trainer.student_model import build_student
+
+    model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
+    capfd.readouterr()
+    assert convert(model, SPEC, "float16")[4:8] == b"TFL3"
+    out, err = capfd.readouterr()
+    assert "W0000" not in err and "Ignored output_format" not in err + out
+
+    wrong_shape = [np.zeros((1, 3, 5, 5, 1), np.float32)]  # not the model's [1, 2, 8, 8, 1]
+    with pytest.raises(RuntimeError, match="TFLite int8 conversion failed"):
+        convert(model, SPEC, "int8", representative=wrong_shape)

@@ -18,7 +18,11 @@ Every model takes decoded frames ``[1, K, H, W, C]`` and returns ``logits`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -128,7 +132,36 @@ def convert(
         converter.target_spec.supported_types = [tf.float16]
     else:
         converter.optimizations = optimizations
-    return bytes(converter.convert())
+    with _native_output_captured() as log:
+        try:
+            return bytes(converter.convert())
+        except Exception as e:
+            failure = e
+    raise RuntimeError(f"TFLite {variant} conversion failed: {failure}\nconverter log:\n" + "\n".join(log[-40:]))
+
+
+@contextlib.contextmanager
+def _native_output_captured() -> Iterator[list[str]]:
+    """Capture what the converter's C++ code prints (absl ``W0000 ...`` lines, quantizer notes).
+
+    It writes to file descriptors 1 and 2 directly, ignoring ``TF_CPP_MIN_LOG_LEVEL``, and
+    would bury the run's progress; kept (and shown) only when the conversion fails.
+    """
+    lines: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            yield lines
+        finally:
+            for fd, original in saved.items():
+                os.dup2(original, fd)
+                os.close(original)
+            sink.seek(0)
+            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
 
 
 def _as_generator(events: list[np.ndarray]) -> Callable[[], Iterator[list[np.ndarray]]]:
