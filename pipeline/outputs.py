@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.pipeline_def import PIPELINE_NAME
 
 
@@ -16,11 +17,26 @@ class NodeOutputs:
     properties: dict[str, dict[str, Any]] = field(default_factory=dict)  # uri -> custom properties
 
 
-def last_run_id(connection_config: Any) -> int:
-    """Id of the newest pipeline-run context (0 if none): taken before a run to spot a new one."""
+def open_store(connection_config: Any) -> Any:
+    """A MetadataStore, or one UserError naming the store when it cannot be reached."""
     from ml_metadata import metadata_store
 
-    store = metadata_store.MetadataStore(connection_config)
+    try:
+        return metadata_store.MetadataStore(connection_config)
+    except RuntimeError as e:
+        if connection_config.HasField("mysql"):
+            m = connection_config.mysql
+            where = f"MySQL ML Metadata at {m.host}:{m.port}/{m.database} as user {m.user or '(none)'}"
+            hint = "start the server, check --metadata mysql://user:password@host:port/db and the user's rights"
+        else:
+            where = f"SQLite ML Metadata at {connection_config.sqlite.filename_uri}"
+            hint = "check that --workdir is writable"
+        raise UserError(f"cannot open {where} ({str(e).strip() or type(e).__name__}): {hint}") from None
+
+
+def last_run_id(connection_config: Any) -> int:
+    """Id of the newest pipeline-run context (0 if none): taken before a run to spot a new one."""
+    store = open_store(connection_config)
     return max((c.id for c in store.get_contexts_by_type("pipeline_run")), default=0)
 
 
@@ -31,10 +47,9 @@ def latest_run(
 
     Empty when no run newer than context id ``newer_than`` exists (the run never started).
     """
-    from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    store = metadata_store.MetadataStore(connection_config)
+    store = open_store(connection_config)
     runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > newer_than]
     node_contexts = {
         c.name.split(".", 1)[1]: c
@@ -77,10 +92,9 @@ def _value(v: Any) -> Any:
 
 def execution_count(connection_config: Any, node_id: str, pipeline_name: str = PIPELINE_NAME) -> dict[str, int]:
     """How many executions of one node ended in each state (COMPLETE, CACHED, ...)."""
-    from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    store = metadata_store.MetadataStore(connection_config)
+    store = open_store(connection_config)
     ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
     counts: dict[str, int] = {}
     if ctx is None:
