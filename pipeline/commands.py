@@ -14,6 +14,8 @@ from pipeline.config import Config
 from pipeline.errors import GateFailed, UserError
 from pipeline.pipeline_def import STAGES
 
+KFP_SPEC = "eventpipe_kfp.json"
+
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that runs (part of) the pipeline."""
@@ -40,6 +42,11 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-workers", metavar="N", dest="teacher.workers", type=int, help="multiworker: local worker processes started on 127.0.0.1 when TF_CONFIG is unset (default 2)")
 
 
+def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", dest="run.image", help="kubeflow: container image built from the repo's Dockerfile")
+    p.add_argument("--pipeline-root", dest="run.pipeline_root", help="kubeflow: artifact root as the cluster sees it (gs://...)")
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("validate", help="ingest and validate events (TFX: EventExampleGen..ExampleValidator)")
     add_run_flags(p)
@@ -49,14 +56,14 @@ def add_parser(subparsers: Any) -> None:
     add_run_flags(p)
     p.add_argument("--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)")
     add_training_flags(p)
+    add_kubeflow_flags(p)
     p.set_defaults(func=run_command)
 
     p = subparsers.add_parser("compile-kubeflow", help="compile the pipeline to a Kubeflow Pipelines v2 spec (JSON)")
     add_run_flags(p)
     add_training_flags(p)
-    p.add_argument("--output", default="eventpipe_kfp.json", help="spec file to write (default eventpipe_kfp.json)")
-    p.add_argument("--image", dest="run.image", help="container image built from the repo's Dockerfile")
-    p.add_argument("--pipeline-root", dest="run.pipeline_root", help="artifact root as the cluster sees it (gs://...)")
+    p.add_argument("--output", default=KFP_SPEC, help=f"spec file to write (default {KFP_SPEC})")
+    add_kubeflow_flags(p)
     p.set_defaults(func=compile_kubeflow_command)
 
 
@@ -172,6 +179,8 @@ def run_command(args: argparse.Namespace) -> int:
     from pipeline import summary
 
     cfg = prepare(args)
+    if cfg.run.runner == "kubeflow":  # the cluster executes it; here it is compiled
+        return _compile_kubeflow(cfg, os.path.join(cfg.workdir, KFP_SPEC), args.through)
     started = time.time()
     try:
         found = run_stage(cfg, args.through)
@@ -192,10 +201,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def compile_kubeflow_command(args: argparse.Namespace) -> int:
+    args.__dict__["run.runner"] = "kubeflow"
+    return _compile_kubeflow(prepare(args), args.output, STAGES[-1])
+
+
+def _compile_kubeflow(cfg: Config, output: str, through: str) -> int:
     from pipeline import runners
 
-    args.__dict__["run.runner"] = "kubeflow"
-    cfg = prepare(args)
-    path = runners.compile_kubeflow(cfg, args.output)
+    path = runners.compile_kubeflow(cfg, output, through=through)
     print(f"Kubeflow Pipelines v2 spec: {path} (image {cfg.run.image})")
+    print("submit it with the KFP client or the Kubeflow/Vertex AI Pipelines UI; build the image from ./Dockerfile")
     return 0

@@ -72,7 +72,7 @@ def run_pipeline(config: Config, through: str) -> None:
         through=through,
     )
     if config.run.runner == "kubeflow":
-        raise UserError("--runner kubeflow compiles, it does not execute here; use `eventpipe compile-kubeflow`")
+        raise UserError("--runner kubeflow compiles, it does not execute here: use `eventpipe run --runner kubeflow`")
     if config.run.runner == "local":
         tfx.orchestration.LocalDagRunner().run(pipeline)
     elif config.run.runner == "beam":
@@ -83,7 +83,7 @@ def run_pipeline(config: Config, through: str) -> None:
         raise UserError(f"unknown runner {config.run.runner!r}; use local, beam or kubeflow")
 
 
-def compile_kubeflow(config: Config, output_path: str) -> str:
+def compile_kubeflow(config: Config, output_path: str, *, through: str = "push") -> str:
     """Compile the same pipeline to a Kubeflow Pipelines v2 spec (JSON); returns its path.
 
     Paths (``--data``, ``run.pipeline_root``) are used as given: on a cluster they are bucket
@@ -103,6 +103,7 @@ def compile_kubeflow(config: Config, output_path: str) -> str:
         beam_pipeline_args=beam_args(config),
         serving_base=config.run.serving_base,
         mobile_base=config.run.mobile_base,
+        through=through,
     )
     output_path = os.path.abspath(output_path)
     os.makedirs(os.path.dirname(output_path), exist_ok=True)

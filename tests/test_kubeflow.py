@@ -62,3 +62,20 @@ def test_trainers_cache_keys_hold_only_their_own_config_sections():
     assert a["TeacherTrainer"] == b["TeacherTrainer"]  # a student/serving change does not retrain the teacher
     assert a["Distiller"] != b["Distiller"]
     assert set(json.loads(a["TeacherTrainer"])["config"]) == {"data", "teacher"}
+
+
+def test_run_with_kubeflow_runner_compiles_into_the_workdir(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--runner", "kubeflow", "--data", "gs://bucket/events",
+         "--pipeline-root", "gs://bucket/root", "--workdir", str(tmp_path / "w"), "--image", "registry.example/e:1",
+         "--through", "train", "--strategy", "multiworker", "--train-workers", "4"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    spec_path = tmp_path / "w" / "eventpipe_kfp.json"
+    assert str(spec_path) in r.stdout
+    tasks = json.loads(spec_path.read_text())["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert "TeacherTrainer" in tasks and "Distiller" not in tasks and "EventPusher" not in tasks
+    custom = tasks["TeacherTrainer"]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]
+    teacher = json.loads(next(iter(custom.values())))["config"]["teacher"]
+    assert teacher["strategy"] == "multiworker" and teacher["workers"] == 4
