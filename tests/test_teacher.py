@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,16 +41,6 @@ TINY = {
     }
 }
 TIMEOUT = 900
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _train(config: str, data: str, workdir: str, *flags: str, env: dict | None = None) -> subprocess.Popen:
@@ -104,12 +93,13 @@ def runs(tmp_path_factory):
         "killed": _train(config, data, w["killed"], "--strategy", "single", "--steps", "400",
                          "--checkpoint-every", "2", "--no-export"),  # fmt: skip
     }
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    from trainer.launch import local_cluster, tf_config
+
+    cluster = local_cluster(2)  # the addresses and TF_CONFIGs the pipeline's launcher uses
     for i in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs[f"worker{i}"] = _train(config, data, w["multiworker"], "--strategy", "multiworker",
-                                     "--logical-devices", "1", "--no-export", env={"TF_CONFIG": tf_config})  # fmt: skip
+                                     "--logical-devices", "1", "--no-export",
+                                     env={"TF_CONFIG": tf_config(cluster, i)})  # fmt: skip
 
     # Kill the long run with SIGKILL as soon as it has written a checkpoint.
     state = os.path.join(w["killed"], "train_state.json")
