@@ -63,16 +63,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SETUP_HINT = "set it up with `make setup` and run `.venv/bin/eventpipe` (or `source .venv/bin/activate`)"
+# Runs on devices with tflite-runtime, PIL and NumPy only, on whatever Python they have.
+ANY_PYTHON_COMMANDS = {"device-run"}
+OWN_PACKAGES = {"pipeline", "components", "trainer", "serving"}
+
+
+def environment_problem(command: str | None, missing: str | None = None) -> str | None:
+    """One line on why this interpreter cannot run ``command``, or None when it can."""
+    here = f"{sys.executable} (Python {sys.version.split()[0]})"
+    if command not in ANY_PYTHON_COMMANDS and sys.version_info[:2] != (3, 10):
+        return f"eventpipe needs Python 3.10 (TFX 1.16 supports >=3.9,<3.11), not {here}; {SETUP_HINT}"
+    if missing:
+        return f"package {missing!r} is not installed for {here}; {SETUP_HINT}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        problem = environment_problem(args.command)
+        if problem:
+            raise UserError(problem)
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"eventpipe {args.command}: error: {e}", file=sys.stderr)
+        print(f"eventpipe {command or ''}: error: {e}".replace("  ", " "), file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in OWN_PACKAGES:
+            raise  # our own code is broken: that is a bug, keep the traceback
+        # A wrong interpreter or a missing venv, not a bug: say which and how to fix it.
+        print(f"eventpipe {command or ''}: error: {environment_problem(command, e.name or str(e))}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
-        print(f"eventpipe {args.command}: interrupted", file=sys.stderr)
+        print(f"eventpipe {command or ''}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -62,3 +62,23 @@ def test_validate_with_the_beam_dag_runner_and_two_beam_workers(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     events = json.loads((work / "report.json").read_text())["events"]
     assert (events["read"], events["accepted"]) == (40, 40)
+
+
+def test_wrong_python_or_missing_packages_is_one_line_saying_to_set_up(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setattr(sys, "version_info", (3, 12, 1, "final", 0))
+    assert main(["run", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eventpipe run: error: eventpipe needs Python 3.10") and "make setup" in err
+    # The on-device runner is exempt: it gets as far as its own check of the model path.
+    assert main(["device-run", "--model", str(tmp_path / "none.tflite"), "--data", str(tmp_path)]) == 2
+    assert "Python 3.10" not in capsys.readouterr().err
+    monkeypatch.undo()
+
+    # A venv without the pinned packages (simulated by blocking one import).
+    code = "import sys; sys.modules['tqdm'] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "generate", "--out", str(tmp_path / "e")], cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: package 'tqdm' is not installed for" in r.stderr and "make setup" in r.stderr
