@@ -285,3 +285,51 @@ def test_local_workers_report_a_worker_error_as_one_user_error(tmp_path):
     cfg.teacher.global_batch_size = 5
     with pytest.raises(UserError, match="multiple of the 2 multiworker workers"):
         launch.train(cfg, str(tmp_path / "not-examples"), str(tmp_path / "work"))
+
+
+def _child_pid(environ_fragment: bytes) -> int | None:
+    """A child of this process whose environment contains ``environ_fragment`` (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if ppid == os.getpid() and environ_fragment in environ:
+            return int(entry)
+    return None
+
+
+def test_a_lost_worker_stops_the_others_instead_of_hanging(runs, tmp_path):
+    import threading
+
+    from trainer import launch
+
+    cfg = Config.from_dict(TINY)
+    cfg.teacher.strategy, cfg.teacher.workers, cfg.teacher.steps = "multiworker", 2, 100_000
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            launch.train(cfg, runs["data"], str(tmp_path / "work"), log=lambda line: None)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    # Kill worker 1 once both workers are training (worker 0 has written its first checkpoint).
+    deadline = time.time() + TIMEOUT
+    while not os.path.exists(tmp_path / "work" / "checkpoints" / "checkpoint") and time.time() < deadline:
+        time.sleep(0.1)
+    victim = _child_pid(b'"task": {"type": "worker", "index": 1}')
+    assert victim is not None, "worker 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the launcher hung after losing a worker"
+    assert isinstance(outcome.get("error"), RuntimeError)
+    assert "worker 1 was killed by signal 9" in str(outcome["error"])
+    assert _child_pid(b'"task": {"type": "worker", "index": 0}') is None, "worker 0 was left running"

@@ -120,20 +120,27 @@ def train_local_workers(
         for i in range(workers)
     ]
     try:
-        while any(c.running for c in children):
-            failed = next((c for c in children if not c.running and c.code), None)
-            if failed is not None:
-                for c in children:
-                    c.stop()
-                failed.raise_for_failure()
+        while any(c.running for c in children) and not any(c.code for c in children):
             time.sleep(0.2)
     finally:
         for c in children:
             c.stop()
             c.wait()
-    for c in children:
-        c.raise_for_failure()
+    _raise_for_failures(children)
     return _read_report(workdir)
+
+
+def _raise_for_failures(children: list[_Child]) -> None:
+    """Raise for the worker that caused a failure, naming the peers that failed after it.
+
+    A worker killed by a signal or stopped by a user error is the cause; peers then fail
+    in their collectives (or are stopped here) and are only mentioned.
+    """
+    failed = [c for c in children if c.wait() and not c.stopped]
+    if not failed:
+        return
+    cause = next((c for c in failed if c.code < 0 or c.code == UserError.exit_code), failed[0])
+    cause.raise_for_failure(also=[f"{c.name} exited with {c.code}" for c in failed if c is not cause])
 
 
 # -- internals --------------------------------------------------------------------------
@@ -168,6 +175,7 @@ class _Child:
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, child_env.get("PYTHONPATH", "")) if p)
         child_env.update(env)
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
+        self.stopped = False  # terminated by the launcher, not failed on its own
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env, cwd=REPO_ROOT
         )
@@ -186,11 +194,13 @@ class _Child:
         return self.proc.poll() is None
 
     @property
-    def code(self) -> int | None:
-        return self.proc.poll()
+    def code(self) -> int:
+        """Exit status; 0 while still running."""
+        return self.proc.poll() or 0
 
     def stop(self) -> None:
         if self.running:
+            self.stopped = True
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -204,12 +214,14 @@ class _Child:
             self.proc.stdout.close()
         return code
 
-    def raise_for_failure(self) -> None:
+    def raise_for_failure(self, also: list[str] | None = None) -> None:
         code = self.wait()
+        after = f" (then {', '.join(also)})" if also else ""
         if code == UserError.exit_code:
             message = next((t for t in reversed(self.tail) if "error:" in t), self.tail[-1] if self.tail else "")
-            raise UserError(f"{self.name}: " + message.split("error:", 1)[-1].strip())
+            raise UserError(f"{self.name}: " + message.split("error:", 1)[-1].strip() + after)
         if code:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
             raise RuntimeError(
-                f"teacher training ({self.name}) exited with {code}; last output:\n" + "\n".join(self.tail)
+                f"teacher training: {self.name} {how}{after}; its last output:\n" + "\n".join(self.tail)
             )
