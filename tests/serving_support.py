@@ -14,9 +14,6 @@ import functools
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -24,6 +21,7 @@ import urllib.request
 
 import numpy as np
 
+import serving.process
 from pipeline.layout import EventSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,40 +112,19 @@ def b64_instance(frames: list[bytes]) -> list[dict]:
     return [{"b64": base64.b64encode(f).decode("ascii")} for f in frames]
 
 
-class ServerProcess:
-    """``eventpipe serve`` in a subprocess on free loopback ports."""
+class ServerProcess(serving.process.ServerProcess):
+    """The server, already listening when constructed; ``wait_status`` polls its REST status."""
 
     def __init__(self, base: str, name: str, *extra: str, env: dict | None = None, timeout: float = 90.0) -> None:
-        self.port_file = os.path.join(tempfile.mkdtemp(prefix="eventpipe-serve-"), "ports.json")
-        self.log_path = self.port_file + ".log"
-        cmd = [
-            sys.executable, "-m", "pipeline.cli", "serve",
-            "--model-base-path", base, "--model-name", name,
-            "--rest-port", "0", "--grpc-port", "0", "--port-file", self.port_file,
-            "--poll-seconds", "0.2", *extra,
-        ]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(self.port_file):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
-        with open(self.port_file, encoding="utf-8") as f:
-            info = json.load(f)
-        self.rest_port, self.grpc_port = info["rest_port"], info["grpc_port"]
-        self.url = f"http://127.0.0.1:{self.rest_port}"
-        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        super().__init__(base, name, *extra, env=env)
+        try:
+            self.wait_listening(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def log(self) -> str:
-        self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")[-6000:]
+        return self.log_tail()
 
     def wait_status(self, name: str, predicate, timeout: float = 60.0) -> list[dict]:
         """Poll GET /v1/models/NAME until ``predicate(model_version_status)`` holds."""
@@ -162,16 +139,6 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"status never satisfied the condition; last {last}\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def available(versions: list[int]):

@@ -23,9 +23,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -36,6 +33,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.layout import EventSpec
+from serving.process import ServerProcess
 
 VALIDATION_FILE = "validation.json"
 VERSION = 1
@@ -142,64 +140,6 @@ def compare(
 
 
 # -- the server subprocess -------------------------------------------------------------------
-def _repo_root() -> str:
-    import pipeline
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
-
-
-class ServerProcess:
-    """``eventpipe serve`` in a subprocess on free loopback ports; ``stop`` always ends it."""
-
-    def __init__(self, base: str, model_name: str, workdir: str) -> None:
-        self.port_file = os.path.join(workdir, "ports.json")
-        self.log_path = os.path.join(workdir, "server.log")
-        cmd = [
-            sys.executable, "-m", "pipeline.cli", "serve",
-            "--model-base-path", base, "--model-name", model_name, "--host", "127.0.0.1",
-            "--rest-port", "0", "--grpc-port", "0", "--port-file", self.port_file, "--poll-seconds", "0.2",
-        ]  # fmt: skip
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_repo_root(), env.get("PYTHONPATH", "")) if p)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.rest_port: int | None = None
-        self.grpc_port: int | None = None
-
-    def wait_listening(self, deadline: float) -> None:
-        while not os.path.exists(self.port_file):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with code {self.proc.returncode} before listening")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the server did not start listening in time")
-            time.sleep(0.05)
-        with open(self.port_file, encoding="utf-8") as f:
-            info = json.load(f)
-        self.rest_port, self.grpc_port = int(info["rest_port"]), int(info["grpc_port"])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    def log_tail(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")[-LOG_TAIL_CHARS:]
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
-
-
 def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode("utf-8") if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
@@ -297,7 +237,7 @@ def _grpc_request(server, model_name, frames, ids, reference, tolerance, report)
     request.model_spec.signature_name = "serving_default"
     request.model_spec.version.value = VERSION
     request.inputs[layout.SERVING_INPUT].CopyFrom(tf.make_tensor_proto(frames.tolist(), dtype=tf.string))
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+    with grpc.insecure_channel(server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         started = time.perf_counter()
         try:
@@ -328,9 +268,9 @@ def _serve_and_compare(
     """Wait for the version to load, then check metadata and send the requests (into ``report``)."""
     problems = report["problems"]
     try:
-        server.wait_listening(deadline)
+        server.wait_listening(max(0.0, deadline - time.monotonic()))
     except (RuntimeError, TimeoutError) as e:
-        problems.append(str(e))
+        problems.append(str(e).splitlines()[0].rstrip(":"))  # the log goes to server_log_tail
         return
     report["status"] = state = wait_available(server, model_name, deadline)
     report["load_seconds"] = round(time.monotonic() - started, 2)
@@ -393,7 +333,7 @@ def validate_in_server(
     server = None
     try:
         push_saved_model(model_dir, os.path.join(workdir, "base"), model_name)  # version 1 of a fresh base
-        server = ServerProcess(os.path.join(workdir, "base"), model_name, workdir)
+        server = ServerProcess(os.path.join(workdir, "base"), model_name, workdir=workdir)
         # The reference runs here while the server process starts and loads.
         try:
             reference = in_process_outputs(model_dir, frames)
@@ -411,7 +351,7 @@ def validate_in_server(
         if server is not None:
             report["server_exit_code"] = server.stop()
             if problems or report["errors"] or report["mismatches"]:
-                report["server_log_tail"] = server.log_tail()
+                report["server_log_tail"] = server.log_tail(LOG_TAIL_CHARS)
         shutil.rmtree(workdir, ignore_errors=True)
 
     problems += report["errors"]
