@@ -333,3 +333,22 @@ def test_a_lost_worker_stops_the_others_instead_of_hanging(runs, tmp_path):
     assert isinstance(outcome.get("error"), RuntimeError)
     assert "worker 1 was killed by signal 9" in str(outcome["error"])
     assert _child_pid(b'"task": {"type": "worker", "index": 0}') is None, "worker 0 was left running"
+
+
+def test_child_progress_reaches_stderr_without_native_log_noise(capsys):
+    from trainer.launch import _Child
+
+    script = (
+        "import sys; w = sys.stderr.write; w('\\rteacher: 1/2'); sys.stderr.flush(); "
+        "w('E0000 00:00:1795353203.219221   14985 op_level_cost_estimator.cc:1121] Incompatible Matrix dimensions\\n'); "
+        "w('\\rteacher: 2/2\\n'); print('teacher done')"
+    )
+    logged = []
+    child = _Child("teacher", [sys.executable, "-c", script], {}, logged.append, prefix="", progress=True)
+    child.raise_for_failure()
+    err = capsys.readouterr().err
+    assert "teacher: 1/2" in err and "teacher: 2/2\n" in err and "teacher done" in err
+    assert "E0000" not in err and "Incompatible" not in err
+    # The log keeps every line, a redrawn bar as its last state.
+    assert any("Incompatible Matrix dimensions" in line for line in logged) and "teacher done" in logged
+    assert "teacher: 2/2" in logged

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from pipeline.config import Config
 from pipeline.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# absl-formatted native log records ("E0000 00:00:1795353203.219221  14985 file.cc:1121] ...").
+_NATIVE_LOG = re.compile(rb"(?:[EWIF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::).*")
 LOCAL_HOST = "127.0.0.1"
 Log = Callable[[str], Any]
 
@@ -41,14 +44,16 @@ def train_in_subprocess(
     export_dir: str | None = None,
     log: Log = print,
     env: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """``eventpipe train`` with ``cfg`` in a child process; returns its train report.
 
     ``export_dir``: where the SavedModel goes (None: no export). ``env`` adds environment
-    variables for the child (e.g. ``TF_CONFIG`` for one multiworker task).
+    variables for the child (e.g. ``TF_CONFIG`` for one multiworker task). ``progress``:
+    the child's progress bar is shown on this process's stderr.
     """
     workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
-    child = _Child("teacher", cmd, env or {}, log, prefix="")
+    child = _Child("teacher", cmd, env or {}, log, prefix="", progress=progress)
     child.wait()
     child.raise_for_failure()
     return _read_report(workdir)
@@ -61,15 +66,17 @@ def train(
     *,
     export_dir: str | None = None,
     log: Log = print,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train the teacher with ``cfg`` in fresh processes; returns the chief's train report.
 
     ``multiworker`` without a ``TF_CONFIG`` in this environment runs ``cfg.teacher.workers``
-    local worker processes; every other case runs one child.
+    local worker processes; every other case runs one child. ``progress``: show the
+    (chief's) training progress bar on this process's stderr.
     """
     if cfg.teacher.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
-        return train_local_workers(cfg, examples_dir, workdir, export_dir=export_dir, log=log)
-    return train_in_subprocess(cfg, examples_dir, workdir, export_dir=export_dir, log=log)
+        return train_local_workers(cfg, examples_dir, workdir, export_dir=export_dir, log=log, progress=progress)
+    return train_in_subprocess(cfg, examples_dir, workdir, export_dir=export_dir, log=log, progress=progress)
 
 
 def local_cluster(workers: int) -> list[str]:
@@ -96,6 +103,7 @@ def train_local_workers(
     *,
     export_dir: str | None = None,
     log: Log = print,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """MultiWorkerMirroredStrategy over ``cfg.teacher.workers`` processes on 127.0.0.1.
 
@@ -116,7 +124,8 @@ def train_local_workers(
     cluster = local_cluster(workers)
     log(f"multiworker: {workers} local workers on {', '.join(cluster)} (worker 0 is the chief)")
     children = [
-        _Child(f"worker {i}", cmd, {"TF_CONFIG": tf_config(cluster, i)}, log, prefix=f"[worker {i}] ")
+        _Child(f"worker {i}", cmd, {"TF_CONFIG": tf_config(cluster, i)}, log, prefix=f"[worker {i}] ",
+               progress=progress and i == 0)  # fmt: skip
         for i in range(workers)
     ]
     try:
@@ -153,7 +162,7 @@ def _prepare(cfg: Config, examples_dir: str, workdir: str, export_dir: str | Non
     cfg.save(config_path)
     cmd = [
         sys.executable, "-m", "pipeline.cli", "train", "--config", config_path,
-        "--data", os.path.abspath(examples_dir), "--workdir", workdir, "--quiet",
+        "--data", os.path.abspath(examples_dir), "--workdir", workdir,
     ]  # fmt: skip
     cmd += ["--export-dir", os.path.abspath(export_dir)] if export_dir else ["--no-export"]
     return workdir, cmd
@@ -167,27 +176,65 @@ def _read_report(workdir: str) -> dict[str, Any]:
 
 
 class _Child:
-    """One ``eventpipe train`` process whose output is streamed to ``log`` as it arrives."""
+    """One ``eventpipe train`` process whose output is streamed to ``log`` as it arrives.
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Log, prefix: str) -> None:
+    With ``progress`` the child draws its progress bar and the raw output is also copied to
+    this process's stderr as it comes (carriage returns included, so the bar redraws in
+    place); ``log`` still receives every complete line.
+    """
+
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], log: Log, prefix: str, progress: bool = False
+    ) -> None:
         self.name = name
+        self.progress = progress
+        cmd = cmd if progress else [*cmd, "--quiet"]
         child_env = dict(os.environ)
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, child_env.get("PYTHONPATH", "")) if p)
         child_env.update(env)
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
         self.stopped = False  # terminated by the launcher, not failed on its own
+        self._echo_pending = b""
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env, cwd=REPO_ROOT
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT
         )
         self._reader = threading.Thread(target=self._stream, args=(log, prefix), daemon=True)
         self._reader.start()
 
     def _stream(self, log: Log, prefix: str) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.tail.append(line)
-            log(prefix + line)
+        pending = b""
+        while chunk := self.proc.stdout.read1(65536):
+            if self.progress:
+                self._echo(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                self._line(raw, log, prefix)
+        if pending:
+            self._line(pending, log, prefix)
+
+    def _echo(self, chunk: bytes) -> None:
+        """Copy output to stderr segment by segment (``\r`` or ``\n`` ends one), minus native logs.
+
+        TensorFlow's C++ code logs harmless ``E0000 ...`` lines (grappler's cost estimator
+        on DTensor graphs) that would read as errors next to the progress bar; the log
+        callback still receives them.
+        """
+        parts = re.split(rb"([\r\n])", self._echo_pending + chunk)
+        self._echo_pending = parts.pop()  # not yet ended: a bar may be redrawn or extended
+        kept = bytearray()
+        for text, end in zip(parts[::2], parts[1::2], strict=True):
+            cleaned = _NATIVE_LOG.sub(b"", text)
+            if cleaned or not text:
+                kept += cleaned + end
+        if kept:
+            sys.stderr.write(kept.decode("utf-8", "replace"))
+            sys.stderr.flush()
+
+    def _line(self, raw: bytes, log: Log, prefix: str) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1]  # a redrawn bar: its last state
+        self.tail.append(line)
+        log(prefix + line)
 
     @property
     def running(self) -> bool:

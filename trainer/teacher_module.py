@@ -42,6 +42,7 @@ def run_fn(fn_args: Any) -> None:
         fn_args.model_run_dir,
         export_dir=fn_args.serving_model_dir,
         log=lambda line: logger.info("teacher | %s", line),
+        progress=True,  # the run's user sees the teacher's steps like every other stage's
     )
     logger.info(
         "teacher: eval accuracy %.3f after %d steps", report["final_eval_accuracy"], report["steps"]
