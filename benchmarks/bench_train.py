@@ -43,12 +43,13 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from pipeline import tfenv  # noqa: E402,F401
 
+# Config overrides per strategy; everything else is the default teacher.
 STRATEGIES = {
-    "single": ["--strategy", "single"],
-    "mirrored": ["--strategy", "mirrored"],
-    "hybrid-2d": ["--strategy", "hybrid", "--fc-layout", "2d", "--mesh", "batch=2,model=2"],
-    "hybrid-1d": ["--strategy", "hybrid", "--fc-layout", "1d", "--mesh", "batch=2,model=2"],
-    "multiworker": ["--strategy", "multiworker", "--logical-devices", "1"],
+    "single": {"strategy": "single"},
+    "mirrored": {"strategy": "mirrored"},
+    "hybrid-2d": {"strategy": "hybrid", "fc_layout": "2d", "mesh": "batch=2,model=2"},
+    "hybrid-1d": {"strategy": "hybrid", "fc_layout": "1d", "mesh": "batch=2,model=2"},
+    "multiworker": {"strategy": "multiworker", "workers": 2},
 }
 
 MATMUL_PROBE = """
@@ -117,26 +118,19 @@ def flops_per_event(spec_dir: str) -> dict:
 
 
 def run_strategy(name: str, data: str, workdir: str, steps: int, batch: int) -> dict:
-    base = [sys.executable, "-m", "pipeline.cli", "train", "--data", data, "--steps", str(steps),
-            "--global-batch-size", str(batch), "--checkpoint-every", str(10 * steps), "--no-export", "--quiet",
-            "--set", "teacher.eval_batches=1"]  # fmt: skip
-    from trainer.launch import local_cluster, tf_config
+    """Train in fresh process(es) through the pipeline's launcher (multiworker: local workers)."""
+    from pipeline.config import Config
+    from trainer import launch
 
-    workers = 2 if name == "multiworker" else 1
-    cluster = local_cluster(workers)
-    procs = []
-    for i in range(workers):
-        env = dict(os.environ)
-        if name == "multiworker":
-            env["TF_CONFIG"] = tf_config(cluster, i)
-        procs.append(subprocess.Popen([*base, "--workdir", workdir, *STRATEGIES[name]], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
-    for p in procs:
-        out, _ = p.communicate()
-        if p.returncode:
-            raise SystemExit(f"{name} failed:\n{out[-3000:]}")
-    with open(os.path.join(workdir, "train_report.json"), encoding="utf-8") as f:
-        report = json.load(f)
+    cfg = Config()
+    for key, value in {**STRATEGIES[name], "steps": steps, "global_batch_size": batch,
+                       "checkpoint_every": 10 * steps, "eval_batches": 1}.items():  # fmt: skip
+        setattr(cfg.teacher, key, value)
+    try:
+        report = launch.train(cfg, data, workdir, log=lambda line: None)
+    except Exception as e:  # noqa: BLE001 - one strategy failing ends the benchmark with its reason
+        raise SystemExit(f"{name} failed: {e}") from e
+    workers = report["mesh"].get("workers", 1)
     return {
         "median_step_seconds": report["timing"]["median_step_seconds"],
         # CPU seconds of all processes per step: what the plan costs, whatever else runs.

@@ -82,6 +82,7 @@ def environment_problem(command: str | None, missing: str | None = None) -> str 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
+    prog = f"eventpipe {command}" if command else "eventpipe"
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -90,16 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(problem)
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"eventpipe {command or ''}: error: {e}".replace("  ", " "), file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] in OWN_PACKAGES:
             raise  # our own code is broken: that is a bug, keep the traceback
         # A wrong interpreter or a missing venv, not a bug: say which and how to fix it.
-        print(f"eventpipe {command or ''}: error: {environment_problem(command, e.name or str(e))}", file=sys.stderr)
+        print(f"{prog}: error: {environment_problem(command, e.name or str(e))}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
-        print(f"eventpipe {command or ''}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

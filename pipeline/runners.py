@@ -57,6 +57,8 @@ def run_pipeline(config: Config, through: str) -> None:
 
     from pipeline.pipeline_def import create_pipeline
 
+    if config.run.runner == "kubeflow":
+        raise UserError("--runner kubeflow compiles, it does not execute here: use `eventpipe run --runner kubeflow`")
     if not config.run.data:
         raise UserError("no data: pass --data DIR (make demo data with `eventpipe generate --out DIR`)")
     if not os.path.exists(config.run.data):
@@ -71,8 +73,6 @@ def run_pipeline(config: Config, through: str) -> None:
         mobile_base=config.mobile_base,
         through=through,
     )
-    if config.run.runner == "kubeflow":
-        raise UserError("--runner kubeflow compiles, it does not execute here: use `eventpipe run --runner kubeflow`")
     if config.run.runner == "local":
         tfx.orchestration.LocalDagRunner().run(pipeline)
     elif config.run.runner == "beam":

@@ -16,12 +16,7 @@ import tempfile
 import time
 
 LOG_TAIL_CHARS = 6000
-
-
-def _repo_root() -> str:
-    import pipeline
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ServerProcess:
@@ -48,7 +43,7 @@ class ServerProcess:
             "--rest-port", "0", "--grpc-port", "0", "--port-file", self.port_file, "--poll-seconds", "0.2", *extra,
         ]  # fmt: skip
         child_env = dict(os.environ)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (_repo_root(), child_env.get("PYTHONPATH", "")) if p)
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, child_env.get("PYTHONPATH", "")) if p)
         child_env.update(env or {})
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env)

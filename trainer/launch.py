@@ -7,9 +7,9 @@ the resolved config, streams its output, and reads back the train report.
 
 ``--strategy multiworker`` needs one process per worker, each with its own ``TF_CONFIG``.
 When the caller's environment already has a ``TF_CONFIG`` (a cluster manager started this
-process as one task of a job) the single child inherits it. Otherwise
-``train_local_workers`` starts ``teacher.workers`` processes on 127.0.0.1, worker 0 being
-the chief that writes the checkpoints, the report and the export.
+process as one task of a job) the single child inherits it. Otherwise ``train`` starts
+``teacher.workers`` processes on 127.0.0.1, worker 0 being the chief that writes the
+checkpoints, the report and the export.
 """
 
 from __future__ import annotations
@@ -36,29 +36,6 @@ LOCAL_HOST = "127.0.0.1"
 Log = Callable[[str], Any]
 
 
-def train_in_subprocess(
-    cfg: Config,
-    examples_dir: str,
-    workdir: str,
-    *,
-    export_dir: str | None = None,
-    log: Log = print,
-    env: dict[str, str] | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """``eventpipe train`` with ``cfg`` in a child process; returns its train report.
-
-    ``export_dir``: where the SavedModel goes (None: no export). ``env`` adds environment
-    variables for the child (e.g. ``TF_CONFIG`` for one multiworker task). ``progress``:
-    the child's progress bar is shown on this process's stderr.
-    """
-    workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
-    child = _Child("teacher", cmd, env or {}, log, prefix="", progress=progress)
-    child.wait()
-    child.raise_for_failure()
-    return _read_report(workdir)
-
-
 def train(
     cfg: Config,
     examples_dir: str,
@@ -71,12 +48,43 @@ def train(
     """Train the teacher with ``cfg`` in fresh processes; returns the chief's train report.
 
     ``multiworker`` without a ``TF_CONFIG`` in this environment runs ``cfg.teacher.workers``
-    local worker processes; every other case runs one child. ``progress``: show the
-    (chief's) training progress bar on this process's stderr.
+    local worker processes (MultiWorkerMirroredStrategy, one replica each); every other case
+    runs one child. ``export_dir``: where the SavedModel goes (None: no export).
+    ``progress``: show the (chief's) progress bar on this process's stderr. If any process
+    fails the others are stopped, since a collective would otherwise wait for the lost peer
+    forever.
     """
     if cfg.teacher.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
-        return train_local_workers(cfg, examples_dir, workdir, export_dir=export_dir, log=log, progress=progress)
-    return train_in_subprocess(cfg, examples_dir, workdir, export_dir=export_dir, log=log, progress=progress)
+        workers = cfg.teacher.workers
+        if workers < 1:
+            raise UserError(f"teacher.workers must be >= 1 for --strategy multiworker, got {workers}")
+        if cfg.teacher.global_batch_size % workers:
+            raise UserError(
+                f"--global-batch-size {cfg.teacher.global_batch_size} must be a multiple of the "
+                f"{workers} multiworker workers (teacher.workers)"
+            )
+        cfg = Config.from_dict(cfg.to_dict())
+        cfg.teacher.logical_devices = 1  # MultiWorkerMirroredStrategy uses one CPU device per worker
+        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
+        cluster = local_cluster(workers)
+        log(f"multiworker: {workers} local workers on {', '.join(cluster)} (worker 0 is the chief)")
+        children = [
+            _Child(f"worker {i}", cmd, {"TF_CONFIG": tf_config(cluster, i)}, log, prefix=f"[worker {i}] ",
+                   progress=progress and i == 0)  # fmt: skip
+            for i in range(workers)
+        ]
+    else:
+        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
+        children = [_Child("teacher", cmd, {}, log, prefix="", progress=progress)]
+    try:
+        while any(c.running for c in children) and not any(c.code for c in children):
+            time.sleep(0.2)
+    finally:
+        for c in children:
+            c.stop()
+            c.wait()
+    _raise_for_failures(children)
+    return _read_report(workdir)
 
 
 def local_cluster(workers: int) -> list[str]:
@@ -96,62 +104,6 @@ def tf_config(cluster: list[str], index: int) -> str:
     return json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})
 
 
-def train_local_workers(
-    cfg: Config,
-    examples_dir: str,
-    workdir: str,
-    *,
-    export_dir: str | None = None,
-    log: Log = print,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """MultiWorkerMirroredStrategy over ``cfg.teacher.workers`` processes on 127.0.0.1.
-
-    Each worker is one replica (one CPU device or its local GPUs). If any worker fails the
-    others are stopped, since a collective would otherwise wait for the lost peer forever.
-    """
-    workers = cfg.teacher.workers
-    if workers < 1:
-        raise UserError(f"teacher.workers must be >= 1 for --strategy multiworker, got {workers}")
-    if cfg.teacher.global_batch_size % workers:
-        raise UserError(
-            f"--global-batch-size {cfg.teacher.global_batch_size} must be a multiple of the "
-            f"{workers} multiworker workers (teacher.workers)"
-        )
-    worker_cfg = Config.from_dict(cfg.to_dict())
-    worker_cfg.teacher.logical_devices = 1  # MultiWorkerMirroredStrategy uses one CPU device per worker
-    workdir, cmd = _prepare(worker_cfg, examples_dir, workdir, export_dir)
-    cluster = local_cluster(workers)
-    log(f"multiworker: {workers} local workers on {', '.join(cluster)} (worker 0 is the chief)")
-    children = [
-        _Child(f"worker {i}", cmd, {"TF_CONFIG": tf_config(cluster, i)}, log, prefix=f"[worker {i}] ",
-               progress=progress and i == 0)  # fmt: skip
-        for i in range(workers)
-    ]
-    try:
-        while any(c.running for c in children) and not any(c.code for c in children):
-            time.sleep(0.2)
-    finally:
-        for c in children:
-            c.stop()
-            c.wait()
-    _raise_for_failures(children)
-    return _read_report(workdir)
-
-
-def _raise_for_failures(children: list[_Child]) -> None:
-    """Raise for the worker that caused a failure, naming the peers that failed after it.
-
-    A worker killed by a signal or stopped by a user error is the cause; peers then fail
-    in their collectives (or are stopped here) and are only mentioned.
-    """
-    failed = [c for c in children if c.wait() and not c.stopped]
-    if not failed:
-        return
-    cause = next((c for c in failed if c.code < 0 or c.code == UserError.exit_code), failed[0])
-    cause.raise_for_failure(also=[f"{c.name} exited with {c.code}" for c in failed if c is not cause])
-
-
 # -- internals --------------------------------------------------------------------------
 
 
@@ -166,6 +118,19 @@ def _prepare(cfg: Config, examples_dir: str, workdir: str, export_dir: str | Non
     ]  # fmt: skip
     cmd += ["--export-dir", os.path.abspath(export_dir)] if export_dir else ["--no-export"]
     return workdir, cmd
+
+
+def _raise_for_failures(children: list[_Child]) -> None:
+    """Raise for the process that caused a failure, naming the peers that failed after it.
+
+    A process killed by a signal or stopped by a user error is the cause; peers then fail
+    in their collectives (or are stopped here) and are only mentioned.
+    """
+    failed = [c for c in children if c.wait() and not c.stopped]
+    if not failed:
+        return
+    cause = next((c for c in failed if c.code < 0 or c.code == UserError.exit_code), failed[0])
+    cause.raise_for_failure(also=[f"{c.name} exited with {c.code}" for c in failed if c is not cause])
 
 
 def _read_report(workdir: str) -> dict[str, Any]:
