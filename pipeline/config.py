@@ -116,7 +116,10 @@ class LiteConfig:
 
 @dataclass
 class GateConfig:
-    min_accuracy: float = 0.5  # absolute floor for both models
+    min_accuracy: float = 0.5  # floor on the overall eval accuracy of both models (TFMA, overall slice)
+    # Floor on every class's own eval accuracy (TFMA, each label_name slice), so a model that
+    # fails one class is refused even when the overall accuracy hides it.
+    min_class_accuracy: float = 0.5
     max_student_drop: float = 0.05  # student >= (1 - max_drop) x teacher
     max_regression: float = 0.02  # vs the last blessed model
 

@@ -194,7 +194,6 @@ def _release(
         lite=lite.outputs["lite"],
         infra_blessing=serving_validator.outputs["blessing"],
         max_student_drop=config.gates.max_student_drop,
-        min_accuracy=config.gates.min_accuracy,
     )
     pusher = EventPusher(
         model=distiller.outputs["model"],

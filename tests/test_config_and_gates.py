@@ -69,29 +69,94 @@ def test_ingest_verdict_blocks_anomalies_and_missing_eval():
 
 def gate(**kw):
     args = dict(
-        teacher_accuracy=0.9, student_accuracy=0.88, teacher_blessed=True, student_blessed=True,
-        lite={"blessed": True, "agreement": 1.0, "min_agreement": 0.99}, infra_blessed=True,
-        max_student_drop=0.05, min_accuracy=0.5,
+        teacher_accuracy=0.9, student_accuracy=0.88, failures=[], teacher_blessed=True, student_blessed=True,
+        lite={"blessed": True, "agreement": 1.0, "min_agreement": 0.99}, infra_blessed=True, max_student_drop=0.05,
     )  # fmt: skip
     args.update(kw)
     return decide(**args)
 
 
 def test_release_gate_blesses_a_good_student():
-    assert gate()["blessed"]
+    result = gate()
+    assert result["blessed"] and result["problems"] == [] and result["failures"] == []
 
 
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"student_accuracy": 0.80}, "x teacher"),
-        ({"student_blessed": False}, "failed TFMA"),
-        ({"teacher_blessed": False}, "teacher accuracy"),
+        ({"student_accuracy": 0.80}, "student vs teacher: sparse_categorical_accuracy on the overall slice is 0.800 "
+                                     "for the student, below (1 - 0.05) x the teacher's 0.900 = 0.855"),
+        ({"student_blessed": False}, "student: TFMA did not bless it"),
+        ({"teacher_blessed": False}, "teacher: TFMA did not bless it"),
+        ({"failures": [{"model": "teacher", "message": "teacher: sparse_categorical_accuracy ... (TFMA)"}]},
+         "teacher: sparse_categorical_accuracy ... (TFMA)"),
         ({"lite": {"blessed": False, "agreement": 0.9, "min_agreement": 0.99}}, "int8 TFLite agrees"),
         ({"infra_blessed": False}, "ServingValidator"),
     ],
-)
+)  # fmt: skip
 def test_release_gate_blocks_each_failure(change, words):
     result = gate(**change)
     assert not result["blessed"]
-    assert any(words in p for p in result["problems"])
+    assert any(words in p for p in result["problems"]), result["problems"]
+
+
+def test_student_vs_teacher_failure_is_structured():
+    [failure] = gate(student_accuracy=0.80)["failures"]
+    assert (failure["model"], failure["metric"], failure["slice"], failure["kind"]) == (
+        "student", "sparse_categorical_accuracy", "overall", "student_vs_teacher")
+    assert failure["value"] == 0.80 and failure["threshold"]["baseline"] == 0.9
+    assert failure["threshold"]["lower_bound"] == pytest.approx(0.855)
+    assert failure["threshold"]["allowed_relative_change"] == -0.05
+
+
+def test_per_class_floor_is_its_own_setting():
+    from pipeline.config import GateConfig
+    from pipeline.evaluation import eval_config
+
+    gates = GateConfig(min_accuracy=0.7, min_class_accuracy=0.4, max_regression=0.02)
+    [overall, per_class] = eval_config(gates, with_baseline=True).metrics_specs[0].metrics[0].per_slice_thresholds
+    assert list(overall.slicing_specs[0].feature_keys) == []  # the overall slice only
+    assert overall.threshold.value_threshold.lower_bound.value == pytest.approx(0.7)
+    assert overall.threshold.change_threshold.absolute.value == pytest.approx(-0.02)
+    assert list(per_class.slicing_specs[0].feature_keys) == ["label_name"]
+    assert per_class.threshold.value_threshold.lower_bound.value == pytest.approx(0.4)
+    assert not per_class.threshold.HasField("change_threshold")
+    first = eval_config(gates, with_baseline=False).metrics_specs[0].metrics[0].per_slice_thresholds[0]
+    assert not first.threshold.HasField("change_threshold")
+
+
+# -- trainer.gates.decide_blessing: the same gates on plain numbers (productionize benchmark) -----
+def test_decide_blessing_applies_the_pipeline_gates_to_numbers():
+    from pipeline.config import GateConfig
+    from trainer.gates import decide_blessing
+
+    gates = GateConfig(min_accuracy=0.6, min_class_accuracy=0.5, max_student_drop=0.05, max_regression=0.02)
+    first = decide_blessing(0.90, 0.86, gates)  # 0.86 >= 0.95 x 0.90 = 0.855; no baseline yet
+    assert first.blessed and first.reasons == [] and first.checks["regression"].startswith("skipped")
+    low = decide_blessing(teacher_accuracy=0.62, student_accuracy=0.59, gates=gates)
+    assert low.reasons[0] == "student: sparse_categorical_accuracy on the overall slice is 0.590, below the floor 0.600"
+    assert len(low.reasons) == 1  # 0.59 >= 0.95 x 0.62 = 0.589: only the floor
+    assert not decide_blessing(0.90, 0.85, gates).blessed  # below 0.855
+    regressed = decide_blessing(0.90, 0.86, gates, baseline_accuracy=0.89)
+    assert regressed.reasons == [
+        "student: sparse_categorical_accuracy on the overall slice changed by -0.030 against the last blessed "
+        "student (0.890), more than the allowed -0.020"
+    ]
+    assert regressed.checks["failures"][0]["kind"] == "regression"
+    assert decide_blessing(0.90, 0.88, gates, baseline_accuracy=0.89).blessed
+
+
+def test_decide_blessing_checks_every_class_it_is_given():
+    from pipeline.config import GateConfig
+    from trainer.gates import decide_blessing
+
+    gates = GateConfig(min_accuracy=0.5, min_class_accuracy=0.5)
+    per_class = {"person": 0.95, "animal": 0.43, "vehicle": 0.9}
+    refused = decide_blessing(0.762, 0.75, gates, teacher_class_accuracy=per_class)
+    assert refused.reasons == [
+        "teacher: sparse_categorical_accuracy on slice label_name=animal is 0.430, below the per-class floor 0.500"
+    ]
+    [failure] = refused.checks["failures"]
+    assert (failure["model"], failure["slice"], failure["kind"]) == ("teacher", "label_name=animal", "class_floor")
+    assert failure["value"] == 0.43 and failure["threshold"] == 0.5
+    assert decide_blessing(0.762, 0.75, GateConfig(min_class_accuracy=0.4), teacher_class_accuracy=per_class).blessed

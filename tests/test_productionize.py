@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.config import GateConfig, StudentConfig
+from pipeline.config import StudentConfig
 from pipeline.layout import EventSpec
 
 SPEC = EventSpec(("a", "b", "c"), frames=2, height=8, width=8, channels=1)
@@ -137,46 +137,6 @@ def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
     # The dense student was not touched by pruning.
     for before, after in zip(dense_before, student.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
-
-
-# -- gates -------------------------------------------------------------------------------------
-def test_blessing_blocks_a_student_below_the_floor():
-    from trainer.gates import decide_blessing
-
-    gates = GateConfig(min_accuracy=0.6, max_student_drop=0.05, max_regression=0.02)
-    low = decide_blessing(teacher_accuracy=0.62, student_accuracy=0.59, gates=gates)
-    assert not low.blessed
-    assert any("below the floor" in r for r in low.reasons)
-    assert not low.checks["floor"]["passed"]
-
-
-def test_blessing_relative_and_regression_checks():
-    from trainer.gates import decide_blessing
-
-    gates = GateConfig(min_accuracy=0.5, max_student_drop=0.05, max_regression=0.02)
-    first = decide_blessing(0.90, 0.86, gates)  # 0.86 >= 0.95 * 0.90 = 0.855; no baseline yet
-    assert first.blessed and first.reasons == []
-    assert first.checks["regression"]["skipped"]
-    assert not decide_blessing(0.90, 0.85, gates).blessed  # below 0.855
-    regressed = decide_blessing(0.90, 0.86, gates, baseline_accuracy=0.89)
-    assert not regressed.blessed and "regresses" in regressed.reasons[0]
-    assert decide_blessing(0.90, 0.88, gates, baseline_accuracy=0.89).blessed
-
-
-def test_tfma_eval_config_expresses_the_gates():
-    from trainer.gates import eval_config
-
-    gates = GateConfig(min_accuracy=0.7, max_student_drop=0.05, max_regression=0.02)
-    teacher = eval_config(gates, baseline="teacher")
-    assert [s.is_baseline for s in teacher.model_specs] == [False, True]
-    assert teacher.model_specs[0].label_key == "label"
-    assert teacher.model_specs[0].prediction_key == "probabilities"
-    threshold = teacher.metrics_specs[0].metrics[0].threshold
-    assert threshold.value_threshold.lower_bound.value == pytest.approx(0.7)
-    assert threshold.change_threshold.relative.value == pytest.approx(-0.05)
-    last = eval_config(gates, baseline="last_blessed").metrics_specs[0].metrics[0].threshold
-    assert last.change_threshold.absolute.value == pytest.approx(-0.02)
-    assert len(eval_config(gates).model_specs) == 1
 
 
 # -- parity ------------------------------------------------------------------------------------

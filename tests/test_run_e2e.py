@@ -18,7 +18,8 @@ TINY = [
     "--set", "student.epochs=1", "--set", "student.prune_epochs=1", "--set", "student.filters=8,16",
     "--set", "lite.representative_examples=32",
     # The gates are tested on their own; here the release must go through so push and serving run.
-    "--set", "gates.min_accuracy=0", "--set", "gates.max_student_drop=1", "--set", "lite.min_agreement=0",
+    "--set", "gates.min_accuracy=0", "--set", "gates.min_class_accuracy=0", "--set", "gates.max_student_drop=1",
+    "--set", "lite.min_agreement=0",
 ]  # fmt: skip
 
 

@@ -1,16 +1,11 @@
-"""Blessing: may a student replace the production model? Decision logic and TFMA configs.
+"""Blessing on plain numbers, for reports outside the pipeline (the productionize benchmark).
 
-Three checks on eval accuracy (``pipeline.config.GateConfig``):
-
-1. absolute floor: teacher and student both reach ``min_accuracy``;
-2. relative to the teacher: student >= (1 - ``max_student_drop``) x teacher;
-3. no regression: student >= last blessed model - ``max_regression`` (skipped on the first run,
-   when nothing has been blessed yet).
-
-``decide_blessing`` is the decision on plain numbers (what the pipeline, the benchmark and the
-tests use); ``eval_config`` builds the equivalent stock TFMA ``EvalConfig`` for the Evaluator:
-TFMA compares a candidate with one baseline, so check 2 is an Evaluator run with the teacher
-as baseline and check 3 one with the last blessed model as baseline.
+The pipeline does not call this: its gates are the TFMA thresholds of
+``pipeline.evaluation.eval_config`` (run by the stock Evaluators) and the ReleaseGate's
+student-vs-teacher check. ``decide_blessing`` applies exactly those (``check_accuracies`` walks
+the same ``eval_config``; ``student_vs_teacher`` is the ReleaseGate's own function) to
+accuracies measured elsewhere, with the same failure records and messages, so the two cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -21,18 +16,21 @@ from typing import Any
 from pipeline import layout
 from pipeline.config import GateConfig
 
-ACCURACY_METRIC = "SparseCategoricalAccuracy"
-BASELINES = ("teacher", "last_blessed")
-
 
 @dataclass
 class BlessingDecision:
     blessed: bool
     reasons: list[str] = field(default_factory=list)  # why not blessed; empty when blessed
-    checks: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)  # failures (structured) and what was checked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _slices(overall: float, per_class: dict[str, float] | None) -> dict[str, float]:
+    from pipeline.evaluation import OVERALL
+
+    return {OVERALL: overall, **{f"{layout.LABEL_NAME}={c}": v for c, v in (per_class or {}).items()}}
 
 
 def decide_blessing(
@@ -40,106 +38,25 @@ def decide_blessing(
     student_accuracy: float,
     gates: GateConfig,
     baseline_accuracy: float | None = None,
+    *,
+    teacher_class_accuracy: dict[str, float] | None = None,
+    student_class_accuracy: dict[str, float] | None = None,
 ) -> BlessingDecision:
-    """Bless the student iff every check passes; ``baseline_accuracy`` None = first run."""
-    reasons: list[str] = []
-    checks: dict[str, Any] = {}
+    """Bless the student iff every gate passes: the overall floor (both models), the per-class
+    floor on each class given in ``*_class_accuracy`` ({class name: accuracy}), the student
+    against the teacher, and (``baseline_accuracy``: the last blessed student's; None = first run)
+    no regression."""
+    from pipeline.evaluation import check_accuracies, student_vs_teacher
 
-    floor_ok = teacher_accuracy >= gates.min_accuracy and student_accuracy >= gates.min_accuracy
-    checks["floor"] = {
-        "passed": floor_ok,
-        "min_accuracy": gates.min_accuracy,
-        "teacher": teacher_accuracy,
-        "student": student_accuracy,
+    baseline = None if baseline_accuracy is None else _slices(baseline_accuracy, None)
+    failures = check_accuracies("teacher", _slices(teacher_accuracy, teacher_class_accuracy), gates)
+    failures += check_accuracies("student", _slices(student_accuracy, student_class_accuracy), gates, baseline=baseline)
+    relative = student_vs_teacher(teacher_accuracy, student_accuracy, gates.max_student_drop)
+    if relative is not None:
+        failures.append(relative)
+    checks = {
+        "failures": failures,
+        "per_class": bool(teacher_class_accuracy or student_class_accuracy),
+        "regression": "skipped: no blessed model yet" if baseline is None else "checked",
     }
-    if not floor_ok:
-        for name, value in (("teacher", teacher_accuracy), ("student", student_accuracy)):
-            if value < gates.min_accuracy:
-                reasons.append(f"{name} accuracy {value:.4f} is below the floor {gates.min_accuracy:.4f}")
-
-    required = (1.0 - gates.max_student_drop) * teacher_accuracy
-    relative_ok = student_accuracy >= required
-    checks["student_vs_teacher"] = {
-        "passed": relative_ok,
-        "required": required,
-        "max_student_drop": gates.max_student_drop,
-    }
-    if not relative_ok:
-        reasons.append(
-            f"student accuracy {student_accuracy:.4f} < (1 - {gates.max_student_drop}) x teacher "
-            f"{teacher_accuracy:.4f} = {required:.4f}"
-        )
-
-    if baseline_accuracy is None:
-        checks["regression"] = {"passed": True, "skipped": "no blessed model yet"}
-    else:
-        allowed = baseline_accuracy - gates.max_regression
-        regression_ok = student_accuracy >= allowed
-        checks["regression"] = {
-            "passed": regression_ok,
-            "baseline": baseline_accuracy,
-            "required": allowed,
-            "max_regression": gates.max_regression,
-        }
-        if not regression_ok:
-            reasons.append(
-                f"student accuracy {student_accuracy:.4f} regresses more than {gates.max_regression} "
-                f"from the last blessed model's {baseline_accuracy:.4f}"
-            )
-    return BlessingDecision(not reasons, reasons, checks)
-
-
-def eval_config(gates: GateConfig, baseline: str | None = None) -> Any:
-    """TFMA ``EvalConfig`` for the student (candidate) on the eval split.
-
-    ``baseline``: None (floor only), ``"teacher"`` (relative drop: relative change >=
-    -max_student_drop) or ``"last_blessed"`` (absolute change >= -max_regression). Models are
-    fed serialized examples through the ``serving_examples`` signature; the label is the
-    ``label`` feature and the prediction the ``probabilities`` output.
-    """
-    import tensorflow_model_analysis as tfma
-
-    from trainer.export import EXAMPLES_SIGNATURE
-
-    if baseline not in (None, *BASELINES):
-        raise ValueError(f"baseline must be None or one of {BASELINES}, got {baseline!r}")
-
-    def model_spec(name: str, is_baseline: bool = False) -> Any:
-        return tfma.ModelSpec(
-            name=name,
-            signature_name=EXAMPLES_SIGNATURE,
-            label_key=layout.LABEL,
-            prediction_key=layout.OUT_PROBABILITIES,
-            is_baseline=is_baseline,
-        )
-
-    threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gates.min_accuracy})
-    )
-    if baseline == "teacher":
-        threshold.change_threshold.CopyFrom(
-            tfma.GenericChangeThreshold(
-                direction=tfma.MetricDirection.HIGHER_IS_BETTER, relative={"value": -gates.max_student_drop}
-            )
-        )
-    elif baseline == "last_blessed":
-        threshold.change_threshold.CopyFrom(
-            tfma.GenericChangeThreshold(
-                direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -gates.max_regression}
-            )
-        )
-    specs = [model_spec("candidate")]
-    if baseline:
-        specs.append(model_spec("baseline", is_baseline=True))
-    return tfma.EvalConfig(
-        model_specs=specs,
-        slicing_specs=[tfma.SlicingSpec()],
-        metrics_specs=[
-            tfma.MetricsSpec(
-                metrics=[
-                    tfma.MetricConfig(class_name=ACCURACY_METRIC, threshold=threshold),
-                    tfma.MetricConfig(class_name="ExampleCount"),
-                ]
-            )
-        ],
-    )
+    return BlessingDecision(not failures, [f["message"] for f in failures], checks)

@@ -1,10 +1,12 @@
 """ReleaseGate component: every blessing in one place, so nothing unblessed is ever pushed.
 
-The stock Evaluators check the absolute floor (both models) and the regression against the
-last blessed student (TFMA change threshold). What TFMA cannot compare — the student against
-a *different* model, the teacher of this run — is checked here, together with the TFLite
-parity verdict and the serving validation. The output is a standard ModelBlessing for the
-student, so ``LatestBlessedModelStrategy`` finds it as the next run's baseline.
+The stock Evaluators check the floors (both models: overall accuracy, and every class's
+accuracy) and the student's regression against the last blessed student (TFMA change
+threshold); the gate reads their validation results and repeats each failure as TFMA recorded
+it (model, metric, slice, value, threshold). What TFMA cannot compare (the student against a
+*different* model, the teacher of this run) is checked here, together with the TFLite parity
+verdict and the serving validation. The output is a standard ModelBlessing for the student, so
+``LatestBlessedModelStrategy`` finds it as the next run's baseline.
 """
 
 import json
@@ -24,27 +26,29 @@ def decide(
     *,
     teacher_accuracy: float,
     student_accuracy: float,
-    teacher_blessed: bool,
-    student_blessed: bool,
+    failures: list,
     lite: "dict | None",
     infra_blessed: "bool | None",
     max_student_drop: float,
-    min_accuracy: float,
+    teacher_blessed: bool = True,
+    student_blessed: bool = True,
 ) -> dict:
-    """The release verdict with a reason for each failed check."""
-    problems = []
-    if not teacher_blessed:
-        problems.append(f"teacher accuracy {teacher_accuracy:.3f} is below the floor {min_accuracy:.3f} (TFMA)")
-    if not student_blessed:
-        problems.append(
-            f"student accuracy {student_accuracy:.3f} failed TFMA: below the floor {min_accuracy:.3f} "
-            "or regressed against the last blessed student"
-        )
-    needed = (1.0 - max_student_drop) * teacher_accuracy
-    if student_accuracy < needed:
-        problems.append(
-            f"student accuracy {student_accuracy:.3f} < (1 - {max_student_drop}) x teacher {teacher_accuracy:.3f} = {needed:.3f}"
-        )
+    """The release verdict: ``failures`` (TFMA's, as ``pipeline.evaluation.tfma_failures`` reads
+    them) plus the student-vs-teacher check, and a problem line for each; then parity, serving.
+
+    ``teacher_blessed`` / ``student_blessed`` are the Evaluators' blessings: a refusal that
+    names no failure is still a refusal."""
+    from pipeline.evaluation import MISSING, student_vs_teacher
+
+    failures = list(failures)
+    for model, blessed in (("teacher", teacher_blessed), ("student", student_blessed)):
+        if not blessed and not any(f["model"] == model for f in failures):
+            failures.append({"model": model, "metric": None, "slice": None, "kind": MISSING, "value": None,
+                             "threshold": None, "message": f"{model}: TFMA did not bless it and named no failure"})  # fmt: skip
+    relative = student_vs_teacher(teacher_accuracy, student_accuracy, max_student_drop)
+    if relative is not None:
+        failures.append(relative)
+    problems = [f["message"] for f in failures]
     if lite is not None and not lite.get("blessed", False):
         problems.append(
             f"int8 TFLite agrees with the float student on {lite.get('agreement', 0):.1%} of eval events, "
@@ -55,12 +59,39 @@ def decide(
     return {
         "blessed": not problems,
         "problems": problems,
+        "failures": failures,
         "teacher_accuracy": teacher_accuracy,
         "student_accuracy": student_accuracy,
         "student_vs_teacher": student_accuracy / teacher_accuracy if teacher_accuracy else None,
         "lite": lite,
         "infra_blessed": infra_blessed,
     }
+
+
+def release_verdict(
+    teacher_evaluation_uri: str,
+    student_evaluation_uri: str,
+    *,
+    lite: "dict | None",
+    infra_blessed: "bool | None",
+    max_student_drop: float,
+    teacher_blessed: bool = True,
+    student_blessed: bool = True,
+) -> dict:
+    """``decide`` on two Evaluator outputs: their accuracies and validation failures."""
+    from pipeline.evaluation import LAST_BLESSED, overall_accuracy, tfma_failures
+
+    return decide(
+        teacher_accuracy=overall_accuracy(teacher_evaluation_uri),
+        student_accuracy=overall_accuracy(student_evaluation_uri),
+        failures=tfma_failures(teacher_evaluation_uri, "teacher")
+        + tfma_failures(student_evaluation_uri, "student", baseline=LAST_BLESSED),
+        lite=lite,
+        infra_blessed=infra_blessed,
+        max_student_drop=max_student_drop,
+        teacher_blessed=teacher_blessed,
+        student_blessed=student_blessed,
+    )
 
 
 @component
@@ -74,22 +105,18 @@ def ReleaseGate(
     infra_blessing: InputArtifact[standard_artifacts.InfraBlessing],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
     max_student_drop: Parameter[float] = 0.05,
-    min_accuracy: Parameter[float] = 0.5,
 ) -> None:
     """Blesses the student for release, or records every reason it is held back."""
-    from pipeline.evaluation import overall_accuracy
-
     with open(os.path.join(lite.uri, LITE_REPORT), encoding="utf-8") as f:
         lite_report = json.load(f)
-    result = decide(
-        teacher_accuracy=overall_accuracy(teacher_evaluation.uri),
-        student_accuracy=overall_accuracy(student_evaluation.uri),
-        teacher_blessed=bool(teacher_blessing.get_int_custom_property("blessed")),
-        student_blessed=bool(student_blessing.get_int_custom_property("blessed")),
+    result = release_verdict(
+        teacher_evaluation.uri,
+        student_evaluation.uri,
         lite=lite_report.get("parity", lite_report),
         infra_blessed=bool(infra_blessing.get_int_custom_property("blessed")),
         max_student_drop=max_student_drop,
-        min_accuracy=min_accuracy,
+        teacher_blessed=bool(teacher_blessing.get_int_custom_property("blessed")),
+        student_blessed=bool(student_blessing.get_int_custom_property("blessed")),
     )
     os.makedirs(blessing.uri, exist_ok=True)
     with open(os.path.join(blessing.uri, VERDICT_FILE), "w", encoding="utf-8") as f:
