@@ -122,7 +122,8 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
         run_fn="trainer.teacher_module.run_fn",
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.teacher.steps),
+        # The child plans its own length (epochs over the train split, or teacher.steps).
+        train_args=tfx.proto.TrainArgs(num_steps=config.teacher.steps or None),
         eval_args=tfx.proto.EvalArgs(num_steps=config.teacher.eval_batches),
         custom_config={"config": _sections(config, "data", "teacher")},
     ).with_id("TeacherTrainer")

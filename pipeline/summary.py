@@ -42,6 +42,8 @@ def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
         "fc_layout": train.get("fc_layout"),
         "devices": train.get("devices"),
         "steps": train.get("steps"),
+        "epochs": train.get("epochs"),
+        "best": train.get("best"),
         "params": (train.get("parameters") or {}).get("total"),
         "train_eval_accuracy": train.get("final_eval_accuracy"),
         "examples_per_second": (train.get("timing") or {}).get("examples_per_second"),
@@ -173,25 +175,36 @@ def print_summary(rep: dict[str, Any], report_path: str) -> None:
         where = "" if t.get("strategy") == "multiworker" else f" on {len(t.get('devices') or [])} devices"
         lines.append(
             f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
-            f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps, "
+            f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps"
+            + (f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})" if t.get("best") else "")
+            + ", "
             f"p50 {_fmt(_p50(t), '.2f')} ms/event"
         )
     student = rep.get("student") or {}
-    for name in ("float", "pruned"):
+    for name in ("scratch", "float", "pruned", "qat"):
         v = student.get(name)
         if v:
             sparsity = (v.get("sparsity") or {}).get("all_weights")
+            label = {"scratch": "scratch (hard labels, no teacher)", "float": "distilled", "pruned": "pruned",
+                     "qat": "QAT (production)"}[name]  # fmt: skip
             lines.append(
-                f"student    {name}: accuracy {_fmt(v.get('accuracy'))}, {v.get('params') or 0:,} params"
+                f"student    {label}: accuracy {_fmt(v.get('accuracy'))}, {v.get('params') or 0:,} params"
                 + (f", sparsity {sparsity:.2f}" if sparsity is not None else "")
                 + f", p50 {_fmt(_p50(v), '.2f')} ms/event"
             )
+    comparison = rep.get("comparison") or {}
+    if comparison.get("kd_gain") is not None:
+        lines.append(
+            f"distill    kd_gain {comparison['kd_gain']:+.1f} points (distilled vs scratch); teacher "
+            f"{comparison.get('teacher_over_scratch_points', float('nan')):+.1f} points over scratch"
+        )
     for name in ("int8", "float16"):
         v = (rep.get("tflite") or {}).get(name)
         if v:
+            agreement = (v.get("parity") or {}).get("agreement")
             lines.append(
                 f"tflite     {name}: {v['bytes']['raw']:,} bytes, accuracy {_fmt(v.get('accuracy'))}, "
-                f"p50 {_fmt(_p50(v), '.2f')} ms/event"
+                f"agrees with the float student on {_fmt(agreement, '.1%')}, p50 {_fmt(_p50(v), '.2f')} ms/event"
             )
     release = rep.get("release")
     if release:

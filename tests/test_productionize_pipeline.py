@@ -204,3 +204,52 @@ def test_latency_measurement_is_sane(chain):
     assert lite_result["runs"] == 30 and saved["runs"] == 15
     with pytest.raises(RuntimeError, match="failed"):
         measure.latency("tflite", os.path.join(chain["student"], "distill_report.json"), runs=2, warmup=0)
+
+
+def test_scratch_baseline_and_kd_gain_are_reported(chain):
+    report, distill = chain["report"], chain["distill"]
+    scratch = report["student"]["scratch"]
+    assert 0.0 <= scratch["accuracy"] <= 1.0 and scratch["params"] == report["student"]["float"]["params"]
+    # Same optimizer steps as the dense distillation, on the 96 labelled events only, hard labels only.
+    assert distill["scratch"] == {"labelled_events": 96, "steps": distill["steps_per_epoch"] * 3}
+    assert len(distill["history"]["scratch"]["loss"]) == 3
+    expected = 100 * (report["student"]["float"]["accuracy"] - scratch["accuracy"])
+    assert report["comparison"]["kd_gain"] == pytest.approx(expected)
+
+
+def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
+    from trainer import lite
+    from trainer.evaluate import keras_predictor, predict_split, tflite_predictor
+    from trainer.student_model import load_keras
+    from trainer.student_module import PRUNED_KERAS, QAT_KERAS, keras_path, qat_model, split_files
+
+    report, distill = chain["report"], chain["distill"]
+    assert report["student"]["production"] == report["tflite"]["reference"] == "student_qat"
+    sparsity = distill["qat"]["sparsity"]
+    assert distill["qat"]["preserve_sparsity"] is True
+    assert sparsity["before"] == pytest.approx(0.75, abs=0.01)
+    assert sparsity["after"] == pytest.approx(sparsity["before"], abs=1e-6)  # PQAT kept every zero
+
+    pruned = load_keras(keras_path(chain["student"], PRUNED_KERAS))
+    twin = load_keras(keras_path(chain["student"], QAT_KERAS))
+    assert qat_model(chain["student"]) is not None
+    # The same pruned model converted without QAT (post-training quantization only).
+    representative = lite.representative_events(split_files(chain["examples"], "train"), SPEC, 48)
+    ptq = lite.convert_variant(pruned, SPEC, "int8", representative=representative)
+    with open(os.path.join(chain["lite"].uri, "model.tflite"), "rb") as f:
+        qat_int8 = f.read()
+    preds = predict_split(
+        split_files(chain["examples"], "eval") + split_files(chain["examples"], "train"), SPEC,
+        {"pruned": keras_predictor(pruned), "ptq": tflite_predictor(ptq.content),
+         "twin": keras_predictor(twin), "qat": tflite_predictor(qat_int8)},
+    )  # fmt: skip
+
+    def logit_error(lite_name: str, float_name: str) -> float:
+        return float(np.mean(np.abs(preds[lite_name].logits - preds[float_name].logits)))
+
+    assert preds["qat"].agreement(preds["twin"]) >= preds["ptq"].agreement(preds["pruned"])
+    assert logit_error("qat", "twin") < logit_error("ptq", "pruned")
+    # float16 is checked against the same float student and reported beside int8.
+    float16 = report["tflite"]["parity_float16"]
+    assert float16["events"] == 60 and float16["agreement"] >= 0.95
+    assert report["tflite"]["float16"]["parity"] == float16

@@ -84,8 +84,11 @@ def run_lite_conversion(
         FLOAT_DIR,
         FLOAT_KERAS,
         PRUNED_KERAS,
+        QAT_KERAS,
+        SCRATCH_KERAS,
         SERVING_DIR,
         keras_path,
+        qat_model,
         split_files,
     )
     from trainer.student_module import (
@@ -99,10 +102,17 @@ def run_lite_conversion(
         raise UserError(f"the student at {student_dir} was distilled for other data than {examples_uri}")
     float_keras = keras_path(student_dir, FLOAT_KERAS)
     pruned_keras = keras_path(student_dir, PRUNED_KERAS)
-    has_pruned = os.path.exists(pruned_keras)
-    production_keras = pruned_keras if has_pruned else float_keras
+    qat_keras = keras_path(student_dir, QAT_KERAS)
+    scratch_keras = keras_path(student_dir, SCRATCH_KERAS)
     with open(os.path.join(student_dir, DISTILL_REPORT), encoding="utf-8") as f:
         distill_report = json.load(f)
+    has_pruned = bool((distill_report.get("pruning") or {}).get("plan"))
+    quantized = qat_model(student_dir)  # the QAT model, or None
+    # The production float student (what serves, and what the TFLite models must agree with).
+    reference = "student_qat" if quantized is not None else "student_pruned" if has_pruned else "student_float"
+    production_keras = {"student_qat": qat_keras, "student_pruned": pruned_keras, "student_float": float_keras}[reference]
+    source = {"student_qat": "quantization-aware trained (sparsity-preserving) student",
+              "student_pruned": "pruned student", "student_float": "student"}[reference]  # fmt: skip
 
     train_files = split_files(examples_uri, layout.TRAIN) + split_files(examples_uri, layout.UNLABELLED_SPLIT)
     eval_files = split_files(examples_uri, layout.EVAL)
@@ -113,10 +123,13 @@ def run_lite_conversion(
     representative = lite.representative_events(train_files, spec, cfg.representative_examples, cfg.seed)
     os.makedirs(output_dir, exist_ok=True)
     converted = {}
+    # int8 from the QAT model (its recorded ranges); float16 from the float production student.
+    sources = {"int8": quantized if quantized is not None else model, "float16": model}
     for variant, filename in tqdm([("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False):
         converted[variant] = lite.convert_variant(
-            model, spec, variant, representative=representative, input_type=cfg.input_type,
-            extra_metadata={"source": "pruned student" if has_pruned else "student"},
+            sources[variant], spec, variant, representative=representative, input_type=cfg.input_type,
+            try_sparse=lite.has_sparsity(model) if variant == "int8" else None,
+            extra_metadata={"source": source},
         )  # fmt: skip
         with open(os.path.join(output_dir, filename), "wb") as f:
             f.write(converted[variant].content)
@@ -128,13 +141,18 @@ def run_lite_conversion(
         predictors["teacher"] = saved_model_predictor(teacher_dir)
     float_model = load_keras(float_keras)
     predictors["student_float"] = keras_predictor(float_model)
+    has_scratch = os.path.exists(scratch_keras)
+    if has_scratch:
+        predictors["student_scratch"] = keras_predictor(load_keras(scratch_keras))
     if has_pruned:
-        predictors["student_pruned"] = keras_predictor(model)
+        predictors["student_pruned"] = keras_predictor(model if reference == "student_pruned" else load_keras(pruned_keras))
+    if quantized is not None:
+        predictors["student_qat"] = keras_predictor(model)
     predictors["int8"] = tflite_predictor(converted["int8"].content)
     predictors["float16"] = tflite_predictor(converted["float16"].content)
     preds = predict_split(eval_files, spec, predictors, desc="eval variants")
-    reference = "student_pruned" if has_pruned else "student_float"
     parity = lite.parity(preds[reference].predicted, preds["int8"].predicted, cfg.min_agreement)
+    parity_float16 = lite.parity(preds[reference].predicted, preds["float16"].predicted, cfg.min_agreement)
 
     student_params = measure.count_params(model)
     student_flops = measure.keras_flops_per_event(model, spec.input_shape)
@@ -144,15 +162,24 @@ def run_lite_conversion(
         variants["teacher"].update(
             params=measure.saved_model_params(teacher_dir), flops_per_event=measure.saved_model_flops_per_event(teacher_dir)
         )
+    if has_scratch:
+        variants["student_scratch"] = _variant_entry("keras", scratch_keras)
+        variants["student_scratch"].update(params=student_params, flops_per_event=student_flops)
     variants["student_float"] = _variant_entry("savedmodel", os.path.join(student_dir, FLOAT_DIR), float_keras)
     variants["student_float"].update(params=student_params, flops_per_event=student_flops)
+    sparsity = distill_report.get("pruning", {}).get("sparsity")
     if has_pruned:
-        variants["student_pruned"] = _variant_entry("savedmodel", serving_dir, pruned_keras)
-        variants["student_pruned"].update(
-            params=student_params,
-            flops_per_event=student_flops,
-            sparsity=distill_report.get("pruning", {}).get("sparsity"),
-        )
+        if reference == "student_pruned":
+            variants["student_pruned"] = _variant_entry("savedmodel", serving_dir, pruned_keras)
+        else:
+            variants["student_pruned"] = _variant_entry("keras", pruned_keras)
+        variants["student_pruned"].update(params=student_params, flops_per_event=student_flops, sparsity=sparsity)
+    if quantized is not None:
+        variants["student_qat"] = _variant_entry("savedmodel", serving_dir, qat_keras)
+        variants["student_qat"].update(
+            params=student_params, flops_per_event=student_flops, sparsity=sparsity,
+            qat_sparsity=(distill_report.get("qat") or {}).get("sparsity"),
+        )  # fmt: skip
     for variant, filename in (("int8", INT8_FILE), ("float16", FLOAT16_FILE)):
         variants[variant] = _variant_entry("tflite", os.path.join(output_dir, filename))
         variants[variant].update(params=student_params, flops_per_event=student_flops, **converted[variant].info())
@@ -160,9 +187,13 @@ def run_lite_conversion(
         _measure_latencies(variants, cfg)
     for name, entry in variants.items():
         entry["accuracy"] = preds[name].accuracy()
+        entry["class_accuracy"] = class_accuracy(preds[name].confusion(spec.num_classes), spec.classes)
         entry["agreement_with_" + reference] = preds[name].agreement(preds[reference])
+    if quantized is not None:
+        variants["int8"]["agreement_with_student_pruned"] = preds["int8"].agreement(preds["student_pruned"]) if has_pruned else None
     variants["int8"]["input_type"] = cfg.input_type
     variants["int8"]["parity"] = parity.to_dict()
+    variants["float16"]["parity"] = parity_float16.to_dict()
 
     matrix = preds["int8"].confusion(spec.num_classes)
     plot_rows = [
@@ -179,6 +210,9 @@ def run_lite_conversion(
         "student": {
             "float": variants["student_float"],
             "pruned": variants.get("student_pruned"),
+            "qat": variants.get("student_qat"),
+            "scratch": variants.get("student_scratch"),
+            "production": reference,
             "distillation": {
                 "examples": distill_report.get("examples"),
                 "temperature": distill_report.get("config", {}).get("temperature"),
@@ -191,14 +225,18 @@ def run_lite_conversion(
         "tflite": {
             "int8": variants["int8"],
             "float16": variants["float16"],
-            "blessed": parity.blessed,
+            "blessed": parity.blessed and parity_float16.blessed,
             "parity": parity.to_dict(),
+            "parity_float16": parity_float16.to_dict(),
+            "reference": reference,
             "release": os.path.join(output_dir, INT8_FILE),
             "confusion_matrix": {"classes": list(spec.classes), "matrix": matrix.tolist()},
         },
         "comparison": comparison(variants),
         "plots": {"tradeoff": tradeoff, "confusion": confusion},
-        "parity": parity.to_dict(),  # what ReleaseGate reads
+        # What ReleaseGate reads: the int8 verdict, with float16's folded in.
+        "parity": {**parity.to_dict(), "blessed": parity.blessed and parity_float16.blessed,
+                   "float16": parity_float16.to_dict(), "reference": reference},
         "eval_events": int(len(preds[reference].labels)),
     }
     if gates is not None and teacher_dir:
@@ -217,12 +255,28 @@ def _p50(entry: dict[str, Any]) -> float | None:
     return primary["p50_ms"] if primary else None
 
 
+def class_accuracy(matrix: Any, classes: tuple[str, ...]) -> dict[str, float | None]:
+    """Per-class accuracy (recall) from a ``[true, predicted]`` confusion matrix."""
+    out: dict[str, float | None] = {}
+    for i, name in enumerate(classes):
+        total = int(matrix[i].sum())
+        out[name] = float(matrix[i, i]) / total if total else None
+    return out
+
+
 def comparison(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Student vs teacher ratios (absent entries: what was not measured)."""
     out: dict[str, Any] = {}
     teacher = variants.get("teacher")
     float_student = variants["student_float"]
     int8 = variants["int8"]
+    scratch = variants.get("student_scratch")
+    if scratch and scratch.get("accuracy") is not None:
+        # What distillation buys, in accuracy points: the dense distilled student vs the same
+        # student trained on hard labels with the same optimizer steps.
+        out["kd_gain"] = 100.0 * (float_student["accuracy"] - scratch["accuracy"])
+        if teacher:
+            out["teacher_over_scratch_points"] = 100.0 * (teacher["accuracy"] - scratch["accuracy"])
     out["int8_bytes_over_float_student_savedmodel"] = int8["bytes"]["raw"] / float_student["bytes"]["raw"]
     if "keras_bytes" in float_student:
         out["int8_bytes_over_float_student_keras"] = int8["bytes"]["raw"] / float_student["keras_bytes"]["raw"]

@@ -1,19 +1,27 @@
-"""The Distiller's entry point: examples + teacher SavedModel -> distilled, pruned student.
+"""The Distiller's entry point: examples + teacher SavedModel -> distilled, pruned, QAT student.
 
-Two phases, both on the distillation loss (labelled + unlabelled events, teacher soft labels
-computed once):
+Three phases on the distillation loss (labelled + unlabelled events, teacher soft labels
+computed once), and one baseline:
 
 1. dense distillation for ``student.epochs`` -> "student float";
 2. pruning fine-tune for ``student.prune_epochs`` from the dense weights (TFMOT polynomial
-   schedule to ``student.target_sparsity``), then ``strip_pruning`` -> "student pruned", the
-   model that goes on to TFLite and serving.
+   schedule to ``student.target_sparsity``), then ``strip_pruning`` -> "student pruned";
+3. quantization-aware fine-tune for ``student.qat_epochs`` that keeps the pruning masks
+   (``trainer.qat``) -> "student qat"; its float twin is the production student, the model
+   that goes to serving and that the int8 TFLite must agree with;
+4. baseline "student scratch": the same student trained on hard labels only (labelled events,
+   no teacher), with the same optimizer steps as phase 1, so the report shows what
+   distillation buys (``kd_gain``).
 
 Output directory (a TFX Model artifact)::
 
-    Format-Serving/            the production student (pruned if pruning ran), contract signatures
+    Format-Serving/            the production student (QAT twin, else pruned, else dense), contract signatures
     student_float/             the dense student, same signatures
     keras/student_float.keras  tf_keras files (the TFLite converter starts from these)
     keras/student_pruned.keras
+    keras/student_qat.keras    the QAT float twin (plain architecture)
+    keras/student_qat.weights.h5  the QAT model's weights and quantization ranges (``qat_model``)
+    keras/student_scratch.keras
     distill_report.json        params, sparsity, histories, eval accuracy/teacher agreement
 
 Used by the ``Distiller`` component's executor and, as ``run_fn``, by a stock TFX Trainer given
@@ -22,10 +30,13 @@ the teacher as ``base_model``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from typing import Any
+
+import numpy as np
 
 from pipeline import layout
 from pipeline.config import StudentConfig
@@ -37,6 +48,9 @@ FLOAT_DIR = "student_float"
 KERAS_DIR = "keras"
 FLOAT_KERAS = "student_float.keras"
 PRUNED_KERAS = "student_pruned.keras"
+QAT_KERAS = "student_qat.keras"
+QAT_WEIGHTS = "student_qat.weights.h5"
+SCRATCH_KERAS = "student_scratch.keras"
 REPORT_FILE = "distill_report.json"
 
 
@@ -55,9 +69,26 @@ def keras_path(model_dir: str, name: str) -> str:
 
 
 def production_keras_path(model_dir: str) -> str:
-    """The Keras file of the model that serves: the pruned student if there is one."""
-    pruned = keras_path(model_dir, PRUNED_KERAS)
-    return pruned if os.path.exists(pruned) else keras_path(model_dir, FLOAT_KERAS)
+    """The Keras file of the model that serves: the QAT twin, else the pruned, else the dense student."""
+    for name in (QAT_KERAS, PRUNED_KERAS):
+        if os.path.exists(keras_path(model_dir, name)):
+            return keras_path(model_dir, name)
+    return keras_path(model_dir, FLOAT_KERAS)
+
+
+def qat_model(model_dir: str) -> Any:
+    """The quantization-aware student of a Distiller output (None if QAT did not run)."""
+    from trainer import qat
+    from trainer.student_model import load_keras
+
+    weights = keras_path(model_dir, QAT_WEIGHTS)
+    if not os.path.exists(weights):
+        return None
+    with open(os.path.join(model_dir, REPORT_FILE), encoding="utf-8") as f:
+        preserve = bool((json.load(f).get("qat") or {}).get("preserve_sparsity"))
+    quantized = qat.apply_qat(load_keras(keras_path(model_dir, PRUNED_KERAS)), preserve_sparsity=preserve)
+    quantized.load_weights(weights)
+    return quantized
 
 
 def _check_teacher(teacher_dir: str, spec: EventSpec) -> None:
@@ -120,6 +151,7 @@ def run_distillation(
     production = student
     sparsity: dict[str, Any] | None = None
     plan = None
+    pruned_layers: list[str] = []
     if cfg.prune_epochs > 0:
         plan = prune.plan_schedule(
             steps * cfg.prune_epochs, cfg.target_sparsity, cfg.pruning_begin_fraction, cfg.pruning_end_fraction
@@ -129,10 +161,44 @@ def run_distillation(
             pruning, train, steps=steps, epochs=cfg.prune_epochs, cfg=cfg,
             learning_rate=cfg.prune_learning_rate, callbacks=prune.pruning_callbacks(), desc="distil (pruning)",
         )  # fmt: skip
+        pruned_layers = prune.pruned_layer_names(pruning)
         production = prune.strip(pruning)
-        sparsity = prune.sparsity_report(production, prune.pruned_layer_names(pruning))
+        sparsity = prune.sparsity_report(production, pruned_layers)
         production.save(keras_path(output_dir, PRUNED_KERAS))
+    pruned = production
+
+    quantized = None
+    qat_sparsity = None
+    if cfg.qat_epochs > 0:
+        from trainer import qat
+
+        if cfg.prune_epochs <= 0:
+            production.save(keras_path(output_dir, PRUNED_KERAS))  # qat_model() rebuilds from this file
+        quantized = qat.apply_qat(production, preserve_sparsity=bool(pruned_layers))
+        history["qat"] = distill.distill(
+            quantized, train, steps=steps, epochs=cfg.qat_epochs, cfg=cfg,
+            learning_rate=cfg.qat_learning_rate, desc="distil (QAT)",
+        )  # fmt: skip
+        qat.pin_input_range(quantized)
+        quantized.save_weights(keras_path(output_dir, QAT_WEIGHTS))
+        production = qat.float_twin(quantized, spec, cfg)
+        production.save(keras_path(output_dir, QAT_KERAS))
+        if pruned_layers:
+            qat_sparsity = {"before": sparsity["total"], "after": qat.sparsity_of(production, pruned_layers)}
     export_saved_model(production, spec, os.path.join(output_dir, SERVING_DIR))
+
+    # Baseline: the same student on hard labels only, same optimizer steps as the dense phase.
+    labelled_count = _count(labelled)
+    hard = distill.distillation_dataset(
+        sorted(labelled), np.zeros([labelled_count, spec.num_classes], np.float32), spec, cfg.batch_size, seed=cfg.seed
+    )
+    keras.utils.set_random_seed(cfg.seed)
+    scratch = build_student(spec, cfg)
+    history["scratch"] = distill.distill(
+        scratch, hard, steps=steps, epochs=cfg.epochs, cfg=dataclasses.replace(cfg, alpha=1.0),
+        learning_rate=cfg.learning_rate, desc="student from scratch (hard labels)",
+    )  # fmt: skip
+    scratch.save(keras_path(output_dir, SCRATCH_KERAS))
 
     report: dict[str, Any] = {
         "event_spec": spec.to_dict(),
@@ -141,15 +207,23 @@ def run_distillation(
         "params": int(student.count_params()),
         "steps_per_epoch": steps,
         "pruning": {"plan": plan.to_dict() if plan else None, "sparsity": sparsity},
+        "qat": (
+            {"epochs": cfg.qat_epochs, "preserve_sparsity": bool(pruned_layers), "sparsity": qat_sparsity}
+            if quantized is not None else None
+        ),
+        "scratch": {"labelled_events": labelled_count, "steps": steps * cfg.epochs},
         "history": history,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
     }
     if eval_files:
         from trainer.evaluate import saved_model_predictor
 
-        predictors = {"teacher": saved_model_predictor(teacher_dir), "student_float": keras_predictor(student)}
-        if production is not student:
-            predictors["student_pruned"] = keras_predictor(production)
+        predictors = {"teacher": saved_model_predictor(teacher_dir), "student_float": keras_predictor(student),
+                      "student_scratch": keras_predictor(scratch)}  # fmt: skip
+        if pruned is not student:
+            predictors["student_pruned"] = keras_predictor(pruned)
+        if quantized is not None:
+            predictors["student_qat"] = keras_predictor(production)
         preds = predict_split(eval_files, spec, predictors, desc="eval")
         report["eval"] = {
             name: {"accuracy": p.accuracy(), "teacher_agreement": p.agreement(preds["teacher"])}

@@ -99,20 +99,60 @@ def train_batches(
     start_record: int = 0,
     num_shards: int = 1,
     shard_index: int = 0,
+    augment: bool = False,
 ) -> Any:
     """Decoded batches ``{"frames", "label"}`` of ``batch_size`` from the record stream.
 
     With ``num_shards > 1`` (one input pipeline per worker), batch ``i`` of the stream goes to
     shard ``i % num_shards``; a global step then consumes ``num_shards`` consecutive batches.
+    ``augment``: each event is augmented with randomness drawn from ``(seed, its position in the
+    stream)``, so every strategy, shard layout and resumed run sees the same augmented events.
     """
     import tensorflow as tf
 
     ds = record_stream(files, seed=seed, epoch_size=epoch_size, start_record=start_record)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.enumerate(start=start_record).batch(batch_size, drop_remainder=True)
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
-    ds = ds.map(_features_fn(spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    decode = _features_fn(spec)
+
+    @tf.autograph.experimental.do_not_convert
+    def features(positions: Any, serialized: Any) -> dict[str, Any]:
+        out = decode(serialized)
+        if augment:
+            out[layout.FRAMES] = augment_events(out[layout.FRAMES], positions, seed)
+        return out
+
+    ds = ds.map(features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def augment_events(frames: Any, positions: Any, seed: int) -> Any:
+    """Light camera-style augmentation of ``[B, K, H, W, C]`` frames in [0, 1].
+
+    Per event, the same for all of its frames (motion between frames is the signal): a
+    horizontal flip with probability 1/2, a shift of up to 1/8 of the frame each way (edges
+    reflected), brightness +-0.1 and contrast x[0.8, 1.2] around the event's mean.
+    """
+    import tensorflow as tf
+
+    _, _, height, width, _ = frames.shape
+    pad_y, pad_x = height // 8, width // 8
+
+    def one(args: Any) -> Any:
+        event, position = args
+        u = tf.random.stateless_uniform([5], seed=tf.stack([tf.constant(seed, tf.int64), position]))
+        event = tf.where(u[0] < 0.5, tf.reverse(event, axis=[2]), event)
+        if pad_y or pad_x:
+            padded = tf.pad(event, [[0, 0], [pad_y, pad_y], [pad_x, pad_x], [0, 0]], mode="REFLECT")
+            dy = tf.cast(tf.round(u[1] * 2 * pad_y), tf.int32)
+            dx = tf.cast(tf.round(u[2] * 2 * pad_x), tf.int32)
+            event = tf.slice(padded, tf.stack([0, dy, dx, 0]), tf.shape(event))
+        mean = tf.reduce_mean(event)
+        event = (event - mean) * (0.8 + 0.4 * u[3]) + mean + (u[4] - 0.5) * 0.2
+        return tf.clip_by_value(event, 0.0, 1.0)
+
+    return tf.map_fn(one, (frames, positions), fn_output_signature=tf.TensorSpec(frames.shape[1:], tf.float32))
 
 
 def eval_batches(files: list[str], spec: EventSpec, *, batch_size: int, max_batches: int = 0) -> Any:

@@ -1,8 +1,12 @@
 """The teacher's training loop, shared by every strategy.
 
-Large mini-batches follow Goyal et al. (2017): the learning rate scales linearly with the
-global batch (``base_learning_rate * global_batch_size / reference_batch_size``) and is
-reached by a gradual linear warm-up from the reference rate over ``warmup_steps``.
+Training length follows the data: ``epochs`` over the train split (at least ``min_steps``),
+unless ``steps`` fixes it. Large mini-batches follow Goyal et al. (2017): the learning rate
+scales linearly with the global batch (``base_learning_rate * global_batch_size /
+reference_batch_size``) and is reached by a gradual linear warm-up from the reference rate
+over ``warmup_steps``; a cosine decay then takes it to ``final_lr_fraction`` of the peak.
+The eval loss is checked once per epoch (``eval_every``) and the weights with the lowest one
+are what gets exported and reported (the run keeps them in ``best_weights.npz``).
 
 A run in workdir ``W`` checkpoints every ``checkpoint_every`` steps (model, optimizer slots
 and step; the data position is a function of the step, see ``trainer.train_data``); a
@@ -18,6 +22,7 @@ the requested logical devices): ``trainer.devices.configure`` is called first.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -36,10 +41,12 @@ REPORT = "train_report.json"
 STATE = "train_state.json"
 CURVE = "training_curve.png"
 # Fields a resumed run must share with the run that wrote the checkpoint.
+BEST_WEIGHTS = "best_weights.npz"
 RESUME_KEYS = (
     "strategy", "fc_layout", "mesh", "global_batch_size", "seed", "conv_filters",
-    "attention_heads", "fc_units", "mixed_precision",
-)  # fmt: skip
+    "attention_heads", "fc_units", "mixed_precision", "augment", "warmup_steps", "final_lr_fraction",
+    "base_learning_rate", "reference_batch_size",
+)  # fmt: skip  (the length may change: a resumed run can be extended)
 
 
 def scaled_learning_rate(cfg: TeacherConfig) -> float:
@@ -47,25 +54,47 @@ def scaled_learning_rate(cfg: TeacherConfig) -> float:
     return cfg.base_learning_rate * cfg.global_batch_size / cfg.reference_batch_size
 
 
-def make_schedule(cfg: TeacherConfig) -> Any:
-    """Gradual warm-up from the reference rate to the scaled rate, then constant."""
+def total_steps(cfg: TeacherConfig, train_events: int) -> int:
+    """``cfg.steps`` if set, else ``epochs`` over ``train_events`` but at least ``min_steps``."""
+    if cfg.steps > 0:
+        return cfg.steps
+    return max(cfg.min_steps, math.ceil(cfg.epochs * train_events / cfg.global_batch_size))
+
+
+def steps_per_epoch(cfg: TeacherConfig, train_events: int) -> int:
+    return max(1, math.ceil(train_events / cfg.global_batch_size))
+
+
+def make_schedule(cfg: TeacherConfig, steps: int) -> Any:
+    """Gradual warm-up from the reference rate to the scaled rate, then cosine decay to the end."""
     import tensorflow as tf
     import tf_keras as keras
 
-    class GradualWarmup(keras.optimizers.schedules.LearningRateSchedule):
-        def __init__(self, start: float, peak: float, warmup_steps: int) -> None:
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, start: float, peak: float, warmup_steps: int, total: int, final_fraction: float) -> None:
             self.start, self.peak, self.warmup_steps = start, peak, warmup_steps
+            self.total, self.final_fraction = total, final_fraction
 
         def __call__(self, step: Any) -> Any:
-            if self.warmup_steps <= 0 or self.peak <= self.start:
-                return tf.constant(self.peak, tf.float32)
-            fraction = tf.minimum(tf.cast(step, tf.float32) / float(self.warmup_steps), 1.0)
-            return self.start + (self.peak - self.start) * fraction
+            step = tf.cast(step, tf.float32)
+            warmup = float(max(self.warmup_steps, 0))
+            if warmup > 0 and self.peak > self.start:
+                rising = self.start + (self.peak - self.start) * tf.minimum(step / warmup, 1.0)
+            else:
+                rising = tf.constant(self.peak, tf.float32)
+            decay_steps = max(1.0, float(self.total) - warmup)
+            progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+            cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
+            decayed = self.peak * (self.final_fraction + (1.0 - self.final_fraction) * cosine)
+            return tf.where(step < warmup, rising, decayed)
 
         def get_config(self) -> dict[str, Any]:
-            return {"start": self.start, "peak": self.peak, "warmup_steps": self.warmup_steps}
+            return {"start": self.start, "peak": self.peak, "warmup_steps": self.warmup_steps,
+                    "total": self.total, "final_fraction": self.final_fraction}  # fmt: skip
 
-    return GradualWarmup(cfg.base_learning_rate, scaled_learning_rate(cfg), cfg.warmup_steps)
+    return WarmupCosine(
+        cfg.base_learning_rate, scaled_learning_rate(cfg), cfg.warmup_steps, steps, cfg.final_lr_fraction
+    )
 
 
 def evaluate(model: Any, files: list[str], spec: EventSpec, *, batch_size: int, max_batches: int = 0) -> dict:
@@ -122,8 +151,10 @@ def train(
 
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
-    if cfg.steps < 1 or cfg.global_batch_size < 1 or cfg.reference_batch_size < 1:
-        raise UserError("teacher steps, global_batch_size and reference_batch_size must be >= 1")
+    if cfg.steps < 0 or cfg.global_batch_size < 1 or cfg.reference_batch_size < 1:
+        raise UserError("teacher steps must be >= 0 (0: from epochs), global_batch_size and reference_batch_size >= 1")
+    if cfg.steps == 0 and (cfg.epochs <= 0 or cfg.min_steps < 1):
+        raise UserError("teacher.epochs must be > 0 and teacher.min_steps >= 1 (or set teacher.steps)")
     if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
         raise UserError(f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact")
     spec = EventSpec.load(examples_dir)
@@ -134,6 +165,7 @@ def train(
     import tensorflow as tf
     import tf_keras as keras
 
+    from trainer.memory import check_fits
     from trainer.strategies import make_runner
     from trainer.teacher_model import build_teacher, parameter_counts
 
@@ -141,12 +173,17 @@ def train(
     workdir = os.path.abspath(workdir)
     own_dir = workdir if runner.is_chief else os.path.join(workdir, "workers", f"worker-{runner.worker_index}")
     os.makedirs(own_dir, exist_ok=True)
+    epoch_size = train_data.count_records(train_files, os.path.join(own_dir, "train_records.json"))
+    steps = total_steps(cfg, epoch_size)
+    eval_every = cfg.eval_every if cfg.eval_every > 0 else steps_per_epoch(cfg, epoch_size)
 
     keras.backend.experimental.enable_tf_random_generator()
     keras.utils.set_random_seed(cfg.seed)
     initial = build_teacher(spec, cfg)
     params = parameter_counts(initial)
-    runner.build(initial.get_weights(), make_schedule(cfg))
+    memory = check_fits(initial, spec, cfg, weight_copies=setup.count if cfg.strategy != "single" else 1)
+    schedule = make_schedule(cfg, steps)
+    runner.build(initial.get_weights(), schedule)
     del initial
 
     # -- resume -------------------------------------------------------------------------
@@ -154,6 +191,7 @@ def train(
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(own_dir, "checkpoints"), max_to_keep=3)
     latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
     losses: list[float] = []
+    evals: list[dict[str, Any]] = []  # {"step", "loss", "accuracy"} at every eval point
     resumed_from = None
     if latest:
         state_path = os.path.join(workdir, STATE)
@@ -167,20 +205,36 @@ def train(
         checkpoint.restore(latest).assert_existing_objects_matched()
         resumed_from = runner.completed_steps()
         losses = list(state.get("losses", []))[:resumed_from]
+        evals = [e for e in state.get("evals", []) if e["step"] <= resumed_from]
     start = runner.completed_steps()
 
     # -- data ---------------------------------------------------------------------------
-    epoch_size = train_data.count_records(train_files, os.path.join(own_dir, "train_records.json"))
-
     def make_batches(batch_size: int, num_shards: int, shard_index: int) -> Any:
         return train_data.train_batches(
             train_files, spec, batch_size=batch_size, seed=cfg.seed, epoch_size=epoch_size,
             start_record=start * cfg.global_batch_size, num_shards=num_shards, shard_index=shard_index,
+            augment=cfg.augment,
         )  # fmt: skip
 
     batches = runner.batches(make_batches)
     writer = tf.summary.create_file_writer(os.path.join(own_dir, "tensorboard"))
-    schedule = make_schedule(cfg)
+    plain = build_teacher(spec, cfg)  # the unsharded twin the eval loss is computed on
+    best_path = os.path.join(own_dir, BEST_WEIGHTS)
+
+    def best_eval() -> dict[str, Any] | None:
+        return min(evals, key=lambda e: (e["loss"], e["step"])) if evals else None
+
+    def check_eval(step: int) -> None:
+        plain.set_weights(runner.plain_weights())
+        scores = evaluate(plain, eval_files, spec, batch_size=cfg.global_batch_size, max_batches=cfg.eval_batches)
+        evals.append({"step": step, "loss": scores["loss"], "accuracy": scores["accuracy"]})
+        with writer.as_default():
+            tf.summary.scalar("eval_loss", scores["loss"], step=step)
+            tf.summary.scalar("eval_accuracy", scores["accuracy"], step=step)
+        if best_eval()["step"] == step:
+            tmp = f"{best_path}.tmp.npz"
+            np.savez(tmp, *plain.get_weights())
+            os.replace(tmp, best_path)
 
     checkpoint_seconds: list[float] = []
 
@@ -190,7 +244,7 @@ def train(
         if runner.is_chief:
             _write_json(
                 os.path.join(workdir, STATE),
-                {"step": step, "losses": losses, "config": _resume_fields(cfg)},
+                {"step": step, "losses": losses, "evals": evals, "config": _resume_fields(cfg)},
             )
         manager.save(checkpoint_number=step)
         checkpoint_seconds.append(time.perf_counter() - began_saving)
@@ -199,9 +253,10 @@ def train(
     step_times: list[float] = []
     step_cpu: list[float] = []  # process CPU seconds (all threads): robust on a shared machine
     input_waits: list[float] = []  # time the step waited for its batch: > 0 means input-bound
+    eval_seconds = 0.0
     began = time.time()
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
-    for step in range(start, cfg.steps):
+    bar = tqdm(total=steps, initial=start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
+    for step in range(start, steps):
         waited = time.perf_counter()
         batch = next(batches)
         input_waits.append(time.perf_counter() - waited)
@@ -216,19 +271,26 @@ def train(
             tf.summary.scalar("loss", loss, step=step + 1)
             tf.summary.scalar("learning_rate", float(schedule(step)), step=step + 1)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
         done = step + 1
-        if done % max(1, cfg.checkpoint_every) == 0 or done == cfg.steps:
+        if done % eval_every == 0 or done == steps:
+            t_eval = time.perf_counter()
+            check_eval(done)
+            eval_seconds += time.perf_counter() - t_eval
+        best = best_eval()
+        bar.set_postfix_str(f"loss {loss:.4f}" + (f", eval loss {evals[-1]['loss']:.3f} (best @{best['step']})" if best else ""))
+        if done % max(1, cfg.checkpoint_every) == 0 or done == steps:
             save_checkpoint(done)
     bar.close()
     wall = time.time() - began
 
-    # -- evaluate, export, report -------------------------------------------------------
-    plain = build_teacher(spec, cfg)
-    plain.set_weights(runner.plain_weights())
+    # -- the best weights: evaluate, export, report --------------------------------------
+    best = best_eval()
+    if best is None:  # resumed after the last step: nothing was trained in this process
+        check_eval(steps)
+        best = best_eval()
+    with np.load(best_path) as stored:
+        plain.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
     scores = evaluate(plain, eval_files, spec, batch_size=cfg.global_batch_size, max_batches=cfg.eval_batches)
-    with writer.as_default():
-        tf.summary.scalar("eval_accuracy", scores["accuracy"], step=cfg.steps)
     writer.flush()
     if export_dir and runner.is_chief:
         from trainer.export import export_saved_model
@@ -246,7 +308,9 @@ def train(
         "devices": list(setup.devices),
         "worker_index": runner.worker_index,
         "is_chief": runner.is_chief,
-        "steps": cfg.steps,
+        "steps": steps,
+        "steps_per_epoch": steps_per_epoch(cfg, epoch_size),
+        "epochs": steps * cfg.global_batch_size / epoch_size,
         "start_step": start,
         "resumed_from_step": resumed_from,
         "global_batch_size": cfg.global_batch_size,
@@ -255,13 +319,19 @@ def train(
             "reference_batch_size": cfg.reference_batch_size,
             "scaled": scaled_learning_rate(cfg),
             "warmup_steps": cfg.warmup_steps,
+            "schedule": "linear warm-up, cosine decay",
+            "final_fraction": cfg.final_lr_fraction,
         },
+        "augment": cfg.augment,
         "mixed_precision": cfg.mixed_precision,
         "seed": cfg.seed,
         "losses": losses,
-        "learning_rates": [float(schedule(s)) for s in range(cfg.steps)],
-        "eval": scores,
+        "learning_rates": [float(v) for v in schedule(np.arange(steps)).numpy()],
+        "eval": scores,  # of the exported (best) weights
         "final_eval_accuracy": scores["accuracy"],
+        "best": best,
+        "eval_history": evals,
+        "memory_estimate": memory,
         "parameters": params,
         "timing": {
             "wall_seconds": wall,
@@ -275,6 +345,7 @@ def train(
             "input_wait_fraction": _wait_fraction(input_waits[steady], step_times[steady]),
             "checkpoints": len(checkpoint_seconds),
             "checkpoint_seconds": sum(checkpoint_seconds),
+            "eval_seconds": eval_seconds,
         },
         "data": {"examples_dir": os.path.abspath(examples_dir), "train_events": epoch_size, "spec": spec.to_dict()},
         "variables": runner.variable_layouts(),

@@ -49,11 +49,19 @@ def decide(
     if relative is not None:
         failures.append(relative)
     problems = [f["message"] for f in failures]
-    if lite is not None and not lite.get("blessed", False):
-        problems.append(
-            f"int8 TFLite agrees with the float student on {lite.get('agreement', 0):.1%} of eval events, "
-            f"below {lite.get('min_agreement', 0):.1%}"
-        )
+    if lite is not None:
+        # int8 at the top level; float16 (when converted) under "float16"; the reference is the
+        # float student they were converted from.
+        reference = lite.get("reference", "the float student")
+        checks = [("int8", lite)] + ([("float16", lite["float16"])] if lite.get("float16") else [])
+        for variant, check in checks:
+            if not check.get("agreement", 0) >= check.get("min_agreement", 1):
+                problems.append(
+                    f"{variant} TFLite: top-1 agreement with {reference} is {check.get('agreement', 0):.1%} of "
+                    f"{check.get('events', 0)} eval events, below lite.min_agreement {check.get('min_agreement', 0):.1%}"
+                )
+        if not lite.get("blessed", False) and not any("TFLite" in p for p in problems):
+            problems.append("the TFLite models were not blessed by the LiteConverter")
     if infra_blessed is False:
         problems.append("the student did not load or answer correctly in the server (ServingValidator)")
     return {
