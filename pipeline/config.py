@@ -35,6 +35,9 @@ class DataConfig:
     eval_percent: int = 20  # share of events (by hash of event_id) in the eval split
     max_reject_rate: float = 0.05
     max_frame_bytes: int = 8 * 1024 * 1024
+    # Pixel budget per frame of the model input when height/width come from the data: larger
+    # frames (VGA cameras) are resized once, keeping their aspect ratio, to fit it (128x128).
+    max_input_pixels: int = 128 * 128
 
 
 @dataclass
@@ -59,15 +62,23 @@ class TeacherConfig:
     logical_devices: int = 4
     workers: int = 2  # multiworker: local worker processes the pipeline starts when TF_CONFIG is unset
     mesh: str = "batch=2,model=2"
-    fc_layout: str = "2d"  # 2d: batch x model mesh; 1d: all-gather features, FC sharded over all devices
-    steps: int = 300
+    # 1d (the paper's): all-gather features, FC sharded over all devices; 2d: batch x model mesh.
+    # 1d is the cheaper one on CPUs (1.52x single's step time vs 2.33x, docs/benchmarks.md).
+    fc_layout: str = "1d"
+    epochs: float = 12.0  # training length follows the data: epochs over the train split ...
+    min_steps: int = 300  # ... but at least this many steps (small data sets)
+    steps: int = 0  # > 0: exactly this many steps (overrides epochs and min_steps)
     global_batch_size: int = 32
     reference_batch_size: int = 32  # the batch size base_learning_rate is tuned for
     base_learning_rate: float = 3e-4  # Adam; 1e-3 stalls the wide FC head at chance on the demo data
-    warmup_steps: int = 30
+    warmup_steps: int = 30  # linear warm-up, then cosine decay to final_lr_fraction x the peak
+    final_lr_fraction: float = 0.05
     mixed_precision: str = "off"  # off | bf16 | fp16
     checkpoint_every: int = 50
+    eval_every: int = 0  # steps between eval-loss checks (the best one is exported); 0: once per epoch
     eval_batches: int = 0  # 0: the whole eval split
+    augment: bool = True  # per-event flip, brightness/contrast jitter and shift (same for all frames)
+    memory_fraction: float = 0.8  # refuse to start when the estimate exceeds this share of free memory
     seed: int = 0
     # Architecture.
     conv_filters: list[int] = field(default_factory=lambda: [16, 32, 64])
@@ -97,6 +108,10 @@ class StudentConfig:
     prune_learning_rate: float = 1e-3  # start of the pruning phase's cosine decay
     pruning_begin_fraction: float = 0.0  # of the pruning phase's steps
     pruning_end_fraction: float = 0.5  # sparsity is held at target for the rest of the phase
+    # Quantization-aware fine-tune of the pruned student (sparsity kept: TFMOT PQAT); its float
+    # twin is the production student and the int8 TFLite is converted from it. 0 = no QAT.
+    qat_epochs: int = 2
+    qat_learning_rate: float = 2e-4
     use_unlabelled: bool = True
     teacher_batch_size: int = 64  # batch for computing the teacher's soft labels (once per example)
     seed: int = 0
