@@ -31,8 +31,10 @@ LABEL_NAME = "label_name"  # bytes: class name; b"" for unlabelled events
 EVENT_ID = "event_id"  # bytes
 DEVICE_ID = "device_id"  # bytes
 TIMESTAMP = "timestamp"  # bytes: RFC 3339 as received
+BEST_FRAME = "best_frame"  # int64: 0-based frame that shows the object best (ground truth); -1 unknown
 
 UNLABELLED = -1
+UNKNOWN_FRAME = -1  # BEST_FRAME of events without a known best frame
 SPEC_FILE = "event_spec.json"
 
 # Splits written by ingest. Unlabelled events are valid but feed distillation only.
@@ -144,8 +146,9 @@ def make_example(
     event_id: str,
     device_id: str,
     timestamp: str,
+    best_frame: int = UNKNOWN_FRAME,
 ) -> Any:
-    """Build the ``tf.train.Example`` for one accepted event."""
+    """Build the ``tf.train.Example`` for one accepted event (``best_frame``: -1 = unknown)."""
     from tensorflow.core.example import example_pb2, feature_pb2
 
     def b(values: list[bytes]) -> feature_pb2.Feature:
@@ -165,6 +168,7 @@ def make_example(
         EVENT_ID: b([event_id.encode()]),
         DEVICE_ID: b([device_id.encode()]),
         TIMESTAMP: b([timestamp.encode()]),
+        BEST_FRAME: i(best_frame),
     }
     return example_pb2.Example(features=feature_pb2.Features(feature=feature))
 
@@ -185,6 +189,7 @@ def feature_spec() -> dict[str, Any]:
         EVENT_ID: tf.io.FixedLenFeature([], tf.string),
         DEVICE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
         TIMESTAMP: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        BEST_FRAME: tf.io.FixedLenFeature([], tf.int64, default_value=UNKNOWN_FRAME),
     }
 
 
@@ -233,14 +238,20 @@ def decode_frames(encoded: Any, spec: EventSpec) -> Any:
 
 
 def parse_batch(serialized: Any, spec: EventSpec) -> dict[str, Any]:
-    """Serialized examples ``[batch]`` -> ``{"frames": [B,K,H,W,C], "label": [B], ...}``."""
+    """Serialized examples ``[batch]`` -> ``{"frames": [B,K,H,W,C], "label": [B], ...}``.
+
+    ``best_frame`` ``[B]`` int32 is -1 where unknown, and also where it lies beyond the K frames
+    the model sees (an event longer than the spec is cut to its first K frames).
+    """
     import tensorflow as tf
 
     parsed = tf.io.parse_example(serialized, feature_spec())
+    best = tf.cast(parsed[BEST_FRAME], tf.int32)
     return {
         FRAMES: decode_frames(encoded_frames(parsed, spec), spec),
         LABEL: tf.cast(parsed[LABEL], tf.int32),
         EVENT_ID: parsed[EVENT_ID],
+        BEST_FRAME: tf.where((best >= 0) & (best < spec.frames), best, UNKNOWN_FRAME),
     }
 
 

@@ -59,6 +59,11 @@ def test_unlabelled_event_is_accepted(tmp_path):
             checks.MIXED_FRAME_SIZES,
             "8x8, 9x8",
         ),
+        (ed.event("e", frames=2, best_frame=2), checks.BAD_FIELD, "'best_frame' must be a 0-based index of one of the event's 2 frames (0..1) or null, got 2"),
+        (ed.event("e", best_frame=-1), checks.BAD_FIELD, "best_frame"),
+        (ed.event("e", best_frame="1"), checks.BAD_FIELD, "got '1'"),
+        (ed.event("e", best_frame=1.0), checks.BAD_FIELD, "best_frame"),
+        (ed.event("e", best_frame=True), checks.BAD_FIELD, "best_frame"),
     ],
 )
 def test_each_rejection_names_reason_and_field(tmp_path, record, reason, words):
@@ -67,6 +72,13 @@ def test_each_rejection_names_reason_and_field(tmp_path, record, reason, words):
     assert result.reason == reason
     assert words in result.detail
     assert "events.jsonl:1" in result.detail  # says where the event is
+
+
+@pytest.mark.parametrize("value, kept", [(1, 1), (0, 0), (None, None)])
+def test_optional_best_frame_is_kept(tmp_path, value, kept):
+    result = only(tmp_path, ed.event("e1", frames=2, best_frame=value))
+    assert isinstance(result, checks.Accepted) and result.best_frame == kept
+    assert only(tmp_path, ed.event("e2", frames=2)).best_frame is None
 
 
 def test_frame_path_relative_to_manifest_and_symlink_escape(tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.config import SimulatorConfig
 from pipeline.errors import UserError
-from pipeline.simulator import generate
+from pipeline.simulator import generate, scenes
 from pipeline.simulator.backgrounds import PHOTOS
 from pipeline.simulator.png import encode_png
 from pipeline.simulator.scenes import archetypes_for, render_event
@@ -151,7 +151,9 @@ def test_label_noise_is_recorded_not_written(tmp_path):
     assert wrong == summary["counts"]["noisy_labels"]
     assert 0.2 * 300 < wrong < 0.4 * 300
     assert sum(summary["counts"]["noisy_label_pairs"].values()) == wrong
-    assert all(set(e) == {"event_id", "device_id", "timestamp", "label", "frames"} for e in events)
+    assert all(
+        set(e) - {"best_frame"} == {"event_id", "device_id", "timestamp", "label", "frames"} for e in events
+    )
 
 
 def test_grayscale_8x8_single_frame(tmp_path):
@@ -223,6 +225,95 @@ def test_inline_frames_hold_the_same_pngs(tmp_path):
         for rel, obj in zip(a["frames"], b["frames"], strict=True):
             with open(os.path.join(files, rel), "rb") as f:
                 assert base64.b64decode(obj["b64"]) == f.read()
+
+
+def test_visible_area_is_the_object_coverage_after_clipping_and_occlusion():
+    s, k = 32, 4
+    canvas = scenes._Canvas(np.zeros((3, k, s, s), np.float32))
+    canvas.cover, canvas.layer = np.zeros((k, s, s), np.float32), "object"
+    x = np.array([16.0, 31.0, 40.0, 16.0], np.float32)  # inside, half out, outside, inside
+    canvas.paint(scenes._box(3, 3), x, np.full(k, 16.0, np.float32), (3, 3), np.ones(3, np.float32))
+    canvas.layer = "occluder"  # a pole 4 px wide over x 14..18, in every frame
+    canvas.paint(
+        scenes._box(2, s),
+        np.full(k, 16.0, np.float32),
+        np.full(k, 16.0, np.float32),
+        (2, 16),
+        np.zeros(3, np.float32),
+    )
+    np.testing.assert_allclose(canvas.cover.sum(axis=(1, 2)), [12.0, 24.0, 0.0, 12.0], atol=1e-4)
+    assert scenes.best_frame(canvas.cover.sum(axis=(1, 2))) == 1
+    assert (
+        scenes.best_frame(np.array([5.0, 9.9, 10.0, 2.0])) == 1
+    )  # within 2% of the largest: a tie, earliest wins
+    assert scenes.best_frame(np.array([0.0, 0.5, 0.2])) is None  # under a pixel: nothing visible
+    assert scenes.best_frame(None) is None
+
+
+def _render_without_object(cfg, index, monkeypatch):
+    """Event ``index`` as rendered, and again with its object painted on a scratch canvas (the same
+    random draws, so everything else is identical); shadows are off in both."""
+    monkeypatch.setattr(scenes._Canvas, "darken", lambda *a, **kw: None)
+    shown = render_event(cfg, index)
+    draw = scenes._draw_object
+
+    def hidden(canvas, *args):
+        draw(scenes._Canvas(canvas.img.copy()), *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(scenes, "_draw_object", hidden)
+        return shown, render_event(cfg, index)
+
+
+def test_best_frame_is_the_frame_that_shows_most_of_the_object(monkeypatch):
+    """Checked against the pixels: the frames differ from an object-free render where the object shows."""
+    classes = ["empty", "person", "vehicle", "animal", "bird", "package", "ring"]
+    cfg = _cfg(events=250, frames=4, size=32, classes=classes, seed=11)
+    clear = hidden_frames = 0
+    for i in range(cfg.events):
+        shown, bare = _render_without_object(cfg, i, monkeypatch)
+        area = shown.visible_area
+        if classes[shown.true_class] == "empty":
+            assert area is None and shown.best_frame is None
+            np.testing.assert_array_equal(shown.frames, bare.frames)
+            continue
+        assert shown.best_frame == scenes.best_frame(area)
+        changed = (np.abs(shown.frames.astype(int) - bare.frames.astype(int)).max(axis=-1) >= 12).sum(
+            axis=(1, 2)
+        )
+        for k in np.flatnonzero(area == 0):  # nothing of the object in this frame: no pixel differs
+            assert changed[k] == 0
+            hidden_frames += 1
+        if shown.best_frame is not None:
+            assert area[shown.best_frame] == pytest.approx(area.max(), rel=scenes.BEST_FRAME_TIE)
+            assert changed[shown.best_frame] > 0
+            top, second = np.sort(area)[::-1][:2]
+            if top >= 4 and top > 1.15 * second:  # one frame clearly shows the most of it
+                assert int(np.argmax(changed)) == shown.best_frame
+                clear += 1
+    assert clear >= 10 and hidden_frames >= 10  # the sample exercises both checks
+
+
+def test_manifest_best_frame_matches_the_render(tmp_path):
+    out = str(tmp_path / "b")
+    cfg = _cfg(events=40, frames=3, classes=["empty", "package", "vehicle"])
+    generate(out, cfg, progress=False, preview=False)
+    seen = set()
+    for i, e in enumerate(_events(out)):
+        ev = render_event(cfg, i)
+        assert e.get("best_frame") == ev.best_frame
+        if cfg.classes[ev.true_class] == "empty":
+            assert "best_frame" not in e
+        else:
+            seen.add(ev.best_frame)
+            assert [k for k in e if k != "label"] == [
+                "event_id",
+                "device_id",
+                "timestamp",
+                "best_frame",
+                "frames",
+            ]
+    assert {1, 2} <= seen  # packages appear after the first frame
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,7 @@ class _ReadAndCheck(beam.DoFn):
                 event_id=result.event_id,
                 device_id=result.device_id,
                 timestamp=result.timestamp,
+                best_frame=layout.UNKNOWN_FRAME if result.best_frame is None else result.best_frame,
             )
             feats = example.features.feature
             feats[_SOURCE].bytes_list.value.append(event.source.encode())

@@ -70,6 +70,7 @@ class Accepted:
     height: int
     width: int
     channels: int
+    best_frame: int | None = None  # the optional manifest field: 0-based frame showing the object best
 
 
 @dataclass
@@ -118,6 +119,11 @@ def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Acce
         raise _Reject(BAD_FIELD, f"field 'frames' must be a list of paths or {{'b64': ...}} objects, got {type(frames).__name__}")
     if not 1 <= len(frames) <= rules.max_frames:
         raise _Reject(WRONG_FRAME_COUNT, f"{len(frames)} frames; events need 1..{rules.max_frames} (raise --max-frames if longer bursts are expected)")
+    best_frame = record.get("best_frame")
+    if best_frame is not None and (
+        isinstance(best_frame, bool) or not isinstance(best_frame, int) or not 0 <= best_frame < len(frames)
+    ):
+        raise _Reject(BAD_FIELD, f"field 'best_frame' must be a 0-based index of one of the event's {len(frames)} frames (0..{len(frames) - 1}) or null, got {best_frame!r}")
     payloads = event.inline_frames or [_load_frame(ref, i, event.base_dir, rules) for i, ref in enumerate(frames)]
     shapes = []
     for i, data in enumerate(payloads):
@@ -138,6 +144,7 @@ def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Acce
         height=height,
         width=width,
         channels=max(c for _, _, c in shapes),
+        best_frame=best_frame,
     )
 
 

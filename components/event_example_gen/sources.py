@@ -192,10 +192,25 @@ def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
                 if layout.FRAMES in feats
                 else None,
             }
+            best_frame = _best_frame(feats[layout.BEST_FRAME]) if layout.BEST_FRAME in feats else None
+            if best_frame is not None:
+                record["best_frame"] = best_frame
             frames = list(feats[layout.FRAMES].bytes_list.value) if layout.FRAMES in feats else []
             yield RawEvent(source, record, raw, base_dir, inline_frames=frames, order=(rel, index))
     except (ValueError, OSError) as e:
         yield RawEvent(f"{rel}:{index + 1}", None, "", base_dir, f"unreadable TFRecord file: {e}", order=(rel, index + 1))
+
+
+def _best_frame(feature: Any) -> Any:
+    """The record's ``best_frame`` from a layout feature: None for unknown (-1); anything but one
+    int64 is passed on as a description, so the checks reject it instead of it being lost."""
+    from pipeline import layout
+
+    kind = feature.WhichOneof("kind")
+    values = list(getattr(feature, kind).value) if kind else []
+    if kind != "int64_list" or len(values) != 1:
+        return f"<{kind or 'empty'} feature {values[:4]!r}>"
+    return None if values[0] == layout.UNKNOWN_FRAME else int(values[0])
 
 
 def _text(feats: Any, name: str) -> str | None:

@@ -104,6 +104,9 @@ class RenderedEvent:
     label: int | None  # None: unlabelled; may differ from true_class under label noise
     frames: np.ndarray
     tags: list[str] = field(default_factory=list)  # nuisances applied, "occluded", "blurred"
+    # Pixels ([K] float) of the object each frame shows after occlusion and clipping; None: no object.
+    visible_area: np.ndarray | None = None
+    best_frame: int | None = None  # the frame showing the most of the object (see best_frame())
 
 
 def event_id_width(events: int) -> int:
@@ -166,12 +169,19 @@ class _Canvas:
 
     Primitives are painted only inside their bounding box over all frames, so an object
     costs in proportion to its size, not the frame's.
+
+    ``cover`` (``[K, S, S]``, when set) tracks how much of each pixel shows the object: paint
+    with ``layer == "object"`` adds its coverage, ``layer == "occluder"`` hides what it covers.
+    It is exactly the object's blend weight in the painted pixels, so its per-frame sum is the
+    object's visible area in pixels, clipped to the frame.
     """
 
     def __init__(self, img: np.ndarray):
         self.img = img
         self.size = img.shape[-1]
         self.coords = np.arange(self.size, dtype=np.float32) + 0.5  # pixel centres
+        self.cover: np.ndarray | None = None
+        self.layer = ""  # "object" | "occluder" | "" (not tracked)
 
     def _window(self, cx: np.ndarray, cy: np.ndarray, ex: float, ey: float, visible: np.ndarray | None):
         xl, yl = cx.tolist(), cy.tolist()
@@ -223,6 +233,12 @@ class _Canvas:
         delta = col - region
         delta *= alpha
         region += delta
+        if self.cover is not None and self.layer:
+            cover = self.cover[:, ysl, xsl]
+            if self.layer == "object":
+                cover += alpha * (1.0 - cover)
+            else:
+                cover *= 1.0 - alpha
 
     def darken(
         self,
@@ -476,6 +492,25 @@ def _noise(seed: int, rng: np.random.Generator, shape: tuple[int, ...]) -> np.nd
     return np.float32(0.89) * shared + np.float32(0.45) * own
 
 
+MIN_VISIBLE_PIXELS = 1.0  # less than this in every frame: no visible object, no best frame
+BEST_FRAME_TIE = 0.02  # frames within 2% of the largest visible area tie; the earliest wins
+
+
+def best_frame(visible_area: np.ndarray | None) -> int | None:
+    """The frame that shows the object best: the largest visible area, ties to the earliest.
+
+    Areas within ``BEST_FRAME_TIE`` (relative) of the largest count as tied, so sub-pixel
+    antialiasing and a swinging leg do not decide between frames that show the whole object.
+    None when no frame shows at least ``MIN_VISIBLE_PIXELS`` of it (or there is no object).
+    """
+    if visible_area is None or len(visible_area) == 0:
+        return None
+    top = float(np.max(visible_area))
+    if top < MIN_VISIBLE_PIXELS:
+        return None
+    return int(np.argmax(visible_area >= top * (1.0 - BEST_FRAME_TIE)))
+
+
 def _timestamp(index: int, rng: np.random.Generator) -> str:
     t = _BASE_TIME + index * _SECONDS_PER_EVENT + int(rng.integers(0, _SECONDS_PER_EVENT))
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
@@ -527,10 +562,14 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
         tr.x -= offsets[:, 1].astype(np.float32)
         tr.y -= offsets[:, 0].astype(np.float32)
         near_x = float(np.mean(tr.x))
+        canvas.cover, canvas.layer = np.zeros((k, s, s), np.float32), "object"
         _draw_object(canvas, arch, tr, rng, s, ch)
     if rng.random() < 0.2:
+        canvas.layer = "occluder"
         _occluder(canvas, rng, s, ch, near_x)
         tags.append("occluded")
+    canvas.layer = ""
+    area = None if canvas.cover is None else canvas.cover.sum(axis=(1, 2), dtype=np.float64)
 
     # Lighting: per-event exposure and white balance, per-frame drift or a strong change.
     coords = canvas.coords
@@ -585,4 +624,6 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
         label=label,
         frames=frames,
         tags=tags,
+        visible_area=area,
+        best_frame=best_frame(area),
     )
