@@ -14,7 +14,7 @@ DEMO_ARGS ?= --set lite.min_agreement=0.97
 PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 
-.PHONY: setup run test lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving clean
+.PHONY: setup run test lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline components trainer serving tests benchmarks setup.py
 
-bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving
+bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality
 
 bench-simulator: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py $(ARGS)
@@ -53,6 +53,9 @@ bench-productionize: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(PY) benchmarks/bench_serving.py $(ARGS)
+
+bench-quality: $(STAMP)
+	$(PY) benchmarks/bench_quality.py $(ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
