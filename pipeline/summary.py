@@ -198,6 +198,13 @@ def print_summary(rep: dict[str, Any], report_path: str) -> None:
             f"distill    kd_gain {comparison['kd_gain']:+.1f} points (distilled vs scratch); teacher "
             f"{comparison.get('teacher_over_scratch_points', float('nan')):+.1f} points over scratch"
         )
+    production = student.get(student.get("production", "").replace("student_", "")) or {}
+    if t and t.get("best_frame_events"):
+        lines.append(
+            f"attention  best frame named right on {t['best_frame_events']} eval events with a known one: teacher "
+            f"{_fmt(t.get('best_frame_accuracy'))}, student {_fmt(production.get('best_frame_accuracy'))} "
+            f"(always the first frame: {_fmt(comparison.get('best_frame_first_frame_baseline'))})"
+        )
     for name in ("int8", "float16"):
         v = (rep.get("tflite") or {}).get(name)
         if v:

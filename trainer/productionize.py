@@ -119,11 +119,11 @@ def run_lite_conversion(
     if not eval_files:
         raise UserError(f"no eval split under {examples_uri}: the parity gate needs eval events")
 
-    model = load_keras(production_keras)
+    model = load_keras(production_keras)  # plain Keras: the QAT weights without rounding, if QAT ran
     representative = lite.representative_events(train_files, spec, cfg.representative_examples, cfg.seed)
     os.makedirs(output_dir, exist_ok=True)
     converted = {}
-    # int8 from the QAT model (its recorded ranges); float16 from the float production student.
+    # int8 from the QAT model (its recorded ranges); float16 from the plain float weights.
     sources = {"int8": quantized if quantized is not None else model, "float16": model}
     for variant, filename in tqdm([("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False):
         converted[variant] = lite.convert_variant(
@@ -146,13 +146,17 @@ def run_lite_conversion(
         predictors["student_scratch"] = keras_predictor(load_keras(scratch_keras))
     if has_pruned:
         predictors["student_pruned"] = keras_predictor(model if reference == "student_pruned" else load_keras(pruned_keras))
+    float16_source = reference
     if quantized is not None:
-        predictors["student_qat"] = keras_predictor(model)
+        predictors["student_qat"] = keras_predictor(quantized)
+        predictors["student_qat_unrounded"] = keras_predictor(model)
+        float16_source = "student_qat_unrounded"
     predictors["int8"] = tflite_predictor(converted["int8"].content)
     predictors["float16"] = tflite_predictor(converted["float16"].content)
     preds = predict_split(eval_files, spec, predictors, desc="eval variants")
+    # Each TFLite model against the float model it was converted from.
     parity = lite.parity(preds[reference].predicted, preds["int8"].predicted, cfg.min_agreement)
-    parity_float16 = lite.parity(preds[reference].predicted, preds["float16"].predicted, cfg.min_agreement)
+    parity_float16 = lite.parity(preds[float16_source].predicted, preds["float16"].predicted, cfg.min_agreement)
 
     student_params = measure.count_params(model)
     student_flops = measure.keras_flops_per_event(model, spec.input_shape)
@@ -175,7 +179,7 @@ def run_lite_conversion(
             variants["student_pruned"] = _variant_entry("keras", pruned_keras)
         variants["student_pruned"].update(params=student_params, flops_per_event=student_flops, sparsity=sparsity)
     if quantized is not None:
-        variants["student_qat"] = _variant_entry("savedmodel", serving_dir, qat_keras)
+        variants["student_qat"] = _variant_entry("savedmodel", serving_dir)
         variants["student_qat"].update(
             params=student_params, flops_per_event=student_flops, sparsity=sparsity,
             qat_sparsity=(distill_report.get("qat") or {}).get("sparsity"),
@@ -189,11 +193,15 @@ def run_lite_conversion(
         entry["accuracy"] = preds[name].accuracy()
         entry["class_accuracy"] = class_accuracy(preds[name].confusion(spec.num_classes), spec.classes)
         entry["agreement_with_" + reference] = preds[name].agreement(preds[reference])
+        # The frame each model names vs the one that shows the object best (simulator ground truth).
+        entry["best_frame_accuracy"] = preds[name].best_frame_accuracy()
+        entry["best_frame_events"] = preds[name].best_frame_events()
     if quantized is not None:
         variants["int8"]["agreement_with_student_pruned"] = preds["int8"].agreement(preds["student_pruned"]) if has_pruned else None
+        variants["float16"]["agreement_with_" + float16_source] = preds["float16"].agreement(preds[float16_source])
     variants["int8"]["input_type"] = cfg.input_type
     variants["int8"]["parity"] = parity.to_dict()
-    variants["float16"]["parity"] = parity_float16.to_dict()
+    variants["float16"]["parity"] = {**parity_float16.to_dict(), "reference": float16_source}
 
     matrix = preds["int8"].confusion(spec.num_classes)
     plot_rows = [
@@ -227,16 +235,16 @@ def run_lite_conversion(
             "float16": variants["float16"],
             "blessed": parity.blessed and parity_float16.blessed,
             "parity": parity.to_dict(),
-            "parity_float16": parity_float16.to_dict(),
+            "parity_float16": {**parity_float16.to_dict(), "reference": float16_source},
             "reference": reference,
             "release": os.path.join(output_dir, INT8_FILE),
             "confusion_matrix": {"classes": list(spec.classes), "matrix": matrix.tolist()},
         },
-        "comparison": comparison(variants),
+        "comparison": {**comparison(variants), **best_frame_baselines(preds[reference], spec.frames)},
         "plots": {"tradeoff": tradeoff, "confusion": confusion},
         # What ReleaseGate reads: the int8 verdict, with float16's folded in.
         "parity": {**parity.to_dict(), "blessed": parity.blessed and parity_float16.blessed,
-                   "float16": parity_float16.to_dict(), "reference": reference},
+                   "float16": {**parity_float16.to_dict(), "reference": float16_source}, "reference": reference},
         "eval_events": int(len(preds[reference].labels)),
     }
     if gates is not None and teacher_dir:
@@ -253,6 +261,18 @@ def _p50(entry: dict[str, Any]) -> float | None:
     latency = entry.get("latency") or {}
     primary = latency.get(entry["format"])
     return primary["p50_ms"] if primary else None
+
+
+def best_frame_baselines(preds: Any, frames: int) -> dict[str, Any]:
+    """What naming a frame without looking scores: always the first frame, or one at random.
+
+    Objects are often fully visible in several frames (ties go to the earliest), so "always the
+    first frame" is the baseline a model's best-frame accuracy must be read against.
+    """
+    known = preds.best_frames[preds.best_frames >= 0] if preds.best_frames is not None else []
+    if not len(known):
+        return {}
+    return {"best_frame_first_frame_baseline": float((known == 0).mean()), "best_frame_random_baseline": 1.0 / frames}
 
 
 def class_accuracy(matrix: Any, classes: tuple[str, ...]) -> dict[str, float | None]:

@@ -2,7 +2,7 @@
 
 Pruning runs while the student keeps distilling (``trainer.distill``): ``prune_low_magnitude``
 wraps every prunable kernel of at least ``MIN_PRUNABLE_WEIGHTS`` weights except the two output
-layers (the class logits and the frame score, where every weight matters); a
+layers (the class logits and the frame scores, where every weight matters); a
 ``PolynomialDecay`` schedule ramps sparsity from 0 to the target, ``UpdatePruningStep`` drives
 it, and ``strip_pruning`` leaves a plain tf_keras model whose kernels hold the zeros (what the
 TFLite converter encodes sparsely).
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
-from trainer.student_model import LOGITS_LAYER, SCORE_LAYER
+from trainer.student_model import CONTEXT_SCORE_LAYER, LOGITS_LAYER, SCORE_LAYER
 
-DEFAULT_EXCLUDE = (LOGITS_LAYER, SCORE_LAYER)
+DEFAULT_EXCLUDE = (LOGITS_LAYER, SCORE_LAYER, CONTEXT_SCORE_LAYER)
 # Kernels smaller than this (the stem, depthwise 3x3 filters, the first pointwise convs) stay
 # dense: they are a sliver of the bytes, and pruning them cost ~7 points of demo accuracy.
 MIN_PRUNABLE_WEIGHTS = 2048

@@ -7,13 +7,16 @@ model learns margins that survive it; ``Default8BitPrunePreserveQuantizeScheme``
 pruning masks fixed while it does (Pruning-preserving QAT), so the zeros, and the sparse
 encoding they buy, survive.
 
-Every layer is annotated: stock layers through TFMOT's default 8-bit registry, our small
-frame-reshaping layers with ``OutputQuantizeConfig`` (no weights; their output quantized), so
-the TFLite converter finds a recorded range for every tensor and needs no calibration guess.
+Every layer is annotated: stock layers through TFMOT's default 8-bit registry, our frame
+reshapes (``MergeFrames``, ``SplitFrames``) as pass-through (an int8 reshape keeps its input's
+scale; a range of their own made the converter build a model that disagreed with its QAT
+twin from the first layer on), our pooling layers with an output range. The TFLite converter
+then finds a recorded range for every tensor.
 
-The QAT model is what the int8 TFLite is converted from. Its float twin, the plain student
-architecture holding the QAT-trained weights (``float_twin``), is the production float model
-(SavedModel for TF Serving) that the int8 model is checked against.
+The QAT model (float32 with the int8 rounding simulated) is the production float student:
+TF Serving serves it, and the int8 TFLite converted from it is checked against it. Its
+``float_twin``, the plain architecture holding the same weights without rounding, is what the
+float16 TFLite is converted from (and checked against).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
-from trainer.student_model import CUSTOM_OBJECTS, build_student
+from trainer.student_model import CUSTOM_OBJECTS, MergeFrames, SplitFrames, build_student
 
 QUANTIZE_INPUT_LAYER = "quantize_layer"
+RESHAPES = (MergeFrames, SplitFrames)
 
 
-def _output_quantize_config() -> Any:
+def _quantize_configs() -> tuple[Any, Any]:
+    """(OutputQuantizeConfig, PassThroughQuantizeConfig) for our weightless layers."""
     import tensorflow_model_optimization as tfmot
 
     class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
@@ -56,15 +61,23 @@ def _output_quantize_config() -> Any:
         def get_config(self) -> dict:
             return {}
 
-    return OutputQuantizeConfig
+    class PassThroughQuantizeConfig(OutputQuantizeConfig):
+        """A reshape: int8 kernels keep the input's scale, so the output gets no range of its own."""
+
+        def get_output_quantizers(self, layer: Any) -> list:
+            return []
+
+    return OutputQuantizeConfig, PassThroughQuantizeConfig
 
 
 def scope() -> Any:
     """``quantize_scope`` knowing our layers and their QuantizeConfig (to clone or load QAT models)."""
     import tensorflow_model_optimization as tfmot
 
-    config = _output_quantize_config()
-    return tfmot.quantization.keras.quantize_scope({**CUSTOM_OBJECTS, "OutputQuantizeConfig": config})
+    output, passthrough = _quantize_configs()
+    return tfmot.quantization.keras.quantize_scope(
+        {**CUSTOM_OBJECTS, "OutputQuantizeConfig": output, "PassThroughQuantizeConfig": passthrough}
+    )
 
 
 def apply_qat(model: keras.Model, *, preserve_sparsity: bool = True) -> keras.Model:
@@ -72,12 +85,13 @@ def apply_qat(model: keras.Model, *, preserve_sparsity: bool = True) -> keras.Mo
     import tensorflow_model_optimization as tfmot
 
     annotate = tfmot.quantization.keras.quantize_annotate_layer
-    custom = tuple(CUSTOM_OBJECTS.values())
-    config = _output_quantize_config()
+    output, passthrough = _quantize_configs()
 
     def annotate_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, custom):
-            return annotate(layer, quantize_config=config())
+        if isinstance(layer, RESHAPES):
+            return annotate(layer, quantize_config=passthrough())
+        if isinstance(layer, tuple(CUSTOM_OBJECTS.values())):
+            return annotate(layer, quantize_config=output())
         return annotate(layer)
 
     base = keras.models.clone_model(model)
@@ -90,6 +104,44 @@ def apply_qat(model: keras.Model, *, preserve_sparsity: bool = True) -> keras.Mo
         else:
             qat = tfmot.quantization.keras.quantize_apply(annotated)
     return qat
+
+
+RANGE_SUFFIXES = ("output_min", "output_max", "post_activation_min", "post_activation_max")
+
+
+def calibrate_ranges(qat: keras.Model, float_model: keras.Model, batches: Any) -> int:
+    """Start every activation range at what the float model's layers really output.
+
+    TFMOT's moving-average quantizers start at [-6, 6] and move by 0.1% a step, so after the
+    hundred-odd steps of a fine-tune a logit range is still ~[-5.4, 5.4]: the QAT model would
+    learn with a coarse grid that post-training calibration does not have. Seeding each range
+    with the observed min/max (always including 0, as TFMOT does) over ``batches`` fixes that;
+    the fine-tune's moving averages then start from there. Returns the ranges set.
+    """
+    import tensorflow as tf
+
+    targets: dict[str, list[tuple[str, Any]]] = {}
+    for weight in qat.weights:
+        layer, _, leaf = weight.name.rpartition("/")
+        leaf = leaf.split(":")[0]
+        if layer.startswith("quant_") and leaf.endswith(RANGE_SUFFIXES):
+            targets.setdefault(layer[len("quant_"):], []).append((leaf, weight))
+    fresh = keras.models.clone_model(float_model)  # one graph (stripped models share layers with others)
+    fresh.set_weights(float_model.get_weights())
+    names = [n for n in targets if n in {layer.name for layer in fresh.layers}]
+    probe = keras.Model(fresh.input, [fresh.get_layer(n).output for n in names])
+    low = {n: np.inf for n in names}
+    high = {n: -np.inf for n in names}
+    for frames in batches:
+        outputs = probe(frames, training=False)
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        for name, value in zip(names, outputs, strict=True):
+            low[name] = min(low[name], float(tf.reduce_min(value)))
+            high[name] = max(high[name], float(tf.reduce_max(value)))
+    for name in names:
+        for leaf, weight in targets[name]:
+            weight.assign(np.float32(min(low[name], 0.0) if leaf.endswith("_min") else max(high[name], 0.0)))
+    return sum(len(targets[n]) for n in names)
 
 
 def pin_input_range(qat: keras.Model, low: float = 0.0, high: float = 1.0) -> None:

@@ -3,7 +3,7 @@
 Every frame of an event goes through the same MobileNet-style backbone (a strided 3x3 stem,
 then stages of depthwise 3x3 + pointwise 1x1 blocks whose first block strides as configured,
 global average pooling). A per-frame score, computed
-from the frame's features and their deviation from the event's mean (what changed), is
+from the frame's features and the event's mean features (so what changed counts), is
 softmax-normalised across the frames: those weights pool the frames and name the best frame.
 A small fully-connected head maps the pooled features to class logits.
 
@@ -25,6 +25,7 @@ from pipeline.layout import EventSpec
 PACKAGE = "eventpipe"
 LOGITS_LAYER = "logits"
 SCORE_LAYER = "frame_score"
+CONTEXT_SCORE_LAYER = "frame_context_score"
 # Batch-norm moving statistics must settle within a short distillation (a few hundred steps on
 # small data sets); Keras' 0.99 leaves half of the initial statistics after 70 steps.
 BN_MOMENTUM = 0.9
@@ -58,14 +59,13 @@ class SplitFrames(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FrameContext(keras.layers.Layer):
-    """``[B, K, D]`` -> ``[B, K, 2D]``: each frame's features and how they differ from the event mean."""
+class FrameMean(keras.layers.Layer):
+    """``[B, K, D]`` -> ``[B, 1, D]``: the event's mean frame features (what every frame is compared to)."""
 
     def call(self, inputs: Any) -> Any:
         import tensorflow as tf
 
-        mean = tf.reduce_mean(inputs, axis=1, keepdims=True)
-        return tf.concat([inputs, inputs - mean], axis=-1)
+        return tf.reduce_mean(inputs, axis=1, keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -80,7 +80,7 @@ class WeightedPool(keras.layers.Layer):
 
 
 CUSTOM_OBJECTS = {
-    f"{PACKAGE}>{cls.__name__}": cls for cls in (MergeFrames, SplitFrames, FrameContext, WeightedPool)
+    f"{PACKAGE}>{cls.__name__}": cls for cls in (MergeFrames, SplitFrames, FrameMean, WeightedPool)
 }
 
 
@@ -128,7 +128,12 @@ def build_student(spec: EventSpec, cfg: StudentConfig | None = None) -> keras.Mo
     x = keras.layers.GlobalAveragePooling2D(name="frame_pool")(x)
     per_frame = SplitFrames(spec.frames, name="split_frames")(x)
 
-    scores = keras.layers.Dense(1, name=SCORE_LAYER)(FrameContext(name="frame_context")(per_frame))
+    # score_k = a . f_k + b . mean(f) + c: the frame's features and the event's mean (a linear
+    # score of [f_k, f_k - mean] in two terms). Two dense layers and a broadcast add instead of a
+    # concat, whose int8 kernel needs one scale for both halves and fails QAT conversion.
+    own = keras.layers.Dense(1, name=SCORE_LAYER)(per_frame)
+    context = keras.layers.Dense(1, use_bias=False, name=CONTEXT_SCORE_LAYER)(FrameMean(name="frame_mean")(per_frame))
+    scores = keras.layers.Add(name="frame_score_sum")([own, context])
     scores = keras.layers.Reshape((spec.frames,), name="frame_scores")(scores)
     weights = keras.layers.Softmax(axis=-1, name="frame_weights")(scores)
     pooled = WeightedPool(name="event_pool")([per_frame, weights])

@@ -7,19 +7,19 @@ computed once), and one baseline:
 2. pruning fine-tune for ``student.prune_epochs`` from the dense weights (TFMOT polynomial
    schedule to ``student.target_sparsity``), then ``strip_pruning`` -> "student pruned";
 3. quantization-aware fine-tune for ``student.qat_epochs`` that keeps the pruning masks
-   (``trainer.qat``) -> "student qat"; its float twin is the production student, the model
-   that goes to serving and that the int8 TFLite must agree with;
+   (``trainer.qat``) -> "student qat": float32 with int8 rounding simulated, the production
+   student that goes to serving and that the int8 TFLite (its compiled twin) must agree with;
 4. baseline "student scratch": the same student trained on hard labels only (labelled events,
    no teacher), with the same optimizer steps as phase 1, so the report shows what
    distillation buys (``kd_gain``).
 
 Output directory (a TFX Model artifact)::
 
-    Format-Serving/            the production student (QAT twin, else pruned, else dense), contract signatures
+    Format-Serving/            the production student (QAT, else pruned, else dense), contract signatures
     student_float/             the dense student, same signatures
     keras/student_float.keras  tf_keras files (the TFLite converter starts from these)
     keras/student_pruned.keras
-    keras/student_qat.keras    the QAT float twin (plain architecture)
+    keras/student_qat.keras    the QAT weights in the plain architecture (no rounding: float16's source)
     keras/student_qat.weights.h5  the QAT model's weights and quantization ranges (``qat_model``)
     keras/student_scratch.keras
     distill_report.json        params, sparsity, histories, eval accuracy/teacher agreement
@@ -51,6 +51,7 @@ PRUNED_KERAS = "student_pruned.keras"
 QAT_KERAS = "student_qat.keras"
 QAT_WEIGHTS = "student_qat.weights.h5"
 SCRATCH_KERAS = "student_scratch.keras"
+CALIBRATION_BATCHES = 16  # batches that seed the QAT activation ranges
 REPORT_FILE = "distill_report.json"
 
 
@@ -69,7 +70,8 @@ def keras_path(model_dir: str, name: str) -> str:
 
 
 def production_keras_path(model_dir: str) -> str:
-    """The Keras file of the model that serves: the QAT twin, else the pruned, else the dense student."""
+    """The plain Keras file closest to the model that serves: the QAT weights without rounding, else
+    the pruned, else the dense student (the QAT model itself: ``qat_model``)."""
     for name in (QAT_KERAS, PRUNED_KERAS):
         if os.path.exists(keras_path(model_dir, name)):
             return keras_path(model_dir, name)
@@ -175,16 +177,19 @@ def run_distillation(
         if cfg.prune_epochs <= 0:
             production.save(keras_path(output_dir, PRUNED_KERAS))  # qat_model() rebuilds from this file
         quantized = qat.apply_qat(production, preserve_sparsity=bool(pruned_layers))
+        qat.pin_input_range(quantized)
+        qat.calibrate_ranges(quantized, production, (frames for frames, _ in train.take(CALIBRATION_BATCHES)))
         history["qat"] = distill.distill(
             quantized, train, steps=steps, epochs=cfg.qat_epochs, cfg=cfg,
             learning_rate=cfg.qat_learning_rate, desc="distil (QAT)",
         )  # fmt: skip
         qat.pin_input_range(quantized)
         quantized.save_weights(keras_path(output_dir, QAT_WEIGHTS))
-        production = qat.float_twin(quantized, spec, cfg)
-        production.save(keras_path(output_dir, QAT_KERAS))
+        twin = qat.float_twin(quantized, spec, cfg)
+        twin.save(keras_path(output_dir, QAT_KERAS))
         if pruned_layers:
-            qat_sparsity = {"before": sparsity["total"], "after": qat.sparsity_of(production, pruned_layers)}
+            qat_sparsity = {"before": sparsity["total"], "after": qat.sparsity_of(quantized, pruned_layers)}
+        production = quantized
     export_saved_model(production, spec, os.path.join(output_dir, SERVING_DIR))
 
     # Baseline: the same student on hard labels only, same optimizer steps as the dense phase.

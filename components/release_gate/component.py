@@ -57,7 +57,8 @@ def decide(
         for variant, check in checks:
             if not check.get("agreement", 0) >= check.get("min_agreement", 1):
                 problems.append(
-                    f"{variant} TFLite: top-1 agreement with {reference} is {check.get('agreement', 0):.1%} of "
+                    f"{variant} TFLite: top-1 agreement with {check.get('reference', reference)} is "
+                    f"{check.get('agreement', 0):.1%} of "
                     f"{check.get('events', 0)} eval events, below lite.min_agreement {check.get('min_agreement', 0):.1%}"
                 )
         if not lite.get("blessed", False) and not any("TFLite" in p for p in problems):
