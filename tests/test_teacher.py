@@ -241,10 +241,11 @@ def test_report_schedule_plot_and_tensorboard(runs):
     report = runs["reports"]["single"]
     lrs = report["learning_rates"]
     assert report["learning_rate"]["scaled"] == pytest.approx(0.006)
-    # Warm-up from the reference rate to the scaled one, then cosine decay to 5% of it.
-    assert lrs[0] == pytest.approx(0.003) and lrs[2] == pytest.approx(0.0045) and lrs[4] == pytest.approx(0.006)
-    assert all(a > b for a, b in zip(lrs[4:], lrs[5:], strict=False))
-    assert lrs[-1] == pytest.approx(0.006 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 7 / 8))))
+    # Warm-up from the reference rate to the scaled one, held to half the run, then cosine decay to 5% of it.
+    assert lrs[0] == pytest.approx(0.003) and lrs[2] == pytest.approx(0.0045)
+    assert lrs[4:7] == pytest.approx([0.006] * 3)
+    assert all(a > b for a, b in zip(lrs[6:], lrs[7:], strict=False))
+    assert lrs[-1] == pytest.approx(0.006 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 5 / 6))))
     assert 0.0 <= report["final_eval_accuracy"] <= 1.0 and report["eval"]["events"] == 32
     # One epoch is 96 / 8 = 12 steps: the eval loss is checked once, and those weights are exported.
     assert [e["step"] for e in report["eval_history"]] == [12] and report["best"]["step"] == 12

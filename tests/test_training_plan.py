@@ -25,11 +25,14 @@ def test_training_length_follows_the_data():
 def test_schedule_warms_up_then_decays_to_the_final_fraction():
     from trainer.train_loop import make_schedule
 
-    cfg = TeacherConfig(base_learning_rate=1e-3, global_batch_size=64, reference_batch_size=32, warmup_steps=10)
+    cfg = TeacherConfig(base_learning_rate=1e-3, global_batch_size=64, reference_batch_size=32, warmup_steps=10,
+                        decay_start=0.5)  # fmt: skip
     schedule = make_schedule(cfg, 110)
     lrs = schedule(np.arange(111)).numpy()
     assert lrs[0] == pytest.approx(1e-3) and lrs[10] == pytest.approx(2e-3)  # linear scaling: 2x
-    assert np.all(np.diff(lrs[:11]) > 0) and np.all(np.diff(lrs[10:]) < 0)
+    assert np.all(np.diff(lrs[:11]) > 0)
+    assert lrs[10:56] == pytest.approx([2e-3] * 46)  # held to half the run
+    assert np.all(np.diff(lrs[55:]) < 0)
     assert lrs[110] == pytest.approx(2e-3 * cfg.final_lr_fraction)
 
 

