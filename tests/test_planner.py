@@ -232,13 +232,13 @@ def test_cli_table_with_teacher_geometry_and_paper(capsys):
     code, out, _ = run_cli(
         capsys,
         "--frames", "2", "--size", "16", "--channels", "1", "--classes", "3",
-        "--set", "teacher.fc_units=64",
+        "--set", "teacher.fc_units=64", "--set", "teacher.fc_layout=2d",
         "--device-flops", "50G", "--global-batch", "64", "--devices", "2,4", "--compare-paper",
     )  # fmt: skip
     assert code == 0
     expected = P.eventpipe_teacher(2, 16, 16, 1, 3, TeacherConfig(fc_units=[64]))
     assert f"{expected.params / 1e6:.2f}M params" in out
-    assert "hybrid-2d" in out  # the teacher config's batch=2,model=2 mesh
+    assert "hybrid-2d" in out  # a 2d teacher config's batch=2,model=2 mesh is planned too
     assert "AlexNet vs Krizhevsky 2014" in out
     for reported in ("1.95x", "3.74x", "6.25x"):
         assert reported in out
