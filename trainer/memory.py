@@ -67,15 +67,17 @@ def available_bytes() -> int:
                     available = int(line.split()[1]) * 1024
     except OSError:
         pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    # cgroup v2, then v1: (limit, usage) files.
+    for limit_path, usage_path in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
-            with open(path, encoding="ascii") as f:
+            with open(limit_path, encoding="ascii") as f:
                 raw = f.read().strip()
             if raw.isdigit() and int(raw) < 2**60:
-                with open(path.replace("max", "current").replace("limit_in_bytes", "usage_in_bytes"),
-                          encoding="ascii") as f:  # fmt: skip
-                    used = int(f.read().strip())
-                cgroup_left = int(raw) - used
+                with open(usage_path, encoding="ascii") as f:
+                    cgroup_left = int(raw) - int(f.read().strip())
                 available = cgroup_left if available is None else min(available, cgroup_left)
         except (OSError, ValueError):
             continue

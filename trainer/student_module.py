@@ -193,7 +193,8 @@ def run_distillation(
     export_saved_model(production, spec, os.path.join(output_dir, SERVING_DIR))
 
     # Baseline: the same student on hard labels only, same optimizer steps as the dense phase.
-    labelled_count = _count(labelled)
+    unlabelled_count = _count(unlabelled)
+    labelled_count = len(soft) - unlabelled_count  # soft labels cover labelled + unlabelled, once each
     hard = distill.distillation_dataset(
         sorted(labelled), np.zeros([labelled_count, spec.num_classes], np.float32), spec, cfg.batch_size, seed=cfg.seed
     )
@@ -208,7 +209,7 @@ def run_distillation(
     report: dict[str, Any] = {
         "event_spec": spec.to_dict(),
         "teacher": teacher_dir,
-        "examples": {"labelled": len(soft) - _count(unlabelled), "unlabelled": _count(unlabelled)},
+        "examples": {"labelled": labelled_count, "unlabelled": unlabelled_count},
         "params": int(student.count_params()),
         "steps_per_epoch": steps,
         "pruning": {"plan": plan.to_dict() if plan else None, "sparsity": sparsity},
