@@ -95,6 +95,8 @@ class StudentConfig:
     filters: list[int] = field(default_factory=lambda: [32, 64, 128])
     head_units: int = 128
     blocks_per_stage: int = 2  # depthwise-separable blocks per stage (the first one strides)
+    # The stem also sees each frame minus the event's mean frame (motion), as the teacher does.
+    frame_contrast: bool = True
     # Per stage, after the stride-2 stem. [2, 1, 2] instead of MobileNet's [1, 2, 2]: int8 depthwise
     # kernels are slow at high resolution on x86 tflite-runtime (1.8x faster, same demo accuracy).
     strides: list[int] = field(default_factory=lambda: [2, 1, 2])

@@ -85,6 +85,26 @@ def test_student_outputs_and_size():
     )
 
 
+def test_student_stem_sees_what_moved():
+    """FrameContrast is each frame minus its event's mean frame; the stem uses it, or not (config)."""
+    import dataclasses
+
+    from trainer.student_model import CONTRAST_LAYER, CONTRAST_STEM_LAYER, FrameContrast, build_student
+
+    frames = np.random.default_rng(1).uniform(size=(3, *SPEC.input_shape)).astype(np.float32)
+    folded = frames.reshape(-1, *SPEC.input_shape[1:])
+    got = FrameContrast(SPEC.frames)(folded).numpy().reshape(frames.shape)
+    np.testing.assert_allclose(got, frames - frames.mean(axis=1, keepdims=True), atol=1e-6)
+    # A static scene has no contrast: every frame of an event identical -> all zeros.
+    still = np.repeat(frames[:, :1], SPEC.frames, axis=1).reshape(folded.shape)
+    np.testing.assert_allclose(FrameContrast(SPEC.frames)(still).numpy(), 0.0, atol=1e-6)
+
+    with_contrast = build_student(SPEC, STUDENT)
+    names = {layer.name for layer in with_contrast.layers}
+    assert {CONTRAST_LAYER, CONTRAST_STEM_LAYER} <= names
+    without = build_student(SPEC, dataclasses.replace(STUDENT, frame_contrast=False))
+    assert CONTRAST_LAYER not in {layer.name for layer in without.layers}
+    assert without.count_params() < with_contrast.count_params()
 # -- pruning -----------------------------------------------------------------------------------
 def test_plan_schedule_lands_on_target_step():
     from trainer.prune import plan_schedule

@@ -80,13 +80,18 @@ def distillation_dataset(
     shuffle: bool = True,
     seed: int = 0,
 ) -> Any:
-    """``(frames, {"label", "teacher_logits"})`` batches; logits paired with records by position."""
+    """``(frames, {"label", "teacher_logits"})`` batches; logits paired with records by position.
+
+    ``shuffle``: a training stream (reshuffled every epoch, endless); otherwise one pass in order.
+    """
     import tensorflow as tf
 
     records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
     pairs = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(teacher_logits)))
     if shuffle:
-        pairs = pairs.shuffle(min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True)
+        # Repeated before batching: every batch is full, so the train step is traced once per
+        # phase (a short last batch per epoch retraced it, seconds each with TFMOT's wrappers).
+        pairs = pairs.shuffle(min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True).repeat()
     pairs = pairs.batch(batch_size)
 
     def parse(serialized: Any, logits: Any) -> tuple[Any, dict[str, Any]]:

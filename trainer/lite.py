@@ -77,7 +77,11 @@ def representative_events(files: list[str], spec: EventSpec, count: int, seed: i
 def _concrete_function(model: Any, spec: EventSpec) -> Any:
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([1, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)])
+    # No AutoGraph: the student (and TFMOT's wrappers) has no tensor-dependent Python control
+    # flow, and converting every layer's call made each trace of a QAT model take ~7 s.
+    @tf.function(
+        input_signature=[tf.TensorSpec([1, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)], autograph=False
+    )
     def serve(frames: Any) -> dict[str, Any]:
         out = model(frames, training=False)
         return {"logits": out["logits"], "frame_weights": out["frame_weights"]}
@@ -107,13 +111,18 @@ def convert(
     representative: list[np.ndarray] | None = None,
     input_type: str = "int8",
     sparse: bool = False,
+    function: Any = None,
 ) -> bytes:
-    """Convert a tf_keras student to one TFLite variant (no metadata yet)."""
+    """Convert a tf_keras student to one TFLite variant (no metadata yet).
+
+    ``function``: the model's traced signature (``_concrete_function``) when the caller already
+    has it; tracing a QAT model takes seconds, and one trace serves every conversion of it.
+    """
     import tensorflow as tf
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; one of {VARIANTS}")
-    function = _concrete_function(model, spec)
+    function = function if function is not None else _concrete_function(model, spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], _variables_only(model))
     optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if variant == "int8":
@@ -289,13 +298,17 @@ def convert_variant(
     extra_metadata: dict[str, Any] | None = None,
 ) -> LiteModel:
     """The smallest encoding of ``variant`` (dense or sparse), names stripped, metadata embedded."""
+    function = _concrete_function(model, spec)
     dense = strip_internal_names(
-        convert(model, spec, variant, representative=representative, input_type=input_type)
+        convert(model, spec, variant, representative=representative, input_type=input_type, function=function)
     )
     content, sparse, sparse_bytes = dense, False, None
     if try_sparse if try_sparse is not None else has_sparsity(model):
         candidate = strip_internal_names(
-            convert(model, spec, variant, representative=representative, input_type=input_type, sparse=True)
+            convert(
+                model, spec, variant, representative=representative, input_type=input_type, sparse=True,
+                function=function,
+            )
         )
         sparse_bytes = len(candidate)
         if sparse_bytes < len(dense):

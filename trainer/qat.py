@@ -71,13 +71,30 @@ def _quantize_configs() -> tuple[Any, Any]:
 
 
 def scope() -> Any:
-    """``quantize_scope`` knowing our layers and their QuantizeConfig (to clone or load QAT models)."""
+    """``quantize_scope`` knowing our layers and their QuantizeConfig (to clone or load QAT models).
+
+    TFMOT's wrappers deserialize the layer they wrap by its bare class name, so our layers are
+    named both ways (``eventpipe>MergeFrames`` and ``MergeFrames``).
+    """
     import tensorflow_model_optimization as tfmot
 
     output, passthrough = _quantize_configs()
+    bare = {name.rpartition(">")[2]: cls for name, cls in CUSTOM_OBJECTS.items()}
     return tfmot.quantization.keras.quantize_scope(
-        {**CUSTOM_OBJECTS, "OutputQuantizeConfig": output, "PassThroughQuantizeConfig": passthrough}
+        {**CUSTOM_OBJECTS, **bare, "OutputQuantizeConfig": output, "PassThroughQuantizeConfig": passthrough}
     )
+
+
+def save(qat: keras.Model, path: str) -> None:
+    """Write the whole QAT model (wrappers, weights, ranges) to an H5 file ``load`` reads back."""
+    with scope():
+        qat.save(path)
+
+
+def load(path: str) -> keras.Model:
+    """The QAT model ``save`` wrote."""
+    with scope():
+        return keras.models.load_model(path, compile=False)
 
 
 def apply_qat(model: keras.Model, *, preserve_sparsity: bool = True) -> keras.Model:
