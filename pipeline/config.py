@@ -154,6 +154,9 @@ class ServingConfig:
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
     max_body_bytes: int = 64 * 1024 * 1024
+    # Elements a gRPC request tensor may declare, checked before anything is allocated: 16 MB of
+    # float32, 21 events of decoded 4x128x128x3 frames, far more than any batch of encoded frames.
+    max_tensor_elements: int = 4 * 1024 * 1024
     version_labels: str = ""  # JSON {"stable": 1, "canary": 2}; "" = <base>/<name>/labels.json
     prefer_tflite: bool = False  # a version dir holding both: serve model.tflite, not the SavedModel
 

@@ -48,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="how often the base path is scanned for new versions (1.0)")
     p.add_argument("--max-body-bytes", dest="serving.max_body_bytes", type=int, default=None,
                    help="largest request body accepted; larger ones get 413 (64 MiB)")
+    p.add_argument("--max-tensor-elements", dest="serving.max_tensor_elements", type=int, default=None,
+                   help="elements a gRPC request tensor may declare; larger ones are refused before "
+                        "anything is allocated (4194304)")
     p.add_argument("--version-labels", dest="serving.version_labels", default=None,
                    help="JSON file of label -> version (default <base>/<name>/labels.json)")
     p.add_argument("--prefer-tflite", dest="serving.prefer_tflite", action="store_const", const=True, default=None,
@@ -88,6 +91,7 @@ def serve_command(args: argparse.Namespace) -> int:
             max_batch_size=s.max_batch_size,
             batch_timeout_ms=s.batch_timeout_ms,
             max_body_bytes=s.max_body_bytes,
+            max_tensor_elements=s.max_tensor_elements,
             version_labels=s.version_labels,
             prefer_tflite=s.prefer_tflite,
         )

@@ -25,7 +25,7 @@ from serving import api
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.status import INTERNAL, OK, ServingError
-from serving.tensors import array_to_proto, proto_to_array
+from serving.tensors import MAX_TENSOR_ELEMENTS, array_to_proto, proto_to_array
 
 log = logging.getLogger("eventpipe.serving.grpc")
 
@@ -64,8 +64,9 @@ class _Observed:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> None:
         self.manager, self.metrics = manager, metrics
+        self.max_tensor_elements = max_tensor_elements
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
         with _Observed(self.metrics, "predict", context):
@@ -74,7 +75,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             with self.manager.in_flight:
                 lv = self.manager.resolve(spec.name, version, label)
                 signature = lv.signature(spec.signature_name)
-                inputs = {k: proto_to_array(v) for k, v in request.inputs.items()}
+                inputs = {}
+                for alias, proto in request.inputs.items():
+                    if alias in signature.inputs:  # unknown aliases: check_inputs names them
+                        signature.inputs[alias].check_declared([d.size for d in proto.tensor_shape.dim])
+                    inputs[alias] = proto_to_array(proto, self.max_tensor_elements)
                 wanted = signature.select_outputs(list(request.output_filter))
                 outputs = lv.predict(signature, inputs, wanted)
             response = predict_pb2.PredictResponse()
@@ -110,7 +115,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 class GrpcServer:
     """Both services on ``host:port`` (port 0: pick a free one)."""
 
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_message_bytes: int, workers: int = 32):
+    def __init__(
+        self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_message_bytes: int,
+        workers: int = 32, max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
+    ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -118,7 +126,7 @@ class GrpcServer:
         ]
         self._server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(manager, metrics), self._server
+            PredictionServicer(manager, metrics, max_tensor_elements), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, metrics), self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -12,6 +12,7 @@ from serving.grpc_service import GrpcServer
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.rest import RestServer
+from serving.tensors import MAX_TENSOR_ELEMENTS
 from serving.versions import VersionPolicy, validate_model_name
 
 log = logging.getLogger("eventpipe.serving")
@@ -29,6 +30,7 @@ class ServerOptions:
     max_batch_size: int = 16  # <= 1: no batching
     batch_timeout_ms: float = 2.0
     max_body_bytes: int = 64 * 1024 * 1024
+    max_tensor_elements: int = MAX_TENSOR_ELEMENTS  # a gRPC tensor may declare at most this many
     version_labels: str = ""
     prefer_tflite: bool = False
 
@@ -42,6 +44,8 @@ class ModelServer:
         validate_model_name(options.model_name)
         if options.max_body_bytes <= 0:
             raise UserError("serving.max_body_bytes must be positive")
+        if options.max_tensor_elements <= 0:
+            raise UserError("serving.max_tensor_elements must be positive")
         self.options = options
         self.metrics = ServingMetrics()
         self.manager = ModelManager(
@@ -62,7 +66,10 @@ class ModelServer:
         self.grpc: GrpcServer | None = None
         if options.grpc_port >= 0:
             try:
-                self.grpc = GrpcServer(self.manager, self.metrics, options.host, options.grpc_port, options.max_body_bytes)
+                self.grpc = GrpcServer(
+                    self.manager, self.metrics, options.host, options.grpc_port, options.max_body_bytes,
+                    max_tensor_elements=options.max_tensor_elements,
+                )
             except (OSError, RuntimeError) as e:
                 self.rest.stop()
                 raise UserError(f"cannot listen for gRPC on {options.host}:{options.grpc_port}: {e}") from e

@@ -86,6 +86,19 @@ class TensorSig:
                 f"input '{self.alias}' has shape {got} but the signature expects {self.shape_text()}"
             )
 
+    def check_declared(self, dims: list[int]) -> None:
+        """Raise INVALID_ARGUMENT unless a shape a request declares (before its values are read)
+        fits this input's rank and fixed dimensions: nothing is allocated for a misfit."""
+        if self.shape is None:
+            return
+        if len(dims) != len(self.shape) or any(
+            want is not None and want != got for want, got in zip(self.shape, dims, strict=True)
+        ):
+            got = "[" + ",".join(str(d) for d in dims) + "]"
+            raise invalid(
+                f"input '{self.alias}' has shape {got} but the signature expects {self.shape_text()}"
+            )
+
     def to_proto(self) -> meta_graph_pb2.TensorInfo:
         info = meta_graph_pb2.TensorInfo(name=self.tensor_name, dtype=self.dtype)
         if self.shape is None:

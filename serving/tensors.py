@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
+from pipeline.config import ServingConfig
 from serving.signatures import NUMPY_DTYPES, Signature, TensorSig, dtype_name, dtype_of_array
 from serving.status import UNIMPLEMENTED, ServingError, invalid
 
@@ -47,9 +48,36 @@ def array_to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     return proto
 
 
-def proto_to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """TensorProto -> NumPy, with ``tf.make_ndarray`` semantics (strings as ``bytes`` objects)."""
-    shape = [d.size for d in proto.tensor_shape.dim]
+# Largest tensor a request may declare (elements; the default of serving.max_tensor_elements). A
+# TensorProto names its shape and may carry fewer values than that (the last one repeats), so 43
+# bytes can declare gigabytes: the count is checked before anything is allocated.
+MAX_TENSOR_ELEMENTS = ServingConfig.max_tensor_elements
+
+
+def declared_elements(proto: tensor_pb2.TensorProto, max_elements: int = MAX_TENSOR_ELEMENTS) -> list[int]:
+    """The shape ``proto`` declares, refused (INVALID_ARGUMENT) if malformed or over ``max_elements``."""
+    shape = [int(d.size) for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in shape):
+        raise invalid(f"tensor shape {shape} has a negative dimension")
+    count = 1
+    for d in shape:
+        count *= d
+        if count > max_elements:
+            break
+    if count > max_elements:
+        raise invalid(
+            f"tensor shape {shape} declares more than {max_elements} elements, the server's limit "
+            f"(serving.max_tensor_elements); send smaller batches"
+        )
+    return shape
+
+
+def proto_to_array(proto: tensor_pb2.TensorProto, max_elements: int = MAX_TENSOR_ELEMENTS) -> np.ndarray:
+    """TensorProto -> NumPy, with ``tf.make_ndarray`` semantics (strings as ``bytes`` objects).
+
+    The declared size is checked against ``max_elements`` before any padding or allocation.
+    """
+    shape = declared_elements(proto, max_elements)
     if proto.dtype == types_pb2.DT_STRING:
         values = list(proto.string_val)
         count = int(np.prod(shape)) if shape else 1

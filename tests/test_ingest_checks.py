@@ -74,6 +74,14 @@ def test_each_rejection_names_reason_and_field(tmp_path, record, reason, words):
     assert "events.jsonl:1" in result.detail  # says where the event is
 
 
+def test_a_frame_path_that_is_a_directory_is_quarantined_not_a_crash(tmp_path):
+    """It used to raise IsADirectoryError out of the Beam job (exit 1, no report)."""
+    (tmp_path / "frames" / "e").mkdir(parents=True)
+    result = only(tmp_path, ed.event("e", frames=["frames/e"]), classes=("a", "b"))
+    assert isinstance(result, checks.Rejected), result
+    assert result.reason == checks.FRAME_UNREADABLE and "is a directory" in result.detail
+
+
 @pytest.mark.parametrize("value, kept", [(1, 1), (0, 0), (None, None)])
 def test_optional_best_frame_is_kept(tmp_path, value, kept):
     result = only(tmp_path, ed.event("e1", frames=2, best_frame=value))

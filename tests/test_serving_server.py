@@ -262,6 +262,59 @@ def test_grpc_errors_carry_tf_serving_codes(static_server):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_grpc_tensors_that_declare_huge_shapes_are_refused_before_allocation(static_server):
+    """A TensorProto may carry one value for a declared shape (the last value repeats): a 43-byte
+    request declaring [1, 2^25] strings once cost the server 525 MB. Now the declared shape is
+    checked against the signature and serving.max_tensor_elements before anything is allocated."""
+    frames = ss.frames_png(3)
+    peak_before = _peak_rss_bytes(static_server.proc.pid)
+    with grpc.insecure_channel(static_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        cases = []
+        misfit = _predict_request(frames)  # rank and frame count fixed by the signature: [-1, 3]
+        misfit.inputs["frames"].Clear()
+        misfit.inputs["frames"].dtype = tf.string.as_datatype_enum
+        misfit.inputs["frames"].tensor_shape.dim.add().size = 1
+        misfit.inputs["frames"].tensor_shape.dim.add().size = 1 << 25
+        misfit.inputs["frames"].string_val.append(b"x")
+        assert misfit.ByteSize() < 100
+        cases.append((misfit, "has shape [1,33554432] but the signature expects [-1,3]"))
+        huge_batch = _predict_request(frames)  # fits the signature ([-1, 3]) but not the ceiling
+        del huge_batch.inputs["frames"].tensor_shape.dim[:]
+        huge_batch.inputs["frames"].tensor_shape.dim.add().size = 1 << 40
+        huge_batch.inputs["frames"].tensor_shape.dim.add().size = 3
+        cases.append((huge_batch, "serving.max_tensor_elements"))
+        negative = _predict_request(frames)
+        negative.inputs["frames"].tensor_shape.dim[0].size = -5
+        cases.append((negative, "negative dimension"))
+        for request, message in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Predict(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details(), e.value.details()
+        assert stub.Predict(_predict_request(frames), timeout=30).outputs  # still answers
+    assert _peak_rss_bytes(static_server.proc.pid) - peak_before < 100 * 1024 * 1024
+
+
+def test_declared_elements_limit_is_exact():
+    from serving.status import ServingError
+    from serving.tensors import declared_elements, proto_to_array
+
+    proto = tf.make_tensor_proto(np.zeros((4, 5), np.float32))
+    assert declared_elements(proto, max_elements=20) == [4, 5]
+    with pytest.raises(ServingError, match="more than 19 elements"):
+        declared_elements(proto, max_elements=19)
+    one_value = tf.make_tensor_proto([b"x"])
+    one_value.tensor_shape.dim[0].size = 6  # one value for six: repeated, within the limit
+    assert proto_to_array(one_value, max_elements=6).tolist() == [b"x"] * 6
+    with pytest.raises(ServingError):
+        proto_to_array(one_value, max_elements=5)
+
+
 # -- batching and metrics -----------------------------------------------------------------------
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0

@@ -14,6 +14,7 @@ import functools
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ WRONG_FRAME_COUNT = "wrong_frame_count"
 BAD_FRAME_REF = "bad_frame_ref"
 PATH_ESCAPE = "path_escape"
 FRAME_MISSING = "frame_missing"
+FRAME_UNREADABLE = "frame_unreadable"  # exists but is not a readable regular file (a directory, a FIFO, no permission)
 FRAME_TOO_LARGE = "frame_too_large"
 UNDECODABLE_FRAME = "undecodable_frame"
 MIXED_FRAME_SIZES = "mixed_frame_sizes"
@@ -36,7 +38,7 @@ DUPLICATE_ID = "duplicate_id"
 
 REASONS = (
     MALFORMED_LINE, MISSING_FIELD, BAD_FIELD, BAD_TIMESTAMP, UNKNOWN_LABEL, WRONG_FRAME_COUNT,
-    BAD_FRAME_REF, PATH_ESCAPE, FRAME_MISSING, FRAME_TOO_LARGE, UNDECODABLE_FRAME, MIXED_FRAME_SIZES,
+    BAD_FRAME_REF, PATH_ESCAPE, FRAME_MISSING, FRAME_UNREADABLE, FRAME_TOO_LARGE, UNDECODABLE_FRAME, MIXED_FRAME_SIZES,
     DUPLICATE_ID,
 )  # fmt: skip
 
@@ -172,13 +174,21 @@ def _load_frame(ref: Any, index: int, base_dir: str, rules: Rules) -> bytes:
     if os.path.isabs(ref) or os.path.commonpath([root, path]) != root:
         raise _Reject(PATH_ESCAPE, f"frame {index} path {ref!r} points outside the data directory {rules.data_root}")
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
     except OSError:
         raise _Reject(FRAME_MISSING, f"frame {index} file {ref!r} does not exist (relative to {base_dir})") from None
-    if size > rules.max_frame_bytes:
-        raise _Reject(FRAME_TOO_LARGE, f"frame {index} file {ref!r} is {size} bytes, over the {rules.max_frame_bytes}-byte limit")
-    with open(path, "rb") as f:
-        return f.read()
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise _Reject(FRAME_UNREADABLE, f"frame {index} path {ref!r} is {kind}; name an image file")
+    if info.st_size > rules.max_frame_bytes:
+        raise _Reject(
+            FRAME_TOO_LARGE, f"frame {index} file {ref!r} is {info.st_size} bytes, over the {rules.max_frame_bytes}-byte limit"
+        )
+    try:
+        with open(path, "rb") as f:
+            return f.read(rules.max_frame_bytes + 1)  # never more than the limit, even if it grew
+    except OSError as e:
+        raise _Reject(FRAME_UNREADABLE, f"frame {index} file {ref!r} cannot be read ({e.strerror or e})") from None
 
 
 def _decode_shape(data: bytes, index: int) -> tuple[int, int, int]:
