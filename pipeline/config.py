@@ -35,6 +35,10 @@ class DataConfig:
     eval_percent: int = 20  # share of events (by hash of event_id) in the eval split
     max_reject_rate: float = 0.05
     max_frame_bytes: int = 8 * 1024 * 1024
+    # Decoded pixels per frame (checked from the image header, before decoding): a small PNG can
+    # declare 13000x13000 and decode to half a gigabyte. 4096x4096 (48 MiB as RGB). Ingest
+    # quarantines a larger frame (frame_too_large); both servables and device-run refuse it.
+    max_frame_pixels: int = 4096 * 4096
     # Pixel budget per frame of the model input when height/width come from the data: larger
     # frames (VGA cameras) are resized once, keeping their aspect ratio, to fit it (128x128).
     max_input_pixels: int = 128 * 128

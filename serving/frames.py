@@ -23,14 +23,48 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from pipeline.config import DataConfig
+
 # TensorFlow's PNG decoder asks libpng for gray = 0.299 R + 0.587 G + 0.114 B; libpng turns that
 # into these 1/32768 fixed-point weights and truncates.
 _PNG_GRAY_WEIGHTS = (9797, 19234, 3737)
 _UINT8_SCALE = np.float32(1.0 / 255.0)
 
 
+# Decoded pixels a frame may have (data.max_frame_pixels' default), read from its header first.
+MAX_FRAME_PIXELS = DataConfig.max_frame_pixels
+
+
 class FrameDecodeError(ValueError):
-    """An encoded frame is not a PNG/JPEG image PIL can read."""
+    """An encoded frame is not a PNG/JPEG image PIL can read, or is larger than allowed."""
+
+
+def _check_size(image: Image.Image, data: bytes, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise FrameDecodeError(
+            f"frame ({len(data)} bytes) is {width}x{height} = {width * height} pixels, over the "
+            f"{max_pixels}-pixel limit (data.max_frame_pixels); downscale it before sending"
+        )
+
+
+def check_frame_pixels(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> None:
+    """Refuse an encoded frame whose header declares more than ``max_pixels``, without decoding it.
+
+    For decoders that do not bound what they allocate (``tf.io.decode_image`` in a SavedModel).
+    Bytes that are not an image pass: the decoder reports those in its own words.
+    """
+    if not data:
+        return
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_size(image, data, max_pixels)
+    except FrameDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise FrameDecodeError(f"frame ({len(data)} bytes): {e}") from None
+    except (OSError, SyntaxError, ValueError):
+        return
 
 
 def _to_channels(image: Image.Image, channels: int) -> np.ndarray:
@@ -56,15 +90,20 @@ def _to_channels(image: Image.Image, channels: int) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(data: bytes, channels: int) -> np.ndarray:
-    """One encoded PNG/JPEG -> uint8 ``[H, W, channels]``."""
+def decode_image(data: bytes, channels: int, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+    """One encoded PNG/JPEG -> uint8 ``[H, W, channels]``; at most ``max_pixels`` (from the header)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            _check_size(image, data, max_pixels)
             if image.format == "JPEG" and channels == 1:
                 # libjpeg's grayscale output is the luma plane, as tf.io.decode_jpeg(channels=1).
                 image.draft("L", image.size)
             image.load()
             return _to_channels(image, channels)
+    except FrameDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise FrameDecodeError(f"frame ({len(data)} bytes): {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise FrameDecodeError(f"cannot decode frame ({len(data)} bytes): {e}") from e
 

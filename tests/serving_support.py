@@ -108,6 +108,19 @@ def frames_png(count: int, seed: int = 0) -> list[bytes]:
     return [encode_png(rng.integers(0, 256, SPEC.frame_shape, dtype=np.uint8)) for _ in range(count)]
 
 
+def png_declaring(width: int, height: int) -> bytes:
+    """A 60-byte PNG whose header declares ``width`` x ``height`` 8-bit RGB pixels (a decompression
+    bomb's first step: decoders that trust the header allocate it all)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
 def b64_instance(frames: list[bytes]) -> list[dict]:
     return [{"b64": base64.b64encode(f).decode("ascii")} for f in frames]
 

@@ -262,6 +262,21 @@ def test_grpc_errors_carry_tf_serving_codes(static_server):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_a_frame_declaring_too_many_pixels_is_a_400_not_an_allocation(static_server):
+    """The SavedModel decodes with tf.io.decode_image, which allocates what the header says."""
+    frames = ss.frames_png(3)
+    peak_before = _peak_rss_bytes(static_server.proc.pid)
+    bomb = [ss.png_declaring(13000, 13000), *frames[1:]]
+    code, body = ss.post_json(_predict_url(static_server), {"instances": [ss.b64_instance(bomb)]})
+    assert code == 400 and "data.max_frame_pixels" in body["error"], body
+    with grpc.insecure_channel(static_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(_predict_request(bomb), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "13000x13000" in e.value.details()
+    assert _peak_rss_bytes(static_server.proc.pid) - peak_before < 100 * 1024 * 1024
+
+
 def _peak_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))

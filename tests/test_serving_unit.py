@@ -181,6 +181,24 @@ def test_pil_decoding_matches_tensorflow(channels, source_size):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_frames_over_the_pixel_limit_are_refused_from_their_header():
+    """What device-run and the TFLite servable decode with: the header is checked before decoding."""
+    import tests.serving_support as ss
+    from serving.frames import MAX_FRAME_PIXELS, FrameDecodeError, check_frame_pixels, decode_image
+
+    bomb = ss.png_declaring(13000, 13000)
+    assert len(bomb) < 100 and 13000 * 13000 > MAX_FRAME_PIXELS
+    for check in (lambda: decode_image(bomb, 3), lambda: check_frame_pixels(bomb)):
+        with pytest.raises(FrameDecodeError, match="13000x13000 = 169000000 pixels.*data.max_frame_pixels"):
+            check()
+    frame = ss.frames_png(1)[0]
+    assert decode_image(frame, 3, max_pixels=16 * 16).shape[-1] == 3  # the test frames are 16x16 or less
+    with pytest.raises(FrameDecodeError, match="pixel limit"):
+        decode_image(frame, 3, max_pixels=10)
+    check_frame_pixels(b"")  # padding entries and non-images are left to the decoder's own errors
+    check_frame_pixels(b"not an image")
+
+
 def test_undecodable_frame_is_a_clear_error():
     with pytest.raises(framecodec.FrameDecodeError, match="cannot decode frame"):
         framecodec.decode_event([b"not an image"], 1, 4, 4, 3)

@@ -236,6 +236,7 @@ def build_ingest(
         max_frames=data.max_frames,
         classes=tuple(data.classes),
         max_frame_bytes=data.max_frame_bytes,
+        max_frame_pixels=data.max_frame_pixels,
     )
     units = sources.discover(root)
     staging = os.path.join(examples_uri, "_staging")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.event_example_gen.sources import RawEvent
+from pipeline.config import DataConfig
 
 # Reason codes. Keep in sync with the README's table.
 MALFORMED_LINE = "malformed_line"
@@ -55,6 +56,7 @@ class Rules:
     max_frames: int
     classes: tuple[str, ...] = ()  # empty: any label is accepted (the vocabulary is derived)
     max_frame_bytes: int = 8 * 1024 * 1024
+    max_frame_pixels: int = DataConfig.max_frame_pixels
 
     @functools.cached_property
     def real_root(self) -> str:
@@ -131,7 +133,7 @@ def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Acce
     for i, data in enumerate(payloads):
         if len(data) > rules.max_frame_bytes:
             raise _Reject(FRAME_TOO_LARGE, f"frame {i} is {len(data)} bytes, over the {rules.max_frame_bytes}-byte limit")
-        shapes.append(_decode_shape(data, i))
+        shapes.append(_decode_shape(data, i, rules.max_frame_pixels))
     sizes = {(h, w) for h, w, _ in shapes}
     if len(sizes) > 1:
         listed = ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
@@ -191,19 +193,28 @@ def _load_frame(ref: Any, index: int, base_dir: str, rules: Rules) -> bytes:
         raise _Reject(FRAME_UNREADABLE, f"frame {index} file {ref!r} cannot be read ({e.strerror or e})") from None
 
 
-def _decode_shape(data: bytes, index: int) -> tuple[int, int, int]:
-    """(height, width, channels) after a full decode; PNG and JPEG only."""
+def _decode_shape(data: bytes, index: int, max_pixels: int) -> tuple[int, int, int]:
+    """(height, width, channels) after a full decode; PNG and JPEG only, at most ``max_pixels``
+    (read from the header, before anything is decoded)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("PNG", "JPEG"):
                 raise _Reject(UNDECODABLE_FRAME, f"frame {index} is {image.format}, only PNG and JPEG are accepted")
-            image.load()  # full decode: catches truncated files that open() accepts
             width, height = image.size
+            if width * height > max_pixels:
+                raise _Reject(
+                    FRAME_TOO_LARGE,
+                    f"frame {index} is {width}x{height} = {width * height} pixels, over the {max_pixels}-pixel "
+                    "limit (data.max_frame_pixels); downscale it",
+                )
+            image.load()  # full decode: catches truncated files that open() accepts
             channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
     except _Reject:
         raise
+    except Image.DecompressionBombError as e:  # PIL's own ceiling, above ours unless raised
+        raise _Reject(FRAME_TOO_LARGE, f"frame {index}: {e}") from None
     except Exception as e:  # PIL raises many types for corrupt data
         raise _Reject(UNDECODABLE_FRAME, f"frame {index} does not decode as PNG/JPEG ({type(e).__name__}: {e})") from None
     return height, width, channels
