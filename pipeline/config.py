@@ -100,6 +100,7 @@ class StudentConfig:
     head_units: int = 128
     blocks_per_stage: int = 2  # depthwise-separable blocks per stage (the first one strides)
     # The stem also sees each frame minus the event's mean frame (motion), as the teacher does.
+    # Single-frame data has no motion: the branch is left out (an all-zero tensor has no int8 range).
     frame_contrast: bool = True
     # Per stage, after the stride-2 stem. [2, 1, 2] instead of MobileNet's [1, 2, 2]: int8 depthwise
     # kernels are slow at high resolution on x86 tflite-runtime (1.8x faster, same demo accuracy).

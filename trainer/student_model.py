@@ -153,7 +153,7 @@ def build_student(spec: EventSpec, cfg: StudentConfig | None = None) -> keras.Mo
     x = frames_folded = MergeFrames(name="merge_frames")(frames)
     reg = keras.regularizers.l2(l2) if l2 else None
     x = _stem(x, widths[0], "stem", reg)
-    if cfg.frame_contrast:
+    if cfg.frame_contrast and spec.frames > 1:  # one frame: nothing moves, the contrast is all zeros
         # Two convolutions (each with its batch norm, which TFMOT folds into it) and an add, not
         # a concat of [frame, contrast]: an int8 concat needs one scale for both inputs, and the
         # frame ([0, 1]) and its contrast ([-1, 1]) differ.
