@@ -39,7 +39,8 @@ class FrameDecodeError(ValueError):
     """An encoded frame is not a PNG/JPEG image PIL can read, or is larger than allowed."""
 
 
-def _check_size(image: Image.Image, data: bytes, max_pixels: int) -> None:
+def check_size(image: Image.Image, data: bytes, max_pixels: int) -> None:
+    """Refuse an opened (header-only) image over ``max_pixels``; ingest and both decoders use it."""
     width, height = image.size
     if width * height > max_pixels:
         raise FrameDecodeError(
@@ -58,7 +59,7 @@ def check_frame_pixels(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> None:
         return
     try:
         with Image.open(io.BytesIO(data)) as image:
-            _check_size(image, data, max_pixels)
+            check_size(image, data, max_pixels)
     except FrameDecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -94,7 +95,7 @@ def decode_image(data: bytes, channels: int, max_pixels: int = MAX_FRAME_PIXELS)
     """One encoded PNG/JPEG -> uint8 ``[H, W, channels]``; at most ``max_pixels`` (from the header)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            _check_size(image, data, max_pixels)
+            check_size(image, data, max_pixels)
             if image.format == "JPEG" and channels == 1:
                 # libjpeg's grayscale output is the luma plane, as tf.io.decode_jpeg(channels=1).
                 image.draft("L", image.size)

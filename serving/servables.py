@@ -155,15 +155,13 @@ class SavedModelServable(Servable):
         return dict(self._meta.signature_def)
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        from serving.frames import FrameDecodeError, check_frame_pixels
-
         fn = self._functions[signature.name]
         try:  # tf.io.decode_image allocates whatever a header declares: bound it first
             for value in inputs.values():
                 if value.dtype == object:
                     for frame in value.reshape(-1):
-                        check_frame_pixels(frame)
-        except FrameDecodeError as e:
+                        framecodec.check_frame_pixels(frame)
+        except framecodec.FrameDecodeError as e:
             raise ServingError(INVALID_ARGUMENT, str(e)) from None
         try:
             result = fn(**{k: tf.constant(v) for k, v in inputs.items()})

@@ -20,6 +20,7 @@ from typing import Any
 
 from components.event_example_gen.sources import RawEvent
 from pipeline.config import DataConfig
+from serving import frames as framecodec
 
 # Reason codes. Keep in sync with the README's table.
 MALFORMED_LINE = "malformed_line"
@@ -202,13 +203,11 @@ def _decode_shape(data: bytes, index: int, max_pixels: int) -> tuple[int, int, i
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("PNG", "JPEG"):
                 raise _Reject(UNDECODABLE_FRAME, f"frame {index} is {image.format}, only PNG and JPEG are accepted")
+            try:
+                framecodec.check_size(image, data, max_pixels)
+            except framecodec.FrameDecodeError as e:
+                raise _Reject(FRAME_TOO_LARGE, f"frame {index}: {e}") from None
             width, height = image.size
-            if width * height > max_pixels:
-                raise _Reject(
-                    FRAME_TOO_LARGE,
-                    f"frame {index} is {width}x{height} = {width * height} pixels, over the {max_pixels}-pixel "
-                    "limit (data.max_frame_pixels); downscale it",
-                )
             image.load()  # full decode: catches truncated files that open() accepts
             channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
     except _Reject:
