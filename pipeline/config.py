@@ -162,6 +162,10 @@ class ServingConfig:
     # Elements a gRPC request tensor may declare, checked before anything is allocated: 16 MB of
     # float32, 21 events of decoded 4x128x128x3 frames, far more than any batch of encoded frames.
     max_tensor_elements: int = 4 * 1024 * 1024
+    # REST: a connection that sends nothing for this long is closed (slow or stalled clients
+    # cannot hold a thread forever), and at most max_connections are served at once (503 beyond).
+    read_timeout_seconds: float = 30.0
+    max_connections: int = 64
     version_labels: str = ""  # JSON {"stable": 1, "canary": 2}; "" = <base>/<name>/labels.json
     prefer_tflite: bool = False  # a version dir holding both: serve model.tflite, not the SavedModel
 

@@ -51,6 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tensor-elements", dest="serving.max_tensor_elements", type=int, default=None,
                    help="elements a gRPC request tensor may declare; larger ones are refused before "
                         "anything is allocated (4194304)")
+    p.add_argument("--read-timeout-seconds", dest="serving.read_timeout_seconds", type=float, default=None,
+                   help="REST: close a connection that sends nothing for this long (30)")
+    p.add_argument("--max-connections", dest="serving.max_connections", type=int, default=None,
+                   help="REST connections served at once; more are answered 503 and closed (64)")
     p.add_argument("--version-labels", dest="serving.version_labels", default=None,
                    help="JSON file of label -> version (default <base>/<name>/labels.json)")
     p.add_argument("--prefer-tflite", dest="serving.prefer_tflite", action="store_const", const=True, default=None,
@@ -92,6 +96,8 @@ def serve_command(args: argparse.Namespace) -> int:
             batch_timeout_ms=s.batch_timeout_ms,
             max_body_bytes=s.max_body_bytes,
             max_tensor_elements=s.max_tensor_elements,
+            read_timeout_seconds=s.read_timeout_seconds,
+            max_connections=s.max_connections,
             version_labels=s.version_labels,
             prefer_tflite=s.prefer_tflite,
         )

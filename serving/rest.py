@@ -10,10 +10,17 @@ Routes (TF Serving's regular expressions, case-insensitive):
 Errors are ``{"error": "..."}`` with the HTTP status TF Serving maps the canonical code
 to. Bodies over the limit are refused with 413 before they are read. Responses go out in
 one write with TCP_NODELAY, so keep-alive clients do not wait on Nagle's algorithm.
+
+Hostile clients: a connection idle for ``read_timeout_seconds`` is closed (408 if it stalled
+mid-body); at most ``max_connections`` are served at once, the next is answered 503 and
+closed; a body that cannot be framed (bad chunk size, short read) is a 400 and the
+connection closes, since the stream can no longer be parsed in step; a server bug is a 500
+that names a request id for the log, never the exception text.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import socket
@@ -37,6 +44,7 @@ STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labe
 API_RE = re.compile(r"/v1/.*", re.I)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 DRAIN_LIMIT = 16 * 1024 * 1024
+_BUG_IDS = itertools.count(1)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -45,6 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        self.timeout = self.server.read_timeout_seconds  # StreamRequestHandler sets it on the socket
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -71,7 +80,13 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks, total = [], 0
             while True:
-                size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline(65537)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    raise _Unframed(f"chunk size {line[:40]!r} is not a hexadecimal number") from None
+                if size < 0:
+                    raise _Unframed(f"chunk size {line[:40]!r} is negative")
                 if size == 0:
                     while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass
@@ -79,7 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
                 total += size
                 if total > limit:
                     raise _TooLarge(total, limit)
-                chunks.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise _Unframed(f"the connection ended {size - len(chunk)} bytes into a chunk")
+                chunks.append(chunk)
                 self.rfile.readline(3)
         length = self.headers.get("Content-Length")
         if length is None:
@@ -87,7 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             n = int(length)
         except ValueError:
-            raise invalid(f"Content-Length {length!r} is not a number") from None
+            raise _Unframed(f"Content-Length {length!r} is not a number") from None
+        if n < 0:
+            raise _Unframed(f"Content-Length {length!r} is negative")
         if n > limit:
             # Read (and drop) a moderately large body before answering, so the client sees the
             # 413 rather than a connection reset; beyond DRAIN_LIMIT the connection just closes.
@@ -98,7 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 remaining -= len(chunk)
             raise _TooLarge(n, limit)
-        return self.rfile.read(n) if n > 0 else b""
+        body = self.rfile.read(n) if n > 0 else b""
+        if len(body) < n:
+            raise _Unframed(f"the connection ended after {len(body)} of {n} body bytes")
+        return body
 
     def _dispatch(self) -> None:
         started = time.perf_counter()
@@ -111,6 +134,15 @@ class _Handler(BaseHTTPRequestHandler):
             except _TooLarge as e:
                 code = "RESOURCE_EXHAUSTED"
                 self._reply(413, tensors.error_json(str(e)), close=True)
+                return
+            except _Unframed as e:
+                code = INVALID_ARGUMENT
+                self._reply(400, tensors.error_json(f"Malformed request body: {e}"), close=True)
+                return
+            except TimeoutError:
+                code = "DEADLINE_EXCEEDED"
+                limit = self.server.read_timeout_seconds
+                self._reply(408, tensors.error_json(f"Request body not received within {limit:g} s"), close=True)
                 return
             if path == METRICS_PATH and self.command == "GET":
                 method = "metrics"
@@ -126,10 +158,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ServingError as e:
             code = e.code
             self._reply(e.http_status, tensors.error_json(e.message))
-        except Exception as e:  # noqa: BLE001  (a server bug must still answer the client)
-            log.exception("REST %s %s failed", self.command, path)
+        except Exception:  # noqa: BLE001  (a server bug must still answer the client)
+            bug = next(_BUG_IDS)
+            log.exception("REST %s %s failed (error id %d)", self.command, path, bug)
             code = INTERNAL
-            self._reply(500, tensors.error_json(f"{type(e).__name__}: {e}"))
+            self._reply(500, tensors.error_json(f"Internal server error (error id {bug} in the server log)"))
         finally:
             self.server.metrics.observe_request("rest", method, code, time.perf_counter() - started)
 
@@ -171,6 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch  # noqa: N815  (stdlib naming)
 
 
+class _Unframed(Exception):
+    """The body cannot be delimited: nothing after it on the connection can be trusted."""
+
+
 class _TooLarge(Exception):
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"Request body of {size} bytes exceeds the limit of {limit} bytes")
@@ -201,19 +238,55 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], manager: ModelManager, metrics: ServingMetrics, max_body_bytes: int):
+    def __init__(
+        self, address: tuple[str, int], manager: ModelManager, metrics: ServingMetrics, max_body_bytes: int,
+        read_timeout_seconds: float, max_connections: int,
+    ) -> None:  # fmt: skip
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.manager = manager
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_seconds = read_timeout_seconds
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        """One thread per connection, up to ``max_connections``; beyond that 503 and close."""
+        if not self._slots.acquire(blocking=False):
+            body = tensors.error_json(f"Too many connections (serving.max_connections={self.max_connections}); retry later")
+            try:
+                request.settimeout(1.0)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n\r\n".encode("latin-1") + body
+                )
+            except OSError:
+                pass
+            self.metrics.observe_request("rest", "other", "UNAVAILABLE", 0.0)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # the thread never started
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class RestServer:
     """TF Serving's REST API for one ``ModelManager`` on ``host:port`` (port 0: pick a free one)."""
 
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int):
-        self._server = _Server((host, port), manager, metrics, max_body_bytes)
+    def __init__(
+        self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int,
+        *, read_timeout_seconds: float, max_connections: int,
+    ) -> None:  # fmt: skip
+        self._server = _Server((host, port), manager, metrics, max_body_bytes, read_timeout_seconds, max_connections)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="rest-server", daemon=True
         )

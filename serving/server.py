@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from pipeline.config import ServingConfig
 from pipeline.errors import UserError
 from serving.grpc_service import GrpcServer
 from serving.manager import ModelManager
@@ -31,6 +32,8 @@ class ServerOptions:
     batch_timeout_ms: float = 2.0
     max_body_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = MAX_TENSOR_ELEMENTS  # a gRPC tensor may declare at most this many
+    read_timeout_seconds: float = ServingConfig.read_timeout_seconds  # REST: idle connections close
+    max_connections: int = ServingConfig.max_connections  # REST connections served at once
     version_labels: str = ""
     prefer_tflite: bool = False
 
@@ -46,6 +49,8 @@ class ModelServer:
             raise UserError("serving.max_body_bytes must be positive")
         if options.max_tensor_elements <= 0:
             raise UserError("serving.max_tensor_elements must be positive")
+        if options.read_timeout_seconds <= 0 or options.max_connections <= 0:
+            raise UserError("serving.read_timeout_seconds and serving.max_connections must be positive")
         self.options = options
         self.metrics = ServingMetrics()
         self.manager = ModelManager(
@@ -60,7 +65,10 @@ class ModelServer:
             metrics=self.metrics,
         )
         try:
-            self.rest = RestServer(self.manager, self.metrics, options.host, options.rest_port, options.max_body_bytes)
+            self.rest = RestServer(
+                self.manager, self.metrics, options.host, options.rest_port, options.max_body_bytes,
+                read_timeout_seconds=options.read_timeout_seconds, max_connections=options.max_connections,
+            )  # fmt: skip
         except OSError as e:
             raise UserError(f"cannot listen for REST on {options.host}:{options.rest_port}: {e}") from e
         self.grpc: GrpcServer | None = None

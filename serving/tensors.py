@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -275,6 +276,12 @@ def parse_predict_body(body: bytes) -> dict[str, Any]:
         raise invalid("JSON Parse error: The document is empty")
     try:
         doc = json.loads(body)
+    except RecursionError:
+        # The C parser stops at the interpreter's recursion limit instead of exhausting the stack.
+        raise invalid(
+            f"JSON Parse error: nesting deeper than {sys.getrecursionlimit()} levels "
+            "(a prediction request needs fewer than 10)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         pos = getattr(e, "pos", getattr(e, "start", 0))
         reason = getattr(e, "msg", str(e))

@@ -36,11 +36,24 @@ def test_mysql_metadata_url_becomes_a_connection_config():
 
 def test_beam_args_direct_runner_workers_and_pass_through():
     cfg = Config()
-    assert runners.beam_args(cfg) == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    assert runners.beam_args(cfg) == [
+        "--direct_running_mode=in_memory", "--direct_num_workers=1", f"--setup_file={runners.SETUP_FILE}"
+    ]
     cfg.run.beam_workers = 2
     assert "--direct_num_workers=2" in runners.beam_args(cfg)
     cfg.run.beam_args = ["--runner=FlinkRunner", "--flink_master=host:8081"]
     assert runners.beam_args(cfg) == ["--runner=FlinkRunner", "--flink_master=host:8081"]
+
+
+def test_direct_runner_args_stop_tfx_repackaging_itself():
+    """TFX's Beam executors build an sdist of TFX's install unless a dependency flag is set."""
+    from tfx.utils import dependency_utils
+
+    args = runners.beam_args(Config())
+    assert dependency_utils.make_beam_dependency_flags(args) == args  # returned as is: no sdist built
+    cfg = Config()
+    cfg.run.beam_args = ["--extra_package=/pkgs/mine.tar.gz"]  # the user's own dependency flag wins
+    assert not any(a.startswith("--setup_file") for a in runners.beam_args(cfg))
 
 
 def test_user_errors_are_one_line(tmp_path):

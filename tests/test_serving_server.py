@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 
@@ -37,7 +38,7 @@ def static_server(tmp_path_factory):
     (model_dir / "labels.json").write_text(json.dumps({"stable": 1, "canary": 2}))
     server = ss.ServerProcess(
         str(base), NAME, "--version-policy", "all", "--max-batch-size", "8", "--batch-timeout-ms", "20",
-        "--max-body-bytes", "200000",
+        "--max-body-bytes", "200000", "--read-timeout-seconds", "2", "--max-connections", "16",
     )
     try:
         server.wait_status(NAME, ss.available([1, 2]))
@@ -183,6 +184,57 @@ def test_keep_alive_connection_serves_many_requests(static_server):
         response = conn.getresponse()
         assert response.status == 200 and json.loads(response.read())["predictions"][0]["class_name"] == "vehicle"
     conn.close()
+
+
+def _raw_exchange(port: int, data: bytes, wait: float = 6.0) -> tuple[bytes, bool]:
+    """Send ``data`` on a fresh socket; what came back, and whether the server closed it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received, True
+        except TimeoutError:
+            return received, False
+
+
+def test_hostile_rest_clients_get_an_answer_and_cannot_hold_the_server(static_server):
+    port, path = static_server.rest_port, f"/v1/models/{NAME}:predict"
+    # A chunk size that is not a number: 400, and the connection closes instead of parsing the
+    # rest of the body as the next request.
+    got, closed = _raw_exchange(port, (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        f"GET /v1/models/{NAME} HTTP/1.1\r\nHost: x\r\n\r\n"
+    ).encode())  # fmt: skip
+    assert got.startswith(b"HTTP/1.1 400") and b"chunk size" in got and closed
+    assert got.count(b"HTTP/1.1") == 1, "the body's bytes were answered as a second request"
+    # A client that stalls mid-body: 408 after the read timeout (2 s here), connection closed.
+    started = time.monotonic()
+    got, closed = _raw_exchange(port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+    assert got.startswith(b"HTTP/1.1 408") and closed and time.monotonic() - started < 5.5
+    # One that connects and sends nothing is closed too, without an answer.
+    got, closed = _raw_exchange(port, b"")
+    assert got == b"" and closed
+    # A body shorter than its Content-Length followed by a half-close: 400, not a hang or a 500.
+    with socket.create_connection(("127.0.0.1", port), timeout=6) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{{}}".encode())
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+    # JSON nested past the parser's recursion limit: 400 naming the nesting.
+    code, body = ss.request(_predict_url(static_server), b"[" * 100_000)
+    assert code == 400 and "nesting deeper than" in json.loads(body)["error"]
+    # --max-connections 16: the 17th concurrent connection is answered 503 at once and closed.
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(16)]
+    try:
+        time.sleep(0.3)  # let the server accept them all
+        got, closed = _raw_exchange(port, f"GET /v1/models/{NAME} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert got.startswith(b"HTTP/1.1 503") and b"max_connections=16" in got and closed
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert ss.get_json(f"{static_server.url}/v1/models/{NAME}")[0] == 200  # and healthy afterwards
 
 
 # -- gRPC ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import argparse
 import os
 from typing import Any
 
+from pipeline.config import TeacherConfig
 from pipeline.errors import UserError
 
 STRATEGY_CHOICES = ["single", "mirrored", "multiworker", "hybrid"]
@@ -33,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--mesh", metavar="AXES", dest="teacher.mesh", help="hybrid mesh, e.g. batch=2,model=2")
     p.add_argument("--fc-layout", dest="teacher.fc_layout", choices=["2d", "1d"], help="hybrid: 2d batch x model mesh, or the paper's 1-D layout")
     p.add_argument("--steps", metavar="N", dest="teacher.steps", type=int, help="optimisation steps in total (default 0: teacher.epochs over the train split, at least teacher.min_steps)")
-    p.add_argument("--epochs", metavar="E", dest="teacher.epochs", type=float, help="epochs over the train split (default 12)")
+    p.add_argument("--epochs", metavar="E", dest="teacher.epochs", type=float, help=f"epochs over the train split (default {TeacherConfig.epochs:g})")
     p.add_argument("--seed", metavar="S", dest="teacher.seed", type=int, help="initialisation and data-order seed")
     p.add_argument("--global-batch-size", metavar="B", dest="teacher.global_batch_size", type=int, help="events per step over all devices")
     p.add_argument("--mixed-precision", dest="teacher.mixed_precision", choices=["off", "bf16", "fp16"], help="compute dtype policy")

@@ -115,7 +115,8 @@ class DistillationModel(keras.Model):
 
     @property
     def metrics(self) -> list[Any]:
-        return [self.loss_tracker, self.accuracy, self.agreement]
+        # alpha 1 (the scratch baseline) trains on labels alone: there are no teacher logits to agree with.
+        return [self.loss_tracker, self.accuracy] + ([self.agreement] if self.alpha < 1.0 else [])
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.student(inputs, training=training)
@@ -128,8 +129,9 @@ class DistillationModel(keras.Model):
         labelled = tf.cast(labels >= 0, tf.float32)
         self.loss_tracker.update_state(loss)
         self.accuracy.update_state(tf.cast(pred == labels, tf.float32), sample_weight=labelled)
-        teacher = tf.argmax(targets[TEACHER_LOGITS], axis=-1, output_type=tf.int32)
-        self.agreement.update_state(tf.cast(pred == teacher, tf.float32))
+        if self.alpha < 1.0:
+            teacher = tf.argmax(targets[TEACHER_LOGITS], axis=-1, output_type=tf.int32)
+            self.agreement.update_state(tf.cast(pred == teacher, tf.float32))
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data: Any) -> dict[str, Any]:

@@ -173,6 +173,10 @@ class _Worker:
             command, env=_worker_env(), cwd=REPO_ROOT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
+        self.info: dict[str, Any] = {}
+
+    def wait_loaded(self) -> None:
+        """Block until the model is loaded and warmed up (workers load side by side)."""
         self.info = self._reply()
 
     def _reply(self) -> dict[str, Any]:
@@ -212,6 +216,8 @@ def latencies(
     try:
         for name, (kind, path) in variants.items():
             workers[name] = _Worker(kind, path, warmup)
+        for worker in workers.values():  # started together: their TensorFlow imports overlap
+            worker.wait_loaded()
         times: dict[str, list[float]] = {name: [] for name in variants}
         rounds = max(1, min(rounds, runs))
         for r in range(rounds):
