@@ -59,6 +59,7 @@ QUICK_SETS = [
     "student.epochs=1",
     "student.prune_epochs=1",
     "student.qat_epochs=1",
+    "student.min_steps=0",
     "lite.representative_examples=50",
     "lite.latency_runs=20",
     "lite.latency_warmup=2",

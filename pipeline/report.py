@@ -23,7 +23,9 @@ def update(path: str, sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def ingest_section(summary: dict[str, Any], quarantine_uri: str, examples_uri: str, anomalies: list) -> dict[str, Any]:
-    events = {k: summary[k] for k in ("read", "accepted", "rejected", "unlabelled", "rejected_by_reason")}
+    keys = ("read", "accepted", "rejected", "unlabelled", "rejected_by_reason", "ignored_files", "ignored_by_reason",
+            "ignored_examples")  # fmt: skip
+    events = {k: summary[k] for k in keys if k in summary}
     events["splits"] = summary["splits"]
     events["labels"] = summary["labels"]
     return {

@@ -167,6 +167,9 @@ def print_summary(rep: dict[str, Any], report_path: str) -> None:
             f"events     read {ev['read']} = accepted {ev['accepted']} + rejected {ev['rejected']} ({reasons}); "
             f"train {ev['splits'].get('train', 0)}, eval {ev['splits'].get('eval', 0)}, unlabelled {ev['unlabelled']}"
         )
+        if ev.get("ignored_files"):
+            why = "; ".join(f"{n} {reason}" for reason, n in ev["ignored_by_reason"].items())
+            lines.append(f"ignored    {ev['ignored_files']} files under --data were not read: {why}")
         lines.append(f"quarantine {rep['quarantine']}")
     t = rep.get("teacher")
     if t:

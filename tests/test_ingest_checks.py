@@ -141,3 +141,40 @@ def test_a_frame_declaring_too_many_pixels_is_quarantined_before_decoding(tmp_pa
     result = only(tmp_path, ed.event("e", frames=[{"b64": bomb}]), classes=("a", "b"))
     assert isinstance(result, checks.Rejected), result
     assert result.reason == checks.FRAME_TOO_LARGE and "data.max_frame_pixels" in result.detail
+
+
+def test_survey_reports_every_file_it_does_not_read_and_walks_symlinked_directories(tmp_path):
+    data = tmp_path / "data"
+    ed.write_manifest(str(data), [ed.event("m1")])
+    outside = tmp_path / "outside"
+    ed.write_manifest(str(outside), [ed.event("m2")], name="more.jsonl")
+    os.symlink(outside, data / "linked")  # a symlinked directory is walked ...
+    os.symlink(data, data / "linked" / "back")  # ... once, even through a loop
+    (data / "old.tfrecord").write_bytes(b"")
+    (data / "notes.txt").write_text("hello")
+    (data / ".DS_Store").write_bytes(b"\0")
+    found = sources.survey(str(data))
+    assert [os.path.basename(u.path) for u in found.units] == ["events.jsonl", "more.jsonl"]
+    ignored = dict(found.ignored)
+    assert ignored.pop("old.tfrecord").startswith("TFRecord files are not read when *.jsonl files are present")
+    assert ignored.pop("notes.txt") == sources.IGNORED_FORMAT
+    assert ignored.pop(".DS_Store") == sources.IGNORED_HIDDEN
+    assert ignored.pop(os.path.join("linked", "back")) == sources.IGNORED_LOOP
+    assert ignored == {}, "frames named by the manifests are read, not ignored"
+
+
+def test_survey_of_an_image_folder_tree_names_what_is_outside_its_layout(tmp_path):
+    (tmp_path / "cat" / "ev1" / "extra").mkdir(parents=True)
+    (tmp_path / "cat" / "ev1" / "0.png").write_bytes(ed.png())
+    (tmp_path / "cat" / "ev1" / "meta.json").write_text("{}")
+    (tmp_path / "cat" / "one.jpg").write_bytes(ed.png())
+    (tmp_path / "cat" / "labels.csv").write_text("x")
+    (tmp_path / "README.md").write_text("x")
+    found = sources.survey(str(tmp_path))
+    assert [(u.kind, os.path.basename(u.path)) for u in found.units] == [("folder_event", "ev1"), ("folder_image", "one.jpg")]
+    assert dict(found.ignored) == {
+        "README.md": sources.IGNORED_TOP_LEVEL,
+        os.path.join("cat", "ev1", "extra"): sources.IGNORED_NESTED,
+        os.path.join("cat", "ev1", "meta.json"): sources.IGNORED_NOT_IMAGE,
+        os.path.join("cat", "labels.csv"): sources.IGNORED_NOT_IMAGE,
+    }

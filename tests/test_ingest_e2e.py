@@ -12,7 +12,7 @@ import apache_beam as beam
 import eventdata as ed
 import pytest
 
-from components.event_example_gen import beam_graph
+from components.event_example_gen import beam_graph, sources
 from pipeline import layout
 from pipeline.config import DataConfig, SimulatorConfig
 from pipeline.simulator.writer import generate
@@ -112,9 +112,14 @@ def test_image_folder_tree_single_frame_grayscale(tmp_path):
             (root / label).mkdir(parents=True, exist_ok=True)
             (root / label / f"{label}{i}.png").write_bytes(ed.png(8, 8, channels=1, seed=i))
     (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "dog" / "notes.txt").write_text("not an event")
+    (root / "index.csv").write_text("not an event either")
     summary = run_ingest(root, tmp_path / "out")
     assert (summary["read"], summary["accepted"], summary["rejected"]) == (13, 12, 1)
     assert summary["rejected_by_reason"] == {"undecodable_frame": 1}
+    # Files outside the layout are not events, and they are not dropped silently either.
+    assert summary["ignored_files"] == 2 and summary["ignored_examples"] == [os.path.join("dog", "notes.txt"), "index.csv"]
+    assert summary["ignored_by_reason"] == {sources.IGNORED_NOT_IMAGE: 1, sources.IGNORED_TOP_LEVEL: 1}
     spec = layout.EventSpec.load(str(tmp_path / "out" / "examples"))
     assert spec == layout.EventSpec(("cat", "dog"), frames=1, height=8, width=8, channels=1)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any
@@ -134,7 +135,7 @@ def run_distillation(
 
     soft = distill.teacher_soft_labels(teacher_dir, files, spec, cfg.teacher_batch_size)
     train = distill.distillation_dataset(files, soft, spec, cfg.batch_size, seed=cfg.seed)
-    steps = distill.steps_per_epoch(len(soft), cfg.batch_size)
+    steps = max(distill.steps_per_epoch(len(soft), cfg.batch_size), math.ceil(cfg.min_steps / max(1, cfg.epochs)))
 
     keras.utils.set_random_seed(cfg.seed)
     student = build_student(spec, cfg)

@@ -25,6 +25,7 @@ from pipeline import layout
 from pipeline.config import DataConfig
 
 SUMMARY_FILE = "summary.json"
+IGNORED_FILE = "ignored_inputs.jsonl"  # one {"path", "reason"} per file under the data root not read
 QUARANTINE_PREFIX = "quarantine"
 _SOURCE = "_eventpipe_source"  # staging-only features, stripped before the final write
 _RAW = "_eventpipe_raw"
@@ -238,7 +239,11 @@ def build_ingest(
         max_frame_bytes=data.max_frame_bytes,
         max_frame_pixels=data.max_frame_pixels,
     )
-    units = sources.discover(root)
+    found = sources.survey(root)
+    units = found.units
+    os.makedirs(quarantine_uri, exist_ok=True)
+    with open(os.path.join(quarantine_uri, IGNORED_FILE), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"path": path, "reason": reason}) + "\n" for path, reason in found.ignored)
     staging = os.path.join(examples_uri, "_staging")
 
     checked = (
@@ -357,6 +362,13 @@ def finish_outputs(examples_uri: str, quarantine_uri: str, data: DataConfig) -> 
     shutil.rmtree(os.path.join(examples_uri, "_staging"), ignore_errors=True)
     with open(os.path.join(quarantine_uri, SUMMARY_FILE), encoding="utf-8") as f:
         summary = json.load(f)
+    with open(os.path.join(quarantine_uri, IGNORED_FILE), encoding="utf-8") as f:
+        ignored = [json.loads(line) for line in f]
+    summary["ignored_files"] = len(ignored)
+    summary["ignored_by_reason"] = dict(collections.Counter(entry["reason"] for entry in ignored).most_common())
+    summary["ignored_examples"] = [entry["path"] for entry in ignored[:10]]
+    with open(os.path.join(quarantine_uri, SUMMARY_FILE), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
     for split in layout.SPLITS:
         if not summary["splits"].get(split):
             shutil.rmtree(layout.split_dir(examples_uri, split), ignore_errors=True)

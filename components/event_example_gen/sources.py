@@ -10,6 +10,10 @@ Input forms under the data root (auto-detected, in this order):
 1. ``*.jsonl`` manifests anywhere below the root (frame paths relative to the manifest).
 2. ``*.tfrecord`` / ``*.tfrecord.gz`` files of tf.Examples in the project layout.
 3. an image-folder tree ``<label>/<event_id>/<frame>.png`` or ``<label>/<name>.jpg``.
+
+Symlinked directories are walked (each real directory once). Every file that is not read
+is listed by ``survey`` with the reason (another form took precedence, not an input format,
+outside the folder layout, hidden), and ingest reports them: nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -50,43 +54,114 @@ class Unit:
     label: str = ""
 
 
+@dataclass
+class Survey:
+    """What ingest reads under a data root, and every file it does not read, with why."""
+
+    units: list[Unit]
+    ignored: list[tuple[str, str]]  # (path relative to the root, reason)
+
+
+IGNORED_HIDDEN = "hidden (name starts with '.')"
+IGNORED_FORMAT = "not an input format (*.jsonl, *.tfrecord[.gz], .png/.jpg/.jpeg images)"
+IGNORED_PRECEDENCE = "{kind} are not read when *.{winner} files are present: pass them as their own --data"
+IGNORED_TOP_LEVEL = "file at the top of an image-folder tree (images go under <label>/)"
+IGNORED_NESTED = "directory inside an event folder (<label>/<event_id>/ holds frame images only)"
+IGNORED_NOT_IMAGE = "not an image (.png/.jpg/.jpeg) in an image-folder tree"
+IGNORED_LOOP = "symlink to a directory already walked"
+
+
+def _walk(root: str, ignored: list[tuple[str, str]]) -> list[str]:
+    """Every visible file under ``root``, following directory symlinks once per real directory."""
+    seen = {os.path.realpath(root)}
+    files = []
+    for d, dirs, fs in os.walk(root, followlinks=True):
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(d, name))
+            if name.startswith(".") or real in seen:
+                dirs.remove(name)
+                reason = IGNORED_HIDDEN if name.startswith(".") else IGNORED_LOOP
+                ignored.append((os.path.relpath(os.path.join(d, name), root), reason))
+            else:
+                seen.add(real)
+        for f in fs:
+            path = os.path.join(d, f)
+            if f.startswith("."):
+                ignored.append((os.path.relpath(path, root), IGNORED_HIDDEN))
+            else:
+                files.append(path)
+    return sorted(files)
+
+
 def discover(root: str) -> list[Unit]:
     """All input units under ``root``, sorted so every run reads them in the same order."""
+    return survey(root).units
+
+
+def survey(root: str) -> Survey:
+    """``discover``, plus every file under ``root`` that will not be read and why."""
     if not os.path.exists(root):
         raise UserError(f"data path {root!r} does not exist; pass --data DIR with your events")
     root = os.path.abspath(root)
     if os.path.isfile(root):
         if root.endswith(".jsonl"):
-            return [Unit("jsonl", root)]
+            return Survey([Unit("jsonl", root)], [])
         if root.endswith(TFRECORD_SUFFIXES):
-            return [Unit("tfrecord", root)]
+            return Survey([Unit("tfrecord", root)], [])
         raise UserError(f"{root!r} is neither a .jsonl manifest nor a TFRecord file")
-    files = sorted(
-        os.path.join(d, f) for d, dirs, fs in os.walk(root) for f in fs if not f.startswith(".")
-    )
+    ignored: list[tuple[str, str]] = []
+    files = _walk(root, ignored)
     jsonl = [f for f in files if f.endswith(".jsonl")]
-    if jsonl:
-        return [Unit("jsonl", f) for f in jsonl]
     records = [f for f in files if f.endswith(TFRECORD_SUFFIXES)]
-    if records:
-        return [Unit("tfrecord", f) for f in records]
+    images = {f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)}
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, root)
+
+    if jsonl or records:
+        kind, read = ("jsonl", jsonl) if jsonl else ("tfrecord", records)
+        for f in sorted(set(files) - set(read)):
+            if f.endswith(TFRECORD_SUFFIXES):
+                ignored.append((rel(f), IGNORED_PRECEDENCE.format(kind="TFRecord files", winner=kind)))
+            elif f in images:
+                # Under manifests, images are the frames they name (read, or reported per event).
+                if kind == "tfrecord":
+                    ignored.append((rel(f), IGNORED_PRECEDENCE.format(kind="image trees", winner=kind)))
+            else:
+                ignored.append((rel(f), IGNORED_FORMAT))
+        return Survey([Unit(kind, f) for f in read], sorted(ignored))
     units = []
     for label in sorted(os.listdir(root)):
         label_dir = os.path.join(root, label)
-        if label.startswith(".") or not os.path.isdir(label_dir):
+        if label.startswith("."):
+            continue  # listed by _walk (files) or holding nothing read
+        if not os.path.isdir(label_dir):
+            ignored.append((label, IGNORED_TOP_LEVEL))
             continue
         for name in sorted(os.listdir(label_dir)):
             path = os.path.join(label_dir, name)
+            if name.startswith("."):
+                continue
             if os.path.isdir(path):
                 units.append(Unit("folder_event", path, label))
+                for inner in sorted(os.listdir(path)):
+                    inner_path = os.path.join(path, inner)
+                    if inner.startswith("."):
+                        continue
+                    if os.path.isdir(inner_path):
+                        ignored.append((rel(inner_path), IGNORED_NESTED))
+                    elif not inner.lower().endswith(IMAGE_EXTENSIONS):
+                        ignored.append((rel(inner_path), IGNORED_NOT_IMAGE))
             elif name.lower().endswith(IMAGE_EXTENSIONS):
                 units.append(Unit("folder_image", path, label))
+            else:
+                ignored.append((rel(path), IGNORED_NOT_IMAGE))
     if not units:
         raise UserError(
             f"no events found under {root!r}: expected *.jsonl manifests, *.tfrecord(.gz) files, "
             "or an image-folder tree <label>/<event_id>/<frame>.png"
         )
-    return units
+    return Survey(units, sorted(set(ignored)))
 
 
 def read_unit(unit: Unit, root: str) -> Iterator[RawEvent]:
