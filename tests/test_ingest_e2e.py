@@ -157,6 +157,37 @@ def test_tfrecord_input_is_rechecked(tmp_path):
     assert q[0]["source"].startswith("zz-corrupt.tfrecord:")
 
 
+def test_tfrecord_crcs_are_checked_and_a_truncated_file_counts_what_it_held(tmp_path):
+    """A flipped byte costs one record (its CRC), a cut file its tail; every other record is read."""
+    import tensorflow as tf
+
+    src = tmp_path / "src"
+    ed.write_manifest(str(src), [ed.event(f"e{i}", label="ab"[i % 2]) for i in range(6)])
+    run_ingest(src, tmp_path / "first")
+    payloads = [
+        r.numpy() for r in tf.data.TFRecordDataset(
+            sorted(glob.glob(str(tmp_path / "first" / "examples" / "Split-*" / "*.gz"))), compression_type="GZIP"
+        )
+    ]  # fmt: skip
+    root = tmp_path / "records"
+    root.mkdir()
+    path = str(root / "events.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:  # TensorFlow's own framing and CRCs
+        for payload in payloads:
+            writer.write(payload)
+    raw = bytearray(open(path, "rb").read())
+    second = 12 + len(payloads[0]) + 4  # offset of the second record
+    raw[second + 12 + 5] ^= 0xFF  # one flipped byte inside the second record's data
+    raw = raw[: len(raw) - 7]  # and the last record cut short
+    open(path, "wb").write(bytes(raw))
+    summary = run_ingest(root, tmp_path / "second")
+    assert summary["read"] == len(payloads) and summary["accepted"] == len(payloads) - 2
+    q = [json.loads(line) for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*")) for line in open(f)]
+    details = {entry["source"]: entry["detail"] for entry in q}
+    assert "CRC mismatch" in details["events.tfrecord:1"], details
+    assert "the rest of the file cannot be framed" in details[f"events.tfrecord:{len(payloads) - 1}"], details
+
+
 def test_duplicate_with_inline_frames_is_quarantined_verbatim(tmp_path):
     """Inline-frame lines are not staged twice; a duplicate is re-read from its manifest."""
     records = [ed.event(f"e{i}", label="ab"[i % 2]) for i in range(6)]

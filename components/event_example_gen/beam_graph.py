@@ -74,7 +74,8 @@ class _ReadAndCheck(beam.DoFn):
         self._root, self._rules = root, rules
 
     def process(self, unit: sources.Unit):
-        for event in sources.read_unit(unit, self._root):
+        limit = sources.max_record_bytes(self._rules.max_frame_bytes, self._rules.max_frames)
+        for event in sources.read_unit(unit, self._root, limit):
             result = checks.check(event, self._rules)
             if isinstance(result, checks.Rejected):
                 yield beam.pvalue.TaggedOutput("meta", Meta(result.reason))

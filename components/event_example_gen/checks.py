@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.event_example_gen.sources import RawEvent
+from components.event_example_gen.sources import TFRECORD_SUFFIXES, RawEvent
 from pipeline.config import DataConfig
 from serving import frames as framecodec
 
@@ -95,7 +95,11 @@ class _Reject(Exception):
 def check(event: RawEvent, rules: Rules) -> Accepted | Rejected:
     """Validate one raw event against ``rules``."""
     if event.record is None:
-        return Rejected(MALFORMED_LINE, f"{event.source}: {event.parse_error}; each line must be one JSON object")
+        if event.order[0].endswith(TFRECORD_SUFFIXES):
+            hint = "each record must be a tf.Example in the layout, written by tf.io.TFRecordWriter"
+        else:
+            hint = "each line must be one JSON object"
+        return Rejected(MALFORMED_LINE, f"{event.source}: {event.parse_error}; {hint}")
     record = event.record
     event_id = record.get("event_id") if isinstance(record.get("event_id"), str) else None
     try:

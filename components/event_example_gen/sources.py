@@ -24,13 +24,25 @@ import gzip
 import json
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import google_crc32c
+
+from pipeline.config import DataConfig
 from pipeline.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def max_record_bytes(max_frame_bytes: int, max_frames: int) -> int:
+    """Largest acceptable TFRecord record: max_frames frames of max_frame_bytes, plus metadata."""
+    return max_frame_bytes * max_frames + (1 << 20)
+
+
+DEFAULT_MAX_RECORD_BYTES = max_record_bytes(DataConfig.max_frame_bytes, DataConfig.max_frames)
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
 
 
@@ -164,13 +176,14 @@ def survey(root: str) -> Survey:
     return Survey(units, sorted(set(ignored)))
 
 
-def read_unit(unit: Unit, root: str) -> Iterator[RawEvent]:
+def read_unit(unit: Unit, root: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawEvent]:
+    """The events of one unit; a TFRecord record over ``max_record_bytes`` is skipped unread."""
     root = os.path.abspath(root)
     rel = os.path.relpath(unit.path, root if os.path.isdir(root) else os.path.dirname(root))
     if unit.kind == "jsonl":
         yield from _read_jsonl(unit.path, rel)
     elif unit.kind == "tfrecord":
-        yield from _read_tfrecord(unit.path, rel)
+        yield from _read_tfrecord(unit.path, rel, max_record_bytes)
     else:
         yield _folder_event(unit, rel, root)
 
@@ -219,7 +232,22 @@ def _folder_event(unit: Unit, rel: str, root: str) -> RawEvent:
     return RawEvent(f"{rel}", record, json.dumps(record), root, order=(rel, 0))
 
 
-def _tfrecord_payloads(path: str) -> Iterator[bytes]:
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of ``data``."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class _BadRecord(ValueError):
+    """One record is unusable but the file can still be framed: the next record is read."""
+
+
+def _tfrecord_payloads(path: str, max_record_bytes: int) -> Iterator[bytes | _BadRecord]:
+    """Each record's bytes (or why that one record is bad), CRCs checked as TensorFlow does.
+
+    Raises ValueError when the file cannot be framed any further (truncated, or a length whose
+    CRC does not match): everything after that point is one unreadable remainder.
+    """
     opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rb") as f:
         while True:
@@ -229,9 +257,25 @@ def _tfrecord_payloads(path: str) -> Iterator[bytes]:
             if len(header) < 12:
                 raise ValueError("truncated record header")
             (length,) = struct.unpack("<Q", header[:8])
+            if _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
+                raise ValueError("corrupted record length (CRC mismatch)")
+            if length > max_record_bytes:
+                skipped = 0
+                while skipped < length + 4:  # streamed past, never held in memory
+                    chunk = f.read(min(1 << 20, length + 4 - skipped))
+                    if not chunk:
+                        raise ValueError(f"truncated record body (a record of {length} bytes)")
+                    skipped += len(chunk)
+                yield _BadRecord(f"record of {length} bytes exceeds the {max_record_bytes}-byte limit "
+                                 "(data.max_frame_bytes x data.max_frames)")  # fmt: skip
+                continue
             data = f.read(length)
-            if len(data) < length or len(f.read(4)) < 4:
+            footer = f.read(4)
+            if len(data) < length or len(footer) < 4:
                 raise ValueError("truncated record body")
+            if _masked_crc(data) != struct.unpack("<I", footer)[0]:
+                yield _BadRecord("record data CRC mismatch (corrupted bytes)")
+                continue
             yield data
 
 
@@ -240,16 +284,19 @@ def _is_gzip(path: str) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
+def _read_tfrecord(path: str, rel: str, max_record_bytes: int) -> Iterator[RawEvent]:
     from tensorflow.core.example import example_pb2
 
     from pipeline import layout
 
     base_dir = os.path.dirname(path)
-    index = 0
+    index = -1
     try:
-        for index, data in enumerate(_tfrecord_payloads(path)):
+        for index, data in enumerate(_tfrecord_payloads(path, max_record_bytes)):
             source = f"{rel}:{index}"
+            if isinstance(data, _BadRecord):
+                yield RawEvent(source, None, "", base_dir, f"unreadable TFRecord record: {data}", order=(rel, index))
+                continue
             raw = base64.b64encode(data).decode()
             try:
                 example = example_pb2.Example.FromString(data)
@@ -272,8 +319,12 @@ def _read_tfrecord(path: str, rel: str) -> Iterator[RawEvent]:
                 record["best_frame"] = best_frame
             frames = list(feats[layout.FRAMES].bytes_list.value) if layout.FRAMES in feats else []
             yield RawEvent(source, record, raw, base_dir, inline_frames=frames, order=(rel, index))
-    except (ValueError, OSError) as e:
-        yield RawEvent(f"{rel}:{index + 1}", None, "", base_dir, f"unreadable TFRecord file: {e}", order=(rel, index + 1))
+    except (ValueError, OSError, EOFError, zlib.error) as e:  # gzip: BadGzipFile, EOFError, zlib.error
+        yield RawEvent(
+            f"{rel}:{index + 1}", None, "", base_dir,
+            f"unreadable TFRecord file from record {index + 1} on ({e}); the rest of the file cannot be framed",
+            order=(rel, index + 1),
+        )  # fmt: skip
 
 
 def _best_frame(feature: Any) -> Any:
