@@ -2,7 +2,9 @@
 
 The server is a private instance in a temporary data directory on a free port, started
 from the `mariadbd`/`mysqld` binary (Debian: `apt install mariadb-server`; `.ci/run`
-installs it). Without such a binary the tests that need it are skipped, saying so.
+installs it). Without such a binary the tests that need it fail, saying what to install: a
+skipped test would let the MySQL path go untested unnoticed. Grant tables are on and the
+pipeline connects as a user with a password, the way a shared store is run.
 """
 
 import getpass
@@ -21,6 +23,7 @@ from pipeline.errors import UserError
 from pipeline.simulator.writer import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER, PASSWORD = "pipeline", "s3cret-pw"
 SBIN = os.pathsep.join(filter(None, [os.environ.get("PATH"), "/usr/sbin", "/usr/local/sbin"]))
 
 
@@ -38,16 +41,18 @@ def _free_port():
 def mysql_url(tmp_path_factory):
     server, install = _binary("mariadbd", "mysqld"), _binary("mariadb-install-db", "mysql_install_db")
     if not server or not install:
-        pytest.skip("no MySQL/MariaDB server binary on this machine (apt install mariadb-server)")
+        pytest.fail("no MySQL/MariaDB server binary on this machine: apt install mariadb-server (.ci/run does)")
     root = tmp_path_factory.mktemp("mysql")
     data, port = str(root / "data"), _free_port()
     user = ["--user=" + getpass.getuser()]
     subprocess.run([install, "--no-defaults", f"--datadir={data}", *user, "--skip-test-db",
                     "--auth-root-authentication-method=normal"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    init = root / "init.sql"
+    init.write_text(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\nGRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%';\n")
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [server, "--no-defaults", f"--datadir={data}", f"--socket={root / 'sock'}", f"--port={port}",
-         "--bind-address=127.0.0.1", f"--pid-file={root / 'pid'}", "--skip-grant-tables", "--skip-log-bin", *user],
+         "--bind-address=127.0.0.1", f"--pid-file={root / 'pid'}", f"--init-file={init}", "--skip-log-bin", *user],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.time() + 60
@@ -60,7 +65,7 @@ def mysql_url(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail(f"MariaDB did not start: {(root / 'server.log').read_text()[-2000:]}")
-    yield f"mysql://root@127.0.0.1:{port}/eventpipe_mlmd"
+    yield f"mysql://{USER}:{PASSWORD}@127.0.0.1:{port}/eventpipe_mlmd"
     proc.terminate()
     proc.wait(timeout=60)
     log.close()
@@ -93,6 +98,16 @@ def test_pipeline_records_and_caches_in_a_shared_mysql_store(mysql_url, tmp_path
     assert outputs.execution_count(connection, "EventExampleGen") == {"COMPLETE": 1, "CACHED": 1}
     bob = json.loads((tmp_path / "bob" / "report.json").read_text())
     assert bob["events"]["read"] == 40 and bob["examples"].startswith(str(tmp_path / "alice"))
+
+
+def test_a_wrong_password_is_one_clear_error_that_does_not_echo_it(mysql_url, tmp_path):
+    from pipeline import outputs, runners
+
+    cfg = Config()
+    cfg.run.metadata = mysql_url.replace(f":{PASSWORD}@", ":not-the-password@")
+    with pytest.raises(UserError, match=r"cannot open MySQL ML Metadata at 127\.0\.0\.1:\d+/eventpipe_mlmd") as e:
+        outputs.last_run_id(runners.metadata_connection(cfg))
+    assert "not-the-password" not in str(e.value)
 
 
 def test_unreachable_mysql_store_is_one_clear_error(tmp_path):
