@@ -223,14 +223,60 @@ def _claim(model_dir: str, source: str) -> int:
     raise RuntimeError(f"could not claim a version in {model_dir} after {MAX_ATTEMPTS} attempts")
 
 
-def _publish(
+class Staged:
+    """A complete version under a hidden name with its number claimed; ``commit`` shows it.
+
+    Staging is the slow part (copy, fsync); a commit is one rename. A release stages all of
+    its pushes first and commits them together (``components.pusher.release``).
+    """
+
+    def __init__(
+        self, directory: str, tmp: str, source: str, stamp: Callable[[str, int], None] | None, summary: dict[str, Any]
+    ) -> None:  # fmt: skip
+        self.directory, self.tmp, self.source, self._stamp = directory, tmp, source, stamp
+        self.summary = summary  # what push_* return, completed by commit
+        self.version = 0
+        self.take_next_version()
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, str(self.version))
+
+    def take_next_version(self) -> None:
+        """Claim the next free number (a directory someone made by hand keeps its own) and stamp it."""
+        for _ in range(MAX_ATTEMPTS):
+            version = _claim(self.directory, self.source)
+            if os.path.lexists(os.path.join(self.directory, str(version))):
+                continue
+            self.version = version
+            if self._stamp is not None:
+                self._stamp(self.tmp, version)
+                _fsync_dir(self.tmp)
+            self.summary.update(version=version, path=self.path)
+            return
+        raise RuntimeError(f"no free version in {self.directory} after {MAX_ATTEMPTS} attempts")
+
+    def commit(self) -> dict[str, Any]:
+        """Rename into place (never over an existing directory: FileExistsError); the summary."""
+        rename_noreplace(self.tmp, self.path)
+        _fsync_dir(self.directory)
+        return self.summary
+
+    def discard(self) -> None:
+        """Drop the staged files (a no-op once committed)."""
+        if os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _stage(
     base: str,
     model_name: str,
     source: str,
     populate: Callable[[str], None],
-    stamp: Callable[[str, int], None] | None = None,
-) -> tuple[int, str]:
-    """Fill a temporary dir, claim a version, stamp it, rename it into place; (version, path)."""
+    stamp: Callable[[str, int], None] | None,
+    summary: dict[str, Any],
+) -> Staged:
+    """Fill a temporary dir, fsync it, claim a version and stamp it; nothing visible yet."""
     if _is_remote(base):
         raise UserError(f"push destination {base!r} must be a local or POSIX path (atomic rename)")
     os.makedirs(base, exist_ok=True)
@@ -242,22 +288,35 @@ def _publish(
     try:
         populate(tmp)
         _fsync_tree(tmp)
+        summary["bytes"] = _tree_bytes(tmp)
+        return Staged(directory, tmp, source, stamp, summary)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(staged: Staged, started: float) -> dict[str, Any]:
+    """Commit one staged version on its own, taking the next number if its own was taken meanwhile."""
+    try:
         for _ in range(MAX_ATTEMPTS):
-            version = _claim(directory, source)
-            if stamp is not None:
-                stamp(tmp, version)
-                _fsync_dir(tmp)
-            final = os.path.join(directory, str(version))
             try:
-                rename_noreplace(tmp, final)
+                summary = staged.commit()
             except FileExistsError:
-                continue  # a directory made outside eventpipe holds this number: take the next one
-            _fsync_dir(directory)
-            return version, final
-        raise RuntimeError(f"no free version in {directory} after {MAX_ATTEMPTS} attempts")
+                staged.take_next_version()  # a directory made outside eventpipe holds this number
+                continue
+            summary["seconds"] = round(time.monotonic() - started, 3)
+            return summary
+        raise RuntimeError(f"no free version in {staged.directory} after {MAX_ATTEMPTS} attempts")
     finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        staged.discard()
+
+
+def stage_saved_model(src_dir: str, base: str, model_name: str) -> Staged:
+    """``push_saved_model`` up to the final rename (see ``Staged``)."""
+    if not (_exists(os.path.join(src_dir, SAVED_MODEL_PB)) or _exists(os.path.join(src_dir, SAVED_MODEL_PBTXT))):
+        raise UserError(f"{src_dir!r} is not a SavedModel directory (no {SAVED_MODEL_PB}); nothing pushed")
+    summary = {"kind": "saved_model", "model_name": model_name, "source": src_dir}
+    return _stage(base, model_name, src_dir, lambda tmp: _copy_tree(src_dir, tmp), None, summary)
 
 
 def push_saved_model(src_dir: str, base: str, model_name: str) -> dict[str, Any]:
@@ -267,18 +326,7 @@ def push_saved_model(src_dir: str, base: str, model_name: str) -> dict[str, Any]
     loads. Returns ``{"kind", "model_name", "version", "path", "source", "bytes", "seconds"}``.
     """
     started = time.monotonic()
-    if not (_exists(os.path.join(src_dir, SAVED_MODEL_PB)) or _exists(os.path.join(src_dir, SAVED_MODEL_PBTXT))):
-        raise UserError(f"{src_dir!r} is not a SavedModel directory (no {SAVED_MODEL_PB}); nothing pushed")
-    version, path = _publish(base, model_name, src_dir, lambda tmp: _copy_tree(src_dir, tmp))
-    return {
-        "kind": "saved_model",
-        "model_name": model_name,
-        "version": version,
-        "path": path,
-        "source": src_dir,
-        "bytes": _tree_bytes(path),
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    return _publish(stage_saved_model(src_dir, base, model_name), started)
 
 
 def _check_tflite(path: str) -> None:
@@ -315,14 +363,29 @@ def push_tflite(
 ) -> dict[str, Any]:
     """Publish ``tflite_path`` as ``<base>/<model_name>/<version>/model.tflite`` plus ``release.json``.
 
+    See ``stage_tflite`` for the arguments; returns a summary with the release.
+    """
+    started = time.monotonic()
+    return _publish(stage_tflite(tflite_path, base, model_name, release, variants=variants), started)
+
+
+def stage_tflite(
+    tflite_path: str,
+    base: str,
+    model_name: str,
+    release: dict[str, Any],
+    *,
+    variants: dict[str, str] | None = None,
+) -> Staged:
+    """``push_tflite`` up to the final rename (see ``Staged``).
+
     ``release`` holds what only the caller knows: ``metrics`` (accuracy, agreement, sizes),
     ``source`` (pipeline run id, model artifact uri) and, for a model without embedded
     metadata, ``labels`` and ``input``. ``variants`` maps more file names in the release dir
     to their sources (e.g. ``{"model_float16.tflite": path}``). release.json also gets the
     version, the sha256 and size of every file, the labels and input spec read from the
-    model's embedded metadata, and the creation time. Returns a summary with the release.
+    model's embedded metadata, and the creation time.
     """
-    started = time.monotonic()
     variants = dict(variants or {})
     _check_tflite(tflite_path)
     for name, path in variants.items():
@@ -372,17 +435,10 @@ def push_tflite(
             f.flush()
             os.fsync(f.fileno())
 
-    version, path = _publish(base, model_name, tflite_path, populate, stamp)
-    return {
-        "kind": "tflite",
-        "model_name": model_name,
-        "version": version,
-        "path": path,
-        "source": tflite_path,
-        "bytes": _tree_bytes(path),
-        "seconds": round(time.monotonic() - started, 3),
-        "release": dict(content),
-    }
+    summary: dict[str, Any] = {"kind": "tflite", "model_name": model_name, "source": tflite_path, "release": content}
+    staged = _stage(base, model_name, tflite_path, populate, stamp, summary)
+    staged.summary["bytes"] = _tree_bytes(staged.tmp)  # release.json is written when the version is stamped
+    return staged
 
 
 def read_release(version_dir: str) -> dict[str, Any]:

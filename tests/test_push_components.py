@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import productionize_fixtures as pf
 import pytest
@@ -21,6 +23,8 @@ from components.serving_validator.component import ServingValidator
 from components.serving_validator.validation import VALIDATION_FILE
 from pipeline.layout import EventSpec
 from serving import push
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAME = "events"
 
@@ -317,3 +321,54 @@ def test_pusher_refuses_a_release_with_a_missing_file_before_pushing_anything(in
     with pytest.raises(UserError, match="no int8 TFLite model"):
         _run(EventPusher, args, {"pushed_model": pushed}, params)
     assert not (tmp_path / "serving").exists() and not (tmp_path / "mobile").exists()
+
+
+_KILLED_PUSH = """
+import os, sys
+import pipeline.tfenv  # noqa: F401
+from components.pusher import release
+from serving import push
+
+serving, mobile, student, teacher, lite, name = sys.argv[1:7]
+commit = push.Staged.commit
+
+def commit_or_die(self):
+    if self.directory == os.path.join(serving, name):  # the student: the commit point
+        os._exit(9)  # killed after the mobile and teacher versions were committed
+    return commit(self)
+
+push.Staged.commit = commit_or_die
+release.push_all(release.PushPlan(model_name=name, student_dir=student, serving_base=serving,
+                                  teacher_dir=teacher, lite_dir=lite, mobile_base=mobile))
+"""
+
+
+def test_a_release_killed_between_its_commits_is_never_seen_half(inputs, tmp_path):
+    """A visible student version always has its mobile release; a dead push's parts are hidden."""
+    from components.pusher import release
+
+    serving, mobile = tmp_path / "serving", tmp_path / "mobile"
+    student, teacher = os.path.join(inputs["student"], "Format-Serving"), os.path.join(inputs["teacher"], "Format-Serving")
+    args = [str(serving), str(mobile), student, teacher, inputs["lite"], NAME]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PUSH, *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    assert push.versions_on_disk(str(serving / NAME)) == []  # no student: clients see no new release
+    assert push.versions_on_disk(str(mobile / NAME)) == [1]  # the parts committed before the kill
+    assert push.versions_on_disk(str(serving / f"{NAME}-teacher")) == [1]
+
+    plan = release.PushPlan(model_name=NAME, student_dir=student, serving_base=str(serving),
+                            teacher_dir=teacher, lite_dir=inputs["lite"], mobile_base=str(mobile))  # fmt: skip
+    pushed = {p["role"]: p for p in release.push_all(plan)}
+    # The dead push's teacher and mobile versions are hidden from servers and devices ...
+    assert sorted(pushed["student"]["rolled_back"]) == sorted(
+        [str(mobile / NAME / ".rolled-back-1"), str(serving / f"{NAME}-teacher" / ".rolled-back-1")]
+    )
+    # ... and the new release is whole: every mobile release names a student version that exists.
+    assert push.versions_on_disk(str(mobile / NAME)) == [2] and push.versions_on_disk(str(serving / f"{NAME}-teacher")) == [2]
+    student_version = pushed["student"]["version"]
+    assert push.read_release(str(mobile / NAME / "2"))["serving"]["version"] == student_version
+    assert push.versions_on_disk(str(serving / NAME)) == [student_version]
+    journals = serving / NAME / ".eventpipe-push" / "releases"
+    states = {p.name: json.loads(p.read_text())["state"] for p in journals.iterdir()}
+    assert states == {"1.json": "rolled_back", f"{student_version}.json": "committed"}

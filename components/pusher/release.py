@@ -4,17 +4,36 @@
 InfraBlessing's ``blessed`` custom property, plus: the blessing must be about this very
 model). ``push_all`` checks every source first and only then pushes, so a missing file never
 leaves half a release behind; each destination is itself atomic (``serving.push``).
+
+A release is three versions in three directories, and no rename spans them. So every part
+is staged first (copied, fsynced, its number claimed), a journal names them, and they are
+committed mobile, teacher, then student: the student version, the one clients follow, is the
+commit point, so a visible student version always has its teacher and mobile release. A push
+killed before it leaves a teacher or mobile version without its student; the next push (or a
+failure inside this one) hides those under ``.rolled-back-<version>`` and says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import UserError
-from serving.push import SAVED_MODEL_PB, SAVED_MODEL_PBTXT, push_saved_model, push_tflite
+from serving.push import (
+    SAVED_MODEL_PB,
+    SAVED_MODEL_PBTXT,
+    STALE_TMP_SECONDS,
+    STATE_DIR,
+    Staged,
+    rename_noreplace,
+    stage_saved_model,
+    stage_tflite,
+)
+from serving.versions import model_dir as resolve_model_dir
 
 PUSH_FILE = "push.json"
 TEACHER_SUFFIX = "-teacher"
@@ -24,6 +43,8 @@ FLOAT16_CANDIDATES = ("model_float16.tflite", "model_fp16.tflite")
 FLOAT16_RELEASE_NAME = "model_float16.tflite"
 LITE_REPORTS = ("lite_report.json", "productionize_report.json")
 VERDICT_FILE = "verdict.json"  # ReleaseGate's verdict in the blessing's uri
+JOURNAL_DIR = "releases"  # <serving_base>/<model_name>/.eventpipe-push/releases/<student version>.json
+ROLLED_BACK_PREFIX = ".rolled-back-"
 
 
 def reasons_not_to_push(
@@ -123,25 +144,116 @@ class PushPlan:
                 raise UserError(f"no int8 TFLite model ({' or '.join(INT8_CANDIDATES)}) in {self.lite_dir}; nothing pushed")
 
 
+def _journal_dir(plan: PushPlan) -> str:
+    return os.path.join(resolve_model_dir(plan.serving_base, plan.model_name), STATE_DIR, JOURNAL_DIR)
+
+
+def _write_json(path: str, content: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _hide(path: str) -> str | None:
+    """Rename a committed version out of the servers' sight; the new path (None if it is gone)."""
+    if not os.path.isdir(path):
+        return None
+    hidden = os.path.join(os.path.dirname(path), ROLLED_BACK_PREFIX + os.path.basename(path))
+    rename_noreplace(path, hidden)
+    return hidden
+
+
+def _alive(journal: dict[str, Any]) -> bool:
+    """Whether the pusher that wrote ``journal`` may still be committing it."""
+    if journal.get("host") != socket.gethostname():  # cannot ask another host: trust it for a while
+        return os.path.getmtime(journal["_path"]) > time.time() - STALE_TMP_SECONDS
+    pid = int(journal["pid"])
+    if pid == os.getpid():
+        return False  # this process is not inside another push
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _roll_back(journal: dict[str, Any], why: str) -> list[str]:
+    hidden = [h for h in (_hide(p) for p in (journal.get("mobile"), journal.get("teacher")) if p) if h]
+    _write_json(journal["_path"], {**{k: v for k, v in journal.items() if not k.startswith("_")},
+                                   "state": "rolled_back", "why": why, "hidden": hidden})  # fmt: skip
+    return hidden
+
+
+def recover_interrupted_releases(plan: PushPlan) -> list[str]:
+    """Hide the teacher/mobile versions of releases whose pusher died before their student commit."""
+    directory = _journal_dir(plan)
+    if not os.path.isdir(directory):
+        return []
+    hidden: list[str] = []
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(directory, name)
+        with open(path, encoding="utf-8") as f:
+            journal = {**json.load(f), "_path": path}
+        if journal.get("state") != "committing" or _alive(journal):
+            continue
+        if os.path.isdir(journal["student"]):  # died after the commit point: the release is whole
+            _write_json(path, {**{k: v for k, v in journal.items() if not k.startswith("_")}, "state": "committed"})
+        else:
+            hidden += _roll_back(journal, "the pusher died before the student version was committed")
+    return hidden
+
+
 def push_all(plan: PushPlan) -> list[dict[str, Any]]:
-    """Push student, teacher and TFLite release; one summary per destination, in push order."""
+    """Push student, teacher and TFLite release as one release; one summary per destination."""
     plan.check()
-    pushed = []
-    student = push_saved_model(plan.student_dir, plan.serving_base, plan.model_name)
-    pushed.append({"role": "student", **student})
-    if plan.teacher_dir is not None:
-        teacher = push_saved_model(plan.teacher_dir, plan.serving_base, plan.model_name + TEACHER_SUFFIX)
-        pushed.append({"role": "teacher", **teacher})
-    if plan.lite_dir is not None:
-        int8 = find_file(plan.lite_dir, INT8_CANDIDATES)
-        float16 = find_file(plan.lite_dir, FLOAT16_CANDIDATES)
-        release = {
-            **plan.release,
-            "serving": {"model_name": plan.model_name, "version": student["version"], "path": student["path"]},
-        }
-        lite = push_tflite(
-            int8, plan.mobile_base, plan.model_name, release,
-            variants={FLOAT16_RELEASE_NAME: float16} if float16 else None,
-        )  # fmt: skip
-        pushed.append({"role": "mobile", **lite})
+    started = time.monotonic()
+    recovered = recover_interrupted_releases(plan)
+    staged: list[tuple[str, Staged]] = []
+    try:
+        student = stage_saved_model(plan.student_dir, plan.serving_base, plan.model_name)
+        staged.append(("student", student))
+        if plan.teacher_dir is not None:
+            staged.append(("teacher", stage_saved_model(plan.teacher_dir, plan.serving_base, plan.model_name + TEACHER_SUFFIX)))
+        if plan.lite_dir is not None:
+            int8 = find_file(plan.lite_dir, INT8_CANDIDATES)
+            float16 = find_file(plan.lite_dir, FLOAT16_CANDIDATES)
+            release = {
+                **plan.release,
+                "serving": {"model_name": plan.model_name, "version": student.version, "path": student.path},
+            }
+            mobile = stage_tflite(
+                int8, plan.mobile_base, plan.model_name, release,
+                variants={FLOAT16_RELEASE_NAME: float16} if float16 else None,
+            )  # fmt: skip
+            staged.append(("mobile", mobile))
+        parts = dict(staged)
+        os.makedirs(_journal_dir(plan), exist_ok=True)
+        journal = {
+            "state": "committing", "pid": os.getpid(), "host": socket.gethostname(),
+            "_path": os.path.join(_journal_dir(plan), f"{student.version}.json"),
+            **{role: part.path for role, part in parts.items()},
+        }  # fmt: skip
+        _write_json(journal["_path"], {k: v for k, v in journal.items() if not k.startswith("_")})
+        try:
+            for role in ("mobile", "teacher", "student"):  # the student, last, is the commit point
+                if role in parts:
+                    parts[role].commit()
+        except BaseException as e:
+            _roll_back(journal, f"the push failed before the student version was committed: {e!r}")
+            raise
+        _write_json(journal["_path"], {**{k: v for k, v in journal.items() if not k.startswith("_")}, "state": "committed"})
+    finally:
+        for _, part in staged:
+            part.discard()
+    seconds = round(time.monotonic() - started, 3)
+    pushed = [{"role": role, **part.summary, "seconds": seconds} for role, part in staged]
+    if recovered:
+        pushed[0]["rolled_back"] = recovered
     return pushed
