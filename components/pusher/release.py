@@ -166,10 +166,10 @@ def _hide(path: str) -> str | None:
     return hidden
 
 
-def _alive(journal: dict[str, Any]) -> bool:
-    """Whether the pusher that wrote ``journal`` may still be committing it."""
+def _alive(path: str, journal: dict[str, Any]) -> bool:
+    """Whether the pusher that wrote the journal at ``path`` may still be committing it."""
     if journal.get("host") != socket.gethostname():  # cannot ask another host: trust it for a while
-        return os.path.getmtime(journal["_path"]) > time.time() - STALE_TMP_SECONDS
+        return os.path.getmtime(path) > time.time() - STALE_TMP_SECONDS
     pid = int(journal["pid"])
     if pid == os.getpid():
         return False  # this process is not inside another push
@@ -182,10 +182,9 @@ def _alive(journal: dict[str, Any]) -> bool:
     return True
 
 
-def _roll_back(journal: dict[str, Any], why: str) -> list[str]:
+def _roll_back(path: str, journal: dict[str, Any], why: str) -> list[str]:
     hidden = [h for h in (_hide(p) for p in (journal.get("mobile"), journal.get("teacher")) if p) if h]
-    _write_json(journal["_path"], {**{k: v for k, v in journal.items() if not k.startswith("_")},
-                                   "state": "rolled_back", "why": why, "hidden": hidden})  # fmt: skip
+    _write_json(path, {**journal, "state": "rolled_back", "why": why, "hidden": hidden})
     return hidden
 
 
@@ -200,13 +199,13 @@ def recover_interrupted_releases(plan: PushPlan) -> list[str]:
             continue
         path = os.path.join(directory, name)
         with open(path, encoding="utf-8") as f:
-            journal = {**json.load(f), "_path": path}
-        if journal.get("state") != "committing" or _alive(journal):
+            journal = json.load(f)
+        if journal.get("state") != "committing" or _alive(path, journal):
             continue
         if os.path.isdir(journal["student"]):  # died after the commit point: the release is whole
-            _write_json(path, {**{k: v for k, v in journal.items() if not k.startswith("_")}, "state": "committed"})
+            _write_json(path, {**journal, "state": "committed"})
         else:
-            hidden += _roll_back(journal, "the pusher died before the student version was committed")
+            hidden += _roll_back(path, journal, "the pusher died before the student version was committed")
     return hidden
 
 
@@ -235,20 +234,18 @@ def push_all(plan: PushPlan) -> list[dict[str, Any]]:
             staged.append(("mobile", mobile))
         parts = dict(staged)
         os.makedirs(_journal_dir(plan), exist_ok=True)
-        journal = {
-            "state": "committing", "pid": os.getpid(), "host": socket.gethostname(),
-            "_path": os.path.join(_journal_dir(plan), f"{student.version}.json"),
-            **{role: part.path for role, part in parts.items()},
-        }  # fmt: skip
-        _write_json(journal["_path"], {k: v for k, v in journal.items() if not k.startswith("_")})
+        journal_path = os.path.join(_journal_dir(plan), f"{student.version}.json")
+        journal = {"state": "committing", "pid": os.getpid(), "host": socket.gethostname(),
+                   **{role: part.path for role, part in parts.items()}}  # fmt: skip
+        _write_json(journal_path, journal)
         try:
             for role in ("mobile", "teacher", "student"):  # the student, last, is the commit point
                 if role in parts:
                     parts[role].commit()
         except BaseException as e:
-            _roll_back(journal, f"the push failed before the student version was committed: {e!r}")
+            _roll_back(journal_path, journal, f"the push failed before the student version was committed: {e!r}")
             raise
-        _write_json(journal["_path"], {**{k: v for k, v in journal.items() if not k.startswith("_")}, "state": "committed"})
+        _write_json(journal_path, {**journal, "state": "committed"})
     finally:
         for _, part in staged:
             part.discard()
