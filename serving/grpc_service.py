@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
 from serving import api
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
-from serving.status import INTERNAL, OK, ServingError
+from serving.status import INTERNAL, OK, ServingError, internal_error
 from serving.tensors import MAX_TENSOR_ELEMENTS, array_to_proto, proto_to_array
 
 log = logging.getLogger("eventpipe.serving.grpc")
@@ -54,9 +54,8 @@ class _Observed:
         if isinstance(exc, ServingError):
             code = exc.code
         elif exc is not None and not isinstance(exc, grpc.RpcError):
-            log.error("gRPC %s failed", self.method, exc_info=(exc_type, exc, tb))
+            exc = internal_error(log, f"gRPC {self.method}", exc_info=(exc_type, exc, tb))
             code = INTERNAL
-            exc = ServingError(INTERNAL, f"{type(exc).__name__}: {exc}")
         self.metrics.observe_request("grpc", self.method, code, time.perf_counter() - self.started)
         if isinstance(exc, ServingError):
             self.context.abort(grpc.StatusCode[exc.code], exc.message)

@@ -20,7 +20,6 @@ that names a request id for the log, never the exception text.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import socket
@@ -33,7 +32,7 @@ from urllib.parse import unquote
 from serving import api, tensors
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
-from serving.status import INTERNAL, INVALID_ARGUMENT, OK, ServingError, invalid
+from serving.status import INVALID_ARGUMENT, OK, ServingError, internal_error, invalid
 
 log = logging.getLogger("eventpipe.serving.rest")
 
@@ -44,7 +43,6 @@ STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labe
 API_RE = re.compile(r"/v1/.*", re.I)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 DRAIN_LIMIT = 16 * 1024 * 1024
-_BUG_IDS = itertools.count(1)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -159,10 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
             code = e.code
             self._reply(e.http_status, tensors.error_json(e.message))
         except Exception:  # noqa: BLE001  (a server bug must still answer the client)
-            bug = next(_BUG_IDS)
-            log.exception("REST %s %s failed (error id %d)", self.command, path, bug)
-            code = INTERNAL
-            self._reply(500, tensors.error_json(f"Internal server error (error id {bug} in the server log)"))
+            error = internal_error(log, f"REST {self.command} {path}")
+            code = error.code
+            self._reply(error.http_status, tensors.error_json(error.message))
         finally:
             self.server.metrics.observe_request("rest", method, code, time.perf_counter() - started)
 

@@ -38,7 +38,11 @@ DTYPE_OF_NUMPY: dict[np.dtype, int] = {v: k for k, v in NUMPY_DTYPES.items()}
 
 
 def dtype_name(dtype: int) -> str:
-    return types_pb2.DataType.Name(dtype)
+    """``DT_FLOAT`` etc.; a number no DataType has (a hostile request) names itself."""
+    try:
+        return types_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"DT_<unknown {dtype}>"
 
 
 def dtype_of_array(array: np.ndarray) -> int:

@@ -7,6 +7,9 @@ failure reads the same on both APIs; REST maps it to an HTTP status exactly as T
 
 from __future__ import annotations
 
+import itertools
+import logging
+
 OK = "OK"
 CANCELLED = "CANCELLED"
 UNKNOWN = "UNKNOWN"
@@ -51,6 +54,16 @@ class ServingError(Exception):
     @property
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 500)
+
+
+_ERROR_IDS = itertools.count(1)
+
+
+def internal_error(log: logging.Logger, what: str, exc_info: object = True) -> ServingError:
+    """Log a server bug with its traceback under a fresh id; the client gets the id, not the text."""
+    error_id = next(_ERROR_IDS)
+    log.error("%s failed (error id %d)", what, error_id, exc_info=exc_info)
+    return ServingError(INTERNAL, f"Internal server error (error id {error_id} in the server log)")
 
 
 def invalid(message: str) -> ServingError:

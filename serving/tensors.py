@@ -286,6 +286,8 @@ def parse_predict_body(body: bytes) -> dict[str, Any]:
         pos = getattr(e, "pos", getattr(e, "start", 0))
         reason = getattr(e, "msg", str(e))
         raise invalid(f"JSON Parse error: {reason} at offset: {pos}") from None
+    except ValueError as e:  # e.g. an integer literal over Python's 4300-digit conversion limit
+        raise invalid(f"JSON Parse error: {e}") from None
     if not isinstance(doc, dict):
         raise invalid(f"JSON Value: {_json_text(doc)} Is not object")
     name = doc.get("signature_name", "")

@@ -1,5 +1,6 @@
 """Ingest end to end: real Beam, real TFX (LocalDagRunner, SQLite MLMD), real files."""
 
+import base64
 import glob
 import json
 import os
@@ -184,7 +185,9 @@ def test_tfrecord_crcs_are_checked_and_a_truncated_file_counts_what_it_held(tmp_
     assert summary["read"] == len(payloads) and summary["accepted"] == len(payloads) - 2
     q = [json.loads(line) for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*")) for line in open(f)]
     details = {entry["source"]: entry["detail"] for entry in q}
-    assert "CRC mismatch" in details["events.tfrecord:1"], details
+    assert f"CRC mismatch (corrupted bytes) at byte {second}" in details["events.tfrecord:1"], details
+    damaged = next(entry for entry in q if entry["source"] == "events.tfrecord:1")
+    assert base64.b64decode(damaged["raw"]) == bytes(raw[second + 12: second + 12 + len(payloads[1])])  # the bytes read
     assert "the rest of the file cannot be framed" in details[f"events.tfrecord:{len(payloads) - 1}"], details
 
 
@@ -197,3 +200,65 @@ def test_duplicate_with_inline_frames_is_quarantined_verbatim(tmp_path):
     assert summary["rejected_by_reason"] == {"duplicate_id": 1} and summary["accepted"] == 6
     (line,) = [json.loads(x) for f in glob.glob(str(tmp_path / "out" / "quarantine" / "quarantine-dup*")) for x in open(f)]
     assert line["record"] == duplicate and line["source"] == "events.jsonl:7"
+
+
+def test_ingest_fuzz_accounts_for_every_line_record_and_file(tmp_path):
+    """Seeded mutations of manifest lines, frame files and a TFRecord: ingest never fails, and
+    read == accepted + rejected with every line/record counted and every other file reported."""
+    import random
+
+    import tensorflow as tf
+
+    rng = random.Random(7)
+    data = tmp_path / "manifests"
+    (data / "frames").mkdir(parents=True)
+    lines = []
+    for i in range(60):
+        record = ed.event(f"e{i}", label="ab"[i % 2], frames=2)
+        if i % 3 == 0:  # frames as files, some of them damaged on disk
+            names = []
+            for k in range(2):
+                blob = ed.png(seed=i * 7 + k)
+                if rng.random() < 0.3:
+                    blob = rng.choice([blob[: rng.randrange(len(blob))], bytes(rng.randrange(256) for _ in range(40)), b""])
+                (data / "frames" / f"{i}-{k}.png").write_bytes(blob)
+                names.append(f"frames/{i}-{k}.png")
+            record["frames"] = names
+        text = json.dumps(record)
+        pick = rng.randrange(6)
+        if pick == 0:
+            text = text[: rng.randrange(len(text))]
+        elif pick == 1:
+            chars = list(text)
+            for _ in range(rng.randrange(1, 8)):
+                chars[rng.randrange(len(chars))] = chr(rng.choice([0, 10, 34, 92, 123, 0xFFFD, rng.randrange(32, 127)]))
+            text = "".join(chars)
+        elif pick == 2:
+            key = rng.choice(["event_id", "timestamp", "frames", "label", "device_id", "best_frame"])
+            record[key] = rng.choice([None, 5, -1, [], {}, "x" * 300, [{"b64": "%%"}], 1e308, True])
+            text = json.dumps(record)
+        lines.append(text)
+    (data / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    (data / "stray.bin").write_bytes(b"\0" * 10)
+    expected_read = sum(1 for line in (data / "events.jsonl").read_bytes().split(b"\n") if line.strip())
+    summary = run_ingest(data, tmp_path / "out")
+    assert summary["read"] == expected_read == summary["accepted"] + summary["rejected"]
+    assert summary["rejected"] > 0 and summary["accepted"] > 0
+    assert summary["ignored_files"] == 1 and summary["ignored_examples"] == ["stray.bin"]
+
+    # A TFRecord built from the accepted examples, then damaged at random positions.
+    payloads = [r.numpy() for r in tf.data.TFRecordDataset(
+        sorted(glob.glob(str(tmp_path / "out" / "examples" / "Split-*" / "*.gz"))), compression_type="GZIP")]  # fmt: skip
+    records = tmp_path / "records"
+    records.mkdir()
+    path = str(records / "events.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for payload in payloads:
+            writer.write(payload)
+    raw = bytearray(open(path, "rb").read())
+    for _ in range(5):
+        raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+    open(path, "wb").write(bytes(raw[: len(raw) - rng.randrange(0, 40)]))
+    again = run_ingest(records, tmp_path / "again")
+    assert again["read"] == again["accepted"] + again["rejected"] and again["read"] >= 1
+    assert again["accepted"] <= len(payloads)

@@ -3,9 +3,12 @@ batching, metrics, and version changes under load (zero failed requests)."""
 
 from __future__ import annotations
 
+import base64
+import collections
 import http.client
 import json
 import os
+import random
 import shutil
 import socket
 import threading
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 import serving_support as ss
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -522,3 +526,105 @@ def test_new_version_under_load_fails_no_request_and_corrupt_version_keeps_old(l
     server.wait_status(NAME, ss.available([3]))
     code, answer = ss.post_json(_predict_url(server), {"instances": [ss.b64_instance(frames)]})
     assert code == 200 and answer["predictions"][0]["class_name"] == "person"
+
+
+# -- bounded fuzzing: client errors are 4xx / INVALID_ARGUMENT, never 5xx, never a memory spike ----
+FUZZ_REQUESTS, FUZZ_SECONDS = 250, 60
+
+
+def _mutations(rng: random.Random, valid: bytes) -> bytes:
+    """One hostile or broken body, derived from a valid one or made up."""
+    pick = rng.randrange(12)
+    if pick == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))  # random bytes
+    if pick == 1:
+        return valid[: rng.randrange(len(valid))]  # truncated
+    if pick == 2:
+        out = bytearray(valid)
+        for _ in range(rng.randrange(1, 20)):
+            out[rng.randrange(len(out))] = rng.randrange(256)  # flipped bytes
+        return bytes(out)
+    if pick == 3:
+        return b"[" * rng.randrange(500, 5000) + b"]" * rng.randrange(0, 10)  # deep nesting
+    if pick == 4:  # huge and odd numbers where floats or strings belong
+        number = rng.choice([b"1" + b"0" * 400, b"1e400", b"-1e400", b"NaN", b"Infinity", b"1" * 5000, b"-0"])
+        return b'{"instances": [[[' + number + b"]]]}"
+    if pick == 5:  # wrong types in every position
+        value = rng.choice(["null", "true", '"x"', "{}", "[]", '{"b64": 1}', '{"b64": "%%%"}', "[[1, [2]]]", "1.5"])
+        return rng.choice(['{"instances": %s}', '{"inputs": %s}', '{"instances": [%s]}', '{"inputs": {"frames": %s}}',
+                           '{"signature_name": %s, "instances": []}']).replace("%s", value).encode()  # fmt: skip
+    if pick == 6:  # ragged and oversized shapes within the body limit
+        return json.dumps({"instances": [[0.5] * rng.randrange(1, 3000), [0.5]]}).encode()
+    if pick == 7:  # valid JSON of the wrong structure
+        return json.dumps(rng.choice([[], {}, "x", 1, {"instances": [], "inputs": []}, {"instances": [{"frames": None}]}])).encode()
+    if pick == 8:  # b64 that is no image, or an image of the wrong size
+        frame = rng.choice([base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(50)).decode(), "////", ""])
+        return json.dumps({"instances": [{"frames": [{"b64": frame}] * rng.randrange(0, 6)}]}).encode()
+    if pick == 9:
+        return valid.replace(b"instances", rng.choice([b"instance", b"inputs", b"Instances", b"\xff\xfe"]))
+    if pick == 10:  # not UTF-8 inside strings
+        return b'{"instances": ["\xff\xfe\xfa"]}'
+    return valid  # some valid requests in between: the server keeps answering them
+
+
+def test_rest_fuzz_gets_4xx_never_5xx_and_memory_stays_flat(static_server):
+    rng = random.Random(0)
+    valid = json.dumps({"instances": [ss.b64_instance(ss.frames_png(3))]}).encode()
+    pid = static_server.proc.pid
+    peak_before = _peak_rss_bytes(pid)
+    deadline, statuses = time.monotonic() + FUZZ_SECONDS, collections.Counter()
+    paths = [_predict_url(static_server), _predict_url(static_server, "/versions/2"),
+             f"{static_server.url}/v1/models/{NAME}/metadata"]  # fmt: skip
+    for i in range(FUZZ_REQUESTS):
+        if time.monotonic() > deadline:
+            break
+        body = _mutations(rng, valid)
+        code, answer = ss.request(rng.choice(paths), body)
+        statuses[code] += 1
+        assert code < 500, f"request {i} ({body[:120]!r}) got {code}: {answer[:300]!r}"
+    assert statuses[200] > 0 and sum(statuses.values()) >= 50, statuses
+    assert ss.get_json(f"{static_server.url}/v1/models/{NAME}")[0] == 200
+    assert _peak_rss_bytes(pid) - peak_before < 100 * 1024 * 1024, "fuzzing grew the server by 100 MB or more"
+
+
+def test_grpc_fuzz_gets_invalid_argument_never_internal(static_server):
+    rng = random.Random(1)
+    frames = ss.frames_png(3)
+    pid = static_server.proc.pid
+    peak_before = _peak_rss_bytes(pid)
+    deadline, codes = time.monotonic() + FUZZ_SECONDS, collections.Counter()
+    dtypes = [types_pb2.DT_STRING, types_pb2.DT_FLOAT, types_pb2.DT_INT64, types_pb2.DT_HALF, types_pb2.DT_BOOL,
+              types_pb2.DT_INVALID, 999]  # fmt: skip
+    with grpc.insecure_channel(static_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for i in range(FUZZ_REQUESTS):
+            if time.monotonic() > deadline:
+                break
+            request = _predict_request(frames)
+            proto = request.inputs["frames"]
+            pick = rng.randrange(7)
+            if pick == 0:
+                proto.dtype = rng.choice(dtypes)
+            elif pick == 1:
+                del proto.tensor_shape.dim[:]
+                for _ in range(rng.randrange(0, 6)):
+                    proto.tensor_shape.dim.add().size = rng.choice([-5, -1, 0, 1, 3, 7, 2**20, 2**40, 2**62])
+            elif pick == 2:
+                del proto.string_val[rng.randrange(len(proto.string_val)):]
+            elif pick == 3:
+                proto.tensor_content = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+            elif pick == 4:
+                proto.float_val.extend([rng.uniform(-1e30, 1e30) for _ in range(rng.randrange(1, 20))])
+            elif pick == 5:
+                proto.tensor_shape.unknown_rank = True
+            # pick 6: the valid request
+            try:
+                stub.Predict(request, timeout=30)
+                codes["OK"] += 1
+            except grpc.RpcError as e:
+                codes[e.code().name] += 1
+                assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), (
+                    f"request {i} (pick {pick}) got {e.code()}: {e.details()}"
+                )
+    assert codes["OK"] > 0 and sum(codes.values()) >= 50, codes
+    assert _peak_rss_bytes(pid) - peak_before < 100 * 1024 * 1024, "fuzzing grew the server by 100 MB or more"

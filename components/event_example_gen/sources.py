@@ -81,18 +81,25 @@ IGNORED_TOP_LEVEL = "file at the top of an image-folder tree (images go under <l
 IGNORED_NESTED = "directory inside an event folder (<label>/<event_id>/ holds frame images only)"
 IGNORED_NOT_IMAGE = "not an image (.png/.jpg/.jpeg) in an image-folder tree"
 IGNORED_LOOP = "symlink to a directory already walked"
+IGNORED_OUTSIDE = "symlink to a directory outside --data (not followed)"
 
 
 def _walk(root: str, ignored: list[tuple[str, str]]) -> list[str]:
-    """Every visible file under ``root``, following directory symlinks once per real directory."""
-    seen = {os.path.realpath(root)}
+    """Every visible file under ``root``, following directory symlinks inside it, each real directory once."""
+    top = os.path.realpath(root)
+    seen = {top}
     files = []
     for d, dirs, fs in os.walk(root, followlinks=True):
         for name in sorted(dirs):
             real = os.path.realpath(os.path.join(d, name))
-            if name.startswith(".") or real in seen:
+            reason = (
+                IGNORED_HIDDEN if name.startswith(".")
+                else IGNORED_OUTSIDE if os.path.commonpath([top, real]) != top
+                else IGNORED_LOOP if real in seen
+                else None
+            )  # fmt: skip
+            if reason:
                 dirs.remove(name)
-                reason = IGNORED_HIDDEN if name.startswith(".") else IGNORED_LOOP
                 ignored.append((os.path.relpath(os.path.join(d, name), root), reason))
             else:
                 seen.add(real)
@@ -241,6 +248,10 @@ def _masked_crc(data: bytes) -> int:
 class _BadRecord(ValueError):
     """One record is unusable but the file can still be framed: the next record is read."""
 
+    def __init__(self, message: str, offset: int, data: bytes = b"") -> None:
+        super().__init__(f"{message} at byte {offset}")
+        self.data = data  # the record's bytes as read (kept in the quarantine), b"" if skipped
+
 
 def _tfrecord_payloads(path: str, max_record_bytes: int) -> Iterator[bytes | _BadRecord]:
     """Each record's bytes (or why that one record is bad), CRCs checked as TensorFlow does.
@@ -249,34 +260,37 @@ def _tfrecord_payloads(path: str, max_record_bytes: int) -> Iterator[bytes | _Ba
     CRC does not match): everything after that point is one unreadable remainder.
     """
     opener = gzip.open if _is_gzip(path) else open
+    offset = 0  # in the (decompressed) record stream
     with opener(path, "rb") as f:
         while True:
             header = f.read(12)
             if not header:
                 return
             if len(header) < 12:
-                raise ValueError("truncated record header")
+                raise ValueError(f"truncated record header at byte {offset}")
             (length,) = struct.unpack("<Q", header[:8])
             if _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
-                raise ValueError("corrupted record length (CRC mismatch)")
+                raise ValueError(f"corrupted record length (CRC mismatch) at byte {offset}")
             if length > max_record_bytes:
                 skipped = 0
                 while skipped < length + 4:  # streamed past, never held in memory
                     chunk = f.read(min(1 << 20, length + 4 - skipped))
                     if not chunk:
-                        raise ValueError(f"truncated record body (a record of {length} bytes)")
+                        raise ValueError(f"truncated record body (a record of {length} bytes) at byte {offset}")
                     skipped += len(chunk)
                 yield _BadRecord(f"record of {length} bytes exceeds the {max_record_bytes}-byte limit "
-                                 "(data.max_frame_bytes x data.max_frames)")  # fmt: skip
+                                 "(data.max_frame_bytes x data.max_frames)", offset)  # fmt: skip
+                offset += 12 + length + 4
                 continue
             data = f.read(length)
             footer = f.read(4)
             if len(data) < length or len(footer) < 4:
-                raise ValueError("truncated record body")
+                raise ValueError(f"truncated record body at byte {offset}")
             if _masked_crc(data) != struct.unpack("<I", footer)[0]:
-                yield _BadRecord("record data CRC mismatch (corrupted bytes)")
-                continue
-            yield data
+                yield _BadRecord("record data CRC mismatch (corrupted bytes)", offset, data)
+            else:
+                yield data
+            offset += 12 + length + 4
 
 
 def _is_gzip(path: str) -> bool:
@@ -294,8 +308,9 @@ def _read_tfrecord(path: str, rel: str, max_record_bytes: int) -> Iterator[RawEv
     try:
         for index, data in enumerate(_tfrecord_payloads(path, max_record_bytes)):
             source = f"{rel}:{index}"
-            if isinstance(data, _BadRecord):
-                yield RawEvent(source, None, "", base_dir, f"unreadable TFRecord record: {data}", order=(rel, index))
+            if isinstance(data, _BadRecord):  # quarantined with its bytes (base64), when it was read
+                raw = base64.b64encode(data.data).decode()
+                yield RawEvent(source, None, raw, base_dir, f"unreadable TFRecord record: {data}", order=(rel, index))
                 continue
             raw = base64.b64encode(data).decode()
             try:
