@@ -124,3 +124,62 @@ def test_multiworker_teacher_runs_as_local_worker_processes_from_the_pipeline(fi
     # Only the chief exports; the pipeline's evaluator scored that model.
     assert os.path.exists(os.path.join(teacher["model"], "saved_model.pb")) and chief["export_dir"]
     assert worker["export_dir"] is None and 0 <= teacher["accuracy"] <= 1
+
+
+def _teacher_processes(work) -> list[int]:
+    """PIDs of `eventpipe train` children training into ``work``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"pipeline.cli" not in cmdline[:-1] or cmdline[cmdline.index(b"pipeline.cli") + 1] != b"train":
+            continue  # not a teacher (`python -m pipeline.cli train ...`)
+        if any(str(work).encode() in part for part in cmdline):
+            pids.append(int(entry))
+    return pids
+
+
+def test_a_run_killed_during_teacher_training_resumes_from_its_checkpoint(first_run):
+    """SIGKILL `eventpipe run` mid-teacher: the teacher dies with it, and the next run takes
+    ingest from the ML Metadata cache and resumes the teacher from the last checkpoint."""
+    import signal
+    import time
+
+    root, _, _ = first_run
+    work = root / "work-killed"
+    args = ["run", "--data", str(root / "events"), "--workdir", str(work), *TINY, "--through", "train",
+            "--set", "teacher.steps=400", "--set", "teacher.checkpoint_every=20"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=root, env=dict(os.environ, PYTHONPATH=REPO),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline, checkpointed = time.time() + 600, 0
+    while time.time() < deadline and proc.poll() is None and not checkpointed:
+        for state in glob.glob(str(work / "pipeline" / "TeacherTrainer" / "model_run" / "*" / "train_state.json")):
+            run_dir = os.path.dirname(state)
+            if glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")):
+                checkpointed = json.loads(open(state).read())["step"]
+        time.sleep(0.2)
+    assert checkpointed and proc.poll() is None, "the teacher never checkpointed while the run was alive"
+    teachers = _teacher_processes(work)
+    assert teachers, "no teacher process found"
+    os.kill(proc.pid, signal.SIGKILL)  # the pipeline process only: its teacher must not outlive it
+    proc.wait()
+    for _ in range(100):
+        if not _teacher_processes(work):
+            break
+        time.sleep(0.1)
+    assert not _teacher_processes(work), "the teacher kept training after its pipeline was killed"
+
+    result = eventpipe(*args, cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    from pipeline import outputs, runners
+
+    cfg = Config()
+    cfg.run.workdir = str(work)
+    connection = runners.metadata_connection(cfg)
+    assert outputs.execution_count(connection, "EventExampleGen") == {"COMPLETE": 1, "CACHED": 1}
+    teacher = json.loads((work / "report.json").read_text())["teacher"]
+    train = json.loads(open(teacher["train_report"]).read())
+    assert train["resumed_from_step"] >= checkpointed >= 20 and train["steps"] == 400
+    assert len(train["losses"]) == 400  # the losses before the kill came back from the state file

@@ -7,12 +7,20 @@ mesh the strategy needs cannot be configured there: training runs in a child pro
 cluster when TF_CONFIG is already set). The (chief) child writes the exported SavedModel to
 ``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard scalars and the
 training-curve plot under ``model_run_dir``.
+
+A run killed during training (SIGKILL, a lost machine) leaves its checkpoints in its own
+``model_run`` directory, and the next pipeline run gets a fresh one. So before training, the
+checkpoints of an earlier run that never finished, on the same examples with the same teacher
+config, are copied in: the teacher resumes from them instead of starting over.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import shutil
 from typing import Any
 
 from pipeline import layout
@@ -20,6 +28,37 @@ from pipeline.config import Config
 from trainer import launch
 
 CONFIG_KEY = "config"
+RESUME_KEY_FILE = "resume_key.json"  # what a later run must match to adopt this run's checkpoints
+_NOT_ADOPTED = ("tensorboard", "*.png", "teacher_config.json", RESUME_KEY_FILE, "*.tmp*")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def adopt_interrupted_checkpoints(model_run_dir: str, key: dict[str, Any]) -> str | None:
+    """Copy the newest checkpoints of an unfinished sibling run with the same ``key`` into
+    ``model_run_dir``; the directory adopted from, or None."""
+    from trainer.train_loop import REPORT, STATE
+
+    model_run_dir = os.path.abspath(model_run_dir)
+    parent = os.path.dirname(model_run_dir)
+    best: tuple[int, str] | None = None
+    for name in os.listdir(parent):
+        run = os.path.join(parent, name)
+        if run == model_run_dir or os.path.exists(os.path.join(run, REPORT)):
+            continue  # finished runs are served from the ML Metadata cache, not resumed
+        state = _read_json(os.path.join(run, STATE))
+        if state and _read_json(os.path.join(run, RESUME_KEY_FILE)) == key and (best is None or state["step"] > best[0]):
+            best = (int(state["step"]), run)
+    if best is None:
+        return None
+    shutil.copytree(best[1], model_run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_ADOPTED))
+    return best[1]
 
 
 def config_from_fn_args(fn_args: Any) -> Config:
@@ -36,6 +75,12 @@ def run_fn(fn_args: Any) -> None:
     examples_dir = layout.examples_dir_of(fn_args.train_files[0])
     logger = logging.getLogger("eventpipe.teacher")
     logger.info("teacher: %s on %s", cfg.teacher.strategy, examples_dir)
+    key = {"examples": os.path.abspath(examples_dir), "teacher": dataclasses.asdict(cfg.teacher)}
+    adopted = adopt_interrupted_checkpoints(fn_args.model_run_dir, key)
+    if adopted:
+        logger.info("teacher: resuming from the checkpoints of the interrupted run in %s", adopted)
+    with open(os.path.join(fn_args.model_run_dir, RESUME_KEY_FILE), "w", encoding="utf-8") as f:
+        json.dump(key, f, sort_keys=True, default=str)
     report = launch.train(
         cfg,
         examples_dir,
