@@ -194,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
             doc = tensors.parse_predict_body(body)
             lv = manager.resolve(name, version, label)
             signature = lv.signature(doc.get("signature_name", ""))
-            inputs, form = tensors.request_inputs(doc, signature)
+            inputs, form = tensors.request_inputs(doc, signature, self.server.max_tensor_elements)
             outputs = lv.predict(signature, inputs, sorted(signature.outputs))
         return tensors.response_json(outputs, form)
 
@@ -237,7 +237,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(
         self, address: tuple[str, int], manager: ModelManager, metrics: ServingMetrics, max_body_bytes: int,
-        read_timeout_seconds: float, max_connections: int,
+        read_timeout_seconds: float, max_connections: int, max_tensor_elements: int,
     ) -> None:  # fmt: skip
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
@@ -246,6 +246,7 @@ class _Server(ThreadingHTTPServer):
         self.max_body_bytes = max_body_bytes
         self.read_timeout_seconds = read_timeout_seconds
         self.max_connections = max_connections
+        self.max_tensor_elements = max_tensor_elements
         self._slots = threading.BoundedSemaphore(max_connections)
 
     def process_request(self, request: socket.socket, client_address: object) -> None:
@@ -281,9 +282,11 @@ class RestServer:
 
     def __init__(
         self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int,
-        *, read_timeout_seconds: float, max_connections: int,
+        *, read_timeout_seconds: float, max_connections: int, max_tensor_elements: int,
     ) -> None:  # fmt: skip
-        self._server = _Server((host, port), manager, metrics, max_body_bytes, read_timeout_seconds, max_connections)
+        self._server = _Server(
+            (host, port), manager, metrics, max_body_bytes, read_timeout_seconds, max_connections, max_tensor_elements
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="rest-server", daemon=True
         )

@@ -68,6 +68,7 @@ class ModelServer:
             self.rest = RestServer(
                 self.manager, self.metrics, options.host, options.rest_port, options.max_body_bytes,
                 read_timeout_seconds=options.read_timeout_seconds, max_connections=options.max_connections,
+                max_tensor_elements=options.max_tensor_elements,
             )  # fmt: skip
         except OSError as e:
             raise UserError(f"cannot listen for REST on {options.host}:{options.rest_port}: {e}") from e

@@ -298,8 +298,25 @@ def parse_predict_body(body: bytes) -> dict[str, Any]:
     return doc
 
 
-def request_inputs(doc: dict[str, Any], signature: Signature) -> tuple[dict[str, np.ndarray], str]:
-    """The input arrays of a parsed ``:predict`` body, and its form (``ROW`` or ``COLUMN``)."""
+def request_inputs(
+    doc: dict[str, Any], signature: Signature, max_elements: int = MAX_TENSOR_ELEMENTS
+) -> tuple[dict[str, np.ndarray], str]:
+    """The input arrays of a parsed ``:predict`` body, and its form (``ROW`` or ``COLUMN``).
+
+    Each array may hold at most ``max_elements`` (the gRPC ceiling): the body limit bounds what
+    JSON can carry, this bounds what reaches the model.
+    """
+    inputs, form = _request_arrays(doc, signature)
+    for alias, array in inputs.items():
+        if array.size > max_elements:
+            raise invalid(
+                f"input '{alias}' has {array.size} elements, more than the server's limit of "
+                f"{max_elements} (serving.max_tensor_elements)"
+            )
+    return inputs, form
+
+
+def _request_arrays(doc: dict[str, Any], signature: Signature) -> tuple[dict[str, np.ndarray], str]:
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
         raise invalid(

@@ -48,6 +48,16 @@ def test_row_and_column_forms_give_the_same_tensors():
     assert (objects["frames"] == rows["frames"]).all()
 
 
+def test_json_tensors_over_the_element_ceiling_are_refused():
+    from serving.tensors import request_inputs
+
+    sig = _sig(x=("float", (None, None)))
+    arrays, _ = request_inputs({"inputs": [[0.5] * 10]}, sig, max_elements=10)
+    assert arrays["x"].shape == (1, 10)
+    with pytest.raises(ServingError, match=r"input 'x' has 11 elements, more than .* 10 \(serving.max_tensor_elements\)"):
+        request_inputs({"inputs": [[0.5] * 11]}, sig, max_elements=10)
+
+
 def test_multiple_inputs_need_named_objects():
     from serving.tensors import request_inputs
 
