@@ -169,7 +169,8 @@ def print_summary(rep: dict[str, Any], report_path: str) -> None:
         )
         if ev.get("ignored_files"):
             why = "; ".join(f"{n} {reason}" for reason, n in ev["ignored_by_reason"].items())
-            lines.append(f"ignored    {ev['ignored_files']} files under --data were not read: {why}")
+            files = "1 file" if ev["ignored_files"] == 1 else f"{ev['ignored_files']} files"
+            lines.append(f"ignored    {files} under --data not read: {why}")
         lines.append(f"quarantine {rep['quarantine']}")
     t = rep.get("teacher")
     if t:
