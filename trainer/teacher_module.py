@@ -76,6 +76,7 @@ def run_fn(fn_args: Any) -> None:
     logger = logging.getLogger("eventpipe.teacher")
     logger.info("teacher: %s on %s", cfg.teacher.strategy, examples_dir)
     key = {"examples": os.path.abspath(examples_dir), "teacher": dataclasses.asdict(cfg.teacher)}
+    os.makedirs(fn_args.model_run_dir, exist_ok=True)  # TFX creates it; direct callers may not
     adopted = adopt_interrupted_checkpoints(fn_args.model_run_dir, key)
     if adopted:
         logger.info("teacher: resuming from the checkpoints of the interrupted run in %s", adopted)
