@@ -415,10 +415,15 @@ def test_concurrent_requests_are_batched_and_counted(static_server):
     for t in threads:
         t.join(timeout=60)
     assert results == [200] * 40
-    code, raw = ss.request(f"{static_server.url}/monitoring/prometheus/metrics")
-    text = raw.decode()
+    # A request is counted just after its response is written: poll briefly for the last ones.
+    for _ in range(50):
+        code, raw = ss.request(f"{static_server.url}/monitoring/prometheus/metrics")
+        text = raw.decode()
+        ok = _metric(text, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK")
+        if ok - _metric(before, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK") >= 40:
+            break
+        time.sleep(0.1)
     assert code == 200 and "# TYPE eventpipe_serving_request_latency_seconds histogram" in text
-    ok = _metric(text, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK")
     assert ok - _metric(before, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK") >= 40
     calls = _metric(text, "eventpipe_serving_batch_requests_count") - _metric(before, "eventpipe_serving_batch_requests_count")
     merged = _metric(text, "eventpipe_serving_batch_requests_sum") - _metric(before, "eventpipe_serving_batch_requests_sum")
