@@ -127,6 +127,9 @@ class StudentConfig:
     qat_learning_rate: float = 2e-4
     use_unlabelled: bool = True
     teacher_batch_size: int = 64  # batch for computing the teacher's soft labels (once per example)
+    # Decoded training events stay in memory when they fit (MiB, counted twice for the shuffle
+    # buffer; 0 = always decode from the files): every phase then skips the PNG decoding.
+    cache_mb: int = 1024
     seed: int = 0
 
 

@@ -23,6 +23,45 @@ def _softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+# -- distillation input ------------------------------------------------------------------------
+
+
+def _epoch(ds, batches):
+    """(label, logit, frame checksum) per event of ``batches`` batches, sorted."""
+    rows = []
+    for frames, targets in ds.take(batches):
+        for f, y, t in zip(frames.numpy(), targets["label"].numpy(), targets["teacher_logits"].numpy(), strict=True):
+            rows.append((int(y), float(t[0]), round(float(f.sum()), 3)))
+    return sorted(rows)
+
+
+def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
+    """In memory or streamed from the files, a distillation epoch is the same events, each still
+    paired with its own teacher logits; a budget too small for the data streams."""
+    from pipeline import layout
+    from tests.productionize_fixtures import write_examples
+    from trainer import distill
+
+    spec = EventSpec(("a", "b", "c"), frames=2, height=8, width=8, channels=1)
+    root = write_examples(str(tmp_path / "ex"), spec, {layout.TRAIN: 24})
+    files = sorted(str(p) for p in (tmp_path / "ex").glob("Split-train/*"))
+    logits = np.arange(24 * 3, dtype=np.float32).reshape(24, 3)  # logit[0] names the record
+    assert root and distill.decoded_bytes(24, spec) == 2 * 24 * 2 * 8 * 8 * 4
+
+    streamed = distill.distillation_dataset(files, logits, spec, 8, seed=3, cache_bytes=0)
+    cached = distill.distillation_dataset(files, logits, spec, 8, seed=3, cache_bytes=10**6)
+    in_order = distill.distillation_dataset(files, logits, spec, 8, shuffle=False, cache_bytes=10**6)
+    assert _epoch(streamed, 3) == _epoch(cached, 3) == _epoch(in_order, 3)
+    assert [float(t[0]) for _, tg in in_order for t in tg["teacher_logits"].numpy()] == list(logits[:, 0])
+    # Endless and reshuffled: the second epoch is the same events in another order.
+    stream = iter(cached)
+    first = [r for _ in range(3) for r in next(stream)[1]["teacher_logits"].numpy()[:, 0]]
+    for f in files:  # decoded once: later epochs never read the files again
+        os.remove(f)
+    second = [r for _ in range(3) for r in next(stream)[1]["teacher_logits"].numpy()[:, 0]]
+    assert sorted(first) == sorted(second) and first != second
+
+
 # -- distillation loss -------------------------------------------------------------------------
 def test_distillation_loss_matches_hand_computed_values():
     from trainer.distill import distillation_loss

@@ -79,26 +79,42 @@ def distillation_dataset(
     *,
     shuffle: bool = True,
     seed: int = 0,
+    cache_bytes: int = 0,
 ) -> Any:
     """``(frames, {"label", "teacher_logits"})`` batches; logits paired with records by position.
 
     ``shuffle``: a training stream (reshuffled every epoch, endless); otherwise one pass in order.
+    ``cache_bytes``: when the decoded events fit in this many bytes they are decoded once and
+    kept in memory (float32, so exactly what the serving signature computes), and every later
+    epoch and phase skips the PNG decoding, which otherwise competes with the small student's
+    step for the same cores. Larger data streams from the files as before.
     """
     import tensorflow as tf
 
     records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
     pairs = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(teacher_logits)))
-    if shuffle:
-        # Repeated before batching: every batch is full, so the train step is traced once per
-        # phase (a short last batch per epoch retraced it, seconds each with TFMOT's wrappers).
-        pairs = pairs.shuffle(min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True).repeat()
-    pairs = pairs.batch(batch_size)
 
     def parse(serialized: Any, logits: Any) -> tuple[Any, dict[str, Any]]:
         parsed = layout.parse_batch(serialized, spec)
         return parsed[layout.FRAMES], {layout.LABEL: parsed[layout.LABEL], TEACHER_LOGITS: logits}
 
+    if decoded_bytes(len(teacher_logits), spec) <= cache_bytes:
+        events = pairs.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
+        if shuffle:
+            events = events.shuffle(len(teacher_logits), seed=seed, reshuffle_each_iteration=True).repeat()
+        return events.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if shuffle:
+        # Repeated before batching: every batch is full, so the train step is traced once per
+        # phase (a short last batch per epoch retraced it, seconds each with TFMOT's wrappers).
+        pairs = pairs.shuffle(min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True).repeat()
+    pairs = pairs.batch(batch_size)
     return pairs.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def decoded_bytes(events: int, spec: EventSpec) -> int:
+    """Memory of ``events`` decoded events as float32 frames, twice over (the cache and the
+    shuffle buffer each hold every event of an epoch)."""
+    return 2 * events * int(np.prod(spec.input_shape)) * 4
 
 
 class DistillationModel(keras.Model):

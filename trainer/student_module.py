@@ -134,7 +134,8 @@ def run_distillation(
     files = sorted(labelled + unlabelled)
 
     soft = distill.teacher_soft_labels(teacher_dir, files, spec, cfg.teacher_batch_size)
-    train = distill.distillation_dataset(files, soft, spec, cfg.batch_size, seed=cfg.seed)
+    cache = cfg.cache_mb * 2**20
+    train = distill.distillation_dataset(files, soft, spec, cfg.batch_size, seed=cfg.seed, cache_bytes=cache)
     steps = max(distill.steps_per_epoch(len(soft), cfg.batch_size), math.ceil(cfg.min_steps / max(1, cfg.epochs)))
 
     keras.utils.set_random_seed(cfg.seed)
@@ -195,7 +196,8 @@ def run_distillation(
     unlabelled_count = _count(unlabelled)
     labelled_count = len(soft) - unlabelled_count  # soft labels cover labelled + unlabelled, once each
     hard = distill.distillation_dataset(
-        sorted(labelled), np.zeros([labelled_count, spec.num_classes], np.float32), spec, cfg.batch_size, seed=cfg.seed
+        sorted(labelled), np.zeros([labelled_count, spec.num_classes], np.float32), spec, cfg.batch_size,
+        seed=cfg.seed, cache_bytes=cache,
     )
     keras.utils.set_random_seed(cfg.seed)
     scratch = build_student(spec, cfg)
