@@ -11,10 +11,13 @@ WORKDIR /eventpipe
 COPY requirements.lock .
 RUN pip install --no-cache-dir -r requirements.lock
 COPY setup.py README.md ./
-COPY pipeline pipeline
-COPY components components
+COPY contract contract
+COPY ondevice ondevice
+COPY simulator simulator
 COPY trainer trainer
 COPY serving serving
+COPY components components
+COPY pipeline pipeline
 RUN pip install --no-cache-dir --no-deps .
 
 # The KFP v2 compiler sets each task's command (the TFX container entrypoint); this default

@@ -12,7 +12,7 @@ ARGS ?=
 PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 
-.PHONY: setup run test lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality clean
+.PHONY: setup run test test-fast lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality clean
 
 setup: $(STAMP)
 
@@ -32,8 +32,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(ARGS)
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m unit tests $(ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline components trainer serving tests benchmarks setup.py
+	$(VENV)/bin/ruff check contract ondevice simulator trainer serving components pipeline tests benchmarks setup.py
 
 bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality
 

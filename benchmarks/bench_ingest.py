@@ -142,8 +142,8 @@ def _dir_bytes(path: str, suffix: str = "") -> int:
 
 
 def measure_simulate(a: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.config import SimulatorConfig
-    from pipeline.simulator import generate
+    from contract.config import SimulatorConfig
+    from simulator import generate
 
     cfg = SimulatorConfig(
         events=a.n, frames=a.frames, size=a.size, shards=a.shards, workers=a.sim_workers, seed=0
@@ -158,8 +158,8 @@ def measure_limit(a: argparse.Namespace) -> dict[str, Any]:
     """The floor: read the frame bytes, build the layout's tf.Example, write gzipped TFRecords."""
     import tensorflow as tf
 
-    from pipeline import layout
-    from pipeline.config import SimulatorConfig
+    from contract import layout
+    from contract.config import SimulatorConfig
 
     classes = SimulatorConfig().classes
     manifests = sorted(f for f in os.listdir(a.data) if f.endswith(".jsonl"))
@@ -208,7 +208,7 @@ def measure_ingest(a: argparse.Namespace) -> dict[str, Any]:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from components.event_example_gen import beam_graph
-    from pipeline.config import Config, DataConfig
+    from contract.config import Config, DataConfig
     from pipeline.runners import beam_args
 
     cfg = Config()
@@ -609,7 +609,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
     if a.measure:
-        from pipeline import tfenv  # noqa: F401  (before TensorFlow, in this child process)
+        from contract import tfenv  # noqa: F401  (before TensorFlow, in this child process)
 
         print(json.dumps(MEASURES[a.measure](a)))
         return 0

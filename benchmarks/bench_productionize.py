@@ -33,7 +33,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from pipeline import tfenv  # noqa: E402,F401
+from contract import tfenv  # noqa: E402,F401
 
 TARGETS = {
     "int8_bytes_over_float_student": 0.25,  # at most
@@ -52,9 +52,9 @@ def make_examples(workdir: str, events: int, seed: int) -> str:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from components.event_example_gen import executor
-    from pipeline.config import Config, DataConfig, SimulatorConfig
+    from contract.config import Config, DataConfig, SimulatorConfig
     from pipeline.runners import beam_args
-    from pipeline.simulator import generate
+    from simulator import generate
 
     raw, examples, quarantine = (os.path.join(workdir, d) for d in ("events", "examples", "quarantine"))
     if os.path.isfile(os.path.join(examples, "event_spec.json")):
@@ -90,7 +90,7 @@ def train_teacher(workdir: str, examples: str, steps: int, seed: int) -> str:
 
 def float32_reference(student_dir: str, examples: str, out: str) -> dict[str, Any]:
     """Bytes of a float32 TFLite of the dense student: the like-for-like size reference."""
-    from pipeline.layout import EventSpec
+    from contract.layout import EventSpec
     from trainer import lite, measure
     from trainer.student_model import load_keras
     from trainer.student_module import FLOAT_KERAS, keras_path
@@ -182,7 +182,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", help="write the full results here")
     a = p.parse_args(argv)
     if a.teacher_steps is None and not a.quick:
-        from pipeline.config import TeacherConfig
+        from contract.config import TeacherConfig
 
         a.teacher_steps = TeacherConfig().steps
     if a.quick:
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher = a.teacher_export or train_teacher(workdir, examples, a.teacher_steps, a.seed)
         timings["teacher_s"] = time.time() - t
 
-        from pipeline.config import Config
+        from components.release_gate.gates import decide_blessing
+        from contract.config import Config
         from trainer.productionize import run_lite_conversion
         from trainer.student_module import run_distillation
 
@@ -228,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         timings["distill_s"] = time.time() - t
         t = time.time()
         log("converting, checking parity, measuring every variant")
-        report = run_lite_conversion(student_dir, examples, lite_dir, cfg.lite, teacher_dir=teacher, gates=cfg.gates)
+        report = run_lite_conversion(student_dir, examples, lite_dir, cfg.lite, teacher_dir=teacher)
+        # The release decision the pipeline's gates would make on these accuracies.
+        report["blessing"] = decide_blessing(
+            report["teacher"]["accuracy"], report["student"][report["student"]["production"].removeprefix("student_")]["accuracy"],
+            cfg.gates,
+        ).to_dict()
         reference = float32_reference(student_dir, examples, os.path.join(lite_dir, "reference_float32.tflite"))
         timings["lite_s"] = time.time() - t
 

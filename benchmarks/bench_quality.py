@@ -48,10 +48,10 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from pipeline import layout  # noqa: E402  (names only; no TensorFlow at import)
+from contract import layout  # noqa: E402  (names only; no TensorFlow at import)
 
 # --quick: config overrides that make one run short. Kept together here because the field names
-# follow pipeline/config.py; a renamed field shows up as a run failing with "unknown config key".
+# follow contract/config.py; a renamed field shows up as a run failing with "unknown config key".
 QUICK_SETS = [
     "teacher.steps=20",
     "teacher.warmup_steps=5",

@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from pipeline import tfenv  # noqa: E402,F401
+from contract import tfenv  # noqa: E402,F401
 
 NAME = "bench"
 
@@ -49,8 +49,8 @@ def build_models(workdir: str, frames: int, size: int, channels: int) -> dict[st
     """The student exported as SavedModel and int8 TFLite, each in a model base path."""
     import numpy as np
 
-    from pipeline.config import StudentConfig
-    from pipeline.layout import EventSpec
+    from contract.config import StudentConfig
+    from contract.layout import EventSpec
     from trainer.export import export_saved_model
     from trainer.lite import convert_variant
     from trainer.student_model import build_student
@@ -75,7 +75,7 @@ def build_models(workdir: str, frames: int, size: int, channels: int) -> dict[st
 def event_frames(spec) -> list[bytes]:
     import numpy as np
 
-    from serving.frames import encode_png
+    from ondevice.frames import encode_png
 
     rng = np.random.default_rng(1)
     return [encode_png(rng.integers(0, 256, spec.frame_shape, dtype=np.uint8)) for _ in range(spec.frames)]

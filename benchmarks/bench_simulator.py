@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _one_run(args: argparse.Namespace, events: int) -> dict:
-    from pipeline.config import SimulatorConfig
-    from pipeline.simulator import generate
+    from contract.config import SimulatorConfig
+    from simulator import generate
 
     cfg = SimulatorConfig(
         events=events,

@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from pipeline import tfenv  # noqa: E402,F401
+from contract import tfenv  # noqa: E402,F401
 
 # Config overrides per strategy; everything else is the default teacher.
 STRATEGIES = {
@@ -54,7 +54,7 @@ STRATEGIES = {
 
 MATMUL_PROBE = """
 import time, json, sys
-from pipeline import tfenv
+from contract import tfenv
 import tensorflow as tf
 n, reps = int(sys.argv[1]), int(sys.argv[2])
 a = tf.random.normal([n, n]); b = tf.random.normal([n, n])
@@ -74,13 +74,13 @@ print(json.dumps({"n": n, "flops_per_second": 2 * n**3 * reps / best}))
 
 INPUT_PROBE = """
 import json, os, sys, time
-from pipeline import tfenv
-from pipeline import layout
-from pipeline.layout import EventSpec
+from contract import tfenv
+from contract import layout
+from contract.layout import EventSpec
 from trainer import train_data
 data, batch, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 spec = EventSpec.load(data)
-files = train_data.split_files(data, layout.TRAIN)
+files = layout.split_files(data, layout.TRAIN, required=True)
 it = iter(train_data.train_batches(files, spec, batch_size=batch, seed=0, epoch_size=train_data.count_records(files)))
 for _ in range(3):
     next(it)
@@ -106,20 +106,22 @@ def matmul_ceiling(n: int = 1024, reps: int = 8) -> dict:
 
 
 def flops_per_event(spec_dir: str) -> dict:
-    from pipeline.config import TeacherConfig
-    from pipeline.layout import EventSpec
-    from trainer.flops import forward_flops_per_event
+    from contract.config import TeacherConfig
+    from contract.layout import EventSpec
+    from trainer.measure import keras_flops_per_event
     from trainer.teacher_model import build_teacher, parameter_counts
 
     spec = EventSpec.load(spec_dir)
     model = build_teacher(spec, TeacherConfig())
-    forward = forward_flops_per_event(model, spec.input_shape)
+    forward = keras_flops_per_event(model, spec.input_shape)
+    # A training step is about three forward passes: the backward pass computes two products
+    # (gradients for inputs and for weights) per forward product.
     return {"forward": forward, "training": 3 * forward, "parameters": parameter_counts(model)}
 
 
 def run_strategy(name: str, data: str, workdir: str, steps: int, batch: int) -> dict:
     """Train in fresh process(es) through the pipeline's launcher (multiworker: local workers)."""
-    from pipeline.config import Config
+    from contract.config import Config
     from trainer import launch
 
     cfg = Config()

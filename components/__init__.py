@@ -1,3 +1,3 @@
 """eventpipe custom TFX components and their executors."""
 
-from pipeline import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)
+from contract import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)

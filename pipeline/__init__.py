@@ -1,3 +1,3 @@
-"""eventpipe pipeline: configuration, event layout, pipeline definition, runners, CLI."""
+"""eventpipe pipeline (the top floor): the pipeline definition, runners, the CLI, summary and report."""
 
-from pipeline import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)
+from contract import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)

@@ -12,43 +12,17 @@ import argparse
 import importlib
 import sys
 
-from pipeline import tfenv  # noqa: F401
-from pipeline.config import Config
-from pipeline.errors import UserError
+from contract import tfenv  # noqa: F401
+from contract.errors import UserError
 
 # Modules that define subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
-    "pipeline.simulator.cli",
+    "simulator.cli",
     "pipeline.commands",
     "serving.cli",
     "trainer.cli",
     "trainer.planner_cli",
 ]
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags every command shares: a config file and generic overrides."""
-    parser.add_argument("--config", help="JSON config file (see pipeline/config.py for fields)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override one config field, e.g. --set teacher.steps=100 (repeatable)",
-    )
-
-
-def load_config(args: argparse.Namespace) -> Config:
-    """The typed config for a command: defaults < --config file < --set < dedicated flags.
-
-    Dedicated flags are declared with ``dest="section.field"`` and default ``None``.
-    """
-    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
-    cfg.apply_overrides(getattr(args, "set", []) or [])
-    for dest, value in vars(args).items():
-        if "." in dest and value is not None:
-            cfg.set(dest, value)
-    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 SETUP_HINT = "set it up with `make setup` and run `.venv/bin/eventpipe` (or `source .venv/bin/activate`)"
 # Runs on devices with tflite-runtime, PIL and NumPy only, on whatever Python they have.
 ANY_PYTHON_COMMANDS = {"device-run"}
-OWN_PACKAGES = {"pipeline", "components", "trainer", "serving"}
+OWN_PACKAGES = {"contract", "ondevice", "simulator", "trainer", "serving", "components", "pipeline"}
 
 
 def environment_problem(command: str | None, missing: str | None = None) -> str | None:

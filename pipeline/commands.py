@@ -9,9 +9,9 @@ import sys
 import time
 from typing import Any
 
+from contract.config import STRATEGIES, Config, add_config_flags, load_config
+from contract.errors import GateFailed, UserError
 from pipeline import report
-from pipeline.config import Config
-from pipeline.errors import GateFailed, UserError
 from pipeline.pipeline_def import STAGES
 
 KFP_SPEC = "eventpipe_kfp.json"
@@ -19,8 +19,6 @@ KFP_SPEC = "eventpipe_kfp.json"
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that runs (part of) the pipeline."""
-    from pipeline.cli import add_config_flags
-
     add_config_flags(p)
     p.add_argument("--data", dest="run.data", help="events: JSONL manifests, an image-folder tree or TFRecords")
     p.add_argument("--workdir", dest="run.workdir", help="where metadata, artifacts and report.json go (default: work)")
@@ -36,9 +34,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     """Teacher flags for the commands that build the training stage (the rest via --set)."""
-    from trainer.cli import STRATEGY_CHOICES
-
-    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGY_CHOICES, help="teacher distribution strategy (default hybrid)")
+    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="teacher distribution strategy (default hybrid)")
     p.add_argument("--train-workers", metavar="N", dest="teacher.workers", type=int, help="multiworker: local worker processes started on 127.0.0.1 when TF_CONFIG is unset (default 2)")
 
 
@@ -68,8 +64,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def prepare(args: argparse.Namespace) -> Config:
-    from pipeline.cli import load_config
-
     cfg = load_config(args)
     os.makedirs(cfg.workdir, exist_ok=True)
     cfg.save(os.path.join(cfg.workdir, "config.json"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import UserError
+from contract.errors import UserError
 from pipeline.pipeline_def import PIPELINE_NAME
 
 

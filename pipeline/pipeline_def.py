@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import Config
+from contract.config import Config, section_json
 
 PIPELINE_NAME = "eventpipe"
 
@@ -25,7 +25,7 @@ def _stats_options() -> Any:
     """
     import tensorflow_data_validation as tfdv
 
-    from pipeline import layout
+    from contract import layout
 
     features = [
         layout.FRAMES, layout.FRAME_COUNT, layout.HEIGHT, layout.WIDTH, layout.CHANNELS,
@@ -85,7 +85,7 @@ def create_pipeline(
     ingest_gate = IngestGate(
         quarantine=example_gen.outputs["quarantine"],
         anomalies=example_validator.outputs["anomalies"],
-        max_reject_rate=config.data.max_reject_rate,
+        data_config=section_json(config.data),
     )
     components = [example_gen, statistics_gen, schema_gen, example_validator, ingest_gate]
     if STAGES.index(through) >= STAGES.index("train"):
@@ -116,7 +116,7 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
     """The teacher: hybrid-parallel training in a child process, then TFMA on the eval split."""
     from tfx import v1 as tfx
 
-    from pipeline.evaluation import eval_config
+    from components.release_gate.gates import eval_config
 
     teacher = tfx.components.Trainer(
         run_fn="trainer.teacher_module.run_fn",
@@ -140,8 +140,8 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
     """Distil + prune the student from the teacher, then judge it against the last blessed one."""
     from tfx import v1 as tfx
 
-    from components.lite_converter.component import LiteConverter, lite_config_json
-    from pipeline.evaluation import eval_config
+    from components.lite_converter.component import LiteConverter
+    from components.release_gate.gates import eval_config
 
     distiller = tfx.components.Trainer(
         run_fn="trainer.student_module.run_fn",
@@ -167,7 +167,7 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
         model=distiller.outputs["model"],
         examples=example_gen.outputs["examples"],
         teacher_model=teacher.outputs["model"],
-        lite_config=lite_config_json(config.lite),
+        lite_config=section_json(config.lite),
     )
     return [distiller, last_blessed, student_evaluator, lite]
 
@@ -177,6 +177,8 @@ def _release(
     student_evaluator: Any, lite: Any, *, serving_base: str, mobile_base: str,
 ) -> list[Any]:  # fmt: skip
     """Load the student in the real server, decide the release, push only what is blessed."""
+    from tfx.dsl.placeholder import placeholder as ph
+
     from components.pusher.component import EventPusher
     from components.release_gate.component import ReleaseGate
     from components.serving_validator.component import ServingValidator
@@ -184,7 +186,7 @@ def _release(
     serving_validator = ServingValidator(
         model=distiller.outputs["model"],
         examples=example_gen.outputs["examples"],
-        model_name=config.serving.model_name,
+        serving_config=section_json(config.serving),
     )
     release_gate = ReleaseGate(
         teacher_evaluation=teacher_evaluator.outputs["evaluation"],
@@ -194,7 +196,7 @@ def _release(
         student_model=distiller.outputs["model"],
         lite=lite.outputs["lite"],
         infra_blessing=serving_validator.outputs["blessing"],
-        max_student_drop=config.gates.max_student_drop,
+        gates_config=section_json(config.gates),
     )
     pusher = EventPusher(
         model=distiller.outputs["model"],
@@ -204,6 +206,7 @@ def _release(
         infra_blessing=serving_validator.outputs["blessing"],
         serving_base=serving_base,
         mobile_base=mobile_base,
-        model_name=config.serving.model_name,
+        serving_config=section_json(config.serving),
+        pipeline_run_id=ph.execution_invocation().pipeline_run_id,
     )
     return [serving_validator, release_gate, pusher]

@@ -6,10 +6,10 @@ import os
 import urllib.parse
 from typing import Any
 
-from pipeline.config import Config
-from pipeline.errors import UserError
+from contract import source
+from contract.config import Config
+from contract.errors import UserError
 
-SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 # Beam options with which TFX's executors take Python dependencies as handled (tfx.utils.dependency_utils).
 DEPENDENCY_FLAGS = ("--setup_file", "--extra_package", "--requirements_file", "--sdk_container_image")
 
@@ -55,8 +55,8 @@ def beam_args(config: Config) -> list[str]:
         # DirectRunner workers import from this environment and stage nothing. Without a
         # dependency flag, every TFX Beam executor copies TFX's install and builds an sdist of
         # it for remote workers (~10 s of a demo run); naming our own setup.py says "handled".
-        if os.path.isfile(SETUP_FILE) and not any(a.startswith(DEPENDENCY_FLAGS) for a in config.run.beam_args):
-            args.append(f"--setup_file={SETUP_FILE}")
+        if os.path.isfile(source.SETUP_FILE) and not any(a.startswith(DEPENDENCY_FLAGS) for a in config.run.beam_args):
+            args.append(f"--setup_file={source.SETUP_FILE}")
     return args + list(config.run.beam_args)
 
 

@@ -10,8 +10,8 @@ import time
 import urllib.request
 from typing import Any
 
-from pipeline import layout
-from pipeline.config import Config
+from contract import layout
+from contract.config import Config
 
 
 def _load(path: str) -> dict[str, Any] | None:
@@ -29,7 +29,7 @@ def _uri(found: dict[str, Any], node: str, key: str) -> str | None:
 
 
 def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
-    from pipeline.evaluation import overall_accuracy
+    from components.release_gate.gates import overall_accuracy
 
     run_dir, model_dir = _uri(found, "TeacherTrainer", "model_run"), _uri(found, "TeacherTrainer", "model")
     if run_dir is None or model_dir is None:
@@ -76,7 +76,7 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         sections["teacher"] = teacher
     student_eval = _uri(found, "StudentEvaluator", "evaluation")
     if student_eval:
-        from pipeline.evaluation import overall_accuracy
+        from components.release_gate.gates import overall_accuracy
 
         sections.setdefault("student", {})["tfma_accuracy"] = overall_accuracy(student_eval)
     gate = _uri(found, "ReleaseGate", "blessing")

@@ -1,3 +1,3 @@
-"""eventpipe serving: TF-Serving-compatible server, model manager, on-device TFLite runner."""
+"""eventpipe serving: the TF-Serving-compatible server (REST and gRPC) and its model manager."""
 
-from pipeline import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)
+from contract import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)

@@ -12,12 +12,11 @@ import signal
 import sys
 import threading
 
-from pipeline.errors import UserError
+from contract.config import add_config_flags, load_config
+from contract.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.cli import add_config_flags
-
     p = subparsers.add_parser(
         "serve",
         help="TF-Serving-compatible server (REST + gRPC) for SavedModel and TFLite versions",
@@ -76,8 +75,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from pipeline.cli import load_config
-
     cfg = load_config(args)
     s = cfg.serving
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -122,7 +119,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def device_run_command(args: argparse.Namespace) -> int:
-    from serving.device_runner import run_device
+    from ondevice.device_runner import run_device
 
     if args.limit < 0:
         raise UserError("--limit must be >= 0")

@@ -15,8 +15,9 @@ import sys
 import tempfile
 import time
 
+from contract import source
+
 LOG_TAIL_CHARS = 6000
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ServerProcess:
@@ -42,9 +43,7 @@ class ServerProcess:
             "--model-base-path", base, "--model-name", model_name, "--host", "127.0.0.1",
             "--rest-port", "0", "--grpc-port", "0", "--port-file", self.port_file, "--poll-seconds", "0.2", *extra,
         ]  # fmt: skip
-        child_env = dict(os.environ)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, child_env.get("PYTHONPATH", "")) if p)
-        child_env.update(env or {})
+        child_env = source.child_env(env)
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env)
         self.rest_port: int | None = None

@@ -26,8 +26,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from pipeline import layout
-from serving import frames as framecodec
+from contract import layout
+from ondevice import frames as framecodec
 from serving.signatures import DEFAULT_SIGNATURE, Signature, TensorSig
 from serving.status import INTERNAL, INVALID_ARGUMENT, ServingError, invalid
 
@@ -188,7 +188,7 @@ class TFLiteServable(Servable):
     batchable = False
 
     def __init__(self, version_dir: str) -> None:
-        from serving.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError
+        from ondevice.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError
 
         path = os.path.join(version_dir, TFLITE_FILE)
         # One single-threaded interpreter per core: multi-threaded TFLite spin-waits and collapses
@@ -230,8 +230,8 @@ class TFLiteServable(Servable):
         }
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        from serving.frames import FrameDecodeError
-        from serving.tflite_model import LiteModelError
+        from ondevice.frames import FrameDecodeError
+        from ondevice.tflite_model import LiteModelError
 
         (value,) = inputs.values()
         encoded = signature.name == DEFAULT_SIGNATURE

@@ -7,8 +7,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from pipeline.config import ServingConfig
-from pipeline.errors import UserError
+from contract.config import ServingConfig
+from contract.errors import UserError
 from serving.grpc_service import GrpcServer
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from pipeline.config import ServingConfig
+from contract.config import ServingConfig
 from serving.signatures import NUMPY_DTYPES, Signature, TensorSig, dtype_name, dtype_of_array
 from serving.status import UNIMPLEMENTED, ServingError, invalid
 

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from pipeline.errors import UserError
+from contract.errors import UserError
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.layout import EventSpec
 
 CLASSES = ("empty", "square", "bar")
 
@@ -86,12 +86,6 @@ def write_examples(
     return root
 
 
-def split_files(root: str, split: str) -> list[str]:
-    import tensorflow as tf
-
-    return sorted(tf.io.gfile.glob(os.path.join(layout.split_dir(root, split), "*")))
-
-
 def train_stand_in_teacher(root: str, spec: EventSpec, export_dir: str, epochs: int = 6, seed: int = 0) -> str:
     """A small conv model with the teacher's outputs, trained on the train split, exported."""
     import tensorflow as tf
@@ -113,7 +107,7 @@ def train_stand_in_teacher(root: str, spec: EventSpec, export_dir: str, epochs: 
     pooled = WeightedPool()([per_frame, weights])
     logits = keras.layers.Dense(spec.num_classes)(keras.layers.Dense(64, activation="relu")(pooled))
     model = keras.Model(inputs, {"logits": logits, "frame_weights": weights})
-    ds = layout.dataset(split_files(root, layout.TRAIN), spec, 32, shuffle=True, seed=seed)
+    ds = layout.dataset(layout.split_files(root, layout.TRAIN), spec, 32, shuffle=True, seed=seed)
     ds = ds.map(lambda b: (b[layout.FRAMES], b[layout.LABEL]))
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),

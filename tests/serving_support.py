@@ -22,7 +22,7 @@ import urllib.request
 import numpy as np
 
 import serving.process
-from pipeline.layout import EventSpec
+from contract.layout import EventSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = EventSpec(classes=("empty", "person", "vehicle"), frames=3, height=8, width=8, channels=3)
@@ -102,7 +102,7 @@ def push_tflite(src: str, model_dir: str, version: int) -> str:
 
 
 def frames_png(count: int, seed: int = 0) -> list[bytes]:
-    from serving.frames import encode_png
+    from ondevice.frames import encode_png
 
     rng = np.random.default_rng(seed)
     return [encode_png(rng.integers(0, 256, SPEC.frame_shape, dtype=np.uint8)) for _ in range(count)]

@@ -4,7 +4,7 @@ Events of K PNG frames: class 0 is noise only, the other classes draw a distinct
 (square, horizontal bar, vertical bar, ...) that appears in a random subset of the frames
 at a moving position, so the frames differ and one of them is the informative one. Written
 as a TFX Examples artifact (Split-train/, Split-eval/, event_spec.json) through
-``pipeline.layout.make_example``, exactly what ingest produces.
+``contract.layout.make_example``, exactly what ingest produces.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from pipeline import layout
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.layout import EventSpec
 
 DEFAULT_CLASSES = ("empty", "person", "vehicle", "animal")
 

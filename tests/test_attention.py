@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from components.event_example_gen import beam_graph
-from pipeline import layout
-from pipeline.config import DataConfig, SimulatorConfig, StudentConfig
-from pipeline.simulator.writer import generate
+from contract import layout
+from contract.config import DataConfig, SimulatorConfig, StudentConfig
+from simulator.writer import generate
 from trainer import evaluate
 from trainer.evaluate import Output, Predictions
+
+pytestmark = pytest.mark.e2e
 
 CLASSES = ["empty", "person", "package"]
 
@@ -154,7 +156,7 @@ def test_predictor_results_in_every_form():
 
 
 def test_tflite_predictor_returns_the_frame_weights(monkeypatch):
-    from trainer import lite_runtime
+    from ondevice import runtime as lite_runtime
 
     class FakeClassifier:
         def __init__(self, model, num_threads=1):

@@ -6,8 +6,10 @@ import pytest
 
 from components.ingest_gate.component import verdict
 from components.release_gate.component import decide
-from pipeline.cli import build_parser, load_config
-from pipeline.config import Config, ConfigError, parse_mesh
+from contract.config import Config, ConfigError, load_config, parse_mesh
+from pipeline.cli import build_parser
+
+pytestmark = pytest.mark.unit
 
 
 def test_precedence_defaults_file_set_flags(tmp_path):
@@ -115,8 +117,8 @@ def test_student_vs_teacher_failure_is_structured():
 
 
 def test_per_class_floor_is_its_own_setting():
-    from pipeline.config import GateConfig
-    from pipeline.evaluation import eval_config
+    from components.release_gate.gates import eval_config
+    from contract.config import GateConfig
 
     gates = GateConfig(min_accuracy=0.7, min_class_accuracy=0.4, max_regression=0.02)
     [overall, per_class] = eval_config(gates, with_baseline=True).metrics_specs[0].metrics[0].per_slice_thresholds
@@ -130,10 +132,10 @@ def test_per_class_floor_is_its_own_setting():
     assert not first.threshold.HasField("change_threshold")
 
 
-# -- trainer.gates.decide_blessing: the same gates on plain numbers (productionize benchmark) -----
+# -- components.release_gate.gates.decide_blessing: the same gates on plain numbers (productionize benchmark) -----
 def test_decide_blessing_applies_the_pipeline_gates_to_numbers():
-    from pipeline.config import GateConfig
-    from trainer.gates import decide_blessing
+    from components.release_gate.gates import decide_blessing
+    from contract.config import GateConfig
 
     gates = GateConfig(min_accuracy=0.6, min_class_accuracy=0.5, max_student_drop=0.05, max_regression=0.02)
     first = decide_blessing(0.90, 0.86, gates)  # 0.86 >= 0.95 x 0.90 = 0.855; no baseline yet
@@ -152,8 +154,8 @@ def test_decide_blessing_applies_the_pipeline_gates_to_numbers():
 
 
 def test_decide_blessing_checks_every_class_it_is_given():
-    from pipeline.config import GateConfig
-    from trainer.gates import decide_blessing
+    from components.release_gate.gates import decide_blessing
+    from contract.config import GateConfig
 
     gates = GateConfig(min_accuracy=0.5, min_class_accuracy=0.5)
     per_class = {"person": 0.95, "animal": 0.43, "vehicle": 0.9}

@@ -1,5 +1,5 @@
 """The blessing gates the pipeline runs, end to end on real TFMA: the stock Evaluator's executor
-with ``pipeline.evaluation.eval_config`` over tiny SavedModels whose mistakes the test chooses,
+with ``components.release_gate.gates.eval_config`` over tiny SavedModels whose mistakes the test chooses,
 then the ReleaseGate component on what TFMA wrote. Refusals must name the model, metric, slice,
 value and threshold exactly as TFMA recorded them."""
 
@@ -14,9 +14,17 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from components.artifacts import LiteModels
 from components.release_gate.component import ReleaseGate, release_verdict
-from pipeline import layout
-from pipeline.config import GateConfig
-from pipeline.evaluation import ACCURACY, EXAMPLES_SIGNATURE, eval_config, slice_accuracies, tfma_failures
+from components.release_gate.gates import (
+    ACCURACY,
+    EXAMPLES_SIGNATURE,
+    eval_config,
+    slice_accuracies,
+    tfma_failures,
+)
+from contract import layout
+from contract.config import GateConfig, section_json
+
+pytestmark = pytest.mark.e2e
 
 CLASSES = ("person", "animal", "vehicle")
 PER_CLASS = 20  # eval events per class: accuracies move in steps of 0.05
@@ -160,7 +168,7 @@ def release_gate(tmp_path, teacher, student) -> dict:
     }  # fmt: skip
     executor = ReleaseGate.EXECUTOR_SPEC.executor_class()
     executor.Do({k: [v] for k, v in inputs.items()}, {"blessing": [blessing]},
-                {"max_student_drop": GATES.max_student_drop})  # fmt: skip
+                {"gates_config": section_json(GATES)})  # fmt: skip
     with open(os.path.join(blessing.uri, "verdict.json"), encoding="utf-8") as f:
         verdict = json.load(f)
     assert blessing.get_int_custom_property("blessed") == int(verdict["blessed"])

@@ -9,6 +9,8 @@ import pytest
 
 from components.event_example_gen import checks, sources
 
+pytestmark = pytest.mark.unit
+
 
 def run_checks(tmp_path, records, classes=(), max_frames=4):
     ed.write_manifest(str(tmp_path), records)
@@ -126,7 +128,7 @@ def test_blank_lines_are_not_events_but_every_other_line_is(tmp_path):
 
 
 def test_discover_explains_an_empty_or_missing_directory(tmp_path):
-    from pipeline.errors import UserError
+    from contract.errors import UserError
 
     with pytest.raises(UserError, match="does not exist"):
         sources.discover(str(tmp_path / "nope"))

@@ -14,9 +14,11 @@ import eventdata as ed
 import pytest
 
 from components.event_example_gen import beam_graph, sources
-from pipeline import layout
-from pipeline.config import DataConfig, SimulatorConfig
-from pipeline.simulator.writer import generate
+from contract import layout
+from contract.config import DataConfig, SimulatorConfig
+from simulator.writer import generate
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["empty", "person", "vehicle"]

@@ -1,12 +1,17 @@
 """The same create_pipeline(...) compiles offline to a Kubeflow Pipelines v2 spec."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-from pipeline.config import Config
+import pytest
+
+from contract.config import Config
 from pipeline.pipeline_def import create_pipeline
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +51,11 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
 
     assert constant("EventExampleGen", "input_base") == "gs://bucket/events"
     assert json.loads(constant("EventExampleGen", "data_config"))["max_reject_rate"] == 0.07
-    assert constant("IngestGate", "max_reject_rate") == 0.07
+    assert json.loads(constant("IngestGate", "data_config"))["max_reject_rate"] == 0.07
+    # Every component takes its config section one way, as JSON.
+    assert json.loads(constant("ReleaseGate", "gates_config")) == dataclasses.asdict(cfg.gates)
+    assert json.loads(constant("LiteConverter", "lite_config")) == dataclasses.asdict(cfg.lite)
+    assert json.loads(constant("ServingValidator", "serving_config")) == dataclasses.asdict(cfg.serving)
     assert set(tasks["IngestGate"]["dependentTasks"]) == {"EventExampleGen", "ExampleValidator"}
 
 

@@ -18,9 +18,11 @@ import time
 
 import pytest
 
-from pipeline.config import Config, SimulatorConfig
-from pipeline.errors import UserError
-from pipeline.simulator.writer import generate
+from contract.config import Config, SimulatorConfig
+from contract.errors import UserError
+from simulator.writer import generate
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER, PASSWORD = "pipeline", "s3cret-pw"

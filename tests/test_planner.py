@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
+from contract.config import TeacherConfig
 from pipeline import cli
-from pipeline.config import TeacherConfig
 from trainer import planner as P
+
+pytestmark = pytest.mark.unit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PCIE = P.Hardware(device_flops=1.4e12, bandwidth=6e9, latency=10e-6, bytes_per_value=4)

@@ -10,8 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.config import StudentConfig
-from pipeline.layout import EventSpec
+from contract.config import StudentConfig
+from contract.layout import EventSpec
+
+pytestmark = pytest.mark.unit
 
 SPEC = EventSpec(("a", "b", "c"), frames=2, height=8, width=8, channels=1)
 # Wide enough that the pointwise kernels (32x64, 64x64) and the head pass MIN_PRUNABLE_WEIGHTS.
@@ -38,8 +40,8 @@ def _epoch(ds, batches):
 def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
     """In memory or streamed from the files, a distillation epoch is the same events, each still
     paired with its own teacher logits; a budget too small for the data streams."""
-    from pipeline import layout
-    from tests.productionize_fixtures import write_examples
+    from contract import layout
+    from productionize_fixtures import write_examples
     from trainer import distill
 
     spec = EventSpec(("a", "b", "c"), frames=2, height=8, width=8, channels=1)
@@ -108,7 +110,7 @@ def test_student_outputs_and_size():
     assert out["logits"].shape == (3, 3)
     assert out["frame_weights"].shape == (3, 2)
     np.testing.assert_allclose(out["frame_weights"].numpy().sum(axis=1), 1.0, rtol=1e-5)
-    from pipeline.config import TeacherConfig
+    from contract.config import TeacherConfig
     from trainer.teacher_model import build_teacher
 
     demo = EventSpec(("empty", "person", "vehicle", "animal"), 4, 32, 32, 3)
@@ -220,8 +222,8 @@ def test_parity_gate_threshold():
 def test_metadata_roundtrip_without_tensorflow_parsing(tmp_path):
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from ondevice.metadata import METADATA_NAME, MetadataError, metadata_entries, read_metadata
     from trainer.lite import build_metadata, convert, embed_metadata
-    from trainer.lite_metadata import METADATA_NAME, MetadataError, metadata_entries, read_metadata
     from trainer.student_model import build_student
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
@@ -271,8 +273,8 @@ def test_sizes_and_flops_are_sane(tmp_path):
 
 
 def test_uint8_input_takes_camera_pixels_unchanged():
+    from ondevice.runtime import LiteEventClassifier
     from trainer.lite import convert_variant
-    from trainer.lite_runtime import LiteEventClassifier
     from trainer.student_model import build_student
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))

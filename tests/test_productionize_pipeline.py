@@ -14,9 +14,11 @@ import numpy as np
 import productionize_fixtures as fx
 import pytest
 
-from pipeline import layout
-from pipeline.config import Config, LiteConfig
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.config import Config, LiteConfig, section_json
+from contract.layout import EventSpec
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = EventSpec(fx.CLASSES, frames=2, height=12, width=12, channels=3)
@@ -28,7 +30,7 @@ def chain(tmp_path_factory):
     from tfx.types import standard_artifacts
 
     from components.artifacts import LiteModels
-    from components.lite_converter.component import LiteConverter, lite_config_json
+    from components.lite_converter.component import LiteConverter
     from trainer import student_module
 
     root = tmp_path_factory.mktemp("productionize")
@@ -66,7 +68,7 @@ def chain(tmp_path_factory):
             "teacher_model": [artifact(standard_artifacts.Model, root / "teacher")],
         },
         {"lite": [lite]},
-        {"lite_config": lite_config_json(LiteConfig(representative_examples=48, measure_latency=False))},
+        {"lite_config": section_json(LiteConfig(representative_examples=48, measure_latency=False))},
     )
     with open(os.path.join(lite.uri, "lite_report.json")) as f:
         report = json.load(f)
@@ -125,7 +127,7 @@ def test_lite_converter_report_and_files(chain):
 
 def test_int8_model_runs_under_tflite_runtime_without_tensorflow(chain, tmp_path):
     from trainer.student_model import load_keras
-    from trainer.student_module import production_keras_path
+    from trainer.student_module import QAT_KERAS, keras_path
 
     frames = np.stack([fx.render_event(np.random.default_rng(i), i % 3, SPEC) for i in range(12)])
     np.save(tmp_path / "frames.npy", frames)
@@ -133,7 +135,7 @@ def test_int8_model_runs_under_tflite_runtime_without_tensorflow(chain, tmp_path
 import json, sys
 sys.modules["tensorflow"] = None  # any import of TensorFlow now raises ImportError
 import numpy as np
-from trainer.lite_runtime import LiteEventClassifier, interpreter_class
+from ondevice.runtime import LiteEventClassifier, interpreter_class
 try:
     import tensorflow  # noqa: F401
     tf_importable = True
@@ -165,16 +167,17 @@ print(json.dumps({{
     assert result["class_ids"] == result["raw_ids"]
     assert all(n in SPEC.classes for n in result["names"]) and all(0 <= b < SPEC.frames for b in result["best"])
     # Same events through the float student it was converted from: the int8 model mostly agrees.
-    model = load_keras(production_keras_path(chain["student"]))
+    model = load_keras(keras_path(chain["student"], QAT_KERAS))  # the float twin int8 was converted from
     reference = np.argmax(model(frames.astype(np.float32) / 255.0, training=False)["logits"].numpy(), axis=-1)
     assert np.mean(reference == np.array(result["class_ids"])) >= 0.75
 
 
 def test_parity_gate_blocks_a_deliberately_broken_model(chain):
+    from contract.layout import split_files
     from trainer import lite
     from trainer.evaluate import keras_predictor, predict_split, tflite_predictor
     from trainer.student_model import load_keras
-    from trainer.student_module import PRUNED_KERAS, keras_path, split_files
+    from trainer.student_module import PRUNED_KERAS, keras_path
 
     model = load_keras(keras_path(chain["student"], PRUNED_KERAS))
     broken = load_keras(keras_path(chain["student"], PRUNED_KERAS))
@@ -218,10 +221,11 @@ def test_scratch_baseline_and_kd_gain_are_reported(chain):
 
 
 def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
+    from contract.layout import split_files
     from trainer import lite
     from trainer.evaluate import keras_predictor, predict_split, tflite_predictor
     from trainer.student_model import load_keras
-    from trainer.student_module import PRUNED_KERAS, QAT_KERAS, keras_path, qat_model, split_files
+    from trainer.student_module import PRUNED_KERAS, QAT_KERAS, keras_path, qat_model
 
     report, distill = chain["report"], chain["distill"]
     assert report["student"]["production"] == report["tflite"]["reference"] == "student_qat"

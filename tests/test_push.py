@@ -1,4 +1,4 @@
-"""serving.push: atomic pushes (a polling reader never sees half a version, concurrent pushers
+"""components.pusher.push: atomic pushes (a polling reader never sees half a version, concurrent pushers
 never collide), versions strictly increasing and never reused, release.json checksums."""
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import time
 import pytest
 import serving_support as ss
 
-from pipeline.errors import UserError
-from serving import push
+from components.pusher import push
+from contract.errors import UserError
 from serving.versions import scan_versions
+
+pytestmark = pytest.mark.unit
 
 NAME = "events"
 
@@ -62,7 +64,7 @@ def test_reader_never_sees_a_partial_version_while_pushers_race(big_saved_model,
     thread = threading.Thread(target=reader)
     thread.start()
     code = (
-        "import sys, json; from serving.push import push_saved_model\n"
+        "import sys, json; from components.pusher.push import push_saved_model\n"
         "print(json.dumps([push_saved_model(sys.argv[1], sys.argv[2], sys.argv[3])['version'] for _ in range(3)]))"
     )
     procs = [

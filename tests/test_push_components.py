@@ -4,6 +4,7 @@ models never pushed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,16 +18,21 @@ import serving_support as ss
 from tfx.types import standard_artifacts
 
 from components.artifacts import LiteModels
+from components.pusher import push
 from components.pusher.component import EventPusher
 from components.pusher.release import PUSH_FILE
 from components.serving_validator.component import ServingValidator
 from components.serving_validator.validation import VALIDATION_FILE
-from pipeline.layout import EventSpec
-from serving import push
+from contract.config import ServingConfig, section_json
+from contract.layout import EventSpec
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAME = "events"
+# The serving section the pipeline would pass: our model name, 6 validation events.
+SERVING = ServingConfig(model_name=NAME, validation_events=6)
 
 
 # -- inputs: a small Examples artifact, student/teacher Model artifacts, a LiteModels dir ----------
@@ -128,8 +134,7 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
     validator = ServingValidator(
         model=importers["student"].outputs["result"],
         examples=importers["examples"].outputs["result"],
-        model_name=NAME,
-        num_events=6,
+        serving_config=section_json(SERVING),
     )
     pusher = EventPusher(
         model=importers["student"].outputs["result"],
@@ -139,7 +144,7 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
         lite=importers["lite"].outputs["result"],
         serving_base=serving_base,
         mobile_base=mobile_base,
-        model_name=NAME,
+        serving_config=section_json(SERVING),
         pipeline_run_id=ph.execution_invocation().pipeline_run_id,
     )
     metadata = str(tmp_path / "metadata.sqlite")
@@ -210,7 +215,7 @@ def test_serving_validator_refuses_a_broken_model(inputs, tmp_path, kind, expect
         {"model": _artifact(standard_artifacts.Model, str(model_uri)),
          "examples": _artifact(standard_artifacts.Examples, inputs["examples"])},
         {"blessing": blessing},
-        {"model_name": NAME, "num_events": 6, "tolerance": 1e-4, "timeout_seconds": 120},
+        {"serving_config": section_json(dataclasses.replace(SERVING, validation_timeout_seconds=120.0))},
     )  # fmt: skip
     assert blessing.get_int_custom_property("blessed") == 0
     assert os.path.exists(os.path.join(blessing.uri, "INFRA_NOT_BLESSED"))
@@ -269,7 +274,7 @@ def _pusher_inputs(inputs, tmp_path, *, blessed=1, infra=1, blessing_model_id=7,
 )
 def test_pusher_pushes_nothing_unless_blessed(inputs, tmp_path, gate, reason):
     pushed = _artifact(standard_artifacts.PushedModel, str(tmp_path / "pushed"))
-    params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"), "model_name": NAME}
+    params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"), "serving_config": section_json(SERVING)}
     _run(EventPusher, _pusher_inputs(inputs, tmp_path, **gate), {"pushed_model": pushed}, params)
     assert pushed.get_int_custom_property("pushed") == 0
     assert not pushed.has_custom_property("pushed_version")
@@ -282,7 +287,7 @@ def test_pusher_pushes_nothing_unless_blessed(inputs, tmp_path, gate, reason):
 
 def test_pusher_versions_increase_run_after_run(inputs, tmp_path):
     params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"),
-              "model_name": NAME, "pipeline_run_id": "run-1"}  # fmt: skip
+              "serving_config": section_json(SERVING), "pipeline_run_id": "run-1"}  # fmt: skip
     for run in (1, 2):
         # Each run's Trainer writes a new model artifact (a new uri); that is what gets a new version.
         student = shutil.copytree(inputs["student"], tmp_path / f"student{run}")
@@ -315,8 +320,8 @@ def test_pusher_refuses_a_release_with_a_missing_file_before_pushing_anything(in
     args = _pusher_inputs(inputs, tmp_path)
     args["lite"] = _artifact(LiteModels, str(lite), 9)
     pushed = _artifact(standard_artifacts.PushedModel, str(tmp_path / "pushed"))
-    params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"), "model_name": NAME}
-    from pipeline.errors import UserError
+    params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"), "serving_config": section_json(SERVING)}
+    from contract.errors import UserError
 
     with pytest.raises(UserError, match="no int8 TFLite model"):
         _run(EventPusher, args, {"pushed_model": pushed}, params)
@@ -325,9 +330,9 @@ def test_pusher_refuses_a_release_with_a_missing_file_before_pushing_anything(in
 
 _KILLED_PUSH = """
 import os, sys
-import pipeline.tfenv  # noqa: F401
+import contract.tfenv  # noqa: F401
 from components.pusher import release
-from serving import push
+from components.pusher import push
 
 serving, mobile, student, teacher, lite, name = sys.argv[1:7]
 commit = push.Staged.commit

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from pipeline.config import Config, SimulatorConfig
-from pipeline.simulator.writer import generate
+from contract.config import Config, SimulatorConfig
+from simulator.writer import generate
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [

@@ -8,9 +8,12 @@ import sys
 import eventdata as ed
 import pytest
 
+from contract import source
+from contract.config import Config
+from contract.errors import UserError
 from pipeline import runners
-from pipeline.config import Config
-from pipeline.errors import UserError
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +40,7 @@ def test_mysql_metadata_url_becomes_a_connection_config():
 def test_beam_args_direct_runner_workers_and_pass_through():
     cfg = Config()
     assert runners.beam_args(cfg) == [
-        "--direct_running_mode=in_memory", "--direct_num_workers=1", f"--setup_file={runners.SETUP_FILE}"
+        "--direct_running_mode=in_memory", "--direct_num_workers=1", f"--setup_file={source.SETUP_FILE}"
     ]
     cfg.run.beam_workers = 2
     assert "--direct_num_workers=2" in runners.beam_args(cfg)

@@ -28,6 +28,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+pytestmark = pytest.mark.e2e
+
 NAME = "events"
 
 

@@ -16,8 +16,10 @@ import serving_support as ss
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from pipeline import layout
-from serving import frames as framecodec
+from contract import layout
+from ondevice import frames as framecodec
+
+pytestmark = pytest.mark.e2e
 
 NAME = "lite"
 

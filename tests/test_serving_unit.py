@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import layout
-from pipeline.errors import UserError
-from serving import frames as framecodec
+from contract import layout
+from contract.errors import UserError
+from ondevice import frames as framecodec
 from serving.batching import Batcher, InFlight
 from serving.signatures import Signature, TensorSig
 from serving.status import ServingError
+
+pytestmark = pytest.mark.unit
 
 
 def _sig(**inputs) -> Signature:
@@ -169,7 +171,7 @@ def test_tensor_proto_round_trip_matches_tensorflow():
     assert proto_to_array(tf.make_tensor_proto([1.5, 2.5], dtype=tf.float32)).tolist() == [1.5, 2.5]
 
 
-# -- frames: PIL decoding must match pipeline.layout.decode_frames ------------------------------
+# -- frames: PIL decoding must match contract.layout.decode_frames ------------------------------
 def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
@@ -195,7 +197,7 @@ def test_frames_over_the_pixel_limit_are_refused_from_their_header():
     """What device-run and the TFLite servable decode with: the header is checked before decoding."""
     import serving_support as ss
 
-    from serving.frames import MAX_FRAME_PIXELS, FrameDecodeError, check_frame_pixels, decode_image
+    from ondevice.frames import MAX_FRAME_PIXELS, FrameDecodeError, check_frame_pixels, decode_image
 
     bomb = ss.png_declaring(13000, 13000)
     assert len(bomb) < 100 and 13000 * 13000 > MAX_FRAME_PIXELS

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.config import SimulatorConfig
+from contract.errors import UserError
 from pipeline.cli import main
-from pipeline.config import SimulatorConfig
-from pipeline.errors import UserError
-from pipeline.simulator import generate, scenes
-from pipeline.simulator.backgrounds import PHOTOS
-from pipeline.simulator.png import encode_png
-from pipeline.simulator.scenes import archetypes_for, render_event
+from simulator import generate, scenes
+from simulator.backgrounds import PHOTOS
+from simulator.png import encode_png
+from simulator.scenes import archetypes_for, render_event
+
+pytestmark = pytest.mark.unit
 
 
 def _cfg(**kw) -> SimulatorConfig:

@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 from teacher_data import write_examples
 
-from pipeline import layout
-from pipeline.config import Config
-from pipeline.errors import UserError
+from contract import layout
+from contract.config import Config
+from contract.errors import UserError
+
+pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from components.event_example_gen.beam_graph import event_spec_from, fit_pixel_budget
-from pipeline.config import DataConfig, TeacherConfig
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract.config import DataConfig, TeacherConfig
+from contract.errors import UserError
+from contract.layout import EventSpec
+
+pytestmark = pytest.mark.unit
 
 
 def test_training_length_follows_the_data():

@@ -11,15 +11,11 @@ import argparse
 import os
 from typing import Any
 
-from pipeline.config import TeacherConfig
-from pipeline.errors import UserError
-
-STRATEGY_CHOICES = ["single", "mirrored", "multiworker", "hybrid"]
+from contract.config import STRATEGIES, TeacherConfig, add_config_flags, load_config
+from contract.errors import UserError
 
 
 def add_parser(subparsers: Any) -> None:
-    from pipeline.cli import add_config_flags
-
     p = subparsers.add_parser(
         "train",
         help="train the teacher on an Examples artifact (single | mirrored | multiworker | hybrid)",
@@ -29,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
     add_config_flags(p)
     p.add_argument("--data", metavar="DIR", dest="examples", required=True, help="Examples artifact dir (Split-train/, Split-eval/, event_spec.json)")
     p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="checkpoints, report and model go here; rerun to resume (default: work)")
-    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGY_CHOICES, help="distribution strategy (default hybrid)")
+    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="distribution strategy (default hybrid)")
     p.add_argument("--logical-devices", metavar="N", dest="teacher.logical_devices", type=int, help="split the CPU into N devices when no GPU (default 4)")
     p.add_argument("--mesh", metavar="AXES", dest="teacher.mesh", help="hybrid mesh, e.g. batch=2,model=2")
     p.add_argument("--fc-layout", dest="teacher.fc_layout", choices=["2d", "1d"], help="hybrid: 2d batch x model mesh, or the paper's 1-D layout")
@@ -46,8 +42,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from pipeline.cli import load_config
-
     cfg = load_config(args)
     examples = os.path.abspath(args.examples)
     if not os.path.isdir(examples):

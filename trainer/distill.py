@@ -19,9 +19,9 @@ import numpy as np
 import tf_keras as keras
 from tqdm import tqdm
 
-from pipeline import layout
-from pipeline.config import StudentConfig
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.config import StudentConfig
+from contract.layout import EventSpec
 
 TEACHER_LOGITS = "teacher_logits"
 

@@ -1,6 +1,6 @@
 """Score several model variants on one split in a single streaming pass over its events.
 
-Frames are decoded once per batch (``pipeline.layout.dataset``) and handed to every variant
+Frames are decoded once per batch (``contract.layout.dataset``) and handed to every variant
 (Keras model, SavedModel signature, TFLite interpreter), so comparing five variants costs one
 decode, and memory stays bounded by the batch size whatever the split's size.
 
@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import layout
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.layout import EventSpec
 
 FRAME_WEIGHTS = "frame_weights"  # the models' attention output (Keras models and TFLite files)
 
@@ -153,7 +153,7 @@ def saved_model_predictor(export_dir: str) -> Predictor:
 
 def tflite_predictor(model: str | bytes, num_threads: int = 1) -> Predictor:
     """An eventpipe ``.tflite`` (batch 1), run event by event as a device would."""
-    from trainer.lite_runtime import LiteEventClassifier
+    from ondevice.runtime import LiteEventClassifier
 
     classifier = LiteEventClassifier(model, num_threads=num_threads)
 

@@ -10,7 +10,7 @@ One exporter for teacher and student keeps the serving contract in one place:
   string, ``best_frame`` int64 (argmax of the per-frame weights);
 - ``assets.extra/event_spec.json`` inside the export (TF Serving ignores ``assets.extra``).
 
-Decoding uses ``pipeline.layout`` so the served model sees exactly what training saw.
+Decoding uses ``contract.layout`` so the served model sees exactly what training saw.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import json
 import os
 from typing import Any
 
-from pipeline import layout
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.layout import EventSpec
 
 EXAMPLES_SIGNATURE = "serving_examples"
 ASSETS_EXTRA = "assets.extra"
@@ -80,8 +80,8 @@ def export_saved_model(model: Any, spec: EventSpec, export_dir: str) -> str:
     The SavedModel holds the traced signatures and the model's variables, not Keras
     metadata: consumers use the signatures (``tf.saved_model.load``), and skipping Keras's
     per-layer serialization makes the export an order of magnitude faster. The model must
-    hold plain (unsharded) variables; a DTensor-trained model is copied into a plain one
-    first (``trainer.hybrid.unsharded_copy``). Returns ``export_dir``.
+    hold plain (unsharded) variables; a DTensor-trained model's weights are copied into a plain
+    one first (``Runner.plain_weights``, as ``trainer.train_loop`` does). Returns ``export_dir``.
     """
     import tensorflow as tf
 

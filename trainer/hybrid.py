@@ -29,15 +29,13 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.experimental import dtensor
 
-from pipeline import layout
-from pipeline.config import TeacherConfig, parse_mesh
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.config import TeacherConfig, parse_mesh
+from contract.errors import UserError
+from contract.layout import EventSpec
 from trainer.devices import DeviceSetup
 from trainer.strategies import UNSHARDED, BatchesFn, Runner, event_loss, mixed_precision_policy
 from trainer.teacher_model import FC_PREFIX, LOGITS, build_teacher
-
-FC_LAYOUTS = ("2d", "1d")
 
 
 def mesh_dims(cfg: TeacherConfig) -> list[tuple[str, int]]:
@@ -177,9 +175,3 @@ class HybridRunner(Runner):
             )
         return rows
 
-
-def unsharded_copy(runner: HybridRunner) -> Any:
-    """A plain tf_keras teacher (no DTensor) holding the runner's trained weights, for export."""
-    model = build_teacher(runner.spec, runner.cfg)
-    model.set_weights(runner.plain_weights())
-    return model

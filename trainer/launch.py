@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.config import Config
-from pipeline.errors import UserError
+from contract import source
+from contract.config import Config
+from contract.errors import UserError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # absl-formatted native log records ("E0000 00:00:1795353203.219221  14985 file.cc:1121] ...").
 _NATIVE_LOG = re.compile(rb"(?:[EWIF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::).*")
 LOCAL_HOST = "127.0.0.1"
@@ -171,14 +171,12 @@ class _Child:
         self.name = name
         self.progress = progress
         cmd = cmd if progress else [*cmd, "--quiet"]
-        child_env = dict(os.environ)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, child_env.get("PYTHONPATH", "")) if p)
-        child_env.update(env)
+        child_env = source.child_env(env)
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
         self.stopped = False  # terminated by the launcher, not failed on its own
         self._echo_pending = b""
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT,
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, cwd=source.REPO_ROOT,
             preexec_fn=_die_with_parent,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._stream, args=(log, prefix), daemon=True)

@@ -10,7 +10,7 @@
 - Names of intermediate tensors (debug strings, a sizeable share of a small model) are
   dropped; the signature and its input/output names stay.
 - Metadata (labels, normalization, frames layout, quantization, output names) is embedded
-  in the flatbuffer's ``metadata`` list (see ``trainer.lite_metadata``): no side files.
+  in the flatbuffer's ``metadata`` list (see ``ondevice.metadata``): no side files.
 
 Every model takes decoded frames ``[1, K, H, W, C]`` and returns ``logits`` and
 ``frame_weights`` through the ``serving_default`` signature.
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.layout import EventSpec
-from trainer.lite_metadata import FORMAT, METADATA_NAME
+from contract import layout
+from contract.layout import EventSpec
+from ondevice.metadata import FORMAT, METADATA_NAME
 
 VARIANTS = ("int8", "float16", "float32")
 INPUT_TYPES = ("int8", "uint8")

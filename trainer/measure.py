@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import tfenv  # noqa: F401  (before TensorFlow, also in the subprocess)
+from contract import (
+    source,
+    tfenv,  # noqa: F401  (before TensorFlow, also in the subprocess)
+)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("savedmodel", "keras", "tflite")
 
 
@@ -132,7 +134,7 @@ def saved_model_flops_per_event(export_dir: str) -> int:
     """FLOPs of the ``decoded_frames`` signature on one event (decoding excluded)."""
     import tensorflow as tf
 
-    from pipeline import layout
+    from contract import layout
     from trainer.export import load_spec
 
     spec = load_spec(export_dir)
@@ -154,10 +156,7 @@ def summarize(times_s: list[float]) -> dict[str, float]:
 
 
 def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.update({"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"})
-    return env
+    return source.child_env({"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"})
 
 
 class _Worker:
@@ -170,7 +169,7 @@ class _Worker:
         command = [sys.executable, "-m", "trainer.measure", "worker", "--kind", kind, "--path", path,
                    "--warmup", str(warmup)]  # fmt: skip
         self.process = subprocess.Popen(
-            command, env=_worker_env(), cwd=REPO_ROOT, text=True,
+            command, env=_worker_env(), cwd=source.REPO_ROOT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.info: dict[str, Any] = {}
@@ -237,7 +236,7 @@ def latency(kind: str, path: str, *, runs: int = 200, warmup: int = 20) -> dict[
 
 def _load_tflite(path: str) -> tuple[Any, dict[str, Any]]:
     sys.modules["tensorflow"] = None  # type: ignore[assignment]  # a device has no TensorFlow
-    from trainer.lite_runtime import LiteEventClassifier
+    from ondevice.runtime import LiteEventClassifier
 
     classifier = LiteEventClassifier(path, num_threads=1)
     prepared = classifier.prepare(np.random.default_rng(0).uniform(0, 1, classifier.input_shape).astype(np.float32))
@@ -249,7 +248,7 @@ def _load_tf(kind: str, path: str) -> tuple[Any, dict[str, Any]]:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pipeline import layout
+    from contract import layout
 
     if kind == "savedmodel":
         from trainer.export import load_spec

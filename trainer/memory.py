@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import TeacherConfig
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract.config import TeacherConfig
+from contract.errors import UserError
+from contract.layout import EventSpec
 
 BYTES = 4  # float32
 BACKWARD_FACTOR = 2.0

@@ -67,8 +67,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import TeacherConfig
-from pipeline.errors import UserError
+from contract.config import TeacherConfig
+from contract.errors import UserError
 
 LAYOUTS = ("data", "model", "hybrid")
 KINDS = ("conv", "attention", "fc", "other")  # "fc" layers are the model-parallel part of hybrid

@@ -14,13 +14,11 @@ import json
 import os
 from typing import Any
 
-from pipeline.config import parse_mesh
+from contract.config import add_config_flags, load_config, parse_mesh
 from trainer import planner
 
 
 def add_parser(subparsers: Any) -> None:
-    from pipeline.cli import add_config_flags
-
     p = subparsers.add_parser(
         "plan-parallel",
         help="predict bytes moved and step time for data, model and hybrid parallelism",
@@ -114,8 +112,6 @@ def _model(args: argparse.Namespace, cfg: Any) -> planner.ModelSpec:
 
 
 def plan_parallel_command(args: argparse.Namespace) -> int:
-    from pipeline.cli import load_config
-
     cfg = load_config(args)
     model = _model(args, cfg)
     devices = planner.parse_devices(args.devices)

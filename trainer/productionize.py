@@ -7,7 +7,7 @@ report). Output directory (a TFX artifact)::
     model.tflite               full-integer int8, metadata embedded: the on-device release
     model_float16.tflite       float16 weights (GPU delegates)
     metadata.json              a human-readable copy of the int8 model's embedded metadata
-    lite_report.json           teacher / student / tflite sections, comparison, parity, blessing
+    lite_report.json           teacher / student / tflite sections, comparison, parity
     variants.png               accuracy vs size vs latency of every variant
     confusion_int8.png         the released model's confusion matrix on the eval split
 
@@ -24,10 +24,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline import layout
-from pipeline.config import GateConfig, LiteConfig
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.config import LiteConfig
+from contract.errors import UserError
+from contract.layout import EventSpec
 
 INT8_FILE = "model.tflite"
 FLOAT16_FILE = "model_float16.tflite"
@@ -72,14 +72,11 @@ def run_lite_conversion(
     cfg: LiteConfig,
     *,
     teacher_dir: str | None = None,
-    gates: GateConfig | None = None,
-    baseline_accuracy: float | None = None,
 ) -> dict[str, Any]:
     """Convert, verify and measure; write the artifacts above; return the report."""
     from trainer import lite, measure, plots
     from trainer.evaluate import keras_predictor, predict_split, saved_model_predictor, tflite_predictor
     from trainer.export import load_spec
-    from trainer.gates import decide_blessing
     from trainer.student_model import load_keras
     from trainer.student_module import (
         FLOAT_DIR,
@@ -90,7 +87,6 @@ def run_lite_conversion(
         SERVING_DIR,
         keras_path,
         qat_model,
-        split_files,
     )
     from trainer.student_module import (
         REPORT_FILE as DISTILL_REPORT,
@@ -115,8 +111,8 @@ def run_lite_conversion(
     source = {"student_qat": "quantization-aware trained (sparsity-preserving) student",
               "student_pruned": "pruned student", "student_float": "student"}[reference]  # fmt: skip
 
-    train_files = split_files(examples_uri, layout.TRAIN) + split_files(examples_uri, layout.UNLABELLED_SPLIT)
-    eval_files = split_files(examples_uri, layout.EVAL)
+    train_files = layout.split_files(examples_uri, layout.TRAIN) + layout.split_files(examples_uri, layout.UNLABELLED_SPLIT)
+    eval_files = layout.split_files(examples_uri, layout.EVAL)
     if not eval_files:
         raise UserError(f"no eval split under {examples_uri}: the parity gate needs eval events")
 
@@ -248,10 +244,6 @@ def run_lite_conversion(
                    "float16": {**parity_float16.to_dict(), "reference": float16_source}, "reference": reference},
         "eval_events": int(len(preds[reference].labels)),
     }
-    if gates is not None and teacher_dir:
-        report["blessing"] = decide_blessing(
-            variants["teacher"]["accuracy"], variants[reference]["accuracy"], gates, baseline_accuracy
-        ).to_dict()
     report["seconds"] = round(time.time() - started, 1)
     with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, sort_keys=True, default=float)

@@ -25,14 +25,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import layout
-from pipeline.config import TeacherConfig
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.config import STRATEGIES, TeacherConfig
+from contract.errors import UserError
+from contract.layout import EventSpec
 from trainer.devices import DeviceSetup
 from trainer.teacher_model import LOGITS, build_teacher
 
-STRATEGIES = ("single", "mirrored", "multiworker", "hybrid")
 UNSHARDED = "unsharded"
 
 # (per-replica batch size, number of input pipelines, this pipeline's index) -> dataset
@@ -233,11 +232,3 @@ class DistributeRunner(Runner):
             )
         return rows
 
-
-def make_runner(cfg: TeacherConfig, spec: EventSpec, setup: DeviceSetup) -> Runner:
-    """The runner for ``cfg.strategy`` (creates the tf.distribute strategy or DTensor mesh)."""
-    if cfg.strategy == "hybrid":
-        from trainer.hybrid import HybridRunner
-
-        return HybridRunner(cfg, spec, setup)
-    return DistributeRunner(cfg, spec, setup, cfg.strategy)

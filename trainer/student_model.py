@@ -23,8 +23,8 @@ from typing import Any
 
 import tf_keras as keras
 
-from pipeline.config import StudentConfig
-from pipeline.layout import EventSpec
+from contract.config import StudentConfig
+from contract.layout import EventSpec
 
 PACKAGE = "eventpipe"
 LOGITS_LAYER = "logits"

@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.config import StudentConfig
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.config import StudentConfig
+from contract.errors import UserError
+from contract.layout import EventSpec
 
 SERVING_DIR = "Format-Serving"
 FLOAT_DIR = "student_float"
@@ -56,27 +56,8 @@ CALIBRATION_BATCHES = 16  # batches that seed the QAT activation ranges
 REPORT_FILE = "distill_report.json"
 
 
-def split_files(examples_uri: str, split: str) -> list[str]:
-    """The TFRecord files of one split of an Examples artifact ([] if the split is absent)."""
-    import tensorflow as tf
-
-    directory = layout.split_dir(examples_uri, split)
-    if not tf.io.gfile.isdir(directory):
-        return []
-    return sorted(tf.io.gfile.glob(os.path.join(directory, "*")))
-
-
 def keras_path(model_dir: str, name: str) -> str:
     return os.path.join(model_dir, KERAS_DIR, name)
-
-
-def production_keras_path(model_dir: str) -> str:
-    """The plain Keras file closest to the model that serves: the QAT weights without rounding, else
-    the pruned, else the dense student (the QAT model itself: ``qat_model``)."""
-    for name in (QAT_KERAS, PRUNED_KERAS):
-        if os.path.exists(keras_path(model_dir, name)):
-            return keras_path(model_dir, name)
-    return keras_path(model_dir, FLOAT_KERAS)
 
 
 def qat_model(model_dir: str) -> Any:
@@ -126,9 +107,9 @@ def run_distillation(
     started = time.time()
     spec = EventSpec.load(examples_uri)
     _check_teacher(teacher_dir, spec)
-    labelled = train_files if train_files is not None else split_files(examples_uri, layout.TRAIN)
-    unlabelled = split_files(examples_uri, layout.UNLABELLED_SPLIT) if cfg.use_unlabelled else []
-    eval_files = eval_files if eval_files is not None else split_files(examples_uri, layout.EVAL)
+    labelled = train_files if train_files is not None else layout.split_files(examples_uri, layout.TRAIN)
+    unlabelled = layout.split_files(examples_uri, layout.UNLABELLED_SPLIT) if cfg.use_unlabelled else []
+    eval_files = eval_files if eval_files is not None else layout.split_files(examples_uri, layout.EVAL)
     if not labelled:
         raise UserError(f"no training examples under {examples_uri}; run ingest first")
     files = sorted(labelled + unlabelled)

@@ -25,8 +25,8 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.config import TeacherConfig
-from pipeline.layout import EventSpec
+from contract.config import TeacherConfig
+from contract.layout import EventSpec
 
 FC_PREFIX = "fc_"
 LOGITS = "logits"

@@ -23,8 +23,8 @@ import os
 import shutil
 from typing import Any
 
-from pipeline import layout
-from pipeline.config import Config
+from contract import layout
+from contract.config import Config
 from trainer import launch
 
 CONFIG_KEY = "config"

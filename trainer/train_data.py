@@ -14,23 +14,11 @@ import json
 import os
 from typing import Any
 
-from pipeline import layout
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.errors import UserError
+from contract.layout import EventSpec
 
 SHUFFLE_BUFFER = 8192
-
-
-def split_files(examples_dir: str, split: str) -> list[str]:
-    """Sorted TFRecord files of one split of an Examples artifact."""
-    import tensorflow as tf
-
-    directory = layout.split_dir(examples_dir, split)
-    files = sorted(tf.io.gfile.glob(os.path.join(directory, "*")))
-    files = [f for f in files if not tf.io.gfile.isdir(f)]
-    if not files:
-        raise UserError(f"no {split} examples under {directory}: point --data at an ingested Examples artifact")
-    return files
 
 
 def count_records(files: list[str], cache_path: str | None = None) -> int:

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import layout
-from pipeline.config import TeacherConfig
-from pipeline.errors import UserError
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.config import STRATEGIES, TeacherConfig
+from contract.errors import UserError
+from contract.layout import EventSpec
 from trainer import devices, train_data
 
 REPORT = "train_report.json"
@@ -162,7 +162,6 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the teacher on an Examples artifact; returns (and writes) the train report."""
-    from trainer.strategies import STRATEGIES
 
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
@@ -173,18 +172,23 @@ def train(
     if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
         raise UserError(f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact")
     spec = EventSpec.load(examples_dir)
-    train_files = train_data.split_files(examples_dir, layout.TRAIN)
-    eval_files = train_data.split_files(examples_dir, layout.EVAL)
+    train_files = layout.split_files(examples_dir, layout.TRAIN, required=True)
+    eval_files = layout.split_files(examples_dir, layout.EVAL, required=True)
 
     setup = devices.configure(cfg.logical_devices)
     import tensorflow as tf
     import tf_keras as keras
 
+    from trainer.hybrid import HybridRunner
     from trainer.memory import check_fits
-    from trainer.strategies import make_runner
+    from trainer.strategies import DistributeRunner
     from trainer.teacher_model import build_teacher, parameter_counts
 
-    runner = make_runner(cfg, spec, setup)  # before any TF op: MultiWorkerMirroredStrategy needs that
+    # Created before any TF op: MultiWorkerMirroredStrategy needs that.
+    if cfg.strategy == "hybrid":
+        runner = HybridRunner(cfg, spec, setup)  # DTensor mesh
+    else:
+        runner = DistributeRunner(cfg, spec, setup, cfg.strategy)  # a tf.distribute strategy
     workdir = os.path.abspath(workdir)
     own_dir = workdir if runner.is_chief else os.path.join(workdir, "workers", f"worker-{runner.worker_index}")
     os.makedirs(own_dir, exist_ok=True)

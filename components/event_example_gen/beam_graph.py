@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 
 from components.event_example_gen import checks, sources
-from pipeline import layout
-from pipeline.config import DataConfig
+from contract import layout
+from contract.config import DataConfig
 
 SUMMARY_FILE = "summary.json"
 IGNORED_FILE = "ignored_inputs.jsonl"  # one {"path", "reason"} per file under the data root not read

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.event_example_gen.sources import TFRECORD_SUFFIXES, RawEvent
-from pipeline.config import DataConfig
-from serving import frames as framecodec
+from contract.config import DataConfig
+from ondevice import frames as framecodec
 
 # Reason codes. Keep in sync with the README's table.
 MALFORMED_LINE = "malformed_line"

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import Channel, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.artifacts import Quarantine
 from components.event_example_gen.executor import Executor
-from pipeline.config import DataConfig
+from contract.config import DataConfig, section_json
 
 
 class EventExampleGenSpec(ComponentSpec):
     PARAMETERS = {
         "input_base": ExecutionParameter(type=str),
-        "data_config": ExecutionParameter(type=str),  # JSON of pipeline.config.DataConfig
+        "data_config": ExecutionParameter(type=str),  # JSON of contract.config.DataConfig
     }
     INPUTS = {}
     OUTPUTS = {
@@ -36,7 +33,7 @@ class EventExampleGen(base_beam_component.BaseBeamComponent):
         super().__init__(
             spec=EventExampleGenSpec(
                 input_base=input_base,
-                data_config=json.dumps(dataclasses.asdict(data), sort_keys=True),
+                data_config=section_json(data),
                 examples=Channel(type=standard_artifacts.Examples),
                 quarantine=Channel(type=Quarantine),
             )

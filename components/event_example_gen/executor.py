@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tfx import types
@@ -12,8 +11,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.event_example_gen.beam_graph import build_ingest, finish_outputs
-from pipeline import layout
-from pipeline.config import DataConfig
+from contract import layout
+from contract.config import DataConfig, section_from_json
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -25,7 +24,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
-        data = DataConfig(**json.loads(exec_properties["data_config"]))
+        data = section_from_json(DataConfig, exec_properties["data_config"])
         examples = artifact_utils.get_single_instance(output_dict["examples"])
         quarantine = artifact_utils.get_single_instance(output_dict["quarantine"])
         with self._make_beam_pipeline() as p:

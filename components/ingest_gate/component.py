@@ -10,7 +10,8 @@ from tfx.types import standard_artifacts
 
 from components.artifacts import IngestBlessing, Quarantine
 from components.event_example_gen.beam_graph import SUMMARY_FILE
-from pipeline.errors import GateFailed
+from contract.config import DataConfig, section_from_json
+from contract.errors import GateFailed
 
 VERDICT_FILE = "verdict.json"
 
@@ -73,12 +74,15 @@ def IngestGate(
     quarantine: InputArtifact[Quarantine],
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     blessing: OutputArtifact[IngestBlessing],
-    max_reject_rate: Parameter[float] = 0.05,
+    data_config: Parameter[str],
 ) -> None:
-    """Blesses the ingested data or fails the run, naming every reason and the quarantine path."""
+    """Blesses the ingested data or fails the run, naming every reason and the quarantine path.
+
+    ``data_config``: the ``data`` config section (``contract.config.section_json``)."""
+    data = section_from_json(DataConfig, data_config)
     with open(os.path.join(quarantine.uri, SUMMARY_FILE), encoding="utf-8") as f:
         summary = json.load(f)
-    result = verdict(summary, read_anomalies(anomalies.uri), max_reject_rate, quarantine.uri)
+    result = verdict(summary, read_anomalies(anomalies.uri), data.max_reject_rate, quarantine.uri)
     os.makedirs(blessing.uri, exist_ok=True)
     with open(os.path.join(blessing.uri, VERDICT_FILE), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

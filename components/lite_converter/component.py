@@ -9,20 +9,13 @@ release), ``model_float16.tflite``, ``lite_report.json`` and the plots; its cust
 without opening files.
 """
 
-import dataclasses
-import json
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.artifacts import LiteModels
-from pipeline.config import LiteConfig
-
-
-def lite_config_json(cfg: LiteConfig) -> str:
-    """The ``lite_config`` parameter for a LiteConfig section."""
-    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+from contract.config import LiteConfig, section_from_json
 
 
 @component
@@ -30,15 +23,17 @@ def LiteConverter(
     model: InputArtifact[standard_artifacts.Model],
     examples: InputArtifact[standard_artifacts.Examples],
     lite: OutputArtifact[LiteModels],
+    lite_config: Parameter[str],
     teacher_model: InputArtifact[standard_artifacts.Model] = None,
-    lite_config: Parameter[str] = "{}",
 ) -> None:
-    """Converts the student to int8 and float16 TFLite, checks int8 parity, measures every variant."""
+    """Converts the student to int8 and float16 TFLite, checks int8 parity, measures every variant.
+
+    ``lite_config``: the ``lite`` config section (``contract.config.section_json``)."""
     from tfx.utils import path_utils
 
     from trainer.productionize import run_lite_conversion
 
-    cfg = LiteConfig(**json.loads(lite_config))
+    cfg = section_from_json(LiteConfig, lite_config)
     teacher_dir = path_utils.serving_model_path(teacher_model.uri) if teacher_model is not None else None
     report = run_lite_conversion(model.uri, examples.uri, lite.uri, cfg, teacher_dir=teacher_dir)
     parity = report["parity"]

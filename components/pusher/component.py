@@ -33,6 +33,7 @@ from components.pusher.release import (
     push_all,
     reasons_not_to_push,
 )
+from contract.config import ServingConfig, section_from_json
 
 
 def _int_property(artifact, name):
@@ -82,13 +83,17 @@ def EventPusher(
     pushed_model: OutputArtifact[standard_artifacts.PushedModel],
     serving_base: Parameter[str],
     mobile_base: Parameter[str],
+    serving_config: Parameter[str],
     teacher_model: InputArtifact[standard_artifacts.Model] = None,
     lite: InputArtifact[LiteModels] = None,
     infra_blessing: InputArtifact[standard_artifacts.InfraBlessing] = None,
-    model_name: Parameter[str] = "eventpipe",
     pipeline_run_id: Parameter[str] = "",
 ) -> None:
-    """Pushes the blessed student (and teacher, TFLite release), or records why not."""
+    """Pushes the blessed student (and teacher, TFLite release), or records why not.
+
+    ``serving_config``: the ``serving`` config section (``contract.config.section_json``), for the
+    model name; ``pipeline_run_id``: recorded in every release (the run that produced it)."""
+    model_name = section_from_json(ServingConfig, serving_config).model_name
     reasons = reasons_not_to_push(
         blessed=_int_property(model_blessing, "blessed"),
         infra_blessed=_int_property(infra_blessing, "blessed") if infra_blessing is not None else None,

@@ -3,7 +3,7 @@
 ``reasons_not_to_push`` is the gate (stock Pusher semantics: the ModelBlessing's and the
 InfraBlessing's ``blessed`` custom property, plus: the blessing must be about this very
 model). ``push_all`` checks every source first and only then pushes, so a missing file never
-leaves half a release behind; each destination is itself atomic (``serving.push``).
+leaves half a release behind; each destination is itself atomic (``components.pusher.push``).
 
 A release is three versions in three directories, and no rename spans them. So every part
 is staged first (copied, fsynced, its number claimed), a journal names them, and they are
@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import UserError
-from serving.push import (
+from components.pusher.push import (
     SAVED_MODEL_PB,
     SAVED_MODEL_PBTXT,
     STALE_TMP_SECONDS,
@@ -33,6 +32,7 @@ from serving.push import (
     stage_saved_model,
     stage_tflite,
 )
+from contract.errors import UserError
 from serving.versions import model_dir as resolve_model_dir
 
 PUSH_FILE = "push.json"

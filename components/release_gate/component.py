@@ -17,6 +17,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.artifacts import LiteModels
+from contract.config import GateConfig, section_from_json
 
 VERDICT_FILE = "verdict.json"
 LITE_REPORT = "lite_report.json"
@@ -33,12 +34,12 @@ def decide(
     teacher_blessed: bool = True,
     student_blessed: bool = True,
 ) -> dict:
-    """The release verdict: ``failures`` (TFMA's, as ``pipeline.evaluation.tfma_failures`` reads
+    """The release verdict: ``failures`` (TFMA's, as ``components.release_gate.gates.tfma_failures`` reads
     them) plus the student-vs-teacher check, and a problem line for each; then parity, serving.
 
     ``teacher_blessed`` / ``student_blessed`` are the Evaluators' blessings: a refusal that
     names no failure is still a refusal."""
-    from pipeline.evaluation import MISSING, student_vs_teacher
+    from components.release_gate.gates import MISSING, student_vs_teacher
 
     failures = list(failures)
     for model, blessed in (("teacher", teacher_blessed), ("student", student_blessed)):
@@ -88,7 +89,7 @@ def release_verdict(
     student_blessed: bool = True,
 ) -> dict:
     """``decide`` on two Evaluator outputs: their accuracies and validation failures."""
-    from pipeline.evaluation import LAST_BLESSED, overall_accuracy, tfma_failures
+    from components.release_gate.gates import LAST_BLESSED, overall_accuracy, tfma_failures
 
     return decide(
         teacher_accuracy=overall_accuracy(teacher_evaluation_uri),
@@ -113,9 +114,12 @@ def ReleaseGate(
     lite: InputArtifact[LiteModels],
     infra_blessing: InputArtifact[standard_artifacts.InfraBlessing],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
-    max_student_drop: Parameter[float] = 0.05,
+    gates_config: Parameter[str],
 ) -> None:
-    """Blesses the student for release, or records every reason it is held back."""
+    """Blesses the student for release, or records every reason it is held back.
+
+    ``gates_config``: the ``gates`` config section (``contract.config.section_json``)."""
+    gates = section_from_json(GateConfig, gates_config)
     with open(os.path.join(lite.uri, LITE_REPORT), encoding="utf-8") as f:
         lite_report = json.load(f)
     result = release_verdict(
@@ -123,7 +127,7 @@ def ReleaseGate(
         student_evaluation.uri,
         lite=lite_report.get("parity", lite_report),
         infra_blessed=bool(infra_blessing.get_int_custom_property("blessed")),
-        max_student_drop=max_student_drop,
+        max_student_drop=gates.max_student_drop,
         teacher_blessed=bool(teacher_blessing.get_int_custom_property("blessed")),
         student_blessed=bool(student_blessing.get_int_custom_property("blessed")),
     )

@@ -18,6 +18,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from components.serving_validator.validation import VALIDATION_FILE, validate_in_server
+from contract.config import ServingConfig, section_from_json
 
 BLESSED_FILE = "INFRA_BLESSED"
 NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
@@ -28,20 +29,20 @@ def ServingValidator(
     model: InputArtifact[standard_artifacts.Model],
     examples: InputArtifact[standard_artifacts.Examples],
     blessing: OutputArtifact[standard_artifacts.InfraBlessing],
-    model_name: Parameter[str] = "candidate",
-    num_events: Parameter[int] = 16,
-    tolerance: Parameter[float] = 1e-4,
-    timeout_seconds: Parameter[int] = 300,
+    serving_config: Parameter[str],
 ) -> None:
-    """Blesses ``model`` only if it loads in the server and answers exactly as in-process."""
+    """Blesses ``model`` only if it loads in the server and answers exactly as in-process.
+
+    ``serving_config``: the ``serving`` config section (``contract.config.section_json``)."""
+    serving = section_from_json(ServingConfig, serving_config)
     model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
     report = validate_in_server(
         model_dir,
         examples.uri,
-        model_name=model_name,
-        num_events=num_events,
-        tolerance=tolerance,
-        timeout_s=float(timeout_seconds),
+        model_name=serving.model_name,
+        num_events=serving.validation_events,
+        tolerance=serving.validation_tolerance,
+        timeout_s=serving.validation_timeout_seconds,
     )
     report["model_artifact"] = {"uri": model.uri, "id": model.id}
     os.makedirs(blessing.uri, exist_ok=True)

@@ -3,12 +3,12 @@
 Steps (every one bounded by a timeout, the server always stopped):
 
 1. push the candidate SavedModel as version 1 of a fresh temporary model base path (the same
-   ``serving.push`` code the Pusher uses, so the pushed layout is what gets validated);
+   ``components.pusher.push`` code the Pusher uses, so the pushed layout is what gets validated);
 2. start ``python -m pipeline.cli serve`` on free loopback ports (``--rest-port 0 --grpc-port
    0 --port-file``) in a subprocess;
 3. wait until REST status reports version 1 ``AVAILABLE`` (or ``END`` with the load error);
 4. check ``/metadata`` lists the contract's ``serving_default`` signature;
-5. send N eval events (read with ``pipeline.layout``) as REST row-form requests (one event
+5. send N eval events (read with ``contract.layout``) as REST row-form requests (one event
    each, ``{"b64": ...}`` frames), one REST column-form request and one gRPC ``Predict``
    through ``PredictionServiceStub``;
 6. compare every answer with the SavedModel run in this process (probabilities within
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.layout import EventSpec
+from contract import layout
+from contract.layout import EventSpec
 from serving.process import ServerProcess
 
 VALIDATION_FILE = "validation.json"
@@ -48,9 +48,9 @@ def read_events(examples_uri: str, spec: EventSpec, count: int) -> tuple[np.ndar
     """Up to ``count`` eval events (train if there is no eval split): ``[N, K]`` encoded frames, ids."""
     import tensorflow as tf
 
-    from trainer.student_module import split_files
 
-    files = split_files(examples_uri, layout.EVAL) or split_files(examples_uri, layout.TRAIN)
+
+    files = layout.split_files(examples_uri, layout.EVAL) or layout.split_files(examples_uri, layout.TRAIN)
     if not files:
         raise ValueError(f"no eval or train split under {examples_uri}")
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count).batch(count)
@@ -291,10 +291,10 @@ def validate_in_server(
     model_dir: str,
     examples_uri: str,
     *,
-    model_name: str = "candidate",
-    num_events: int = 16,
-    tolerance: float = 1e-4,
-    timeout_s: float = 180.0,
+    model_name: str,
+    num_events: int,
+    tolerance: float,
+    timeout_s: float,
 ) -> dict[str, Any]:
     """Serve ``model_dir`` in a real server process and check its answers; the validation report.
 
@@ -302,7 +302,7 @@ def validate_in_server(
     signature, every request succeeded, no answer differs from in-process and the outputs
     meet the contract. ``report["problems"]`` says why not, one line each.
     """
-    from serving.push import push_saved_model
+    from components.pusher.push import push_saved_model
     from trainer.export import load_spec
 
     started = time.monotonic()

@@ -134,6 +134,20 @@ def split_dir(examples_uri: str, split: str) -> str:
     return os.path.join(examples_uri, f"Split-{split}")
 
 
+def split_files(examples_uri: str, split: str, *, required: bool = False) -> list[str]:
+    """Sorted TFRecord files of one split of an Examples artifact: ``[]`` when the split is absent
+    or empty, unless ``required`` (then an error that says what to point at)."""
+    import tensorflow as tf
+
+    from contract.errors import UserError
+
+    directory = split_dir(examples_uri, split)
+    files = sorted(f for f in tf.io.gfile.glob(os.path.join(directory, "*")) if not tf.io.gfile.isdir(f))
+    if required and not files:
+        raise UserError(f"no {split} examples under {directory}: point --data at an ingested Examples artifact")
+    return files
+
+
 # -- tf.Example construction (ingest) -----------------------------------------------------
 def make_example(
     *,

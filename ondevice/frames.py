@@ -1,6 +1,6 @@
 """Decode encoded event frames with PIL and NumPy, without TensorFlow.
 
-The on-device runner and the TFLite backend cannot use ``pipeline.layout.decode_frames``
+The on-device runner and the TFLite backend cannot use ``contract.layout.decode_frames``
 (TensorFlow). This module reproduces its semantics so a TFLite model sees what training saw:
 
 - ``""`` entries pad short events: index ``i`` takes frame ``min(i, real - 1)`` where ``real``
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from pipeline.config import DataConfig
+from contract.config import DataConfig
 
 # TensorFlow's PNG decoder asks libpng for gray = 0.299 R + 0.587 G + 0.114 B; libpng turns that
 # into these 1/32768 fixed-point weights and truncates.

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from pipeline.config import SimulatorConfig
-from pipeline.errors import UserError
-from pipeline.simulator.backgrounds import device_view
-from pipeline.simulator.png import encode_png
-from pipeline.simulator.scenes import (
+from contract.config import SimulatorConfig
+from contract.errors import UserError
+from simulator.backgrounds import device_view
+from simulator.png import encode_png
+from simulator.scenes import (
     NUISANCES,
     Archetype,
     RenderedEvent,
@@ -297,7 +297,7 @@ def generate(
         "devices": {device_name(d, cfg.devices): device_view(cfg.seed, d) for d in range(cfg.devices)},
     }
     if preview:
-        from pipeline.simulator.preview import contact_sheet
+        from simulator.preview import contact_sheet
 
         picks = [(cfg.classes[c], totals.preview.get(c, [])) for c in range(len(cfg.classes))]
         contact_sheet(cfg, picks, os.path.join(out_dir, PREVIEW_FILE))

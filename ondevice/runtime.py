@@ -2,7 +2,7 @@
 
 This is what a device (or the on-device runner) needs: the model file alone. Labels, the
 frames layout and the input/output quantization come from the metadata embedded in the file
-(``trainer.lite_metadata``). TensorFlow is never imported here; ``tensorflow.lite`` is used only
+(``ondevice.metadata``). TensorFlow is never imported here; ``tensorflow.lite`` is used only
 when ``tflite_runtime`` is not installed (e.g. on a workstation without it).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.lite_metadata import read_metadata
+from ondevice.metadata import read_metadata
 
 SIGNATURE = "serving_default"
 

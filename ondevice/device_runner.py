@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import UserError
+from contract.errors import UserError
 
 
 @dataclass
@@ -99,8 +99,8 @@ def run_device(
     stream=None,
 ) -> dict:
     """Classify the events under ``data``; print predictions and latency; return the summary."""
-    from serving.frames import FrameDecodeError
-    from serving.tflite_model import LiteEventModel, LiteModelError
+    from ondevice.frames import FrameDecodeError
+    from ondevice.tflite_model import LiteEventModel, LiteModelError
 
     stream = stream or sys.stdout
     try:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.errors import UserError
+from contract.errors import UserError
 from serving.versions import model_dir as resolve_model_dir
 
 SAVED_MODEL_PB = "saved_model.pb"
@@ -340,7 +340,7 @@ def _check_tflite(path: str) -> None:
 
 def _model_card(tflite_path: str) -> dict[str, Any]:
     """Labels, input and output description from the metadata embedded in the model (if any)."""
-    from trainer.lite_metadata import MetadataError, read_metadata
+    from ondevice.metadata import MetadataError, read_metadata
 
     try:
         meta = read_metadata(tflite_path)

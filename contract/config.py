@@ -8,13 +8,16 @@ report so a run can be repeated exactly.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pipeline.errors import UserError
+from contract.errors import UserError
+
+_Section = TypeVar("_Section")
 
 
 class ConfigError(UserError, ValueError):
@@ -44,6 +47,10 @@ class DataConfig:
     max_input_pixels: int = 128 * 128
 
 
+# Teacher distribution strategies (trainer.strategies runs the first three, trainer.hybrid the last).
+STRATEGIES = ("single", "mirrored", "multiworker", "hybrid")
+
+
 @dataclass
 class SimulatorConfig:
     events: int = 2000
@@ -62,7 +69,7 @@ class SimulatorConfig:
 
 @dataclass
 class TeacherConfig:
-    strategy: str = "hybrid"  # single | mirrored | multiworker | hybrid
+    strategy: str = "hybrid"  # one of STRATEGIES
     logical_devices: int = 4
     workers: int = 2  # multiworker: local worker processes the pipeline starts when TF_CONFIG is unset
     mesh: str = "batch=2,model=2"
@@ -175,6 +182,11 @@ class ServingConfig:
     max_connections: int = 64
     version_labels: str = ""  # JSON {"stable": 1, "canary": 2}; "" = <base>/<name>/labels.json
     prefer_tflite: bool = False  # a version dir holding both: serve model.tflite, not the SavedModel
+    # ServingValidator: eval events sent to the candidate in the server over REST and gRPC, the
+    # largest difference from the in-process answer it accepts, and how long it waits for the load.
+    validation_events: int = 16
+    validation_tolerance: float = 1e-4
+    validation_timeout_seconds: float = 300.0
 
 
 @dataclass
@@ -190,6 +202,17 @@ class RunConfig:
     mobile_base: str = ""  # "" = <workdir>/mobile
     image: str = "eventpipe:latest"  # container image for Kubeflow (built from the repo's Dockerfile)
     pipeline_root: str = ""  # "" = <workdir>/pipeline; a gs:// or shared path on Kubeflow
+
+
+def section_json(section: Any) -> str:
+    """One config section as the JSON string a TFX component parameter carries: every component
+    takes its configuration this one way, and its defaults live only in the dataclass."""
+    return json.dumps(dataclasses.asdict(section), sort_keys=True)
+
+
+def section_from_json(cls: type[_Section], text: str) -> _Section:
+    """The section ``section_json`` wrote (an unknown field is an error, not ignored)."""
+    return cls(**json.loads(text))
 
 
 @dataclass
@@ -317,3 +340,28 @@ def parse_mesh(spec: str) -> dict[str, int]:
     if set(mesh) != {"batch", "model"}:
         raise ConfigError(f"--mesh needs exactly the axes 'batch' and 'model', got {spec!r}")
     return mesh
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags every command shares: a config file and generic overrides."""
+    parser.add_argument("--config", help="JSON config file (see contract/config.py for fields)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one config field, e.g. --set teacher.steps=100 (repeatable)",
+    )
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The typed config for a command: defaults < --config file < --set < dedicated flags.
+
+    Dedicated flags are declared with ``dest="section.field"`` and default ``None``.
+    """
+    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
+    cfg.apply_overrides(getattr(args, "set", []) or [])
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            cfg.set(dest, value)
+    return cfg

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.config import SimulatorConfig
-from pipeline.simulator.scenes import archetypes_for, render_event
+from contract.config import SimulatorConfig
+from simulator.scenes import archetypes_for, render_event
 
 _LABEL_WIDTH = 84
 _GAP = 2

@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from pipeline.simulator.backgrounds import LUMA, device_background, shake_margin
+from simulator.backgrounds import LUMA, device_background, shake_margin
 
 NEGATIVE_NAMES = ("empty", "background", "none", "nothing", "negative")
 _KIND_SYNONYMS = {

@@ -1,10 +1,10 @@
-"""``eventpipe generate``: write a simulated event data set (see pipeline/simulator)."""
+"""``eventpipe generate``: write a simulated event data set (see simulator)."""
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import add_config_flags, load_config
+from contract.config import add_config_flags, load_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -111,7 +111,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.simulator.writer import generate
+    from simulator.writer import generate
 
     cfg = load_config(args).simulator
     summary = generate(args.out, cfg, progress=not args.no_progress)

@@ -1,10 +1,10 @@
 """Batches of encoded events through an eventpipe ``.tflite`` file, without TensorFlow.
 
 Shared by the on-device runner and the server's TFLite backend. The per-event model call,
-quantization and metadata handling are ``trainer.lite_runtime.LiteEventClassifier`` — the
+quantization and metadata handling are ``ondevice.runtime.LiteEventClassifier`` — the
 same code the productionize parity gate runs — so what is served is what was verified.
 This module adds what serving needs on top: decoding PNG/JPEG frames with PIL
-(``serving.frames``, TensorFlow's decoding semantics), normalization from the metadata,
+(``ondevice.frames``, TensorFlow's decoding semantics), normalization from the metadata,
 batches, thread safety, and the exported-model contract's output arrays.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serving import frames as framecodec
+from ondevice import frames as framecodec
 
 PROBABILITIES = "probabilities"
 LOGITS = "logits"
@@ -42,8 +42,8 @@ class LiteEventModel:
     """An eventpipe ``.tflite`` model: ``decode``, ``predict_decoded``, ``predict_encoded``."""
 
     def __init__(self, path: str, num_threads: int | None = None) -> None:
-        from trainer.lite_metadata import MetadataError
-        from trainer.lite_runtime import LiteEventClassifier
+        from ondevice.metadata import MetadataError
+        from ondevice.runtime import LiteEventClassifier
 
         require_tflite_runtime()
         if not os.path.isfile(path):

@@ -1,0 +1,103 @@
+"""The house's floors hold: every import goes down a floor or stays in its room, and no module
+imports itself back through others (ast over every module, imports inside functions included)."""
+
+import ast
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Floor by package, lowest first; a package may import itself and any package on a lower floor.
+FLOORS = {
+    "contract": 0,  # the data contract: config, event layout, errors, TF environment
+    "ondevice": 1,  # running a .tflite without TensorFlow (device, parity checks, TFLite servable)
+    "trainer": 2,
+    "serving": 2,
+    "simulator": 2,
+    "components": 3,
+    "pipeline": 4,
+    "benchmarks": 5,
+}
+
+pytestmark = pytest.mark.unit
+
+
+def _modules() -> dict[str, str]:
+    found = {}
+    for package in FLOORS:
+        for directory, _, files in os.walk(os.path.join(REPO, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(directory, name)
+                    module = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+                    found[module.removesuffix(".__init__")] = path
+    return found
+
+
+def _imports(path: str, modules: dict[str, str]) -> set[str]:
+    """Our modules that ``path`` imports (``from a import b`` counts as ``a.b`` when that is a module)."""
+    targets = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name:
+                targets.add(name)
+    return targets
+
+
+MODULES = _modules()
+GRAPH = {module: _imports(path, MODULES) - {module} for module, path in MODULES.items()}
+
+
+def test_every_import_stays_in_its_room_or_goes_down_a_floor():
+    upward = []
+    for module, targets in GRAPH.items():
+        own = module.split(".")[0]
+        for target in targets:
+            other = target.split(".")[0]
+            if other != own and FLOORS[other] >= FLOORS[own]:
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports that go up a floor or sideways between rooms:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif target not in state:
+                visit(target, stack)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_benchmarks_do_not_import_tests():
+    offenders = [m for m, path in MODULES.items() if m.startswith("benchmarks") for t in _raw(path) if t.split(".")[0] == "tests"]
+    assert not offenders, offenders
+
+
+def _raw(path: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
