@@ -91,9 +91,9 @@ def train_teacher(workdir: str, examples: str, steps: int, seed: int) -> str:
 def float32_reference(student_dir: str, examples: str, out: str) -> dict[str, Any]:
     """Bytes of a float32 TFLite of the dense student: the like-for-like size reference."""
     from contract.layout import EventSpec
-    from trainer import lite, measure
-    from trainer.student_model import load_keras
-    from trainer.student_module import FLOAT_KERAS, keras_path
+    from trainer.models.student import load_keras
+    from trainer.productionize import lite, measure
+    from trainer.productionize.module import FLOAT_KERAS, keras_path
 
     spec = EventSpec.load(examples)
     model = load_keras(keras_path(student_dir, FLOAT_KERAS))
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from components.release_gate.gates import decide_blessing
         from contract.config import Config
-        from trainer.productionize import run_lite_conversion
-        from trainer.student_module import run_distillation
+        from trainer.productionize.convert import run_lite_conversion
+        from trainer.productionize.module import run_distillation
 
         cfg = Config()
         if a.epochs:

@@ -1,8 +1,8 @@
 """Serving overhead and throughput: REST and gRPC vs the in-process model call.
 
-The model is the pipeline's student (``trainer.student_model.build_student``, untrained
+The model is the pipeline's student (``trainer.models.student.build_student``, untrained
 weights; latency does not depend on them) at the simulator's default geometry, exported with
-``trainer.export`` (SavedModel) and ``trainer.lite`` (int8 TFLite). Each backend is served
+``trainer.models.export`` (SavedModel) and ``trainer.productionize.lite`` (int8 TFLite). Each backend is served
 by ``eventpipe serve`` in a subprocess on loopback.
 
 Measured per backend:
@@ -51,9 +51,9 @@ def build_models(workdir: str, frames: int, size: int, channels: int) -> dict[st
 
     from contract.config import StudentConfig
     from contract.layout import EventSpec
-    from trainer.export import export_saved_model
-    from trainer.lite import convert_variant
-    from trainer.student_model import build_student
+    from trainer.models.export import export_saved_model
+    from trainer.models.student import build_student
+    from trainer.productionize.lite import convert_variant
 
     spec = EventSpec(("empty", "person", "vehicle", "animal"), frames, size, size, channels)
     model = build_student(spec, StudentConfig())

@@ -47,7 +47,7 @@ class DataConfig:
     max_input_pixels: int = 128 * 128
 
 
-# Teacher distribution strategies (trainer.strategies runs the first three, trainer.hybrid the last).
+# Teacher distribution strategies (trainer.parallel.strategies runs the first three, trainer.parallel.hybrid the last).
 STRATEGIES = ("single", "mirrored", "multiworker", "hybrid")
 
 
@@ -287,16 +287,34 @@ class Config:
         return os.path.abspath(self.run.workdir)
 
     @property
+    def pipeline_root(self) -> str:
+        """``run.pipeline_root`` (a bucket path stays as given), else ``<workdir>/pipeline``."""
+        return _location(self.run.pipeline_root) or os.path.join(self.workdir, "pipeline")
+
+    @property
     def serving_base(self) -> str:
-        return os.path.abspath(self.run.serving_base or os.path.join(self.workdir, "serving"))
+        """Where blessed models are pushed: ``run.serving_base``, else ``serving/`` beside the
+        pipeline root (``<workdir>/serving`` by default). One rule for every runner."""
+        return _location(self.run.serving_base) or _beside(self.pipeline_root, "serving")
 
     @property
     def mobile_base(self) -> str:
-        return os.path.abspath(self.run.mobile_base or os.path.join(self.workdir, "mobile"))
+        """Where on-device releases go: ``run.mobile_base``, else ``mobile/`` beside the pipeline root."""
+        return _location(self.run.mobile_base) or _beside(self.pipeline_root, "mobile")
 
     @property
     def report_path(self) -> str:
         return os.path.join(self.workdir, "report.json")
+
+
+def _location(path: str) -> str:
+    """A configured path: URLs (``gs://...``) as given, local paths made absolute, "" stays ""."""
+    return path if not path or "://" in path else os.path.abspath(path)
+
+
+def _beside(root: str, name: str) -> str:
+    """``name`` in the directory that holds ``root`` (a local path or a URL)."""
+    return f"{root.rstrip('/').rsplit('/', 1)[0]}/{name}"
 
 
 def _coerce(key: str, value: Any, current: Any) -> Any:

@@ -4,7 +4,7 @@ The TFLite schema (tensorflow/lite/schema/schema.fbs) gives every model a ``meta
 ``{name, buffer}`` entries pointing into its ``buffers``; the converter itself stores
 ``min_runtime_version`` and ``CONVERSION_METADATA`` there. eventpipe adds one entry,
 ``EVENTPIPE_METADATA``, whose buffer is UTF-8 JSON: labels, input normalization, frames layout,
-quantization and output names (written by ``trainer.lite.embed_metadata``). An app or the
+quantization and output names (written by ``trainer.productionize.lite.embed_metadata``). An app or the
 on-device runner reads it with ``read_metadata`` — no TensorFlow, no tflite-support, no side
 files. Interpreters ignore metadata entries they do not know, so the model runs everywhere.
 

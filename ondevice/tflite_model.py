@@ -16,14 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contract import layout
 from ondevice import frames as framecodec
 
-PROBABILITIES = "probabilities"
-LOGITS = "logits"
-CLASS_ID = "class_id"
-CLASS_NAME = "class_name"
-BEST_FRAME = "best_frame"
-CONTRACT_OUTPUTS = (PROBABILITIES, LOGITS, CLASS_ID, CLASS_NAME, BEST_FRAME)
+# The outputs every eventpipe servable answers with (the SavedModel signatures' names).
+CONTRACT_OUTPUTS = (layout.OUT_PROBABILITIES, layout.OUT_LOGITS, layout.OUT_CLASS_ID, layout.OUT_CLASS, layout.OUT_BEST_FRAME)
 
 
 class LiteModelError(ValueError):
@@ -56,7 +53,7 @@ class LiteEventModel:
             self._classifier = LiteEventClassifier(content, num_threads=num_threads or 1)
         except MetadataError as e:
             raise LiteModelError(
-                f"{path}: {e}; convert the model with trainer/lite.py, which embeds labels and normalization"
+                f"{path}: {e}; convert the model with trainer/productionize/lite.py, which embeds labels and normalization"
             ) from e
         except (KeyError, ValueError, RuntimeError) as e:
             raise LiteModelError(f"{path}: not a usable eventpipe TFLite model: {type(e).__name__}: {e}") from e
@@ -114,11 +111,11 @@ class LiteEventModel:
         names = np.empty(batch, dtype=object)
         names[:] = [self.labels[c].encode("utf-8") for c in class_id]
         return {
-            PROBABILITIES: (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32),
-            LOGITS: logits,
-            CLASS_ID: class_id,
-            CLASS_NAME: names,
-            BEST_FRAME: np.argmax(weights, axis=-1).astype(np.int64),
+            layout.OUT_PROBABILITIES: (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32),
+            layout.OUT_LOGITS: logits,
+            layout.OUT_CLASS_ID: class_id,
+            layout.OUT_CLASS: names,
+            layout.OUT_BEST_FRAME: np.argmax(weights, axis=-1).astype(np.int64),
         }
 
     def predict_encoded(self, events: Sequence[Sequence[bytes]]) -> dict[str, np.ndarray]:

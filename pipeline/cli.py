@@ -21,7 +21,7 @@ COMMAND_MODULES = [
     "pipeline.commands",
     "serving.cli",
     "trainer.cli",
-    "trainer.planner_cli",
+    "trainer.parallel.planner_cli",
 ]
 
 

@@ -47,15 +47,16 @@ def create_pipeline(
     pipeline_root: str,
     metadata_connection_config: Any | None,
     beam_pipeline_args: list[str],
-    serving_base: str = "",
-    mobile_base: str = "",
+    serving_base: str,
+    mobile_base: str,
     through: str = "push",
     pipeline_name: str = PIPELINE_NAME,
 ) -> Any:
     """Build the pipeline up to and including stage ``through`` (one of STAGES).
 
     ``serving_base`` / ``mobile_base``: where blessed models are pushed (TF Serving model base
-    path layout / on-device release layout); default ``<pipeline_root>/../serving|mobile``.
+    path layout / on-device release layout); the runners pass ``Config.serving_base`` and
+    ``Config.mobile_base``.
     """
     from tfx import v1 as tfx
 
@@ -64,9 +65,6 @@ def create_pipeline(
 
     if through not in STAGES:
         raise ValueError(f"through must be one of {STAGES}, got {through!r}")
-    parent = pipeline_root.rstrip("/").rsplit("/", 1)[0]
-    serving_base = serving_base or f"{parent}/serving"
-    mobile_base = mobile_base or f"{parent}/mobile"
 
     example_gen = EventExampleGen(input_base=data_root, data=config.data)
     statistics_gen = tfx.components.StatisticsGen(
@@ -119,7 +117,7 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
     from components.release_gate.gates import eval_config
 
     teacher = tfx.components.Trainer(
-        run_fn="trainer.teacher_module.run_fn",
+        run_fn="trainer.teacher.module.run_fn",
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         # The child plans its own length (epochs over the train split, or teacher.steps).
@@ -144,7 +142,7 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
     from components.release_gate.gates import eval_config
 
     distiller = tfx.components.Trainer(
-        run_fn="trainer.student_module.run_fn",
+        run_fn="trainer.productionize.module.run_fn",
         examples=example_gen.outputs["examples"],  # all splits: unlabelled events feed distillation
         schema=schema_gen.outputs["schema"],
         base_model=teacher.outputs["model"],  # the teacher
@@ -177,8 +175,6 @@ def _release(
     student_evaluator: Any, lite: Any, *, serving_base: str, mobile_base: str,
 ) -> list[Any]:  # fmt: skip
     """Load the student in the real server, decide the release, push only what is blessed."""
-    from tfx.dsl.placeholder import placeholder as ph
-
     from components.pusher.component import EventPusher
     from components.release_gate.component import ReleaseGate
     from components.serving_validator.component import ServingValidator
@@ -207,6 +203,5 @@ def _release(
         serving_base=serving_base,
         mobile_base=mobile_base,
         serving_config=section_json(config.serving),
-        pipeline_run_id=ph.execution_invocation().pipeline_run_id,
     )
     return [serving_validator, release_gate, pusher]

@@ -14,10 +14,6 @@ from contract.errors import UserError
 DEPENDENCY_FLAGS = ("--setup_file", "--extra_package", "--requirements_file", "--sdk_container_image")
 
 
-def pipeline_root(config: Config) -> str:
-    return config.run.pipeline_root or os.path.join(config.workdir, "pipeline")
-
-
 def metadata_path(config: Config) -> str:
     return os.path.join(config.workdir, "metadata.sqlite")
 
@@ -75,7 +71,7 @@ def run_pipeline(config: Config, through: str) -> None:
     pipeline = create_pipeline(
         config,
         data_root=os.path.abspath(config.run.data),
-        pipeline_root=pipeline_root(config),
+        pipeline_root=config.pipeline_root,
         metadata_connection_config=metadata_connection(config),
         beam_pipeline_args=beam_args(config),
         serving_base=config.serving_base,
@@ -107,11 +103,11 @@ def compile_kubeflow(config: Config, output_path: str, *, through: str = "push")
     pipeline = create_pipeline(
         config,
         data_root=config.run.data,
-        pipeline_root=pipeline_root(config),
+        pipeline_root=config.pipeline_root,
         metadata_connection_config=None,
         beam_pipeline_args=beam_args(config),
-        serving_base=config.run.serving_base,
-        mobile_base=config.run.mobile_base,
+        serving_base=config.serving_base,
+        mobile_base=config.mobile_base,
         through=through,
     )
     output_path = os.path.abspath(output_path)

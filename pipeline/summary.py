@@ -4,13 +4,14 @@ and print the few lines a person reads."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import time
 import urllib.request
 from typing import Any
 
-from contract import layout
+from contract import files, layout
 from contract.config import Config
 
 
@@ -34,9 +35,9 @@ def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
     run_dir, model_dir = _uri(found, "TeacherTrainer", "model_run"), _uri(found, "TeacherTrainer", "model")
     if run_dir is None or model_dir is None:
         return None
-    train = _load(os.path.join(run_dir, "train_report.json")) or {}
+    train = _load(os.path.join(run_dir, files.TRAIN_REPORT)) or {}
     section: dict[str, Any] = {
-        "model": os.path.join(model_dir, "Format-Serving"),
+        "model": os.path.join(model_dir, files.SERVING_MODEL_DIR),
         "strategy": train.get("strategy"),
         "mesh": train.get("mesh"),
         "fc_layout": train.get("fc_layout"),
@@ -48,7 +49,7 @@ def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
         "train_eval_accuracy": train.get("final_eval_accuracy"),
         "examples_per_second": (train.get("timing") or {}).get("examples_per_second"),
         "final_loss": (train.get("losses") or [None])[-1],
-        "train_report": os.path.join(run_dir, "train_report.json"),
+        "train_report": os.path.join(run_dir, files.TRAIN_REPORT),
         "plots": train.get("plots", {}),
         "tensorboard": os.path.join(run_dir, "tensorboard"),
     }
@@ -65,7 +66,7 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     sections: dict[str, Any] = {}
     teacher = teacher_section(found)
     lite_dir = _uri(found, "LiteConverter", "lite")
-    lite = _load(os.path.join(lite_dir, "lite_report.json")) if lite_dir else None
+    lite = _load(os.path.join(lite_dir, files.LITE_REPORT)) if lite_dir else None
     if lite:
         teacher = {**(lite.get("teacher") or {}), **(teacher or {})}
         sections["student"] = lite["student"]
@@ -81,32 +82,24 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         sections.setdefault("student", {})["tfma_accuracy"] = overall_accuracy(student_eval)
     gate = _uri(found, "ReleaseGate", "blessing")
     if gate:
-        sections["release"] = _load(os.path.join(gate, "verdict.json"))
+        sections["release"] = _load(os.path.join(gate, files.VERDICT))
     validator = _uri(found, "ServingValidator", "blessing")
     if validator:
-        sections["serving_validation"] = _load(os.path.join(validator, "validation.json"))
+        sections["serving_validation"] = _load(os.path.join(validator, files.VALIDATION))
     pushed = _uri(found, "EventPusher", "pushed_model")
     if pushed:
-        sections["push"] = _load(os.path.join(pushed, "push.json"))
+        sections["push"] = _load(os.path.join(pushed, files.PUSH_RECORD))
     return sections
 
 
 def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
     """Start the server on the pushed models, send one real REST predict, and stop it."""
-    from serving.server import ModelServer, ServerOptions
+    from serving.server import ModelServer
 
     spec = layout.EventSpec.load(examples_uri)
     event = _first_event(examples_uri)
-    server = ModelServer(
-        ServerOptions(
-            model_base_path=cfg.serving_base,
-            model_name=cfg.serving.model_name,
-            host="127.0.0.1",
-            rest_port=0,
-            grpc_port=-1,
-            max_batch_size=1,
-        )
-    ).start()
+    one_request = dataclasses.replace(cfg.serving, host="127.0.0.1", rest_port=0, grpc_port=-1, max_batch_size=1)
+    server = ModelServer(one_request, cfg.serving_base).start()
     try:
         if not server.wait_until_available(timeout=120):
             return {"ok": False, "error": "the pushed model did not become AVAILABLE within 120 s"}

@@ -78,27 +78,9 @@ def serve_command(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     s = cfg.serving
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.server import ModelServer, ServerOptions
+    from serving.server import ModelServer
 
-    server = ModelServer(
-        ServerOptions(
-            model_base_path=cfg.serving_base,
-            model_name=s.model_name,
-            host=s.host,
-            rest_port=s.rest_port,
-            grpc_port=s.grpc_port,
-            version_policy=s.version_policy,
-            poll_seconds=s.poll_seconds,
-            max_batch_size=s.max_batch_size,
-            batch_timeout_ms=s.batch_timeout_ms,
-            max_body_bytes=s.max_body_bytes,
-            max_tensor_elements=s.max_tensor_elements,
-            read_timeout_seconds=s.read_timeout_seconds,
-            max_connections=s.max_connections,
-            version_labels=s.version_labels,
-            prefer_tflite=s.prefer_tflite,
-        )
-    )
+    server = ModelServer(s, cfg.serving_base)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

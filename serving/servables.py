@@ -26,14 +26,14 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from contract import layout
+from contract import files, layout
 from ondevice import frames as framecodec
 from serving.signatures import DEFAULT_SIGNATURE, Signature, TensorSig
 from serving.status import INTERNAL, INVALID_ARGUMENT, ServingError, invalid
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
-TFLITE_FILE = "model.tflite"
+TFLITE_FILE = files.TFLITE_INT8
 SERVE_TAG = "serve"
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 
@@ -53,7 +53,7 @@ class Servable(abc.ABC):
     platform: str = ""
     signatures: dict[str, Signature]
     # Whether merging requests into one call pays off (a batched graph). TFLite models from
-    # trainer/lite.py take one event per invocation, so they run requests on an interpreter
+    # trainer/productionize/lite.py take one event per invocation, so they run requests on an interpreter
     # pool instead.
     batchable: bool = True
 

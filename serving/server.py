@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 
 from contract.config import ServingConfig
 from contract.errors import UserError
@@ -13,37 +12,21 @@ from serving.grpc_service import GrpcServer
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.rest import RestServer
-from serving.tensors import MAX_TENSOR_ELEMENTS
 from serving.versions import VersionPolicy, validate_model_name
 
 log = logging.getLogger("eventpipe.serving")
 
 
-@dataclass
-class ServerOptions:
-    model_base_path: str
-    model_name: str
-    host: str = "127.0.0.1"
-    rest_port: int = 8501
-    grpc_port: int = 8500  # < 0: no gRPC front end
-    version_policy: str = "latest"
-    poll_seconds: float = 1.0
-    max_batch_size: int = 16  # <= 1: no batching
-    batch_timeout_ms: float = 2.0
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_tensor_elements: int = MAX_TENSOR_ELEMENTS  # a gRPC tensor may declare at most this many
-    read_timeout_seconds: float = ServingConfig.read_timeout_seconds  # REST: idle connections close
-    max_connections: int = ServingConfig.max_connections  # REST connections served at once
-    version_labels: str = ""
-    prefer_tflite: bool = False
-
-
 class ModelServer:
-    """Starts the manager and both front ends; ``stop`` shuts all of them down."""
+    """Starts the manager and both front ends; ``stop`` shuts all of them down.
 
-    def __init__(self, options: ServerOptions) -> None:
-        if not os.path.isdir(options.model_base_path):
-            raise UserError(f"--model-base-path {options.model_base_path!r} is not a directory")
+    Configured by the ``serving`` config section itself (a ``grpc_port`` below 0: no gRPC front
+    end; ``max_batch_size`` of 1 or less: no batching) and the directory that holds the models.
+    """
+
+    def __init__(self, options: ServingConfig, model_base_path: str) -> None:
+        if not os.path.isdir(model_base_path):
+            raise UserError(f"--model-base-path {model_base_path!r} is not a directory")
         validate_model_name(options.model_name)
         if options.max_body_bytes <= 0:
             raise UserError("serving.max_body_bytes must be positive")
@@ -54,7 +37,7 @@ class ModelServer:
         self.options = options
         self.metrics = ServingMetrics()
         self.manager = ModelManager(
-            options.model_base_path,
+            model_base_path,
             options.model_name,
             VersionPolicy.parse(options.version_policy),
             poll_seconds=options.poll_seconds,

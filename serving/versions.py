@@ -74,8 +74,12 @@ class VersionPolicy:
         return f"specific:{','.join(map(str, self.versions))}" if self.kind == "specific" else self.kind
 
 
-def scan_versions(directory: str) -> dict[int, str]:
-    """``{version: path}`` of the numeric version directories that stay inside ``directory``."""
+def scan_versions(directory: str, *, contained: bool = True) -> dict[int, str]:
+    """``{version: path}`` of the positive all-digit version directories under ``directory``.
+
+    ``contained``: only those that stay inside ``directory`` (what a server may serve); the
+    pusher numbers new versions past every name taken, contained or not.
+    """
     out: dict[int, str] = {}
     try:
         entries = list(os.scandir(directory))
@@ -86,7 +90,7 @@ def scan_versions(directory: str) -> dict[int, str]:
         if not entry.name.isdigit() or int(entry.name) <= 0:
             continue
         path = os.path.realpath(entry.path)
-        if not path.startswith(root + os.sep) or not os.path.isdir(path):
+        if not os.path.isdir(path) or (contained and not path.startswith(root + os.sep)):
             continue  # a symlink out of the model directory is never served
         out[int(entry.name)] = entry.path
     return out

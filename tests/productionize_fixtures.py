@@ -91,8 +91,8 @@ def train_stand_in_teacher(root: str, spec: EventSpec, export_dir: str, epochs: 
     import tensorflow as tf
     import tf_keras as keras
 
-    from trainer.export import export_saved_model
-    from trainer.student_model import MergeFrames, SplitFrames, WeightedPool
+    from trainer.models.export import export_saved_model
+    from trainer.models.student import MergeFrames, SplitFrames, WeightedPool
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(spec.input_shape, name="frames")

@@ -1,7 +1,7 @@
 """Small real models and server processes for the serving tests and benchmark.
 
 Models are tiny tf_keras event models ({"logits", "frame_weights"}) exported with
-``trainer.export.export_saved_model`` and converted with ``trainer.lite.convert_variant``,
+``trainer.models.export.export_saved_model`` and converted with ``trainer.productionize.lite.convert_variant``,
 the pipeline's own exporter and converter. Version 1 always answers "person", version 2
 "vehicle" (a large logit bias), so a test can tell which version answered.
 """
@@ -64,7 +64,7 @@ def keras_model(version: int):
 @functools.cache
 def saved_model(version: int) -> str:
     """Version ``version`` exported as the pipeline's SavedModel (built once per process)."""
-    from trainer.export import export_saved_model
+    from trainer.models.export import export_saved_model
 
     return export_saved_model(keras_model(version), SPEC, os.path.join(_root(), f"saved_v{version}"))
 
@@ -72,7 +72,7 @@ def saved_model(version: int) -> str:
 @functools.cache
 def tflite_model(version: int, variant: str = "int8") -> str:
     """Version ``version`` converted to TFLite with embedded metadata (built once per process)."""
-    from trainer.lite import convert_variant
+    from trainer.productionize.lite import convert_variant
 
     rng = np.random.default_rng(0)
     representative = [rng.random((1, *SPEC.input_shape), dtype=np.float32) for _ in range(4)]

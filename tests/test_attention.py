@@ -17,8 +17,8 @@ from components.event_example_gen import beam_graph
 from contract import layout
 from contract.config import DataConfig, SimulatorConfig, StudentConfig
 from simulator.writer import generate
-from trainer import evaluate
-from trainer.evaluate import Output, Predictions
+from trainer.productionize import evaluate
+from trainer.productionize.evaluate import Output, Predictions
 
 pytestmark = pytest.mark.e2e
 
@@ -180,8 +180,8 @@ def test_predict_split_scores_the_students_attention(ingested, tmp_path):
     """End to end on ingested events: an (untrained) student through Keras and its SavedModel."""
     import tf_keras as keras
 
-    from trainer.export import export_saved_model
-    from trainer.student_model import SCORE_LAYER, build_student
+    from trainer.models.export import export_saved_model
+    from trainer.models.student import SCORE_LAYER, build_student
 
     _, out, records, _ = ingested
     examples = str(out / "examples")

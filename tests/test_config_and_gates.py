@@ -167,3 +167,16 @@ def test_decide_blessing_checks_every_class_it_is_given():
     assert (failure["model"], failure["slice"], failure["kind"]) == ("teacher", "label_name=animal", "class_floor")
     assert failure["value"] == 0.43 and failure["threshold"] == 0.5
     assert decide_blessing(0.762, 0.75, GateConfig(min_class_accuracy=0.4), teacher_class_accuracy=per_class).blessed
+
+
+def test_release_locations_follow_one_rule_for_every_runner(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = Config()
+    cfg.run.workdir = "w"
+    assert cfg.pipeline_root == str(tmp_path / "w" / "pipeline")
+    assert cfg.serving_base == str(tmp_path / "w" / "serving") and cfg.mobile_base == str(tmp_path / "w" / "mobile")
+    cfg.run.pipeline_root = "gs://bucket/root"  # a cluster's root: pushes go beside it, as given
+    assert (cfg.pipeline_root, cfg.serving_base, cfg.mobile_base) == (
+        "gs://bucket/root", "gs://bucket/serving", "gs://bucket/mobile")
+    cfg.run.serving_base = "models"  # an explicit local path is made absolute
+    assert cfg.serving_base == str(tmp_path / "models")

@@ -34,6 +34,7 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
     expected = create_pipeline(
         cfg, data_root="gs://bucket/events", pipeline_root="gs://bucket/root",
         metadata_connection_config=None, beam_pipeline_args=[],
+        serving_base="gs://bucket/serving", mobile_base="gs://bucket/mobile",
     ).components  # fmt: skip
     # A Resolver compiles to one importer-like task per resolved channel; every other node to one task.
     resolvers = {c.id for c in expected if c.id == "LastBlessedStudent"}
@@ -57,11 +58,15 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
     assert json.loads(constant("LiteConverter", "lite_config")) == dataclasses.asdict(cfg.lite)
     assert json.loads(constant("ServingValidator", "serving_config")) == dataclasses.asdict(cfg.serving)
     assert set(tasks["IngestGate"]["dependentTasks"]) == {"EventExampleGen", "ExampleValidator"}
+    # Pushes go beside the pipeline root, by the same rule as a local run's <workdir>/serving.
+    assert constant("EventPusher", "serving_base") == "gs://bucket/serving"
+    assert constant("EventPusher", "mobile_base") == "gs://bucket/mobile"
 
 
 def test_trainers_cache_keys_hold_only_their_own_config_sections():
     def trainers(cfg):
-        pipe = create_pipeline(cfg, data_root="/d", pipeline_root="/r", metadata_connection_config=None, beam_pipeline_args=[])
+        pipe = create_pipeline(cfg, data_root="/d", pipeline_root="/r", metadata_connection_config=None,
+                               beam_pipeline_args=[], serving_base="/s", mobile_base="/m")  # fmt: skip
         return {c.id: c.exec_properties["custom_config"] for c in pipe.components if c.id in ("TeacherTrainer", "Distiller")}
 
     base, changed = Config(), Config()

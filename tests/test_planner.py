@@ -1,4 +1,4 @@
-"""The communication planner (trainer/planner.py) and ``eventpipe plan-parallel``: no TensorFlow, fast."""
+"""The communication planner (trainer/parallel/planner.py) and ``eventpipe plan-parallel``: no TensorFlow, fast."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from contract.config import TeacherConfig
 from pipeline import cli
-from trainer import planner as P
+from trainer.parallel import planner as P
 
 pytestmark = pytest.mark.unit
 
@@ -152,7 +152,7 @@ def test_alexnet_presets_have_the_published_shapes():
 
 
 def test_teacher_preset_counts_match_the_keras_model():
-    # Totals from trainer.teacher_model.parameter_counts on the built tf_keras models.
+    # Totals from trainer.models.teacher.parameter_counts on the built tf_keras models.
     default = P.eventpipe_teacher(4, 32, 32, 3, 4, TeacherConfig())
     assert (default.params, default.params_of("fc")) == (4_432_725, 4_337_668)
     odd = P.eventpipe_teacher(3, 17, 17, 3, 5, TeacherConfig(conv_filters=[16, 16, 24], fc_units=[100, 50]))

@@ -40,9 +40,10 @@ def _epoch(ds, batches):
 def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
     """In memory or streamed from the files, a distillation epoch is the same events, each still
     paired with its own teacher logits; a budget too small for the data streams."""
-    from contract import layout
     from productionize_fixtures import write_examples
-    from trainer import distill
+
+    from contract import layout
+    from trainer.productionize import distill
 
     spec = EventSpec(("a", "b", "c"), frames=2, height=8, width=8, channels=1)
     root = write_examples(str(tmp_path / "ex"), spec, {layout.TRAIN: 24})
@@ -66,7 +67,7 @@ def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
 
 # -- distillation loss -------------------------------------------------------------------------
 def test_distillation_loss_matches_hand_computed_values():
-    from trainer.distill import distillation_loss
+    from trainer.productionize.distill import distillation_loss
 
     labels = np.array([0, 2, -1], np.int32)  # the last event is unlabelled
     student = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -1.0, 0.0]], np.float32)
@@ -85,7 +86,7 @@ def test_distillation_loss_matches_hand_computed_values():
 
 
 def test_distillation_loss_limits():
-    from trainer.distill import distillation_loss
+    from trainer.productionize.distill import distillation_loss
 
     labels = np.array([1, 0], np.int32)
     logits = np.array([[0.3, 1.2, -0.4], [2.0, -1.0, 0.0]], np.float32)
@@ -103,7 +104,7 @@ def test_distillation_loss_limits():
 def test_student_outputs_and_size():
     import tf_keras as keras
 
-    from trainer.student_model import build_student
+    from trainer.models.student import build_student
 
     model = build_student(SPEC, STUDENT)
     out = model(np.random.default_rng(0).uniform(size=(3, *SPEC.input_shape)).astype(np.float32))
@@ -111,7 +112,7 @@ def test_student_outputs_and_size():
     assert out["frame_weights"].shape == (3, 2)
     np.testing.assert_allclose(out["frame_weights"].numpy().sum(axis=1), 1.0, rtol=1e-5)
     from contract.config import TeacherConfig
-    from trainer.teacher_model import build_teacher
+    from trainer.models.teacher import build_teacher
 
     demo = EventSpec(("empty", "person", "vehicle", "animal"), 4, 32, 32, 3)
     default = build_student(demo)
@@ -130,7 +131,7 @@ def test_student_stem_sees_what_moved():
     """FrameContrast is each frame minus its event's mean frame; the stem uses it, or not (config)."""
     import dataclasses
 
-    from trainer.student_model import CONTRAST_LAYER, CONTRAST_STEM_LAYER, FrameContrast, build_student
+    from trainer.models.student import CONTRAST_LAYER, CONTRAST_STEM_LAYER, FrameContrast, build_student
 
     frames = np.random.default_rng(1).uniform(size=(3, *SPEC.input_shape)).astype(np.float32)
     folded = frames.reshape(-1, *SPEC.input_shape[1:])
@@ -152,7 +153,7 @@ def test_student_stem_sees_what_moved():
     assert CONTRAST_LAYER not in {layer.name for layer in build_student(single, STUDENT).layers}
 # -- pruning -----------------------------------------------------------------------------------
 def test_plan_schedule_lands_on_target_step():
-    from trainer.prune import plan_schedule
+    from trainer.productionize.prune import plan_schedule
 
     plan = plan_schedule(total_steps=100, target_sparsity=0.75, begin_fraction=0.1, end_fraction=0.8)
     assert plan.begin_step == 10
@@ -167,8 +168,8 @@ def test_plan_schedule_lands_on_target_step():
 def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
     import tensorflow as tf
 
-    from trainer import distill, prune
-    from trainer.student_model import build_student
+    from trainer.models.student import build_student
+    from trainer.productionize import distill, prune
 
     rng = np.random.default_rng(1)
     n = 64
@@ -206,7 +207,7 @@ def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
 
 # -- parity ------------------------------------------------------------------------------------
 def test_parity_gate_threshold():
-    from trainer.lite import parity
+    from trainer.productionize.lite import parity
 
     reference = np.array([0, 1, 2, 1] * 25)
     same = parity(reference, reference.copy(), 0.99)
@@ -223,8 +224,8 @@ def test_metadata_roundtrip_without_tensorflow_parsing(tmp_path):
     from tensorflow.lite.tools import flatbuffer_utils
 
     from ondevice.metadata import METADATA_NAME, MetadataError, metadata_entries, read_metadata
-    from trainer.lite import build_metadata, convert, embed_metadata
-    from trainer.student_model import build_student
+    from trainer.models.student import build_student
+    from trainer.productionize.lite import build_metadata, convert, embed_metadata
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
     content = convert(model, SPEC, "float32")
@@ -252,7 +253,7 @@ def test_metadata_roundtrip_without_tensorflow_parsing(tmp_path):
 def test_sizes_and_flops_are_sane(tmp_path):
     import tf_keras as keras
 
-    from trainer import measure
+    from trainer.productionize import measure
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "zeros.bin").write_bytes(b"\x00" * 10000)
@@ -274,8 +275,8 @@ def test_sizes_and_flops_are_sane(tmp_path):
 
 def test_uint8_input_takes_camera_pixels_unchanged():
     from ondevice.runtime import LiteEventClassifier
-    from trainer.lite import convert_variant
-    from trainer.student_model import build_student
+    from trainer.models.student import build_student
+    from trainer.productionize.lite import convert_variant
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
     rng = np.random.default_rng(0)
@@ -294,8 +295,8 @@ def test_uint8_input_takes_camera_pixels_unchanged():
 
 
 def test_converter_native_logs_are_kept_off_the_terminal_unless_conversion_fails(capfd):
-    from trainer.lite import convert
-    from trainer.student_model import build_student
+    from trainer.models.student import build_student
+    from trainer.productionize.lite import convert
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
     capfd.readouterr()

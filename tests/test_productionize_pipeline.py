@@ -31,7 +31,7 @@ def chain(tmp_path_factory):
 
     from components.artifacts import LiteModels
     from components.lite_converter.component import LiteConverter
-    from trainer import student_module
+    from trainer.productionize import module as student_module
 
     root = tmp_path_factory.mktemp("productionize")
     examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 96, "eval": 60, "unlabelled": 32})
@@ -126,8 +126,8 @@ def test_lite_converter_report_and_files(chain):
 
 
 def test_int8_model_runs_under_tflite_runtime_without_tensorflow(chain, tmp_path):
-    from trainer.student_model import load_keras
-    from trainer.student_module import QAT_KERAS, keras_path
+    from trainer.models.student import load_keras
+    from trainer.productionize.module import QAT_KERAS, keras_path
 
     frames = np.stack([fx.render_event(np.random.default_rng(i), i % 3, SPEC) for i in range(12)])
     np.save(tmp_path / "frames.npy", frames)
@@ -174,10 +174,10 @@ print(json.dumps({{
 
 def test_parity_gate_blocks_a_deliberately_broken_model(chain):
     from contract.layout import split_files
-    from trainer import lite
-    from trainer.evaluate import keras_predictor, predict_split, tflite_predictor
-    from trainer.student_model import load_keras
-    from trainer.student_module import PRUNED_KERAS, keras_path
+    from trainer.models.student import load_keras
+    from trainer.productionize import lite
+    from trainer.productionize.evaluate import keras_predictor, predict_split, tflite_predictor
+    from trainer.productionize.module import PRUNED_KERAS, keras_path
 
     model = load_keras(keras_path(chain["student"], PRUNED_KERAS))
     broken = load_keras(keras_path(chain["student"], PRUNED_KERAS))
@@ -197,7 +197,7 @@ def test_parity_gate_blocks_a_deliberately_broken_model(chain):
 
 
 def test_latency_measurement_is_sane(chain):
-    from trainer import measure
+    from trainer.productionize import measure
 
     lite_result = measure.latency("tflite", os.path.join(chain["lite"].uri, "model.tflite"), runs=30, warmup=3)
     assert lite_result["tensorflow_imported"] is False
@@ -222,10 +222,10 @@ def test_scratch_baseline_and_kd_gain_are_reported(chain):
 
 def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
     from contract.layout import split_files
-    from trainer import lite
-    from trainer.evaluate import keras_predictor, predict_split, tflite_predictor
-    from trainer.student_model import load_keras
-    from trainer.student_module import PRUNED_KERAS, QAT_KERAS, keras_path, qat_model
+    from trainer.models.student import load_keras
+    from trainer.productionize import lite
+    from trainer.productionize.evaluate import keras_predictor, predict_split, tflite_predictor
+    from trainer.productionize.module import PRUNED_KERAS, QAT_KERAS, keras_path, qat_model
 
     report, distill = chain["report"], chain["distill"]
     assert report["student"]["production"] == report["tflite"]["reference"] == "student_qat"

@@ -144,4 +144,4 @@ def test_device_run_explains_missing_metadata(tmp_path, no_tensorflow_env):
         env=no_tensorflow_env, cwd=ss.REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert "no EVENTPIPE_METADATA entry" in result.stderr and "trainer/lite.py" in result.stderr
+    assert "no EVENTPIPE_METADATA entry" in result.stderr and "trainer/productionize/lite.py" in result.stderr

@@ -95,7 +95,7 @@ def runs(tmp_path_factory):
         "killed": _train(config, data, w["killed"], "--strategy", "single", "--steps", "400",
                          "--checkpoint-every", "2", "--no-export"),  # fmt: skip
     }
-    from trainer.launch import local_cluster, tf_config
+    from trainer.parallel.launch import local_cluster, tf_config
 
     cluster = local_cluster(2)  # the addresses and TF_CONFIGs the pipeline's launcher uses
     for i in range(2):
@@ -119,7 +119,7 @@ def runs(tmp_path_factory):
     # The reference single run goes through the TFX Trainer module file, which exports.
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from trainer.teacher_module import run_fn
+    from trainer.teacher.module import run_fn
 
     cfg = Config.from_dict(TINY)
     cfg.teacher.strategy = "single"
@@ -285,7 +285,7 @@ def test_exported_signature_answers_png_bytes(runs):
 
 
 def test_local_workers_report_a_worker_error_as_one_user_error(tmp_path):
-    from trainer import launch
+    from trainer.parallel import launch
 
     cfg = Config.from_dict(TINY)
     cfg.teacher.strategy = "multiworker"
@@ -317,7 +317,7 @@ def _child_pid(environ_fragment: bytes) -> int | None:
 def test_a_lost_worker_stops_the_others_instead_of_hanging(runs, tmp_path):
     import threading
 
-    from trainer import launch
+    from trainer.parallel import launch
 
     cfg = Config.from_dict(TINY)
     cfg.teacher.strategy, cfg.teacher.workers, cfg.teacher.steps = "multiworker", 2, 100_000
@@ -346,7 +346,7 @@ def test_a_lost_worker_stops_the_others_instead_of_hanging(runs, tmp_path):
 
 
 def test_child_progress_reaches_stderr_without_native_log_noise(capsys):
-    from trainer.launch import _Child
+    from trainer.parallel.launch import _Child
 
     script = (
         "import sys; w = sys.stderr.write; w('\\rteacher: 1/2'); sys.stderr.flush(); "

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_training_length_follows_the_data():
-    from trainer.train_loop import total_steps
+    from trainer.teacher.loop import total_steps
 
     cfg = TeacherConfig(epochs=12, min_steps=300, global_batch_size=32)
     assert total_steps(cfg, 1264) == 474  # ceil(12 * 1264 / 32)
@@ -25,7 +25,7 @@ def test_training_length_follows_the_data():
 
 
 def test_schedule_warms_up_then_decays_to_the_final_fraction():
-    from trainer.train_loop import make_schedule
+    from trainer.teacher.loop import make_schedule
 
     cfg = TeacherConfig(base_learning_rate=1e-3, global_batch_size=64, reference_batch_size=32, warmup_steps=10,
                         decay_start=0.5)  # fmt: skip
@@ -41,7 +41,7 @@ def test_schedule_warms_up_then_decays_to_the_final_fraction():
 def test_augmentation_is_a_function_of_the_event_position_only():
     import tensorflow as tf
 
-    from trainer.train_data import augment_events
+    from trainer.teacher.data import augment_events
 
     rng = np.random.default_rng(0)
     frames = tf.constant(rng.random((6, 3, 16, 16, 1)), tf.float32)
@@ -83,8 +83,8 @@ def test_event_spec_from_data_applies_the_budget_unless_a_size_is_configured():
 
 
 def test_a_plan_that_cannot_fit_is_a_clear_error_naming_what_to_lower():
-    from trainer.memory import check_fits, estimate
-    from trainer.teacher_model import build_teacher
+    from trainer.models.teacher import build_teacher
+    from trainer.teacher.memory import check_fits, estimate
 
     cfg = TeacherConfig()
     vga = EventSpec(("a", "b", "c", "d", "e"), 4, 288, 384, 1)

@@ -1,3 +1,3 @@
-"""eventpipe models, distribution strategies, distillation, pruning and TFX module files."""
+"""eventpipe trainer: models, parallel training, the teacher's training and productionization (sub-rooms)."""
 
 from contract import tfenv as _tfenv  # noqa: F401  (must precede any TensorFlow import)

@@ -2,7 +2,7 @@
 
 Training runs in this process: logical devices are configured before TensorFlow starts,
 so each invocation is one mesh configuration. (The TFX module file, whose process already
-runs TensorFlow, starts this command in a subprocess instead: ``trainer.launch``.)
+runs TensorFlow, starts this command in a subprocess instead: ``trainer.parallel.launch``.)
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def train_command(args: argparse.Namespace) -> int:
     cfg.save(os.path.join(cfg.workdir, "config.json"))
 
     _quiet_libraries()
-    from trainer.train_loop import REPORT, train
+    from trainer.teacher.loop import REPORT, train
 
     report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
     print(summary_line(report))

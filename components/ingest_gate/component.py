@@ -10,10 +10,11 @@ from tfx.types import standard_artifacts
 
 from components.artifacts import IngestBlessing, Quarantine
 from components.event_example_gen.beam_graph import SUMMARY_FILE
+from contract import files
 from contract.config import DataConfig, section_from_json
 from contract.errors import GateFailed
 
-VERDICT_FILE = "verdict.json"
+VERDICT_FILE = files.VERDICT
 
 
 def read_anomalies(anomalies_uri: str) -> "list[dict]":

@@ -1,4 +1,4 @@
-"""The LiteConverter TFX component (a Python-function component; the work is in trainer.productionize).
+"""The LiteConverter TFX component (a Python-function component; the work is in trainer.productionize.convert).
 
 Inputs: the Distiller's student ``model`` (Trainer output: ``Format-Serving/`` plus the Keras
 files the converter starts from), the ``examples`` (train events calibrate the int8 model, eval
@@ -31,7 +31,7 @@ def LiteConverter(
     ``lite_config``: the ``lite`` config section (``contract.config.section_json``)."""
     from tfx.utils import path_utils
 
-    from trainer.productionize import run_lite_conversion
+    from trainer.productionize.convert import run_lite_conversion
 
     cfg = section_from_json(LiteConfig, lite_config)
     teacher_dir = path_utils.serving_model_path(teacher_model.uri) if teacher_model is not None else None

@@ -39,12 +39,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from contract import files
 from contract.errors import UserError
 from serving.versions import model_dir as resolve_model_dir
+from serving.versions import scan_versions
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
-TFLITE_FILE = "model.tflite"  # what ``eventpipe serve`` and the device runner load from a version dir
+TFLITE_FILE = files.TFLITE_INT8  # what ``eventpipe serve`` and the device runner load from a version dir
 RELEASE_FILE = "release.json"
 RELEASE_FORMAT = "eventpipe.release/1"
 STATE_DIR = ".eventpipe-push"
@@ -57,12 +59,9 @@ TFLITE_IDENTIFIER = b"TFL3"
 
 # -- what is on disk -------------------------------------------------------------------------
 def versions_on_disk(model_dir: str) -> list[int]:
-    """Sorted versions under ``model_dir``: positive all-digit names, as the servers read them."""
-    try:
-        names = os.listdir(model_dir)
-    except FileNotFoundError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit() and int(n) > 0 and os.path.isdir(os.path.join(model_dir, n)))
+    """Sorted versions under ``model_dir`` (every version directory name taken, as the servers
+    read names; a symlink leading out counts too: its number is not free)."""
+    return sorted(scan_versions(model_dir, contained=False))
 
 
 def claimed_versions(model_dir: str) -> list[int]:
@@ -90,8 +89,8 @@ def _fsync_dir(path: str) -> None:
 
 def _fsync_tree(root: str) -> None:
     """Flush every file and directory under ``root`` to stable storage (children first)."""
-    for directory, _dirs, files in os.walk(root, topdown=False):
-        for name in files:
+    for directory, _dirs, names in os.walk(root, topdown=False):
+        for name in names:
             fd = os.open(os.path.join(directory, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -150,10 +149,10 @@ def _copy_tree(src: str, dst: str) -> None:
         return
     import tensorflow as tf
 
-    for directory, _subdirs, files in tf.io.gfile.walk(src):
+    for directory, _subdirs, names in tf.io.gfile.walk(src):
         rel = os.path.relpath(directory, src) if directory != src else ""
         os.makedirs(os.path.join(dst, rel), exist_ok=True)
-        for name in files:
+        for name in names:
             tf.io.gfile.copy(os.path.join(directory, name), os.path.join(dst, rel, name), overwrite=True)
 
 

@@ -32,17 +32,13 @@ from components.pusher.push import (
     stage_saved_model,
     stage_tflite,
 )
+from contract import files
 from contract.errors import UserError
 from serving.versions import model_dir as resolve_model_dir
 
-PUSH_FILE = "push.json"
+PUSH_FILE = files.PUSH_RECORD
 TEACHER_SUFFIX = "-teacher"
-# The LiteConverter's file names (trainer.productionize), then the names the design first used.
-INT8_CANDIDATES = ("model.tflite", "model_int8.tflite")
-FLOAT16_CANDIDATES = ("model_float16.tflite", "model_fp16.tflite")
-FLOAT16_RELEASE_NAME = "model_float16.tflite"
-LITE_REPORTS = ("lite_report.json", "productionize_report.json")
-VERDICT_FILE = "verdict.json"  # ReleaseGate's verdict in the blessing's uri
+VERDICT_FILE = files.VERDICT  # ReleaseGate's verdict in the blessing's uri
 JOURNAL_DIR = "releases"  # <serving_base>/<model_name>/.eventpipe-push/releases/<student version>.json
 ROLLED_BACK_PREFIX = ".rolled-back-"
 
@@ -69,14 +65,6 @@ def reasons_not_to_push(
     return reasons
 
 
-def find_file(directory: str, candidates: tuple[str, ...]) -> str | None:
-    for name in candidates:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
 def _read_json(path: str) -> dict[str, Any] | None:
     if not os.path.isfile(path):
         return None
@@ -84,30 +72,20 @@ def _read_json(path: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def _size(entry: dict[str, Any]) -> Any:
-    size = entry.get("bytes")
-    return size.get("raw", size) if isinstance(size, dict) else size
-
-
 def lite_metrics(lite_dir: str) -> dict[str, Any]:
     """Accuracy, agreement and size of each TFLite variant from the LiteConverter's report."""
-    for name in LITE_REPORTS:
-        report = _read_json(os.path.join(lite_dir, name))
-        if report is None:
-            continue
-        tflite = report.get("tflite", report)
-        out: dict[str, Any] = {"report": name}
-        for variant in ("int8", "float16"):
-            entry = tflite.get(variant)
-            if isinstance(entry, dict):
-                picked = {k: v for k, v in entry.items() if k == "accuracy" or k.startswith("agreement")}
-                picked["bytes"] = _size(entry)
-                out[variant] = picked
-        parity = tflite.get("parity") or report.get("parity")
-        if isinstance(parity, dict):
-            out["parity"] = parity
-        return out
-    return {}
+    report = _read_json(os.path.join(lite_dir, files.LITE_REPORT))
+    if report is None:
+        return {}
+    tflite = report["tflite"]
+    out: dict[str, Any] = {"report": files.LITE_REPORT}
+    for variant in ("int8", "float16"):
+        entry = tflite[variant]
+        picked = {k: v for k, v in entry.items() if k == "accuracy" or k.startswith("agreement")}
+        picked["bytes"] = entry["bytes"]["raw"]
+        out[variant] = picked
+    out["parity"] = tflite["parity"]
+    return out
 
 
 def gate_metrics(blessing_dir: str) -> dict[str, Any]:
@@ -140,8 +118,8 @@ class PushPlan:
         if self.lite_dir is not None:
             if not self.mobile_base:
                 raise UserError("EventPusher got TFLite models but no mobile_base (run.mobile_base)")
-            if find_file(self.lite_dir, INT8_CANDIDATES) is None:
-                raise UserError(f"no int8 TFLite model ({' or '.join(INT8_CANDIDATES)}) in {self.lite_dir}; nothing pushed")
+            if not os.path.isfile(os.path.join(self.lite_dir, files.TFLITE_INT8)):
+                raise UserError(f"no int8 TFLite model ({files.TFLITE_INT8}) in {self.lite_dir}; nothing pushed")
 
 
 def _journal_dir(plan: PushPlan) -> str:
@@ -221,15 +199,16 @@ def push_all(plan: PushPlan) -> list[dict[str, Any]]:
         if plan.teacher_dir is not None:
             staged.append(("teacher", stage_saved_model(plan.teacher_dir, plan.serving_base, plan.model_name + TEACHER_SUFFIX)))
         if plan.lite_dir is not None:
-            int8 = find_file(plan.lite_dir, INT8_CANDIDATES)
-            float16 = find_file(plan.lite_dir, FLOAT16_CANDIDATES)
+            int8 = os.path.join(plan.lite_dir, files.TFLITE_INT8)
+            float16 = os.path.join(plan.lite_dir, files.TFLITE_FLOAT16)
+            float16 = float16 if os.path.isfile(float16) else None
             release = {
                 **plan.release,
                 "serving": {"model_name": plan.model_name, "version": student.version, "path": student.path},
             }
             mobile = stage_tflite(
                 int8, plan.mobile_base, plan.model_name, release,
-                variants={FLOAT16_RELEASE_NAME: float16} if float16 else None,
+                variants={files.TFLITE_FLOAT16: float16} if float16 else None,
             )  # fmt: skip
             staged.append(("mobile", mobile))
         parts = dict(staged)

@@ -17,10 +17,11 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.artifacts import LiteModels
+from contract import files
 from contract.config import GateConfig, section_from_json
 
-VERDICT_FILE = "verdict.json"
-LITE_REPORT = "lite_report.json"
+VERDICT_FILE = files.VERDICT
+LITE_REPORT = files.LITE_REPORT
 
 
 def decide(

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from contract import layout
+from contract import files, layout
 from contract.layout import EventSpec
 from serving.process import ServerProcess
 
-VALIDATION_FILE = "validation.json"
+VALIDATION_FILE = files.VALIDATION
 VERSION = 1
 MAX_REPORTED_MISMATCHES = 20
 REQUEST_TIMEOUT_S = 30.0
@@ -303,7 +303,7 @@ def validate_in_server(
     meet the contract. ``report["problems"]`` says why not, one line each.
     """
     from components.pusher.push import push_saved_model
-    from trainer.export import load_spec
+    from trainer.models.export import load_spec
 
     started = time.monotonic()
     deadline = started + timeout_s

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from contract import source
+from contract import files, source
 from contract.config import Config
 from contract.errors import UserError
 
@@ -112,7 +112,7 @@ def tf_config(cluster: list[str], index: int) -> str:
 def _prepare(cfg: Config, examples_dir: str, workdir: str, export_dir: str | None) -> tuple[str, list[str]]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, "teacher_config.json")
+    config_path = os.path.join(workdir, files.TEACHER_CONFIG)
     cfg.save(config_path)
     cmd = [
         sys.executable, "-m", "pipeline.cli", "train", "--config", config_path,
@@ -136,7 +136,7 @@ def _raise_for_failures(children: list[_Child]) -> None:
 
 
 def _read_report(workdir: str) -> dict[str, Any]:
-    from trainer.train_loop import REPORT
+    from trainer.teacher.loop import REPORT
 
     with open(os.path.join(workdir, REPORT), encoding="utf-8") as f:
         return json.load(f)

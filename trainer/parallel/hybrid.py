@@ -33,9 +33,9 @@ from contract import layout
 from contract.config import TeacherConfig, parse_mesh
 from contract.errors import UserError
 from contract.layout import EventSpec
-from trainer.devices import DeviceSetup
-from trainer.strategies import UNSHARDED, BatchesFn, Runner, event_loss, mixed_precision_policy
-from trainer.teacher_model import FC_PREFIX, LOGITS, build_teacher
+from trainer.models.teacher import FC_PREFIX, LOGITS, build_teacher
+from trainer.parallel.devices import DeviceSetup
+from trainer.parallel.strategies import UNSHARDED, BatchesFn, Runner, event_loss, mixed_precision_policy
 
 
 def mesh_dims(cfg: TeacherConfig) -> list[tuple[str, int]]:

@@ -10,14 +10,14 @@ The eval loss is checked once per epoch (``eval_every``) and the weights with th
 are what gets exported and reported (the run keeps them in ``best_weights.npz``).
 
 A run in workdir ``W`` checkpoints every ``checkpoint_every`` steps (model, optimizer slots
-and step; the data position is a function of the step, see ``trainer.train_data``); a
+and step; the data position is a function of the step, see ``trainer.teacher.data``); a
 killed run started again with the same ``W`` restores the last checkpoint and continues
 with the next step on the next batch. At the end it scores the eval split, optionally
 exports the SavedModel, and writes ``W/train_report.json``, TensorBoard scalars
 (``W/tensorboard``) and a training-curve plot.
 
 Must run in a process whose TensorFlow runtime is not initialised yet (or already has
-the requested logical devices): ``trainer.devices.configure`` is called first.
+the requested logical devices): ``trainer.parallel.devices.configure`` is called first.
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from contract import layout
+from contract import files, layout
 from contract.config import STRATEGIES, TeacherConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
-from trainer import devices, train_data
+from trainer.parallel import devices
+from trainer.teacher import data as train_data
 
-REPORT = "train_report.json"
+REPORT = files.TRAIN_REPORT
 STATE = "train_state.json"
 CURVE = "training_curve.png"
 # Fields a resumed run must share with the run that wrote the checkpoint.
@@ -179,10 +180,10 @@ def train(
     import tensorflow as tf
     import tf_keras as keras
 
-    from trainer.hybrid import HybridRunner
-    from trainer.memory import check_fits
-    from trainer.strategies import DistributeRunner
-    from trainer.teacher_model import build_teacher, parameter_counts
+    from trainer.models.teacher import build_teacher, parameter_counts
+    from trainer.parallel.hybrid import HybridRunner
+    from trainer.parallel.strategies import DistributeRunner
+    from trainer.teacher.memory import check_fits
 
     # Created before any TF op: MultiWorkerMirroredStrategy needs that.
     if cfg.strategy == "hybrid":
@@ -312,7 +313,7 @@ def train(
     scores = evaluate(plain, eval_files, spec, batch_size=cfg.global_batch_size, max_batches=cfg.eval_batches)
     writer.flush()
     if export_dir and runner.is_chief:
-        from trainer.export import export_saved_model
+        from trainer.models.export import export_saved_model
 
         export_saved_model(plain, spec, export_dir)
 
@@ -372,7 +373,7 @@ def train(
         "export_dir": os.path.abspath(export_dir) if export_dir and runner.is_chief else None,
         "config": _config_dict(cfg),
     }
-    from trainer.train_plots import plot_training_curve
+    from trainer.teacher.plots import plot_training_curve
 
     report["plots"] = {"training_curve": plot_training_curve(report, os.path.join(own_dir, CURVE))}
     _write_json(os.path.join(own_dir, REPORT), report)

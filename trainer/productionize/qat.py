@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
-from trainer.student_model import CUSTOM_OBJECTS, MergeFrames, SplitFrames, build_student
+from trainer.models.student import CUSTOM_OBJECTS, MergeFrames, SplitFrames, build_student
 
 QUANTIZE_INPUT_LAYER = "quantize_layer"
 RESHAPES = (MergeFrames, SplitFrames)

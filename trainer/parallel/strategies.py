@@ -4,9 +4,9 @@
 - ``mirrored``: ``MirroredStrategy`` over all local (logical) devices; gradients all-reduced.
 - ``multiworker``: ``MultiWorkerMirroredStrategy`` over the cluster in ``TF_CONFIG``
   (ring all-reduce); one process per worker.
-- ``hybrid``: DTensor data x model parallelism (``trainer.hybrid``).
+- ``hybrid``: DTensor data x model parallelism (``trainer.parallel.hybrid``).
 
-Every runner consumes the same global batches (``trainer.train_data``): data-parallel
+Every runner consumes the same global batches (``trainer.teacher.data``): data-parallel
 runners split a global batch into per-replica slices in stream order, so one step sees the
 same events whatever the strategy, and the loss is the sum of per-event losses divided by
 the global batch size. That makes the per-step losses of all strategies equal up to float
@@ -29,8 +29,8 @@ from contract import layout
 from contract.config import STRATEGIES, TeacherConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
-from trainer.devices import DeviceSetup
-from trainer.teacher_model import LOGITS, build_teacher
+from trainer.models.teacher import LOGITS, build_teacher
+from trainer.parallel.devices import DeviceSetup
 
 UNSHARDED = "unsharded"
 

@@ -7,7 +7,7 @@ computed once), and one baseline:
 2. pruning fine-tune for ``student.prune_epochs`` from the dense weights (TFMOT polynomial
    schedule to ``student.target_sparsity``), then ``strip_pruning`` -> "student pruned";
 3. quantization-aware fine-tune for ``student.qat_epochs`` that keeps the pruning masks
-   (``trainer.qat``) -> "student qat": float32 with int8 rounding simulated, the production
+   (``trainer.productionize.qat``) -> "student qat": float32 with int8 rounding simulated, the production
    student that goes to serving and that the int8 TFLite (its compiled twin) must agree with;
 4. baseline "student scratch": the same student trained on hard labels only (labelled events,
    no teacher), with the same optimizer steps as phase 1, so the report shows what
@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from contract import layout
+from contract import files, layout
 from contract.config import StudentConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
 
-SERVING_DIR = "Format-Serving"
+SERVING_DIR = files.SERVING_MODEL_DIR
 FLOAT_DIR = "student_float"
 KERAS_DIR = "keras"
 FLOAT_KERAS = "student_float.keras"
@@ -65,7 +65,7 @@ def qat_model(model_dir: str) -> Any:
 
     Loaded whole from H5 (about 1 s); rebuilding it with ``quantize_apply`` takes ~15 s.
     """
-    from trainer import qat
+    from trainer.productionize import qat
 
     path = keras_path(model_dir, QAT_MODEL)
     if not os.path.exists(path):
@@ -74,7 +74,7 @@ def qat_model(model_dir: str) -> Any:
 
 
 def _check_teacher(teacher_dir: str, spec: EventSpec) -> None:
-    from trainer.export import load_spec
+    from trainer.models.export import load_spec
 
     try:
         teacher_spec = load_spec(teacher_dir)
@@ -99,10 +99,10 @@ def run_distillation(
     """Distil (and prune) a student from ``teacher_dir`` on ``examples_uri``; returns the report."""
     import tf_keras as keras
 
-    from trainer import distill, prune
-    from trainer.evaluate import keras_predictor, predict_split
-    from trainer.export import export_saved_model
-    from trainer.student_model import build_student
+    from trainer.models.export import export_saved_model
+    from trainer.models.student import build_student
+    from trainer.productionize import distill, prune
+    from trainer.productionize.evaluate import keras_predictor, predict_split
 
     started = time.time()
     spec = EventSpec.load(examples_uri)
@@ -153,7 +153,7 @@ def run_distillation(
     quantized = None
     qat_sparsity = None
     if cfg.qat_epochs > 0:
-        from trainer import qat
+        from trainer.productionize import qat
 
         if cfg.prune_epochs <= 0:
             production.save(keras_path(output_dir, PRUNED_KERAS))
@@ -204,7 +204,7 @@ def run_distillation(
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
     }
     if eval_files:
-        from trainer.evaluate import saved_model_predictor
+        from trainer.productionize.evaluate import saved_model_predictor
 
         predictors = {"teacher": saved_model_predictor(teacher_dir), "student_float": keras_predictor(student),
                       "student_scratch": keras_predictor(scratch)}  # fmt: skip
@@ -237,7 +237,7 @@ def run_fn(fn_args: Any) -> None:
     import tensorflow as tf
     if not fn_args.base_model:
         raise UserError("the student Trainer needs the teacher model as base_model")
-    from trainer.teacher_module import config_from_fn_args
+    from trainer.teacher.module import config_from_fn_args
 
     cfg = config_from_fn_args(fn_args).student
     examples_uri = layout.examples_dir_of(fn_args.train_files[0])

@@ -2,7 +2,7 @@
 
 The Trainer executor already runs TensorFlow in its process, so the logical devices and
 mesh the strategy needs cannot be configured there: training runs in a child process
-(``trainer.launch``) with the pipeline's resolved config; ``--strategy multiworker`` starts
+(``trainer.parallel.launch``) with the pipeline's resolved config; ``--strategy multiworker`` starts
 ``teacher.workers`` local worker processes with a TF_CONFIG each (or one task of an external
 cluster when TF_CONFIG is already set). The (chief) child writes the exported SavedModel to
 ``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard scalars and the
@@ -23,13 +23,13 @@ import os
 import shutil
 from typing import Any
 
-from contract import layout
+from contract import files, layout
 from contract.config import Config
-from trainer import launch
+from trainer.parallel import launch
 
 CONFIG_KEY = "config"
 RESUME_KEY_FILE = "resume_key.json"  # what a later run must match to adopt this run's checkpoints
-_NOT_ADOPTED = ("tensorboard", "*.png", "teacher_config.json", RESUME_KEY_FILE, "*.tmp*")
+_NOT_ADOPTED = ("tensorboard", "*.png", files.TEACHER_CONFIG, RESUME_KEY_FILE, "*.tmp*")
 
 
 def _read_json(path: str) -> Any:
@@ -43,7 +43,7 @@ def _read_json(path: str) -> Any:
 def adopt_interrupted_checkpoints(model_run_dir: str, key: dict[str, Any]) -> str | None:
     """Copy the newest checkpoints of an unfinished sibling run with the same ``key`` into
     ``model_run_dir``; the directory adopted from, or None."""
-    from trainer.train_loop import REPORT, STATE
+    from trainer.teacher.loop import REPORT, STATE
 
     model_run_dir = os.path.abspath(model_run_dir)
     parent = os.path.dirname(model_run_dir)

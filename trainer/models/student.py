@@ -12,7 +12,7 @@ softmax-normalised across the frames: those weights pool the frames and name the
 A small fully-connected head maps the pooled features to class logits.
 
 The model maps ``[B, K, H, W, C]`` float32 in [0, 1] to ``{"logits": [B, C], "frame_weights":
-[B, K]}`` so ``trainer.export.export_saved_model`` exports it with the teacher's signatures. All
+[B, K]}`` so ``trainer.models.export.export_saved_model`` exports it with the teacher's signatures. All
 layers are stock tf_keras layers or the small serializable layers below (no ``Lambda``): TFMOT
 can clone and prune it, and every op has an int8 TFLite kernel.
 """

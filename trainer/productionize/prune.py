@@ -1,6 +1,6 @@
 """Magnitude pruning of the student with TFMOT, and the sparsity it reached.
 
-Pruning runs while the student keeps distilling (``trainer.distill``): ``prune_low_magnitude``
+Pruning runs while the student keeps distilling (``trainer.productionize.distill``): ``prune_low_magnitude``
 wraps every prunable kernel of at least ``MIN_PRUNABLE_WEIGHTS`` weights except the two output
 layers (the class logits and the frame scores, where every weight matters); a
 ``PolynomialDecay`` schedule ramps sparsity from 0 to the target, ``UpdatePruningStep`` drives
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
-from trainer.student_model import CONTEXT_SCORE_LAYER, LOGITS_LAYER, SCORE_LAYER
+from trainer.models.student import CONTEXT_SCORE_LAYER, LOGITS_LAYER, SCORE_LAYER
 
 DEFAULT_EXCLUDE = (LOGITS_LAYER, SCORE_LAYER, CONTEXT_SCORE_LAYER)
 # Kernels smaller than this (the stem, depthwise 3x3 filters, the first pointwise convs) stay

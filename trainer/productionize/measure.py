@@ -12,7 +12,7 @@
 
 Worker command line (used by ``latencies``; reads a number N per line, prints N timings)::
 
-    python -m trainer.measure worker --kind {savedmodel,keras,tflite} --path P --warmup W
+    python -m trainer.productionize.measure worker --kind {savedmodel,keras,tflite} --path P --warmup W
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def saved_model_flops_per_event(export_dir: str) -> int:
     import tensorflow as tf
 
     from contract import layout
-    from trainer.export import load_spec
+    from trainer.models.export import load_spec
 
     spec = load_spec(export_dir)
     loaded = tf.saved_model.load(export_dir)  # must outlive the traced function (owns the variables)
@@ -166,7 +166,7 @@ class _Worker:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.path = kind, path
-        command = [sys.executable, "-m", "trainer.measure", "worker", "--kind", kind, "--path", path,
+        command = [sys.executable, "-m", "trainer.productionize.measure", "worker", "--kind", kind, "--path", path,
                    "--warmup", str(warmup)]  # fmt: skip
         self.process = subprocess.Popen(
             command, env=_worker_env(), cwd=source.REPO_ROOT, text=True,
@@ -251,7 +251,7 @@ def _load_tf(kind: str, path: str) -> tuple[Any, dict[str, Any]]:
     from contract import layout
 
     if kind == "savedmodel":
-        from trainer.export import load_spec
+        from trainer.models.export import load_spec
 
         shape = (1, *load_spec(path).input_shape)
         loaded = tf.saved_model.load(path)
@@ -260,7 +260,7 @@ def _load_tf(kind: str, path: str) -> tuple[Any, dict[str, Any]]:
         def run(x: Any, _owner: Any = loaded) -> Any:
             return signature(**{layout.DECODED_INPUT: x})[layout.OUT_PROBABILITIES].numpy()
     else:
-        from trainer.student_model import load_keras
+        from trainer.models.student import load_keras
 
         model = load_keras(path)
         shape = (1, *model.input_shape[1:])
@@ -290,7 +290,7 @@ def _serve(kind: str, path: str, warmup: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.measure")
+    parser = argparse.ArgumentParser(prog="python -m trainer.productionize.measure")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="hold one model; time N calls per line N read from stdin (JSON out)")
     worker.add_argument("--kind", choices=KINDS, required=True)

@@ -1,6 +1,6 @@
 """The LiteConverter's work: student -> int8/float16 TFLite, parity gate, measurements, report.
 
-Inputs are the Distiller's output directory (``trainer.student_module`` layout), the Examples
+Inputs are the Distiller's output directory (``trainer.productionize.module`` layout), the Examples
 artifact and, optionally, the teacher export (to put the teacher beside its students in the
 report). Output directory (a TFX artifact)::
 
@@ -24,21 +24,21 @@ from typing import Any
 
 from tqdm import tqdm
 
-from contract import layout
+from contract import files, layout
 from contract.config import LiteConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
 
-INT8_FILE = "model.tflite"
-FLOAT16_FILE = "model_float16.tflite"
+INT8_FILE = files.TFLITE_INT8
+FLOAT16_FILE = files.TFLITE_FLOAT16
 METADATA_FILE = "metadata.json"
-REPORT_FILE = "lite_report.json"
+REPORT_FILE = files.LITE_REPORT
 TRADEOFF_PNG = "variants.png"
 CONFUSION_PNG = "confusion_int8.png"
 
 
 def _variant_entry(kind: str, path: str, keras_path: str | None = None) -> dict[str, Any]:
-    from trainer import measure
+    from trainer.productionize import measure
 
     entry: dict[str, Any] = {"format": kind, "path": path, "bytes": measure.path_bytes(path)}
     if keras_path:
@@ -49,7 +49,7 @@ def _variant_entry(kind: str, path: str, keras_path: str | None = None) -> dict[
 
 def _measure_latencies(variants: dict[str, dict[str, Any]], cfg: LiteConfig) -> None:
     """Every served variant's latency in its own format (SavedModel or TFLite), side by side."""
-    from trainer import measure
+    from trainer.productionize import measure
 
     jobs: dict[str, tuple[str, str]] = {}
     for name, entry in variants.items():
@@ -74,11 +74,16 @@ def run_lite_conversion(
     teacher_dir: str | None = None,
 ) -> dict[str, Any]:
     """Convert, verify and measure; write the artifacts above; return the report."""
-    from trainer import lite, measure, plots
-    from trainer.evaluate import keras_predictor, predict_split, saved_model_predictor, tflite_predictor
-    from trainer.export import load_spec
-    from trainer.student_model import load_keras
-    from trainer.student_module import (
+    from trainer.models.export import load_spec
+    from trainer.models.student import load_keras
+    from trainer.productionize import lite, measure, plots
+    from trainer.productionize.evaluate import (
+        keras_predictor,
+        predict_split,
+        saved_model_predictor,
+        tflite_predictor,
+    )
+    from trainer.productionize.module import (
         FLOAT_DIR,
         FLOAT_KERAS,
         PRUNED_KERAS,
@@ -88,7 +93,7 @@ def run_lite_conversion(
         keras_path,
         qat_model,
     )
-    from trainer.student_module import (
+    from trainer.productionize.module import (
         REPORT_FILE as DISTILL_REPORT,
     )
 

@@ -203,7 +203,7 @@ def alexnet_2012() -> ModelSpec:
 def eventpipe_teacher(
     frames: int, height: int, width: int, channels: int, classes: int, cfg: TeacherConfig
 ) -> ModelSpec:
-    """The teacher of trainer/teacher_model.py, counted analytically (no TensorFlow).
+    """The teacher of trainer/models/teacher.py, counted analytically (no TensorFlow).
 
     Residual blocks and the attention stage become one planner layer each (one boundary at
     their output); the backbone runs on all ``frames`` of an event, so its FLOPs and
@@ -263,7 +263,7 @@ def eventpipe_teacher(
         n_in = units
     layers.append(fc_layer("logits", n_in, classes))
     source = (
-        f"trainer/teacher_model.py with conv_filters={cfg.conv_filters}, fc_units={cfg.fc_units}, "
+        f"trainer/models/teacher.py with conv_filters={cfg.conv_filters}, fc_units={cfg.fc_units}, "
         f"attention_heads={cfg.attention_heads}; events of {frames} x {height}x{width}x{channels}, {classes} classes"
     )
     return ModelSpec("eventpipe-teacher", tuple(layers), source)

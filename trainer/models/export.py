@@ -81,7 +81,7 @@ def export_saved_model(model: Any, spec: EventSpec, export_dir: str) -> str:
     metadata: consumers use the signatures (``tf.saved_model.load``), and skipping Keras's
     per-layer serialization makes the export an order of magnitude faster. The model must
     hold plain (unsharded) variables; a DTensor-trained model's weights are copied into a plain
-    one first (``Runner.plain_weights``, as ``trainer.train_loop`` does). Returns ``export_dir``.
+    one first (``Runner.plain_weights``, as ``trainer.teacher.loop`` does). Returns ``export_dir``.
     """
     import tensorflow as tf
 

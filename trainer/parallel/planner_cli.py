@@ -2,7 +2,7 @@
 
 Prints, per device count and layout, the bytes each device sends per step, compute and
 communication time, the predicted step time with and without overlap and the speedup over
-one device (see trainer/planner.py for the cost model); ``--compare-paper`` adds the
+one device (see trainer/parallel/planner.py for the cost model); ``--compare-paper`` adds the
 AlexNet prediction next to Krizhevsky 2014's reported speedups. No TensorFlow needed.
 """
 
@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from contract.config import add_config_flags, load_config, parse_mesh
-from trainer import planner
+from trainer.parallel import planner
 
 
 def add_parser(subparsers: Any) -> None:
