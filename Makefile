@@ -12,7 +12,7 @@ ARGS ?=
 PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 
-.PHONY: setup run test test-fast lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality clean
+.PHONY: setup run test test-fast lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality stage-times clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ bench-serving: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(PY) benchmarks/bench_quality.py $(ARGS)
+
+# Per-component start and duration of the latest run in a workdir (default: the demo's), from ML Metadata.
+stage-times: $(STAMP)
+	$(PY) benchmarks/stage_times.py $(or $(WORKDIR),$(DEMO)/work)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
