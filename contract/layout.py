@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from contract.errors import UserError
+
 # Feature names of an ingested tf.Example.
 FRAMES = "frames"  # bytes list: encoded PNG/JPEG, one per frame, in time order
 FRAME_COUNT = "frame_count"  # int64: number of frames in the event
@@ -138,8 +140,6 @@ def split_files(examples_uri: str, split: str, *, required: bool = False) -> lis
     """Sorted TFRecord files of one split of an Examples artifact: ``[]`` when the split is absent
     or empty, unless ``required`` (then an error that says what to point at)."""
     import tensorflow as tf
-
-    from contract.errors import UserError
 
     directory = split_dir(examples_uri, split)
     files = sorted(f for f in tf.io.gfile.glob(os.path.join(directory, "*")) if not tf.io.gfile.isdir(f))

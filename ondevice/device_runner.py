@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.errors import UserError
+from ondevice.frames import FrameDecodeError
+from ondevice.tflite_model import LiteEventModel, LiteModelError
 
 
 @dataclass
@@ -99,8 +101,6 @@ def run_device(
     stream=None,
 ) -> dict:
     """Classify the events under ``data``; print predictions and latency; return the summary."""
-    from ondevice.frames import FrameDecodeError
-    from ondevice.tflite_model import LiteEventModel, LiteModelError
 
     stream = stream or sys.stdout
     try:

@@ -18,6 +18,8 @@ import numpy as np
 
 from contract import layout
 from ondevice import frames as framecodec
+from ondevice.metadata import MetadataError
+from ondevice.runtime import LiteEventClassifier
 
 # The outputs every eventpipe servable answers with (the SavedModel signatures' names).
 CONTRACT_OUTPUTS = (layout.OUT_PROBABILITIES, layout.OUT_LOGITS, layout.OUT_CLASS_ID, layout.OUT_CLASS, layout.OUT_BEST_FRAME)
@@ -39,9 +41,6 @@ class LiteEventModel:
     """An eventpipe ``.tflite`` model: ``decode``, ``predict_decoded``, ``predict_encoded``."""
 
     def __init__(self, path: str, num_threads: int | None = None) -> None:
-        from ondevice.metadata import MetadataError
-        from ondevice.runtime import LiteEventClassifier
-
         require_tflite_runtime()
         if not os.path.isfile(path):
             raise LiteModelError(f"TFLite model {path!r} does not exist")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from contract.config import STRATEGIES, Config, add_config_flags, load_config
@@ -73,9 +75,7 @@ def prepare(args: argparse.Namespace) -> Config:
 
 def _quiet_libraries() -> None:
     """TFX/Beam/absl log at INFO by default; users need our summary, not their chatter."""
-    import warnings
-
-    from absl import logging as absl_logging
+    from absl import logging as absl_logging  # deferred, like TFX below: `eventpipe --help` starts fast
 
     warnings.filterwarnings("ignore")
     absl_logging.set_verbosity(absl_logging.ERROR)
@@ -116,8 +116,6 @@ def run_stage(cfg: Config, through: str) -> dict[str, Any]:
 
 def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """The events/quarantine/anomalies/gate part of report.json from this run's outputs."""
-    import json
-
     from components.event_example_gen.beam_graph import SUMMARY_FILE
     from components.ingest_gate.component import read_anomalies, verdict
 

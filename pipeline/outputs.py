@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
 from contract.errors import UserError
 from pipeline.pipeline_def import PIPELINE_NAME
 
@@ -19,7 +22,6 @@ class NodeOutputs:
 
 def open_store(connection_config: Any) -> Any:
     """A MetadataStore, or one UserError naming the store when it cannot be reached."""
-    from ml_metadata import metadata_store
 
     try:
         return metadata_store.MetadataStore(connection_config)
@@ -47,7 +49,6 @@ def latest_run(
 
     Empty when no run newer than context id ``newer_than`` exists (the run never started).
     """
-    from ml_metadata.proto import metadata_store_pb2
 
     store = open_store(connection_config)
     runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > newer_than]
@@ -92,7 +93,6 @@ def _value(v: Any) -> Any:
 
 def execution_count(connection_config: Any, node_id: str, pipeline_name: str = PIPELINE_NAME) -> dict[str, int]:
     """How many executions of one node ended in each state (COMPLETE, CACHED, ...)."""
-    from ml_metadata.proto import metadata_store_pb2
 
     store = open_store(connection_config)
     ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")

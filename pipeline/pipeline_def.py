@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract import layout
 from contract.config import Config, section_json
 
 PIPELINE_NAME = "eventpipe"
 
 # Component ids, in pipeline order; `through` cuts the pipeline after one of the stages.
 STAGES = ("validate", "train", "productionize", "push")
+# TFX, TFDV and the components are imported inside the functions below: the CLI imports this
+# module for STAGES and PIPELINE_NAME, and `eventpipe --help` must not start TensorFlow.
 
 
 def _stats_options() -> Any:
@@ -24,8 +27,6 @@ def _stats_options() -> Any:
     ExampleValidator would then flag every eval id as an anomaly.
     """
     import tensorflow_data_validation as tfdv
-
-    from contract import layout
 
     features = [
         layout.FRAMES, layout.FRAME_COUNT, layout.HEIGHT, layout.WIDTH, layout.CHANNELS,

@@ -6,9 +6,14 @@ import os
 import urllib.parse
 from typing import Any
 
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+
 from contract import source
 from contract.config import Config
 from contract.errors import UserError
+from pipeline.pipeline_def import create_pipeline
 
 # Beam options with which TFX's executors take Python dependencies as handled (tfx.utils.dependency_utils).
 DEPENDENCY_FLAGS = ("--setup_file", "--extra_package", "--requirements_file", "--sdk_container_image")
@@ -20,7 +25,6 @@ def metadata_path(config: Config) -> str:
 
 def metadata_connection(config: Config) -> Any:
     """SQLite under the workdir by default; ``mysql://user:pass@host:port/db`` for shared setups."""
-    from tfx import v1 as tfx
 
     url = config.run.metadata
     if not url:
@@ -29,7 +33,6 @@ def metadata_connection(config: Config) -> Any:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme != "mysql" or not parsed.hostname or not parsed.path.strip("/"):
         raise UserError(f"--metadata must be mysql://user:password@host:port/database, got {url!r}")
-    from ml_metadata.proto import metadata_store_pb2
 
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.mysql.host = parsed.hostname
@@ -58,9 +61,6 @@ def beam_args(config: Config) -> list[str]:
 
 def run_pipeline(config: Config, through: str) -> None:
     """Build and run the pipeline with the configured runner (local or beam)."""
-    from tfx import v1 as tfx
-
-    from pipeline.pipeline_def import create_pipeline
 
     if config.run.runner == "kubeflow":
         raise UserError("--runner kubeflow compiles, it does not execute here: use `eventpipe run --runner kubeflow`")
@@ -81,7 +81,6 @@ def run_pipeline(config: Config, through: str) -> None:
     if config.run.runner == "local":
         tfx.orchestration.LocalDagRunner().run(pipeline)
     elif config.run.runner == "beam":
-        from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
         BeamDagRunner().run(pipeline)
     else:
@@ -94,9 +93,6 @@ def compile_kubeflow(config: Config, output_path: str, *, through: str = "push")
     Paths (``--data``, ``run.pipeline_root``) are used as given: on a cluster they are bucket
     or shared-volume paths that need not exist on this machine. Metadata is the cluster's.
     """
-    from tfx import v1 as tfx
-
-    from pipeline.pipeline_def import create_pipeline
 
     if not config.run.data:
         raise UserError("no data: pass --data with the events' location as the cluster sees it")

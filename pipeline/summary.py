@@ -11,8 +11,12 @@ import time
 import urllib.request
 from typing import Any
 
+import tensorflow as tf
+
+from components.release_gate.gates import overall_accuracy
 from contract import files, layout
 from contract.config import Config
+from serving.server import ModelServer
 
 
 def _load(path: str) -> dict[str, Any] | None:
@@ -30,8 +34,6 @@ def _uri(found: dict[str, Any], node: str, key: str) -> str | None:
 
 
 def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
-    from components.release_gate.gates import overall_accuracy
-
     run_dir, model_dir = _uri(found, "TeacherTrainer", "model_run"), _uri(found, "TeacherTrainer", "model")
     if run_dir is None or model_dir is None:
         return None
@@ -77,7 +79,6 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         sections["teacher"] = teacher
     student_eval = _uri(found, "StudentEvaluator", "evaluation")
     if student_eval:
-        from components.release_gate.gates import overall_accuracy
 
         sections.setdefault("student", {})["tfma_accuracy"] = overall_accuracy(student_eval)
     gate = _uri(found, "ReleaseGate", "blessing")
@@ -94,7 +95,6 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
 
 def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
     """Start the server on the pushed models, send one real REST predict, and stop it."""
-    from serving.server import ModelServer
 
     spec = layout.EventSpec.load(examples_uri)
     event = _first_event(examples_uri)
@@ -127,8 +127,6 @@ def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
 
 
 def _first_event(examples_uri: str) -> dict[str, Any]:
-    import tensorflow as tf
-
     files = sorted(tf.io.gfile.glob(os.path.join(layout.split_dir(examples_uri, layout.EVAL), "*")))
     record = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").take(1)))
     example = tf.train.Example.FromString(record.numpy())

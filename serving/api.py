@@ -7,9 +7,11 @@ REST JSON is what ``json_format`` prints for them, as in TF Serving.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf import json_format
+from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 from serving.manager import LoadedVersion, ModelManager
@@ -33,8 +35,6 @@ def model_status(
 
 
 def _error_code(name: str) -> int:
-    from tensorflow.core.protobuf import error_codes_pb2
-
     return error_codes_pb2.Code.Value(name)
 
 
@@ -74,7 +74,6 @@ def _dict(message: Any) -> Any:
 
 def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> bytes:
     """TF Serving's REST metadata shape: model_spec, then the unpacked SignatureDefMap."""
-    import json
 
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     if not response.metadata[SIGNATURE_DEF_FIELD].Unpack(sig_map):

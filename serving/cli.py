@@ -78,7 +78,7 @@ def serve_command(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     s = cfg.serving
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.server import ModelServer
+    from serving.server import ModelServer  # deferred: every CLI command starts without TensorFlow
 
     server = ModelServer(s, cfg.serving_base)
     stop = threading.Event()
@@ -101,7 +101,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def device_run_command(args: argparse.Namespace) -> int:
-    from ondevice.device_runner import run_device
+    from ondevice.device_runner import run_device  # deferred: device-run needs no server code
 
     if args.limit < 0:
         raise UserError("--limit must be >= 0")

@@ -23,11 +23,14 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2, saved_model_pb2
 
 from contract import files, layout
 from ondevice import frames as framecodec
+from ondevice.frames import FrameDecodeError
+from ondevice.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError
 from serving.signatures import DEFAULT_SIGNATURE, Signature, TensorSig
 from serving.status import INTERNAL, INVALID_ARGUMENT, ServingError, invalid
 
@@ -109,8 +112,6 @@ def _read_meta_graph(export_dir: str) -> meta_graph_pb2.MetaGraphDef:
             with open(pb, "rb") as f:
                 saved.ParseFromString(f.read())
         else:
-            from google.protobuf import text_format
-
             with open(os.path.join(export_dir, SAVED_MODEL_PBTXT), encoding="utf-8") as f:
                 text_format.Parse(f.read(), saved)
     except Exception as e:  # noqa: BLE001  (any parse failure means an unusable export)
@@ -122,8 +123,6 @@ def _read_meta_graph(export_dir: str) -> meta_graph_pb2.MetaGraphDef:
 
 
 def _tf_error_code(e: tf.errors.OpError) -> str:
-    from tensorflow.core.protobuf import error_codes_pb2
-
     try:
         return error_codes_pb2.Code.Name(e.error_code)
     except ValueError:
@@ -188,8 +187,6 @@ class TFLiteServable(Servable):
     batchable = False
 
     def __init__(self, version_dir: str) -> None:
-        from ondevice.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError
-
         path = os.path.join(version_dir, TFLITE_FILE)
         # One single-threaded interpreter per core: multi-threaded TFLite spin-waits and collapses
         # when cores are shared, while independent interpreters run requests side by side.
@@ -230,9 +227,6 @@ class TFLiteServable(Servable):
         }
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        from ondevice.frames import FrameDecodeError
-        from ondevice.tflite_model import LiteModelError
-
         (value,) = inputs.values()
         encoded = signature.name == DEFAULT_SIGNATURE
         rows = [[bytes(f) for f in row] for row in value] if encoded else value

@@ -111,7 +111,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulator.writer import generate
+    from simulator.writer import generate  # deferred: `eventpipe --help` imports every command module
 
     cfg = load_config(args).simulator
     summary = generate(args.out, cfg, progress=not args.no_progress)

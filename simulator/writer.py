@@ -32,6 +32,7 @@ from contract.config import SimulatorConfig
 from contract.errors import UserError
 from simulator.backgrounds import device_view
 from simulator.png import encode_png
+from simulator.preview import contact_sheet
 from simulator.scenes import (
     NUISANCES,
     Archetype,
@@ -297,7 +298,6 @@ def generate(
         "devices": {device_name(d, cfg.devices): device_view(cfg.seed, d) for d in range(cfg.devices)},
     }
     if preview:
-        from simulator.preview import contact_sheet
 
         picks = [(cfg.classes[c], totals.preview.get(c, [])) for c in range(len(cfg.classes))]
         contact_sheet(cfg, picks, os.path.join(out_dir, PREVIEW_FILE))

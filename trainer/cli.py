@@ -8,7 +8,9 @@ runs TensorFlow, starts this command in a subprocess instead: ``trainer.parallel
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import warnings
 from typing import Any
 
 from contract.config import STRATEGIES, TeacherConfig, add_config_flags, load_config
@@ -51,7 +53,7 @@ def train_command(args: argparse.Namespace) -> int:
     cfg.save(os.path.join(cfg.workdir, "config.json"))
 
     _quiet_libraries()
-    from trainer.teacher.loop import REPORT, train
+    from trainer.teacher.loop import REPORT, train  # deferred: every CLI command starts without TensorFlow
 
     report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
     print(summary_line(report))
@@ -64,9 +66,6 @@ def train_command(args: argparse.Namespace) -> int:
 
 def _quiet_libraries() -> None:
     """TensorFlow's retracing and deprecation warnings bury the progress users need to see."""
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("tensorflow", "absl"):

@@ -19,6 +19,7 @@ import shutil
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+from tensorflow.core.example import example_pb2
 
 from components.event_example_gen import checks, sources
 from contract import layout
@@ -124,8 +125,6 @@ class _Finalize(beam.DoFn):
         self._eval_percent, self._root = eval_percent, root
 
     def process(self, serialized: bytes, kept_source: dict[str, str], classes: list[str]):
-        from tensorflow.core.example import example_pb2
-
         example = example_pb2.Example.FromString(serialized)
         feats = example.features.feature
         event_id = feats[layout.EVENT_ID].bytes_list.value[0].decode()

@@ -18,6 +18,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 from components.event_example_gen.sources import TFRECORD_SUFFIXES, RawEvent
 from contract.config import DataConfig
 from ondevice import frames as framecodec
@@ -201,7 +203,6 @@ def _load_frame(ref: Any, index: int, base_dir: str, rules: Rules) -> bytes:
 def _decode_shape(data: bytes, index: int, max_pixels: int) -> tuple[int, int, int]:
     """(height, width, channels) after a full decode; PNG and JPEG only, at most ``max_pixels``
     (read from the header, before anything is decoded)."""
-    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:

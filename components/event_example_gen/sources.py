@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import google_crc32c
+from tensorflow.core.example import example_pb2
 
+from contract import layout
 from contract.config import DataConfig
 from contract.errors import UserError
 
@@ -299,10 +301,6 @@ def _is_gzip(path: str) -> bool:
 
 
 def _read_tfrecord(path: str, rel: str, max_record_bytes: int) -> Iterator[RawEvent]:
-    from tensorflow.core.example import example_pb2
-
-    from contract import layout
-
     base_dir = os.path.dirname(path)
     index = -1
     try:
@@ -345,7 +343,6 @@ def _read_tfrecord(path: str, rel: str, max_record_bytes: int) -> Iterator[RawEv
 def _best_frame(feature: Any) -> Any:
     """The record's ``best_frame`` from a layout feature: None for unknown (-1); anything but one
     int64 is passed on as a description, so the checks reject it instead of it being lost."""
-    from contract import layout
 
     kind = feature.WhichOneof("kind")
     values = list(getattr(feature, kind).value) if kind else []

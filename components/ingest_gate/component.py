@@ -4,6 +4,7 @@
 import json
 import os
 
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
@@ -19,7 +20,6 @@ VERDICT_FILE = files.VERDICT
 
 def read_anomalies(anomalies_uri: str) -> "list[dict]":
     """ExampleValidator's anomalies per split as plain dicts (split, feature, short and long text)."""
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     found = []
     if not os.path.isdir(anomalies_uri):

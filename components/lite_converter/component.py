@@ -13,9 +13,11 @@ without opening files.
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
+from tfx.utils import path_utils
 
 from components.artifacts import LiteModels
 from contract.config import LiteConfig, section_from_json
+from trainer.productionize.convert import run_lite_conversion
 
 
 @component
@@ -29,9 +31,6 @@ def LiteConverter(
     """Converts the student to int8 and float16 TFLite, checks int8 parity, measures every variant.
 
     ``lite_config``: the ``lite`` config section (``contract.config.section_json``)."""
-    from tfx.utils import path_utils
-
-    from trainer.productionize.convert import run_lite_conversion
 
     cfg = section_from_json(LiteConfig, lite_config)
     teacher_dir = path_utils.serving_model_path(teacher_model.uri) if teacher_model is not None else None

@@ -39,8 +39,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import tensorflow as tf
+
 from contract import files
 from contract.errors import UserError
+from ondevice.metadata import MetadataError, read_metadata
 from serving.versions import model_dir as resolve_model_dir
 from serving.versions import scan_versions
 
@@ -147,7 +150,6 @@ def _copy_tree(src: str, dst: str) -> None:
     if not _is_remote(src):
         shutil.copytree(src, dst, dirs_exist_ok=True)
         return
-    import tensorflow as tf
 
     for directory, _subdirs, names in tf.io.gfile.walk(src):
         rel = os.path.relpath(directory, src) if directory != src else ""
@@ -160,7 +162,6 @@ def _copy_file(src: str, dst: str) -> None:
     if not _is_remote(src):
         shutil.copyfile(src, dst)
         return
-    import tensorflow as tf
 
     tf.io.gfile.copy(src, dst, overwrite=True)
 
@@ -168,7 +169,6 @@ def _copy_file(src: str, dst: str) -> None:
 def _exists(path: str) -> bool:
     if not _is_remote(path):
         return os.path.exists(path)
-    import tensorflow as tf
 
     return tf.io.gfile.exists(path)
 
@@ -339,7 +339,6 @@ def _check_tflite(path: str) -> None:
 
 def _model_card(tflite_path: str) -> dict[str, Any]:
     """Labels, input and output description from the metadata embedded in the model (if any)."""
-    from ondevice.metadata import MetadataError, read_metadata
 
     try:
         meta = read_metadata(tflite_path)

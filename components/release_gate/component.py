@@ -17,6 +17,13 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.artifacts import LiteModels
+from components.release_gate.gates import (
+    LAST_BLESSED,
+    MISSING,
+    overall_accuracy,
+    student_vs_teacher,
+    tfma_failures,
+)
 from contract import files
 from contract.config import GateConfig, section_from_json
 
@@ -40,7 +47,6 @@ def decide(
 
     ``teacher_blessed`` / ``student_blessed`` are the Evaluators' blessings: a refusal that
     names no failure is still a refusal."""
-    from components.release_gate.gates import MISSING, student_vs_teacher
 
     failures = list(failures)
     for model, blessed in (("teacher", teacher_blessed), ("student", student_blessed)):
@@ -90,7 +96,6 @@ def release_verdict(
     student_blessed: bool = True,
 ) -> dict:
     """``decide`` on two Evaluator outputs: their accuracies and validation failures."""
-    from components.release_gate.gates import LAST_BLESSED, overall_accuracy, tfma_failures
 
     return decide(
         teacher_accuracy=overall_accuracy(teacher_evaluation_uri),

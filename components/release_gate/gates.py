@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+import tensorflow_model_analysis as tfma
+
 from contract import layout
 from contract.config import GateConfig
 
@@ -43,7 +45,6 @@ def eval_config(gates: GateConfig, *, with_baseline: bool) -> Any:
     """Accuracy on the eval split: ``min_accuracy`` on the overall slice, ``min_class_accuracy``
     on every class slice and, with a baseline, no overall regression beyond ``max_regression``
     against the last blessed model (the Evaluator drops it while there is none)."""
-    import tensorflow_model_analysis as tfma
 
     overall = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gates.min_accuracy}),
@@ -177,7 +178,6 @@ def slice_name(slice_key: Any) -> str:
 
 def _metric_values(evaluation_uri: str) -> dict[tuple[str, str], dict[_Metric, float]]:
     """``{(slice, model name): {metric: value}}`` for every scalar metric TFMA wrote."""
-    import tensorflow_model_analysis as tfma
 
     out: dict[tuple[str, str], dict[_Metric, float]] = {}
     for metrics in tfma.load_metrics(evaluation_uri):
@@ -217,7 +217,6 @@ def tfma_failures(evaluation_uri: str, model: str, *, baseline: str = "the basel
     "allowed_change"}``), ``change`` (change thresholds: the difference TFMA compared) and a
     one-line ``message``.
     """
-    import tensorflow_model_analysis as tfma
 
     result = tfma.load_validation_result(evaluation_uri)
     if result.validation_ok:

@@ -29,11 +29,16 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import grpc
 import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from components.pusher.push import push_saved_model
 from contract import files, layout
 from contract.layout import EventSpec
 from serving.process import ServerProcess
+from trainer.models.export import load_spec
 
 VALIDATION_FILE = files.VALIDATION
 VERSION = 1
@@ -46,9 +51,6 @@ COMPARED = (layout.OUT_PROBABILITIES, layout.OUT_CLASS, layout.OUT_CLASS_ID, lay
 # -- events and the in-process reference ------------------------------------------------------
 def read_events(examples_uri: str, spec: EventSpec, count: int) -> tuple[np.ndarray, list[str]]:
     """Up to ``count`` eval events (train if there is no eval split): ``[N, K]`` encoded frames, ids."""
-    import tensorflow as tf
-
-
 
     files = layout.split_files(examples_uri, layout.EVAL) or layout.split_files(examples_uri, layout.TRAIN)
     if not files:
@@ -64,7 +66,6 @@ def read_events(examples_uri: str, spec: EventSpec, count: int) -> tuple[np.ndar
 
 def in_process_outputs(model_dir: str, frames: np.ndarray) -> dict[str, np.ndarray]:
     """The contract outputs of ``serving_default`` called in this process."""
-    import tensorflow as tf
 
     loaded = tf.saved_model.load(model_dir)
     out = loaded.signatures["serving_default"](**{layout.SERVING_INPUT: tf.constant(frames, tf.string)})
@@ -228,10 +229,6 @@ def _rest_requests(server, model_name, frames, ids, reference, tolerance, report
 
 
 def _grpc_request(server, model_name, frames, ids, reference, tolerance, report) -> None:
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = "serving_default"
@@ -302,8 +299,6 @@ def validate_in_server(
     signature, every request succeeded, no answer differs from in-process and the outputs
     meet the contract. ``report["problems"]`` says why not, one line each.
     """
-    from components.pusher.push import push_saved_model
-    from trainer.models.export import load_spec
 
     started = time.monotonic()
     deadline = started + timeout_s

@@ -19,6 +19,8 @@ import json
 import os
 from typing import Any
 
+import tensorflow as tf
+
 from contract import layout
 from contract.layout import EventSpec
 
@@ -28,7 +30,6 @@ ASSETS_EXTRA = "assets.extra"
 
 def output_tensors(model: Any, frames: Any, classes: Any) -> dict[str, Any]:
     """The contract's output dict for a model mapping frames -> {"logits", "frame_weights"}."""
-    import tensorflow as tf
 
     out = model(frames, training=False)
     logits = tf.cast(out["logits"], tf.float32)
@@ -45,7 +46,6 @@ def output_tensors(model: Any, frames: Any, classes: Any) -> dict[str, Any]:
 
 def serving_signatures(model: Any, spec: EventSpec) -> dict[str, Any]:
     """Concrete functions for the three signatures, closed over ``model`` and ``spec``."""
-    import tensorflow as tf
 
     classes = tf.constant(list(spec.classes), dtype=tf.string)
 
@@ -83,7 +83,6 @@ def export_saved_model(model: Any, spec: EventSpec, export_dir: str) -> str:
     hold plain (unsharded) variables; a DTensor-trained model's weights are copied into a plain
     one first (``Runner.plain_weights``, as ``trainer.teacher.loop`` does). Returns ``export_dir``.
     """
-    import tensorflow as tf
 
     signatures = serving_signatures(model, spec)
     servable = tf.Module()

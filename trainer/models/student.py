@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tensorflow as tf
 import tf_keras as keras
 
 from contract.config import StudentConfig
@@ -42,8 +43,6 @@ class MergeFrames(keras.layers.Layer):
     """``[B, K, H, W, C]`` -> ``[B*K, H, W, C]`` so the backbone sees frames as a batch."""
 
     def call(self, inputs: Any) -> Any:
-        import tensorflow as tf
-
         return tf.reshape(inputs, [-1, *inputs.shape[2:]])
 
 
@@ -56,8 +55,6 @@ class SplitFrames(keras.layers.Layer):
         self.frames = frames
 
     def call(self, inputs: Any) -> Any:
-        import tensorflow as tf
-
         return tf.reshape(inputs, [-1, self.frames, inputs.shape[-1]])
 
     def get_config(self) -> dict[str, Any]:
@@ -69,8 +66,6 @@ class FrameMean(keras.layers.Layer):
     """``[B, K, D]`` -> ``[B, 1, D]``: the event's mean frame features (what every frame is compared to)."""
 
     def call(self, inputs: Any) -> Any:
-        import tensorflow as tf
-
         return tf.reduce_mean(inputs, axis=1, keepdims=True)
 
 
@@ -79,8 +74,6 @@ class WeightedPool(keras.layers.Layer):
     """``([B, K, D], [B, K])`` -> ``[B, D]``: frames pooled with the softmax frame weights."""
 
     def call(self, inputs: Any) -> Any:
-        import tensorflow as tf
-
         features, weights = inputs
         return tf.reduce_sum(features * tf.expand_dims(weights, -1), axis=1)
 
@@ -98,8 +91,6 @@ class FrameContrast(keras.layers.Layer):
         self.frames = frames
 
     def call(self, inputs: Any) -> Any:
-        import tensorflow as tf
-
         height, width, channels = inputs.shape[1:]
         flat = tf.reshape(inputs, [-1, self.frames, height * width * channels])
         contrast = flat - tf.reduce_mean(flat, axis=1, keepdims=True)

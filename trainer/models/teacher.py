@@ -24,6 +24,7 @@ from typing import Any
 
 import tensorflow as tf
 import tf_keras as keras
+from tensorflow.experimental import dtensor
 
 from contract.config import TeacherConfig
 from contract.layout import EventSpec
@@ -185,7 +186,6 @@ class FeatureRelayout(keras.layers.Layer):
     def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
         if self.layout is None:
             return x
-        from tensorflow.experimental import dtensor
 
         return dtensor.relayout(x, self.layout)
 

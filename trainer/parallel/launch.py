@@ -136,7 +136,7 @@ def _raise_for_failures(children: list[_Child]) -> None:
 
 
 def _read_report(workdir: str) -> dict[str, Any]:
-    from trainer.teacher.loop import REPORT
+    from trainer.teacher.loop import REPORT  # deferred: the launcher itself never imports TensorFlow
 
     with open(os.path.join(workdir, REPORT), encoding="utf-8") as f:
         return json.load(f)

@@ -67,6 +67,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from contract.config import TeacherConfig
 from contract.errors import UserError
 
@@ -80,7 +82,6 @@ TRAIN_FLOPS_PER_FWD = 3.0  # forward + backward (input grads + weight grads)
 
 class PlannerError(UserError):
     """A model description or planner setting that cannot be used; the message says which."""
-
 
 # ----------------------------------------------------------------------------- model description
 
@@ -340,7 +341,6 @@ def parse_duration(text: str) -> float:
 
 def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     """This host's fp32 matmul FLOP/s with numpy (best of ``repeats``): a ceiling for one device."""
-    import numpy as np
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)

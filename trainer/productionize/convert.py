@@ -28,6 +28,26 @@ from contract import files, layout
 from contract.config import LiteConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
+from trainer.models.export import load_spec
+from trainer.models.student import load_keras
+from trainer.productionize import lite, measure, plots
+from trainer.productionize.evaluate import (
+    keras_predictor,
+    predict_split,
+    saved_model_predictor,
+    tflite_predictor,
+)
+from trainer.productionize.module import (
+    FLOAT_DIR,
+    FLOAT_KERAS,
+    PRUNED_KERAS,
+    QAT_KERAS,
+    SCRATCH_KERAS,
+    SERVING_DIR,
+    keras_path,
+    qat_model,
+)
+from trainer.productionize.module import REPORT_FILE as DISTILL_REPORT
 
 INT8_FILE = files.TFLITE_INT8
 FLOAT16_FILE = files.TFLITE_FLOAT16
@@ -38,8 +58,6 @@ CONFUSION_PNG = "confusion_int8.png"
 
 
 def _variant_entry(kind: str, path: str, keras_path: str | None = None) -> dict[str, Any]:
-    from trainer.productionize import measure
-
     entry: dict[str, Any] = {"format": kind, "path": path, "bytes": measure.path_bytes(path)}
     if keras_path:
         entry["keras_path"] = keras_path
@@ -49,7 +67,6 @@ def _variant_entry(kind: str, path: str, keras_path: str | None = None) -> dict[
 
 def _measure_latencies(variants: dict[str, dict[str, Any]], cfg: LiteConfig) -> None:
     """Every served variant's latency in its own format (SavedModel or TFLite), side by side."""
-    from trainer.productionize import measure
 
     jobs: dict[str, tuple[str, str]] = {}
     for name, entry in variants.items():
@@ -74,28 +91,6 @@ def run_lite_conversion(
     teacher_dir: str | None = None,
 ) -> dict[str, Any]:
     """Convert, verify and measure; write the artifacts above; return the report."""
-    from trainer.models.export import load_spec
-    from trainer.models.student import load_keras
-    from trainer.productionize import lite, measure, plots
-    from trainer.productionize.evaluate import (
-        keras_predictor,
-        predict_split,
-        saved_model_predictor,
-        tflite_predictor,
-    )
-    from trainer.productionize.module import (
-        FLOAT_DIR,
-        FLOAT_KERAS,
-        PRUNED_KERAS,
-        QAT_KERAS,
-        SCRATCH_KERAS,
-        SERVING_DIR,
-        keras_path,
-        qat_model,
-    )
-    from trainer.productionize.module import (
-        REPORT_FILE as DISTILL_REPORT,
-    )
 
     started = time.time()
     spec = EventSpec.load(examples_uri)

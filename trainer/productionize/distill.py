@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 from tqdm import tqdm
 
@@ -30,7 +31,6 @@ def distillation_loss(
     labels: Any, student_logits: Any, teacher_logits: Any, temperature: float, alpha: float
 ) -> Any:
     """Per-event loss ``[B]``; events with ``label < 0`` get the distillation term only."""
-    import tensorflow as tf
 
     labels = tf.cast(labels, tf.int32)
     student_logits = tf.cast(student_logits, tf.float32)
@@ -50,7 +50,6 @@ def teacher_soft_labels(
     teacher_dir: str, files: list[str], spec: EventSpec, batch_size: int = 64
 ) -> np.ndarray:
     """The teacher's logits ``[N, C]`` for every record of ``files``, in ``sorted(files)`` order."""
-    import tensorflow as tf
 
     model = tf.saved_model.load(teacher_dir)
     if layout.DECODED_SIGNATURE not in model.signatures:
@@ -89,7 +88,6 @@ def distillation_dataset(
     epoch and phase skips the PNG decoding, which otherwise competes with the small student's
     step for the same cores. Larger data streams from the files as before.
     """
-    import tensorflow as tf
 
     records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
     pairs = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(teacher_logits)))
@@ -138,8 +136,6 @@ class DistillationModel(keras.Model):
         return self.student(inputs, training=training)
 
     def _update_metrics(self, loss: Any, logits: Any, targets: dict[str, Any]) -> dict[str, Any]:
-        import tensorflow as tf
-
         pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
         labels = tf.cast(targets[layout.LABEL], tf.int32)
         labelled = tf.cast(labels >= 0, tf.float32)
@@ -151,8 +147,6 @@ class DistillationModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data: Any) -> dict[str, Any]:
-        import tensorflow as tf
-
         frames, targets = data
         with tf.GradientTape() as tape:
             logits = self.student(frames, training=True)["logits"]
@@ -173,7 +167,6 @@ class DistillationModel(keras.Model):
         flow, and AutoGraph-converting every Keras/TFMOT call made tracing the dominant cost of
         a short distillation (tens of seconds). Single-device only: no distribution strategy.
         """
-        import tensorflow as tf
 
         if self.train_function is not None and not force:
             return self.train_function
@@ -185,8 +178,6 @@ class DistillationModel(keras.Model):
         return self.train_function
 
     def test_step(self, data: Any) -> dict[str, Any]:
-        import tensorflow as tf
-
         frames, targets = data
         logits = self.student(frames, training=False)["logits"]
         loss = tf.reduce_mean(

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import tensorflow as tf
 from tqdm import tqdm
 
 from contract import layout
 from contract.layout import EventSpec
+from ondevice.runtime import LiteEventClassifier
 
 FRAME_WEIGHTS = "frame_weights"  # the models' attention output (Keras models and TFLite files)
 
@@ -138,7 +140,6 @@ def saved_model_predictor(export_dir: str) -> Predictor:
 
     The signature returns the frame the model names (``best_frame``), not the weights.
     """
-    import tensorflow as tf
 
     loaded = tf.saved_model.load(export_dir)
     signature = loaded.signatures[layout.DECODED_SIGNATURE]
@@ -153,7 +154,6 @@ def saved_model_predictor(export_dir: str) -> Predictor:
 
 def tflite_predictor(model: str | bytes, num_threads: int = 1) -> Predictor:
     """An eventpipe ``.tflite`` (batch 1), run event by event as a device would."""
-    from ondevice.runtime import LiteEventClassifier
 
     classifier = LiteEventClassifier(model, num_threads=num_threads)
 

@@ -28,6 +28,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
 
 from contract import layout
 from contract.layout import EventSpec
@@ -75,8 +78,6 @@ def representative_events(files: list[str], spec: EventSpec, count: int, seed: i
 
 
 def _concrete_function(model: Any, spec: EventSpec) -> Any:
-    import tensorflow as tf
-
     # No AutoGraph: the student (and TFMOT's wrappers) has no tensor-dependent Python control
     # flow, and converting every layer's call made each trace of a QAT model take ~7 s.
     @tf.function(
@@ -96,7 +97,6 @@ def _variables_only(model: Any) -> Any:
     that save trace every layer's call functions (tens of seconds), which the frozen signature
     does not need.
     """
-    import tensorflow as tf
 
     holder = tf.Module()
     holder.weights = list(model.weights)
@@ -118,7 +118,6 @@ def convert(
     ``function``: the model's traced signature (``_concrete_function``) when the caller already
     has it; tracing a QAT model takes seconds, and one trace serves every conversion of it.
     """
-    import tensorflow as tf
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; one of {VARIANTS}")
@@ -191,7 +190,6 @@ def _signature_tensors(model_object: Any) -> set[int]:
 
 def strip_internal_names(content: bytes) -> bytes:
     """Drop names of tensors that are neither a signature input nor output (debug strings only)."""
-    from tensorflow.lite.tools import flatbuffer_utils
 
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     keep = _signature_tensors(model_object)
@@ -205,8 +203,6 @@ def strip_internal_names(content: bytes) -> bytes:
 
 def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
     """Add (or replace) the ``EVENTPIPE_METADATA`` entry: a buffer holding ``metadata`` as JSON."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     blob = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -222,8 +218,6 @@ def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
 
 
 def _io_details(content: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    import tensorflow as tf
-
     runner = tf.lite.Interpreter(model_content=content).get_signature_runner("serving_default")
     return runner.get_input_details(), runner.get_output_details()
 

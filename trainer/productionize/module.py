@@ -38,11 +38,18 @@ import time
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
 from contract import files, layout
 from contract.config import StudentConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
+from trainer.models.export import export_saved_model, load_spec
+from trainer.models.student import build_student
+from trainer.productionize import distill, prune, qat
+from trainer.productionize.evaluate import keras_predictor, predict_split, saved_model_predictor
+from trainer.teacher.module import config_from_fn_args
 
 SERVING_DIR = files.SERVING_MODEL_DIR
 FLOAT_DIR = "student_float"
@@ -65,7 +72,6 @@ def qat_model(model_dir: str) -> Any:
 
     Loaded whole from H5 (about 1 s); rebuilding it with ``quantize_apply`` takes ~15 s.
     """
-    from trainer.productionize import qat
 
     path = keras_path(model_dir, QAT_MODEL)
     if not os.path.exists(path):
@@ -74,8 +80,6 @@ def qat_model(model_dir: str) -> Any:
 
 
 def _check_teacher(teacher_dir: str, spec: EventSpec) -> None:
-    from trainer.models.export import load_spec
-
     try:
         teacher_spec = load_spec(teacher_dir)
     except FileNotFoundError:
@@ -97,12 +101,6 @@ def run_distillation(
     eval_files: list[str] | None = None,
 ) -> dict[str, Any]:
     """Distil (and prune) a student from ``teacher_dir`` on ``examples_uri``; returns the report."""
-    import tf_keras as keras
-
-    from trainer.models.export import export_saved_model
-    from trainer.models.student import build_student
-    from trainer.productionize import distill, prune
-    from trainer.productionize.evaluate import keras_predictor, predict_split
 
     started = time.time()
     spec = EventSpec.load(examples_uri)
@@ -153,7 +151,6 @@ def run_distillation(
     quantized = None
     qat_sparsity = None
     if cfg.qat_epochs > 0:
-        from trainer.productionize import qat
 
         if cfg.prune_epochs <= 0:
             production.save(keras_path(output_dir, PRUNED_KERAS))
@@ -204,7 +201,6 @@ def run_distillation(
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
     }
     if eval_files:
-        from trainer.productionize.evaluate import saved_model_predictor
 
         predictors = {"teacher": saved_model_predictor(teacher_dir), "student_float": keras_predictor(student),
                       "student_scratch": keras_predictor(scratch)}  # fmt: skip
@@ -225,8 +221,6 @@ def run_distillation(
 
 
 def _count(files: list[str]) -> int:
-    import tensorflow as tf
-
     if not files:
         return 0
     return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(0, lambda n, _: n + 1))
@@ -234,10 +228,8 @@ def _count(files: list[str]) -> int:
 
 def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry: ``base_model`` is the teacher; ``custom_config["config"]`` the pipeline config."""
-    import tensorflow as tf
     if not fn_args.base_model:
         raise UserError("the student Trainer needs the teacher model as base_model")
-    from trainer.teacher.module import config_from_fn_args
 
     cfg = config_from_fn_args(fn_args).student
     examples_uri = layout.examples_dir_of(fn_args.train_files[0])

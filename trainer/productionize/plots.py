@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 
 
 def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt
 
 

@@ -15,7 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow_model_optimization as tfmot
 import tf_keras as keras
+from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 from trainer.models.student import CONTEXT_SCORE_LAYER, LOGITS_LAYER, SCORE_LAYER
 
@@ -65,7 +68,6 @@ def plan_schedule(
 
 def _kernel_names(layer: keras.layers.Layer) -> list[str]:
     """The weight names TFMOT prunes in ``layer`` ([] for layers it leaves alone)."""
-    from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 
     return list(prune_registry.PruneRegistry._LAYERS_WEIGHTS_MAP.get(type(layer), []))  # noqa: SLF001
 
@@ -84,7 +86,6 @@ def apply_pruning(
 
     The copy owns its own variables, so training it leaves ``model`` (the dense student) intact.
     """
-    import tensorflow_model_optimization as tfmot
 
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0,
@@ -107,21 +108,18 @@ def apply_pruning(
 
 def pruning_callbacks() -> list[keras.callbacks.Callback]:
     """The callbacks a pruned model must train with."""
-    import tensorflow_model_optimization as tfmot
 
     return [tfmot.sparsity.keras.UpdatePruningStep()]
 
 
 def strip(model: keras.Model) -> keras.Model:
     """The plain tf_keras model under the pruning wrappers, zeros in its kernels."""
-    import tensorflow_model_optimization as tfmot
 
     return tfmot.sparsity.keras.strip_pruning(model)
 
 
 def pruned_layer_names(model: keras.Model) -> list[str]:
     """Names of the layers wrapped by ``prune_low_magnitude`` in a (not yet stripped) model."""
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
     return [layer.layer.name for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from trainer.models.student import CUSTOM_OBJECTS, MergeFrames, SplitFrames, build_student
@@ -34,7 +36,6 @@ RESHAPES = (MergeFrames, SplitFrames)
 
 def _quantize_configs() -> tuple[Any, Any]:
     """(OutputQuantizeConfig, PassThroughQuantizeConfig) for our weightless layers."""
-    import tensorflow_model_optimization as tfmot
 
     class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         """No weights to quantize; the layer's output gets an 8-bit moving-average range."""
@@ -76,7 +77,6 @@ def scope() -> Any:
     TFMOT's wrappers deserialize the layer they wrap by its bare class name, so our layers are
     named both ways (``eventpipe>MergeFrames`` and ``MergeFrames``).
     """
-    import tensorflow_model_optimization as tfmot
 
     output, passthrough = _quantize_configs()
     bare = {name.rpartition(">")[2]: cls for name, cls in CUSTOM_OBJECTS.items()}
@@ -99,7 +99,6 @@ def load(path: str) -> keras.Model:
 
 def apply_qat(model: keras.Model, *, preserve_sparsity: bool = True) -> keras.Model:
     """A QAT copy of ``model`` (same weights); PQAT keeps its zeros when ``preserve_sparsity``."""
-    import tensorflow_model_optimization as tfmot
 
     annotate = tfmot.quantization.keras.quantize_annotate_layer
     output, passthrough = _quantize_configs()
@@ -135,7 +134,6 @@ def calibrate_ranges(qat: keras.Model, float_model: keras.Model, batches: Any) -
     with the observed min/max (always including 0, as TFMOT does) over ``batches`` fixes that;
     the fine-tune's moving averages then start from there. Returns the ranges set.
     """
-    import tensorflow as tf
 
     targets: dict[str, list[tuple[str, Any]]] = {}
     for weight in qat.weights:

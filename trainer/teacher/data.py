@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any
 
+import tensorflow as tf
+
 from contract import layout
 from contract.errors import UserError
 from contract.layout import EventSpec
@@ -23,7 +25,6 @@ SHUFFLE_BUFFER = 8192
 
 def count_records(files: list[str], cache_path: str | None = None) -> int:
     """Number of records in ``files`` (cached in ``cache_path`` keyed by the file list)."""
-    import tensorflow as tf
 
     key = "|".join(files)
     if cache_path and os.path.exists(cache_path):
@@ -48,7 +49,6 @@ def record_stream(files: list[str], *, seed: int, epoch_size: int, start_record:
     permutation when the split fits one window). All randomness is stateless in ``(seed,
     epoch, window)``, so any epoch can be produced without replaying the ones before it.
     """
-    import tensorflow as tf
 
     if epoch_size < 1:
         raise UserError("the train split is empty")
@@ -96,7 +96,6 @@ def train_batches(
     ``augment``: each event is augmented with randomness drawn from ``(seed, its position in the
     stream)``, so every strategy, shard layout and resumed run sees the same augmented events.
     """
-    import tensorflow as tf
 
     ds = record_stream(files, seed=seed, epoch_size=epoch_size, start_record=start_record)
     ds = ds.enumerate(start=start_record).batch(batch_size, drop_remainder=True)
@@ -122,7 +121,6 @@ def augment_events(frames: Any, positions: Any, seed: int) -> Any:
     horizontal flip with probability 1/2, a shift of up to 1/8 of the frame each way (edges
     reflected), brightness +-0.1 and contrast x[0.8, 1.2] around the event's mean.
     """
-    import tensorflow as tf
 
     _, _, height, width, _ = frames.shape
     pad_y, pad_x = height // 8, width // 8
@@ -145,7 +143,6 @@ def augment_events(frames: Any, positions: Any, seed: int) -> Any:
 
 def eval_batches(files: list[str], spec: EventSpec, *, batch_size: int, max_batches: int = 0) -> Any:
     """Decoded eval batches in file order (scoring skips unlabelled events, label -1)."""
-    import tensorflow as tf
 
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
     ds = ds.map(_features_fn(spec), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -156,7 +153,6 @@ def eval_batches(files: list[str], spec: EventSpec, *, batch_size: int, max_batc
 
 def _features_fn(spec: EventSpec) -> Any:
     """Serialized batch -> {"frames", "label"}; plain tensor code, so autograph is skipped."""
-    import tensorflow as tf
 
     @tf.autograph.experimental.do_not_convert
     def features(serialized: Any) -> dict[str, Any]:

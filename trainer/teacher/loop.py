@@ -22,6 +22,7 @@ the requested logical devices): ``trainer.parallel.devices.configure`` is called
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -177,6 +178,8 @@ def train(
     eval_files = layout.split_files(examples_dir, layout.EVAL, required=True)
 
     setup = devices.configure(cfg.logical_devices)
+    # Deferred in this module: nothing that may build devices or variables runs before the
+    # logical devices above are configured (the runtime refuses changes once it has started).
     import tensorflow as tf
     import tf_keras as keras
 
@@ -386,6 +389,4 @@ def _wait_fraction(waits: list[float], steps: list[float]) -> float | None:
 
 
 def _config_dict(cfg: TeacherConfig) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(cfg)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import psutil
 
 from contract.config import TeacherConfig
 from contract.errors import UserError
@@ -82,7 +83,6 @@ def available_bytes() -> int:
         except (OSError, ValueError):
             continue
     if available is None:
-        import psutil
 
         available = int(psutil.virtual_memory().available)
     return available

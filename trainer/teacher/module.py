@@ -26,6 +26,7 @@ from typing import Any
 from contract import files, layout
 from contract.config import Config
 from trainer.parallel import launch
+from trainer.teacher.loop import REPORT, STATE
 
 CONFIG_KEY = "config"
 RESUME_KEY_FILE = "resume_key.json"  # what a later run must match to adopt this run's checkpoints
@@ -43,7 +44,6 @@ def _read_json(path: str) -> Any:
 def adopt_interrupted_checkpoints(model_run_dir: str, key: dict[str, Any]) -> str | None:
     """Copy the newest checkpoints of an unfinished sibling run with the same ``key`` into
     ``model_run_dir``; the directory adopted from, or None."""
-    from trainer.teacher.loop import REPORT, STATE
 
     model_run_dir = os.path.abspath(model_run_dir)
     parent = os.path.dirname(model_run_dir)

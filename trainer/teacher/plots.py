@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
+
 
 def plot_training_curve(report: dict[str, Any], path: str) -> str:
     """Per-step loss (and a moving average), the eval loss at every check and the best one, over
     the learning-rate schedule; returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     losses = np.asarray(report["losses"], dtype=float)
     steps = np.arange(1, len(losses) + 1)
