@@ -25,6 +25,7 @@ import numpy as np
 
 from contract.errors import UserError
 from ondevice.frames import FrameDecodeError
+from ondevice.manifest import read_manifest
 from ondevice.tflite_model import LiteEventModel, LiteModelError
 
 
@@ -50,23 +51,18 @@ def iter_manifest_events(data: str) -> Iterator[Event]:
         raise UserError(f"--data {data!r} holds no *.jsonl manifests")
     for manifest in manifests:
         base = os.path.dirname(os.path.abspath(manifest))
-        with open(manifest, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{manifest}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where}: not JSON ({e.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
-                    raise UserError(f"{where}: expected an object with a 'frames' list")
-                yield Event(
-                    event_id=str(record.get("event_id", where)),
-                    label=record.get("label"),
-                    frames=[_read_frame(fr, base, where) for fr in record["frames"]],
-                    source=where,
-                )
+        for line in read_manifest(manifest):
+            where = f"{manifest}:{line.number}"
+            if line.record is None:
+                raise UserError(f"{where}: {line.error}")
+            if not isinstance(line.record.get("frames"), list):
+                raise UserError(f"{where}: expected an object with a 'frames' list")
+            yield Event(
+                event_id=str(line.record.get("event_id", where)),
+                label=line.record.get("label"),
+                frames=[_read_frame(fr, base, where) for fr in line.record["frames"]],
+                source=where,
+            )
 
 
 def _read_frame(frame: object, base: str, where: str) -> bytes:

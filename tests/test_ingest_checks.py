@@ -184,3 +184,18 @@ def test_survey_of_an_image_folder_tree_names_what_is_outside_its_layout(tmp_pat
         os.path.join("cat", "ev1", "meta.json"): sources.IGNORED_NOT_IMAGE,
         os.path.join("cat", "labels.csv"): sources.IGNORED_NOT_IMAGE,
     }
+
+
+def test_manifest_lines_are_events_or_say_why_not(tmp_path):
+    """One reader for ingest and device-run: every non-blank line is an object or has a reason."""
+    from ondevice.manifest import read_manifest
+
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"event_id": "a"}\n\n  \n{not json\n[1, 2]\n\xff\xfe\n' + b"[" * 5000 + b"\n" + b'{"event_id": "b"}\r\n')
+    lines = list(read_manifest(str(path)))
+    assert [line.number for line in lines] == [1, 4, 5, 6, 7, 8]
+    assert lines[0].record == {"event_id": "a"} and lines[-1].record == {"event_id": "b"}
+    reasons = [line.error for line in lines[1:-1]]
+    assert reasons[0].startswith("not JSON") and reasons[1] == "a JSON value that is not an object"
+    assert reasons[2].startswith("not UTF-8") and reasons[3].startswith("not usable JSON")
+    assert all(line.record is None for line in lines[1:-1])

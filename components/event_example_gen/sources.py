@@ -35,6 +35,7 @@ from tensorflow.core.example import example_pb2
 from contract import layout
 from contract.config import DataConfig
 from contract.errors import UserError
+from ondevice.manifest import read_manifest
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -199,25 +200,9 @@ def read_unit(unit: Unit, root: str, max_record_bytes: int = DEFAULT_MAX_RECORD_
 
 def _read_jsonl(path: str, rel: str) -> Iterator[RawEvent]:
     base_dir = os.path.dirname(path)
-    with open(path, "rb") as f:
-        for number, line_bytes in enumerate(f, start=1):
-            try:
-                line = line_bytes.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                line = line_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
-                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not UTF-8: {e}", order=(rel, number))
-                continue
-            if not line.strip():
-                continue  # blank lines are formatting, not events
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield RawEvent(f"{rel}:{number}", None, line, base_dir, f"not JSON: {e.msg} at column {e.colno}", order=(rel, number))
-                continue
-            if not isinstance(record, dict):
-                yield RawEvent(f"{rel}:{number}", None, line, base_dir, "a JSON value that is not an object", order=(rel, number))
-                continue
-            yield RawEvent(f"{rel}:{number}", record, line, base_dir, order=(rel, number))
+    for line in read_manifest(path):
+        source = f"{rel}:{line.number}"
+        yield RawEvent(source, line.record, line.text, base_dir, line.error or "", order=(rel, line.number))
 
 
 def _folder_event(unit: Unit, rel: str, root: str) -> RawEvent:
