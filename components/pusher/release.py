@@ -77,14 +77,18 @@ def lite_metrics(lite_dir: str) -> dict[str, Any]:
     report = _read_json(os.path.join(lite_dir, files.LITE_REPORT))
     if report is None:
         return {}
-    tflite = report["tflite"]
+    # Informational (it goes into release.json): a partial report gives what it has, and whether
+    # the models themselves are there is PushPlan.check's to refuse.
+    tflite = report.get("tflite") or {}
     out: dict[str, Any] = {"report": files.LITE_REPORT}
     for variant in ("int8", "float16"):
-        entry = tflite[variant]
-        picked = {k: v for k, v in entry.items() if k == "accuracy" or k.startswith("agreement")}
-        picked["bytes"] = entry["bytes"]["raw"]
-        out[variant] = picked
-    out["parity"] = tflite["parity"]
+        entry = tflite.get(variant)
+        if isinstance(entry, dict):
+            picked = {k: v for k, v in entry.items() if k == "accuracy" or k.startswith("agreement")}
+            picked["bytes"] = (entry.get("bytes") or {}).get("raw")
+            out[variant] = picked
+    if isinstance(tflite.get("parity"), dict):
+        out["parity"] = tflite["parity"]
     return out
 
 
