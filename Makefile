@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m unit tests $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check contract ondevice simulator trainer serving components pipeline tests benchmarks setup.py
+	$(VENV)/bin/ruff check contract ondevice simulator trainer serving components pipeline fixtures tests benchmarks setup.py
 
 bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality
 

@@ -38,7 +38,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from contract import tfenv  # noqa: E402,F401
 
@@ -268,7 +267,7 @@ def batch_stats(port: int) -> dict[str, float]:
 
 
 def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Namespace) -> dict:
-    from serving_support import ServerProcess, available, b64_instance
+    from fixtures.serving_support import ServerProcess, available, b64_instance
 
     body = json.dumps({"instances": [b64_instance(frames)]}).encode()
     grpc_payload = grpc_request_bytes(frames)

@@ -39,7 +39,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from contract import tfenv  # noqa: E402,F401
 
@@ -157,7 +156,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
 
-    from teacher_data import write_examples
+    from fixtures.teacher_data import write_examples
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

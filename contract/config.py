@@ -198,8 +198,8 @@ class RunConfig:
     beam_args: list[str] = field(default_factory=list)
     metadata: str = ""  # "" = SQLite under workdir; or mysql://user:pass@host:port/db
     enable_cache: bool = True
-    serving_base: str = ""  # "" = <workdir>/serving
-    mobile_base: str = ""  # "" = <workdir>/mobile
+    serving_base: str = ""  # "" = serving/ beside the pipeline root (<workdir>/serving by default)
+    mobile_base: str = ""  # "" = mobile/ beside the pipeline root (<workdir>/mobile by default)
     image: str = "eventpipe:latest"  # container image for Kubeflow (built from the repo's Dockerfile)
     pipeline_root: str = ""  # "" = <workdir>/pipeline; a gs:// or shared path on Kubeflow
 
@@ -313,8 +313,13 @@ def _location(path: str) -> str:
 
 
 def _beside(root: str, name: str) -> str:
-    """``name`` in the directory that holds ``root`` (a local path or a URL)."""
-    return f"{root.rstrip('/').rsplit('/', 1)[0]}/{name}"
+    """``name`` in the directory that holds ``root`` (a local path or a URL); a root that is a
+    whole bucket (``gs://bucket``) has no parent to share, so ``name`` goes inside it."""
+    root = root.rstrip("/")
+    scheme, _, rest = root.rpartition("://")
+    if scheme and "/" not in rest:
+        return f"{root}/{name}"
+    return f"{root.rsplit('/', 1)[0]}/{name}"
 
 
 def _coerce(key: str, value: Any, current: Any) -> Any:

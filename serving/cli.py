@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_flags(p)
     p.add_argument("--model-base-path", dest="run.serving_base", default=None,
-                   help="directory holding <model-name>/<version>/ (default: <workdir>/serving)")
+                   help="directory holding <model-name>/<version>/ (default: serving/ beside the pipeline root, <workdir>/serving)")
     p.add_argument("--model-name", dest="serving.model_name", default=None, help="model to serve (eventpipe)")
     p.add_argument("--rest-port", dest="serving.rest_port", type=int, default=None,
                    help="REST port (8501); 0 picks a free port")

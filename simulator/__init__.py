@@ -4,6 +4,16 @@
 data sets); ``eventpipe generate`` is the command (simulator/cli.py).
 """
 
-from simulator.writer import generate, manifest_name, shard_bounds
+from typing import Any
 
 __all__ = ["generate", "manifest_name", "shard_bounds"]
+
+
+def __getattr__(name: str) -> Any:
+    # The writer (tqdm, PIL, NumPy) loads on first use: every `eventpipe` command, device-run
+    # included, imports this package to register `generate`, and must not pay for it.
+    if name in __all__:
+        from simulator import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module 'simulator' has no attribute {name!r}")

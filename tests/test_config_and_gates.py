@@ -178,5 +178,7 @@ def test_release_locations_follow_one_rule_for_every_runner(tmp_path, monkeypatc
     cfg.run.pipeline_root = "gs://bucket/root"  # a cluster's root: pushes go beside it, as given
     assert (cfg.pipeline_root, cfg.serving_base, cfg.mobile_base) == (
         "gs://bucket/root", "gs://bucket/serving", "gs://bucket/mobile")
+    cfg.run.pipeline_root = "gs://bucket"  # a whole bucket: pushes go inside it, not to other buckets
+    assert (cfg.serving_base, cfg.mobile_base) == ("gs://bucket/serving", "gs://bucket/mobile")
     cfg.run.serving_base = "models"  # an explicit local path is made absolute
     assert cfg.serving_base == str(tmp_path / "models")

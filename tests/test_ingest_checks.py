@@ -137,7 +137,7 @@ def test_discover_explains_an_empty_or_missing_directory(tmp_path):
 
 
 def test_a_frame_declaring_too_many_pixels_is_quarantined_before_decoding(tmp_path):
-    import serving_support as ss
+    from fixtures import serving_support as ss
 
     bomb = base64.b64encode(ss.png_declaring(13000, 13000)).decode()
     result = only(tmp_path, ed.event("e", frames=[{"b64": bomb}]), classes=("a", "b"))

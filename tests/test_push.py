@@ -13,10 +13,10 @@ import threading
 import time
 
 import pytest
-import serving_support as ss
 
 from components.pusher import push
 from contract.errors import UserError
+from fixtures import serving_support as ss
 from serving.versions import scan_versions
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,6 @@ import sys
 
 import productionize_fixtures as pf
 import pytest
-import serving_support as ss
 from tfx.types import standard_artifacts
 
 from components.artifacts import LiteModels
@@ -25,6 +24,7 @@ from components.serving_validator.component import ServingValidator
 from components.serving_validator.validation import VALIDATION_FILE
 from contract.config import ServingConfig, section_json
 from contract.layout import EventSpec
+from fixtures import serving_support as ss
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-import serving_support as ss
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
@@ -27,6 +26,8 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+
+from fixtures import serving_support as ss
 
 pytestmark = pytest.mark.e2e
 

@@ -12,11 +12,11 @@ import sys
 import grpc
 import numpy as np
 import pytest
-import serving_support as ss
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from contract import layout
+from fixtures import serving_support as ss
 from ondevice import frames as framecodec
 
 pytestmark = pytest.mark.e2e

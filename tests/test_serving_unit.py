@@ -195,8 +195,7 @@ def test_pil_decoding_matches_tensorflow(channels, source_size):
 
 def test_frames_over_the_pixel_limit_are_refused_from_their_header():
     """What device-run and the TFLite servable decode with: the header is checked before decoding."""
-    import serving_support as ss
-
+    from fixtures import serving_support as ss
     from ondevice.frames import MAX_FRAME_PIXELS, FrameDecodeError, check_frame_pixels, decode_image
 
     bomb = ss.png_declaring(13000, 13000)

@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 import pytest
-from teacher_data import write_examples
 
 from contract import layout
 from contract.config import Config
 from contract.errors import UserError
+from fixtures.teacher_data import write_examples
 
 pytestmark = pytest.mark.e2e
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tensorflow as tf
+
 from contract.errors import UserError
 
 
@@ -32,7 +34,6 @@ def configure(logical_devices: int, *, gpu_memory_mb: int = 4096) -> DeviceSetup
     CPU into ``logical_devices`` logical CPUs. If the runtime is already initialised, the
     existing devices are accepted when they already match, else a UserError says why.
     """
-    import tensorflow as tf  # deferred: callers set the device layout before anything starts TF
     if logical_devices < 1:
         raise UserError(f"--logical-devices must be >= 1, got {logical_devices}")
     gpus = tf.config.list_physical_devices("GPU")  # does not initialise the runtime

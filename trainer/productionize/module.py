@@ -24,8 +24,8 @@ Output directory (a TFX Model artifact)::
     keras/student_scratch.keras
     distill_report.json        params, sparsity, histories, eval accuracy/teacher agreement
 
-Used by the ``Distiller`` component's executor and, as ``run_fn``, by a stock TFX Trainer given
-the teacher as ``base_model``.
+The pipeline's ``Distiller`` is a stock TFX Trainer that calls ``run_fn`` with the teacher as
+``base_model``; ``run_distillation`` is the same work without TFX (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ def run_distillation(
     export_saved_model(production, spec, os.path.join(output_dir, SERVING_DIR))
 
     # Baseline: the same student on hard labels only, same optimizer steps as the dense phase.
+    del train  # one decoded cache at a time: the distillation stream's goes before the baseline's
     unlabelled_count = _count(unlabelled)
     labelled_count = len(soft) - unlabelled_count  # soft labels cover labelled + unlabelled, once each
     hard = distill.distillation_dataset(

@@ -178,8 +178,9 @@ def train(
     eval_files = layout.split_files(examples_dir, layout.EVAL, required=True)
 
     setup = devices.configure(cfg.logical_devices)
-    # Deferred in this module: nothing that may build devices or variables runs before the
-    # logical devices above are configured (the runtime refuses changes once it has started).
+    # Kept after devices.configure (ordering, not import cost: TensorFlow is already loaded): no
+    # module that might touch the runtime is imported before the logical devices exist, since the
+    # runtime refuses changes once it has started.
     import tensorflow as tf
     import tf_keras as keras
 
