@@ -50,6 +50,9 @@ sys.path.insert(0, REPO)
 
 from contract import layout  # noqa: E402  (names only; no TensorFlow at import)
 
+# Every pipeline run is an `eventpipe` subprocess; scikit-learn, PIL and NumPy are imported only
+# by the real-image part, inside its functions (`--no-real` never loads them).
+
 # --quick: config overrides that make one run short. Kept together here because the field names
 # follow contract/config.py; a renamed field shows up as a run failing with "unknown config key".
 QUICK_SETS = [

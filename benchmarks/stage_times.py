@@ -14,6 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ml_metadata.proto import metadata_store_pb2  # noqa: E402
+
 from contract import tfenv  # noqa: E402,F401
 from contract.config import Config  # noqa: E402
 from pipeline import outputs, runners  # noqa: E402
@@ -21,8 +23,6 @@ from pipeline import outputs, runners  # noqa: E402
 
 def stage_times(workdir: str) -> list[tuple[str, str, float, float]]:
     """(component, state, start offset s, duration s) of the latest run, in start order."""
-    from ml_metadata.proto import metadata_store_pb2
-
     cfg = Config()
     cfg.run.workdir = workdir
     connection = runners.metadata_connection(cfg)
