@@ -280,7 +280,7 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
     result: dict = {"backend": name}
     for batching in (False, True):
         flags = ["--max-batch-size", "16", "--batch-timeout-ms", "2"] if batching else ["--max-batch-size", "0"]
-        server = ServerProcess(base, NAME, *flags)
+        server = ServerProcess(os.path.join(base, NAME), NAME, *flags)
         try:
             server.wait_status(NAME, available([1]), timeout=120)
             mode = "batching" if batching else "no_batching"

@@ -165,13 +165,25 @@ class GateConfig:
 @dataclass
 class ServingConfig:
     model_name: str = "eventpipe"
+    # TF Serving's --model_base_path: the directory of version directories ("" = the pusher's
+    # <serving base>/<model_name>). A --model_config_file (ModelServerConfig text proto) lists
+    # several models instead, re-read every model_config_file_poll_wait_seconds (0: never).
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
     host: str = "127.0.0.1"
-    rest_port: int = 8501
-    grpc_port: int = 8500
+    rest_port: int = 8501  # 0 picks a free port, -1 turns REST off
+    grpc_port: int = 8500  # 0 picks a free port, -1 turns gRPC off
     version_policy: str = "latest"
-    poll_seconds: float = 1.0
+    poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; 0 polls once, at start
+    # Dynamic batching of SavedModel requests. On by default (tensorflow_model_server needs
+    # --enable_batching): a lone request never waits, so it costs nothing at one client.
+    enable_batching: bool = True
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
+    batching_parameters_file: str = ""  # BatchingParameters text proto; overrides the two above
+    monitoring_config_file: str = ""  # MonitoringConfig text proto; "" = Prometheus on at TF Serving's path
+    warmup_events: int = 8  # eval events the pusher writes as assets.extra/tf_serving_warmup_requests
     max_body_bytes: int = 64 * 1024 * 1024
     # Elements a gRPC request tensor may declare, checked before anything is allocated: 16 MB of
     # float32, 21 events of decoded 4x128x128x3 frames, far more than any batch of encoded frames.

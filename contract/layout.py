@@ -217,6 +217,22 @@ def encoded_frames(parsed: dict[str, Any], spec: EventSpec) -> Any:
     return tf.sparse.to_dense(tf.sparse.reset_shape(sparse, shape), default_value="")
 
 
+def read_encoded_events(examples_uri: str, spec: EventSpec, count: int) -> tuple[Any, list[str]]:
+    """Up to ``count`` eval events (train if there is no eval split): ``[N, K]`` encoded frames
+    (numpy bytes, "" pads) and their ids, what a client sends to the served model."""
+    import tensorflow as tf
+
+    files = split_files(examples_uri, EVAL) or split_files(examples_uri, TRAIN)
+    if not files:
+        raise UserError(f"no eval or train split under {examples_uri}")
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count).batch(count)
+    for serialized in ds:
+        parsed = tf.io.parse_example(serialized, feature_spec())
+        ids = [i.decode("utf-8") for i in parsed[EVENT_ID].numpy()]
+        return encoded_frames(parsed, spec).numpy(), ids
+    raise UserError(f"the examples under {examples_uri} hold no events")
+
+
 def decode_event(encoded: Any, spec: EventSpec) -> Any:
     """``[K]`` encoded frames -> ``[K, H, W, C]`` float32 in [0, 1].
 

@@ -201,6 +201,7 @@ def _release(
         teacher_model=teacher.outputs["model"],
         lite=lite.outputs["lite"],
         infra_blessing=serving_validator.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
         serving_base=serving_base,
         mobile_base=mobile_base,
         serving_config=section_json(config.serving),

@@ -99,7 +99,7 @@ def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
     spec = layout.EventSpec.load(examples_uri)
     event = _first_event(examples_uri)
     one_request = dataclasses.replace(cfg.serving, host="127.0.0.1", rest_port=0, grpc_port=-1, max_batch_size=1)
-    server = ModelServer(one_request, cfg.serving_base).start()
+    server = ModelServer(one_request, os.path.join(cfg.serving_base, cfg.serving.model_name)).start()
     try:
         if not server.wait_until_available(timeout=120):
             return {"ok": False, "error": "the pushed model did not become AVAILABLE within 120 s"}

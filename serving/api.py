@@ -14,7 +14,8 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from serving.manager import LoadedVersion, ModelManager
+from serving.manager import LoadedVersion
+from serving.models import ModelRegistry
 from serving.status import ServingError, invalid
 
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -22,10 +23,10 @@ _STATE = get_model_status_pb2.ModelVersionStatus.State
 
 
 def model_status(
-    manager: ModelManager, name: str, version: int | None, label: str | None
+    models: ModelRegistry, name: str, version: int | None, label: str | None
 ) -> get_model_status_pb2.GetModelStatusResponse:
     response = get_model_status_pb2.GetModelStatusResponse()
-    for st in manager.status(name, version, label):
+    for st in models.status(name, version, label):
         entry = response.model_version_status.add()
         entry.version = st.version
         entry.state = _STATE.Value(st.state)
@@ -39,14 +40,14 @@ def _error_code(name: str) -> int:
 
 
 def model_metadata(
-    manager: ModelManager, name: str, version: int | None, label: str | None, fields: list[str]
+    models: ModelRegistry, name: str, version: int | None, label: str | None, fields: list[str]
 ) -> get_model_metadata_pb2.GetModelMetadataResponse:
     if not fields:
         raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
     for field in fields:
         if field != SIGNATURE_DEF_FIELD:
             raise invalid(f"Metadata field {field} is not supported")
-    lv = manager.resolve(name, version, label)
+    lv = models.resolve(name, version, label)
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.CopyFrom(model_spec(lv, ""))
     sig_map = get_model_metadata_pb2.SignatureDefMap()

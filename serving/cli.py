@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,30 +22,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="TF-Serving-compatible server (REST + gRPC) for SavedModel and TFLite versions",
         description=(
-            "Serve <model-base-path>/<model-name>/<version>/ (SavedModel or model.tflite) with TF Serving's "
-            "REST and gRPC APIs. New versions are loaded in the background and swapped in without dropping "
-            "requests; version labels come from <base>/<name>/labels.json, e.g. {\"stable\": 1, \"canary\": 2}."
+            "Serve <model_base_path>/<version>/ (SavedModel or model.tflite) with TF Serving's REST and gRPC "
+            "APIs and TF Serving's flags and files, or every model of a --model_config_file. New versions load "
+            "in the background (after replaying assets.extra/tf_serving_warmup_requests) and are swapped in "
+            "without dropping requests; version labels come from the config file's version_labels or "
+            "<model_base_path>/labels.json, e.g. {\"stable\": 1, \"canary\": 2}."
         ),
     )
     add_config_flags(p)
-    p.add_argument("--model-base-path", dest="run.serving_base", default=None,
-                   help="directory holding <model-name>/<version>/ (default: serving/ beside the pipeline root, <workdir>/serving)")
-    p.add_argument("--model-name", dest="serving.model_name", default=None, help="model to serve (eventpipe)")
-    p.add_argument("--rest-port", dest="serving.rest_port", type=int, default=None,
-                   help="REST port (8501); 0 picks a free port")
-    p.add_argument("--grpc-port", dest="serving.grpc_port", type=int, default=None,
-                   help="gRPC port (8500); 0 picks a free port, -1 disables gRPC")
+    tfs = p.add_argument_group("TF Serving's flags (tensorflow_model_server's names and meanings)")
+    tfs.add_argument("--model_name", "--model-name", dest="serving.model_name", default=None,
+                     help="name of the model (eventpipe)")
+    tfs.add_argument("--model_base_path", "--model-base-path", dest="serving.model_base_path", default=None,
+                     help="the directory of version directories <model_base_path>/<version>/ (default: the "
+                          "pusher's <workdir>/serving/<model_name>)")
+    tfs.add_argument("--model_config_file", dest="serving.model_config_file", default=None,
+                     help="ModelServerConfig text proto listing several models (name, base_path, "
+                          "model_version_policy, version_labels); replaces --model_name/--model_base_path")
+    tfs.add_argument("--model_config_file_poll_wait_seconds", dest="serving.model_config_file_poll_wait_seconds",
+                     type=float, default=None, help="re-read --model_config_file this often (0: never)")
+    tfs.add_argument("--port", dest="serving.grpc_port", type=int, default=None,
+                     help="gRPC port (8500); 0 picks a free port")
+    tfs.add_argument("--rest_api_port", dest="serving.rest_port", type=_rest_port, default=None,
+                     help="REST port (8501); 0 turns REST off, as in TF Serving")
+    tfs.add_argument("--rest_api_num_threads", "--max-connections", dest="serving.max_connections", type=int,
+                     default=None, help="REST requests served at once; more connections get 503 and close (64)")
+    tfs.add_argument("--file_system_poll_wait_seconds", "--poll-seconds", dest="serving.poll_seconds", type=float,
+                     default=None, help="how often base paths are scanned for new versions; 0 scans once (1)")
+    tfs.add_argument("--enable_batching", dest="serving.enable_batching", type=_flag_bool, nargs="?", const=True,
+                     default=None, help="dynamic batching of SavedModel requests (on; --enable_batching=false)")
+    tfs.add_argument("--batching_parameters_file", dest="serving.batching_parameters_file", default=None,
+                     help="BatchingParameters text proto (max_batch_size, batch_timeout_micros)")
+    tfs.add_argument("--monitoring_config_file", dest="serving.monitoring_config_file", default=None,
+                     help="MonitoringConfig text proto: prometheus_config { enable: true path: ... } "
+                          "(default: Prometheus on at /monitoring/prometheus/metrics)")
     p.add_argument("--host", dest="serving.host", default=None,
                    help="address to bind (127.0.0.1; use 0.0.0.0 to accept remote clients)")
     p.add_argument("--version-policy", dest="serving.version_policy", default=None,
-                   help="latest | all | specific:1,2 (latest)")
+                   help="latest | all | specific:1,2 (latest); a config file's model_version_policy wins")
     p.add_argument("--max-batch-size", dest="serving.max_batch_size", type=int, default=None,
                    help="rows per merged SavedModel call; 0 or 1 turns batching off (16); "
                         "TFLite versions run on an interpreter pool instead")
     p.add_argument("--batch-timeout-ms", dest="serving.batch_timeout_ms", type=float, default=None,
                    help="longest a request waits for others to join its batch (2.0)")
-    p.add_argument("--poll-seconds", dest="serving.poll_seconds", type=float, default=None,
-                   help="how often the base path is scanned for new versions (1.0)")
     p.add_argument("--max-body-bytes", dest="serving.max_body_bytes", type=int, default=None,
                    help="largest request body accepted; larger ones get 413 (64 MiB)")
     p.add_argument("--max-tensor-elements", dest="serving.max_tensor_elements", type=int, default=None,
@@ -52,13 +72,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "anything is allocated (4194304)")
     p.add_argument("--read-timeout-seconds", dest="serving.read_timeout_seconds", type=float, default=None,
                    help="REST: close a connection that sends nothing for this long (30)")
-    p.add_argument("--max-connections", dest="serving.max_connections", type=int, default=None,
-                   help="REST connections served at once; more are answered 503 and closed (64)")
     p.add_argument("--version-labels", dest="serving.version_labels", default=None,
-                   help="JSON file of label -> version (default <base>/<name>/labels.json)")
+                   help="JSON file of label -> version (default <model_base_path>/labels.json)")
     p.add_argument("--prefer-tflite", dest="serving.prefer_tflite", action="store_const", const=True, default=None,
                    help="serve model.tflite when a version directory also holds a SavedModel")
-    p.add_argument("--port-file", default="", help="write {rest_port, grpc_port, pid} as JSON here once listening")
+    p.add_argument("--port-file", default="", help="write {rest_port, grpc_port, pid, models} as JSON here once listening")
     p.set_defaults(func=serve_command)
 
     d = subparsers.add_parser(
@@ -74,25 +92,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=device_run_command)
 
 
+def _rest_port(text: str) -> int:
+    """TF Serving's ``--rest_api_port``: 0 means no REST front end (the config's -1)."""
+    port = int(text)
+    if port < 0:
+        raise argparse.ArgumentTypeError(f"--rest_api_port must be >= 0, got {port}")
+    return port if port > 0 else -1
+
+
+def _flag_bool(text: str) -> bool:
+    """TF Serving's boolean flags: ``--flag``, ``--flag=true``, ``--flag=false`` (or 1/0)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def serve_command(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     s = cfg.serving
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serving.server import ModelServer  # deferred: every CLI command starts without TensorFlow
 
-    server = ModelServer(s, cfg.serving_base)
+    server = ModelServer(s, os.path.join(cfg.serving_base, s.model_name))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
     if args.port_file:
         server.write_port_file(args.port_file)
-    grpc = f"gRPC {s.host}:{server.grpc_port}" if server.grpc_port else "gRPC off"
-    print(
-        f"eventpipe serve: model {s.model_name} from {server.manager.directory}; "
-        f"REST http://{s.host}:{server.rest_port}  {grpc}",
-        flush=True,
-    )
+    print(f"eventpipe serve: {server.endpoints()}", flush=True)
     try:
         stop.wait()
     finally:

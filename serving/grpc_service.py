@@ -3,7 +3,8 @@
 Registered with the generated ``tensorflow_serving.apis`` servicers, so any client built on
 ``prediction_service_pb2_grpc.PredictionServiceStub`` / ``ModelServiceStub`` works unchanged.
 Classify, Regress and MultiInference answer UNIMPLEMENTED (eventpipe models expose predict
-signatures only), as does ``HandleReloadConfigRequest`` (the manager polls the base path).
+signatures only). ``HandleReloadConfigRequest`` replaces the served models with the request's
+``ModelServerConfig``, as in TF Serving.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
 
+from contract.errors import UserError
 from serving import api
-from serving.manager import ModelManager
+from serving.config_files import models_from_config
 from serving.metrics import ServingMetrics
-from serving.status import INTERNAL, OK, ServingError, internal_error
+from serving.models import ModelRegistry
+from serving.status import INTERNAL, OK, ServingError, internal_error, invalid
 from serving.tensors import MAX_TENSOR_ELEMENTS, array_to_proto, proto_to_array
 
 log = logging.getLogger("eventpipe.serving.grpc")
@@ -63,16 +67,16 @@ class _Observed:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> None:
-        self.manager, self.metrics = manager, metrics
+    def __init__(self, models: ModelRegistry, metrics: ServingMetrics, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> None:
+        self.models, self.metrics = models, metrics
         self.max_tensor_elements = max_tensor_elements
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
         with _Observed(self.metrics, "predict", context):
             spec = request.model_spec
             version, label = _version_args(spec)
-            with self.manager.in_flight:
-                lv = self.manager.resolve(spec.name, version, label)
+            with self.models.in_flight:
+                lv = self.models.resolve(spec.name, version, label)
                 signature = lv.signature(spec.signature_name)
                 inputs = {}
                 for alias, proto in request.inputs.items():
@@ -93,13 +97,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         with _Observed(self.metrics, "metadata", context):
             version, label = _version_args(request.model_spec)
             return api.model_metadata(
-                self.manager, request.model_spec.name, version, label, list(request.metadata_field)
+                self.models, request.model_spec.name, version, label, list(request.metadata_field)
             )
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: ServingMetrics) -> None:
-        self.manager, self.metrics = manager, metrics
+    def __init__(self, models: ModelRegistry, metrics: ServingMetrics) -> None:
+        self.models, self.metrics = models, metrics
 
     def GetModelStatus(  # noqa: N802
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
@@ -108,14 +112,25 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             if not request.HasField("model_spec"):
                 raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
             version, label = _version_args(request.model_spec)
-            return api.model_status(self.manager, request.model_spec.name, version, label)
+            return api.model_status(self.models, request.model_spec.name, version, label)
+
+    def HandleReloadConfigRequest(  # noqa: N802
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        with _Observed(self.metrics, "reload_config", context):
+            try:
+                models = models_from_config(request.config, "ReloadConfigRequest.config")
+            except UserError as e:
+                raise invalid(str(e)) from e
+            self.models.apply(models)
+            return model_management_pb2.ReloadConfigResponse()
 
 
 class GrpcServer:
     """Both services on ``host:port`` (port 0: pick a free one)."""
 
     def __init__(
-        self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_message_bytes: int,
+        self, models: ModelRegistry, metrics: ServingMetrics, host: str, port: int, max_message_bytes: int,
         workers: int = 32, max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
     ) -> None:
         options = [
@@ -125,9 +140,9 @@ class GrpcServer:
         ]
         self._server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(manager, metrics, max_tensor_elements), self._server
+            PredictionServicer(models, metrics, max_tensor_elements), self._server
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, metrics), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models, metrics), self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:

@@ -1,11 +1,12 @@
 """The model manager: which versions are on disk, loaded, serving, or failed.
 
-It polls ``<base>/<name>/`` every ``poll_seconds``, loads the versions the policy wants in
+It polls the model's base path (its directory of version directories) every ``poll_seconds``, loads the versions the policy wants in
 a background thread (one at a time), and publishes the set of serving versions as an
 immutable snapshot that request threads read without locks. A new version is swapped in
 only after it has loaded and answered a warm-up request; under the ``latest`` policy the
 previous version is unloaded only then (availability first, as TF Serving does), so no
-request sees a gap. A version that fails to load is reported with state END and its error,
+request sees a gap. A SavedModel's ``assets.extra/tf_serving_warmup_requests`` are replayed before
+it is AVAILABLE (``serving.warmup``). A version that fails to load is reported with state END and its error,
 and is retried only if its directory changes. Requests already holding an unloading
 version finish on it.
 
@@ -28,14 +29,15 @@ from serving.metrics import ServingMetrics
 from serving.servables import LoadError, Servable, load_servable
 from serving.signatures import Signature
 from serving.status import OK, UNAVAILABLE, UNKNOWN, ServingError, invalid, not_found
+from serving.tensors import MAX_TENSOR_ELEMENTS
 from serving.versions import (
     LABELS_FILE,
     LabelsError,
     VersionPolicy,
     fingerprint,
-    model_dir,
     read_labels,
     scan_versions,
+    validate_model_name,
 )
 
 log = logging.getLogger("eventpipe.serving")
@@ -128,7 +130,13 @@ class LoadedVersion:
 
 
 class ModelManager:
-    """Loads, swaps and unloads the versions of one model under a base path."""
+    """Loads, swaps and unloads the versions of one model under its base path.
+
+    ``poll_seconds`` 0 polls the base path once, at start (TF Serving's
+    ``--file_system_poll_wait_seconds=0``). ``labels``: fixed version labels (a config file's);
+    None reads ``labels_path`` (default ``<base_path>/labels.json``) on every poll.
+    ``in_flight`` is shared by every model of a server: the batcher's "nobody else is coming" test.
+    """
 
     def __init__(
         self,
@@ -138,21 +146,26 @@ class ModelManager:
         *,
         poll_seconds: float = 1.0,
         labels_path: str | None = None,
+        labels: dict[str, int] | None = None,
         max_batch_size: int = 0,
         batch_timeout_s: float = 0.002,
         prefer_tflite: bool = False,
         metrics: ServingMetrics | None = None,
+        in_flight: InFlight | None = None,
+        max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
     ) -> None:
-        self.model_name = model_name
-        self.directory = model_dir(base_path, model_name)
+        self.model_name = validate_model_name(model_name)
+        self.directory = os.path.abspath(base_path)
         self.policy = policy
         self.poll_seconds = poll_seconds
         self.labels_path = labels_path or os.path.join(self.directory, LABELS_FILE)
+        self._fixed_labels = labels
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_s
         self.prefer_tflite = prefer_tflite
         self.metrics = metrics
-        self.in_flight = InFlight()
+        self.in_flight = in_flight or InFlight()
+        self.max_tensor_elements = max_tensor_elements
         self._serving: dict[int, LoadedVersion] = {}  # immutable snapshot, replaced on change
         self._status: dict[int, VersionStatus] = {}
         self._failed_fingerprints: dict[int, tuple] = {}
@@ -182,11 +195,19 @@ class ModelManager:
             lv.close()
 
     def _poll_loop(self) -> None:
+        if self.poll_seconds <= 0:
+            return  # polled once, at start
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.poll()
             except Exception:  # noqa: BLE001  (a bad poll must not kill the poller)
                 log.exception("polling %s failed", self.directory)
+
+    def reconfigure(self, policy: VersionPolicy, labels: dict[str, int] | None) -> None:
+        """Apply a reloaded config's policy and labels (the base path stays: a new one is a new model)."""
+        with self._lock:
+            self.policy, self._fixed_labels = policy, labels
+        self.poll()
 
     # -- reconciliation ------------------------------------------------------------------
     def poll(self) -> None:
@@ -241,7 +262,7 @@ class ModelManager:
         started = time.monotonic()
         files = fingerprint(path)  # taken before loading: files written meanwhile trigger a retry
         try:
-            servable = load_servable(path, self.prefer_tflite)
+            servable = load_servable(path, self.prefer_tflite, self.max_tensor_elements)
         except Exception as e:  # noqa: BLE001  (any failure goes into the version's status)
             message = str(e) if isinstance(e, LoadError) else f"{type(e).__name__}: {e}"
             log.error("loading %s version %d from %s failed: %s", self.model_name, version, path, message)
@@ -275,8 +296,8 @@ class ModelManager:
             self.metrics.loads.labels(self.model_name, "success").inc()
             self.metrics.set_available(self.model_name, version, servable.platform, True)
         log.info(
-            "%s version %d available (%s, loaded in %.1fs)",
-            self.model_name, version, servable.platform, time.monotonic() - started,
+            "%s version %d available (%s, loaded in %.1fs, %d warm-up records replayed)",
+            self.model_name, version, servable.platform, time.monotonic() - started, servable.warmup_records,
         )
 
     def _set_status(self, status: VersionStatus) -> None:
@@ -284,6 +305,9 @@ class ModelManager:
             self._status[status.version] = status
 
     def _reload_labels(self) -> None:
+        if self._fixed_labels is not None:
+            self._labels = dict(self._fixed_labels)
+            return
         try:
             labels = read_labels(self.labels_path)
         except LabelsError as e:

@@ -21,7 +21,8 @@ LOG_TAIL_CHARS = 6000
 
 
 class ServerProcess:
-    """``eventpipe serve --model-base-path BASE --model-name NAME *extra``; ``stop`` always ends it.
+    """``eventpipe serve --model_base_path BASE --model_name NAME *extra`` on free loopback ports;
+    ``stop`` always ends it. ``base`` None: the models come from a ``--model_config_file`` in ``extra``.
 
     ``workdir`` holds the port file and the server's log (default: a new temporary directory);
     ``env`` adds environment variables for the server.
@@ -29,8 +30,8 @@ class ServerProcess:
 
     def __init__(
         self,
-        base: str,
-        model_name: str,
+        base: str | None,
+        model_name: str | None,
         *extra: str,
         workdir: str | None = None,
         env: dict[str, str] | None = None,
@@ -38,10 +39,12 @@ class ServerProcess:
         workdir = workdir or tempfile.mkdtemp(prefix="eventpipe-serve-")
         self.port_file = os.path.join(workdir, "ports.json")
         self.log_path = os.path.join(workdir, "server.log")
+        model = ["--model_base_path", base] if base is not None else []
+        model += ["--model_name", model_name] if model_name is not None else []
         cmd = [
-            sys.executable, "-m", "pipeline.cli", "serve",
-            "--model-base-path", base, "--model-name", model_name, "--host", "127.0.0.1",
-            "--rest-port", "0", "--grpc-port", "0", "--port-file", self.port_file, "--poll-seconds", "0.2", *extra,
+            sys.executable, "-m", "pipeline.cli", "serve", *model, "--host", "127.0.0.1",
+            "--set", "serving.rest_port=0", "--set", "serving.grpc_port=0", "--port-file", self.port_file,
+            "--file_system_poll_wait_seconds", "0.2", *extra,
         ]  # fmt: skip
         child_env = source.child_env(env)
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
@@ -60,7 +63,7 @@ class ServerProcess:
             time.sleep(0.05)
         with open(self.port_file, encoding="utf-8") as f:
             info = json.load(f)
-        self.rest_port, self.grpc_port = int(info["rest_port"]), int(info["grpc_port"])
+        self.rest_port, self.grpc_port = info["rest_port"], info["grpc_port"]
         return self
 
     @property

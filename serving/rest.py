@@ -30,8 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 from serving import api, tensors
-from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
+from serving.models import ModelRegistry
 from serving.status import INVALID_ARGUMENT, OK, ServingError, internal_error, invalid
 
 log = logging.getLogger("eventpipe.serving.rest")
@@ -41,7 +41,6 @@ PREDICT_RE = re.compile(
 )
 STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
 API_RE = re.compile(r"/v1/.*", re.I)
-METRICS_PATH = "/monitoring/prometheus/metrics"
 DRAIN_LIMIT = 16 * 1024 * 1024
 
 
@@ -142,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
                 limit = self.server.read_timeout_seconds
                 self._reply(408, tensors.error_json(f"Request body not received within {limit:g} s"), close=True)
                 return
-            if path == METRICS_PATH and self.command == "GET":
+            if path == self.server.metrics_path and self.command == "GET":
                 method = "metrics"
                 self._reply(200, self.server.metrics.render(), self.server.metrics.content_type)
                 return
@@ -164,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.metrics.observe_request("rest", method, code, time.perf_counter() - started)
 
     def _route(self, path: str, body: bytes) -> bytes:
-        manager = self.server.manager
+        models = self.server.models
         if self.command == "POST":
             m = PREDICT_RE.fullmatch(path)
             if m:
@@ -176,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
                         f"{verb} needs a signature with method_name tensorflow/serving/{verb}; "
                         "eventpipe models expose predict signatures only (use :predict)",
                     )
-                return self._predict(manager, name, version, label, body)
+                return self._predict(models, name, version, label, body)
         elif self.command == "GET":
             m = STATUS_RE.fullmatch(path)
             if m:
@@ -184,15 +183,15 @@ class _Handler(BaseHTTPRequestHandler):
                     raise invalid("Missing model name in request.")
                 name, version, label = _model_args(m.group(1), m.group(2), m.group(3))
                 if m.group(4):
-                    response = api.model_metadata(manager, name, version, label, [api.SIGNATURE_DEF_FIELD])
+                    response = api.model_metadata(models, name, version, label, [api.SIGNATURE_DEF_FIELD])
                     return api.metadata_json(response)
-                return api.status_json(api.model_status(manager, name, version, label))
+                return api.status_json(api.model_status(models, name, version, label))
         raise invalid(f"Malformed request: {self.command} {path}")
 
-    def _predict(self, manager: ModelManager, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
-        with manager.in_flight:
+    def _predict(self, models: ModelRegistry, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        with models.in_flight:
             doc = tensors.parse_predict_body(body)
-            lv = manager.resolve(name, version, label)
+            lv = models.resolve(name, version, label)
             signature = lv.signature(doc.get("signature_name", ""))
             inputs, form = tensors.request_inputs(doc, signature, self.server.max_tensor_elements)
             outputs = lv.predict(signature, inputs, sorted(signature.outputs))
@@ -236,12 +235,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(
-        self, address: tuple[str, int], manager: ModelManager, metrics: ServingMetrics, max_body_bytes: int,
-        read_timeout_seconds: float, max_connections: int, max_tensor_elements: int,
+        self, address: tuple[str, int], models: ModelRegistry, metrics: ServingMetrics, max_body_bytes: int,
+        read_timeout_seconds: float, max_connections: int, max_tensor_elements: int, metrics_path: str | None,
     ) -> None:  # fmt: skip
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
-        self.manager = manager
+        self.models = models
+        self.metrics_path = metrics_path
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.read_timeout_seconds = read_timeout_seconds
@@ -278,15 +278,18 @@ class _Server(ThreadingHTTPServer):
 
 
 class RestServer:
-    """TF Serving's REST API for one ``ModelManager`` on ``host:port`` (port 0: pick a free one)."""
+    """TF Serving's REST API for every served model on ``host:port`` (port 0: pick a free one).
+
+    ``metrics_path``: where Prometheus scrapes (None: not exposed)."""
 
     def __init__(
-        self, manager: ModelManager, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int,
-        *, read_timeout_seconds: float, max_connections: int, max_tensor_elements: int,
+        self, models: ModelRegistry, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int,
+        *, read_timeout_seconds: float, max_connections: int, max_tensor_elements: int, metrics_path: str | None,
     ) -> None:  # fmt: skip
         self._server = _Server(
-            (host, port), manager, metrics, max_body_bytes, read_timeout_seconds, max_connections, max_tensor_elements
-        )
+            (host, port), models, metrics, max_body_bytes, read_timeout_seconds, max_connections, max_tensor_elements,
+            metrics_path,
+        )  # fmt: skip
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="rest-server", daemon=True
         )

@@ -9,8 +9,9 @@ exported-model contract, so clients do not care which one answers:
 - outputs ``probabilities``, ``logits``, ``class_id``, ``class_name``, ``best_frame``.
 
 A SavedModel serves whatever signatures it has; a TFLite model gets the two above (frames
-are decoded with PIL). Every servable is warmed up at load time with a real request, so a
-version that loads but cannot answer is rejected before it takes traffic.
+are decoded with PIL). Every servable is warmed up at load time, so a version that loads but
+cannot answer is rejected before it takes traffic: a SavedModel with TF Serving's warm-up file
+(``serving.warmup``) replays its records, any other with one synthesized request per signature.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ondevice.frames import FrameDecodeError
 from ondevice.tflite_model import CONTRACT_OUTPUTS, LiteEventModel, LiteModelError
 from serving.signatures import DEFAULT_SIGNATURE, Signature, TensorSig
 from serving.status import INTERNAL, INVALID_ARGUMENT, ServingError, invalid
+from serving.tensors import MAX_TENSOR_ELEMENTS
+from serving.warmup import WarmupError, read_warmup_file, replay, warmup_path
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
@@ -59,6 +62,7 @@ class Servable(abc.ABC):
     # trainer/productionize/lite.py take one event per invocation, so they run requests on an interpreter
     # pool instead.
     batchable: bool = True
+    warmup_records: int = 0  # TF Serving warm-up records replayed at load (0: a synthesized request)
 
     @abc.abstractmethod
     def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
@@ -92,12 +96,18 @@ def detect_platform(version_dir: str, prefer_tflite: bool = False) -> str:
     )
 
 
-def load_servable(version_dir: str, prefer_tflite: bool = False) -> Servable:
+def load_servable(version_dir: str, prefer_tflite: bool = False, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> Servable:
     """Load and warm up the model in ``version_dir``; LoadError says why it cannot serve."""
     platform = detect_platform(version_dir, prefer_tflite)
     servable: Servable = SavedModelServable(version_dir) if platform == TENSORFLOW else TFLiteServable(version_dir)
+    records = warmup_path(version_dir)
     try:
-        warm_up(servable)
+        if platform == TENSORFLOW and os.path.isfile(records):
+            servable.warmup_records = replay(servable, read_warmup_file(records), max_tensor_elements)
+        else:
+            warm_up(servable)
+    except WarmupError as e:
+        raise LoadError(str(e)) from e
     except ServingError as e:
         raise LoadError(f"warm-up request failed: {e.message}") from e
     return servable

@@ -1,4 +1,4 @@
-"""One TF-Serving-compatible server: the model manager behind a REST and a gRPC front end."""
+"""One TF-Serving-compatible server: the served models behind a REST and a gRPC front end."""
 
 from __future__ import annotations
 
@@ -8,95 +8,131 @@ import os
 
 from contract.config import ServingConfig
 from contract.errors import UserError
+from serving.batching import InFlight
+from serving.config_files import (
+    PROMETHEUS_PATH,
+    BatchingOptions,
+    ServedModel,
+    read_batching_file,
+    read_model_config_file,
+    read_monitoring_file,
+)
 from serving.grpc_service import GrpcServer
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
+from serving.models import ModelRegistry
 from serving.rest import RestServer
-from serving.versions import VersionPolicy, validate_model_name
+from serving.versions import VersionPolicy, check_base_path, validate_model_name
 
 log = logging.getLogger("eventpipe.serving")
 
 
 class ModelServer:
-    """Starts the manager and both front ends; ``stop`` shuts all of them down.
+    """Starts the models and both front ends; ``stop`` shuts all of them down.
 
-    Configured by the ``serving`` config section itself (a ``grpc_port`` below 0: no gRPC front
-    end; ``max_batch_size`` of 1 or less: no batching) and the directory that holds the models.
+    Configured by the ``serving`` config section (a port below 0: that front end is off;
+    ``enable_batching`` false or ``max_batch_size`` of 1 or less: no batching) and the model base
+    path of ``serving.model_name`` (TF Serving's: the directory of version directories), or
+    ``serving.model_config_file``'s models when it is set.
     """
 
-    def __init__(self, options: ServingConfig, model_base_path: str) -> None:
-        if not os.path.isdir(model_base_path):
-            raise UserError(f"--model-base-path {model_base_path!r} is not a directory")
-        validate_model_name(options.model_name)
+    def __init__(self, options: ServingConfig, model_base_path: str = "") -> None:
         if options.max_body_bytes <= 0:
             raise UserError("serving.max_body_bytes must be positive")
         if options.max_tensor_elements <= 0:
             raise UserError("serving.max_tensor_elements must be positive")
         if options.read_timeout_seconds <= 0 or options.max_connections <= 0:
-            raise UserError("serving.read_timeout_seconds and serving.max_connections must be positive")
+            raise UserError("serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) must be positive")
+        if options.rest_port < 0 and options.grpc_port < 0:
+            raise UserError("both front ends are off: give --rest_api_port or --port")
         self.options = options
+        self.models_served = served_models(options, model_base_path)
+        batching = BatchingOptions(options.max_batch_size, options.batch_timeout_ms / 1000.0)
+        if options.batching_parameters_file:
+            batching = read_batching_file(options.batching_parameters_file, batching)
+        self.batching = batching if options.enable_batching else BatchingOptions(0, 0.0)
+        metrics_path = read_monitoring_file(options.monitoring_config_file) if options.monitoring_config_file else PROMETHEUS_PATH
         self.metrics = ServingMetrics()
-        self.manager = ModelManager(
-            model_base_path,
-            options.model_name,
-            VersionPolicy.parse(options.version_policy),
-            poll_seconds=options.poll_seconds,
-            labels_path=options.version_labels or None,
-            max_batch_size=options.max_batch_size,
-            batch_timeout_s=options.batch_timeout_ms / 1000.0,
-            prefer_tflite=options.prefer_tflite,
-            metrics=self.metrics,
-        )
-        try:
-            self.rest = RestServer(
-                self.manager, self.metrics, options.host, options.rest_port, options.max_body_bytes,
-                read_timeout_seconds=options.read_timeout_seconds, max_connections=options.max_connections,
+
+        def make_manager(served: ServedModel, in_flight: InFlight) -> ModelManager:
+            return ModelManager(
+                served.base_path,
+                served.name,
+                served.policy,
+                poll_seconds=options.poll_seconds,
+                labels_path=options.version_labels or None,
+                labels=served.labels,
+                max_batch_size=self.batching.max_batch_size,
+                batch_timeout_s=self.batching.batch_timeout_s,
+                prefer_tflite=options.prefer_tflite,
+                metrics=self.metrics,
+                in_flight=in_flight,
                 max_tensor_elements=options.max_tensor_elements,
-            )  # fmt: skip
-        except OSError as e:
-            raise UserError(f"cannot listen for REST on {options.host}:{options.rest_port}: {e}") from e
+            )
+
+        self.models = ModelRegistry(
+            self.models_served,
+            make_manager,
+            config_file=options.model_config_file,
+            config_poll_seconds=options.model_config_file_poll_wait_seconds,
+        )
+        self.rest: RestServer | None = None
+        if options.rest_port >= 0:
+            try:
+                self.rest = RestServer(
+                    self.models, self.metrics, options.host, options.rest_port, options.max_body_bytes,
+                    read_timeout_seconds=options.read_timeout_seconds, max_connections=options.max_connections,
+                    max_tensor_elements=options.max_tensor_elements, metrics_path=metrics_path,
+                )  # fmt: skip
+            except OSError as e:
+                raise UserError(f"cannot listen for REST on {options.host}:{options.rest_port}: {e}") from e
         self.grpc: GrpcServer | None = None
         if options.grpc_port >= 0:
             try:
                 self.grpc = GrpcServer(
-                    self.manager, self.metrics, options.host, options.grpc_port, options.max_body_bytes,
+                    self.models, self.metrics, options.host, options.grpc_port, options.max_body_bytes,
                     max_tensor_elements=options.max_tensor_elements,
                 )
             except (OSError, RuntimeError) as e:
-                self.rest.stop()
+                if self.rest:
+                    self.rest.stop()
                 raise UserError(f"cannot listen for gRPC on {options.host}:{options.grpc_port}: {e}") from e
 
     @property
-    def rest_port(self) -> int:
-        return self.rest.port
+    def rest_port(self) -> int | None:
+        return self.rest.port if self.rest else None
 
     @property
     def grpc_port(self) -> int | None:
         return self.grpc.port if self.grpc else None
 
     def start(self) -> ModelServer:
-        self.manager.start()
-        self.rest.start()
+        self.models.start()
+        if self.rest:
+            self.rest.start()
         if self.grpc:
             self.grpc.start()
-        log.info(
-            "serving model %s from %s: REST http://%s:%d, gRPC %s",
-            self.options.model_name,
-            self.manager.directory,
-            self.options.host,
-            self.rest_port,
-            f"{self.options.host}:{self.grpc_port}" if self.grpc else "off",
-        )
+        log.info("%s", self.endpoints())
         return self
 
-    def wait_until_available(self, version: int | None = None, timeout: float = 60.0) -> bool:
-        """True once ``version`` (or any version) serves."""
+    def endpoints(self) -> str:
+        host = self.options.host
+        rest = f"REST http://{host}:{self.rest_port}" if self.rest else "REST off"
+        grpc = f"gRPC {host}:{self.grpc_port}" if self.grpc else "gRPC off"
+        models = ", ".join(f"{m.name} from {m.base_path}" for m in self.models_served)
+        return f"models {models}; {rest}  {grpc}"
+
+    def wait_until_available(self, version: int | None = None, timeout: float = 60.0, name: str = "") -> bool:
+        """True once ``version`` (or any version) of model ``name`` (default: the first) serves."""
+        manager = self.models.manager(name or self.models_served[0].name)
+        if manager is None:
+            return False
 
         def ready(m: ModelManager) -> bool:
             serving = m.serving_versions()
             return version in serving if version is not None else bool(serving)
 
-        return self.manager.wait_for(ready, timeout)
+        return manager.wait_for(ready, timeout)
 
     def describe(self) -> dict:
         return {
@@ -104,8 +140,7 @@ class ModelServer:
             "host": self.options.host,
             "rest_port": self.rest_port,
             "grpc_port": self.grpc_port,
-            "model_name": self.options.model_name,
-            "model_dir": self.manager.directory,
+            "models": {m.name: m.base_path for m in self.models_served},
         }
 
     def write_port_file(self, path: str) -> None:
@@ -116,8 +151,29 @@ class ModelServer:
         os.replace(tmp, path)
 
     def stop(self) -> None:
-        self.rest.stop()
+        if self.rest:
+            self.rest.stop()
         if self.grpc:
             self.grpc.stop()
-        self.manager.stop()
+        self.models.stop()
+
+
+def served_models(options: ServingConfig, model_base_path: str = "") -> list[ServedModel]:
+    """The models to serve: the config file's, or ``model_name`` from its base path.
+
+    ``model_base_path``: the default when ``options.model_base_path`` is empty (the CLI passes
+    the pusher's ``<serving base>/<model_name>``).
+    """
+    if options.model_config_file:
+        if options.model_base_path:
+            raise UserError(
+                "--model_config_file and --model_base_path cannot both be given: list every model "
+                "(name, base_path) in the config file"
+            )
+        return read_model_config_file(options.model_config_file)
+    validate_model_name(options.model_name)
+    base = options.model_base_path or model_base_path
+    if not base:
+        raise UserError("give --model_base_path (the directory of version directories) or --model_config_file")
+    return [ServedModel(options.model_name, check_base_path(base, options.model_name), VersionPolicy.parse(options.version_policy))]
 

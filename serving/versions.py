@@ -1,12 +1,15 @@
-"""The model base path on disk: version directories, the version policy and version labels.
+"""A model's base path on disk: version directories, the version policy and version labels.
 
-Layout (TF Serving's): ``<base>/<model_name>/<version>/`` where ``<version>`` is a positive
-integer. Other names (a pusher's temporary ``.tmp-3`` directory, the labels file) are
-ignored, so a push that writes elsewhere and renames is picked up only when complete.
+Layout (TF Serving's): ``--model_base_path`` is the directory of version directories,
+``<model_base_path>/<version>/`` where ``<version>`` is a positive integer. Other names (a
+pusher's temporary ``.tmp-3`` directory, the labels file) are ignored, so a push that writes
+elsewhere and renames is picked up only when complete. The pusher writes a model's versions to
+``<serving base>/<model_name>/``, so that directory is the model's base path.
 
-Version labels live in ``<base>/<model_name>/labels.json`` (or ``--version-labels FILE``),
-a JSON object mapping label to version, for example ``{"stable": 3, "canary": 4}``. Labels
-are re-read on every poll; a label may point only at a version the policy serves.
+Version labels live in ``<model_base_path>/labels.json`` (or ``--version-labels FILE``, or a
+config file's ``version_labels``), a JSON object mapping label to version, for example
+``{"stable": 3, "canary": 4}``. Labels are re-read on every poll; a label may point only at a
+version the policy serves.
 """
 
 from __future__ import annotations
@@ -32,22 +35,50 @@ def validate_model_name(name: str) -> str:
     return name
 
 
-def model_dir(base_path: str, model_name: str) -> str:
-    """``<base>/<name>``, refusing names or symlinks that lead outside the base path."""
+def model_dir(serving_base: str, model_name: str) -> str:
+    """The pusher's ``<serving base>/<model_name>`` (that model's base path), refusing names or
+    symlinks that lead outside ``serving_base``."""
     validate_model_name(model_name)
-    base = os.path.realpath(base_path)
+    base = os.path.realpath(serving_base)
     path = os.path.realpath(os.path.join(base, model_name))
     if os.path.dirname(path) != base and not path.startswith(base + os.sep):
         raise UserError(f"model directory for {model_name!r} resolves outside the base path {base}")
     return path
 
 
+def validate_label(label: str, where: str) -> str:
+    if not LABEL_RE.match(str(label)):
+        raise UserError(f"{where}: label {label!r} must start with a letter (letters, digits, . _ -)")
+    return label
+
+
+def check_base_path(model_base_path: str, model_name: str) -> str:
+    """``model_base_path`` made absolute; UserError when it is clearly the directory above.
+
+    TF Serving's base path holds the version directories. One that holds none, but holds a
+    directory named like the model that does, was meant to be that directory: the server would
+    otherwise wait forever answering "Could not find any versions".
+    """
+    path = os.path.abspath(model_base_path)
+    if not os.path.isdir(path):
+        raise UserError(f"--model_base_path {model_base_path!r} is not a directory")
+    inner = os.path.join(path, model_name)
+    if not scan_versions(path) and os.path.isdir(inner):
+        raise UserError(
+            f"--model_base_path {model_base_path} holds no version directories, but {inner} does: pass "
+            f"--model_base_path {inner} (as in TF Serving, the base path is the directory of version "
+            "directories, not the directory above it)"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class VersionPolicy:
-    """``latest`` (the highest version), ``all``, or ``specific`` versions."""
+    """``latest`` (the ``count`` highest versions), ``all``, or ``specific`` versions."""
 
     kind: str
     versions: tuple[int, ...] = ()
+    count: int = 1
 
     @classmethod
     def parse(cls, text: str) -> VersionPolicy:
@@ -65,12 +96,14 @@ class VersionPolicy:
         if not on_disk:
             return set()
         if self.kind == "latest":
-            return {max(on_disk)}
+            return set(sorted(on_disk)[-self.count :])
         if self.kind == "all":
             return set(on_disk)
         return set(self.versions) & set(on_disk)
 
     def __str__(self) -> str:
+        if self.kind == "latest" and self.count > 1:
+            return f"latest:{self.count}"
         return f"specific:{','.join(map(str, self.versions))}" if self.kind == "specific" else self.kind
 
 
@@ -127,8 +160,10 @@ def read_labels(path: str) -> dict[str, int]:
         raise LabelsError(f"{path}: expected an object like {{\"stable\": 1, \"canary\": 2}}")
     out = {}
     for label, version in raw.items():
-        if not LABEL_RE.match(str(label)):
-            raise LabelsError(f"{path}: label {label!r} must start with a letter (letters, digits, . _ -)")
+        try:
+            validate_label(str(label), path)
+        except UserError as e:
+            raise LabelsError(str(e)) from e
         if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
             raise LabelsError(f"{path}: label {label!r} must map to a positive integer version, got {version!r}")
         out[str(label)] = version

@@ -25,6 +25,7 @@ from components.serving_validator.validation import VALIDATION_FILE
 from contract.config import ServingConfig, section_json
 from contract.layout import EventSpec
 from fixtures import serving_support as ss
+from serving.warmup import read_warmup_file
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAME = "events"
 # The serving section the pipeline would pass: our model name, 6 validation events.
-SERVING = ServingConfig(model_name=NAME, validation_events=6)
+SERVING = ServingConfig(model_name=NAME, validation_events=6, warmup_events=3)
 
 
 # -- inputs: a small Examples artifact, student/teacher Model artifacts, a LiteModels dir ----------
@@ -140,6 +141,7 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
         model=importers["student"].outputs["result"],
         model_blessing=importers["blessing"].outputs["result"],
         infra_blessing=validator.outputs["blessing"],
+        examples=importers["examples"].outputs["result"],
         teacher_model=importers["teacher"].outputs["result"],
         lite=importers["lite"].outputs["result"],
         serving_base=serving_base,
@@ -184,6 +186,10 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
             os.path.join(src, "Format-Serving", "variables", "variables.index"), "rb"
         ) as b:
             assert a.read() == b.read()
+        # TF Serving's warm-up file: real eval events as PredictRequests addressed to this model.
+        logs = read_warmup_file(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests"))
+        assert len(logs) == SERVING.warmup_events
+        assert {log.predict_log.request.model_spec.name for log in logs} == {name}
     release_dir = os.path.join(mobile_base, NAME, "1")
     release = push.read_release(release_dir)
     with open(os.path.join(inputs["lite"], "model.tflite"), "rb") as f:

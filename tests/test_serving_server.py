@@ -44,7 +44,7 @@ def static_server(tmp_path_factory):
     ss.push_saved_model(ss.saved_model(2), str(model_dir), 2)
     (model_dir / "labels.json").write_text(json.dumps({"stable": 1, "canary": 2}))
     server = ss.ServerProcess(
-        str(base), NAME, "--version-policy", "all", "--max-batch-size", "8", "--batch-timeout-ms", "20",
+        str(model_dir), NAME, "--version-policy", "all", "--max-batch-size", "8", "--batch-timeout-ms", "20",
         "--max-body-bytes", "200000", "--read-timeout-seconds", "2", "--max-connections", "16",
     )
     try:
@@ -442,7 +442,7 @@ def live_server(tmp_path_factory):
     """Policy latest, starting from an empty model directory."""
     base = tmp_path_factory.mktemp("live-base")
     (base / NAME).mkdir()
-    server = ss.ServerProcess(str(base), NAME, "--max-batch-size", "8", "--batch-timeout-ms", "2")
+    server = ss.ServerProcess(str(base / NAME), NAME, "--max-batch-size", "8", "--batch-timeout-ms", "2")
     try:
         yield server, str(base / NAME)
     finally:

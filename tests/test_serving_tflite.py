@@ -29,7 +29,7 @@ def lite_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("lite-base")
     (base / NAME).mkdir()
     ss.push_tflite(ss.tflite_model(1, "int8"), str(base / NAME), 1)
-    server = ss.ServerProcess(str(base), NAME, "--max-batch-size", "4")
+    server = ss.ServerProcess(str(base / NAME), NAME, "--max-batch-size", "4")
     try:
         server.wait_status(NAME, ss.available([1]))
         yield server

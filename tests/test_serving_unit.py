@@ -238,7 +238,7 @@ def test_version_policy_and_scan(tmp_path):
 
 
 def test_labels_file_and_model_name_validation(tmp_path):
-    from serving.versions import LabelsError, model_dir, read_labels
+    from serving.versions import LabelsError, read_labels, validate_model_name
 
     path = tmp_path / "labels.json"
     assert read_labels(str(path)) == {}
@@ -250,8 +250,29 @@ def test_labels_file_and_model_name_validation(tmp_path):
             read_labels(str(path))
     for bad in ["..", "../etc", "a/b", "", ".hidden"]:
         with pytest.raises(UserError):
-            model_dir(str(tmp_path), bad)
-    assert model_dir(str(tmp_path), "events-v1.2") == os.path.join(os.path.realpath(tmp_path), "events-v1.2")
+            validate_model_name(bad)
+    assert validate_model_name("events-v1.2") == "events-v1.2"
+
+
+def test_a_base_path_one_level_too_high_is_an_error_that_names_the_right_one(tmp_path):
+    """TF Serving's --model_base_path holds the versions; the directory above it is a mistake."""
+    from serving.versions import check_base_path
+
+    (tmp_path / "eventpipe" / "1").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"pass --model_base_path {tmp_path / 'eventpipe'}"):
+        check_base_path(str(tmp_path), "eventpipe")
+    assert check_base_path(str(tmp_path / "eventpipe"), "eventpipe") == str(tmp_path / "eventpipe")
+    assert check_base_path(str(tmp_path), "other") == str(tmp_path)  # empty for now: versions may come
+    with pytest.raises(UserError, match="is not a directory"):
+        check_base_path(str(tmp_path / "missing"), "eventpipe")
+
+
+def test_latest_policy_keeps_the_n_newest_versions():
+    from serving.versions import VersionPolicy
+
+    assert VersionPolicy("latest", count=2).aspired([1, 3, 7]) == {3, 7}
+    assert VersionPolicy("latest").aspired([1, 3, 7]) == {7}
+    assert str(VersionPolicy("latest", count=2)) == "latest:2"
 
 
 # -- dynamic batching ------------------------------------------------------------------------
@@ -330,8 +351,10 @@ def test_cli_rejects_bad_serving_arguments_in_one_line(tmp_path, capsys):
     cases = [
         (["serve", "--model-base-path", str(tmp_path / "missing"), "--model-name", "m"], "is not a directory"),
         (["serve", "--model-base-path", str(tmp_path), "--model-name", "../m"], "is not allowed"),
-        (["serve", "--model-base-path", str(tmp_path), "--model-name", "m", "--version-policy", "newest"],
+        (["serve", "--model_base_path", str(tmp_path / "m"), "--model_name", "m", "--version-policy", "newest"],
          "--version-policy must be"),
+        (["serve", "--model_base_path", str(tmp_path), "--model_name", "m"], f"pass --model_base_path {tmp_path / 'm'}"),
+        (["serve", "--model_config_file", str(tmp_path / "none.config")], "--model_config_file"),
         (["device-run", "--model", str(tmp_path / "none.tflite"), "--data", str(tmp_path)], "does not exist"),
     ]
     for argv, message in cases:

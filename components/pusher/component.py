@@ -2,7 +2,8 @@
 
 Stock Pusher semantics — nothing is pushed unless the ModelBlessing's ``blessed`` custom
 property is 1 (and the InfraBlessing's, when given) — with three destinations instead of
-one: the student SavedModel as ``<serving_base>/<model_name>/<version>/``, the teacher as
+one: the student SavedModel as ``<serving_base>/<model_name>/<version>/`` (with TF Serving's
+warm-up file of real eval events, ``serving.warmup_events``), the teacher as
 ``<serving_base>/<model_name>-teacher/<version>/`` and the int8 TFLite model (plus the
 float16 one) as ``<mobile_base>/<model_name>/<version>/model.tflite`` with ``release.json``.
 
@@ -33,6 +34,7 @@ from components.pusher.release import (
     push_all,
     reasons_not_to_push,
 )
+from contract import layout
 from contract.config import ServingConfig, section_from_json
 
 
@@ -87,13 +89,16 @@ def EventPusher(
     teacher_model: InputArtifact[standard_artifacts.Model] = None,
     lite: InputArtifact[LiteModels] = None,
     infra_blessing: InputArtifact[standard_artifacts.InfraBlessing] = None,
+    examples: InputArtifact[standard_artifacts.Examples] = None,
     pipeline_run_id: Parameter[str] = "",
 ) -> None:
     """Pushes the blessed student (and teacher, TFLite release), or records why not.
 
     ``serving_config``: the ``serving`` config section (``contract.config.section_json``), for the
-    model name; ``pipeline_run_id``: recorded in every release (the run that produced it)."""
-    model_name = section_from_json(ServingConfig, serving_config).model_name
+    model name and ``warmup_events``; ``examples``: where the warm-up requests' eval events come
+    from; ``pipeline_run_id``: recorded in every release (the run that produced it)."""
+    serving = section_from_json(ServingConfig, serving_config)
+    model_name = serving.model_name
     reasons = reasons_not_to_push(
         blessed=_int_property(model_blessing, "blessed"),
         infra_blessed=_int_property(infra_blessing, "blessed") if infra_blessing is not None else None,
@@ -140,6 +145,11 @@ def EventPusher(
             teacher_dir=_serving_dir(teacher_model) if teacher_model is not None else None,
             lite_dir=lite.uri if lite is not None else None,
             mobile_base=mobile_base,
+            warmup_frames=(
+                layout.read_encoded_events(examples.uri, layout.EventSpec.load(examples.uri), serving.warmup_events)[0]
+                if examples is not None and serving.warmup_events > 0
+                else None
+            ),
             release={
                 "source": source,
                 "metrics": {**gate_metrics(model_blessing.uri), "tflite": lite_metrics(lite.uri) if lite else {}},

@@ -3,6 +3,7 @@
 Layouts written::
 
     <serving_base>/<model_name>/<version>/saved_model.pb, variables/, assets.extra/ ...
+        assets.extra/tf_serving_warmup_requests   (PredictionLog records of real eval events)
     <mobile_base>/<model_name>/<version>/model.tflite, model_float16.tflite, release.json
 
 ``tensorflow_model_server --model_base_path=<serving_base>/<model_name>`` and ``eventpipe
@@ -46,6 +47,7 @@ from contract.errors import UserError
 from ondevice.metadata import MetadataError, read_metadata
 from serving.versions import model_dir as resolve_model_dir
 from serving.versions import scan_versions
+from serving.warmup import write_warmup_file
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
@@ -310,22 +312,30 @@ def _publish(staged: Staged, started: float) -> dict[str, Any]:
         staged.discard()
 
 
-def stage_saved_model(src_dir: str, base: str, model_name: str) -> Staged:
+def stage_saved_model(src_dir: str, base: str, model_name: str, warmup: list[Any] | None = None) -> Staged:
     """``push_saved_model`` up to the final rename (see ``Staged``)."""
     if not (_exists(os.path.join(src_dir, SAVED_MODEL_PB)) or _exists(os.path.join(src_dir, SAVED_MODEL_PBTXT))):
         raise UserError(f"{src_dir!r} is not a SavedModel directory (no {SAVED_MODEL_PB}); nothing pushed")
-    summary = {"kind": "saved_model", "model_name": model_name, "source": src_dir}
-    return _stage(base, model_name, src_dir, lambda tmp: _copy_tree(src_dir, tmp), None, summary)
+    summary: dict[str, Any] = {"kind": "saved_model", "model_name": model_name, "source": src_dir}
+
+    def populate(tmp: str) -> None:
+        _copy_tree(src_dir, tmp)
+        if warmup:
+            write_warmup_file(tmp, warmup)
+            summary["warmup_requests"] = len(warmup)
+
+    return _stage(base, model_name, src_dir, populate, None, summary)
 
 
-def push_saved_model(src_dir: str, base: str, model_name: str) -> dict[str, Any]:
+def push_saved_model(src_dir: str, base: str, model_name: str, warmup: list[Any] | None = None) -> dict[str, Any]:
     """Publish the SavedModel ``src_dir`` as the next version of ``<base>/<model_name>``.
 
     The result is exactly what ``tensorflow_model_server --model_base_path=<base>/<model_name>``
-    loads. Returns ``{"kind", "model_name", "version", "path", "source", "bytes", "seconds"}``.
+    loads. ``warmup``: ``PredictionLog`` records written as its ``tf_serving_warmup_requests``.
+    Returns ``{"kind", "model_name", "version", "path", "source", "bytes", "seconds"}``.
     """
     started = time.monotonic()
-    return _publish(stage_saved_model(src_dir, base, model_name), started)
+    return _publish(stage_saved_model(src_dir, base, model_name, warmup), started)
 
 
 def _check_tflite(path: str) -> None:

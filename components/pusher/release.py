@@ -35,6 +35,7 @@ from components.pusher.push import (
 from contract import files
 from contract.errors import UserError
 from serving.versions import model_dir as resolve_model_dir
+from serving.warmup import predict_logs
 
 PUSH_FILE = files.PUSH_RECORD
 TEACHER_SUFFIX = "-teacher"
@@ -110,6 +111,7 @@ class PushPlan:
     lite_dir: str | None = None
     mobile_base: str = ""
     release: dict[str, Any] = field(default_factory=dict)
+    warmup_frames: Any = None  # [N, K] encoded eval events: each SavedModel's warm-up requests
 
     def check(self) -> None:
         if not self.serving_base:
@@ -191,6 +193,10 @@ def recover_interrupted_releases(plan: PushPlan) -> list[str]:
     return hidden
 
 
+def _warmup(plan: PushPlan, model_name: str) -> list[Any] | None:
+    return predict_logs(plan.warmup_frames, model_name) if plan.warmup_frames is not None else None
+
+
 def push_all(plan: PushPlan) -> list[dict[str, Any]]:
     """Push student, teacher and TFLite release as one release; one summary per destination."""
     plan.check()
@@ -198,10 +204,13 @@ def push_all(plan: PushPlan) -> list[dict[str, Any]]:
     recovered = recover_interrupted_releases(plan)
     staged: list[tuple[str, Staged]] = []
     try:
-        student = stage_saved_model(plan.student_dir, plan.serving_base, plan.model_name)
+        student = stage_saved_model(plan.student_dir, plan.serving_base, plan.model_name, _warmup(plan, plan.model_name))
         staged.append(("student", student))
         if plan.teacher_dir is not None:
-            staged.append(("teacher", stage_saved_model(plan.teacher_dir, plan.serving_base, plan.model_name + TEACHER_SUFFIX)))
+            teacher_name = plan.model_name + TEACHER_SUFFIX
+            staged.append(
+                ("teacher", stage_saved_model(plan.teacher_dir, plan.serving_base, teacher_name, _warmup(plan, teacher_name)))
+            )
         if plan.lite_dir is not None:
             int8 = os.path.join(plan.lite_dir, files.TFLITE_INT8)
             float16 = os.path.join(plan.lite_dir, files.TFLITE_FLOAT16)

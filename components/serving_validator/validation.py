@@ -4,8 +4,8 @@ Steps (every one bounded by a timeout, the server always stopped):
 
 1. push the candidate SavedModel as version 1 of a fresh temporary model base path (the same
    ``components.pusher.push`` code the Pusher uses, so the pushed layout is what gets validated);
-2. start ``python -m pipeline.cli serve`` on free loopback ports (``--rest-port 0 --grpc-port
-   0 --port-file``) in a subprocess;
+2. start ``python -m pipeline.cli serve`` on free loopback ports (``serving.rest_port=0``,
+   ``serving.grpc_port=0``, ``--port-file``) in a subprocess;
 3. wait until REST status reports version 1 ``AVAILABLE`` (or ``END`` with the load error);
 4. check ``/metadata`` lists the contract's ``serving_default`` signature;
 5. send N eval events (read with ``contract.layout``) as REST row-form requests (one event
@@ -38,6 +38,7 @@ from components.pusher.push import push_saved_model
 from contract import files, layout
 from contract.layout import EventSpec
 from serving.process import ServerProcess
+from serving.warmup import predict_logs
 from trainer.models.export import load_spec
 
 VALIDATION_FILE = files.VALIDATION
@@ -49,21 +50,6 @@ COMPARED = (layout.OUT_PROBABILITIES, layout.OUT_CLASS, layout.OUT_CLASS_ID, lay
 
 
 # -- events and the in-process reference ------------------------------------------------------
-def read_events(examples_uri: str, spec: EventSpec, count: int) -> tuple[np.ndarray, list[str]]:
-    """Up to ``count`` eval events (train if there is no eval split): ``[N, K]`` encoded frames, ids."""
-
-    files = layout.split_files(examples_uri, layout.EVAL) or layout.split_files(examples_uri, layout.TRAIN)
-    if not files:
-        raise ValueError(f"no eval or train split under {examples_uri}")
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count).batch(count)
-    for serialized in ds:
-        parsed = tf.io.parse_example(serialized, layout.feature_spec())
-        frames = layout.encoded_frames(parsed, spec).numpy()
-        ids = [i.decode("utf-8") for i in parsed[layout.EVENT_ID].numpy()]
-        return frames, ids
-    raise ValueError(f"the examples under {examples_uri} hold no events")
-
-
 def in_process_outputs(model_dir: str, frames: np.ndarray) -> dict[str, np.ndarray]:
     """The contract outputs of ``serving_default`` called in this process."""
 
@@ -321,14 +307,15 @@ def validate_in_server(
         problems.append(f"the model has no readable assets.extra/{layout.SPEC_FILE}: {e}")
     if model_spec is not None and model_spec != spec:
         problems.append(f"the model was exported for {model_spec.to_dict()}, the examples are {spec.to_dict()}")
-    frames, ids = read_events(examples_uri, spec, num_events)
+    frames, ids = layout.read_encoded_events(examples_uri, spec, num_events)
     report["events"] = len(ids)
 
     workdir = tempfile.mkdtemp(prefix="eventpipe-serving-validation-")
     server = None
     try:
-        push_saved_model(model_dir, os.path.join(workdir, "base"), model_name)  # version 1 of a fresh base
-        server = ServerProcess(os.path.join(workdir, "base"), model_name, workdir=workdir)
+        # Version 1 of a fresh base, with the warm-up records the Pusher writes: the server replays them.
+        push_saved_model(model_dir, os.path.join(workdir, "base"), model_name, predict_logs(frames, model_name))
+        server = ServerProcess(os.path.join(workdir, "base", model_name), model_name, workdir=workdir)
         # The reference runs here while the server process starts and loads.
         try:
             reference = in_process_outputs(model_dir, frames)
