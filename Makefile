@@ -12,7 +12,7 @@ ARGS ?=
 PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 
-.PHONY: setup run test test-fast lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality stage-times clean
+.PHONY: setup run test test-fast lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-warmup bench-quality stage-times clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check contract ondevice simulator trainer serving components pipeline fixtures tests benchmarks setup.py
 
-bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-quality
+bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-warmup bench-quality
 
 bench-simulator: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py $(ARGS)
@@ -54,6 +54,9 @@ bench-productionize: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(PY) benchmarks/bench_serving.py $(ARGS)
+
+bench-warmup: $(STAMP)
+	$(PY) benchmarks/bench_warmup.py $(ARGS)
 
 bench-quality: $(STAMP)
 	$(PY) benchmarks/bench_quality.py $(ARGS)

@@ -147,3 +147,72 @@ def test_serve_flags_have_tf_servings_meaning(tmp_path):
     s.model_config_file = str(tmp_path / "models.config")
     with pytest.raises(UserError, match="cannot both be given"):
         served_models(s)
+
+
+class _RecordingManager:
+    """Stands in for ModelManager (which loads TensorFlow models) to watch the registry's decisions."""
+
+    def __init__(self, served, in_flight, log):
+        self.model_name, self.directory, self.policy, self.in_flight = served.name, served.base_path, served.policy, in_flight
+        self.log = log
+
+    def start(self):
+        self.log.append(("start", self.model_name, self.directory))
+
+    def stop(self):
+        self.log.append(("stop", self.model_name, self.directory))
+
+    def reconfigure(self, policy, labels):
+        self.policy = policy
+        self.log.append(("reconfigure", self.model_name, str(policy), labels))
+
+    def resolve(self, name, version=None, label=None):
+        return (name, version, label)
+
+
+def test_registry_applies_config_changes_and_keeps_the_models_on_a_bad_file(tmp_path):
+    import time
+
+    from serving.models import ModelRegistry
+    from serving.status import ServingError
+
+    log: list[tuple] = []
+    config = tmp_path / "models.config"
+
+    def write(*entries: str) -> None:
+        config.write_text("model_config_list { " + " ".join(f"config {{ {e} }}" for e in entries) + " }")
+
+    write('name: "a" base_path: "/srv/a"', 'name: "b" base_path: "/srv/b"')
+    from serving.config_files import read_model_config_file
+
+    registry = ModelRegistry(
+        read_model_config_file(str(config)), lambda served, in_flight: _RecordingManager(served, in_flight, log),
+        config_file=str(config), config_poll_seconds=0.05,
+    )  # fmt: skip
+    registry.start()
+    try:
+        assert registry.names == ["a", "b"] and log == [("start", "a", "/srv/a"), ("start", "b", "/srv/b")]
+        assert registry.manager("a").in_flight is registry.manager("b").in_flight  # one server-wide count
+        with pytest.raises(ServingError, match=r"Servable not found for request: Latest\(c\)"):
+            registry.resolve("c")
+        log.clear()
+        write(
+            'name: "a" base_path: "/srv/a" model_version_policy { all {} }',  # policy changes in place
+            'name: "c" base_path: "/srv/c"',  # b removed, c added
+        )
+        deadline = time.monotonic() + 10
+        while registry.names != ["a", "c"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert registry.names == ["a", "c"]
+        assert sorted(log) == [("reconfigure", "a", "all", None), ("start", "c", "/srv/c"), ("stop", "b", "/srv/b")]
+        log.clear()
+        config.write_text("model_config_list { config { name: ")  # a half-saved edit
+        time.sleep(0.3)
+        assert registry.names == ["a", "c"] and log == []
+        write('name: "a" base_path: "/srv/a2"', 'name: "c" base_path: "/srv/c"')  # a new base path: a new model
+        deadline = time.monotonic() + 10
+        while len(log) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log == [("stop", "a", "/srv/a"), ("start", "a", "/srv/a2")]
+    finally:
+        registry.stop()
