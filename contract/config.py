@@ -216,6 +216,26 @@ class RunConfig:
     pipeline_root: str = ""  # "" = <workdir>/pipeline; a gs:// or shared path on Kubeflow
 
 
+# Per-component [CPU cores, memory GiB] on Kubeflow: sized from a demo run's peaks on 2 cores, with
+# room for 10x the data; the trainers get the most (TensorFlow threads, the decoded-event cache).
+KUBEFLOW_RESOURCES: dict[str, list[float]] = {
+    "EventExampleGen": [2, 4], "StatisticsGen": [2, 4], "SchemaGen": [1, 2], "ExampleValidator": [1, 2],
+    "IngestGate": [0.5, 1], "TeacherTrainer": [4, 16], "TeacherEvaluator": [2, 8], "Distiller": [4, 16],
+    "StudentEvaluator": [2, 8], "LiteConverter": [2, 8], "ServingValidator": [2, 8], "ReleaseGate": [0.5, 1],
+    "EventPusher": [1, 4],
+}  # fmt: skip
+
+
+@dataclass
+class KubeflowConfig:
+    """What the compiled Kubeflow spec asks the cluster for (requests = limits, so a component gets
+    what it was sized for and never more)."""
+
+    gpus: int = 0  # accelerators for the TeacherTrainer
+    accelerator: str = "nvidia.com/gpu"  # the accelerator type the cluster knows (e.g. NVIDIA_TESLA_T4 on Vertex)
+    resources: dict[str, list[float]] = field(default_factory=lambda: {k: list(v) for k, v in KUBEFLOW_RESOURCES.items()})
+
+
 def section_json(section: Any) -> str:
     """One config section as the JSON string a TFX component parameter carries: every component
     takes its configuration this one way, and its defaults live only in the dataclass."""
@@ -237,6 +257,7 @@ class Config:
     gates: GateConfig = field(default_factory=GateConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -359,6 +380,11 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
             return [_coerce(key, v, template) for v in items]
         if isinstance(current, str):
             return str(value)
+        if isinstance(current, dict):  # a JSON object (CLI) or dict (file), merged over the current one
+            update = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(update, dict):
+                raise ValueError(value)
+            return {**current, **update}
     except (TypeError, ValueError):
         raise ConfigError(f"config key {key!r}: cannot use {value!r} as {type(current).__name__}") from None
     return value

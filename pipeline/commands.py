@@ -43,6 +43,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", dest="run.image", help="kubeflow: container image built from the repo's Dockerfile")
     p.add_argument("--pipeline-root", dest="run.pipeline_root", help="kubeflow: artifact root as the cluster sees it (gs://...)")
+    p.add_argument("--gpus", metavar="N", dest="kubeflow.gpus", type=int,
+                   help="kubeflow: accelerators for the TeacherTrainer (default 0)")
+    p.add_argument("--accelerator", metavar="TYPE", dest="kubeflow.accelerator",
+                   help="kubeflow: accelerator type the cluster knows (default nvidia.com/gpu; e.g. NVIDIA_TESLA_T4 on Vertex)")
 
 
 def add_parser(subparsers: Any) -> None:

@@ -11,7 +11,7 @@ from tfx import v1 as tfx
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
 from contract import source
-from contract.config import Config
+from contract.config import KUBEFLOW_RESOURCES, Config, KubeflowConfig
 from contract.errors import UserError
 from pipeline.pipeline_def import create_pipeline
 
@@ -87,6 +87,40 @@ def run_pipeline(config: Config, through: str) -> None:
         raise UserError(f"unknown runner {config.run.runner!r}; use local, beam or kubeflow")
 
 
+TRAINER_WITH_ACCELERATORS = "TeacherTrainer"
+
+
+def request_resources(pipeline: Any, kubeflow: KubeflowConfig) -> None:
+    """Give every container component its CPU and memory (``kubeflow.resources``), and the
+    TeacherTrainer ``kubeflow.gpus`` accelerators: the compiled spec's ``resources``."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    resource_spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+    if kubeflow.gpus < 0:
+        raise UserError(f"--gpus must be >= 0, got {kubeflow.gpus}")
+    containers = {c.id: c for c in pipeline.components if hasattr(c, "with_platform_config")}
+    known = set(containers) | set(KUBEFLOW_RESOURCES)  # a --through pipeline lacks the later ones
+    unknown = sorted(set(kubeflow.resources) - known)
+    if unknown:
+        raise UserError(
+            f"kubeflow.resources names {', '.join(unknown)}, not components of the pipeline "
+            f"({', '.join(sorted(known))})"
+        )
+    missing = sorted(set(containers) - set(kubeflow.resources))
+    if missing:
+        raise UserError(f"kubeflow.resources has no [cpu, memory GiB] for {', '.join(missing)}")
+    for name, component in containers.items():
+        value = kubeflow.resources[name]
+        if len(value) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+            raise UserError(f"kubeflow.resources[{name!r}] must be [cpu cores, memory GiB], both positive; got {value!r}")
+        cpu, memory = float(value[0]), float(value[1])
+        spec = resource_spec(cpu_request=cpu, cpu_limit=cpu, memory_request=memory, memory_limit=memory)
+        if name == TRAINER_WITH_ACCELERATORS and kubeflow.gpus:
+            spec.accelerator.type = kubeflow.accelerator
+            spec.accelerator.count = kubeflow.gpus
+        component.with_platform_config(spec)
+
+
 def compile_kubeflow(config: Config, output_path: str, *, through: str = "push") -> str:
     """Compile the same pipeline to a Kubeflow Pipelines v2 spec (JSON); returns its path.
 
@@ -106,6 +140,7 @@ def compile_kubeflow(config: Config, output_path: str, *, through: str = "push")
         mobile_base=config.mobile_base,
         through=through,
     )
+    request_resources(pipeline, config.kubeflow)
     output_path = os.path.abspath(output_path)
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(

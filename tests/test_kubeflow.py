@@ -21,7 +21,8 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "compile-kubeflow", "--data", "gs://bucket/events",
          "--pipeline-root", "gs://bucket/root", "--workdir", str(tmp_path / "w"), "--output", str(out),
-         "--image", "registry.example/eventpipe:7", "--max-reject-rate", "0.07"],
+         "--image", "registry.example/eventpipe:7", "--max-reject-rate", "0.07",
+         "--gpus", "2", "--accelerator", "NVIDIA_TESLA_T4", "--set", 'kubeflow.resources={"Distiller": [8, 32]}'],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -61,6 +62,38 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
     # Pushes go beside the pipeline root, by the same rule as a local run's <workdir>/serving.
     assert constant("EventPusher", "serving_base") == "gs://bucket/serving"
     assert constant("EventPusher", "mobile_base") == "gs://bucket/mobile"
+
+    # Every container asks for CPU and memory (requests = limits); only the teacher gets GPUs.
+    wanted = {**cfg.kubeflow.resources, "Distiller": [8, 32]}
+    for c in expected:
+        if c.id in resolvers:
+            continue
+        resources = executors[f"{c.id}_executor"]["container"]["resources"]
+        cpu, memory = wanted[c.id]
+        assert (resources["cpuRequest"], resources["cpuLimit"]) == (cpu, cpu), c.id
+        assert (resources["memoryRequest"], resources["memoryLimit"]) == (memory, memory), c.id
+        if c.id == "TeacherTrainer":
+            assert resources["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "2"}
+        else:
+            assert "accelerator" not in resources, c.id
+
+
+def test_kubeflow_resources_are_checked_against_the_pipeline():
+    from contract.errors import UserError
+    from pipeline.runners import request_resources
+
+    def pipeline():
+        return create_pipeline(Config(), data_root="/d", pipeline_root="/r", metadata_connection_config=None,
+                               beam_pipeline_args=[], serving_base="/s", mobile_base="/m")  # fmt: skip
+
+    cfg = Config()
+    cfg.set("kubeflow.resources", '{"Trainer": [4, 16]}')  # a typo for TeacherTrainer
+    with pytest.raises(UserError, match="names Trainer, not components of the pipeline"):
+        request_resources(pipeline(), cfg.kubeflow)
+    cfg = Config()
+    cfg.set("kubeflow.resources", '{"Distiller": [4, -1]}')
+    with pytest.raises(UserError, match=r"resources\['Distiller'\] must be \[cpu cores, memory GiB\]"):
+        request_resources(pipeline(), cfg.kubeflow)
 
 
 def test_trainers_cache_keys_hold_only_their_own_config_sections():
