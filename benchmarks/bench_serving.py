@@ -365,6 +365,36 @@ def print_table(results: list[dict], clients: list[int]) -> None:
             f"  {r['backend']:<10} batching speedup at {top} clients: "
             f"REST {r[f'rest_batching_speedup_{top}_clients']:.2f}x, gRPC {r[f'grpc_batching_speedup_{top}_clients']:.2f}x"
         )
+    print("\ntargets (issue 12)                                       measured        target   result")
+    for r in results:
+        for name, value, target, met in target_checks(r, clients):
+            print(f"  {r['backend']:<10} {name:<44} {value:>9}  {target:>12}   {'pass' if met else 'FAIL'}")
+
+
+def target_checks(r: dict, clients: list[int]) -> list[tuple[str, str, str, bool]]:
+    """Issue 12's serving targets for one backend: (what, measured, target, met).
+
+    Added latency at p50 over the in-process call, batching's throughput gain at the most
+    clients, and no loss from batching at 1 client (a lone request must not wait; the
+    two 1-client runs differ only by noise then, so 5% counts as no loss). Batching
+    targets apply to batchable backends only (TFLite runs on an interpreter pool).
+    """
+    checks = []
+    for api in ("rest", "grpc"):
+        added = r[f"{api}_added_ms_p50"]
+        checks.append((f"{api.upper()} added latency at p50", f"{added:+.2f} ms", "<= 1.00 ms", added <= 1.0))
+    if r["backend"] == "tflite":
+        return checks
+    top = max(clients)
+    for api in ("rest", "grpc"):
+        gain = r[f"{api}_batching_speedup_{top}_clients"]
+        checks.append((f"{api.upper()} batching gain at {top} clients", f"{gain:.2f}x", ">= 2.00x", gain >= 2.0))
+    if 1 in clients:
+        for api in ("rest", "grpc"):
+            off = r["no_batching"]["throughput"][f"{api}_1"]["requests_per_s"]
+            on = r["batching"]["throughput"][f"{api}_1"]["requests_per_s"]
+            checks.append((f"{api.upper()} batching at 1 client vs off", f"{on / off:.2f}x", ">= 0.95x", on / off >= 0.95))
+    return checks
 
 
 def main() -> int:

@@ -88,7 +88,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = predict_pb2.PredictResponse()
             response.model_spec.CopyFrom(api.model_spec(lv, signature.name))
             for alias, value in outputs.items():
-                response.outputs[alias].CopyFrom(array_to_proto(value))
+                array_to_proto(value, response.outputs[alias])  # filled in place: no copy
             return response
 
     def GetModelMetadata(  # noqa: N802

@@ -99,7 +99,7 @@ class LoadedVersion:
                             metrics.batched_requests.labels(self.model_name).observe(requests)
 
                     batcher = Batcher(
-                        lambda arrays: self.servable.run(signature, arrays, all_outputs),
+                        lambda arrays: self.servable.run_validated(signature, arrays, all_outputs),
                         self._max_batch_size,
                         self._timeout,
                         self._in_flight,
@@ -118,6 +118,7 @@ class LoadedVersion:
             if self._metrics is not None:
                 self._metrics.batch_size.labels(self.model_name, str(self.version), signature.name).observe(rows)
             return result
+        self.servable.validate(signature, inputs)  # in this thread, beside the running batch
         result = batcher.submit(inputs, rows)
         return {k: result[k] for k in outputs}
 

@@ -68,6 +68,19 @@ class Servable(abc.ABC):
     def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Run one signature on a batch; each backend (SavedModel, TFLite) implements it."""
 
+    def validate(self, signature: Signature, inputs: dict[str, np.ndarray]) -> None:  # noqa: B027
+        """Refuse inputs the runtime must not see (ServingError), before they join a batch.
+
+        The dynamic batcher calls it in each request's own thread and then ``run_validated`` on
+        the merged batch, so per-request checks run beside the model call, not serially in it.
+        """
+
+    def run_validated(
+        self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        """``run`` for inputs that ``validate`` has passed (a backend may then skip its checks)."""
+        return self.run(signature, inputs, outputs)
+
     def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         """What ``GetModelMetadata`` reports (the model's own SignatureDefs)."""
         return {name: sig.to_proto() for name, sig in self.signatures.items()}
@@ -163,8 +176,7 @@ class SavedModelServable(Servable):
     def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         return dict(self._meta.signature_def)
 
-    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        fn = self._functions[signature.name]
+    def validate(self, signature: Signature, inputs: dict[str, np.ndarray]) -> None:
         try:  # tf.io.decode_image allocates whatever a header declares: bound it first
             for value in inputs.values():
                 if value.dtype == object:
@@ -172,6 +184,15 @@ class SavedModelServable(Servable):
                         framecodec.check_frame_pixels(frame)
         except framecodec.FrameDecodeError as e:
             raise ServingError(INVALID_ARGUMENT, str(e)) from None
+
+    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        self.validate(signature, inputs)
+        return self.run_validated(signature, inputs, outputs)
+
+    def run_validated(
+        self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        fn = self._functions[signature.name]
         try:
             result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
             return {k: result[k].numpy() for k in outputs}

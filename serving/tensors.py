@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from contract.config import ServingConfig
 from serving.signatures import NUMPY_DTYPES, Signature, TensorSig, dtype_name, dtype_of_array
@@ -31,10 +31,16 @@ COLUMN = "column"
 
 
 # -- TensorProto ---------------------------------------------------------------------------
-def array_to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """NumPy -> TensorProto (numbers as ``tensor_content``, strings as ``string_val``)."""
+def array_to_proto(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:
+    """NumPy -> TensorProto (numbers as ``tensor_content``, strings as ``string_val``).
+
+    ``proto``: an empty message to fill in place (a response's ``outputs[alias]``), which
+    spares building a separate message and copying it in.
+    """
     dtype = dtype_of_array(array)
-    proto = tensor_pb2.TensorProto(dtype=dtype)
+    if proto is None:
+        proto = tensor_pb2.TensorProto()
+    proto.dtype = dtype
     if dtype == types_pb2.DT_STRING:
         values = array.reshape(-1).tolist()
         if not all(isinstance(v, bytes) for v in values):
@@ -43,9 +49,7 @@ def array_to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     else:
         little = NUMPY_DTYPES[dtype].newbyteorder("<")
         proto.tensor_content = np.ascontiguousarray(array).astype(little, copy=False).tobytes()
-    dims = proto.tensor_shape.dim
-    for d in array.shape:
-        dims.add().size = int(d)
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
     return proto
 
 

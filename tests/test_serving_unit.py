@@ -329,6 +329,108 @@ def test_lone_request_does_not_wait_for_the_timeout():
     batcher.close()
 
 
+def test_lone_request_runs_in_its_own_thread():
+    """No worker hand-off: with nothing queued or in flight, the caller's thread calls the model."""
+    in_flight = InFlight()
+    threads: list[threading.Thread] = []
+
+    def run(arrays):
+        threads.append(threading.current_thread())
+        return {"y": arrays["x"] + 1}
+
+    batcher = Batcher(run, max_batch_size=16, timeout_s=5.0, in_flight=in_flight)
+    started = time.perf_counter()
+    for _ in range(3):
+        with in_flight:
+            assert batcher.submit({"x": np.zeros((1, 2))}, 1)["y"].tolist() == [[1.0, 1.0]]
+    assert time.perf_counter() - started < 1.0  # three requests, each far under the 5 s timeout
+    assert threads == [threading.current_thread()] * 3
+    batcher.close()
+
+
+def test_merged_batches_split_uneven_requests_in_order_and_keep_one_call_at_a_time():
+    """Requests of 1-3 rows queued behind a running call: each gets exactly its own rows back."""
+    in_flight = InFlight()
+    sizes: list[int] = []
+    running = threading.Semaphore(1)
+    gate = threading.Event()
+
+    def run(arrays):
+        assert running.acquire(blocking=False), "two model calls at once"
+        try:
+            sizes.append(arrays["x"].shape[0])
+            gate.wait(5)  # the first call blocks until every other request is queued
+            return {"y": arrays["x"] * 10, "n": arrays["x"][:, 0].astype(np.int64)}
+        finally:
+            running.release()
+
+    batcher = Batcher(run, max_batch_size=8, timeout_s=5.0, in_flight=in_flight)
+    rows = {i: 1 + i % 3 for i in range(9)}  # 18 rows: at least three calls of <= 8 rows
+    results: dict[int, object] = {}
+
+    def client(i: int) -> None:
+        with in_flight:
+            x = np.full((rows[i], 2), i, np.float32)
+            results[i] = batcher.submit({"x": x}, rows[i])
+
+    first = threading.Thread(target=client, args=(0,))
+    first.start()
+    while not sizes:
+        time.sleep(0.001)
+    others = [threading.Thread(target=client, args=(i,)) for i in range(1, 9)]
+    for t in others:
+        t.start()
+    while len(batcher._pending) < 8:  # all queued behind the blocked call
+        time.sleep(0.001)
+    gate.set()
+    released = time.perf_counter()
+    for t in [first, *others]:
+        t.join(timeout=10)
+    # The last batch goes once the earlier requests have left, not after the 5 s timeout.
+    assert time.perf_counter() - released < 2.5
+    for i, n in rows.items():
+        assert results[i]["y"].tolist() == [[10.0 * i] * 2] * n
+        assert results[i]["n"].tolist() == [i] * n
+    assert sizes[0] == 1 and max(sizes[1:]) > 3 and all(s <= 8 for s in sizes), sizes
+    assert sum(sizes) == sum(rows.values())
+    batcher.close()
+
+
+def test_close_drains_queued_requests_then_runs_directly():
+    in_flight = InFlight()
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def run(arrays):
+        calls.append(arrays["x"].shape[0])
+        gate.wait(5)
+        return {"y": arrays["x"]}
+
+    batcher = Batcher(run, max_batch_size=4, timeout_s=0.01, in_flight=in_flight)
+    done: list[bool] = []
+
+    def client() -> None:
+        with in_flight:
+            batcher.submit({"x": np.zeros((1, 1))}, 1)
+            done.append(True)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while len(batcher._pending) < 2:
+        time.sleep(0.001)
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive()  # waits for the queued requests
+    gate.set()
+    closer.join(timeout=10)
+    for t in threads:
+        t.join(timeout=10)
+    assert done == [True] * 3 and calls == [1, 2]
+    assert batcher.submit({"x": np.zeros((2, 1))}, 2)["y"].shape == (2, 1)  # closed: direct call
+
+
 def test_version_directory_platform(tmp_path):
     from serving.servables import TENSORFLOW, TFLITE, LoadError, detect_platform
 
