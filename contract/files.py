@@ -8,6 +8,7 @@ TRAIN_REPORT = "train_report.json"  # TeacherTrainer: steps, losses, accuracy, s
 TEACHER_CONFIG = "teacher_config.json"  # the config a launched teacher process reads (model_run dir)
 TFLITE_INT8 = "model.tflite"  # LiteConverter's int8 model; also the on-device release and TFLite servable
 TFLITE_FLOAT16 = "model_float16.tflite"  # LiteConverter's float16 model, released beside the int8 one
+DISTILL_REPORT = "distill_report.json"  # Distiller: params, sparsity, histories, eval accuracies (model_run dir)
 LITE_REPORT = "lite_report.json"  # LiteConverter: variants, parity, latency, comparison
 VERDICT = "verdict.json"  # IngestGate's and ReleaseGate's decision, in their blessing's directory
 VALIDATION = "validation.json"  # ServingValidator: requests, mismatches, problems

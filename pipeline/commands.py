@@ -90,14 +90,15 @@ def _quiet_libraries() -> None:
 
 def run_stage(cfg: Config, through: str) -> dict[str, Any]:
     """Run the pipeline through ``through``; return the outputs MLMD recorded for this run."""
-    from pipeline import outputs, runners
+    from pipeline import outputs, progress, runners
 
     started = time.time()
     connection = runners.metadata_connection(cfg)
     before = outputs.last_run_id(connection)
     error: BaseException | None = None
     try:
-        runners.run_pipeline(cfg, through)
+        with progress.stage_lines(connection, newer_than=before):
+            runners.run_pipeline(cfg, through)
     except GateFailed as e:  # raised inside a component: report what ran, then stop below
         error = e
     except UserError:

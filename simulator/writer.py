@@ -239,7 +239,7 @@ def generate(
     totals = _ChunkResult("")
     shard_files: dict[int, str] = {}
     tasks = list(_tasks(cfg))
-    bar = tqdm(total=cfg.events, unit="ev", desc="generate", disable=not progress, mininterval=0.5)
+    bar = tqdm(total=cfg.events, unit="ev", desc="generate", disable=None if progress else True, mininterval=0.5)
     current_shard, handle, pool = -1, None, None
     try:
         if n_workers == 1:

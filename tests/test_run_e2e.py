@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,17 @@ def test_run_writes_every_section_and_artifact(first_run):
     check = report["serving_check"]
     assert check["ok"] and check["predicted"] in ("empty", "person", "vehicle")
     assert "served" in result.stdout and "report" in result.stdout
+
+    # A line as each component starts and ends, with its headline; piped output: no bar redraws.
+    lines = result.stdout.splitlines()
+    ev = report["events"]
+    assert any(re.search(r"EventExampleGen +started$", line) for line in lines)
+    assert any(re.search(rf"EventExampleGen +done in [\d.]+ s  read {ev['read']}, accepted {ev['accepted']}", line)
+               for line in lines)  # fmt: skip
+    for node in ("TeacherTrainer", "Distiller", "LiteConverter", "ServingValidator", "ReleaseGate", "EventPusher"):
+        assert any(re.search(rf"{node} +done in [\d.]+ s  \S", line) for line in lines), (node, result.stdout)
+    assert any(re.search(r"EventPusher +done in .*pushed student v1, teacher v1, mobile v1", line) for line in lines)
+    assert "\r" not in result.stdout and "\r" not in result.stderr
 
 
 def test_rerun_with_unchanged_inputs_is_served_from_the_mlmd_cache(first_run):

@@ -16,10 +16,16 @@ import json
 import math
 import os
 import shutil
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from tensorflow.core.example import example_pb2
+from tqdm import tqdm
 
 from components.event_example_gen import checks, sources
 from contract import layout
@@ -68,15 +74,46 @@ def _quarantine_line(event: sources.RawEvent, rejected: checks.Rejected) -> str:
     return json.dumps(entry, sort_keys=True)
 
 
+# Progress bars of ingests running in this process, by token. A DoFn finds its bar only when it
+# runs in the process that started the ingest (Beam's in-process DirectRunner, the default); on
+# worker processes or remote runners there is no terminal to draw on, and no bar.
+_BARS: dict[str, tqdm] = {}
+_BARS_LOCK = threading.Lock()
+
+
+@contextmanager
+def ingest_progress() -> Iterator[str]:
+    """A bar of events read and checked (on a terminal only); yields the token DoFns report to."""
+    token = uuid.uuid4().hex
+    bar = tqdm(desc="ingest: events read", unit="ev", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5)
+    with _BARS_LOCK:
+        _BARS[token] = bar
+    try:
+        yield token
+    finally:
+        with _BARS_LOCK:
+            _BARS.pop(token, None)
+        bar.close()
+
+
+def _tick(token: str) -> None:
+    with _BARS_LOCK:
+        bar = _BARS.get(token)
+        if bar is not None:
+            bar.update(1)
+
+
 class _ReadAndCheck(beam.DoFn):
     """Pass 1 for one input unit: outputs 'meta' (small dicts), 'rejected', main = staging examples."""
 
-    def __init__(self, root: str, rules: checks.Rules) -> None:
-        self._root, self._rules = root, rules
+    def __init__(self, root: str, rules: checks.Rules, progress_token: str = "") -> None:
+        self._root, self._rules, self._token = root, rules, progress_token
 
     def process(self, unit: sources.Unit):
         limit = sources.max_record_bytes(self._rules.max_frame_bytes, self._rules.max_frames)
         for event in sources.read_unit(unit, self._root, limit):
+            if self._token:
+                _tick(self._token)
             result = checks.check(event, self._rules)
             if isinstance(result, checks.Rejected):
                 yield beam.pvalue.TaggedOutput("meta", Meta(result.reason))
@@ -229,9 +266,11 @@ class _Summarize(beam.CombineFn):
 
 
 def build_ingest(
-    p: beam.Pipeline, root: str, data: DataConfig, examples_uri: str, quarantine_uri: str
+    p: beam.Pipeline, root: str, data: DataConfig, examples_uri: str, quarantine_uri: str, progress_token: str = ""
 ) -> None:
-    """Add the whole ingest graph to ``p``; outputs land under the two artifact URIs."""
+    """Add the whole ingest graph to ``p``; outputs land under the two artifact URIs.
+
+    ``progress_token``: from ``ingest_progress``, for the bar of events read."""
     rules = checks.Rules(
         data_root=os.path.realpath(root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))),
         max_frames=data.max_frames,
@@ -249,7 +288,7 @@ def build_ingest(
     checked = (
         p
         | "Units" >> beam.Create(units, reshuffle=True)
-        | "ReadAndCheck" >> beam.ParDo(_ReadAndCheck(root, rules)).with_outputs("meta", "rejected", main="ok")
+        | "ReadAndCheck" >> beam.ParDo(_ReadAndCheck(root, rules, progress_token)).with_outputs("meta", "rejected", main="ok")
     )
     checked.rejected | "QuarantineChecks" >> beam.io.WriteToText(
         os.path.join(quarantine_uri, f"{QUARANTINE_PREFIX}-checks"), file_name_suffix=".jsonl"

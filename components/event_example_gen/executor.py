@@ -10,7 +10,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components.event_example_gen.beam_graph import build_ingest, finish_outputs
+from components.event_example_gen.beam_graph import build_ingest, finish_outputs, ingest_progress
 from contract import layout
 from contract.config import DataConfig, section_from_json
 
@@ -27,8 +27,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         data = section_from_json(DataConfig, exec_properties["data_config"])
         examples = artifact_utils.get_single_instance(output_dict["examples"])
         quarantine = artifact_utils.get_single_instance(output_dict["quarantine"])
-        with self._make_beam_pipeline() as p:
-            build_ingest(p, exec_properties["input_base"], data, examples.uri, quarantine.uri)
+        with ingest_progress() as token, self._make_beam_pipeline() as p:
+            build_ingest(p, exec_properties["input_base"], data, examples.uri, quarantine.uri, token)
         summary = finish_outputs(examples.uri, quarantine.uri, data)
         examples.split_names = artifact_utils.encode_split_names(
             [s for s in layout.SPLITS if summary["splits"].get(s)]

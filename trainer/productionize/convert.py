@@ -47,7 +47,6 @@ from trainer.productionize.module import (
     keras_path,
     qat_model,
 )
-from trainer.productionize.module import REPORT_FILE as DISTILL_REPORT
 
 INT8_FILE = files.TFLITE_INT8
 FLOAT16_FILE = files.TFLITE_FLOAT16
@@ -101,7 +100,7 @@ def run_lite_conversion(
     pruned_keras = keras_path(student_dir, PRUNED_KERAS)
     qat_keras = keras_path(student_dir, QAT_KERAS)
     scratch_keras = keras_path(student_dir, SCRATCH_KERAS)
-    with open(os.path.join(student_dir, DISTILL_REPORT), encoding="utf-8") as f:
+    with open(os.path.join(student_dir, files.DISTILL_REPORT), encoding="utf-8") as f:
         distill_report = json.load(f)
     has_pruned = bool((distill_report.get("pruning") or {}).get("plan"))
     quantized = qat_model(student_dir)  # the QAT model, or None
@@ -122,7 +121,7 @@ def run_lite_conversion(
     converted = {}
     # int8 from the QAT model (its recorded ranges); float16 from the plain float weights.
     sources = {"int8": quantized if quantized is not None else model, "float16": model}
-    for variant, filename in tqdm([("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False):
+    for variant, filename in tqdm([("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False, disable=None):
         converted[variant] = lite.convert_variant(
             sources[variant], spec, variant, representative=representative, input_type=cfg.input_type,
             try_sparse=lite.has_sparsity(model),

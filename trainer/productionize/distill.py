@@ -57,7 +57,7 @@ def teacher_soft_labels(
     decoded = model.signatures[layout.DECODED_SIGNATURE]
     chunks = []
     ds = layout.dataset(sorted(files), spec, batch_size)
-    for batch in tqdm(ds, desc="teacher soft labels", unit="batch", leave=False):
+    for batch in tqdm(ds, desc="teacher soft labels", unit="batch", leave=False, disable=None):
         out = decoded(**{layout.DECODED_INPUT: batch[layout.FRAMES]})
         chunks.append(out[layout.OUT_LOGITS].numpy().astype(np.float32))
     if not chunks:
@@ -196,7 +196,7 @@ class _TqdmEpochs(keras.callbacks.Callback):
         self.bar: Any = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.bar = tqdm(total=self.total_steps, desc=self.desc, unit="step", leave=False)
+        self.bar = tqdm(total=self.total_steps, desc=self.desc, unit="step", leave=False, disable=None)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.bar.update(1)

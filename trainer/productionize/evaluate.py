@@ -179,7 +179,7 @@ def predict_split(
     outputs: dict[str, list[Output]] = {name: [] for name in predictors}
     seen = 0
     ds = layout.dataset(files, spec, batch_size)
-    for batch in tqdm(ds, desc=desc, unit="batch", leave=False):
+    for batch in tqdm(ds, desc=desc, unit="batch", leave=False, disable=None):
         frames = batch[layout.FRAMES].numpy()
         n = len(frames) if not max_events else min(len(frames), max_events - seen)
         frames = frames[:n]

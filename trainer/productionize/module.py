@@ -60,7 +60,7 @@ QAT_KERAS = "student_qat.keras"
 QAT_MODEL = "student_qat.h5"  # H5: the .keras format cannot reload TFMOT's input quantizer
 SCRATCH_KERAS = "student_scratch.keras"
 CALIBRATION_BATCHES = 16  # batches that seed the QAT activation ranges
-REPORT_FILE = "distill_report.json"
+REPORT_FILE = files.DISTILL_REPORT
 
 
 def keras_path(model_dir: str, name: str) -> str:

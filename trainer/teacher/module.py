@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from typing import Any
 
 from contract import files, layout
@@ -88,7 +89,8 @@ def run_fn(fn_args: Any) -> None:
         fn_args.model_run_dir,
         export_dir=fn_args.serving_model_dir,
         log=lambda line: logger.info("teacher | %s", line),
-        progress=True,  # the run's user sees the teacher's steps like every other stage's
+        # A bar on a terminal, like every other stage's; piped output gets the stage lines only.
+        progress=sys.stderr.isatty(),
     )
     logger.info(
         "teacher: eval accuracy %.3f after %d steps", report["final_eval_accuracy"], report["steps"]

@@ -1,0 +1,58 @@
+"""Stage lines: one per component start and end, from the orchestrator's own announcements."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+from absl import logging as absl_logging
+
+from pipeline import outputs
+from pipeline.progress import StageLines, headline
+
+pytestmark = pytest.mark.unit
+
+
+def _outputs(state="COMPLETE", **props_by_key):
+    out = outputs.NodeOutputs(state=state, execution_id=1)
+    for key, props in props_by_key.items():
+        uri = f"/artifacts/{key}"
+        out.uris[key] = [uri]
+        out.properties[uri] = props
+    return out
+
+
+def test_a_line_per_start_and_end_with_the_headline_and_nothing_else_printed(capsys):
+    found = {"EventExampleGen": _outputs(examples={"read": 10, "accepted": 8, "rejected": 2, "unlabelled": 3}),
+             "StatisticsGen": _outputs(state="CACHED")}  # fmt: skip
+    stream = io.StringIO()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # what the CLI does
+    with StageLines(found.get, stream):
+        absl_logging.info("Component %s is running.", "EventExampleGen")
+        absl_logging.info("some chatter the user must not see")
+        absl_logging.info("Component %s is finished.", "EventExampleGen")
+        absl_logging.info("node %s is running.", "StatisticsGen")  # BeamDagRunner's spelling
+        absl_logging.info("node %s is finished.", "StatisticsGen")
+        absl_logging.info("Component %s is running.", "SchemaGen")  # still running when the run stops
+    lines = stream.getvalue().splitlines()
+    assert [line.split("] ", 1)[1].split()[:2] for line in lines] == [
+        ["EventExampleGen", "started"], ["EventExampleGen", "done"], ["StatisticsGen", "started"],
+        ["StatisticsGen", "cached"], ["SchemaGen", "started"], ["SchemaGen", "stopped"],
+    ]  # fmt: skip
+    assert lines[1].endswith("read 10, accepted 8 (unlabelled 3), quarantined 2")
+    assert "\r" not in stream.getvalue()  # not a terminal: plain lines
+    assert "chatter" not in capsys.readouterr().err
+    assert logging.getLogger("absl").level == logging.ERROR  # the CLI's quiet level is restored
+    assert not logging.getLogger("absl").filters
+
+
+def test_headlines_of_the_release_components():
+    assert headline("ReleaseGate", _outputs(blessing={"blessed": 0})) == "NOT blessed"
+    assert headline("ServingValidator", _outputs(blessing={"blessed": 1})) == "blessed"
+    lite = _outputs(lite={"agreement": 0.994, "int8_bytes": 123456, "blessed": 1})
+    assert headline("LiteConverter", lite) == "int8 123,456 bytes, agrees with float on 99.4%, blessed"
+    pushed = _outputs(pushed_model={"pushed": 1, "pushed_version": "3", "teacher_version": 2, "mobile_version": 3})
+    assert headline("EventPusher", pushed) == "pushed student v3, teacher v2, mobile v3"
+    assert headline("EventPusher", _outputs(pushed_model={"pushed": 0})) == "nothing pushed"
+    assert headline("SchemaGen", _outputs()) == ""
