@@ -275,8 +275,8 @@ class ModelManager:
             self.metrics.loads.labels(self.model_name, "success").inc()
             self.metrics.set_available(self.model_name, version, servable.platform, True)
         log.info(
-            "%s version %d available (%s, loaded in %.1fs)",
-            self.model_name, version, servable.platform, time.monotonic() - started,
+            "%s version %d available (%s on %s, loaded in %.1fs)",
+            self.model_name, version, servable.platform, servable.runtime or "?", time.monotonic() - started,
         )
 
     def _set_status(self, status: VersionStatus) -> None:
