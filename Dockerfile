@@ -7,6 +7,11 @@ ENV TF_USE_LEGACY_KERAS=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# libusb-1.0-0: tflite-support's metadata writers (the LiteConverter) load it when imported.
+RUN apt-get update -q \
+    && apt-get install -y -q --no-install-recommends libusb-1.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /eventpipe
 COPY requirements.lock .
 RUN pip install --no-cache-dir -r requirements.lock

@@ -17,6 +17,14 @@ PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python
 setup: $(STAMP)
 
 $(STAMP): requirements.lock setup.py
+	@# tflite-support's metadata writers load libusb-1.0 when imported (Debian package libusb-1.0-0).
+	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libusb-1\.0\.so'; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libusb-1.0-0 >/dev/null \
+			|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libusb-1.0-0 >/dev/null; } \
+			|| { echo "could not install libusb-1.0-0 (Debian package) that tflite-support needs" >&2; exit 2; }; \
+		else echo "eventpipe needs libusb-1.0 (tflite-support's metadata writers load it): install the Debian package libusb-1.0-0 (sudo apt-get install libusb-1.0-0) and run make setup again" >&2; exit 2; fi; \
+	fi
 	@if [ -z "$(PYTHON310)" ]; then echo "eventpipe needs Python 3.10 (TFX 1.16 supports >=3.9,<3.11): install python3.10 or set PYTHON310=/path/to/python3.10" >&2; exit 2; fi
 	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then echo "$(VENV) is not Python 3.10; recreating it"; rm -rf $(VENV); fi
 	[ -x $(PY) ] || $(PYTHON310) -m venv $(VENV)

@@ -7,7 +7,10 @@ One run, side by side on the same demo data (the simulator's events through Even
 2. the Distiller: dense distillation ("student float"), pruning fine-tune ("student pruned");
 3. the LiteConverter: int8 and float16 TFLite, parity, params / FLOPs / bytes / latency
    (batch 1, 1 thread, each variant in its own process; TFLite without TensorFlow);
-4. a float32 TFLite of the dense student, as the like-for-like reference for file size.
+4. a float32 TFLite of the dense student, as the like-for-like reference for file size;
+5. the TFLite files on each on-device runtime, LiteRT (ai-edge-litert) and tflite-runtime,
+   side by side (p50 ms/event, batch 1, 1 thread, each runtime in its own process so both can
+   be loaded), with the int8/float16 ratio per runtime.
 
 Targets (issue 4): int8 bytes <= 1/4 of the float student; int8 latency >= 3x faster than the
 teacher SavedModel per event; int8 accuracy >= 0.99 x teacher. The machine may be shared:
@@ -16,6 +19,7 @@ latency ratios are measured in the same run and are what to compare.
     .venv/bin/python benchmarks/bench_productionize.py                  # demo: 2000 events, ~15-25 min on 2 cores
     .venv/bin/python benchmarks/bench_productionize.py --quick          # 600 events, short training, ~5-8 min
     .venv/bin/python benchmarks/bench_productionize.py --workdir W --reuse --json out.json
+    .venv/bin/python benchmarks/bench_productionize.py --runtimes-only LITE_DIR  # step 5 on a LiteConverter output
 """
 
 from __future__ import annotations
@@ -140,6 +144,48 @@ def print_table(report: dict[str, Any], reference: dict[str, Any]) -> None:
           f"{reference['bytes']['gzipped'] / 1024:.1f} KiB gz)")  # fmt: skip
 
 
+RUNTIME_FILES = {"int8": "model.tflite", "float16": "model_float16.tflite", "float32": "reference_float32.tflite"}
+
+
+def runtime_latencies(lite_dir: str, runs: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """p50/p99 of each TFLite file in ``lite_dir`` on each on-device runtime: runtime -> variant -> result.
+
+    One process per (runtime, file): LiteRT and tflite-runtime are never loaded together, and
+    the rounds alternate between all of them so a busy machine slows each alike.
+    """
+    from ondevice.runtime import ON_DEVICE_RUNTIMES
+    from trainer.productionize import measure
+
+    files = {v: os.path.join(lite_dir, f) for v, f in RUNTIME_FILES.items() if os.path.isfile(os.path.join(lite_dir, f))}
+    jobs = {f"{runtime}/{variant}": ("tflite", path, runtime) for runtime in ON_DEVICE_RUNTIMES
+            for variant, path in files.items()}  # fmt: skip
+    results = measure.latencies(jobs, runs=runs, warmup=20, rounds=10)
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for job, result in results.items():
+        runtime, variant = job.split("/")
+        table.setdefault(runtime, {})[variant] = result
+    return table
+
+
+def print_runtime_table(table: dict[str, dict[str, dict[str, Any]]]) -> None:
+    variants = [v for v in RUNTIME_FILES if any(v in row for row in table.values())]
+    header = ["runtime", *(f"{v} p50 ms" for v in variants), "int8/float16"]
+    rows = []
+    for runtime, row in table.items():
+        version = next(iter(row.values()))["runtime"]["version"]
+        ratio = row["int8"]["p50_ms"] / row["float16"]["p50_ms"] if "int8" in row and "float16" in row else None
+        rows.append([f"{runtime} {version}", *(f"{row[v]['p50_ms']:.3f}" if v in row else "-" for v in variants),
+                     f"{ratio:.2f}" if ratio else "-"])  # fmt: skip
+    names = list(table)
+    if len(names) == 2 and all("int8" in table[n] for n in names):
+        a, b = names
+        rows.append([f"{b} / {a}", *(f"{table[b][v]['p50_ms'] / table[a][v]['p50_ms']:.2f}x" if v in table[a]
+                                     and v in table[b] else "-" for v in variants), ""])  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+
+
 def targets(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     """Each target with its measured value; bytes against every form of the float student."""
     comparison = report["comparison"]
@@ -184,6 +230,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
     p.add_argument("--reuse", action="store_true", help="reuse data / teacher already in --workdir")
     p.add_argument("--json", help="write the full results here")
+    p.add_argument("--runtimes-only", metavar="LITE_DIR",
+                   help="only step 5: time the TFLite files of a LiteConverter output dir on each runtime")
     a = p.parse_args(argv)
     if a.teacher_steps is None and not a.quick:
         from contract.config import TeacherConfig
@@ -199,6 +247,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    if a.runtimes_only:
+        table = runtime_latencies(a.runtimes_only, a.latency_runs)
+        print_runtime_table(table)
+        if a.json:
+            with open(a.json, "w", encoding="utf-8") as f:
+                json.dump({"args": vars(a), "runtimes": table}, f, indent=2, default=float)
+        return 0
     workdir = os.path.abspath(a.workdir) if a.workdir else tempfile.mkdtemp(prefix="bench-productionize-")
     if a.workdir and not a.reuse:
         for sub in ("events", "examples", "quarantine", "teacher", "student", "lite"):
@@ -241,9 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         ).to_dict()
         reference = float32_reference(student_dir, examples, os.path.join(lite_dir, "reference_float32.tflite"))
         timings["lite_s"] = time.time() - t
+        t = time.time()
+        log("timing the TFLite files on each on-device runtime")
+        runtimes = runtime_latencies(lite_dir, a.latency_runs)
+        timings["runtimes_s"] = time.time() - t
 
         print()
         print_table(report, reference)
+        print()
+        print("TFLite per on-device runtime (p50 ms/event, batch 1, 1 thread):")
+        print_runtime_table(runtimes)
         print()
         results = targets(report, reference)
         for name, r in results.items():
@@ -269,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print("time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in timings.items()))
         if a.json:
             with open(a.json, "w", encoding="utf-8") as f:
-                json.dump({"args": vars(a), "report": report, "float32_reference": reference,
+                json.dump({"args": vars(a), "report": report, "float32_reference": reference, "runtimes": runtimes,
                            "targets": results, "timings": timings}, f, indent=2, default=float)  # fmt: skip
     finally:
         if not a.workdir:

@@ -1,7 +1,9 @@
 """On-device runner: classify events with a released ``.tflite`` file and time it.
 
-This is what an app does on a phone or camera: ``tflite_runtime`` and PIL only, labels and
-normalization from the model's own metadata, one event at a time. It must never import
+This is what an app does on a phone or camera: an on-device interpreter (LiteRT, else
+``tflite_runtime``; ``ondevice.runtime.lite_runtime`` chooses, and the summary names it) and
+PIL only, labels and normalization from the model's own standard TFLite metadata, one event
+at a time. It must never import
 TensorFlow, directly or through any module it imports (a test runs it where importing
 TensorFlow fails).
 
@@ -105,7 +107,7 @@ def run_device(
         raise UserError(str(e)) from e
     print(
         f"model {model_path}: {model.size_bytes / 1024:.1f} KiB, input {model.input_dtype} "
-        f"[B,{','.join(map(str, model.input_shape))}], labels {list(model.labels)}",
+        f"[B,{','.join(map(str, model.input_shape))}], labels {list(model.labels)}, runtime {model.runtime}",
         file=stream,
     )
     events = iter_manifest_events(data)
@@ -151,6 +153,7 @@ def run_device(
                 out.write(json.dumps({
                     "event_id": event.event_id, "class_name": name, "probability": prob, "best_frame": best,
                     "probabilities": [float(p) for p in result["probabilities"][0]], "label": event.label,
+                    "runtime": str(model.runtime),
                 }) + "\n")
     finally:
         if out is not None:
@@ -159,6 +162,7 @@ def run_device(
         raise UserError(f"no event under {data!r} could be classified")
     summary = {
         "model": model_path,
+        "runtime": model.runtime.describe(),
         **counts,
         "accuracy": counts["correct"] / counts["labelled"] if counts["labelled"] else None,
         "latency_ms": {
@@ -174,7 +178,7 @@ def run_device(
     lat = summary["latency_ms"]
     acc = f", accuracy {summary['accuracy']:.3f} on {counts['labelled']} labelled" if counts["labelled"] else ""
     print(
-        f"{counts['events']} events classified ({counts['failed']} skipped){acc}\n"
+        f"{counts['events']} events classified ({counts['failed']} skipped){acc} with {model.runtime}\n"
         f"latency per event: inference p50 {lat['inference_p50']:.2f} ms p99 {lat['inference_p99']:.2f} ms; "
         f"decode+inference p50 {lat['end_to_end_p50']:.2f} ms p99 {lat['end_to_end_p99']:.2f} ms",
         file=stream,

@@ -19,7 +19,7 @@ import numpy as np
 from contract import layout
 from ondevice import frames as framecodec
 from ondevice.metadata import MetadataError
-from ondevice.runtime import LiteEventClassifier
+from ondevice.runtime import LiteEventClassifier, LiteRuntime, RuntimeUnavailable, lite_runtime
 
 # The outputs every eventpipe servable answers with (the SavedModel signatures' names).
 CONTRACT_OUTPUTS = (layout.OUT_PROBABILITIES, layout.OUT_LOGITS, layout.OUT_CLASS_ID, layout.OUT_CLASS, layout.OUT_BEST_FRAME)
@@ -29,19 +29,19 @@ class LiteModelError(ValueError):
     """The file is not an eventpipe TFLite model (unreadable, no metadata, wrong tensors)."""
 
 
-def require_tflite_runtime() -> None:
-    """The on-device path runs on ``tflite_runtime`` only, never TensorFlow's interpreter."""
+def on_device_runtime() -> LiteRuntime:
+    """The on-device path runs on LiteRT or ``tflite_runtime``, never TensorFlow's interpreter."""
     try:
-        import tflite_runtime.interpreter  # noqa: F401
-    except ImportError as e:
-        raise LiteModelError("tflite-runtime is not installed: pip install tflite-runtime==2.14.0") from e
+        return lite_runtime(allow_tensorflow=False)
+    except RuntimeUnavailable as e:
+        raise LiteModelError(str(e)) from e
 
 
 class LiteEventModel:
     """An eventpipe ``.tflite`` model: ``decode``, ``predict_decoded``, ``predict_encoded``."""
 
     def __init__(self, path: str, num_threads: int | None = None) -> None:
-        require_tflite_runtime()
+        self.runtime = on_device_runtime()
         if not os.path.isfile(path):
             raise LiteModelError(f"TFLite model {path!r} does not exist")
         with open(path, "rb") as f:
@@ -49,7 +49,7 @@ class LiteEventModel:
         self.path = path
         self.size_bytes = len(content)
         try:
-            self._classifier = LiteEventClassifier(content, num_threads=num_threads or 1)
+            self._classifier = LiteEventClassifier(content, num_threads=num_threads or 1, runtime=self.runtime)
         except MetadataError as e:
             raise LiteModelError(
                 f"{path}: {e}; convert the model with trainer/productionize/lite.py, which embeds labels and normalization"

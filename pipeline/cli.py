@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SETUP_HINT = "set it up with `make setup` and run `.venv/bin/eventpipe` (or `source .venv/bin/activate`)"
-# Runs on devices with tflite-runtime, PIL and NumPy only, on whatever Python they have.
+# Runs on devices with LiteRT (or tflite-runtime), PIL and NumPy only, on whatever Python they have.
 ANY_PYTHON_COMMANDS = {"device-run"}
 OWN_PACKAGES = {"contract", "ondevice", "simulator", "trainer", "serving", "components", "pipeline"}
 

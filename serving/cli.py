@@ -81,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser(
         "device-run",
-        help="classify events on-device with a .tflite model (tflite-runtime only) and time it",
+        help="classify events on-device with a .tflite model (LiteRT or tflite-runtime, no TensorFlow) and time it",
     )
     d.add_argument("--model", required=True, help="the released model.tflite")
     d.add_argument("--data", required=True, help="a *.jsonl manifest or a directory of them")

@@ -297,8 +297,9 @@ class ModelManager:
             self.metrics.loads.labels(self.model_name, "success").inc()
             self.metrics.set_available(self.model_name, version, servable.platform, True)
         log.info(
-            "%s version %d available (%s, loaded in %.1fs, %d warm-up records replayed)",
-            self.model_name, version, servable.platform, time.monotonic() - started, servable.warmup_records,
+            "%s version %d available (%s on %s, loaded in %.1fs, %d warm-up records replayed)",
+            self.model_name, version, servable.platform, servable.runtime or "?", time.monotonic() - started,
+            servable.warmup_records,
         )
 
     def _set_status(self, status: VersionStatus) -> None:

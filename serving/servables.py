@@ -1,7 +1,8 @@
 """The two runtimes a model version can be served with: SavedModel (TensorFlow) and TFLite.
 
 A version directory ``<base>/<name>/<version>/`` holds either ``saved_model.pb`` (a
-SavedModel; TF Serving's layout) or ``model.tflite`` (tflite-runtime). Both expose the same
+SavedModel; TF Serving's layout) or ``model.tflite`` (LiteRT, else tflite-runtime: the
+on-device runtime ``ondevice.runtime.lite_runtime`` chooses). Both expose the same
 exported-model contract, so clients do not care which one answers:
 
 - ``serving_default``: ``frames`` string ``[-1, K]`` (encoded PNG/JPEG, "" pads);
@@ -57,6 +58,7 @@ class Servable(abc.ABC):
     """A loaded model version: signatures and a thread-safe ``run``."""
 
     platform: str = ""
+    runtime: str = ""  # the package and version that runs it, e.g. "ai-edge-litert 1.4.0" (logged at load)
     signatures: dict[str, Signature]
     # Whether merging requests into one call pays off (a batched graph). TFLite models from
     # trainer/productionize/lite.py take one event per invocation, so they run requests on an interpreter
@@ -156,6 +158,7 @@ class SavedModelServable(Servable):
     """A TensorFlow SavedModel, called through its signature functions."""
 
     platform = TENSORFLOW
+    runtime = f"tensorflow {tf.__version__}"
 
     def __init__(self, export_dir: str) -> None:
         self.export_dir = export_dir
@@ -227,6 +230,7 @@ class TFLiteServable(Servable):
         except LiteModelError as e:
             raise LoadError(str(e)) from e
         self.model = m = models[0]
+        self.runtime = str(m.runtime)
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         for model in models:
             self._pool.put(model)

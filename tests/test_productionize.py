@@ -220,33 +220,102 @@ def test_parity_gate_threshold():
 
 
 # -- metadata ----------------------------------------------------------------------------------
-def test_metadata_roundtrip_without_tensorflow_parsing(tmp_path):
+def test_standard_metadata_is_read_alike_by_tflite_support_and_without_it(tmp_path):
+    import json
+
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from ondevice.metadata import METADATA_NAME, MetadataError, metadata_entries, read_metadata
+    from ondevice.metadata import (
+        EVENT_SPEC_FILE,
+        LABELS_FILE,
+        METADATA_NAME,
+        MetadataError,
+        metadata_entries,
+        read_metadata,
+    )
     from trainer.models.student import build_student
-    from trainer.productionize.lite import build_metadata, convert, embed_metadata
+    from trainer.productionize.lite import (
+        build_metadata,
+        convert,
+        display_metadata,
+        embed_metadata,
+        strip_internal_names,
+    )
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
-    content = convert(model, SPEC, "float32")
+    content = strip_internal_names(convert(model, SPEC, "float32"))
     meta = build_metadata(content, SPEC, "float32", {"note": "ünïcode"})
     tagged = embed_metadata(content, meta)
     assert read_metadata(tagged) == meta
     assert meta["labels"] == ["a", "b", "c"] and meta["input"]["shape"] == [1, 2, 8, 8, 1]
     assert meta["input"]["normalization"] == {"mean": [0.0], "std": [255.0]}
-    # Re-embedding replaces the entry instead of adding a second one; converter entries survive.
-    again = embed_metadata(tagged, {**meta, "variant": "x"})
+
+    # tflite-support's own reader sees the standard fields.
+    shown = display_metadata(tagged)
+    assert shown["files"][LABELS_FILE].decode().splitlines() == ["a", "b", "c"]
+    subgraph = shown["metadata"]["subgraph_metadata"][0]
+    (inp,) = subgraph["input_tensor_metadata"]
+    assert inp["name"] == "frames"
+    assert inp["process_units"][0]["options_type"] == "NormalizationOptions"
+    assert inp["process_units"][0]["options"] == {"mean": [0.0], "std": [255.0]}
+    logits_md = next(t for t in subgraph["output_tensor_metadata"] if t["name"] == "logits")
+    assert [(f["name"], f["type"]) for f in logits_md["associated_files"]] == [(LABELS_FILE, "TENSOR_AXIS_LABELS")]
+    assert [f["name"] for f in shown["metadata"]["associated_files"]] == [EVENT_SPEC_FILE]
+    # The metadata's output order is the subgraph's (not the signature's alphabetical one).
+    flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(tagged))
+    by_index = {t.tensorIndex: t.name.decode() for t in flat.signatureDefs[0].outputs}
+    subgraph_order = [by_index[i] for i in flat.subgraphs[0].outputs]
+    assert [t["name"] for t in subgraph["output_tensor_metadata"]] == subgraph_order
+    assert list(read_metadata(tagged)["outputs"]) == subgraph_order
+    # One source of truth: the event spec file holds no second copy of labels or normalization.
+    doc = json.loads(shown["files"][EVENT_SPEC_FILE])
+    assert "labels" not in doc and "normalization" not in doc["input"] and "classes" not in doc["event_spec"]
+    assert doc["note"] == "ünïcode" and doc["input"]["frames"] == 2
+
+    # Re-embedding replaces the metadata instead of adding a second copy; converter entries survive.
+    again = embed_metadata(tagged, {**meta, "variant": "x", "labels": ["p", "q", "r"]})
     names = [m.name for m in flatbuffer_utils.convert_bytearray_to_object(bytearray(again)).metadata]
     assert names.count(METADATA_NAME.encode()) == 1 and b"min_runtime_version" in names
-    assert read_metadata(again)["variant"] == "x"
+    assert read_metadata(again)["variant"] == "x" and read_metadata(again)["labels"] == ["p", "q", "r"]
     assert METADATA_NAME not in metadata_entries(content)
-    with pytest.raises(MetadataError):
+    with pytest.raises(MetadataError, match="no TFLITE_METADATA"):
         read_metadata(content)
-    with pytest.raises(MetadataError):
+    with pytest.raises(MetadataError, match="not a TFLite model"):
         read_metadata(b"\x00" * 64)
     path = tmp_path / "m.tflite"
     path.write_bytes(tagged)
     assert read_metadata(str(path))["variant"] == "float32"
+
+
+def test_metadata_reader_field_slots_match_tflite_support_schema():
+    """The stdlib reader's slots are the generated code's vtable offsets: (offset - 4) / 2."""
+    import inspect
+    import re
+
+    from tensorflow_lite_support.metadata import metadata_schema_py_generated as fb
+
+    from ondevice import metadata as md
+
+    def slot(cls, method):
+        offset = int(re.search(r"Offset\((\d+)\)", inspect.getsource(getattr(getattr(fb, cls), method))).group(1))
+        return (offset - 4) // 2
+
+    expected = {
+        "_MM_NAME": ("ModelMetadata", "Name"), "_MM_DESCRIPTION": ("ModelMetadata", "Description"),
+        "_MM_VERSION": ("ModelMetadata", "Version"), "_MM_SUBGRAPHS": ("ModelMetadata", "SubgraphMetadata"),
+        "_MM_FILES": ("ModelMetadata", "AssociatedFiles"), "_MM_MIN_PARSER": ("ModelMetadata", "MinParserVersion"),
+        "_SG_INPUTS": ("SubGraphMetadata", "InputTensorMetadata"),
+        "_SG_OUTPUTS": ("SubGraphMetadata", "OutputTensorMetadata"),
+        "_TM_NAME": ("TensorMetadata", "Name"), "_TM_DESCRIPTION": ("TensorMetadata", "Description"),
+        "_TM_PROCESS_UNITS": ("TensorMetadata", "ProcessUnits"), "_TM_FILES": ("TensorMetadata", "AssociatedFiles"),
+        "_PU_OPTIONS_TYPE": ("ProcessUnit", "OptionsType"), "_PU_OPTIONS": ("ProcessUnit", "Options"),
+        "_NORM_MEAN": ("NormalizationOptions", "Mean"), "_NORM_STD": ("NormalizationOptions", "Std"),
+        "_AF_NAME": ("AssociatedFile", "Name"), "_AF_DESCRIPTION": ("AssociatedFile", "Description"),
+        "_AF_TYPE": ("AssociatedFile", "Type"),
+    }  # fmt: skip
+    assert {name: getattr(md, name) for name in expected} == {name: slot(*where) for name, where in expected.items()}
+    assert md.TENSOR_AXIS_LABELS == fb.AssociatedFileType.TENSOR_AXIS_LABELS
+    assert md.NORMALIZATION_OPTIONS == fb.ProcessUnitOptions.NormalizationOptions
 
 
 # -- measurement -------------------------------------------------------------------------------

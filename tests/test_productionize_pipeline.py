@@ -122,10 +122,14 @@ def test_lite_converter_report_and_files(chain):
     assert lite.get_int_custom_property("blessed") == int(parity["blessed"])
     assert lite.get_float_custom_property("agreement") == pytest.approx(parity["agreement"])
     assert report["tflite"]["confusion_matrix"]["classes"] == list(SPEC.classes)
+    assert report["tflite"]["runtime"]["name"] == "ai-edge-litert"  # what parity ran on
+    with open(os.path.join(lite.uri, "metadata.json"), encoding="utf-8") as f:
+        metadata = json.load(f)
+    assert metadata["labels"] == list(SPEC.classes) and metadata["variant"] == "int8"
     assert sum(map(sum, report["tflite"]["confusion_matrix"]["matrix"])) == 60
 
 
-def test_int8_model_runs_under_tflite_runtime_without_tensorflow(chain, tmp_path):
+def test_int8_model_runs_on_litert_without_tensorflow(chain, tmp_path):
     from trainer.models.student import load_keras
     from trainer.productionize.module import QAT_KERAS, keras_path
 
@@ -135,7 +139,7 @@ def test_int8_model_runs_under_tflite_runtime_without_tensorflow(chain, tmp_path
 import json, sys
 sys.modules["tensorflow"] = None  # any import of TensorFlow now raises ImportError
 import numpy as np
-from ondevice.runtime import LiteEventClassifier, interpreter_class
+from ondevice.runtime import LiteEventClassifier, interpreter_class, lite_runtime
 try:
     import tensorflow  # noqa: F401
     tf_importable = True
@@ -148,6 +152,7 @@ raw = [int(np.argmax(clf.invoke(clf.prepare_pixels(event))[0])) for event in pix
 print(json.dumps({{
     "tf_importable": tf_importable,
     "interpreter": interpreter_class().__module__,
+    "runtime": lite_runtime().describe(), "clf_runtime": clf.runtime.describe(),
     "input_dtype": str(clf.input_dtype),
     "quantization": clf.metadata["input"]["quantization"],
     "class_ids": [o["class_id"] for o in out], "raw_ids": raw,
@@ -159,7 +164,10 @@ print(json.dumps({{
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["tf_importable"] is False
-    assert result["interpreter"] == "tflite_runtime.interpreter"
+    assert result["interpreter"] == "ai_edge_litert.interpreter"
+    assert result["runtime"] == result["clf_runtime"] == {
+        "name": "ai-edge-litert", "version": "1.4.0", "module": "ai_edge_litert.interpreter"
+    }
     assert result["input_dtype"] == "int8"
     # The representative set pins the input range to [0, 1]: int8 input = pixel - 128.
     assert result["quantization"]["scale"] == pytest.approx(1 / 255, rel=1e-4)
@@ -201,6 +209,11 @@ def test_latency_measurement_is_sane(chain):
 
     lite_result = measure.latency("tflite", os.path.join(chain["lite"].uri, "model.tflite"), runs=30, warmup=3)
     assert lite_result["tensorflow_imported"] is False
+    assert lite_result["runtime"]["name"] == "ai-edge-litert"  # the on-device default, never tf.lite
+    pinned = measure.latencies(
+        {"old": ("tflite", os.path.join(chain["lite"].uri, "model.tflite"), "tflite-runtime")}, runs=5, warmup=1
+    )["old"]
+    assert pinned["runtime"] == {"name": "tflite-runtime", "version": "2.14.0", "module": "tflite_runtime.interpreter"}
     saved = measure.latency("savedmodel", os.path.join(chain["student"], "Format-Serving"), runs=15, warmup=3)
     for result in (lite_result, saved):
         assert 0 < result["p50_ms"] <= result["p99_ms"] < 1000

@@ -136,8 +136,8 @@ def test_warmup_records_are_prediction_logs_and_are_replayed_before_available(tw
     request = logs[0].predict_log.request
     assert request.model_spec.name == "teacher" and request.model_spec.signature_name == "serving_default"
     assert tf.make_ndarray(request.inputs["frames"]).shape == (1, ss.SPEC.frames)
-    assert re.search(rf"teacher version 1 available \(tensorflow, .*, {WARMUP_EVENTS} warm-up records replayed\)", server.log())
-    assert re.search(r"student version 2 available \(tensorflow, .*, 0 warm-up records replayed\)", server.log())
+    assert re.search(rf"teacher version 1 available \(tensorflow on .*, {WARMUP_EVENTS} warm-up records replayed\)", server.log())
+    assert re.search(r"student version 2 available \(tensorflow on .*, 0 warm-up records replayed\)", server.log())
 
 
 def _batch_histogram(server) -> tuple[float, float, float]:

@@ -1,5 +1,6 @@
 """TFLite serving and the on-device runner: a served ``model.tflite`` answers like the Keras model,
-and ``eventpipe device-run`` works in a process where importing TensorFlow fails."""
+and ``eventpipe device-run`` works in a process where importing TensorFlow fails, on LiteRT or,
+without it, on tflite-runtime (and says which)."""
 
 from __future__ import annotations
 
@@ -81,16 +82,43 @@ def test_tflite_version_over_grpc(lite_server):
 
 
 # -- on-device runner --------------------------------------------------------------------------
+BLOCK_ENV = "EVENTPIPE_TEST_BLOCKED_MODULES"
+# Loaded by every Python started with the blocker directory first on PYTHONPATH: imports of the
+# listed top-level packages fail, as on a device where they are not installed.
+SITECUSTOMIZE = """
+import importlib.abc, os, sys
+
+BLOCKED = tuple(name for name in os.environ.get("EVENTPIPE_TEST_BLOCKED_MODULES", "").split(",") if name)
+
+
+class _NotOnThisDevice(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not available on this device")
+        return None
+
+
+sys.meta_path.insert(0, _NotOnThisDevice())
+"""
+
+
 @pytest.fixture()
-def no_tensorflow_env(tmp_path):
-    """Environment whose Python cannot import TensorFlow (a stub package that raises)."""
-    blocker = tmp_path / "blocker" / "tensorflow"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('TensorFlow is not available on this device')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), ss.REPO])}
-    probe = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
-    assert probe.returncode != 0 and "not available on this device" in probe.stderr
-    return env
+def device_env(tmp_path):
+    """``device_env(*modules)``: an environment whose Python cannot import TensorFlow nor ``modules``."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(SITECUSTOMIZE)
+
+    def make(*blocked: str) -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), ss.REPO]),
+               BLOCK_ENV: ",".join(("tensorflow", *blocked))}  # fmt: skip
+        env.pop("EVENTPIPE_TFLITE_RUNTIME", None)
+        for module in ("tensorflow", *blocked):
+            probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+            assert probe.returncode != 0 and "not available on this device" in probe.stderr, module
+        return env
+
+    return make
 
 
 def _manifest(directory) -> str:
@@ -113,35 +141,51 @@ def _manifest(directory) -> str:
     return str(directory)
 
 
-def test_device_run_without_tensorflow(tmp_path, no_tensorflow_env):
+@pytest.mark.parametrize(
+    ("blocked", "runtime"),
+    [((), "ai-edge-litert 1.4.0"), (("ai_edge_litert",), "tflite-runtime 2.14.0"),
+     (("tflite_runtime",), "ai-edge-litert 1.4.0")],
+)  # fmt: skip
+def test_device_run_without_tensorflow(tmp_path, device_env, blocked, runtime):
     data = _manifest(tmp_path / "events")
     out = tmp_path / "predictions.jsonl"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "device-run", "--model", ss.tflite_model(1, "int8"),
          "--data", data, "--out", str(out)],
-        env=no_tensorflow_env, cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+        env=device_env(*blocked), cwd=ss.REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "labels ['empty', 'person', 'vehicle']" in result.stdout
+    assert f"labels ['empty', 'person', 'vehicle'], runtime {runtime}" in result.stdout
     assert "cam01-000000: person" in result.stdout and "label=vehicle WRONG" in result.stdout
-    assert "4 events classified (0 skipped), accuracy 0.500 on 4 labelled" in result.stdout
+    assert f"4 events classified (0 skipped), accuracy 0.500 on 4 labelled with {runtime}" in result.stdout
     assert "inference p50" in result.stdout and "p99" in result.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["event_id"] for r in rows] == [f"cam01-{i:06d}" for i in range(4)]
+    assert {r["runtime"] for r in rows} == {runtime}
     events = [ss.frames_png(3 if i != 3 else 2, seed=10 + i) for i in range(4)]
     want = _keras_probabilities([e + [b""] * (3 - len(e)) for e in events])
     np.testing.assert_allclose([r["probabilities"] for r in rows], want, atol=0.02)
 
 
-def test_device_run_explains_missing_metadata(tmp_path, no_tensorflow_env):
+def test_device_run_names_the_runtimes_to_install_when_none_is_there(tmp_path, device_env):
+    data = _manifest(tmp_path / "events")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "device-run", "--model", ss.tflite_model(1, "int8"), "--data", data],
+        env=device_env("ai_edge_litert", "tflite_runtime"), cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no TFLite interpreter can be imported" in result.stderr and "pip install ai-edge-litert" in result.stderr
+
+
+def test_device_run_explains_missing_metadata(tmp_path, device_env):
     with open(ss.tflite_model(1, "int8"), "rb") as f:
         content = f.read()
     stripped = tmp_path / "no-metadata.tflite"
-    stripped.write_bytes(content.replace(b"EVENTPIPE_METADATA", b"SOMEOTHER_METADATA"))
+    stripped.write_bytes(content.replace(b"TFLITE_METADATA", b"OTHERS_METADATA"))
     data = _manifest(tmp_path / "events")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "device-run", "--model", str(stripped), "--data", data],
-        env=no_tensorflow_env, cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+        env=device_env(), cwd=ss.REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert "no EVENTPIPE_METADATA entry" in result.stderr and "trainer/productionize/lite.py" in result.stderr
+    assert "no TFLITE_METADATA entry" in result.stderr and "trainer/productionize/lite.py" in result.stderr

@@ -463,3 +463,30 @@ def test_cli_rejects_bad_serving_arguments_in_one_line(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_one_runtime_chooser_prefers_litert_and_can_be_pinned(monkeypatch):
+    """LiteRT when installed; ``EVENTPIPE_TFLITE_RUNTIME`` pins one; a wrong pin is an error, not a fallback."""
+    from ondevice import runtime
+
+    def choose(value: str | None, **kwargs):
+        if value is None:
+            monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+        else:
+            monkeypatch.setenv(runtime.RUNTIME_ENV, value)
+        runtime.lite_runtime.cache_clear()
+        return runtime.lite_runtime(**kwargs)
+
+    try:
+        chosen = choose(None)
+        assert (chosen.name, chosen.version, chosen.module) == ("ai-edge-litert", "1.4.0", "ai_edge_litert.interpreter")
+        assert str(chosen) == "ai-edge-litert 1.4.0" and runtime.interpreter_class() is chosen.interpreter
+        pinned = choose("tflite-runtime")
+        assert pinned.describe() == {"name": "tflite-runtime", "version": "2.14.0", "module": "tflite_runtime.interpreter"}
+        with pytest.raises(runtime.RuntimeUnavailable, match="expected one of ai-edge-litert, tflite-runtime$"):
+            choose("tensorflow", allow_tensorflow=False)  # the on-device path never runs on tf.lite
+        with pytest.raises(runtime.RuntimeUnavailable, match="'litert'"):
+            choose("litert")
+    finally:
+        monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+        runtime.lite_runtime.cache_clear()

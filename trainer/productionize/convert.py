@@ -6,8 +6,9 @@ report). Output directory (a TFX artifact)::
 
     model.tflite               full-integer int8, metadata embedded: the on-device release
     model_float16.tflite       float16 weights (GPU delegates)
-    metadata.json              a human-readable copy of the int8 model's embedded metadata
-    lite_report.json           teacher / student / tflite sections, comparison, parity
+    metadata.json              the int8 model's embedded metadata as ``read_metadata`` reads it back
+    lite_report.json           teacher / student / tflite sections, comparison, parity; the TFLite
+                               runtime (name, version) of the parity check and of each latency
     variants.png               accuracy vs size vs latency of every variant
     confusion_int8.png         the released model's confusion matrix on the eval split
 
@@ -28,6 +29,8 @@ from contract import files, layout
 from contract.config import LiteConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
+from ondevice.metadata import read_metadata
+from ondevice.runtime import lite_runtime
 from trainer.models.export import load_spec
 from trainer.models.student import load_keras
 from trainer.productionize import lite, measure, plots
@@ -130,7 +133,7 @@ def run_lite_conversion(
         with open(os.path.join(output_dir, filename), "wb") as f:
             f.write(converted[variant].content)
     with open(os.path.join(output_dir, METADATA_FILE), "w", encoding="utf-8") as f:
-        json.dump(converted["int8"].metadata, f, indent=2, sort_keys=True)
+        json.dump(read_metadata(converted["int8"].content), f, indent=2, sort_keys=True)
 
     predictors = {}
     if teacher_dir:
@@ -233,6 +236,8 @@ def run_lite_conversion(
             "parity": parity.to_dict(),
             "parity_float16": {**parity_float16.to_dict(), "reference": float16_source},
             "reference": reference,
+            # Parity and accuracy ran here; each variant's latency names its own (on-device) runtime.
+            "runtime": lite_runtime().describe(),
             "release": os.path.join(output_dir, INT8_FILE),
             "confusion_matrix": {"classes": list(spec.classes), "matrix": matrix.tolist()},
         },

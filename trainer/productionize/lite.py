@@ -9,8 +9,10 @@
   when the file gets smaller.
 - Names of intermediate tensors (debug strings, a sizeable share of a small model) are
   dropped; the signature and its input/output names stay.
-- Metadata (labels, normalization, frames layout, quantization, output names) is embedded
-  in the flatbuffer's ``metadata`` list (see ``ondevice.metadata``): no side files.
+- Metadata: TFLite's standard model metadata, written with tflite-support's metadata writers
+  (input/output names and descriptions, the input's normalization, ``labels.txt`` on the
+  logits output) plus ``event_spec.json`` (frames layout, quantization, variant) as a packed
+  associated file; ``ondevice.metadata`` reads it back without TensorFlow. No side files.
 
 Every model takes decoded frames ``[1, K, H, W, C]`` and returns ``logits`` and
 ``frame_weights`` through the ``serving_default`` signature.
@@ -29,13 +31,30 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
+
+# tflite-support's metadata modules, imported by path: ``import tflite_support`` also loads its
+# Task library, whose pybind types clash with TensorFlow 2.16's ("StatusCode already defined").
+try:
+    from tensorflow_lite_support.metadata import metadata_schema_py_generated as metadata_fb
+    from tensorflow_lite_support.metadata.python import metadata as tflite_metadata
+    from tensorflow_lite_support.metadata.python.metadata_writers import (
+        metadata_info,
+        metadata_writer,
+        writer_utils,
+    )
+except ImportError as e:  # its native code links libusb-1.0 (Debian: apt-get install libusb-1.0-0; make setup does)
+    raise ImportError(
+        f"tflite-support's metadata writers cannot be imported ({e}); install Debian's libusb-1.0-0 "
+        "(apt-get install libusb-1.0-0, or make setup) and pip install tflite-support==0.4.4"
+    ) from e
 
 from contract import layout
 from contract.layout import EventSpec
-from ondevice.metadata import FORMAT, METADATA_NAME
+from ondevice.metadata import EVENT_SPEC_FILE, FORMAT, LABELS_FILE, METADATA_NAME
+from ondevice.runtime import lite_runtime
 
+LEGACY_METADATA_NAME = "EVENTPIPE_METADATA"  # the custom JSON entry of earlier versions
 VARIANTS = ("int8", "float16", "float32")
 INPUT_TYPES = ("int8", "uint8")
 
@@ -201,24 +220,132 @@ def strip_internal_names(content: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_object))
 
 
-def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
-    """Add (or replace) the ``EVENTPIPE_METADATA`` entry: a buffer holding ``metadata`` as JSON."""
+class _GeneralMd(metadata_info.GeneralMd):
+    """``GeneralMd`` plus model-level associated files (the writers' ``GeneralMd`` has none)."""
 
+    def __init__(self, files: list[metadata_info.AssociatedFileMd], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.files = files
+
+    def create_metadata(self) -> Any:
+        model_metadata = super().create_metadata()
+        model_metadata.associatedFiles = [f.create_metadata() for f in self.files]
+        return model_metadata
+
+
+def _without_metadata(content: bytes) -> bytes:
+    """The flatbuffer alone: no packed files, no earlier ``TFLITE_METADATA``/legacy entry."""
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-    blob = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(blob, dtype=np.uint8)
-    entries = [m for m in (model_object.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
-    model_object.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(model_object.buffers) - 1
-    model_object.metadata = [*entries, entry]
+    drop = {METADATA_NAME, LEGACY_METADATA_NAME}
+    kept = []
+    for entry in model_object.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name in drop:
+            model_object.buffers[entry.buffer].data = None  # the old blob goes; the slot stays
+        else:
+            kept.append(entry)
+    model_object.metadata = kept
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_object))
 
 
+def _output_tensor_names(content: bytes) -> dict[str, str]:
+    """Signature output name (``logits``) -> the subgraph tensor's name, which orders metadata."""
+    model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    subgraph = model_object.subgraphs[0]
+    (signature,) = [s for s in model_object.signatureDefs if s.signatureKey in (b"serving_default", "serving_default")]
+    names = {}
+    for tensor_map in signature.outputs:
+        key = tensor_map.name.decode() if isinstance(tensor_map.name, bytes) else tensor_map.name
+        tensor_name = subgraph.tensors[tensor_map.tensorIndex].name
+        names[key] = tensor_name.decode() if isinstance(tensor_name, bytes) else tensor_name
+    return names
+
+
+def event_spec_document(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What goes into ``event_spec.json``: ``metadata`` less what the standard fields hold.
+
+    Labels (``labels.txt``), normalization (NormalizationOptions), tensor names and the model's
+    name/description/version (tensor and model metadata) have one home each.
+    """
+    doc = {k: v for k, v in metadata.items() if k not in ("labels", "outputs", "name", "description", "version")}
+    doc["input"] = {k: v for k, v in metadata["input"].items() if k not in ("normalization", "name")}
+    if "event_spec" in doc:
+        doc["event_spec"] = {k: v for k, v in doc["event_spec"].items() if k != "classes"}
+    return doc
+
+
+def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
+    """Write ``metadata`` (as ``build_metadata`` makes it) as standard TFLite metadata.
+
+    tflite-support's ``MetadataWriter``: input image tensor with NormalizationOptions, the
+    ``logits`` output as a classification tensor with ``labels.txt`` (TENSOR_AXIS_LABELS),
+    ``frame_weights`` as a plain tensor, and ``event_spec.json`` packed at model level.
+    Earlier metadata (standard or the legacy JSON entry) is replaced, not added to.
+    """
+    content = _without_metadata(content)
+    inp = metadata["input"]
+    channels = int(inp["channels"])
+    tensor_names = _output_tensor_names(content)
+    if set(tensor_names) != set(metadata["outputs"]):
+        raise ValueError(f"model outputs {sorted(tensor_names)} but the metadata describes {sorted(metadata['outputs'])}")
+    with tempfile.TemporaryDirectory() as tmp:
+        labels_path = os.path.join(tmp, LABELS_FILE)
+        with open(labels_path, "w", encoding="utf-8") as f:
+            f.write("".join(f"{label}\n" for label in metadata["labels"]))
+        spec_path = os.path.join(tmp, EVENT_SPEC_FILE)
+        with open(spec_path, "w", encoding="utf-8") as f:
+            json.dump(event_spec_document(metadata), f, indent=2, sort_keys=True)
+        spec_file = metadata_info.AssociatedFileMd(
+            spec_path,
+            description="eventpipe event spec: frames layout, tensor quantization, variant (JSON)",
+            file_type=metadata_fb.AssociatedFileType.DESCRIPTIONS,
+        )
+        general = _GeneralMd(
+            [spec_file], name=metadata.get("name"), description=metadata.get("description"),
+            version=metadata.get("version"), author="eventpipe",
+        )  # fmt: skip
+        norm = inp.get("normalization") or {}
+        input_md = metadata_info.InputImageTensorMd(
+            name=inp.get("name", layout.DECODED_INPUT),
+            description=(
+                f"one event: {inp['frames']} frames of {inp['height']}x{inp['width']}x{channels} "
+                f"({inp.get('layout', 'NKHWC')}), time order; model value = (pixel - mean) / std"
+            ),
+            norm_mean=norm.get("mean"), norm_std=norm.get("std"),
+            color_space_type=metadata_fb.ColorSpaceType.RGB if channels == 3 else metadata_fb.ColorSpaceType.GRAYSCALE,
+            tensor_type=writer_utils.get_input_tensor_types(bytearray(content))[0],
+        )  # fmt: skip
+        outputs = {
+            "logits": metadata_info.ClassificationTensorMd(
+                name="logits", description="class scores before softmax; labels: labels.txt",
+                label_files=[metadata_info.LabelFileMd(labels_path)], tensor_name=tensor_names["logits"],
+            ),
+            "frame_weights": metadata_info.TensorMd(
+                name="frame_weights", description="attention weight per frame; argmax = the best frame",
+                tensor_name=tensor_names["frame_weights"],
+            ),
+        }  # fmt: skip
+        writer = metadata_writer.MetadataWriter.create_from_metadata_info(
+            bytearray(content), general_md=general, input_md=[input_md],
+            output_md=[outputs[name] for name in metadata["outputs"]],
+            associated_files=[labels_path, spec_path],
+        )  # fmt: skip
+        return bytes(writer.populate())
+
+
+def display_metadata(content: bytes) -> dict[str, Any]:
+    """tflite-support's own reading of the standard metadata (JSON) and packed files."""
+    displayer = tflite_metadata.MetadataDisplayer.with_model_buffer(bytearray(content))
+    return {
+        "metadata": json.loads(displayer.get_metadata_json()),
+        "files": {name: displayer.get_associated_file_buffer(name) for name in displayer.get_packed_associated_file_list()},
+    }
+
+
 def _io_details(content: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    runner = tf.lite.Interpreter(model_content=content).get_signature_runner("serving_default")
+    interpreter = lite_runtime().interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    runner = interpreter.get_signature_runner("serving_default")
     return runner.get_input_details(), runner.get_output_details()
 
 
@@ -257,6 +384,10 @@ def build_metadata(content: bytes, spec: EventSpec, variant: str, extra: dict[st
     return {
         "format": FORMAT,
         "name": "eventpipe student",
+        "description": (
+            f"eventpipe {variant} event classifier: {spec.frames} frames of {spec.height}x{spec.width}x"
+            f"{spec.channels} -> {spec.num_classes} classes and the best frame"
+        ),
         "variant": variant,
         "labels": list(spec.classes),
         "event_spec": spec.to_dict(),

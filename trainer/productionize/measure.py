@@ -7,8 +7,9 @@
 - Latency: batch 1, one thread, p50/p99 over ``runs`` calls after ``warmup``. Each model lives
   in its own subprocess (thread settings apply from the start, no shared caches) and the
   variants are timed in alternating rounds, so load from other work on the machine hits them
-  alike. TFLite runs in a process where ``import tensorflow`` fails (``tflite_runtime`` only),
-  as on a device.
+  alike. TFLite runs in a process where ``import tensorflow`` fails, on the on-device runtime
+  ``ondevice.runtime.lite_runtime`` chooses (LiteRT, else ``tflite_runtime``; or the one a job
+  names), as on a device; each result names the runtime it was measured with.
 
 Worker command line (used by ``latencies``; reads a number N per line, prints N timings)::
 
@@ -34,6 +35,7 @@ from contract import (
     source,
     tfenv,  # noqa: F401  (before TensorFlow, also in the subprocess)
 )
+from ondevice.runtime import RUNTIME_ENV
 
 KINDS = ("savedmodel", "keras", "tflite")
 
@@ -155,21 +157,24 @@ def summarize(times_s: list[float]) -> dict[str, float]:
     }
 
 
-def _worker_env() -> dict[str, str]:
-    return source.child_env({"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"})
+def _worker_env(runtime: str | None = None) -> dict[str, str]:
+    extra = {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    if runtime:
+        extra[RUNTIME_ENV] = runtime
+    return source.child_env(extra)
 
 
 class _Worker:
     """A subprocess holding one loaded model; times ``n`` calls when asked (line protocol)."""
 
-    def __init__(self, kind: str, path: str, warmup: int) -> None:
+    def __init__(self, kind: str, path: str, warmup: int, runtime: str | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.path = kind, path
         command = [sys.executable, "-m", "trainer.productionize.measure", "worker", "--kind", kind, "--path", path,
                    "--warmup", str(warmup)]  # fmt: skip
         self.process = subprocess.Popen(
-            command, env=_worker_env(), cwd=source.REPO_ROOT, text=True,
+            command, env=_worker_env(runtime), cwd=source.REPO_ROOT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.info: dict[str, Any] = {}
@@ -203,18 +208,19 @@ class _Worker:
 
 
 def latencies(
-    variants: dict[str, tuple[str, str]], *, runs: int = 200, warmup: int = 20, rounds: int = 10
+    variants: dict[str, tuple[str, ...]], *, runs: int = 200, warmup: int = 20, rounds: int = 10
 ) -> dict[str, dict[str, Any]]:
     """p50/p99 per event (batch 1, 1 thread) of several models, measured side by side.
 
-    ``variants``: name -> (kind, path). Each model is loaded once in its own subprocess; the
+    ``variants``: name -> (kind, path) or, for TFLite, (kind, path, runtime) to pin the
+    interpreter package (``ondevice.runtime.RUNTIMES``; default: the one it chooses). Each model is loaded once in its own subprocess; the
     ``runs`` calls are split into ``rounds`` that alternate between the models, so a busy
     machine slows every variant alike and the ratios stay meaningful.
     """
     workers: dict[str, _Worker] = {}
     try:
-        for name, (kind, path) in variants.items():
-            workers[name] = _Worker(kind, path, warmup)
+        for name, (kind, path, *runtime) in variants.items():
+            workers[name] = _Worker(kind, path, warmup, *runtime)
         for worker in workers.values():  # started together: their TensorFlow imports overlap
             worker.wait_loaded()
         times: dict[str, list[float]] = {name: [] for name in variants}
@@ -240,7 +246,8 @@ def _load_tflite(path: str) -> tuple[Any, dict[str, Any]]:
 
     classifier = LiteEventClassifier(path, num_threads=1)
     prepared = classifier.prepare(np.random.default_rng(0).uniform(0, 1, classifier.input_shape).astype(np.float32))
-    return (lambda: classifier.invoke(prepared)), {"kind": "tflite", "tensorflow_imported": False}
+    info = {"kind": "tflite", "tensorflow_imported": False, "runtime": classifier.runtime.describe()}
+    return (lambda: classifier.invoke(prepared)), info
 
 
 def _load_tf(kind: str, path: str) -> tuple[Any, dict[str, Any]]:
