@@ -173,7 +173,7 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pipeline import summary
+    from pipeline import report_html, summary
 
     cfg = prepare(args)
     if cfg.run.runner == "kubeflow":  # the cluster executes it; here it is compiled
@@ -183,14 +183,14 @@ def run_command(args: argparse.Namespace) -> int:
         found = run_stage(cfg, args.through)
     except GateFailed:
         rep = report.update(cfg.report_path, {"seconds": round(time.time() - started, 1)})
-        summary.print_summary(rep, cfg.report_path)
+        summary.print_summary(rep, cfg.report_path, report_html.write(rep, cfg.report_path))
         raise
     sections = summary.collect(found, cfg)
     if args.through == STAGES[-1] and (sections.get("push") or {}).get("pushed"):
         sections["serving_check"] = summary.serve_once(cfg, found["EventExampleGen"].uris["examples"][0])
     sections["seconds"] = round(time.time() - started, 1)
     rep = report.update(cfg.report_path, sections)
-    summary.print_summary(rep, cfg.report_path)
+    summary.print_summary(rep, cfg.report_path, report_html.write(rep, cfg.report_path))
     release = rep.get("release") if args.through == STAGES[-1] else None
     if release is not None and not release.get("blessed"):
         raise GateFailed("release gate: the student was not pushed; see 'release' in " + cfg.report_path)

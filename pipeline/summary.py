@@ -75,6 +75,7 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         sections["tflite"] = lite["tflite"]
         sections["comparison"] = lite.get("comparison")
         sections["plots"] = lite.get("plots")
+        sections["best_frame_examples"] = lite.get("best_frame_examples")
     if teacher:
         sections["teacher"] = teacher
     student_eval = _uri(found, "StudentEvaluator", "evaluation")
@@ -148,8 +149,8 @@ def _p50(variant: dict[str, Any]) -> float | None:
     return latency.get("p50_ms")
 
 
-def print_summary(rep: dict[str, Any], report_path: str) -> None:
-    """The human summary at the end of ``eventpipe run``."""
+def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None = None) -> None:
+    """The human summary at the end of ``eventpipe run`` (``html_path``: report.html, if written)."""
     lines = []
     ev = rep.get("events")
     if ev:
@@ -233,4 +234,6 @@ def print_summary(rep: dict[str, Any], report_path: str) -> None:
         else:
             lines.append(f"served     FAILED: {served.get('error')}")
     lines.append(f"report     {report_path}")
+    if html_path:
+        lines.append(f"report     {html_path} (open it in a browser)")
     print("\n".join(lines))

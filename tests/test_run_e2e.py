@@ -1,6 +1,7 @@
 """`eventpipe run` end to end on small generated data: every stage, every artifact, the cache."""
 
 import glob
+import html
 import json
 import os
 import re
@@ -146,6 +147,9 @@ def test_the_production_gates_refuse_these_tiny_models_and_say_why(first_run, tm
     assert "release gate" in result.stdout + result.stderr and "NOT blessed" in result.stdout
     assert report["push"]["pushed"] is False
     assert versions(work / "serving" / "eventpipe") == ["1"]  # only what the relaxed first run pushed
+    page = (work / "report.html").read_text()  # written on the refused path too, with the reasons
+    assert f"report     {work / 'report.html'}" in result.stdout
+    assert "Release: NOT blessed" in page and all(html.escape(p) in page for p in release["problems"])
 
 
 def test_multiworker_teacher_runs_as_local_worker_processes_from_the_pipeline(first_run):
@@ -226,3 +230,75 @@ def test_a_run_killed_during_teacher_training_resumes_from_its_checkpoint(first_
     train = json.loads(open(teacher["train_report"]).read())
     assert train["resumed_from_step"] >= checkpointed >= 20 and train["steps"] == 400
     assert len(train["losses"]) == 400  # the losses before the kill came back from the state file
+
+
+# Appended to a copy of report.html: records load errors (scripts and failed resources) from the
+# start, and after load writes what every <img> looks like into the DOM that --dump-dom prints.
+_PROBE_HEAD = """<script>window.__errors = [];
+window.addEventListener("error", function (ev) {
+  var t = ev.target;
+  window.__errors.push(t && t.tagName ? "failed " + t.tagName + " " + String(t.src || t.href).slice(0, 80)
+                                      : "error " + ev.message);
+}, true);</script>"""
+_PROBE_TAIL = """<script>window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var bad = images.filter(function (i) {
+    return !(i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0 && i.getBoundingClientRect().height > 0);
+  }).map(function (i) { return i.alt; });
+  var out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({images: images.length, bad: bad, errors: window.__errors});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def chromium(*args, profile):
+    """Debian's headless chromium (installed by .ci/run); a missing browser fails the test."""
+    browser = shutil.which("chromium")
+    assert browser, "chromium is not installed (Debian package `chromium`; .ci/run installs it)"
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}", *args],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_report_html_loads_in_a_headless_browser_with_every_image_rendered(first_run, tmp_path):
+    import re
+
+    root, _, result = first_run
+    work = root / "work"
+    page = work / "report.html"
+    report = json.loads((work / "report.json").read_text())
+    assert f"report     {page}" in result.stdout
+    text = page.read_text()
+    # The headline numbers are report.json's.
+    assert "Release: BLESSED" in text
+    assert f"<td>{report['events']['read']}</td>" in text
+    for variant in (report["teacher"], report["student"]["scratch"], report["student"]["float"], report["tflite"]["int8"]):
+        assert f"<td>{variant['accuracy']:.3f}</td>" in text
+    assert "src=\"http" not in text and "src='http" not in text  # self-contained: images are data: URIs
+    # Best-frame examples: eval events with their frames, the chosen frame marked.
+    examples = report["best_frame_examples"]["events"]
+    assert examples and all(ev["event_id"] in text for ev in examples)
+    assert text.count('class="frame chosen') == len(examples)
+    assert text.count("data:image/png;base64,") >= 3 + 2 * len(examples)  # 3 plots, >= 2 frames per event
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_TAIL + "</body>", 1))
+    dom = chromium("--dump-dom", "--virtual-time-budget=5000", probed.as_uri(), profile=tmp_path / "profile")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert found, "the probe never ran: " + dom.stdout[-1000:] + dom.stderr[-2000:]
+    probe = json.loads(html.unescape(found.group(1)))
+    assert probe["errors"] == [] and probe["bad"] == [], probe
+    assert probe["images"] == text.count("<img ")
+
+    shot = work / "report.png"
+    taken = chromium(f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri(), profile=tmp_path / "profile")
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1280, 4000)
+        colours = image.convert("RGB").resize((128, 400)).getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 50, "the screenshot is (nearly) blank"

@@ -12,6 +12,10 @@ report). Output directory (a TFX artifact)::
     variants.png               accuracy vs size vs latency of every variant
     confusion_int8.png         the released model's confusion matrix on the eval split
 
+The report also holds a few eval events as the production student and the int8 model saw them
+(``best_frame_examples``: class, probability, the frame each names, the true best frame), so a
+page can show single predictions next to the aggregate numbers.
+
 The int8 model is blessed for release only if its top-1 agrees with the float student it was
 converted from on >= ``lite.min_agreement`` of the eval events.
 """
@@ -23,6 +27,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from contract import files, layout
@@ -227,6 +232,7 @@ def run_lite_conversion(
                 "epochs": distill_report.get("config", {}).get("epochs"),
                 "prune_epochs": distill_report.get("config", {}).get("prune_epochs"),
                 "pruning_plan": distill_report.get("pruning", {}).get("plan"),
+                "history": distill_report.get("history"),
             },
         },
         "tflite": {
@@ -247,6 +253,7 @@ def run_lite_conversion(
         "parity": {**parity.to_dict(), "blessed": parity.blessed and parity_float16.blessed,
                    "float16": {**parity_float16.to_dict(), "reference": float16_source}, "reference": reference},
         "eval_events": int(len(preds[reference].labels)),
+        "best_frame_examples": best_frame_examples(preds, reference, spec.classes),
     }
     report["seconds"] = round(time.time() - started, 1)
     with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
@@ -270,6 +277,45 @@ def best_frame_baselines(preds: Any, frames: int) -> dict[str, Any]:
     if not len(known):
         return {}
     return {"best_frame_first_frame_baseline": float((known == 0).mean()), "best_frame_random_baseline": 1.0 / frames}
+
+
+def best_frame_examples(
+    preds: dict[str, Any], reference: str, classes: tuple[str, ...], count: int = 6
+) -> dict[str, Any]:
+    """The first ``count`` labelled eval events (those with a known best frame first), as the
+    production student (``reference``) and the int8 release classify them and which frame each
+    names: the per-event view behind ``best_frame_accuracy``."""
+    ref = preds[reference]
+    if ref.event_ids is None or not len(ref.labels):
+        return {"model": reference, "events": []}
+    labelled = [i for i in range(len(ref.labels)) if ref.labels[i] >= 0]
+    known = [i for i in labelled if ref.best_frames is not None and ref.best_frames[i] >= 0]
+    chosen = (known + [i for i in labelled if i not in set(known)])[:count]
+    probabilities = _softmax(ref.logits)
+    events = []
+    for i in chosen:
+        entry: dict[str, Any] = {
+            "event_id": ref.event_ids[i],
+            "label": classes[int(ref.labels[i])],
+            "predicted": classes[int(ref.predicted[i])],
+            "probability": float(probabilities[i].max()),
+            "best_frame": None if ref.named_frames is None else int(ref.named_frames[i]),
+            "true_best_frame": None if ref.best_frames is None or ref.best_frames[i] < 0 else int(ref.best_frames[i]),
+        }
+        if ref.frame_weights is not None:
+            entry["frame_weights"] = [round(float(w), 4) for w in ref.frame_weights[i]]
+        int8 = preds.get("int8")
+        if int8 is not None:
+            entry["int8_predicted"] = classes[int(int8.predicted[i])]
+            entry["int8_best_frame"] = None if int8.named_frames is None else int(int8.named_frames[i])
+        events.append(entry)
+    return {"model": reference, "events": events}
+
+
+def _softmax(logits: Any) -> Any:
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def class_accuracy(matrix: Any, classes: tuple[str, ...]) -> dict[str, float | None]:

@@ -70,7 +70,8 @@ class Predictions:
     ``labels``: -1 = unlabelled. ``best_frames``: the true best frame per event, -1 = unknown
     (None: not read). ``frame_weights`` ``[N, K]``: the variant's attention, when it exposes it (a
     SavedModel signature gives only the frame it names). ``named_frames`` ``[N]``: the frame the
-    variant names as best (argmax of ``frame_weights``); None when it names none.
+    variant names as best (argmax of ``frame_weights``); None when it names none. ``event_ids``
+    ``[N]``: the events' ids in split order (None: not read), so single predictions can be shown.
     """
 
     labels: np.ndarray
@@ -78,6 +79,7 @@ class Predictions:
     frame_weights: np.ndarray | None = None
     best_frames: np.ndarray | None = None
     named_frames: np.ndarray | None = None
+    event_ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.named_frames is None and self.frame_weights is not None:
@@ -176,6 +178,7 @@ def predict_split(
     """Every predictor's outputs on the events of ``files`` (the first ``max_events`` if > 0)."""
     labels: list[np.ndarray] = []
     best_frames: list[np.ndarray] = []
+    event_ids: list[str] = []
     outputs: dict[str, list[Output]] = {name: [] for name in predictors}
     seen = 0
     ds = layout.dataset(files, spec, batch_size)
@@ -185,6 +188,7 @@ def predict_split(
         frames = frames[:n]
         labels.append(batch[layout.LABEL].numpy()[:n].astype(np.int64))
         best_frames.append(batch[layout.BEST_FRAME].numpy()[:n].astype(np.int64))
+        event_ids.extend(i.decode("utf-8", "replace") for i in batch[layout.EVENT_ID].numpy()[:n])
         for name, predict in predictors.items():
             outputs[name].append(as_output(predict(frames)))
         seen += n
@@ -192,11 +196,11 @@ def predict_split(
             break
     all_labels = np.concatenate(labels) if labels else np.zeros([0], np.int64)
     all_best = np.concatenate(best_frames) if best_frames else np.zeros([0], np.int64)
-    return {name: _collect(chunks, all_labels, all_best, spec) for name, chunks in outputs.items()}
+    return {name: _collect(chunks, all_labels, all_best, event_ids, spec) for name, chunks in outputs.items()}
 
 
 def _collect(
-    chunks: list[Output], labels: np.ndarray, best_frames: np.ndarray, spec: EventSpec
+    chunks: list[Output], labels: np.ndarray, best_frames: np.ndarray, event_ids: list[str], spec: EventSpec
 ) -> Predictions:
     def joined(field: str, empty: np.ndarray) -> np.ndarray | None:
         parts = [getattr(c, field) for c in chunks]
@@ -210,4 +214,5 @@ def _collect(
         frame_weights=joined("frame_weights", np.zeros([0, spec.frames], np.float32)),
         best_frames=best_frames,
         named_frames=joined("best_frame", np.zeros([0], np.int64)),
+        event_ids=event_ids,
     )
