@@ -138,7 +138,7 @@ def runs(tmp_path_factory):
     while not os.path.exists(index) and procs["clients_killed"].poll() is None and time.time() < deadline:
         time.sleep(0.02)
     procs["clients_killed"].send_signal(signal.SIGKILL)  # the clients die with their launcher
-    clients_killed = _finish(procs.pop("clients_killed"))
+    clients_killed = (*_finish(procs.pop("clients_killed")), _latest_checkpoint_step(w["clients_1d"]))
     while _running_with(w["clients_1d"].encode()) and time.time() < deadline:
         time.sleep(0.1)
     procs["clients_1d"] = _train(config, data, w["clients_1d"], *clients, "--fc-layout", "1d")
@@ -172,7 +172,7 @@ def runs(tmp_path_factory):
         "serving_dir": serving_dir,
         "outputs": outputs,
         "killed": {"code": killed_code, "out": killed_out, "state": killed_state, "at": killed_at},
-        "clients_killed": {"code": clients_killed[0], "at": _latest_checkpoint_step(w["clients_1d"])},
+        "clients_killed": {"code": clients_killed[0], "at": clients_killed[2]},  # read before the resume
         "reports": {
             "single": _report(w["single"]),
             "mirrored": _report(w["mirrored"]),
