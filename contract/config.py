@@ -72,6 +72,9 @@ class TeacherConfig:
     strategy: str = "hybrid"  # one of STRATEGIES
     logical_devices: int = 4
     workers: int = 2  # multiworker: local worker processes the pipeline starts when TF_CONFIG is unset
+    # hybrid: DTensor clients (processes, one per host), each bringing logical_devices devices to one
+    # mesh; > 1 starts that many local clients when DTENSOR_JOBS is unset.
+    clients: int = 1
     mesh: str = "batch=2,model=2"
     # 1d (the paper's): all-gather features, FC sharded over all devices; 2d: batch x model mesh.
     # 1d is the cheaper one on CPUs (1.52x single's step time vs 2.33x, docs/benchmarks.md).

@@ -38,6 +38,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     """Teacher flags for the commands that build the training stage (the rest via --set)."""
     p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="teacher distribution strategy (default hybrid)")
     p.add_argument("--train-workers", metavar="N", dest="teacher.workers", type=int, help="multiworker: local worker processes started on 127.0.0.1 when TF_CONFIG is unset (default 2)")
+    p.add_argument("--train-clients", metavar="N", dest="teacher.clients", type=int, help="hybrid: DTensor client processes forming one mesh, started on 127.0.0.1 when DTENSOR_JOBS is unset (default 1)")
 
 
 def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:

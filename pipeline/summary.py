@@ -167,8 +167,10 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
     t = rep.get("teacher")
     if t:
         mesh = ", ".join(f"{k}={v}" for k, v in (t.get("mesh") or {}).items())
-        # A multiworker report lists the chief's own devices; the mesh already counts workers.
-        where = "" if t.get("strategy") == "multiworker" else f" on {len(t.get('devices') or [])} devices"
+        # A multiworker (or multi-client hybrid) report lists the chief's own devices; the mesh
+        # already counts workers (clients).
+        several = t.get("strategy") == "multiworker" or "clients" in (t.get("mesh") or {})
+        where = "" if several else f" on {len(t.get('devices') or [])} devices"
         lines.append(
             f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
             f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps"

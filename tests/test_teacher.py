@@ -67,6 +67,18 @@ def _report(workdir: str) -> dict:
         return json.load(f)
 
 
+def _running_with(fragment: bytes) -> bool:
+    """Whether a process whose command line contains ``fragment`` is still alive (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and fragment in f.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def _latest_checkpoint_step(workdir: str) -> int:
     with open(os.path.join(workdir, "checkpoints", "checkpoint"), encoding="utf-8") as f:
         first = f.readline()  # model_checkpoint_path: "ckpt-4"
@@ -82,7 +94,9 @@ def runs(tmp_path_factory):
     with open(config, "w", encoding="utf-8") as f:
         json.dump(TINY, f)
     w = {name: os.path.join(root, name) for name in
-         ("mirrored", "hybrid_2d", "hybrid_1d", "multiworker", "killed", "bad_mesh", "single", "bf16")}  # fmt: skip
+         ("mirrored", "hybrid_2d", "hybrid_1d", "multiworker", "killed", "bad_mesh", "single", "bf16",
+          "clients_1d", "clients_2d")}  # fmt: skip
+    clients = ("--strategy", "hybrid", "--clients", "2", "--logical-devices", "2", "--no-export")
 
     procs = {
         "mirrored": _train(config, data, w["mirrored"], "--strategy", "mirrored", "--no-export"),
@@ -94,6 +108,11 @@ def runs(tmp_path_factory):
         "bf16": _train(config, data, w["bf16"], "--strategy", "single", "--mixed-precision", "bf16", "--no-export"),
         "killed": _train(config, data, w["killed"], "--strategy", "single", "--steps", "400",
                          "--checkpoint-every", "2", "--no-export"),  # fmt: skip
+        # Multi-client DTensor: `eventpipe train` starts 2 clients through the launcher. The 1d
+        # run (each client holds different FC shards) is killed after its first checkpoint and
+        # resumed below from the checkpoint both clients wrote.
+        "clients_2d": _train(config, data, w["clients_2d"], *clients, "--fc-layout", "2d"),
+        "clients_killed": _train(config, data, w["clients_1d"], *clients, "--fc-layout", "1d", "--steps", "400"),
     }
     from trainer.parallel.launch import local_cluster, tf_config
 
@@ -115,6 +134,14 @@ def runs(tmp_path_factory):
         killed_state = json.load(f)
     killed_at = _latest_checkpoint_step(w["killed"])
     resumed = _train(config, data, w["killed"], "--strategy", "single", "--no-export")
+    index = os.path.join(w["clients_1d"], "checkpoints", "checkpoint")  # recorded by the chief after the merge
+    while not os.path.exists(index) and procs["clients_killed"].poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    procs["clients_killed"].send_signal(signal.SIGKILL)  # the clients die with their launcher
+    clients_killed = (*_finish(procs.pop("clients_killed")), _latest_checkpoint_step(w["clients_1d"]))
+    while _running_with(w["clients_1d"].encode()) and time.time() < deadline:
+        time.sleep(0.1)
+    procs["clients_1d"] = _train(config, data, w["clients_1d"], *clients, "--fc-layout", "1d")
 
     # The reference single run goes through the TFX Trainer module file, which exports.
     from tfx.components.trainer.fn_args_utils import FnArgs
@@ -145,6 +172,7 @@ def runs(tmp_path_factory):
         "serving_dir": serving_dir,
         "outputs": outputs,
         "killed": {"code": killed_code, "out": killed_out, "state": killed_state, "at": killed_at},
+        "clients_killed": {"code": clients_killed[0], "at": clients_killed[2]},  # read before the resume
         "reports": {
             "single": _report(w["single"]),
             "mirrored": _report(w["mirrored"]),
@@ -154,12 +182,16 @@ def runs(tmp_path_factory):
             "worker1": _report(os.path.join(w["multiworker"], "workers", "worker-1")),
             "resumed": _report(w["killed"]),
             "bf16": _report(w["bf16"]),
+            **{f"{name}_{who}": _report(os.path.join(w[name], *sub))
+               for name in ("clients_1d", "clients_2d")
+               for who, sub in (("chief", ()), ("client1", ("workers", "worker-1")))},  # fmt: skip
         },
         "workdirs": w,
     }
 
 
-@pytest.mark.parametrize("strategy", ["mirrored", "hybrid_2d", "hybrid_1d", "worker0"])
+@pytest.mark.parametrize("strategy", ["mirrored", "hybrid_2d", "hybrid_1d", "worker0", "clients_1d_chief",
+                                      "clients_2d_chief"])  # fmt: skip
 def test_strategy_losses_match_single(runs, strategy):
     single = np.array(runs["reports"]["single"]["losses"])
     other = np.array(runs["reports"][strategy]["losses"])
@@ -208,6 +240,28 @@ def test_hybrid_1d_shards_fc_over_all_devices(runs):
     assert v["fc_1/kernel"]["layout"] == ["unsharded", "devices"]
     assert [s["shape"] for s in v["fc_1/kernel"]["shards"]] == [[64, 16]] * 4
     assert set(v["conv_stem/kernel"]["layout"]) == {"unsharded"}
+
+
+@pytest.mark.parametrize(("layout_name", "mesh", "units"), [("1d", {"devices": 4}, 16), ("2d", {"batch": 2, "model": 2}, 32)])
+def test_dtensor_clients_form_one_mesh_with_fc_shards_on_both(runs, layout_name, mesh, units):
+    """2 clients x 2 logical devices: one mesh; each client holds the FC shards of its own devices."""
+    chief, other = runs["reports"][f"clients_{layout_name}_chief"], runs["reports"][f"clients_{layout_name}_client1"]
+    assert chief["mesh"] == other["mesh"] == {"clients": 2, **mesh}
+    assert chief["is_chief"] and not other["is_chief"] and other["worker_index"] == 1
+    np.testing.assert_allclose(other["losses"], chief["losses"], rtol=1e-6)
+    for task, report in ((0, chief), (1, other)):
+        v = _variables(report)
+        for name in ("fc_0/kernel", "fc_1/kernel"):
+            assert v[name]["layout"] == ["unsharded", "devices" if layout_name == "1d" else "model"]
+            rows = v[name]["shape"][0]
+            assert [s["shape"] for s in v[name]["shards"]] == [[rows, units]] * 2  # 64 units / 4 or / model=2
+            assert [s["device"] for s in v[name]["shards"]] == [
+                f"/job:worker/replica:0/task:{task}/device:CPU:{i}" for i in range(2)
+            ]
+    if layout_name == "1d":  # killed, then resumed from the checkpoint both clients wrote
+        killed = runs["clients_killed"]
+        assert killed["code"] == -signal.SIGKILL and 0 < killed["at"] < STEPS
+        assert chief["resumed_from_step"] == other["resumed_from_step"] == killed["at"]
 
 
 def test_bad_mesh_is_one_line_user_error(runs):

@@ -100,3 +100,38 @@ def test_a_plan_that_cannot_fit_is_a_clear_error_naming_what_to_lower():
     for needle in ("teacher.global_batch_size", "data.max_input_pixels", "288x384", "GiB", "would fit"):
         assert needle in message
     assert check_fits(build_teacher(small, cfg), small, cfg, weight_copies=4, available=24 * 2**30)["total_bytes"]
+
+
+def test_dtensor_clients_must_fill_the_mesh_before_any_process_starts(tmp_path):
+    from contract.config import Config
+    from trainer.parallel import launch
+
+    cfg = Config()
+    cfg.teacher.strategy, cfg.teacher.clients, cfg.teacher.logical_devices = "hybrid", 2, 4  # 8 devices, mesh 4
+    with pytest.raises(UserError, match=r"needs 4 devices but 2 DTensor clients x 4 logical devices give 8; "
+                                        r"pass --logical-devices 2"):  # fmt: skip
+        launch.train(cfg, str(tmp_path / "examples"), str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()  # refused before preparing or starting anything
+    cfg.teacher.clients = 3
+    with pytest.raises(UserError, match=r"give 12$"):  # no --logical-devices fills 4 over 3 clients
+        launch.check_client_mesh(cfg)
+
+
+def test_dtensor_clients_environment_and_an_operators_jobs_are_honoured(monkeypatch):
+    from contract.config import Config
+    from trainer.parallel import launch
+
+    cluster = launch.local_cluster(2)
+    assert launch.dtensor_env(cluster, 1) == {
+        "DTENSOR_JOBS": ",".join(cluster), "DTENSOR_CLIENT_ID": "1", "DTENSOR_NUM_CLIENTS": "2",
+        "DTENSOR_JOB_NAME": "worker",
+    }  # fmt: skip
+    cfg = Config()
+    cfg.teacher.strategy, cfg.teacher.clients = "hybrid", 2
+    monkeypatch.delenv("DTENSOR_JOBS", raising=False)
+    assert launch.starts_dtensor_clients(cfg)
+    cfg.teacher.strategy = "single"
+    assert not launch.starts_dtensor_clients(cfg)
+    cfg.teacher.strategy = "hybrid"
+    monkeypatch.setenv("DTENSOR_JOBS", "host-a:9000,host-b:9000")  # this process is one client of that job
+    assert not launch.starts_dtensor_clients(cfg)

@@ -13,6 +13,7 @@ import os
 import warnings
 from typing import Any
 
+from contract import files
 from contract.config import STRATEGIES, TeacherConfig, add_config_flags, load_config
 from contract.errors import UserError
 
@@ -29,6 +30,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="checkpoints, report and model go here; rerun to resume (default: work)")
     p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="distribution strategy (default hybrid)")
     p.add_argument("--logical-devices", metavar="N", dest="teacher.logical_devices", type=int, help="split the CPU into N devices when no GPU (default 4)")
+    p.add_argument("--clients", metavar="N", dest="teacher.clients", type=int, help="hybrid: N DTensor client processes (one per host) form one mesh, each with --logical-devices devices; started on 127.0.0.1 unless DTENSOR_JOBS is set (default 1)")
     p.add_argument("--mesh", metavar="AXES", dest="teacher.mesh", help="hybrid mesh, e.g. batch=2,model=2")
     p.add_argument("--fc-layout", dest="teacher.fc_layout", choices=["2d", "1d"], help="hybrid: 2d batch x model mesh, or the paper's 1-D layout")
     p.add_argument("--steps", metavar="N", dest="teacher.steps", type=int, help="optimisation steps in total (default 0: teacher.epochs over the train split, at least teacher.min_steps)")
@@ -52,13 +54,19 @@ def train_command(args: argparse.Namespace) -> int:
     os.makedirs(cfg.workdir, exist_ok=True)
     cfg.save(os.path.join(cfg.workdir, "config.json"))
 
-    _quiet_libraries()
-    from trainer.teacher.loop import REPORT, train  # deferred: every CLI command starts without TensorFlow
+    from trainer.parallel import launch  # never imports TensorFlow
 
-    report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
+    if launch.starts_dtensor_clients(cfg):
+        # One process per client, started as the pipeline's Trainer starts them.
+        report = launch.train(cfg, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
+    else:
+        _quiet_libraries()
+        from trainer.teacher.loop import train  # deferred: every CLI command starts without TensorFlow
+
+        report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
     print(summary_line(report))
     if report["is_chief"]:
-        print(f"report: {os.path.join(cfg.workdir, REPORT)}")
+        print(f"report: {os.path.join(cfg.workdir, files.TRAIN_REPORT)}")
         if report["export_dir"]:
             print(f"model: {report['export_dir']}")
     return 0

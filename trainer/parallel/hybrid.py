@@ -13,6 +13,12 @@ head holds most parameters and little compute: its kernels are sharded over devi
   replicated) and the FC layers are sharded over all devices, each computing its slice of
   units for the whole batch.
 
+Across hosts (``teacher.clients > 1``): one process per host, each a DTensor client with
+its own logical devices, joins one mesh spanning all of them (``DTENSOR_JOBS``,
+``DTENSOR_CLIENT_ID``, ... set by ``trainer.parallel.launch`` or an operator). Every client
+runs the same program; collectives between clients go over gRPC. Each client feeds the
+whole global batch and keeps the rows of its own devices; client 0 is the chief.
+
 The tf_keras ``LayoutMap`` assigns layouts by variable path; everything it does not name
 is replicated. Training is a custom loop: one ``tf.function`` computes the loss and
 gradients, a second applies them (in one function, DTensor left tf_keras Adam's updates of
@@ -82,7 +88,15 @@ class HybridRunner(Runner):
         super().__init__(cfg, spec, setup)
         dims = mesh_dims(cfg)
         needed = int(np.prod([size for _, size in dims]))
-        if needed > setup.count:
+        self.clients = dtensor.num_clients()  # len(DTENSOR_JOBS); 1 (local mode) without it
+        if self.clients > 1:
+            if needed != self.clients * setup.count:  # create_distributed_mesh uses every device of every client
+                hint = f"; pass --logical-devices {needed // self.clients}" if needed % self.clients == 0 else ""
+                raise UserError(
+                    f"--mesh {cfg.mesh} needs {needed} devices but {self.clients} DTensor clients x "
+                    f"{setup.count} logical devices give {self.clients * setup.count}{hint}"
+                )
+        elif needed > setup.count:
             raise UserError(
                 f"--mesh {cfg.mesh} needs {needed} devices but {setup.count} are configured; "
                 f"pass --logical-devices {needed}"
@@ -104,7 +118,10 @@ class HybridRunner(Runner):
                 "AutoCastVariables mixed precision creates; use bf16/fp16 with single, mirrored or multiworker"
             )
         self.dims = dims
-        self.mesh = dtensor.create_mesh(dims, devices=list(setup.devices[:needed]), device_type=setup.device_type)
+        if self.clients > 1:
+            self.mesh = _distributed_mesh(dims, setup)
+        else:
+            self.mesh = dtensor.create_mesh(dims, devices=list(setup.devices[:needed]), device_type=setup.device_type)
         self.data_axis = data_axis
         rank = len(spec.input_shape) + 1
         self.frames_layout = dtensor.Layout.batch_sharded(self.mesh, data_axis, rank=rank)
@@ -114,8 +131,22 @@ class HybridRunner(Runner):
         self._grad_fn: Any = None
         self._apply_fn: Any = None
 
+    @property
+    def is_chief(self) -> bool:
+        return dtensor.client_id() == 0
+
+    @property
+    def worker_index(self) -> int:
+        return dtensor.client_id()
+
+    @property
+    def shares_checkpoints(self) -> bool:
+        # Each client writes the shards on its devices under the same prefix; client 0 merges
+        # them. Clients on several hosts therefore need the workdir on a shared file system.
+        return True
+
     def mesh_description(self) -> dict[str, int]:
-        return dict(self.dims)
+        return {"clients": self.clients, **dict(self.dims)} if self.clients > 1 else dict(self.dims)
 
     @property
     def replicas(self) -> int:
@@ -161,6 +192,7 @@ class HybridRunner(Runner):
         return [unsharded_value(v) for v in self.model.weights]
 
     def variable_layouts(self) -> list[dict[str, Any]]:
+        """As the base class says; with several clients, only the shards held by this client."""
         rows = []
         for v in self.model.weights:
             spec = v.layout.sharding_specs
@@ -175,3 +207,28 @@ class HybridRunner(Runner):
             )
         return rows
 
+    def finish(self) -> None:
+        """With several clients: wait for all of them (one all-gather) before this process exits.
+
+        The coordination service lives in client 0; if it exited while another client still
+        wrote its report, that client would lose its heartbeats mid-way.
+        """
+        if self.clients > 1:
+            axis = self.dims[0][0]  # spans the clients
+            unsharded_value(to_mesh(np.zeros(self.dims[0][1], np.float32), dtensor.Layout([axis], self.mesh)))
+
+
+def _distributed_mesh(dims: list[tuple[str, int]], setup: DeviceSetup) -> Any:
+    """This client's part of a mesh spanning every DTensor client in ``DTENSOR_JOBS``.
+
+    ``initialize_accelerator_system`` reads the ``DTENSOR_*`` environment, starts this
+    client's gRPC server and the coordination service and enables cross-client collectives;
+    it must run before the TensorFlow runtime starts. Devices are numbered client by client,
+    so the first mesh axis (``batch``, or ``devices`` in 1d) spans the clients and, in the 2d
+    layout, the ``model`` axis stays within a client.
+    """
+    try:
+        dtensor.initialize_accelerator_system(setup.device_type)
+    except ValueError as e:  # the runtime already started in this process, or a bad DTENSOR_* value
+        raise UserError(f"multi-client DTensor: {e}") from None
+    return dtensor.create_distributed_mesh(dims, device_type=setup.device_type)

@@ -9,7 +9,9 @@ the resolved config, streams its output, and reads back the train report.
 When the caller's environment already has a ``TF_CONFIG`` (a cluster manager started this
 process as one task of a job) the single child inherits it. Otherwise ``train`` starts
 ``teacher.workers`` processes on 127.0.0.1, worker 0 being the chief that writes the
-checkpoints, the report and the export.
+checkpoints, the report and the export. ``--strategy hybrid`` with ``teacher.clients > 1``
+does the same for multi-client DTensor: ``teacher.clients`` processes with a ``DTENSOR_*``
+environment each, unless the caller's environment has ``DTENSOR_JOBS`` already.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 from contract import files, source
-from contract.config import Config
+from contract.config import Config, parse_mesh
 from contract.errors import UserError
 
 # absl-formatted native log records ("E0000 00:00:1795353203.219221  14985 file.cc:1121] ...").
 _NATIVE_LOG = re.compile(rb"(?:[EWIF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::).*")
 LOCAL_HOST = "127.0.0.1"
+DTENSOR_JOBS = "DTENSOR_JOBS"  # set: this process is one client of an existing multi-client DTensor job
 Log = Callable[[str], Any]
 
 
@@ -50,8 +53,9 @@ def train(
     """Train the teacher with ``cfg`` in fresh processes; returns the chief's train report.
 
     ``multiworker`` without a ``TF_CONFIG`` in this environment runs ``cfg.teacher.workers``
-    local worker processes (MultiWorkerMirroredStrategy, one replica each); every other case
-    runs one child. ``export_dir``: where the SavedModel goes (None: no export).
+    local worker processes (MultiWorkerMirroredStrategy, one replica each); ``hybrid`` with
+    ``cfg.teacher.clients > 1`` and no ``DTENSOR_JOBS`` runs that many DTensor clients, each
+    with ``teacher.logical_devices`` devices of the one mesh; every other case runs one child. ``export_dir``: where the SavedModel goes (None: no export).
     ``progress``: show the (chief's) progress bar on this process's stderr. If any process
     fails the others are stopped, since a collective would otherwise wait for the lost peer
     forever.
@@ -74,6 +78,17 @@ def train(
             _Child(f"worker {i}", cmd, {"TF_CONFIG": tf_config(cluster, i)}, log, prefix=f"[worker {i}] ",
                    progress=progress and i == 0)  # fmt: skip
             for i in range(workers)
+        ]
+    elif starts_dtensor_clients(cfg):
+        clients = cfg.teacher.clients
+        check_client_mesh(cfg)
+        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
+        cluster = local_cluster(clients)
+        log(f"hybrid: {clients} local DTensor clients on {', '.join(cluster)} (client 0 is the chief)")
+        children = [
+            _Child(f"client {i}", cmd, dtensor_env(cluster, i), log, prefix=f"[client {i}] ",
+                   progress=progress and i == 0)  # fmt: skip
+            for i in range(clients)
         ]
     else:
         workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
@@ -104,6 +119,38 @@ def local_cluster(workers: int) -> list[str]:
 def tf_config(cluster: list[str], index: int) -> str:
     """The ``TF_CONFIG`` of worker ``index`` (worker 0 is the chief)."""
     return json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})
+
+
+def dtensor_env(cluster: list[str], index: int) -> dict[str, str]:
+    """The ``DTENSOR_*`` environment of DTensor client ``index`` (client 0 is the chief)."""
+    return {
+        DTENSOR_JOBS: ",".join(cluster),
+        "DTENSOR_CLIENT_ID": str(index),
+        "DTENSOR_NUM_CLIENTS": str(len(cluster)),
+        "DTENSOR_JOB_NAME": "worker",
+    }
+
+
+def check_client_mesh(cfg: Config) -> None:
+    """Refuse, before any process starts, a mesh that ``teacher.clients`` x ``teacher.logical_devices`` cannot fill.
+
+    A multi-client mesh uses every device of every client (``create_distributed_mesh``).
+    """
+    t = cfg.teacher
+    sizes = parse_mesh(t.mesh)
+    needed = sizes["batch"] * sizes["model"]
+    if t.logical_devices < 1 or needed != t.clients * t.logical_devices:
+        hint = f"; pass --logical-devices {needed // t.clients}" if needed % t.clients == 0 else ""
+        raise UserError(
+            f"--mesh {t.mesh} needs {needed} devices but {t.clients} DTensor clients x "
+            f"{t.logical_devices} logical devices give {t.clients * t.logical_devices}{hint}"
+        )
+
+
+def starts_dtensor_clients(cfg: Config) -> bool:
+    """Whether ``train`` starts local DTensor clients for ``cfg``: hybrid, ``teacher.clients > 1``
+    and no ``DTENSOR_JOBS`` in this environment (else this process is, or joins, the job)."""
+    return cfg.teacher.strategy == "hybrid" and cfg.teacher.clients > 1 and DTENSOR_JOBS not in os.environ
 
 
 # -- internals --------------------------------------------------------------------------

@@ -86,6 +86,15 @@ class Runner(abc.ABC):
     def replicas(self) -> int:
         return 1
 
+    @property
+    def shares_checkpoints(self) -> bool:
+        """Whether every process writes its part of one checkpoint in the chief's directory.
+
+        MultiWorkerMirroredStrategy workers each save a whole copy (non-chiefs in their own
+        directory); DTensor clients save one sharded checkpoint together.
+        """
+        return False
+
     def mesh_description(self) -> dict[str, int]:
         """Mesh axis -> size for the report."""
         return {"replicas": self.replicas}
@@ -116,6 +125,9 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def variable_layouts(self) -> list[dict[str, Any]]:
         """Name, global shape, mesh axis per dimension and the placed shards of every variable."""
+
+    def finish(self) -> None:  # noqa: B027 - optional hook: most runners have nothing to wait for
+        """Called by every process at the end of training, after its report is written."""
 
 
 class DistributeRunner(Runner):

@@ -169,6 +169,8 @@ def train(
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
     if cfg.steps < 0 or cfg.global_batch_size < 1 or cfg.reference_batch_size < 1:
         raise UserError("teacher steps must be >= 0 (0: from epochs), global_batch_size and reference_batch_size >= 1")
+    if cfg.clients < 1:
+        raise UserError(f"teacher.clients must be >= 1, got {cfg.clients}")
     if cfg.steps == 0 and (cfg.epochs <= 0 or cfg.min_steps < 1):
         raise UserError("teacher.epochs must be > 0 and teacher.min_steps >= 1 (or set teacher.steps)")
     if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
@@ -212,7 +214,8 @@ def train(
 
     # -- resume -------------------------------------------------------------------------
     checkpoint = runner.checkpoint()
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(own_dir, "checkpoints"), max_to_keep=3)
+    checkpoint_dir = os.path.join(workdir if runner.shares_checkpoints else own_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
     latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
     losses: list[float] = []
     evals: list[dict[str, Any]] = []  # {"step", "loss", "accuracy"} at every eval point
@@ -270,7 +273,13 @@ def train(
                 os.path.join(workdir, STATE),
                 {"step": step, "losses": losses, "evals": evals, "config": _resume_fields(cfg)},
             )
-        manager.save(checkpoint_number=step)
+        if runner.is_chief or not runner.shares_checkpoints:
+            manager.save(checkpoint_number=step)
+        else:
+            # The same save (every client writes its shards; the chief merges them), but only the
+            # chief records it: a record written here first could name a checkpoint not yet merged.
+            checkpoint.save_counter.assign_add(1)
+            checkpoint.write(os.path.join(checkpoint_dir, f"ckpt-{step}"))  # the manager's naming
         checkpoint_seconds.append(time.perf_counter() - began_saving)
 
     # -- loop ---------------------------------------------------------------------------
@@ -381,6 +390,7 @@ def train(
 
     report["plots"] = {"training_curve": plot_training_curve(report, os.path.join(own_dir, CURVE))}
     _write_json(os.path.join(own_dir, REPORT), report)
+    runner.finish()
     return report
 
 

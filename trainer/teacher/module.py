@@ -4,7 +4,8 @@ The Trainer executor already runs TensorFlow in its process, so the logical devi
 mesh the strategy needs cannot be configured there: training runs in a child process
 (``trainer.parallel.launch``) with the pipeline's resolved config; ``--strategy multiworker`` starts
 ``teacher.workers`` local worker processes with a TF_CONFIG each (or one task of an external
-cluster when TF_CONFIG is already set). The (chief) child writes the exported SavedModel to
+cluster when TF_CONFIG is already set), and ``hybrid`` with ``teacher.clients > 1`` as many
+DTensor clients with a ``DTENSOR_*`` environment each (or one when DTENSOR_JOBS is set). The (chief) child writes the exported SavedModel to
 ``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard scalars and the
 training-curve plot under ``model_run_dir``.
 
