@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from absl import logging as absl_logging
+
 from components.release_gate.gates import overall_accuracy
 from contract import files
 from pipeline import outputs
@@ -116,19 +118,21 @@ class StageLines(logging.Filter):
         self._started: dict[str, float] = {}
         self._t0 = time.monotonic()
         self._logger = logging.getLogger("absl")
-        self._level = self._logger.level
+        self._verbosity = absl_logging.get_verbosity()
         self._clear = "\r\033[K" if self._stream.isatty() else ""  # a bar may be mid-line on a terminal
 
     def __enter__(self) -> StageLines:
         self._t0 = time.monotonic()
         self._logger.addFilter(self)
-        if self._logger.getEffectiveLevel() > logging.INFO:
-            self._logger.setLevel(logging.INFO)  # let the announcements reach this filter
+        # Let the announcements reach this filter. Through absl's verbosity flag, not the logger's
+        # level: TensorFlow's SavedModel export silences absl and then restores the flag's value.
+        self._verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.INFO)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._logger.removeFilter(self)
-        self._logger.setLevel(self._level)
+        absl_logging.set_verbosity(self._verbosity)
         with self._lock:
             unfinished = list(self._started)
         for node in unfinished:  # the run stopped while these ran: say so, with how long they ran

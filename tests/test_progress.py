@@ -47,6 +47,20 @@ def test_a_line_per_start_and_end_with_the_headline_and_nothing_else_printed(cap
     assert not logging.getLogger("absl").filters
 
 
+def test_lines_survive_tensorflow_silencing_absl_while_saving_a_model(tmp_path):
+    """tf.saved_model.save sets absl's verbosity to FATAL and back to the flag's value: the
+    announcements after a component that exports a model must still arrive."""
+    import tensorflow as tf
+
+    stream = io.StringIO()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    with StageLines({}.get, stream):
+        absl_logging.info("Component %s is running.", "Distiller")
+        tf.saved_model.save(tf.Module(), str(tmp_path / "m"))
+        absl_logging.info("Component %s is finished.", "Distiller")
+    assert "Distiller          finished in" in stream.getvalue(), stream.getvalue()
+
+
 def test_headlines_of_the_release_components():
     assert headline("ReleaseGate", _outputs(blessing={"blessed": 0})) == "NOT blessed"
     assert headline("ServingValidator", _outputs(blessing={"blessed": 1})) == "blessed"
