@@ -112,7 +112,7 @@ class StudentConfig:
     # The stem also sees each frame minus the event's mean frame (motion), as the teacher does.
     # Single-frame data has no motion: the branch is left out (an all-zero tensor has no int8 range).
     frame_contrast: bool = True
-    # Per stage, after the stride-2 stem. [2, 1, 2] instead of MobileNet's [1, 2, 2]: 34% fewer FLOPs,
+    # Per stage, after the stride-2 stem. [2, 1, 2] instead of MobileNet's [1, 2, 2]: 26% fewer FLOPs,
     # int8 1.2x faster on LiteRT (1.5x on tflite-runtime), no worse distilled (0.964 vs 0.946, one
     # seed; docs/benchmarks.md "TFLite runtimes").
     strides: list[int] = field(default_factory=lambda: [2, 1, 2])
@@ -196,7 +196,7 @@ class ServingConfig:
     # cannot hold a thread forever), and at most max_connections are served at once (503 beyond).
     read_timeout_seconds: float = 30.0
     max_connections: int = 64
-    version_labels: str = ""  # JSON {"stable": 1, "canary": 2}; "" = <base>/<name>/labels.json
+    version_labels: str = ""  # JSON {"stable": 1, "canary": 2}; "" = <model_base_path>/labels.json
     prefer_tflite: bool = False  # a version dir holding both: serve model.tflite, not the SavedModel
     # ServingValidator: eval events sent to the candidate in the server over REST and gRPC, the
     # largest difference from the in-process answer it accepts, and how long it waits for the load.
@@ -220,7 +220,8 @@ class RunConfig:
     pipeline_root: str = ""  # "" = <workdir>/pipeline; a gs:// or shared path on Kubeflow
 
 
-# Per-component [CPU cores, memory GiB] on Kubeflow: sized from a demo run's peaks on 2 cores, with
+# Per-component [CPU cores, memory GB] on Kubeflow (GB = 10^9 bytes, the unit of KFP's ResourceSpec):
+# sized from a demo run's peaks on 2 cores, with
 # room for 10x the data; the trainers get the most (TensorFlow threads, the decoded-event cache).
 KUBEFLOW_RESOURCES: dict[str, list[float]] = {
     "EventExampleGen": [2, 4], "StatisticsGen": [2, 4], "SchemaGen": [1, 2], "ExampleValidator": [1, 2],
@@ -392,6 +393,18 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"config key {key!r}: cannot use {value!r} as {type(current).__name__}") from None
     return value
+
+
+def client_mesh_error(mesh: str, needed: int, clients: int, devices: int) -> str | None:
+    """Why ``clients`` DTensor clients with ``devices`` devices each cannot form ``mesh`` (``needed``
+    devices), or None: a multi-client mesh uses every device of every client."""
+    if devices >= 1 and needed == clients * devices:
+        return None
+    hint = f"; pass --logical-devices {needed // clients}" if needed % clients == 0 else ""
+    return (
+        f"--mesh {mesh} needs {needed} devices but {clients} DTensor clients x "
+        f"{devices} logical devices give {clients * devices}{hint}"
+    )
 
 
 def parse_mesh(spec: str) -> dict[str, int]:

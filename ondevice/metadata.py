@@ -183,16 +183,43 @@ def parse_model_metadata(blob: bytes) -> dict[str, Any]:
     }
 
 
-def associated_files(model: bytes) -> dict[str, bytes]:
-    """The files packed into the model (a zip archive appended to the flatbuffer)."""
+MAX_ASSOCIATED_FILE_BYTES = 1024 * 1024  # labels and the event spec are a few KiB; a zip bomb is not
+
+
+def associated_files(model: bytes, names: set[str] | None = None) -> dict[str, bytes]:
+    """The files packed into the model (a zip archive appended to the flatbuffer), or only
+    ``names``; a file that would inflate past ``MAX_ASSOCIATED_FILE_BYTES`` is refused unread."""
     try:
         with zipfile.ZipFile(io.BytesIO(model)) as archive:
-            return {name: archive.read(name) for name in archive.namelist()}
+            out = {}
+            for info in archive.infolist():
+                if names is not None and info.filename not in names:
+                    continue
+                if info.file_size > MAX_ASSOCIATED_FILE_BYTES:
+                    raise MetadataError(
+                        f"associated file {info.filename!r} inflates to {info.file_size} bytes "
+                        f"(limit {MAX_ASSOCIATED_FILE_BYTES})"
+                    )
+                out[info.filename] = archive.read(info)
+            return out
     except zipfile.BadZipFile:
-        return {}
+        return {}  # nothing packed: the caller names the file it misses
+    except (zipfile.LargeZipFile, OSError, EOFError) as e:
+        raise MetadataError(f"the files packed with the model cannot be read: {e}") from e
 
 
 def read_metadata(model: bytes | str) -> dict[str, Any]:
+    """eventpipe's metadata dict (see ``_read_metadata``); any malformed input is a MetadataError."""
+    try:
+        return _read_metadata(model)
+    except MetadataError:
+        raise
+    except (struct.error, IndexError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        # A truncated or hostile flatbuffer, or JSON that is not the event spec: say so, no traceback.
+        raise MetadataError(f"unreadable TFLite metadata: {type(e).__name__}: {e}") from e
+
+
+def _read_metadata(model: bytes | str) -> dict[str, Any]:
     """eventpipe's metadata dict from a ``.tflite`` path or its bytes.
 
     ``event_spec.json`` with ``labels`` (from ``labels.txt``), ``input.normalization`` (from the

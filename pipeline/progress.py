@@ -11,7 +11,6 @@ draw only on a terminal).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,16 +25,9 @@ from absl import logging as absl_logging
 from components.release_gate.gates import overall_accuracy
 from contract import files
 from pipeline import outputs
+from pipeline.summary import load_json
 
 ANNOUNCED = re.compile(r"^(?:Component|node) (\S+) is (running|finished)\.$")
-
-
-def _load(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def _uri(out: outputs.NodeOutputs, key: str) -> str | None:
@@ -77,7 +69,7 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         return _verdict(out)
     if node == "TeacherTrainer":
         run = _uri(out, "model_run")
-        train = _load(os.path.join(run, files.TRAIN_REPORT)) if run else {}
+        train = (load_json(os.path.join(run, files.TRAIN_REPORT)) or {}) if run else {}
         if "final_eval_accuracy" not in train:
             return ""
         return f"eval accuracy {train['final_eval_accuracy']:.3f} after {train.get('steps')} steps ({train.get('strategy')})"
@@ -85,7 +77,7 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         return ", ".join(x for x in (_accuracy(out), _verdict(out)) if x)
     if node == "Distiller":
         run = _uri(out, "model")  # the report sits beside Format-Serving
-        evaluation = (_load(os.path.join(run, files.DISTILL_REPORT)) if run else {}).get("eval") or {}
+        evaluation = ((load_json(os.path.join(run, files.DISTILL_REPORT)) or {}) if run else {}).get("eval") or {}
         accuracies = [f"{name.replace('student_', '')} {v['accuracy']:.3f}" for name, v in evaluation.items()
                       if isinstance(v, dict) and isinstance(v.get("accuracy"), (int, float))]  # fmt: skip
         return "eval accuracy " + ", ".join(accuracies) if accuracies else ""
@@ -161,11 +153,12 @@ class StageLines(logging.Filter):
         took = time.monotonic() - began if began is not None else 0.0
         try:
             out = self._lookup(node)
-        except Exception:  # noqa: BLE001  (a line must never break the run)
-            out = None
+            detail = headline(node, out) if out is not None else ""
+        except Exception:  # noqa: BLE001  (a line must never break the run: this runs inside its logging)
+            out, detail = None, ""
         state = out.state.lower() if out is not None else "finished"
         what = {"complete": "done", "cached": "cached"}.get(state, state)
-        self._line(node, f"{what} in {took:.1f} s", headline(node, out) if out is not None else "")
+        self._line(node, f"{what} in {took:.1f} s", detail)
 
     def _line(self, node: str, what: str, detail: str) -> None:
         elapsed = time.monotonic() - self._t0

@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.summary import p50_ms
+
 HTML_FILE = "report.html"
 QUARANTINE_EXAMPLES = 6  # quarantined events shown, spread over the reasons
 THUMBNAIL_PX = 160  # frames larger than this are scaled down before inlining
@@ -148,11 +150,6 @@ def _get(rep: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
     for key in path:
         node = (node or {}).get(key) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else None
-
-
-def _p50(variant: dict[str, Any]) -> float | None:
-    latency = (variant.get("latency") or {}).get(variant.get("format", ""), {})
-    return latency.get("p50_ms")
 
 
 # --- sections -------------------------------------------------------------------------------------
@@ -320,7 +317,7 @@ def models_section(rep: dict[str, Any]) -> str:
         sparsity = (v.get("sparsity") or {}).get("all_weights") if isinstance(v.get("sparsity"), dict) else None
         rows.append([
             e(name), e(_num(v.get("accuracy"))), e(f"{v['params']:,}" if v.get("params") else "-"), e(_kib(size)),
-            e(_kib((v.get("bytes") or {}).get("gzipped"))), e(_num(_p50(v), ".2f")), e(v.get("format")),
+            e(_kib((v.get("bytes") or {}).get("gzipped"))), e(_num(p50_ms(v), ".2f")), e(v.get("format")),
             e(_num(v.get("best_frame_accuracy"))), e(_num(sparsity, ".2f")),
         ])  # fmt: skip
     if not rows:

@@ -108,11 +108,11 @@ def request_resources(pipeline: Any, kubeflow: KubeflowConfig) -> None:
         )
     missing = sorted(set(containers) - set(kubeflow.resources))
     if missing:
-        raise UserError(f"kubeflow.resources has no [cpu, memory GiB] for {', '.join(missing)}")
+        raise UserError(f"kubeflow.resources has no [cpu, memory GB] for {', '.join(missing)}")
     for name, component in containers.items():
         value = kubeflow.resources[name]
         if len(value) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
-            raise UserError(f"kubeflow.resources[{name!r}] must be [cpu cores, memory GiB], both positive; got {value!r}")
+            raise UserError(f"kubeflow.resources[{name!r}] must be [cpu cores, memory GB], both positive; got {value!r}")
         cpu, memory = float(value[0]), float(value[1])
         spec = resource_spec(cpu_request=cpu, cpu_limit=cpu, memory_request=memory, memory_limit=memory)
         if name == TRAINER_WITH_ACCELERATORS and kubeflow.gpus:

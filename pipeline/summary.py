@@ -19,7 +19,7 @@ from contract.config import Config
 from serving.server import ModelServer
 
 
-def _load(path: str) -> dict[str, Any] | None:
+def load_json(path: str) -> dict[str, Any] | None:
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -37,7 +37,7 @@ def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
     run_dir, model_dir = _uri(found, "TeacherTrainer", "model_run"), _uri(found, "TeacherTrainer", "model")
     if run_dir is None or model_dir is None:
         return None
-    train = _load(os.path.join(run_dir, files.TRAIN_REPORT)) or {}
+    train = load_json(os.path.join(run_dir, files.TRAIN_REPORT)) or {}
     section: dict[str, Any] = {
         "model": os.path.join(model_dir, files.SERVING_MODEL_DIR),
         "strategy": train.get("strategy"),
@@ -68,7 +68,7 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     sections: dict[str, Any] = {}
     teacher = teacher_section(found)
     lite_dir = _uri(found, "LiteConverter", "lite")
-    lite = _load(os.path.join(lite_dir, files.LITE_REPORT)) if lite_dir else None
+    lite = load_json(os.path.join(lite_dir, files.LITE_REPORT)) if lite_dir else None
     if lite:
         teacher = {**(lite.get("teacher") or {}), **(teacher or {})}
         sections["student"] = lite["student"]
@@ -84,13 +84,13 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         sections.setdefault("student", {})["tfma_accuracy"] = overall_accuracy(student_eval)
     gate = _uri(found, "ReleaseGate", "blessing")
     if gate:
-        sections["release"] = _load(os.path.join(gate, files.VERDICT))
+        sections["release"] = load_json(os.path.join(gate, files.VERDICT))
     validator = _uri(found, "ServingValidator", "blessing")
     if validator:
-        sections["serving_validation"] = _load(os.path.join(validator, files.VALIDATION))
+        sections["serving_validation"] = load_json(os.path.join(validator, files.VALIDATION))
     pushed = _uri(found, "EventPusher", "pushed_model")
     if pushed:
-        sections["push"] = _load(os.path.join(pushed, files.PUSH_RECORD))
+        sections["push"] = load_json(os.path.join(pushed, files.PUSH_RECORD))
     return sections
 
 
@@ -143,7 +143,7 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _p50(variant: dict[str, Any]) -> float | None:
+def p50_ms(variant: dict[str, Any]) -> float | None:
     """Per-event p50 latency of a variant in its own format (batch 1, 1 thread)."""
     latency = (variant.get("latency") or {}).get(variant.get("format", ""), {})
     return latency.get("p50_ms")
@@ -176,7 +176,7 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps"
             + (f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})" if t.get("best") else "")
             + ", "
-            f"p50 {_fmt(_p50(t), '.2f')} ms/event"
+            f"p50 {_fmt(p50_ms(t), '.2f')} ms/event"
         )
     student = rep.get("student") or {}
     for name in ("scratch", "float", "pruned", "qat"):
@@ -188,7 +188,7 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             lines.append(
                 f"student    {label}: accuracy {_fmt(v.get('accuracy'))}, {v.get('params') or 0:,} params"
                 + (f", sparsity {sparsity:.2f}" if sparsity is not None else "")
-                + f", p50 {_fmt(_p50(v), '.2f')} ms/event"
+                + f", p50 {_fmt(p50_ms(v), '.2f')} ms/event"
             )
     comparison = rep.get("comparison") or {}
     if comparison.get("kd_gain") is not None:
@@ -209,7 +209,7 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             agreement = (v.get("parity") or {}).get("agreement")
             lines.append(
                 f"tflite     {name}: {v['bytes']['raw']:,} bytes, accuracy {_fmt(v.get('accuracy'))}, "
-                f"agrees with the float student on {_fmt(agreement, '.1%')}, p50 {_fmt(_p50(v), '.2f')} ms/event"
+                f"agrees with the float student on {_fmt(agreement, '.1%')}, p50 {_fmt(p50_ms(v), '.2f')} ms/event"
             )
     release = rep.get("release")
     if release:

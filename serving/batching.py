@@ -34,7 +34,7 @@ RunFn = Callable[[Arrays], Arrays]
 
 
 class InFlight:
-    """Counts predict requests currently inside the server (all front ends)."""
+    """Counts one model's predict requests currently inside the server (all front ends)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -95,14 +95,12 @@ class Batcher:
         timeout_s: float,
         in_flight: InFlight | None = None,
         on_batch: Callable[[int, int], None] | None = None,
-        name: str = "batcher",
     ) -> None:
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
         self.timeout_s = max(0.0, timeout_s)
         self._in_flight = in_flight
         self._on_batch = on_batch
-        self.name = name
         self._cond = threading.Condition(threading.Lock())
         self._pending: deque[_Task] = deque()
         self._leading = False  # a request thread is collecting or running a batch
@@ -156,26 +154,30 @@ class Batcher:
         first = self._pending.popleft()
         batch, rows = [first], first.rows
         deadline = first.arrived + self.timeout_s
-        while rows < self.max_batch_size:
-            if not self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._everyone_here(len(batch)):
+        # Watch departures before the first "everyone here?" test: a request that leaves between
+        # the test and the wait still wakes this leader (its wake-up waits for the lock we hold).
+        if self._in_flight is not None:
+            self._in_flight.watch(self._wake, True)
+        try:
+            while rows < self.max_batch_size:
+                if not self._pending:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._everyone_here(len(batch)):
+                        break
+                    # Requests counted in flight but not queued yet will arrive here; one that
+                    # fails before submitting only costs this batch the rest of the timeout.
+                    self._collecting = True
+                    self._cond.wait(remaining)
+                    self._collecting = False
+                    continue
+                if rows + self._pending[0].rows > self.max_batch_size:
                     break
-                # Requests counted in flight but not queued yet will arrive here; one that
-                # fails before submitting only costs this batch the rest of the timeout.
-                self._collecting = True
-                if self._in_flight is not None:
-                    self._in_flight.watch(self._wake, True)
-                self._cond.wait(remaining)
-                if self._in_flight is not None:
-                    self._in_flight.watch(self._wake, False)
-                self._collecting = False
-                continue
-            if rows + self._pending[0].rows > self.max_batch_size:
-                break
-            task = self._pending.popleft()
-            batch.append(task)
-            rows += task.rows
+                task = self._pending.popleft()
+                batch.append(task)
+                rows += task.rows
+        finally:
+            if self._in_flight is not None:
+                self._in_flight.watch(self._wake, False)
         return batch
 
     def _lead(self) -> None:

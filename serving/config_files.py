@@ -84,7 +84,9 @@ def read_text_proto(path: str, message: Message, flag: str) -> Message:
         if size > MAX_CONFIG_BYTES:
             raise UserError(f"{flag} {path}: {size} bytes; a config file is at most {MAX_CONFIG_BYTES}")
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_CONFIG_BYTES + 1)  # a FIFO or device reports no size: bound the read
+        if len(text) > MAX_CONFIG_BYTES:
+            raise UserError(f"{flag} {path}: larger than {MAX_CONFIG_BYTES} bytes; a config file is at most that")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{flag} {path}: cannot read it: {e}") from e
     try:
@@ -132,6 +134,8 @@ def models_from_config(config: model_server_config_pb2.ModelServerConfig, where:
         seen.add(mc.name)
         if not mc.base_path:
             raise UserError(f"{what} ({mc.name}): base_path is required (the directory of version directories)")
+        if os.path.exists(mc.base_path) and not os.path.isdir(mc.base_path):
+            raise UserError(f"{what} ({mc.name}): base_path {mc.base_path} is not a directory")
         if mc.model_platform not in _PLATFORMS:
             raise UserError(
                 f"{what} ({mc.name}): model_platform {mc.model_platform!r} is not served; use \"tensorflow\" "
@@ -159,10 +163,7 @@ def _policy(policy: Message, where: str) -> VersionPolicy:
     if choice is None:
         return VersionPolicy("latest")
     if choice == "latest":
-        n = policy.latest.num_versions or 1
-        if n < 0:
-            raise UserError(f"{where}: model_version_policy latest num_versions must be positive")
-        return VersionPolicy("latest", count=n)
+        return VersionPolicy("latest", count=policy.latest.num_versions or 1)  # uint32: never negative
     if choice == "all":
         return VersionPolicy("all")
     versions = tuple(sorted(set(policy.specific.versions)))
@@ -179,7 +180,7 @@ def read_model_config_file(path: str) -> list[ServedModel]:
 # -- --batching_parameters_file ----------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchingOptions:
-    """The batching parameters eventpipe's batcher applies (one thread per signature)."""
+    """The batching parameters eventpipe's batcher applies."""
 
     max_batch_size: int
     batch_timeout_s: float
@@ -202,8 +203,8 @@ def read_batching_file(path: str, defaults: BatchingOptions) -> BatchingOptions:
     ignored += [n for n in ("allowed_batch_sizes", "pad_variable_length_inputs") if getattr(params, n)]
     if ignored:
         log.warning(
-            "%s: %s not applied: eventpipe runs one batch thread per signature, queues every request "
-            "(each holds a server thread) and never pads", where, ", ".join(ignored),
+            "%s: %s not applied: eventpipe batches on the request threads themselves (one model call "
+            "at a time per signature), queues every request and never pads", where, ", ".join(ignored),
         )  # fmt: skip
     return BatchingOptions(max_batch, timeout_us / 1e6 if timeout_us is not None else defaults.batch_timeout_s)
 

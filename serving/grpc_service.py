@@ -29,7 +29,7 @@ from serving.config_files import models_from_config
 from serving.metrics import ServingMetrics
 from serving.models import ModelRegistry
 from serving.status import INTERNAL, OK, ServingError, internal_error, invalid
-from serving.tensors import MAX_TENSOR_ELEMENTS, array_to_proto, proto_to_array
+from serving.tensors import MAX_TENSOR_ELEMENTS, array_to_proto, proto_inputs
 
 log = logging.getLogger("eventpipe.serving.grpc")
 
@@ -75,14 +75,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         with _Observed(self.metrics, "predict", context):
             spec = request.model_spec
             version, label = _version_args(spec)
-            with self.models.in_flight:
-                lv = self.models.resolve(spec.name, version, label)
+            manager = self.models.get(spec.name, version)
+            with manager.in_flight:
+                lv = manager.resolve(spec.name, version, label)
                 signature = lv.signature(spec.signature_name)
-                inputs = {}
-                for alias, proto in request.inputs.items():
-                    if alias in signature.inputs:  # unknown aliases: check_inputs names them
-                        signature.inputs[alias].check_declared([d.size for d in proto.tensor_shape.dim])
-                    inputs[alias] = proto_to_array(proto, self.max_tensor_elements)
+                inputs = proto_inputs(request.inputs, signature, self.max_tensor_elements)
                 wanted = signature.select_outputs(list(request.output_filter))
                 outputs = lv.predict(signature, inputs, wanted)
             response = predict_pb2.PredictResponse()

@@ -104,7 +104,6 @@ class LoadedVersion:
                         self._timeout,
                         self._in_flight,
                         on_batch,
-                        name=f"batch-{self.model_name}-{self.version}-{signature.name}",
                     )
                     self._batchers[signature.name] = batcher
         return batcher
@@ -136,7 +135,8 @@ class ModelManager:
     ``poll_seconds`` 0 polls the base path once, at start (TF Serving's
     ``--file_system_poll_wait_seconds=0``). ``labels``: fixed version labels (a config file's);
     None reads ``labels_path`` (default ``<base_path>/labels.json``) on every poll.
-    ``in_flight`` is shared by every model of a server: the batcher's "nobody else is coming" test.
+    ``in_flight`` counts this model's predict requests from the moment the front end knows the
+    model name (before the body is parsed): the batcher's "nobody else is coming" test.
     """
 
     def __init__(
@@ -152,7 +152,6 @@ class ModelManager:
         batch_timeout_s: float = 0.002,
         prefer_tflite: bool = False,
         metrics: ServingMetrics | None = None,
-        in_flight: InFlight | None = None,
         max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
     ) -> None:
         self.model_name = validate_model_name(model_name)
@@ -165,7 +164,7 @@ class ModelManager:
         self.batch_timeout_s = batch_timeout_s
         self.prefer_tflite = prefer_tflite
         self.metrics = metrics
-        self.in_flight = in_flight or InFlight()
+        self.in_flight = InFlight()
         self.max_tensor_elements = max_tensor_elements
         self._serving: dict[int, LoadedVersion] = {}  # immutable snapshot, replaced on change
         self._status: dict[int, VersionStatus] = {}

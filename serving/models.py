@@ -13,18 +13,17 @@ import logging
 import threading
 from collections.abc import Callable
 
-from serving.batching import InFlight
 from serving.config_files import ServedModel, read_model_config_file
 from serving.manager import LoadedVersion, ModelManager, VersionStatus
 from serving.status import not_found
 
 log = logging.getLogger("eventpipe.serving")
 
-ManagerFactory = Callable[[ServedModel, InFlight], ModelManager]
+ManagerFactory = Callable[[ServedModel], ModelManager]
 
 
 class ModelRegistry:
-    """The request threads' entry point: ``resolve`` and ``status`` by model name."""
+    """The request threads' entry point: ``get``, ``resolve`` and ``status`` by model name."""
 
     def __init__(
         self,
@@ -34,13 +33,13 @@ class ModelRegistry:
         config_file: str = "",
         config_poll_seconds: float = 0.0,
     ) -> None:
-        self.in_flight = InFlight()  # one for the server: batchers see every model's requests
         self._make = make_manager
         self._config_file = config_file
         self._config_poll_seconds = config_poll_seconds
         self._served: dict[str, ServedModel] = {}
         self._managers: dict[str, ModelManager] = {}  # immutable snapshot, replaced on change
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the snapshot
+        self._apply_lock = threading.Lock()  # one reconfiguration at a time (poller, gRPC reload)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._started = False
@@ -66,17 +65,19 @@ class ModelRegistry:
     def _poll_config(self) -> None:
         while not self._stop.wait(self._config_poll_seconds):
             try:
-                models = read_model_config_file(self._config_file)
+                self.apply(read_model_config_file(self._config_file))
             except Exception as e:  # noqa: BLE001  (a bad edit must not take the served models down)
                 log.error("model config not reloaded, keeping the current one: %s", e)
-                continue
-            self.apply(models)
 
     def apply(self, models: list[ServedModel]) -> None:
         """Serve exactly ``models``: start new ones, stop removed ones, update changed ones."""
-        if not self._started:
-            self._pending = models
-            return
+        with self._apply_lock:
+            if not self._started:
+                self._pending = models
+                return
+            self._apply(models)
+
+    def _apply(self, models: list[ServedModel]) -> None:
         wanted = {m.name: m for m in models}
         started, stopped = [], []
         with self._lock:
@@ -91,7 +92,7 @@ class ModelRegistry:
                     continue
                 if old is not None:
                     stopped.append(managers.pop(name))
-                managers[name] = self._make(served, self.in_flight)
+                managers[name] = self._make(served)
                 started.append(managers[name])
             for name in set(managers) - set(wanted):
                 stopped.append(managers.pop(name))
@@ -108,15 +109,23 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._managers)
 
+    @property
+    def served(self) -> list[ServedModel]:
+        return list(self._served.values())
+
     def manager(self, name: str) -> ModelManager | None:
         return self._managers.get(name)
 
-    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+    def get(self, name: str, version: int | None = None) -> ModelManager:
+        """The model a request names; NOT_FOUND as TF Serving words it for an unknown one."""
         manager = self._managers.get(name)
         if manager is None:
             what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
             raise not_found(f"Servable not found for request: {what}")
-        return manager.resolve(name, version, label)
+        return manager
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        return self.get(name, version).resolve(name, version, label)
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         manager = self._managers.get(name)

@@ -189,9 +189,10 @@ class _Handler(BaseHTTPRequestHandler):
         raise invalid(f"Malformed request: {self.command} {path}")
 
     def _predict(self, models: ModelRegistry, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
-        with models.in_flight:
+        manager = models.get(name, version)
+        with manager.in_flight:
             doc = tensors.parse_predict_body(body)
-            lv = models.resolve(name, version, label)
+            lv = manager.resolve(name, version, label)
             signature = lv.signature(doc.get("signature_name", ""))
             inputs, form = tensors.request_inputs(doc, signature, self.server.max_tensor_elements)
             outputs = lv.predict(signature, inputs, sorted(signature.outputs))

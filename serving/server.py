@@ -8,7 +8,6 @@ import os
 
 from contract.config import ServingConfig
 from contract.errors import UserError
-from serving.batching import InFlight
 from serving.config_files import (
     PROMETHEUS_PATH,
     BatchingOptions,
@@ -54,7 +53,7 @@ class ModelServer:
         metrics_path = read_monitoring_file(options.monitoring_config_file) if options.monitoring_config_file else PROMETHEUS_PATH
         self.metrics = ServingMetrics()
 
-        def make_manager(served: ServedModel, in_flight: InFlight) -> ModelManager:
+        def make_manager(served: ServedModel) -> ModelManager:
             return ModelManager(
                 served.base_path,
                 served.name,
@@ -66,7 +65,6 @@ class ModelServer:
                 batch_timeout_s=self.batching.batch_timeout_s,
                 prefer_tflite=options.prefer_tflite,
                 metrics=self.metrics,
-                in_flight=in_flight,
                 max_tensor_elements=options.max_tensor_elements,
             )
 
@@ -119,7 +117,7 @@ class ModelServer:
         host = self.options.host
         rest = f"REST http://{host}:{self.rest_port}" if self.rest else "REST off"
         grpc = f"gRPC {host}:{self.grpc_port}" if self.grpc else "gRPC off"
-        models = ", ".join(f"{m.name} from {m.base_path}" for m in self.models_served)
+        models = ", ".join(f"{m.name} from {m.base_path}" for m in self.models.served or self.models_served)
         return f"models {models}; {rest}  {grpc}"
 
     def wait_until_available(self, version: int | None = None, timeout: float = 60.0, name: str = "") -> bool:
@@ -140,7 +138,7 @@ class ModelServer:
             "host": self.options.host,
             "rest_port": self.rest_port,
             "grpc_port": self.grpc_port,
-            "models": {m.name: m.base_path for m in self.models_served},
+            "models": {m.name: m.base_path for m in self.models.served or self.models_served},
         }
 
     def write_port_file(self, path: str) -> None:
@@ -169,6 +167,11 @@ def served_models(options: ServingConfig, model_base_path: str = "") -> list[Ser
             raise UserError(
                 "--model_config_file and --model_base_path cannot both be given: list every model "
                 "(name, base_path) in the config file"
+            )
+        if options.version_labels:
+            raise UserError(
+                "--version-labels names one model's labels file; with --model_config_file give each model "
+                "its version_labels in the config file (or a labels.json in its base_path)"
             )
         return read_model_config_file(options.model_config_file)
     validate_model_name(options.model_name)

@@ -77,6 +77,17 @@ def declared_elements(proto: tensor_pb2.TensorProto, max_elements: int = MAX_TEN
     return shape
 
 
+def proto_inputs(protos: Any, signature: Signature, max_elements: int = MAX_TENSOR_ELEMENTS) -> dict[str, np.ndarray]:
+    """A ``PredictRequest``'s ``inputs`` map -> arrays; each declared shape is checked against the
+    signature before its values are read (unknown aliases are left for ``check_inputs`` to name)."""
+    inputs = {}
+    for alias, proto in protos.items():
+        if alias in signature.inputs:
+            signature.inputs[alias].check_declared([d.size for d in proto.tensor_shape.dim])
+        inputs[alias] = proto_to_array(proto, max_elements)
+    return inputs
+
+
 def proto_to_array(proto: tensor_pb2.TensorProto, max_elements: int = MAX_TENSOR_ELEMENTS) -> np.ndarray:
     """TensorProto -> NumPy, with ``tf.make_ndarray`` semantics (strings as ``bytes`` objects).
 

@@ -116,7 +116,7 @@ def scan_versions(directory: str, *, contained: bool = True) -> dict[int, str]:
     out: dict[int, str] = {}
     try:
         entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    except OSError:  # missing, not a directory, unreadable: no versions (yet); the status says so
         return out
     root = os.path.realpath(directory)
     for entry in entries:

@@ -19,12 +19,12 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from contract import layout
 from serving.signatures import DEFAULT_SIGNATURE
 from serving.status import ServingError
-from serving.tensors import array_to_proto, proto_to_array
+from serving.tensors import array_to_proto, proto_inputs
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving refuses a warm-up file with more records than this
-MAX_RECORD_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 64 * 1024 * 1024  # every record is held until replayed: bound the whole file
 
 
 class WarmupError(Exception):
@@ -61,13 +61,14 @@ def write_warmup_file(saved_model_dir: str, logs: list[prediction_log_pb2.Predic
 
 def read_warmup_file(path: str) -> list[prediction_log_pb2.PredictionLog]:
     """The records of a warm-up file; WarmupError for a corrupt, oversized or foreign file."""
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise WarmupError(f"{path}: {size} bytes of warm-up records (limit {MAX_FILE_BYTES})")
     logs = []
     try:
         for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
             if i >= MAX_RECORDS:
                 raise WarmupError(f"{path}: more than {MAX_RECORDS} warm-up records (TF Serving's limit)")
-            if len(raw) > MAX_RECORD_BYTES:
-                raise WarmupError(f"{path}: record {i} is {len(raw)} bytes (limit {MAX_RECORD_BYTES})")
             log = prediction_log_pb2.PredictionLog()
             try:
                 log.ParseFromString(raw)
@@ -90,11 +91,7 @@ def replay(servable: Any, logs: list[prediction_log_pb2.PredictionLog], max_tens
         request = log.predict_log.request
         try:
             signature = servable.signature(request.model_spec.signature_name)
-            inputs = {}
-            for alias, proto in request.inputs.items():
-                if alias in signature.inputs:
-                    signature.inputs[alias].check_declared([d.size for d in proto.tensor_shape.dim])
-                inputs[alias] = proto_to_array(proto, max_tensor_elements)
+            inputs = proto_inputs(request.inputs, signature, max_tensor_elements)
             signature.check_inputs(inputs)
             servable.run(signature, inputs, signature.select_outputs(list(request.output_filter)))
         except ServingError as e:

@@ -92,7 +92,7 @@ def test_kubeflow_resources_are_checked_against_the_pipeline():
         request_resources(pipeline(), cfg.kubeflow)
     cfg = Config()
     cfg.set("kubeflow.resources", '{"Distiller": [4, -1]}')
-    with pytest.raises(UserError, match=r"resources\['Distiller'\] must be \[cpu cores, memory GiB\]"):
+    with pytest.raises(UserError, match=r"resources\['Distiller'\] must be \[cpu cores, memory GB\]"):
         request_resources(pipeline(), cfg.kubeflow)
 
 

@@ -282,6 +282,18 @@ def test_standard_metadata_is_read_alike_by_tflite_support_and_without_it(tmp_pa
         read_metadata(content)
     with pytest.raises(MetadataError, match="not a TFLite model"):
         read_metadata(b"\x00" * 64)
+    # Hostile files are a MetadataError, never a traceback or a memory blow-up: a flatbuffer cut
+    # short, and an associated file that would inflate to far more than labels ever need.
+    with pytest.raises(MetadataError):
+        read_metadata(tagged[: len(tagged) // 3])
+    import io
+    import zipfile
+
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(EVENT_SPEC_FILE, b"0" * (8 * 1024 * 1024))
+    with pytest.raises(MetadataError, match="inflates to"):
+        read_metadata(tagged + bomb.getvalue())  # the last archive in the file is the one read
     path = tmp_path / "m.tflite"
     path.write_bytes(tagged)
     assert read_metadata(str(path))["variant"] == "float32"

@@ -152,8 +152,8 @@ def test_serve_flags_have_tf_servings_meaning(tmp_path):
 class _RecordingManager:
     """Stands in for ModelManager (which loads TensorFlow models) to watch the registry's decisions."""
 
-    def __init__(self, served, in_flight, log):
-        self.model_name, self.directory, self.policy, self.in_flight = served.name, served.base_path, served.policy, in_flight
+    def __init__(self, served, log):
+        self.model_name, self.directory, self.policy = served.name, served.base_path, served.policy
         self.log = log
 
     def start(self):
@@ -186,13 +186,13 @@ def test_registry_applies_config_changes_and_keeps_the_models_on_a_bad_file(tmp_
     from serving.config_files import read_model_config_file
 
     registry = ModelRegistry(
-        read_model_config_file(str(config)), lambda served, in_flight: _RecordingManager(served, in_flight, log),
+        read_model_config_file(str(config)), lambda served: _RecordingManager(served, log),
         config_file=str(config), config_poll_seconds=0.05,
     )  # fmt: skip
     registry.start()
     try:
         assert registry.names == ["a", "b"] and log == [("start", "a", "/srv/a"), ("start", "b", "/srv/b")]
-        assert registry.manager("a").in_flight is registry.manager("b").in_flight  # one server-wide count
+        assert registry.get("a").directory == "/srv/a"
         with pytest.raises(ServingError, match=r"Servable not found for request: Latest\(c\)"):
             registry.resolve("c")
         log.clear()
@@ -216,3 +216,30 @@ def test_registry_applies_config_changes_and_keeps_the_models_on_a_bad_file(tmp_
         assert log == [("stop", "a", "/srv/a"), ("start", "a", "/srv/a2")]
     finally:
         registry.stop()
+
+
+def test_config_file_base_path_that_is_a_file_and_labels_flag_are_refused(tmp_path):
+    from contract.config import ServingConfig
+    from serving.config_files import read_model_config_file
+    from serving.server import served_models
+
+    (tmp_path / "afile").write_text("x")
+    path = _write(tmp_path, "m.config", f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}/afile" }} }}')
+    with pytest.raises(UserError, match="is not a directory"):
+        read_model_config_file(path)
+    good = _write(tmp_path, "ok.config", f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" }} }}')
+    with pytest.raises(UserError, match="give each model its version_labels in the config file"):
+        served_models(ServingConfig(model_config_file=good, version_labels=str(tmp_path / "labels.json")))
+
+
+def test_an_oversized_warmup_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import numpy as np
+
+    from serving import warmup
+
+    frames = np.array([[b"a" * 100, b""]], dtype=object)
+    path = warmup.write_warmup_file(str(tmp_path), warmup.predict_logs(frames, "m"))
+    assert len(warmup.read_warmup_file(path)) == 1
+    monkeypatch.setattr(warmup, "MAX_FILE_BYTES", 64)
+    with pytest.raises(warmup.WarmupError, match="bytes of warm-up records"):
+        warmup.read_warmup_file(path)

@@ -36,7 +36,7 @@ import tf_keras as keras
 from tensorflow.experimental import dtensor
 
 from contract import layout
-from contract.config import TeacherConfig, parse_mesh
+from contract.config import TeacherConfig, client_mesh_error, parse_mesh
 from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer.models.teacher import FC_PREFIX, LOGITS, build_teacher
@@ -90,12 +90,9 @@ class HybridRunner(Runner):
         needed = int(np.prod([size for _, size in dims]))
         self.clients = dtensor.num_clients()  # len(DTENSOR_JOBS); 1 (local mode) without it
         if self.clients > 1:
-            if needed != self.clients * setup.count:  # create_distributed_mesh uses every device of every client
-                hint = f"; pass --logical-devices {needed // self.clients}" if needed % self.clients == 0 else ""
-                raise UserError(
-                    f"--mesh {cfg.mesh} needs {needed} devices but {self.clients} DTensor clients x "
-                    f"{setup.count} logical devices give {self.clients * setup.count}{hint}"
-                )
+            problem = client_mesh_error(cfg.mesh, needed, self.clients, setup.count)
+            if problem:  # an operator-started client checks too: the launcher's check never ran for it
+                raise UserError(problem)
         elif needed > setup.count:
             raise UserError(
                 f"--mesh {cfg.mesh} needs {needed} devices but {setup.count} are configured; "

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contract import files, source
-from contract.config import Config, parse_mesh
+from contract.config import Config, client_mesh_error, parse_mesh
 from contract.errors import UserError
 
 # absl-formatted native log records ("E0000 00:00:1795353203.219221  14985 file.cc:1121] ...").
@@ -138,13 +138,9 @@ def check_client_mesh(cfg: Config) -> None:
     """
     t = cfg.teacher
     sizes = parse_mesh(t.mesh)
-    needed = sizes["batch"] * sizes["model"]
-    if t.logical_devices < 1 or needed != t.clients * t.logical_devices:
-        hint = f"; pass --logical-devices {needed // t.clients}" if needed % t.clients == 0 else ""
-        raise UserError(
-            f"--mesh {t.mesh} needs {needed} devices but {t.clients} DTensor clients x "
-            f"{t.logical_devices} logical devices give {t.clients * t.logical_devices}{hint}"
-        )
+    problem = client_mesh_error(t.mesh, sizes["batch"] * sizes["model"], t.clients, t.logical_devices)
+    if problem:
+        raise UserError(problem)
 
 
 def starts_dtensor_clients(cfg: Config) -> bool:
