@@ -18,6 +18,7 @@ PNG frames decode bit-exactly like TensorFlow; JPEG frames may differ by a few g
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,9 +40,15 @@ class FrameDecodeError(ValueError):
     """An encoded frame is not a PNG/JPEG image PIL can read, or is larger than allowed."""
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def check_size(image: Image.Image, data: bytes, max_pixels: int) -> None:
     """Refuse an opened (header-only) image over ``max_pixels``; ingest and both decoders use it."""
-    width, height = image.size
+    _check_dimensions(*image.size, data, max_pixels)
+
+
+def _check_dimensions(width: int, height: int, data: bytes, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise FrameDecodeError(
             f"frame ({len(data)} bytes) is {width}x{height} = {width * height} pixels, over the "
@@ -56,6 +63,11 @@ def check_frame_pixels(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> None:
     Bytes that are not an image pass: the decoder reports those in its own words.
     """
     if not data:
+        return
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        # PNG's first chunk is IHDR at a fixed offset: reading it directly is ~50x cheaper than
+        # PIL's open, which matters per frame of every served request.
+        _check_dimensions(*struct.unpack(">II", data[16:24]), data, max_pixels)
         return
     try:
         with Image.open(io.BytesIO(data)) as image:

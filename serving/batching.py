@@ -9,8 +9,9 @@ Batches run on the request threads themselves, not on a worker thread: the reque
 finds no batch in progress leads one (collects the queue and calls the model); requests
 arriving meanwhile queue, and when the model call returns the leader hands the lead to the
 oldest of them before sending the results out. A lone request so runs in its own thread
-with no hand-off at all (a worker thread costs two thread wake-ups per request, which on
-busy cores cost more than batching saves), and one model call runs at a time per signature.
+with no hand-off and no queueing at all (a worker thread costs two thread wake-ups per
+request, which on busy cores cost more than batching saves), and one model call runs at a
+time per signature.
 
 Only servables that run batches as one graph call use it (SavedModels); TFLite models take
 one event per invocation and run on an interpreter pool instead.
@@ -109,6 +110,18 @@ class Batcher:
 
     def submit(self, inputs: Arrays, rows: int) -> Arrays:
         """Run ``inputs`` (``rows`` rows) as part of a batch; blocks until the answer is ready."""
+        with self._cond:
+            alone = not self._closed and not self._leading and self._everyone_here(1)
+            if alone:
+                self._leading = True
+        if alone:  # nothing queued, running or coming: the batch of one runs now, with no queueing
+            try:
+                result = self._run(inputs)
+            finally:
+                self._hand_on()  # requests that arrived meanwhile queued: the oldest leads them
+            if self._on_batch:
+                self._on_batch(rows, 1)
+            return result
         task = _Task(inputs, rows)
         with self._cond:
             if self._closed:

@@ -207,6 +207,13 @@ def test_frames_over_the_pixel_limit_are_refused_from_their_header():
     assert decode_image(frame, 3, max_pixels=16 * 16).shape[-1] == 3  # the test frames are 16x16 or less
     with pytest.raises(FrameDecodeError, match="pixel limit"):
         decode_image(frame, 3, max_pixels=10)
+    # PNG headers are read directly, other formats through PIL: both refuse the same way.
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(jpeg, format="JPEG")
+    for data, size in ((frame, "x"), (jpeg.getvalue(), "5x4 = 20 pixels")):
+        check_frame_pixels(data, max_pixels=16 * 16)
+        with pytest.raises(FrameDecodeError, match=f"{size}.*over the 10-pixel limit"):
+            check_frame_pixels(data, max_pixels=10)
     check_frame_pixels(b"")  # padding entries and non-images are left to the decoder's own errors
     check_frame_pixels(b"not an image")
 
@@ -345,6 +352,23 @@ def test_lone_request_runs_in_its_own_thread():
             assert batcher.submit({"x": np.zeros((1, 2))}, 1)["y"].tolist() == [[1.0, 1.0]]
     assert time.perf_counter() - started < 1.0  # three requests, each far under the 5 s timeout
     assert threads == [threading.current_thread()] * 3
+    batcher.close()
+
+
+def test_a_lone_request_that_fails_raises_and_frees_the_batcher():
+    def run(arrays):
+        if (arrays["x"] < 0).any():
+            raise ValueError("negative input")
+        return {"y": arrays["x"] * 2}
+
+    in_flight = InFlight()
+    batcher = Batcher(run, max_batch_size=16, timeout_s=5.0, in_flight=in_flight)
+    with in_flight, pytest.raises(ValueError, match="negative input"):
+        batcher.submit({"x": -np.ones((1, 2))}, 1)
+    started = time.perf_counter()
+    with in_flight:
+        assert batcher.submit({"x": np.ones((1, 2))}, 1)["y"].tolist() == [[2.0, 2.0]]
+    assert time.perf_counter() - started < 1.0  # not stuck behind a lead that was never handed on
     batcher.close()
 
 
