@@ -106,7 +106,7 @@ class TeacherConfig:
 # Augmentations the pre-training pretext may apply to each view (trainer.pretrain.views).
 PRETRAIN_AUGMENTATIONS = ("flip", "shift", "color", "noise")
 # Strategies the Pretrainer runs under; "teacher" = the teacher's own (teacher.strategy).
-PRETRAIN_STRATEGIES = ("teacher", "single", "mirrored", "hybrid")
+PRETRAIN_STRATEGIES = ("teacher", "single", "hybrid")
 
 
 @dataclass
@@ -147,11 +147,20 @@ def pretrain_problems(p: PretrainConfig) -> list[str]:
     if unknown:
         problems.append(f"pretrain.augmentations: unknown {', '.join(map(repr, unknown))}; "
                         f"choose from {', '.join(PRETRAIN_AUGMENTATIONS)}")  # fmt: skip
-    if not p.projection_units or any(u < 1 for u in p.projection_units):
-        problems.append(f"pretrain.projection_units must be positive sizes, got {p.projection_units}")
+    if len(p.projection_units) < 2 or any(u < 1 for u in p.projection_units):
+        problems.append(f"pretrain.projection_units must be at least two positive sizes (hidden layers, then the "
+                        f"output), got {p.projection_units}")  # fmt: skip
     if p.strategy not in PRETRAIN_STRATEGIES:
         problems.append(f"pretrain.strategy must be one of {', '.join(PRETRAIN_STRATEGIES)}, got {p.strategy!r}")
     return problems
+
+
+def check_pretrain(cfg: Config) -> None:
+    """Refuse an unusable ``pretrain`` section with one line naming each bad field."""
+    problems = pretrain_problems(cfg.pretrain)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    pretrain_strategy(cfg)
 
 
 def pretrain_strategy(cfg: Config) -> str:
@@ -160,12 +169,12 @@ def pretrain_strategy(cfg: Config) -> str:
     multiworker and multi-client hybrid are the teacher's alone: a ConfigError says what to set.
     """
     name = cfg.teacher.strategy if cfg.pretrain.strategy == "teacher" else cfg.pretrain.strategy
-    if name == "multiworker":
-        raise ConfigError("the Pretrainer does not run under multiworker (teacher.strategy); "
-                          "set pretrain.strategy to single, mirrored or hybrid")  # fmt: skip
+    if name in ("mirrored", "multiworker"):
+        raise ConfigError(f"the Pretrainer runs single or hybrid, not {name} (teacher.strategy); "
+                          "set pretrain.strategy=single or pretrain.strategy=hybrid")  # fmt: skip
     if name == "hybrid" and cfg.teacher.clients > 1:
         raise ConfigError("the Pretrainer runs hybrid in one process (teacher.clients > 1 is the teacher's); "
-                          "set pretrain.strategy to single, mirrored or hybrid with teacher.clients=1")  # fmt: skip
+                          "set pretrain.strategy=single")  # fmt: skip
     return name
 
 

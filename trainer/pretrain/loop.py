@@ -27,24 +27,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from contract import layout
-from contract.config import Config, ConfigError, pretrain_problems, pretrain_strategy
+from contract import files, layout
+from contract.config import Config, ConfigError, check_pretrain, pretrain_strategy
 from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer.parallel import devices
 from trainer.teacher import data as train_data
 
-REPORT = "pretrain_report.json"
+REPORT = files.PRETRAIN_REPORT
 CURVE = "pretrain_curve.png"
 WARMUP_FRACTION = 0.1
-
-
-def check(cfg: Config) -> None:
-    """Refuse an unusable ``pretrain`` section with one line naming each bad field."""
-    problems = pretrain_problems(cfg.pretrain)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    pretrain_strategy(cfg)
 
 
 def total_steps(cfg: Config, events: int) -> int:
@@ -59,7 +51,7 @@ def train(
 ) -> dict[str, Any]:
     """Pre-train the backbone on ``examples_dir``; writes the backbone to ``export_dir`` and
     ``workdir/pretrain_report.json`` (loss curve, time, events used) and its plot."""
-    check(cfg)
+    check_pretrain(cfg)
     strategy = pretrain_strategy(cfg)
     p, t = cfg.pretrain, cfg.teacher
     if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
