@@ -218,11 +218,14 @@ def main() -> int:
     target = None
     if full and tenth:
         ratio = tenth["student_pretrained_teacher"] / full["student_pretrained_teacher"]
+        ratio_scratch = tenth["student_scratch_teacher"] / full["student_scratch_teacher"]
         target = {"ratio_to_full": ratio, "reaches_90_percent": ratio >= 0.9,
-                  "beats_scratch_teacher_student": tenth["student_pretrained_teacher"] > tenth["student_scratch_teacher"]}  # fmt: skip
+                  "beats_scratch_teacher_student": tenth["student_pretrained_teacher"] > tenth["student_scratch_teacher"],
+                  "ratio_to_full_without_pretraining": ratio_scratch}  # fmt: skip
         print(f"\n10% labels: the pre-trained teacher's student is at {ratio:.1%} of the 100%-label student "
               f"(target >= 90%: {'met' if target['reaches_90_percent'] else 'NOT met'}); vs the scratch teacher's "
-              f"student {tenth['student_scratch_teacher']:.3f}: {'beats it' if target['beats_scratch_teacher_student'] else 'does NOT beat it'}")  # fmt: skip
+              f"student {tenth['student_scratch_teacher']:.3f}: {'beats it' if target['beats_scratch_teacher_student'] else 'does NOT beat it'}"
+              f"; without pre-training the 10% student is at {ratio_scratch:.1%} of its 100% run")  # fmt: skip
     result = {"simulator": sim, "ingest_seconds": round(ingest_s, 1), "pretrain": {k: pre[k] for k in (
         "steps", "events", "initial_loss", "final_loss", "chance_loss", "timing")}, "rows": rows, "target": target,
         "args": vars(args)}  # fmt: skip

@@ -124,6 +124,9 @@ class PretrainConfig:
     temperature: float = 0.2  # NT-Xent softmax temperature
     learning_rate: float = 1e-3  # Adam, cosine decay to 5% after a short warm-up
     augmentations: list[str] = field(default_factory=lambda: list(PRETRAIN_AUGMENTATIONS))
+    # temporal: two different frames of an event are the positive pair; same_frame: one frame under two
+    # augmentations (plain SimCLR), the ablation that shows what the temporal pairing adds.
+    pairs: str = "temporal"
     projection_units: list[int] = field(default_factory=lambda: [256, 128])  # head; the last is z's size
     strategy: str = "teacher"  # one of PRETRAIN_STRATEGIES
     seed: int = 0
@@ -150,6 +153,8 @@ def pretrain_problems(p: PretrainConfig) -> list[str]:
     if len(p.projection_units) < 2 or any(u < 1 for u in p.projection_units):
         problems.append(f"pretrain.projection_units must be at least two positive sizes (hidden layers, then the "
                         f"output), got {p.projection_units}")  # fmt: skip
+    if p.pairs not in ("temporal", "same_frame"):
+        problems.append(f"pretrain.pairs must be temporal or same_frame, got {p.pairs!r}")
     if p.strategy not in PRETRAIN_STRATEGIES:
         problems.append(f"pretrain.strategy must be one of {', '.join(PRETRAIN_STRATEGIES)}, got {p.strategy!r}")
     return problems

@@ -86,7 +86,7 @@ def train(
     )
     runner.build(initial.get_weights(), schedule, nt_xent)
     batches = iter(contrastive_batches(files, spec, batch_size=p.batch, seed=p.seed, epoch_size=epoch_size,
-                                       augmentations=list(p.augmentations)))  # fmt: skip
+                                       augmentations=list(p.augmentations), temporal=p.pairs == "temporal"))  # fmt: skip
 
     losses: list[float] = []
     step_times: list[float] = []
@@ -121,6 +121,7 @@ def train(
         "epochs": steps * p.batch / epoch_size,
         "temperature": p.temperature,
         "augmentations": list(p.augmentations),
+        "pairs": p.pairs,
         "projection_units": list(p.projection_units),
         "learning_rate": p.learning_rate,
         "events": {**events, "total": epoch_size, "eval_held_out": True},

@@ -56,8 +56,9 @@ def augment_view(frames: Any, positions: Any, seed: int, view: int, augmentation
     return tf.map_fn(one, (frames, positions), fn_output_signature=tf.TensorSpec(frames.shape[1:], tf.float32))
 
 
-def frame_picks(counts: Any, positions: Any, seed: int, frames: int) -> tuple[Any, Any]:
-    """One-hot ``[B, K]`` masks of the two frames each event is read at (distinct if it has two)."""
+def frame_picks(counts: Any, positions: Any, seed: int, frames: int, *, temporal: bool = True) -> tuple[Any, Any]:
+    """One-hot ``[B, K]`` masks of the two frames each event is read at: distinct if it has two and
+    ``temporal``, else the same frame twice."""
     keys = tf.stack([tf.fill(tf.shape(positions), tf.constant(seed, tf.int64) * 7919 + 17), positions], axis=1)
     u = tf.map_fn(
         lambda k: tf.random.stateless_uniform([2], seed=k), keys, fn_output_signature=tf.TensorSpec([2], tf.float32)
@@ -66,14 +67,16 @@ def frame_picks(counts: Any, positions: Any, seed: int, frames: int) -> tuple[An
     first = tf.cast(tf.floor(u[:, 0] * n), tf.int32)
     step = 1 + tf.cast(tf.floor(u[:, 1] * tf.maximum(n - 1.0, 1.0)), tf.int32)  # 1..n-1
     n_int = tf.cast(n, tf.int32)
-    second = tf.where(n_int > 1, (first + step) % n_int, first)
+    second = tf.where(n_int > 1, (first + step) % n_int, first) if temporal else first
     return tf.one_hot(first, frames), tf.one_hot(second, frames)
 
 
 def contrastive_batches(
-    files: list[str], spec: EventSpec, *, batch_size: int, seed: int, epoch_size: int, augmentations: list[str]
+    files: list[str], spec: EventSpec, *, batch_size: int, seed: int, epoch_size: int, augmentations: list[str],
+    temporal: bool = True,
 ) -> Any:
-    """Endless batches ``{view_a, view_b, pick_a, pick_b}`` of ``batch_size`` events from ``files``."""
+    """Endless batches ``{view_a, view_b, pick_a, pick_b}`` of ``batch_size`` events from ``files``
+    (``temporal=False``: both views read at the same frame)."""
     ds = record_stream(files, seed=seed, epoch_size=epoch_size)
     ds = ds.enumerate().batch(batch_size, drop_remainder=True)
 
@@ -82,7 +85,7 @@ def contrastive_batches(
         parsed = tf.io.parse_example(serialized, layout.feature_spec())
         frames = layout.decode_frames(layout.encoded_frames(parsed, spec), spec)
         counts = tf.minimum(parsed[layout.FRAME_COUNT], spec.frames)
-        pick_a, pick_b = frame_picks(counts, positions, seed, spec.frames)
+        pick_a, pick_b = frame_picks(counts, positions, seed, spec.frames, temporal=temporal)
         return {
             VIEW_A: augment_view(frames, positions, seed, 1, augmentations),
             VIEW_B: augment_view(frames, positions, seed, 2, augmentations),
