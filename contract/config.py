@@ -103,6 +103,86 @@ class TeacherConfig:
     norm: str = "group"  # conv-block normalisation: group (GroupNorm) | pixel (per-pixel layer norm)
 
 
+# Augmentations the pre-training pretext may apply to each view (trainer.pretrain.views).
+PRETRAIN_AUGMENTATIONS = ("flip", "shift", "color", "noise")
+# Strategies the Pretrainer runs under; "teacher" = the teacher's own (teacher.strategy).
+PRETRAIN_STRATEGIES = ("teacher", "single", "hybrid")
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pre-training of the teacher's conv backbone (the Pretrainer, off by default).
+
+    Frames of one event are positive pairs (temporal contrast, NT-Xent); the labels are never read.
+    """
+
+    enabled: bool = False  # eventpipe run --pretrain
+    epochs: float = 4.0  # over the train + unlabelled splits (the eval split stays unseen) ...
+    min_steps: int = 100  # ... but at least this many steps
+    steps: int = 0  # > 0: exactly this many steps
+    batch: int = 32  # events per step; 2 x batch views in the NT-Xent softmax
+    temperature: float = 0.2  # NT-Xent softmax temperature
+    learning_rate: float = 1e-3  # Adam, cosine decay to 5% after a short warm-up
+    augmentations: list[str] = field(default_factory=lambda: list(PRETRAIN_AUGMENTATIONS))
+    # temporal: two different frames of an event are the positive pair; same_frame: one frame under two
+    # augmentations (plain SimCLR), the ablation that shows what the temporal pairing adds.
+    pairs: str = "temporal"
+    projection_units: list[int] = field(default_factory=lambda: [256, 128])  # head; the last is z's size
+    strategy: str = "teacher"  # one of PRETRAIN_STRATEGIES
+    seed: int = 0
+
+
+def pretrain_problems(p: PretrainConfig) -> list[str]:
+    """What is wrong with a ``pretrain`` section, one clear sentence per field (empty: usable)."""
+    problems = []
+    if p.steps < 0:
+        problems.append(f"pretrain.steps must be >= 0 (0: from pretrain.epochs), got {p.steps}")
+    if p.steps == 0 and (p.epochs <= 0 or p.min_steps < 1):
+        problems.append(f"pretrain.epochs must be > 0 and pretrain.min_steps >= 1 (or set pretrain.steps), "
+                        f"got {p.epochs} and {p.min_steps}")  # fmt: skip
+    if p.batch < 2:
+        problems.append(f"pretrain.batch must be >= 2 (NT-Xent needs negatives), got {p.batch}")
+    if not p.temperature > 0:
+        problems.append(f"pretrain.temperature must be > 0, got {p.temperature}")
+    if not p.learning_rate > 0:
+        problems.append(f"pretrain.learning_rate must be > 0, got {p.learning_rate}")
+    unknown = [a for a in p.augmentations if a not in PRETRAIN_AUGMENTATIONS]
+    if unknown:
+        problems.append(f"pretrain.augmentations: unknown {', '.join(map(repr, unknown))}; "
+                        f"choose from {', '.join(PRETRAIN_AUGMENTATIONS)}")  # fmt: skip
+    if len(p.projection_units) < 2 or any(u < 1 for u in p.projection_units):
+        problems.append(f"pretrain.projection_units must be at least two positive sizes (hidden layers, then the "
+                        f"output), got {p.projection_units}")  # fmt: skip
+    if p.pairs not in ("temporal", "same_frame"):
+        problems.append(f"pretrain.pairs must be temporal or same_frame, got {p.pairs!r}")
+    if p.strategy not in PRETRAIN_STRATEGIES:
+        problems.append(f"pretrain.strategy must be one of {', '.join(PRETRAIN_STRATEGIES)}, got {p.strategy!r}")
+    return problems
+
+
+def check_pretrain(cfg: Config) -> None:
+    """Refuse an unusable ``pretrain`` section with one line naming each bad field."""
+    problems = pretrain_problems(cfg.pretrain)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    pretrain_strategy(cfg)
+
+
+def pretrain_strategy(cfg: Config) -> str:
+    """The strategy the Pretrainer runs under: ``pretrain.strategy``, or the teacher's.
+
+    multiworker and multi-client hybrid are the teacher's alone: a ConfigError says what to set.
+    """
+    name = cfg.teacher.strategy if cfg.pretrain.strategy == "teacher" else cfg.pretrain.strategy
+    if name in ("mirrored", "multiworker"):
+        raise ConfigError(f"the Pretrainer runs single or hybrid, not {name} (teacher.strategy); "
+                          "set pretrain.strategy=single or pretrain.strategy=hybrid")  # fmt: skip
+    if name == "hybrid" and cfg.teacher.clients > 1:
+        raise ConfigError("the Pretrainer runs hybrid in one process (teacher.clients > 1 is the teacher's); "
+                          "set pretrain.strategy=single")  # fmt: skip
+    return name
+
+
 @dataclass
 class StudentConfig:
     depth_multiplier: float = 1.0  # MobileNet width multiplier on every stage's channels
@@ -225,7 +305,7 @@ class RunConfig:
 # room for 10x the data; the trainers get the most (TensorFlow threads, the decoded-event cache).
 KUBEFLOW_RESOURCES: dict[str, list[float]] = {
     "EventExampleGen": [2, 4], "StatisticsGen": [2, 4], "SchemaGen": [1, 2], "ExampleValidator": [1, 2],
-    "IngestGate": [0.5, 1], "TeacherTrainer": [4, 16], "TeacherEvaluator": [2, 8], "Distiller": [4, 16],
+    "IngestGate": [0.5, 1], "Pretrainer": [4, 16], "TeacherTrainer": [4, 16], "TeacherEvaluator": [2, 8], "Distiller": [4, 16],
     "StudentEvaluator": [2, 8], "LiteConverter": [2, 8], "ServingValidator": [2, 8], "ReleaseGate": [0.5, 1],
     "EventPusher": [1, 4],
 }  # fmt: skip
@@ -257,6 +337,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     lite: LiteConfig = field(default_factory=LiteConfig)
     gates: GateConfig = field(default_factory=GateConfig)

@@ -5,6 +5,8 @@ Inside an artifact's directory (TFX gives the directory; these name what is in i
 
 SERVING_MODEL_DIR = "Format-Serving"  # the SavedModel TFX's Trainer convention puts under a Model artifact
 TRAIN_REPORT = "train_report.json"  # TeacherTrainer: steps, losses, accuracy, strategy (model_run dir)
+PRETRAIN_REPORT = "pretrain_report.json"  # Pretrainer: loss curve, time, events used (model_run dir)
+PRETRAIN_CONFIG = "pretrain_config.json"  # the config a launched Pretrainer process reads (model_run dir)
 TEACHER_CONFIG = "teacher_config.json"  # the config a launched teacher process reads (model_run dir)
 TFLITE_INT8 = "model.tflite"  # LiteConverter's int8 model; also the on-device release and TFLite servable
 TFLITE_FLOAT16 = "model_float16.tflite"  # LiteConverter's float16 model, released beside the int8 one

@@ -11,7 +11,7 @@ import time
 import warnings
 from typing import Any
 
-from contract.config import STRATEGIES, Config, add_config_flags, load_config
+from contract.config import STRATEGIES, Config, add_config_flags, check_pretrain, load_config
 from contract.errors import GateFailed, UserError
 from pipeline import report
 from pipeline.pipeline_def import STAGES
@@ -38,6 +38,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     """Teacher flags for the commands that build the training stage (the rest via --set)."""
     p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="teacher distribution strategy (default hybrid)")
     p.add_argument("--train-workers", metavar="N", dest="teacher.workers", type=int, help="multiworker: local worker processes started on 127.0.0.1 when TF_CONFIG is unset (default 2)")
+    p.add_argument("--pretrain", dest="pretrain.enabled", action="store_true", default=None, help="self-supervised pre-training of the teacher's backbone on every train and unlabelled event first (the Pretrainer; pretrain.* in the config)")
     p.add_argument("--train-clients", metavar="N", dest="teacher.clients", type=int, help="hybrid: DTensor client processes forming one mesh, started on 127.0.0.1 when DTENSOR_JOBS is unset (default 1)")
 
 
@@ -72,6 +73,8 @@ def add_parser(subparsers: Any) -> None:
 
 def prepare(args: argparse.Namespace) -> Config:
     cfg = load_config(args)
+    if cfg.pretrain.enabled:
+        check_pretrain(cfg)  # before anything runs: a bad pretrain.* field is one line, not a failed component
     os.makedirs(cfg.workdir, exist_ok=True)
     cfg.save(os.path.join(cfg.workdir, "config.json"))
     _quiet_libraries()

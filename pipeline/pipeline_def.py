@@ -88,8 +88,9 @@ def create_pipeline(
     )
     components = [example_gen, statistics_gen, schema_gen, example_validator, ingest_gate]
     if STAGES.index(through) >= STAGES.index("train"):
-        teacher, teacher_evaluator = _training(config, example_gen, schema_gen, ingest_gate)
-        components += [teacher, teacher_evaluator]
+        training = _training(config, example_gen, schema_gen, ingest_gate)
+        teacher, teacher_evaluator = training[-2:]
+        components += training
     if STAGES.index(through) >= STAGES.index("productionize"):
         distiller, last_blessed, student_evaluator, lite = _productionize(
             config, example_gen, schema_gen, teacher
@@ -112,11 +113,28 @@ def create_pipeline(
 
 
 def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: Any) -> list[Any]:
-    """The teacher: hybrid-parallel training in a child process, then TFMA on the eval split."""
+    """The teacher: hybrid-parallel training in a child process, then TFMA on the eval split.
+
+    With ``pretrain.enabled`` a Pretrainer (a stock Trainer over the same examples) comes first
+    and its model is the teacher's ``base_model``: the teacher starts from the pre-trained
+    backbone, and ML Metadata links the two.
+    """
     from tfx import v1 as tfx
 
     from components.release_gate.gates import eval_config
 
+    pretrainer = None
+    if config.pretrain.enabled:
+        pretrainer = tfx.components.Trainer(
+            run_fn="trainer.pretrain.module.run_fn",
+            examples=example_gen.outputs["examples"],  # all splits; it reads train + unlabelled
+            schema=schema_gen.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(num_steps=config.pretrain.steps or None),
+            eval_args=tfx.proto.EvalArgs(num_steps=0),
+            custom_config={"config": _sections(config, "data", "teacher", "pretrain")},
+        ).with_id("Pretrainer")
+        pretrainer.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
+    extra = {"base_model": pretrainer.outputs["model"]} if pretrainer is not None else {}
     teacher = tfx.components.Trainer(
         run_fn="trainer.teacher.module.run_fn",
         examples=example_gen.outputs["examples"],
@@ -125,6 +143,7 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
         train_args=tfx.proto.TrainArgs(num_steps=config.teacher.steps or None),
         eval_args=tfx.proto.EvalArgs(num_steps=config.teacher.eval_batches),
         custom_config={"config": _sections(config, "data", "teacher")},
+        **extra,
     ).with_id("TeacherTrainer")
     teacher.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
     teacher_evaluator = tfx.components.Evaluator(
@@ -132,7 +151,7 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
         model=teacher.outputs["model"],
         eval_config=eval_config(config.gates, with_baseline=False),
     ).with_id("TeacherEvaluator")
-    return [teacher, teacher_evaluator]
+    return [c for c in (pretrainer, teacher, teacher_evaluator) if c is not None]
 
 
 def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: Any) -> list[Any]:

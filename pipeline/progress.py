@@ -67,6 +67,15 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         )
     if node in ("IngestGate", "ReleaseGate", "ServingValidator"):
         return _verdict(out)
+    if node == "Pretrainer":
+        run = _uri(out, "model_run")
+        pre = (load_json(os.path.join(run, files.PRETRAIN_REPORT)) or {}) if run else {}
+        if "final_loss" not in pre:
+            return ""
+        return (
+            f"NT-Xent {pre['initial_loss']:.3f} -> {pre['final_loss']:.3f} after {pre.get('steps')} steps "
+            f"on {pre['events']['total']} events ({pre.get('strategy')})"
+        )
     if node == "TeacherTrainer":
         run = _uri(out, "model_run")
         train = (load_json(os.path.join(run, files.TRAIN_REPORT)) or {}) if run else {}

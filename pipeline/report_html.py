@@ -402,9 +402,18 @@ def training_section(rep: dict[str, Any]) -> str:
     curve = (teacher.get("plots") or {}).get("training_curve")
     history = ((rep.get("student") or {}).get("distillation") or {}).get("history")
     student = student_curve(history) if history else None
-    if not curve and not student:
+    pre = rep.get("pretrain") or {}
+    pre_curve = (pre.get("plots") or {}).get("pretrain_curve")
+    if not curve and not student and not pre_curve:
         return ""
     out = "<h2>Training curves</h2>"
+    if pre_curve:
+        out += (
+            f"<p>Self-supervised pre-training of the backbone: {e(pre.get('strategy'))}, {e(pre.get('steps'))} steps "
+            f"on {e((pre.get('events') or {}).get('total'))} events (labels unread), NT-Xent "
+            f"{e(_num(pre.get('initial_loss')))} to {e(_num(pre.get('final_loss')))}.</p>"
+            + '<div class="plots">' + _plot(pre_curve, "pre-training curve") + "</div>"
+        )
     if teacher.get("steps"):
         best = teacher.get("best") or {}
         out += (

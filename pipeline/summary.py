@@ -63,9 +63,29 @@ def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
     return section
 
 
+def pretrain_section(found: dict[str, Any]) -> dict[str, Any] | None:
+    """The Pretrainer's part of report.json: loss curve, time, events used, where the backbone went."""
+    run_dir, model_dir = _uri(found, "Pretrainer", "model_run"), _uri(found, "Pretrainer", "model")
+    pre = load_json(os.path.join(run_dir, files.PRETRAIN_REPORT)) if run_dir else None
+    if not pre:
+        return None
+    keys = ("strategy", "mesh", "steps", "epochs", "batch", "temperature", "augmentations", "pairs", "projection_units",
+            "events", "losses", "initial_loss", "final_loss", "chance_loss", "backbone_relative_change", "timing",
+            "parameters", "plots")  # fmt: skip
+    return {
+        **{k: pre.get(k) for k in keys},
+        "seconds": (pre.get("timing") or {}).get("wall_seconds"),
+        "backbone": os.path.join(model_dir, files.SERVING_MODEL_DIR) if model_dir else None,
+        "pretrain_report": os.path.join(run_dir, files.PRETRAIN_REPORT),
+    }
+
+
 def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """report.json sections from the stages that ran: each stage's own report, merged."""
     sections: dict[str, Any] = {}
+    pretrain = pretrain_section(found)
+    if pretrain:
+        sections["pretrain"] = pretrain
     teacher = teacher_section(found)
     lite_dir = _uri(found, "LiteConverter", "lite")
     lite = load_json(os.path.join(lite_dir, files.LITE_REPORT)) if lite_dir else None
@@ -164,6 +184,13 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             files = "1 file" if ev["ignored_files"] == 1 else f"{ev['ignored_files']} files"
             lines.append(f"ignored    {files} under --data not read: {why}")
         lines.append(f"quarantine {rep['quarantine']}")
+    pre = rep.get("pretrain")
+    if pre:
+        lines.append(
+            f"pretrain   NT-Xent {_fmt(pre.get('initial_loss'))} -> {_fmt(pre.get('final_loss'))} "
+            f"(chance {_fmt(pre.get('chance_loss'))}), {pre.get('steps')} steps on {(pre.get('events') or {}).get('total')} "
+            f"events, {pre.get('strategy')}, {_fmt(pre.get('seconds'), '.0f')} s"
+        )
     t = rep.get("teacher")
     if t:
         mesh = ", ".join(f"{k}={v}" for k, v in (t.get("mesh") or {}).items())
@@ -223,7 +250,8 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             lines.append("pushed     nothing: " + "; ".join(push.get("reasons", [])))
     plots = rep.get("plots") or {}
     curve = ((rep.get("teacher") or {}).get("plots") or {}).get("training_curve")
-    for path in ([curve] if curve else []) + list(plots.values()):
+    pre_curve = ((rep.get("pretrain") or {}).get("plots") or {}).get("pretrain_curve")
+    for path in [p for p in (pre_curve, curve) if p] + list(plots.values()):
         lines.append(f"plot       {path}")
     served = rep.get("serving_check")
     if served:

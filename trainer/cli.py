@@ -14,7 +14,7 @@ import warnings
 from typing import Any
 
 from contract import files
-from contract.config import STRATEGIES, TeacherConfig, add_config_flags, load_config
+from contract.config import PRETRAIN_STRATEGIES, STRATEGIES, TeacherConfig, add_config_flags, load_config
 from contract.errors import UserError
 
 
@@ -41,8 +41,48 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint-every", metavar="N", dest="teacher.checkpoint_every", type=int, help="steps between checkpoints")
     p.add_argument("--export-dir", metavar="DIR", help="where the SavedModel goes (default WORKDIR/model)")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    p.add_argument("--init-backbone", metavar="DIR", help="start the conv backbone from a pre-trained one (eventpipe pretrain's --export-dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=train_command)
+
+    p = subparsers.add_parser(
+        "pretrain",
+        help="self-supervised pre-training of the teacher's conv backbone (temporal contrast, no labels)",
+        description="Pre-train the teacher's backbone on the train and unlabelled events (frames of one event are "
+        "positive pairs, NT-Xent); writes WORKDIR/pretrain_report.json, the loss plot and the backbone "
+        "(backbone.npz) that eventpipe train --init-backbone starts from.",
+    )
+    add_config_flags(p)
+    p.add_argument("--data", metavar="DIR", dest="examples", required=True, help="Examples artifact dir (Split-train/, Split-unlabelled/, event_spec.json)")
+    p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="report and plot go here (default: work)")
+    p.add_argument("--strategy", dest="pretrain.strategy", choices=PRETRAIN_STRATEGIES, help="teacher (default: the teacher's), single, hybrid")
+    p.add_argument("--steps", metavar="N", dest="pretrain.steps", type=int, help="optimisation steps (default 0: pretrain.epochs)")
+    p.add_argument("--export-dir", metavar="DIR", help="where the backbone goes (default WORKDIR/backbone)")
+    p.add_argument("--no-export", action="store_true", help="skip writing the backbone")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=pretrain_command)
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    examples = os.path.abspath(args.examples)
+    if not os.path.isdir(examples):
+        raise UserError(f"--data {args.examples} is not a directory")
+    export_dir = None if args.no_export else os.path.abspath(args.export_dir or os.path.join(cfg.workdir, "backbone"))
+    os.makedirs(cfg.workdir, exist_ok=True)
+    _quiet_libraries()
+    from trainer.pretrain.loop import REPORT, train  # deferred: every CLI command starts without TensorFlow
+
+    report = train(cfg, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
+    print(
+        f"pretrain {report['strategy']}: {report['steps']} steps on {report['events']['total']} events, "
+        f"NT-Xent {report['initial_loss']:.3f} -> {report['final_loss']:.3f} (chance {report['chance_loss']:.3f}), "
+        f"{report['timing']['wall_seconds']:.0f} s"
+    )
+    print(f"report: {os.path.join(cfg.workdir, REPORT)}")
+    if report.get("backbone"):
+        print(f"backbone: {report['backbone']}")
+    return 0
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -58,12 +98,14 @@ def train_command(args: argparse.Namespace) -> int:
 
     if launch.starts_dtensor_clients(cfg):
         # One process per client, started as the pipeline's Trainer starts them.
-        report = launch.train(cfg, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
+        report = launch.train(cfg, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet,
+                              init_backbone=args.init_backbone)  # fmt: skip
     else:
         _quiet_libraries()
         from trainer.teacher.loop import train  # deferred: every CLI command starts without TensorFlow
 
-        report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
+        report = train(cfg.teacher, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet,
+                       init_backbone=args.init_backbone)  # fmt: skip
     print(summary_line(report))
     if report["is_chief"]:
         print(f"report: {os.path.join(cfg.workdir, files.TRAIN_REPORT)}")

@@ -33,6 +33,7 @@ FC_PREFIX = "fc_"
 LOGITS = "logits"
 FRAME_WEIGHTS = "frame_weights"
 FEATURES = "event_features"
+BACKBONE_PREFIX = "conv"  # every backbone layer with weights: conv_stem, conv_<i>_*, conv_norm
 
 
 def fc_layer_names(cfg: TeacherConfig) -> list[str]:
@@ -193,14 +194,15 @@ class FeatureRelayout(keras.layers.Layer):
         return super().get_config()  # layouts are a training-time concern, not saved
 
 
-def build_teacher(spec: EventSpec, cfg: TeacherConfig, *, feature_layout: Any = None) -> Any:
-    """The teacher as a functional tf_keras model (see the module docstring).
+def frame_embeddings(frames: Any, spec: EventSpec, cfg: TeacherConfig) -> Any:
+    """The backbone: ``[B, K, H, W, C]`` frames -> ``[B, K, F]`` per-frame embeddings.
 
-    ``feature_layout``: a DTensor layout the pooled event features are relaid out to
-    before the fully-connected head (hybrid 1-D layout); ``None`` everywhere else.
+    Event contrast, the residual conv stages, the final norm and global pooling; every layer
+    with weights is named ``conv*`` (``BACKBONE_PREFIX``), which is how a pre-trained backbone
+    (``trainer.pretrain``) is found in and loaded into a teacher.
     """
-    if not cfg.conv_filters or not cfg.fc_units:
-        raise ValueError("teacher needs at least one conv stage and one fc layer")
+    if not cfg.conv_filters:
+        raise ValueError("teacher needs at least one conv stage")
     relu = "relu"
 
     def norm(name: str) -> Any:
@@ -210,7 +212,6 @@ def build_teacher(spec: EventSpec, cfg: TeacherConfig, *, feature_layout: Any = 
             return LayerNorm(name=name)
         raise ValueError(f"teacher.norm must be group or pixel, got {cfg.norm!r}")
 
-    frames = keras.Input(shape=spec.input_shape, name="frames", dtype="float32")
     x = EventContrast(name="event_contrast")(frames)
     x = FoldFrames(name="fold_frames")(x)
     x = keras.layers.Conv2D(cfg.conv_filters[0], 3, padding="same", name="conv_stem")(x)
@@ -231,7 +232,25 @@ def build_teacher(spec: EventSpec, cfg: TeacherConfig, *, feature_layout: Any = 
         x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     x = keras.layers.Activation(relu, name="conv_relu")(norm("conv_norm")(x))
     x = keras.layers.GlobalAveragePooling2D(name="conv_pool")(x)
-    x = UnfoldFrames(spec.frames, name="unfold_frames")(x)
+    return UnfoldFrames(spec.frames, name="unfold_frames")(x)
+
+
+def backbone_layers(model: Any) -> list[Any]:
+    """The backbone's layers that hold weights (``conv*``), in model order."""
+    return [layer for layer in model.layers if layer.name.startswith(BACKBONE_PREFIX) and layer.weights]
+
+
+def build_teacher(spec: EventSpec, cfg: TeacherConfig, *, feature_layout: Any = None) -> Any:
+    """The teacher as a functional tf_keras model (see the module docstring).
+
+    ``feature_layout``: a DTensor layout the pooled event features are relaid out to
+    before the fully-connected head (hybrid 1-D layout); ``None`` everywhere else.
+    """
+    if not cfg.conv_filters or not cfg.fc_units:
+        raise ValueError("teacher needs at least one conv stage and one fc layer")
+    relu = "relu"
+    frames = keras.Input(shape=spec.input_shape, name="frames", dtype="float32")
+    x = frame_embeddings(frames, spec, cfg)
 
     width = x.shape[-1]
     heads = max(1, min(cfg.attention_heads, width))

@@ -49,8 +49,11 @@ def train(
     export_dir: str | None = None,
     log: Log = print,
     progress: bool = False,
+    init_backbone: str | None = None,
 ) -> dict[str, Any]:
     """Train the teacher with ``cfg`` in fresh processes; returns the chief's train report.
+
+    ``init_backbone``: a pre-trained backbone (``trainer.pretrain``) the teacher starts from.
 
     ``multiworker`` without a ``TF_CONFIG`` in this environment runs ``cfg.teacher.workers``
     local worker processes (MultiWorkerMirroredStrategy, one replica each); ``hybrid`` with
@@ -71,7 +74,7 @@ def train(
             )
         cfg = Config.from_dict(cfg.to_dict())
         cfg.teacher.logical_devices = 1  # MultiWorkerMirroredStrategy uses one CPU device per worker
-        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
+        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir, init_backbone)
         cluster = local_cluster(workers)
         log(f"multiworker: {workers} local workers on {', '.join(cluster)} (worker 0 is the chief)")
         children = [
@@ -82,7 +85,7 @@ def train(
     elif starts_dtensor_clients(cfg):
         clients = cfg.teacher.clients
         check_client_mesh(cfg)
-        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
+        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir, init_backbone)
         cluster = local_cluster(clients)
         log(f"hybrid: {clients} local DTensor clients on {', '.join(cluster)} (client 0 is the chief)")
         children = [
@@ -91,8 +94,38 @@ def train(
             for i in range(clients)
         ]
     else:
-        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir)
+        workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir, init_backbone)
         children = [_Child("teacher", cmd, {}, log, prefix="", progress=progress)]
+    _run_children(children)
+    return _read_report(workdir)
+
+
+def pretrain(
+    cfg: Config, examples_dir: str, workdir: str, *, export_dir: str | None = None, log: Log = print,
+    progress: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Pre-train the teacher's backbone (``eventpipe pretrain``) in a fresh process; returns its report.
+
+    One process: the Pretrainer runs ``single`` or one-process ``hybrid`` (its own logical devices).
+    """
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.join(workdir, files.PRETRAIN_CONFIG)
+    cfg.save(config_path)
+    cmd = [
+        sys.executable, "-m", "pipeline.cli", "pretrain", "--config", config_path,
+        "--data", os.path.abspath(examples_dir), "--workdir", workdir,
+    ]  # fmt: skip
+    cmd += ["--export-dir", os.path.abspath(export_dir)] if export_dir else ["--no-export"]
+    _run_children([_Child("pretrainer", cmd, {}, log, prefix="", progress=progress, what="pre-training")])
+    from trainer.pretrain.loop import REPORT  # deferred: the launcher itself never imports TensorFlow
+
+    with open(os.path.join(workdir, REPORT), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _run_children(children: list[_Child]) -> None:
+    """Wait for every child; stop the rest when one fails, then raise for the cause."""
     try:
         while any(c.running for c in children) and not any(c.code for c in children):
             time.sleep(0.2)
@@ -101,7 +134,6 @@ def train(
             c.stop()
             c.wait()
     _raise_for_failures(children)
-    return _read_report(workdir)
 
 
 def local_cluster(workers: int) -> list[str]:
@@ -152,7 +184,9 @@ def starts_dtensor_clients(cfg: Config) -> bool:
 # -- internals --------------------------------------------------------------------------
 
 
-def _prepare(cfg: Config, examples_dir: str, workdir: str, export_dir: str | None) -> tuple[str, list[str]]:
+def _prepare(
+    cfg: Config, examples_dir: str, workdir: str, export_dir: str | None, init_backbone: str | None = None
+) -> tuple[str, list[str]]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, files.TEACHER_CONFIG)
@@ -162,6 +196,8 @@ def _prepare(cfg: Config, examples_dir: str, workdir: str, export_dir: str | Non
         "--data", os.path.abspath(examples_dir), "--workdir", workdir,
     ]  # fmt: skip
     cmd += ["--export-dir", os.path.abspath(export_dir)] if export_dir else ["--no-export"]
+    if init_backbone:
+        cmd += ["--init-backbone", os.path.abspath(init_backbone)]
     return workdir, cmd
 
 
@@ -209,9 +245,11 @@ class _Child:
     """
 
     def __init__(
-        self, name: str, cmd: list[str], env: dict[str, str], log: Log, prefix: str, progress: bool = False
-    ) -> None:
+        self, name: str, cmd: list[str], env: dict[str, str], log: Log, prefix: str, progress: bool = False,
+        what: str = "teacher training",
+    ) -> None:  # fmt: skip
         self.name = name
+        self.what = what
         self.progress = progress
         cmd = cmd if progress else [*cmd, "--quiet"]
         child_env = source.child_env(env)
@@ -294,5 +332,5 @@ class _Child:
         if code:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
             raise RuntimeError(
-                f"teacher training: {self.name} {how}{after}; its last output:\n" + "\n".join(self.tail)
+                f"{self.what}: {self.name} {how}{after}; its last output:\n" + "\n".join(self.tail)
             )

@@ -162,8 +162,14 @@ def train(
     *,
     export_dir: str | None = None,
     progress: bool = True,
+    init_backbone: str | None = None,
 ) -> dict[str, Any]:
-    """Train the teacher on an Examples artifact; returns (and writes) the train report."""
+    """Train the teacher on an Examples artifact; returns (and writes) the train report.
+
+    ``init_backbone``: a pre-trained backbone (``trainer.pretrain``, a directory with
+    ``backbone.npz``) the conv layers start from instead of their random initialisation; a
+    resumed run takes its weights from the checkpoint as always.
+    """
 
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
@@ -206,6 +212,11 @@ def train(
     keras.backend.experimental.enable_tf_random_generator()
     keras.utils.set_random_seed(cfg.seed)
     initial = build_teacher(spec, cfg)
+    pretrained_layers: list[str] = []
+    if init_backbone:
+        from trainer.pretrain.model import load_backbone
+
+        pretrained_layers = load_backbone(initial, init_backbone, cfg)
     params = parameter_counts(initial)
     memory = check_fits(initial, spec, cfg, weight_copies=setup.count if cfg.strategy != "single" else 1)
     schedule = make_schedule(cfg, steps)
@@ -384,6 +395,9 @@ def train(
         "data": {"examples_dir": os.path.abspath(examples_dir), "train_events": epoch_size, "spec": spec.to_dict()},
         "variables": runner.variable_layouts(),
         "export_dir": os.path.abspath(export_dir) if export_dir and runner.is_chief else None,
+        "pretrained_backbone": (
+            {"path": os.path.abspath(init_backbone), "layers": pretrained_layers} if init_backbone else None
+        ),
         "config": _config_dict(cfg),
     }
     from trainer.teacher.plots import plot_training_curve

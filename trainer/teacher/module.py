@@ -7,7 +7,8 @@ mesh the strategy needs cannot be configured there: training runs in a child pro
 cluster when TF_CONFIG is already set), and ``hybrid`` with ``teacher.clients > 1`` as many
 DTensor clients with a ``DTENSOR_*`` environment each (or one when DTENSOR_JOBS is set). The (chief) child writes the exported SavedModel to
 ``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard scalars and the
-training-curve plot under ``model_run_dir``.
+training-curve plot under ``model_run_dir``. When the Pretrainer ran, its model arrives as ``fn_args.base_model`` and the
+teacher's conv backbone starts from it.
 
 A run killed during training (SIGKILL, a lost machine) leaves its checkpoints in its own
 ``model_run`` directory, and the next pipeline run gets a fresh one. So before training, the
@@ -77,7 +78,11 @@ def run_fn(fn_args: Any) -> None:
     examples_dir = layout.examples_dir_of(fn_args.train_files[0])
     logger = logging.getLogger("eventpipe.teacher")
     logger.info("teacher: %s on %s", cfg.teacher.strategy, examples_dir)
-    key = {"examples": os.path.abspath(examples_dir), "teacher": dataclasses.asdict(cfg.teacher)}
+    # With the Pretrainer on, its model is the base model: the teacher starts from that backbone.
+    backbone = getattr(fn_args, "base_model", None) or None
+    if backbone:
+        logger.info("teacher: starting from the pre-trained backbone in %s", backbone)
+    key = {"examples": os.path.abspath(examples_dir), "teacher": dataclasses.asdict(cfg.teacher), "backbone": backbone}
     os.makedirs(fn_args.model_run_dir, exist_ok=True)  # TFX creates it; direct callers may not
     adopted = adopt_interrupted_checkpoints(fn_args.model_run_dir, key)
     if adopted:
@@ -92,6 +97,7 @@ def run_fn(fn_args: Any) -> None:
         log=lambda line: logger.info("teacher | %s", line),
         # A bar on a terminal, like every other stage's; piped output gets the stage lines only.
         progress=sys.stderr.isatty(),
+        init_backbone=backbone,
     )
     logger.info(
         "teacher: eval accuracy %.3f after %d steps", report["final_eval_accuracy"], report["steps"]

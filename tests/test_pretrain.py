@@ -1,0 +1,163 @@
+"""Self-supervised pre-training of the teacher's backbone: the pretext learns, the teacher starts
+from it and exports as before, hybrid computes what single does, and the pipeline's Pretrainer is
+recorded in ML Metadata as the TeacherTrainer's input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import productionize_fixtures as fx
+import pytest
+
+from contract import layout
+from contract.config import Config, ConfigError, PretrainConfig, check_pretrain, pretrain_problems
+from contract.errors import UserError
+from contract.layout import EventSpec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = EventSpec(fx.CLASSES, frames=2, height=12, width=12, channels=3)
+
+
+def tiny_config(strategy: str = "single") -> Config:
+    cfg = Config()
+    for key, value in {
+        "teacher.strategy": strategy, "teacher.conv_filters": [8, 16], "teacher.fc_units": [32, 32],
+        "teacher.logical_devices": 2, "teacher.mesh": "batch=1,model=2", "teacher.global_batch_size": 16,
+        "pretrain.steps": 40, "pretrain.batch": 16, "pretrain.projection_units": [32, 16],
+    }.items():  # fmt: skip
+        cfg.set(key, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """Examples with an unlabelled majority, and a backbone pre-trained on them in this process (single)."""
+    from trainer.pretrain.loop import train
+
+    root = tmp_path_factory.mktemp("pretrain")
+    examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 32, "eval": 24, "unlabelled": 64})
+    cfg = tiny_config()
+    report = train(cfg, examples, str(root / "run"), export_dir=str(root / "backbone"), progress=False)
+    return root, examples, cfg, report
+
+
+@pytest.mark.unit
+def test_bad_pretrain_fields_are_named():
+    bad = PretrainConfig(temperature=0, batch=1, augmentations=["flip", "rotate"], projection_units=[8])
+    text = "; ".join(pretrain_problems(bad))
+    for field in ("pretrain.temperature", "pretrain.batch", "pretrain.augmentations", "'rotate'",
+                  "pretrain.projection_units"):  # fmt: skip
+        assert field in text
+    cfg = Config()
+    cfg.set("teacher.strategy", "multiworker")
+    with pytest.raises(ConfigError, match="pretrain.strategy"):
+        check_pretrain(cfg)
+    cfg.set("pretrain.strategy", "single")
+    check_pretrain(cfg)  # an explicit strategy overrides the teacher's
+    with pytest.raises(ConfigError, match="pretrain.strategy"):
+        check_pretrain(Config.from_dict({"pretrain": {"strategy": "mirrored"}}))
+    assert Config().pretrain.enabled is False  # the default pipeline is unchanged
+
+
+@pytest.mark.e2e
+def test_pretext_loss_falls_and_the_backbone_moves(pretrained):
+    root, _, cfg, report = pretrained
+    assert report["events"] == {"train": 32, "unlabelled": 64, "total": 96, "eval_held_out": True}
+    assert len(report["losses"]) == cfg.pretrain.steps
+    assert report["initial_loss"] == pytest.approx(report["chance_loss"], abs=0.3)  # starts near chance
+    assert report["final_loss"] < report["initial_loss"] - 0.02, report["losses"]
+    assert report["backbone_relative_change"] > 0.01
+    assert os.path.exists(report["plots"]["pretrain_curve"])
+    with np.load(report["backbone"]) as stored:
+        assert "conv_stem/0" in stored.files and not any(k.startswith("proj") for k in stored.files)
+
+
+@pytest.mark.e2e
+def test_a_teacher_starts_from_the_backbone_trains_and_exports(pretrained):
+    from trainer.models.teacher import backbone_layers, build_teacher
+    from trainer.pretrain.model import load_backbone
+    from trainer.teacher.loop import train
+
+    root, examples, cfg, report = pretrained
+    teacher = build_teacher(SPEC, cfg.teacher)
+    names = load_backbone(teacher, str(root / "backbone"), cfg.teacher)
+    assert names == [layer.name for layer in backbone_layers(teacher)] and "conv_stem" in names
+    with np.load(report["backbone"]) as stored:
+        np.testing.assert_array_equal(teacher.get_layer("conv_stem").get_weights()[0], stored["conv_stem/0"])
+
+    cfg.set("teacher.steps", 8)
+    cfg.set("teacher.logical_devices", 1)
+    out = train(cfg.teacher, examples, str(root / "teacher"), export_dir=str(root / "teacher_model"), progress=False,
+                init_backbone=str(root / "backbone"))  # fmt: skip
+    assert out["pretrained_backbone"]["layers"] == names
+    assert os.path.exists(root / "teacher_model" / "saved_model.pb")
+    assert 0 <= out["final_eval_accuracy"] <= 1
+
+    other = Config()
+    other.set("teacher.conv_filters", [4, 8])
+    with pytest.raises(UserError, match="teacher.conv_filters"):
+        load_backbone(build_teacher(SPEC, other.teacher), str(root / "backbone"), other.teacher)
+
+
+@pytest.mark.e2e
+def test_hybrid_pretraining_computes_what_single_does(pretrained):
+    """One child process, 2 logical devices: backbone data parallel, projection head sharded."""
+    from trainer.parallel import launch
+
+    root, examples, _, single = pretrained
+    cfg = tiny_config("hybrid")  # the same steps, so the same learning-rate schedule
+    hybrid = launch.pretrain(cfg, examples, str(root / "hybrid"), export_dir=None, log=lambda line: None)
+    assert hybrid["strategy"] == "hybrid" and hybrid["mesh"] == {"devices": 2}
+    np.testing.assert_allclose(hybrid["losses"], single["losses"], rtol=1e-4)
+
+
+@pytest.mark.e2e
+def test_pipeline_with_pretrain_records_the_pretrainer_and_its_lineage_to_the_teacher(tmp_path):
+    from ml_metadata.proto import metadata_store_pb2
+
+    from contract.config import SimulatorConfig
+    from pipeline import outputs, runners
+    from simulator.writer import generate
+
+    generate(
+        str(tmp_path / "events"),
+        SimulatorConfig(events=96, frames=2, size=12, classes=["empty", "person", "vehicle"], unlabelled_fraction=0.5, seed=2),
+        workers=1, progress=False, preview=False,
+    )  # fmt: skip
+    work = tmp_path / "work"
+    args = [
+        "run", "--data", str(tmp_path / "events"), "--workdir", str(work), "--through", "train", "--pretrain",
+        "--strategy", "single", "--set", "teacher.steps=6", "--set", "teacher.conv_filters=8,16",
+        "--set", "teacher.fc_units=32,32", "--set", "teacher.global_batch_size=16", "--set", "pretrain.steps=10",
+        "--set", "pretrain.batch=16", "--set", "pretrain.projection_units=32,16",
+        "--set", "gates.min_accuracy=0", "--set", "gates.min_class_accuracy=0",
+    ]  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=tmp_path, capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "Pretrainer" in result.stdout and "NT-Xent" in result.stdout
+
+    report = json.loads((work / "report.json").read_text())
+    pre = report["pretrain"]
+    assert pre["steps"] == 10 and len(pre["losses"]) == 10 and pre["events"]["unlabelled"] > 0
+    assert pre["events"]["total"] == pre["events"]["train"] + pre["events"]["unlabelled"]
+    assert os.path.exists(pre["plots"]["pretrain_curve"])
+    train_report = json.loads(open(report["teacher"]["train_report"]).read())
+    assert train_report["pretrained_backbone"]["path"].startswith(pre["backbone"].rsplit("/Format-Serving", 1)[0])
+
+    cfg = Config()
+    cfg.set("run.workdir", str(work))
+    connection = runners.metadata_connection(cfg)
+    found = outputs.latest_run(connection)
+    assert found["Pretrainer"].state == "COMPLETE" and found["TeacherTrainer"].state == "COMPLETE"
+    store = outputs.open_store(connection)
+    [model] = store.get_artifacts_by_uri(found["Pretrainer"].uris["model"][0])
+    readers = {
+        e.execution_id for e in store.get_events_by_artifact_ids([model.id]) if e.type == metadata_store_pb2.Event.INPUT
+    }
+    assert found["TeacherTrainer"].execution_id in readers  # the teacher's base_model is the Pretrainer's model
+    inputs = store.get_events_by_execution_ids([found["TeacherTrainer"].execution_id])
+    assert any(e.artifact_id == model.id and e.path.steps[0].key == "base_model" for e in inputs)
+    assert layout.TRAIN in pre["events"]

@@ -1,0 +1,1 @@
+"""Self-supervised pre-training of the teacher's conv backbone (the Pretrainer)."""
