@@ -105,6 +105,7 @@ class TeacherConfig:
 
 # Augmentations the pre-training pretext may apply to each view (trainer.pretrain.views).
 PRETRAIN_AUGMENTATIONS = ("flip", "shift", "color", "noise")
+MIN_PRETRAIN_TEMPERATURE = 0.1  # trainer.pretrain.model.nt_xent stays exact in float32 above it
 # Strategies the Pretrainer runs under; "teacher" = the teacher's own (teacher.strategy).
 PRETRAIN_STRATEGIES = ("teacher", "single", "hybrid")
 
@@ -137,13 +138,15 @@ def pretrain_problems(p: PretrainConfig) -> list[str]:
     problems = []
     if p.steps < 0:
         problems.append(f"pretrain.steps must be >= 0 (0: from pretrain.epochs), got {p.steps}")
-    if p.steps == 0 and (p.epochs <= 0 or p.min_steps < 1):
+    if p.steps == 0 and (not p.epochs > 0 or p.min_steps < 1):
         problems.append(f"pretrain.epochs must be > 0 and pretrain.min_steps >= 1 (or set pretrain.steps), "
                         f"got {p.epochs} and {p.min_steps}")  # fmt: skip
     if p.batch < 2:
         problems.append(f"pretrain.batch must be >= 2 (NT-Xent needs negatives), got {p.batch}")
-    if not p.temperature > 0:
-        problems.append(f"pretrain.temperature must be > 0, got {p.temperature}")
+    if not p.temperature >= MIN_PRETRAIN_TEMPERATURE:
+        # The loss drops each view's self-similarity by subtraction (no mask: DTensor-friendly);
+        # below 0.1 that subtraction can lose the negatives' float32 mass entirely.
+        problems.append(f"pretrain.temperature must be >= {MIN_PRETRAIN_TEMPERATURE}, got {p.temperature}")
     if not p.learning_rate > 0:
         problems.append(f"pretrain.learning_rate must be > 0, got {p.learning_rate}")
     unknown = [a for a in p.augmentations if a not in PRETRAIN_AUGMENTATIONS]

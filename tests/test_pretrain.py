@@ -50,6 +50,8 @@ def test_bad_pretrain_fields_are_named():
     for field in ("pretrain.temperature", "pretrain.batch", "pretrain.augmentations", "'rotate'",
                   "pretrain.projection_units"):  # fmt: skip
         assert field in text
+    text = "; ".join(pretrain_problems(PretrainConfig(temperature=0.05, epochs=float("nan"))))
+    assert "pretrain.temperature must be >= 0.1" in text and "pretrain.epochs" in text
     cfg = Config()
     cfg.set("teacher.strategy", "multiworker")
     with pytest.raises(ConfigError, match="pretrain.strategy"):

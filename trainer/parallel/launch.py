@@ -108,20 +108,9 @@ def pretrain(
 
     One process: the Pretrainer runs ``single`` or one-process ``hybrid`` (its own logical devices).
     """
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, files.PRETRAIN_CONFIG)
-    cfg.save(config_path)
-    cmd = [
-        sys.executable, "-m", "pipeline.cli", "pretrain", "--config", config_path,
-        "--data", os.path.abspath(examples_dir), "--workdir", workdir,
-    ]  # fmt: skip
-    cmd += ["--export-dir", os.path.abspath(export_dir)] if export_dir else ["--no-export"]
+    workdir, cmd = _prepare(cfg, examples_dir, workdir, export_dir, command="pretrain")
     _run_children([_Child("pretrainer", cmd, {}, log, prefix="", progress=progress, what="pre-training")])
-    from trainer.pretrain.loop import REPORT  # deferred: the launcher itself never imports TensorFlow
-
-    with open(os.path.join(workdir, REPORT), encoding="utf-8") as f:
-        return json.load(f)
+    return _read_report(workdir, files.PRETRAIN_REPORT)
 
 
 def _run_children(children: list[_Child]) -> None:
@@ -184,15 +173,20 @@ def starts_dtensor_clients(cfg: Config) -> bool:
 # -- internals --------------------------------------------------------------------------
 
 
+_CONFIG_FILES = {"train": files.TEACHER_CONFIG, "pretrain": files.PRETRAIN_CONFIG}
+
+
 def _prepare(
-    cfg: Config, examples_dir: str, workdir: str, export_dir: str | None, init_backbone: str | None = None
-) -> tuple[str, list[str]]:
+    cfg: Config, examples_dir: str, workdir: str, export_dir: str | None, init_backbone: str | None = None,
+    command: str = "train",
+) -> tuple[str, list[str]]:  # fmt: skip
+    """Save ``cfg`` in ``workdir`` and build the ``eventpipe train|pretrain`` child command."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, files.TEACHER_CONFIG)
+    config_path = os.path.join(workdir, _CONFIG_FILES[command])
     cfg.save(config_path)
     cmd = [
-        sys.executable, "-m", "pipeline.cli", "train", "--config", config_path,
+        sys.executable, "-m", "pipeline.cli", command, "--config", config_path,
         "--data", os.path.abspath(examples_dir), "--workdir", workdir,
     ]  # fmt: skip
     cmd += ["--export-dir", os.path.abspath(export_dir)] if export_dir else ["--no-export"]
@@ -214,10 +208,8 @@ def _raise_for_failures(children: list[_Child]) -> None:
     cause.raise_for_failure(also=[f"{c.name} exited with {c.code}" for c in failed if c is not cause])
 
 
-def _read_report(workdir: str) -> dict[str, Any]:
-    from trainer.teacher.loop import REPORT  # deferred: the launcher itself never imports TensorFlow
-
-    with open(os.path.join(workdir, REPORT), encoding="utf-8") as f:
+def _read_report(workdir: str, name: str = files.TRAIN_REPORT) -> dict[str, Any]:
+    with open(os.path.join(workdir, name), encoding="utf-8") as f:
         return json.load(f)
 
 

@@ -65,6 +65,7 @@ def train(
     setup = devices.configure(t.logical_devices if strategy == "hybrid" else 1)
     import tf_keras as keras  # after devices.configure, like the teacher loop
 
+    from trainer.models.teacher import backbone_layers  # after devices.configure: it imports TensorFlow
     from trainer.pretrain.model import build_pretext, nt_xent, save_backbone
     from trainer.pretrain.views import PICK_A, PICK_B, VIEW_A, VIEW_B, contrastive_batches
 
@@ -107,8 +108,8 @@ def train(
 
     trained = build_pretext(spec, t, p)
     trained.set_weights(runner.plain_weights())
-    before = [w for w, v in zip(initial.get_weights(), initial.weights, strict=True) if v.name.startswith("conv")]
-    after = [w for w, v in zip(trained.get_weights(), trained.weights, strict=True) if v.name.startswith("conv")]
+    before = [w for layer in backbone_layers(initial) for w in layer.get_weights()]
+    after = [w for layer in backbone_layers(trained) for w in layer.get_weights()]
     delta = math.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(after, before, strict=True)))
     norm = math.sqrt(sum(float(np.sum(b**2)) for b in before))
     window = max(1, min(10, steps // 5))
@@ -140,7 +141,7 @@ def train(
         },
         "data": {"examples_dir": os.path.abspath(examples_dir), "spec": spec.to_dict()},
         "parameters": {
-            "backbone": int(sum(int(np.prod(w.shape)) for w in trained.weights if w.name.startswith("conv"))),
+            "backbone": int(sum(int(np.prod(w.shape)) for layer in backbone_layers(trained) for w in layer.weights)),
             "projection_head": int(sum(int(np.prod(w.shape)) for w in trained.weights if w.name.startswith("proj"))),
         },
     }

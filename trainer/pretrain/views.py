@@ -22,6 +22,8 @@ from contract.layout import EventSpec
 from trainer.teacher.data import record_stream
 
 VIEW_A, VIEW_B, PICK_A, PICK_B = "view_a", "view_b", "pick_a", "pick_b"
+# The noise's seeds: a stream of their own (``key + 1`` would be the next event's other view).
+_NOISE_STREAM = tf.constant([1_000_003, 0], tf.int64)
 
 
 def augment_view(frames: Any, positions: Any, seed: int, view: int, augmentations: list[str]) -> Any:
@@ -50,7 +52,7 @@ def augment_view(frames: Any, positions: Any, seed: int, view: int, augmentation
             mean = tf.reduce_mean(event)
             event = (event - mean) * (0.6 + 0.8 * u[3]) + mean + (u[4] - 0.5) * 0.4
         if "noise" in augmentations:
-            event = event + tf.random.stateless_normal(tf.shape(event), seed=key + 1) * 0.05 * u[5]
+            event = event + tf.random.stateless_normal(tf.shape(event), seed=key + _NOISE_STREAM) * 0.05 * u[5]
         return tf.clip_by_value(event, 0.0, 1.0)
 
     return tf.map_fn(one, (frames, positions), fn_output_signature=tf.TensorSpec(frames.shape[1:], tf.float32))

@@ -82,7 +82,9 @@ def run_fn(fn_args: Any) -> None:
     backbone = getattr(fn_args, "base_model", None) or None
     if backbone:
         logger.info("teacher: starting from the pre-trained backbone in %s", backbone)
-    key = {"examples": os.path.abspath(examples_dir), "teacher": dataclasses.asdict(cfg.teacher), "backbone": backbone}
+    key = {"examples": os.path.abspath(examples_dir), "teacher": dataclasses.asdict(cfg.teacher)}
+    if backbone:  # only then: interrupted runs without pre-training keep their key
+        key["backbone"] = backbone
     os.makedirs(fn_args.model_run_dir, exist_ok=True)  # TFX creates it; direct callers may not
     adopted = adopt_interrupted_checkpoints(fn_args.model_run_dir, key)
     if adopted:
