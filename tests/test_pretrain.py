@@ -33,13 +33,17 @@ def tiny_config(strategy: str = "single") -> Config:
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """Examples with an unlabelled majority, and a backbone pre-trained on them in this process (single)."""
-    from trainer.pretrain.loop import train
+    """Examples with an unlabelled majority, and a backbone pre-trained on them (single).
+
+    Training runs in a child process, as the pipeline runs it: in-process it would switch this
+    test process's Keras to its tf.random.Generator mode and change every later test's models.
+    """
+    from trainer.parallel import launch
 
     root = tmp_path_factory.mktemp("pretrain")
     examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 32, "eval": 24, "unlabelled": 64})
     cfg = tiny_config()
-    report = train(cfg, examples, str(root / "run"), export_dir=str(root / "backbone"), progress=False)
+    report = launch.pretrain(cfg, examples, str(root / "run"), export_dir=str(root / "backbone"), log=lambda line: None)
     return root, examples, cfg, report
 
 
@@ -79,8 +83,8 @@ def test_pretext_loss_falls_and_the_backbone_moves(pretrained):
 @pytest.mark.e2e
 def test_a_teacher_starts_from_the_backbone_trains_and_exports(pretrained):
     from trainer.models.teacher import backbone_layers, build_teacher
+    from trainer.parallel import launch
     from trainer.pretrain.model import load_backbone
-    from trainer.teacher.loop import train
 
     root, examples, cfg, report = pretrained
     teacher = build_teacher(SPEC, cfg.teacher)
@@ -91,8 +95,8 @@ def test_a_teacher_starts_from_the_backbone_trains_and_exports(pretrained):
 
     cfg.set("teacher.steps", 8)
     cfg.set("teacher.logical_devices", 1)
-    out = train(cfg.teacher, examples, str(root / "teacher"), export_dir=str(root / "teacher_model"), progress=False,
-                init_backbone=str(root / "backbone"))  # fmt: skip
+    out = launch.train(cfg, examples, str(root / "teacher"), export_dir=str(root / "teacher_model"),
+                       log=lambda line: None, init_backbone=str(root / "backbone"))  # fmt: skip
     assert out["pretrained_backbone"]["layers"] == names
     assert os.path.exists(root / "teacher_model" / "saved_model.pb")
     assert 0 <= out["final_eval_accuracy"] <= 1

@@ -266,12 +266,8 @@ def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
         reference = preds[float_name].logits
         return float(np.mean(np.abs(preds[lite_name].logits - reference)) / np.mean(np.abs(reference)))
 
-    # Each int8 model against the float model it was converted from: QAT's is closer, in logits
-    # (continuous) and in agreement. Agreement here moves in steps of one event out of ~50, and
-    # this small student's training is not bit-reproducible across runs (thread order), so a
-    # run where PTQ already agrees on every event may see QAT one event short (once: 51/52).
-    one_event = 1.0 / len(preds["qat"].logits)
-    assert preds["qat"].agreement(preds["qat_model"]) >= preds["ptq"].agreement(preds["pruned"]) - one_event
+    # Each int8 model against the float model it was converted from: QAT's is closer.
+    assert preds["qat"].agreement(preds["qat_model"]) >= preds["ptq"].agreement(preds["pruned"])
     assert logit_error("qat", "qat_model") < logit_error("ptq", "pruned")
     # float16 is converted from the same weights without rounding and checked against them.
     float16 = report["tflite"]["parity_float16"]
