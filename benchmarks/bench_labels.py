@@ -122,6 +122,50 @@ def student(examples: str, teacher_dir: str, out: str, cfg) -> dict:
             "seconds": report["seconds"]}  # fmt: skip
 
 
+def linear_probe(examples: str, train_dirs: dict[float, str], backbone: str | None, cfg) -> dict[float, float]:
+    """Eval accuracy of a logistic regression on the frozen backbone's features, per label fraction.
+
+    The features are each event's frame embeddings averaged and maxed over its frames; ``backbone``
+    None: the teacher's random initialisation. What the pretext put into the backbone, before any
+    fine-tuning can change it (or wash it out). Run in this process after every training.
+    """
+    import numpy as np
+    import tf_keras as keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from contract import layout
+    from contract.layout import EventSpec
+    from trainer.models.teacher import frame_embeddings
+    from trainer.pretrain.model import load_backbone
+    from trainer.teacher.data import eval_batches
+
+    spec = EventSpec.load(examples)
+    keras.utils.set_random_seed(cfg.teacher.seed)
+    frames = keras.Input(shape=spec.input_shape, dtype="float32")
+    model = keras.Model(frames, frame_embeddings(frames, spec, cfg.teacher))
+    if backbone:
+        load_backbone(model, backbone, cfg.teacher)
+
+    def features(root: str, split: str) -> tuple:
+        xs, ys = [], []
+        for batch in eval_batches(layout.split_files(root, split), spec, batch_size=128):
+            e = model(batch[layout.FRAMES], training=False).numpy()
+            xs.append(np.concatenate([e.mean(axis=1), e.max(axis=1)], axis=1))
+            ys.append(batch[layout.LABEL].numpy())
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        return x[y >= 0], y[y >= 0]
+
+    x_eval, y_eval = features(examples, layout.EVAL)
+    out = {}
+    for fraction, root in train_dirs.items():
+        x, y = features(root, layout.TRAIN)
+        scale = StandardScaler().fit(x)
+        clf = LogisticRegression(C=0.1, max_iter=3000).fit(scale.transform(x), y)
+        out[fraction] = float((clf.predict(scale.transform(x_eval)) == y_eval).mean())
+    return out
+
+
 def plot(rows: list[dict], path: str) -> str:
     import matplotlib
 
@@ -204,15 +248,22 @@ def main() -> int:
             print(f"labels {fraction:>5.0%} ({counts['labelled']} labelled): teacher {row['teacher_scratch']:.3f} -> "
                   f"{row['teacher_pretrained']:.3f} pre-trained; student {row['student_scratch_teacher']:.3f} -> "
                   f"{row['student_pretrained_teacher']:.3f}", flush=True)  # fmt: skip
+        dirs = {r["fraction"]: os.path.join(root, f"labels-{r['fraction']:g}") for r in rows}
+        for init, backbone in (("random", None), ("pretrained", os.path.join(root, "backbone"))):
+            for fraction, accuracy in linear_probe(examples, dirs, backbone, cfg).items():
+                next(r for r in rows if r["fraction"] == fraction)[f"probe_{init}"] = accuracy
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
-    header = f"{'labels':>7} {'labelled':>8} | {'teacher':>7} {'teacher+pt':>10} | {'student':>7} {'student+pt':>10} {'hard only':>9}"
+    header = (f"{'labels':>7} {'labelled':>8} | {'probe':>6} {'probe+pt':>8} | {'teacher':>7} {'teacher+pt':>10} | "
+              f"{'student':>7} {'student+pt':>10} {'hard only':>9}")  # fmt: skip
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['fraction']:>7.0%} {r['labelled']:>8} | {r['teacher_scratch']:>7.3f} {r['teacher_pretrained']:>10.3f} | "
+        print(f"{r['fraction']:>7.0%} {r['labelled']:>8} | {r['probe_random']:>6.3f} {r['probe_pretrained']:>8.3f} | "
+              f"{r['teacher_scratch']:>7.3f} {r['teacher_pretrained']:>10.3f} | "
               f"{r['student_scratch_teacher']:>7.3f} {r['student_pretrained_teacher']:>10.3f} {r['student_hard_labels']:>9.3f}")  # fmt: skip
+    print("probe: a linear classifier on the frozen backbone (random weights / pre-trained); +pt: pre-trained backbone")
     full = next((r for r in rows if r["fraction"] == 1.0), None)
     tenth = next((r for r in rows if abs(r["fraction"] - 0.1) < 1e-9), None)
     target = None

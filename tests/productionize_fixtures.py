@@ -56,8 +56,10 @@ def write_examples(
     spec: EventSpec,
     counts: dict[str, int],
     seed: int = 0,
+    devices: int = 1,
 ) -> str:
-    """Write an Examples artifact at ``root`` with ``counts`` events per split; returns ``root``."""
+    """Write an Examples artifact at ``root`` with ``counts`` events per split (event ``i`` from
+    camera ``cam<i % devices>``); returns ``root``."""
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -79,7 +81,7 @@ def write_examples(
                     label=layout.UNLABELLED if unlabelled else label,
                     label_name="" if unlabelled else spec.classes[label],
                     event_id=f"{split}-{i:06d}",
-                    device_id="cam00",
+                    device_id=f"cam{i % devices:02d}",
                     timestamp="2026-01-05T12:00:00Z",
                 )
                 writer.write(example.SerializeToString())

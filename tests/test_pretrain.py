@@ -49,10 +49,11 @@ def pretrained(tmp_path_factory):
 
 @pytest.mark.unit
 def test_bad_pretrain_fields_are_named():
-    bad = PretrainConfig(temperature=0, batch=1, augmentations=["flip", "rotate"], projection_units=[8])
+    bad = PretrainConfig(temperature=0, batch=1, augmentations=["flip", "rotate"], projection_units=[8],
+                         negatives="anywhere")  # fmt: skip
     text = "; ".join(pretrain_problems(bad))
     for field in ("pretrain.temperature", "pretrain.batch", "pretrain.augmentations", "'rotate'",
-                  "pretrain.projection_units"):  # fmt: skip
+                  "pretrain.projection_units", "pretrain.negatives must be one of camera, batch, got 'anywhere'"):  # fmt: skip
         assert field in text
     text = "; ".join(pretrain_problems(PretrainConfig(temperature=0.05, epochs=float("nan"))))
     assert "pretrain.temperature must be >= 0.1" in text and "pretrain.epochs" in text
@@ -65,6 +66,34 @@ def test_bad_pretrain_fields_are_named():
     with pytest.raises(ConfigError, match="pretrain.strategy"):
         check_pretrain(Config.from_dict({"pretrain": {"strategy": "mirrored"}}))
     assert Config().pretrain.enabled is False  # the default pipeline is unchanged
+
+
+@pytest.mark.unit
+def test_camera_negatives_batch_events_of_one_camera(tmp_path):
+    """Every batch holds one camera's events (the negatives share the background), every event
+    still comes round, and ``batch`` negatives mix cameras."""
+    import tensorflow as tf
+
+    from trainer.pretrain.views import event_batches
+
+    examples = fx.write_examples(str(tmp_path), SPEC, {"train": 30}, devices=3)
+    files = layout.split_files(examples, layout.TRAIN)
+    device = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string)}
+
+    def cameras(negatives: str, batches: int) -> tuple[list[set[bytes]], set[int]]:
+        seen, positions = [], set()
+        for position, serialized in event_batches(files, batch_size=4, seed=0, epoch_size=30,
+                                                  negatives=negatives).take(batches):  # fmt: skip
+            parsed = tf.io.parse_example(serialized, device)
+            seen.append(set(parsed[layout.DEVICE_ID].numpy().tolist()))
+            positions.update(int(p) % 30 for p in position.numpy())
+        return seen, positions
+
+    by_camera, positions = cameras("camera", 15)
+    assert all(len(c) == 1 for c in by_camera) and len(set().union(*by_camera)) == 3
+    assert positions == set(range(30))  # two epochs' worth: no event left out
+    mixed, _ = cameras("batch", 7)
+    assert any(len(c) > 1 for c in mixed)
 
 
 @pytest.mark.e2e

@@ -87,7 +87,8 @@ def train(
     )
     runner.build(initial.get_weights(), schedule, nt_xent)
     batches = iter(contrastive_batches(files, spec, batch_size=p.batch, seed=p.seed, epoch_size=epoch_size,
-                                       augmentations=list(p.augmentations), temporal=p.pairs == "temporal"))  # fmt: skip
+                                       augmentations=list(p.augmentations), temporal=p.pairs == "temporal",
+                                       negatives=p.negatives))  # fmt: skip
 
     losses: list[float] = []
     step_times: list[float] = []
@@ -123,6 +124,7 @@ def train(
         "temperature": p.temperature,
         "augmentations": list(p.augmentations),
         "pairs": p.pairs,
+        "negatives": p.negatives,
         "projection_units": list(p.projection_units),
         "learning_rate": p.learning_rate,
         "events": {**events, "total": epoch_size, "eval_held_out": True},

@@ -7,6 +7,12 @@ frame beside the event's mean frame exactly as in the teacher (``EventContrast``
 single-frame event pairs its frame with itself under two different augmentations, which is
 plain SimCLR. Labels are never read: labelled and unlabelled events are the same here.
 
+The negatives of a view are the other events of its batch, and by default a batch holds events
+of one camera. Frames of one event share their camera's background, so against events of other
+cameras the pretext is solved by recognising the background, and the backbone learns cameras, not
+objects (measured: a linear probe on it did worse than on random weights). Among events of one
+camera only what entered the scene tells them apart.
+
 All randomness is stateless in ``(seed, the event's position in the stream, view)``, like
 the teacher's input (``trainer.teacher.data``), so every strategy sees the same batches.
 """
@@ -22,6 +28,8 @@ from contract.layout import EventSpec
 from trainer.teacher.data import record_stream
 
 VIEW_A, VIEW_B, PICK_A, PICK_B = "view_a", "view_b", "pick_a", "pick_b"
+# Camera negatives: device ids hash into this many groups (bounds the records waiting in them).
+CAMERA_GROUPS = 64
 # The noise's seeds: a stream of their own (``key + 1`` would be the next event's other view).
 _NOISE_STREAM = tf.constant([1_000_003, 0], tf.int64)
 
@@ -73,14 +81,34 @@ def frame_picks(counts: Any, positions: Any, seed: int, frames: int, *, temporal
     return tf.one_hot(first, frames), tf.one_hot(second, frames)
 
 
+def event_batches(files: list[str], *, batch_size: int, seed: int, epoch_size: int, negatives: str = "camera") -> Any:
+    """Endless ``(positions [B], serialized [B])`` batches of the shuffled stream of ``files``.
+
+    ``negatives="camera"``: the stream is grouped by ``device_id`` (hashed into at most
+    ``CAMERA_GROUPS`` groups, which bounds the records held while groups fill) and each batch is
+    ``batch_size`` events of one group, so an event's negatives share its camera's background.
+    ``"batch"``: consecutive events of the shuffled stream, whatever their camera.
+    """
+    ds = record_stream(files, seed=seed, epoch_size=epoch_size).enumerate()
+    if negatives == "batch":
+        return ds.batch(batch_size, drop_remainder=True)
+    device = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
+
+    @tf.autograph.experimental.do_not_convert
+    def camera(position: Any, serialized: Any) -> Any:
+        return tf.strings.to_hash_bucket_fast(tf.io.parse_single_example(serialized, device)[layout.DEVICE_ID],
+                                              CAMERA_GROUPS)  # fmt: skip
+
+    return ds.group_by_window(camera, lambda _, w: w.batch(batch_size, drop_remainder=True), window_size=batch_size)
+
+
 def contrastive_batches(
     files: list[str], spec: EventSpec, *, batch_size: int, seed: int, epoch_size: int, augmentations: list[str],
-    temporal: bool = True,
+    temporal: bool = True, negatives: str = "camera",
 ) -> Any:
     """Endless batches ``{view_a, view_b, pick_a, pick_b}`` of ``batch_size`` events from ``files``
-    (``temporal=False``: both views read at the same frame)."""
-    ds = record_stream(files, seed=seed, epoch_size=epoch_size)
-    ds = ds.enumerate().batch(batch_size, drop_remainder=True)
+    (``temporal=False``: both views read at the same frame; ``negatives``: see ``event_batches``)."""
+    ds = event_batches(files, batch_size=batch_size, seed=seed, epoch_size=epoch_size, negatives=negatives)
 
     @tf.autograph.experimental.do_not_convert
     def views(positions: Any, serialized: Any) -> dict[str, Any]:
