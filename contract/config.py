@@ -179,7 +179,18 @@ def check_pretrain(cfg: Config) -> None:
     problems = pretrain_problems(cfg.pretrain)
     if problems:
         raise ConfigError("; ".join(problems))
-    pretrain_strategy(cfg)
+    if pretrain_strategy(cfg) == "hybrid":
+        p, dims = cfg.pretrain, mesh_dims(cfg.teacher)
+        (data_axis, data_size), (model_axis, model_size) = dims[0], dims[-1]
+        if p.batch % data_size:
+            problems.append(f"pretrain.batch {p.batch} must be a multiple of the {data_axis} axis ({data_size}) "
+                            f"of teacher.mesh {cfg.teacher.mesh} under hybrid")  # fmt: skip
+        hidden = p.projection_units[:-1]
+        if any(u % model_size for u in hidden):
+            problems.append(f"pretrain.projection_units {p.projection_units}: under hybrid each hidden layer must be "
+                            f"a multiple of the {model_axis} axis ({model_size}) of teacher.mesh {cfg.teacher.mesh}")  # fmt: skip
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def pretrain_strategy(cfg: Config) -> str:
@@ -500,6 +511,17 @@ def client_mesh_error(mesh: str, needed: int, clients: int, devices: int) -> str
         f"--mesh {mesh} needs {needed} devices but {clients} DTensor clients x "
         f"{devices} logical devices give {clients * devices}{hint}"
     )
+
+
+def mesh_dims(teacher: TeacherConfig) -> list[tuple[str, int]]:
+    """Mesh axes of the hybrid strategy: ``[("batch", b), ("model", m)]`` (``fc_layout`` 2d) or
+    ``[("devices", b*m)]`` (1d: one axis is both the data and the model axis)."""
+    sizes = parse_mesh(teacher.mesh)
+    if teacher.fc_layout == "2d":
+        return [("batch", sizes["batch"]), ("model", sizes["model"])]
+    if teacher.fc_layout == "1d":
+        return [("devices", sizes["batch"] * sizes["model"])]
+    raise ConfigError(f"--fc-layout must be 2d or 1d, got {teacher.fc_layout!r}")
 
 
 def parse_mesh(spec: str) -> dict[str, int]:

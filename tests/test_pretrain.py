@@ -65,6 +65,16 @@ def test_bad_pretrain_fields_are_named():
     check_pretrain(cfg)  # an explicit strategy overrides the teacher's
     with pytest.raises(ConfigError, match="pretrain.strategy"):
         check_pretrain(Config.from_dict({"pretrain": {"strategy": "mirrored"}}))
+    # Hybrid's sizes against the teacher's mesh, before any process starts (not after ingest).
+    cfg = Config.from_dict({"teacher": {"mesh": "batch=2,model=4", "fc_layout": "2d"},
+                            "pretrain": {"strategy": "hybrid", "batch": 5, "projection_units": [30, 16]}})  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        check_pretrain(cfg)
+    assert "pretrain.batch 5 must be a multiple of the batch axis (2)" in str(error.value)
+    assert "pretrain.projection_units [30, 16]" in str(error.value) and "model axis (4)" in str(error.value)
+    cfg.set("pretrain.batch", 6)
+    cfg.set("pretrain.projection_units", [32, 16])
+    check_pretrain(cfg)
     assert Config().pretrain.enabled is False  # the default pipeline is unchanged
 
 

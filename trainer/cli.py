@@ -18,16 +18,30 @@ from contract.config import PRETRAIN_STRATEGIES, STRATEGIES, TeacherConfig, add_
 from contract.errors import UserError
 
 
+def _command(subparsers: Any, name: str, help: str, description: str, splits: str, workdir_help: str) -> Any:
+    """A training command's parser with the flags every one has first: config, --data, --workdir."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    add_config_flags(p)
+    p.add_argument("--data", metavar="DIR", dest="examples", required=True, help=f"Examples artifact dir ({splits}, event_spec.json)")
+    p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help=f"{workdir_help} (default: work)")
+    return p
+
+
+def _output_flags(p: Any, what: str, default: str) -> None:
+    """The flags every training command ends with: where its output goes, and quiet."""
+    p.add_argument("--export-dir", metavar="DIR", help=f"where the {what} goes (default WORKDIR/{default})")
+    p.add_argument("--no-export", action="store_true", help=f"skip writing the {what}")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train",
+    p = _command(
+        subparsers, "train",
         help="train the teacher on an Examples artifact (single | mirrored | multiworker | hybrid)",
         description="Train the teacher; writes WORKDIR/train_report.json, checkpoints (a rerun resumes), "
         "TensorBoard scalars, a training-curve plot and the exported SavedModel.",
-    )
-    add_config_flags(p)
-    p.add_argument("--data", metavar="DIR", dest="examples", required=True, help="Examples artifact dir (Split-train/, Split-eval/, event_spec.json)")
-    p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="checkpoints, report and model go here; rerun to resume (default: work)")
+        splits="Split-train/, Split-eval/", workdir_help="checkpoints, report and model go here; rerun to resume",
+    )  # fmt: skip
     p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="distribution strategy (default hybrid)")
     p.add_argument("--logical-devices", metavar="N", dest="teacher.logical_devices", type=int, help="split the CPU into N devices when no GPU (default 4)")
     p.add_argument("--clients", metavar="N", dest="teacher.clients", type=int, help="hybrid: N DTensor client processes (one per host) form one mesh, each with --logical-devices devices; started on 127.0.0.1 unless DTENSOR_JOBS is set (default 1)")
@@ -39,27 +53,21 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--global-batch-size", metavar="B", dest="teacher.global_batch_size", type=int, help="events per step over all devices")
     p.add_argument("--mixed-precision", dest="teacher.mixed_precision", choices=["off", "bf16", "fp16"], help="compute dtype policy")
     p.add_argument("--checkpoint-every", metavar="N", dest="teacher.checkpoint_every", type=int, help="steps between checkpoints")
-    p.add_argument("--export-dir", metavar="DIR", help="where the SavedModel goes (default WORKDIR/model)")
-    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     p.add_argument("--init-backbone", metavar="DIR", help="start the conv backbone from a pre-trained one (eventpipe pretrain's --export-dir)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _output_flags(p, "SavedModel", "model")
     p.set_defaults(func=train_command)
 
-    p = subparsers.add_parser(
-        "pretrain",
+    p = _command(
+        subparsers, "pretrain",
         help="self-supervised pre-training of the teacher's conv backbone (temporal contrast, no labels)",
         description="Pre-train the teacher's backbone on the train and unlabelled events (frames of one event are "
         "positive pairs, NT-Xent); writes WORKDIR/pretrain_report.json, the loss plot and the backbone "
         "(backbone.npz) that eventpipe train --init-backbone starts from.",
-    )
-    add_config_flags(p)
-    p.add_argument("--data", metavar="DIR", dest="examples", required=True, help="Examples artifact dir (Split-train/, Split-unlabelled/, event_spec.json)")
-    p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="report and plot go here (default: work)")
+        splits="Split-train/, Split-unlabelled/", workdir_help="report and plot go here",
+    )  # fmt: skip
     p.add_argument("--strategy", dest="pretrain.strategy", choices=PRETRAIN_STRATEGIES, help="teacher (default: the teacher's), single, hybrid")
     p.add_argument("--steps", metavar="N", dest="pretrain.steps", type=int, help="optimisation steps (default 0: pretrain.epochs)")
-    p.add_argument("--export-dir", metavar="DIR", help="where the backbone goes (default WORKDIR/backbone)")
-    p.add_argument("--no-export", action="store_true", help="skip writing the backbone")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _output_flags(p, "backbone", "backbone")
     p.set_defaults(func=pretrain_command)
 
 

@@ -36,22 +36,12 @@ import tf_keras as keras
 from tensorflow.experimental import dtensor
 
 from contract import layout
-from contract.config import TeacherConfig, client_mesh_error, parse_mesh
+from contract.config import TeacherConfig, client_mesh_error, mesh_dims
 from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer.models.teacher import FC_PREFIX, LOGITS, build_teacher
 from trainer.parallel.devices import DeviceSetup
 from trainer.parallel.strategies import UNSHARDED, BatchesFn, Runner, event_loss, mixed_precision_policy
-
-
-def mesh_dims(cfg: TeacherConfig) -> list[tuple[str, int]]:
-    """Mesh axes for ``cfg``: ``[("batch", b), ("model", m)]`` (2d) or ``[("devices", b*m)]`` (1d)."""
-    sizes = parse_mesh(cfg.mesh)
-    if cfg.fc_layout == "2d":
-        return [("batch", sizes["batch"]), ("model", sizes["model"])]
-    if cfg.fc_layout == "1d":
-        return [("devices", sizes["batch"] * sizes["model"])]
-    raise UserError(f"--fc-layout must be 2d or 1d, got {cfg.fc_layout!r}")
 
 
 def make_layout_map(mesh: Any, cfg: TeacherConfig) -> Any:

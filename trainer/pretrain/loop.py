@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract import files, layout
-from contract.config import Config, ConfigError, check_pretrain, pretrain_strategy
+from contract.config import Config, check_pretrain, mesh_dims, pretrain_strategy
 from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer.parallel import devices
@@ -66,7 +66,7 @@ def train(
     import tf_keras as keras  # after devices.configure, like the teacher loop
 
     from trainer.models.teacher import backbone_layers  # after devices.configure: it imports TensorFlow
-    from trainer.pretrain.model import build_pretext, nt_xent, save_backbone
+    from trainer.pretrain.model import build_pretext, save_backbone
     from trainer.pretrain.views import PICK_A, PICK_B, VIEW_A, VIEW_B, contrastive_batches
 
     workdir = os.path.abspath(workdir)
@@ -85,7 +85,7 @@ def train(
     schedule = keras.optimizers.schedules.CosineDecay(
         p.learning_rate * 0.1, max(1, steps - warmup), alpha=0.05, warmup_target=p.learning_rate, warmup_steps=warmup
     )
-    runner.build(initial.get_weights(), schedule, nt_xent)
+    runner.build(initial.get_weights(), schedule)
     batches = iter(contrastive_batches(files, spec, batch_size=p.batch, seed=p.seed, epoch_size=epoch_size,
                                        augmentations=list(p.augmentations), temporal=p.pairs == "temporal",
                                        negatives=p.negatives))  # fmt: skip
@@ -170,23 +170,21 @@ class _SingleRunner:
     def mesh_description(self) -> dict[str, int]:
         return {"replicas": 1}
 
-    def build(self, weights: list[np.ndarray], schedule: Any, loss_fn: Any) -> None:
+    def build(self, weights: list[np.ndarray], schedule: Any) -> None:
         import tensorflow as tf
         import tf_keras as keras
 
-        from trainer.pretrain.model import PICK, build_pretext
+        from trainer.pretrain.model import build_pretext, pretext_loss
 
         self.model = model = build_pretext(self.spec, self.cfg.teacher, self.cfg.pretrain)
         model.set_weights(weights)
         optimizer = keras.optimizers.Adam(schedule)
-        temperature = self.cfg.pretrain.temperature
+        loss_of = pretext_loss(model, self.cfg.pretrain.temperature)
 
         @tf.function(autograph=False)
-        def step(view_a: Any, pick_a: Any, view_b: Any, pick_b: Any) -> Any:
+        def step(*views: Any) -> Any:
             with tf.GradientTape() as tape:
-                z_a = model({"frames": view_a, PICK: pick_a}, training=True)
-                z_b = model({"frames": view_b, PICK: pick_b}, training=True)
-                loss = loss_fn(z_a, z_b, temperature)
+                loss = loss_of(*views)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss
@@ -206,40 +204,29 @@ class _HybridRunner:
     def __init__(self, cfg: Config, spec: EventSpec, setup: Any) -> None:
         from tensorflow.experimental import dtensor
 
-        from trainer.parallel.hybrid import mesh_dims
-
         self.cfg, self.spec = cfg, spec
         self.dims = mesh_dims(cfg.teacher)
         needed = int(np.prod([size for _, size in self.dims]))
         if needed > setup.count:
             raise UserError(f"teacher.mesh {cfg.teacher.mesh} needs {needed} devices but {setup.count} are configured; "
                             f"set teacher.logical_devices={needed}")  # fmt: skip
-        data_axis, data_size = self.dims[0]
-        model_axis, model_size = self.dims[-1]
-        if cfg.pretrain.batch % data_size:
-            raise ConfigError(f"pretrain.batch {cfg.pretrain.batch} must be a multiple of the {data_axis} axis ({data_size})")
-        hidden = cfg.pretrain.projection_units[:-1]
-        if not hidden or any(u % model_size for u in hidden):
-            raise ConfigError(
-                f"pretrain.projection_units {cfg.pretrain.projection_units}: hybrid needs at least one hidden layer "
-                f"before the output, each a multiple of the {model_axis} axis ({model_size})"
-            )
+        # The batch and projection sizes fit the axes: check_pretrain said so before anything ran.
+        self.data_axis, self.model_axis = self.dims[0][0], self.dims[-1][0]
         self.mesh = dtensor.create_mesh(self.dims, devices=list(setup.devices[:needed]), device_type=setup.device_type)
-        self.data_axis, self.model_axis = data_axis, model_axis
         rank = len(spec.input_shape) + 1
-        self.frames_layout = dtensor.Layout.batch_sharded(self.mesh, data_axis, rank=rank)
-        self.pick_layout = dtensor.Layout.batch_sharded(self.mesh, data_axis, rank=2)
+        self.frames_layout = dtensor.Layout.batch_sharded(self.mesh, self.data_axis, rank=rank)
+        self.pick_layout = dtensor.Layout.batch_sharded(self.mesh, self.data_axis, rank=2)
 
     def mesh_description(self) -> dict[str, int]:
         return dict(self.dims)
 
-    def build(self, weights: list[np.ndarray], schedule: Any, loss_fn: Any) -> None:
+    def build(self, weights: list[np.ndarray], schedule: Any) -> None:
         import tensorflow as tf
         import tf_keras as keras
         from tensorflow.experimental import dtensor
 
         from trainer.parallel.hybrid import to_mesh
-        from trainer.pretrain.model import PICK, PROJ_OUT, PROJ_PREFIX, build_pretext
+        from trainer.pretrain.model import PROJ_OUT, PROJ_PREFIX, build_pretext, pretext_loss
 
         mesh, model_axis = self.mesh, self.model_axis
         layout_map = keras.dtensor.experimental.LayoutMap(mesh=mesh)
@@ -253,15 +240,13 @@ class _HybridRunner:
             variable.assign(to_mesh(value, variable.layout))
         self.optimizer = optimizer = keras.optimizers.Adam(schedule, mesh=mesh)
         optimizer.build(model.trainable_variables)
-        temperature = self.cfg.pretrain.temperature
+        loss_of = pretext_loss(model, self.cfg.pretrain.temperature)
 
         # Two functions, as in the teacher's hybrid runner: gradients, then their application.
         @tf.function(autograph=False)
-        def grad_fn(view_a: Any, pick_a: Any, view_b: Any, pick_b: Any) -> Any:
+        def grad_fn(*views: Any) -> Any:
             with tf.GradientTape() as tape:
-                z_a = model({"frames": view_a, PICK: pick_a}, training=True)
-                z_b = model({"frames": view_b, PICK: pick_b}, training=True)
-                loss = loss_fn(z_a, z_b, temperature)
+                loss = loss_of(*views)
             return loss, tape.gradient(loss, model.trainable_variables)
 
         @tf.function(autograph=False)

@@ -82,6 +82,18 @@ def nt_xent(z_a: Any, z_b: Any, temperature: float) -> Any:
     return tf.reduce_mean(log_partition - tf.concat([positive, positive], axis=0))
 
 
+def pretext_loss(model: Any, temperature: float) -> Any:
+    """``(view_a, pick_a, view_b, pick_b) -> NT-Xent`` of ``model``'s two views (training mode):
+    the one forward pass every strategy differentiates."""
+
+    def loss(view_a: Any, pick_a: Any, view_b: Any, pick_b: Any) -> Any:
+        z_a = model({"frames": view_a, PICK: pick_a}, training=True)
+        z_b = model({"frames": view_b, PICK: pick_b}, training=True)
+        return nt_xent(z_a, z_b, temperature)
+
+    return loss
+
+
 def save_backbone(model: Any, directory: str, spec: EventSpec, teacher: TeacherConfig, extra: dict[str, Any]) -> str:
     """Write the backbone of ``model`` (pretext or teacher) to ``directory``; returns the weights path."""
     os.makedirs(directory, exist_ok=True)
