@@ -6,13 +6,16 @@ unlabelled split), the teacher is trained from scratch and from the pre-trained 
 student is distilled from each (labelled + unlabelled events, dense phase only: pruning and QAT
 do not change what this measures). Pre-training reads no labels, and every fraction has the same
 train + unlabelled events, so one pre-trained backbone serves them all. The eval split is the
-same everywhere and never pre-trained on.
+same everywhere and never pre-trained on. A linear probe (logistic regression on the frozen
+backbone's features, random and pre-trained) shows what the pretext itself put into the backbone.
 
 Target (issue 15): at 10% labels the pre-trained teacher's student reaches >= 90% of the
 100%-label student's accuracy and beats the 10% student whose teacher started from scratch.
 
-    .venv/bin/python benchmarks/bench_labels.py                   # 10k events, 90% unlabelled (about 40 min on 2 cores)
-    .venv/bin/python benchmarks/bench_labels.py --events 2000 --fractions 0.1,1 --teacher-steps 150 --pretrain-steps 300
+    .venv/bin/python benchmarks/bench_labels.py      # 10k events, 90% unlabelled: over an hour on 2 cores (not run;
+                                                      # 10 pre-training epochs alone ~29 min at 0.60 s per step)
+    .venv/bin/python benchmarks/bench_labels.py --events 3000 --unlabelled-fraction 0.6 --fractions 0.1,1 \
+        --teacher-steps 200 --pretrain-steps 800        # about 32 min on 2 cores (docs/benchmarks.md)
 """
 
 from __future__ import annotations
@@ -178,8 +181,11 @@ def plot(rows: list[dict], path: str) -> str:
                               ("teacher_pretrained", "teacher, pre-trained backbone", "o-"),
                               ("student_scratch_teacher", "student of the scratch teacher", "s--"),
                               ("student_pretrained_teacher", "student of the pre-trained teacher", "s-"),
-                              ("student_hard_labels", "student on hard labels only", "x:")):  # fmt: skip
-        ax.plot(x, [r[key] for r in rows], style, label=label)
+                              ("student_hard_labels", "student on hard labels only", "x:"),
+                              ("probe_random", "linear probe, random backbone", "^:"),
+                              ("probe_pretrained", "linear probe, pre-trained backbone", "^-.")):  # fmt: skip
+        if all(key in r for r in rows):
+            ax.plot(x, [r[key] for r in rows], style, label=label, alpha=0.6 if key.startswith("probe") else 1.0)
     ax.set_xscale("log")
     ax.set_xlabel("labelled train events")
     ax.set_ylabel("eval accuracy")
