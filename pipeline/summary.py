@@ -69,7 +69,7 @@ def pretrain_section(found: dict[str, Any]) -> dict[str, Any] | None:
     pre = load_json(os.path.join(run_dir, files.PRETRAIN_REPORT)) if run_dir else None
     if not pre:
         return None
-    keys = ("strategy", "mesh", "steps", "epochs", "batch", "temperature", "augmentations", "pairs", "negatives",
+    keys = ("strategy", "mesh", "steps", "epochs", "batch", "temperature", "augmentations", "pairs", "negatives", "cameras",
             "projection_units", "events", "losses", "initial_loss", "final_loss", "chance_loss", "backbone_relative_change", "timing",
             "parameters", "plots")  # fmt: skip
     return {

@@ -41,7 +41,8 @@ def pretrained(tmp_path_factory):
     from trainer.parallel import launch
 
     root = tmp_path_factory.mktemp("pretrain")
-    examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 32, "eval": 24, "unlabelled": 64})
+    # Three cameras of 32 events: camera negatives (the default) group them, a batch of 16 from each.
+    examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 32, "eval": 24, "unlabelled": 64}, devices=3)
     cfg = tiny_config()
     report = launch.pretrain(cfg, examples, str(root / "run"), export_dir=str(root / "backbone"), log=lambda line: None)
     return root, examples, cfg, report
@@ -80,30 +81,44 @@ def test_bad_pretrain_fields_are_named():
 
 @pytest.mark.unit
 def test_camera_negatives_batch_events_of_one_camera(tmp_path):
-    """Every batch holds one camera's events (the negatives share the background), every event
-    still comes round, and ``batch`` negatives mix cameras."""
+    """Every batch holds one camera's events (the negatives share the background) and never the
+    same event twice, every event comes round, cameras too small for a group of their own are
+    batched together, and ``batch`` negatives mix cameras."""
     import tensorflow as tf
 
-    from trainer.pretrain.views import event_batches
+    from trainer.pretrain.views import camera_groups, event_batches
 
-    examples = fx.write_examples(str(tmp_path), SPEC, {"train": 30}, devices=3)
-    files = layout.split_files(examples, layout.TRAIN)
-    device = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string)}
+    # cam00..cam02 with 10 events each, plus cam03/cam04 with 3 each (too few for batches of 4).
+    big = fx.write_examples(str(tmp_path / "big"), SPEC, {"train": 30}, devices=3)
+    small = fx.write_examples(str(tmp_path / "small"), SPEC, {"unlabelled": 6}, devices=2)
+    for path in layout.split_files(small, layout.UNLABELLED_SPLIT):  # rename cam00/01 -> cam03/04
+        records = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path, "GZIP")]
+        with tf.io.TFRecordWriter(path, options="GZIP") as w:
+            for r in records:
+                ids = r.features.feature[layout.DEVICE_ID].bytes_list.value
+                ids[:] = [b"cam0" + bytes([ord("3") + int(ids[0][-1:])])]
+                w.write(r.SerializeToString())
+    files = layout.split_files(big, layout.TRAIN) + layout.split_files(small, layout.UNLABELLED_SPLIT)
+    groups, events = camera_groups(files, batch_size=4)
+    assert sorted(groups) == [b"cam00", b"cam01", b"cam02"] and len(set(groups.values())) == 3
+    assert events[b"cam03"] == events[b"cam04"] == 3
+    fields = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string), layout.EVENT_ID: tf.io.FixedLenFeature([], tf.string)}
 
-    def cameras(negatives: str, batches: int) -> tuple[list[set[bytes]], set[int]]:
-        seen, positions = [], set()
-        for position, serialized in event_batches(files, batch_size=4, seed=0, epoch_size=30,
-                                                  negatives=negatives).take(batches):  # fmt: skip
-            parsed = tf.io.parse_example(serialized, device)
-            seen.append(set(parsed[layout.DEVICE_ID].numpy().tolist()))
-            positions.update(int(p) % 30 for p in position.numpy())
-        return seen, positions
+    def read(grouped: bool, batches: int) -> list[tuple[set[bytes], list[bytes]]]:
+        out = []
+        for _, serialized in event_batches(files, batch_size=4, seed=0, epoch_size=36,
+                                           groups=groups if grouped else None).take(batches):  # fmt: skip
+            parsed = tf.io.parse_example(serialized, fields)
+            out.append((set(parsed[layout.DEVICE_ID].numpy().tolist()), parsed[layout.EVENT_ID].numpy().tolist()))
+        return out
 
-    by_camera, positions = cameras("camera", 15)
-    assert all(len(c) == 1 for c in by_camera) and len(set().union(*by_camera)) == 3
-    assert positions == set(range(30))  # two epochs' worth: no event left out
-    mixed, _ = cameras("batch", 7)
-    assert any(len(c) > 1 for c in mixed)
+    grouped = read(True, 27)  # three epochs' worth
+    for cameras, ids in grouped:
+        assert cameras <= {b"cam03", b"cam04"} or len(cameras) == 1, cameras
+        assert len(set(ids)) == len(ids), ids  # a repeat would be a false negative
+    assert {i for _, ids in grouped for i in ids} == {f"train-{i:06d}".encode() for i in range(30)} | {
+        f"unlabelled-{i:06d}".encode() for i in range(6)}  # fmt: skip
+    assert any(len(c) > 1 for c, _ in read(False, 8))
 
 
 @pytest.mark.e2e

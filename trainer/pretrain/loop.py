@@ -67,7 +67,7 @@ def train(
 
     from trainer.models.teacher import backbone_layers  # after devices.configure: it imports TensorFlow
     from trainer.pretrain.model import build_pretext, save_backbone
-    from trainer.pretrain.views import PICK_A, PICK_B, VIEW_A, VIEW_B, contrastive_batches
+    from trainer.pretrain.views import PICK_A, PICK_B, VIEW_A, VIEW_B, camera_groups, contrastive_batches
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -76,6 +76,7 @@ def train(
     if epoch_size < p.batch:
         raise UserError(f"pretrain.batch {p.batch} is larger than the {epoch_size} events to pre-train on")
     steps = total_steps(cfg, epoch_size)
+    groups, per_camera = camera_groups(files, p.batch) if p.negatives == "camera" else ({}, {})
 
     keras.backend.experimental.enable_tf_random_generator()
     keras.utils.set_random_seed(p.seed)
@@ -88,7 +89,7 @@ def train(
     runner.build(initial.get_weights(), schedule)
     batches = iter(contrastive_batches(files, spec, batch_size=p.batch, seed=p.seed, epoch_size=epoch_size,
                                        augmentations=list(p.augmentations), temporal=p.pairs == "temporal",
-                                       negatives=p.negatives))  # fmt: skip
+                                       groups=groups if p.negatives == "camera" else None))  # fmt: skip
 
     losses: list[float] = []
     step_times: list[float] = []
@@ -125,6 +126,9 @@ def train(
         "augmentations": list(p.augmentations),
         "pairs": p.pairs,
         "negatives": p.negatives,
+        # camera negatives: cameras with a group of their own, and the events of those batched together
+        "cameras": {"cameras": len(per_camera), "own_group": len(groups),
+                    "mixed_events": sum(n for c, n in per_camera.items() if c not in groups)} if per_camera else None,
         "projection_units": list(p.projection_units),
         "learning_rate": p.learning_rate,
         "events": {**events, "total": epoch_size, "eval_held_out": True},

@@ -8,7 +8,7 @@ single-frame event pairs its frame with itself under two different augmentations
 plain SimCLR. Labels are never read: labelled and unlabelled events are the same here.
 
 The negatives of a view are the other events of its batch, and by default a batch holds events
-of one camera. Frames of one event share their camera's background, so against events of other
+of one camera (``camera_groups``; cameras with too few events for that are batched together). Frames of one event share their camera's background, so against events of other
 cameras the pretext is solved by recognising the background, and the backbone learns cameras, not
 objects (measured: a linear probe on it did worse than on random weights). Among events of one
 camera only what entered the scene tells them apart.
@@ -19,6 +19,7 @@ the teacher's input (``trainer.teacher.data``), so every strategy sees the same 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import tensorflow as tf
@@ -28,8 +29,13 @@ from contract.layout import EventSpec
 from trainer.teacher.data import record_stream
 
 VIEW_A, VIEW_B, PICK_A, PICK_B = "view_a", "view_b", "pick_a", "pick_b"
-# Camera negatives: device ids hash into this many groups (bounds the records waiting in them).
+# Camera negatives: at most this many groups (bounds the records waiting in group_by_window to
+# CAMERA_GROUPS x (batch - 1) beside the shuffle window); more cameras share groups round-robin.
 CAMERA_GROUPS = 64
+# A camera gets a group of its own only with this many batches' worth of events: with fewer, its
+# batches would repeat its events, and a repeat is a false negative (views of one event pushed apart).
+MIN_BATCHES_PER_CAMERA = 2
+MIXED_GROUP = 0  # the cameras too small for their own group, batched together
 # The noise's seeds: a stream of their own (``key + 1`` would be the next event's other view).
 _NOISE_STREAM = tf.constant([1_000_003, 0], tf.int64)
 
@@ -81,34 +87,67 @@ def frame_picks(counts: Any, positions: Any, seed: int, frames: int, *, temporal
     return tf.one_hot(first, frames), tf.one_hot(second, frames)
 
 
-def event_batches(files: list[str], *, batch_size: int, seed: int, epoch_size: int, negatives: str = "camera") -> Any:
+def camera_groups(files: list[str], batch_size: int) -> tuple[dict[bytes, int], Counter]:
+    """``(device_id -> group, events per device_id)`` for camera negatives.
+
+    Every camera with at least ``MIN_BATCHES_PER_CAMERA`` batches of events gets a group of its
+    own (1..``CAMERA_GROUPS``, the largest first; beyond that they share round-robin); the other
+    cameras are ``MIXED_GROUP``, absent from the mapping.
+    """
+    device = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
+    ids = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
+    ids = ids.map(lambda s: tf.io.parse_example(s, device)[layout.DEVICE_ID], num_parallel_calls=tf.data.AUTOTUNE)
+    events: Counter = Counter()
+    for chunk in ids:
+        events.update(chunk.numpy().tolist())
+    large = sorted((c for c, n in events.items() if n >= MIN_BATCHES_PER_CAMERA * batch_size), key=lambda c: (-events[c], c))
+    return {camera: 1 + i % CAMERA_GROUPS for i, camera in enumerate(large)}, events
+
+
+def event_batches(
+    files: list[str], *, batch_size: int, seed: int, epoch_size: int, groups: dict[bytes, int] | None = None
+) -> Any:
     """Endless ``(positions [B], serialized [B])`` batches of the shuffled stream of ``files``.
 
-    ``negatives="camera"``: the stream is grouped by ``device_id`` (hashed into at most
-    ``CAMERA_GROUPS`` groups, which bounds the records held while groups fill) and each batch is
-    ``batch_size`` events of one group, so an event's negatives share its camera's background.
-    ``"batch"``: consecutive events of the shuffled stream, whatever their camera.
+    ``groups`` (``camera_groups``): each batch is ``batch_size`` consecutive events of one group,
+    so an event's negatives share its camera's background, and never holds an event twice; None
+    or empty: consecutive events of the stream, whatever their camera. Positions are taken before grouping, so every event keeps
+    the stateless seeds of its place in the stream.
     """
     ds = record_stream(files, seed=seed, epoch_size=epoch_size).enumerate()
-    if negatives == "batch":
+    if not groups:
         return ds.batch(batch_size, drop_remainder=True)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(groups)), tf.constant(list(groups.values()), tf.int64)),
+        default_value=MIXED_GROUP,
+    )
     device = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
 
     @tf.autograph.experimental.do_not_convert
-    def camera(position: Any, serialized: Any) -> Any:
-        return tf.strings.to_hash_bucket_fast(tf.io.parse_single_example(serialized, device)[layout.DEVICE_ID],
-                                              CAMERA_GROUPS)  # fmt: skip
+    def with_group(position: Any, serialized: Any) -> Any:
+        return position, serialized, table.lookup(tf.io.parse_single_example(serialized, device)[layout.DEVICE_ID])
 
-    return ds.group_by_window(camera, lambda _, w: w.batch(batch_size, drop_remainder=True), window_size=batch_size)
+    ds = ds.map(with_group, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.group_by_window(lambda p, s, group: group, lambda _, w: w.batch(batch_size, drop_remainder=True),
+                            window_size=batch_size)  # fmt: skip
+
+    @tf.autograph.experimental.do_not_convert
+    def distinct(positions: Any, serialized: Any, group: Any) -> Any:
+        fingerprints = tf.strings.to_hash_bucket_fast(serialized, 2**62)
+        return tf.equal(tf.size(tf.unique(fingerprints).y), tf.size(fingerprints))
+
+    # A group's window can reach into the next epoch and meet an event again; such a batch (rare
+    # for a camera's own group, common in a small mixed group) is skipped, not trained on.
+    return ds.filter(distinct).map(lambda p, s, group: (p, s))
 
 
 def contrastive_batches(
     files: list[str], spec: EventSpec, *, batch_size: int, seed: int, epoch_size: int, augmentations: list[str],
-    temporal: bool = True, negatives: str = "camera",
+    temporal: bool = True, groups: dict[bytes, int] | None = None,
 ) -> Any:
     """Endless batches ``{view_a, view_b, pick_a, pick_b}`` of ``batch_size`` events from ``files``
-    (``temporal=False``: both views read at the same frame; ``negatives``: see ``event_batches``)."""
-    ds = event_batches(files, batch_size=batch_size, seed=seed, epoch_size=epoch_size, negatives=negatives)
+    (``temporal=False``: both views read at the same frame; ``groups``: see ``event_batches``)."""
+    ds = event_batches(files, batch_size=batch_size, seed=seed, epoch_size=epoch_size, groups=groups)
 
     @tf.autograph.experimental.do_not_convert
     def views(positions: Any, serialized: Any) -> dict[str, Any]:
