@@ -128,8 +128,9 @@ def student(examples: str, teacher_dir: str, out: str, cfg) -> dict:
 def linear_probe(examples: str, train_dirs: dict[float, str], backbone: str | None, cfg) -> dict[float, float]:
     """Eval accuracy of a logistic regression on the frozen backbone's features, per label fraction.
 
-    The features are each event's frame embeddings averaged and maxed over its frames; ``backbone``
-    None: the teacher's random initialisation. What the pretext put into the backbone, before any
+    The features are each event's frame embeddings averaged and maxed over its K frame slots (a
+    padded slot included, as the teacher sees it); ``backbone`` None: the teacher's random
+    initialisation. What the pretext put into the backbone, before any
     fine-tuning can change it (or wash it out). Run in this process after every training.
     """
     import numpy as np
