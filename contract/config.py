@@ -288,7 +288,17 @@ class ServingConfig:
     enable_batching: bool = True
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
-    batching_parameters_file: str = ""  # BatchingParameters text proto; overrides the two above
+    # Batches collected or run at once per signature (BatchingParameters.num_batch_threads);
+    # 0: one per core, TF Serving's default. 1 here: a batch leader that finds a free slot
+    # closes as soon as nobody else is coming, so extra slots split the load into smaller
+    # batches (2.9 instead of 7 requests per call at 16 gRPC clients on 2 cores) and gained
+    # nothing measurable (docs/benchmarks.md, "Serving").
+    num_batch_threads: int = 1
+    # TensorFlow's thread pools in `eventpipe serve` (--tensorflow_intra_op_parallelism and
+    # --tensorflow_inter_op_parallelism); 0: TensorFlow's default, as in TF Serving.
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    batching_parameters_file: str = ""  # BatchingParameters text proto; overrides the three above
     monitoring_config_file: str = ""  # MonitoringConfig text proto; "" = Prometheus on at TF Serving's path
     warmup_events: int = 8  # eval events the pusher writes as assets.extra/tf_serving_warmup_requests
     max_body_bytes: int = 64 * 1024 * 1024

@@ -1,17 +1,19 @@
 """Dynamic batching: concurrent requests to one signature become one model call.
 
 A batch closes when it holds ``max_batch_size`` rows, when ``timeout`` has passed since
-its first request arrived (TF Serving's ``batch_timeout_micros``), or as soon as every
-predict request now inside the server is already in it: a lone client is never made to
-wait for company that cannot come, while under load batches fill up.
+its first request arrived (TF Serving's ``batch_timeout_micros``), or as soon as no predict
+request of the model is on its way in (every one inside the server is already batched or
+queued): a lone client is never made to wait for company that cannot come, while under
+load batches fill up.
 
-Batches run on the request threads themselves, not on a worker thread: the request that
-finds no batch in progress leads one (collects the queue and calls the model); requests
-arriving meanwhile queue, and when the model call returns the leader hands the lead to the
+Batches run on the request threads themselves, not on worker threads: a request that finds
+a free batch slot (``threads`` of them: TF Serving's ``num_batch_threads``, the config's
+``serving.num_batch_threads``) leads a batch (collects the queue and calls the model); requests arriving while
+every slot is busy queue, and when a leader's model call returns it hands its slot to the
 oldest of them before sending the results out. A lone request so runs in its own thread
 with no hand-off and no queueing at all (a worker thread costs two thread wake-ups per
-request, which on busy cores cost more than batching saves), and one model call runs at a
-time per signature.
+request, which on busy cores cost more than batching saves), and up to ``threads`` model
+calls run side by side.
 
 Only servables that run batches as one graph call use it (SavedModels); TFLite models take
 one event per invocation and run on an interpreter pool instead.
@@ -23,15 +25,38 @@ never fails another client's request.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays], Arrays]
+
+
+def default_threads() -> int:
+    """TF Serving's ``num_batch_threads`` default: one batch thread per core."""
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """What the batcher applies: ``max_batch_size`` of 1 or less turns batching off."""
+
+    max_batch_size: int
+    batch_timeout_s: float
+    threads: int = 1  # batches collected or run at once per signature (num_batch_threads)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+
+NO_BATCHING = BatchingOptions(0, 0.0)
 
 
 class InFlight:
@@ -87,7 +112,10 @@ class _Task:
 
 
 class Batcher:
-    """Merges concurrent ``submit`` calls into calls of ``run`` on up to ``max_batch_size`` rows."""
+    """Merges concurrent ``submit`` calls into calls of ``run`` on up to ``max_batch_size`` rows.
+
+    ``threads``: how many batches may be collected or run at once (at least 1).
+    """
 
     def __init__(
         self,
@@ -96,78 +124,91 @@ class Batcher:
         timeout_s: float,
         in_flight: InFlight | None = None,
         on_batch: Callable[[int, int], None] | None = None,
+        threads: int = 1,
     ) -> None:
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
         self.timeout_s = max(0.0, timeout_s)
+        self.threads = max(1, threads)
         self._in_flight = in_flight
         self._on_batch = on_batch
         self._cond = threading.Condition(threading.Lock())
-        self._pending: deque[_Task] = deque()
-        self._leading = False  # a request thread is collecting or running a batch
-        self._collecting = False  # ... and waits for more requests (submit must wake it)
+        self._pending: deque[_Task] = deque()  # waiting for a batch slot
+        self._leaders = 0  # request threads collecting or running a batch (<= threads)
+        self._inside = 0  # requests inside submit: queued, batched, or on their way out
+        self._collecting = 0  # leaders waiting for more requests (submit must wake them)
         self._closed = False
 
     def submit(self, inputs: Arrays, rows: int) -> Arrays:
         """Run ``inputs`` (``rows`` rows) as part of a batch; blocks until the answer is ready."""
         with self._cond:
-            alone = not self._closed and not self._leading and self._everyone_here(1)
+            self._inside += 1
+            closed = self._closed
+            alone = not closed and self._leaders < self.threads and not self._pending and self._none_coming()
             if alone:
-                self._leading = True
-        if alone:  # nothing queued, running or coming: the batch of one runs now, with no queueing
-            try:
-                result = self._run(inputs)
-            finally:
-                self._hand_on()  # requests that arrived meanwhile queued: the oldest leads them
-            if self._on_batch:
-                self._on_batch(rows, 1)
-            return result
-        task = _Task(inputs, rows)
-        with self._cond:
-            if self._closed:
-                closed = True
-            else:
-                closed = False
-                self._pending.append(task)
-                lead = not self._leading
-                if lead:
-                    self._leading = True
-                elif self._collecting:
-                    self._cond.notify_all()
-        if closed:
-            return self._run(inputs)  # the version is unloading: run directly
-        if not lead:
-            task.done.wait()
-            if task.lead:  # promoted: the previous leader's call is over and this one is oldest
-                task.lead = False
-                task.done.clear()
-                self._lead()
-        else:
-            self._lead()
-        task.done.wait()  # set by the batch this thread led, or by another leader
-        if task.error is not None:
-            raise task.error
-        assert task.result is not None
-        return task.result
+                self._leaders += 1
+        try:
+            if closed:
+                return self._run(inputs)  # the version is unloading: run directly
+            if alone:  # a free slot and nobody to wait for: the batch of one runs now, unqueued
+                return self._run_alone(inputs, rows)
+            return self._join(_Task(inputs, rows))
+        finally:
+            with self._cond:
+                self._inside -= 1
 
     def close(self) -> None:
         """Finish queued work (its requests' threads run it), then make later submits run directly."""
         deadline = time.monotonic() + 30
         with self._cond:
             self._closed = True
-            while (self._leading or self._pending) and time.monotonic() < deadline:
+            while (self._leaders or self._pending) and time.monotonic() < deadline:
                 self._cond.wait(0.05)
 
-    # -- the leading request's thread ----------------------------------------------------
-    def _everyone_here(self, tasks: int) -> bool:
-        return self._in_flight is not None and self._in_flight.count <= tasks
+    # -- request threads ------------------------------------------------------------------
+    def _run_alone(self, inputs: Arrays, rows: int) -> Arrays:
+        try:
+            result = self._run(inputs)
+        finally:
+            self._hand_on()  # requests that arrived meanwhile queued: the oldest takes the slot
+        if self._on_batch:
+            self._on_batch(rows, 1)
+        return result
 
-    def _collect(self) -> list[_Task]:
-        """Take the oldest queued request and whatever joins it before the batch closes (lock held)."""
-        first = self._pending.popleft()
+    def _join(self, task: _Task) -> Arrays:
+        """Lead a batch from ``task`` if a slot is free, else queue until a leader answers or promotes it."""
+        with self._cond:
+            lead = self._leaders < self.threads
+            if lead:
+                self._leaders += 1
+            else:
+                self._pending.append(task)
+                if self._collecting:
+                    self._cond.notify_all()
+        if not lead:
+            task.done.wait()
+            if task.lead:  # promoted: a leader's call is over and this request was the oldest queued
+                task.lead = False
+                task.done.clear()
+                lead = True
+        if lead:
+            self._lead(task)
+        task.done.wait()  # set by the batch this thread led, or by another leader
+        if task.error is not None:
+            raise task.error
+        assert task.result is not None
+        return task.result
+
+    # -- the leading request's thread ----------------------------------------------------
+    def _none_coming(self) -> bool:
+        """No predict request of the model is between the front end and ``submit`` (lock held)."""
+        return self._in_flight is not None and self._in_flight.count <= self._inside
+
+    def _collect(self, first: _Task) -> list[_Task]:
+        """``first`` and whatever queues before the batch closes (lock held)."""
         batch, rows = [first], first.rows
         deadline = first.arrived + self.timeout_s
-        # Watch departures before the first "everyone here?" test: a request that leaves between
+        # Watch departures before the first "anyone coming?" test: a request that leaves between
         # the test and the wait still wakes this leader (its wake-up waits for the lock we hold).
         if self._in_flight is not None:
             self._in_flight.watch(self._wake, True)
@@ -175,13 +216,13 @@ class Batcher:
             while rows < self.max_batch_size:
                 if not self._pending:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._everyone_here(len(batch)):
+                    if remaining <= 0 or self._none_coming():
                         break
-                    # Requests counted in flight but not queued yet will arrive here; one that
+                    # Requests counted in flight but not in submit yet will queue here; one that
                     # fails before submitting only costs this batch the rest of the timeout.
-                    self._collecting = True
+                    self._collecting += 1
                     self._cond.wait(remaining)
-                    self._collecting = False
+                    self._collecting -= 1
                     continue
                 if rows + self._pending[0].rows > self.max_batch_size:
                     break
@@ -193,10 +234,10 @@ class Batcher:
                 self._in_flight.watch(self._wake, False)
         return batch
 
-    def _lead(self) -> None:
-        """Collect a batch, call the model, pass the lead on, then deliver the results."""
+    def _lead(self, first: _Task) -> None:
+        """Collect a batch, call the model, pass the slot on, then deliver the results."""
         with self._cond:
-            batch = self._collect()
+            batch = self._collect(first)
         outcomes: list[tuple[_Task, Arrays | None, BaseException | None]] = []
         try:
             groups: dict[tuple, list[_Task]] = {}
@@ -218,14 +259,14 @@ class Batcher:
             self._cond.notify_all()
 
     def _hand_on(self) -> None:
-        """The oldest queued request leads the next batch; none queued: the next arrival will."""
+        """The oldest queued request takes over this slot; none queued: the slot is free."""
         with self._cond:
             if self._pending:
-                nxt = self._pending[0]
+                nxt = self._pending.popleft()
                 nxt.lead = True
                 nxt.done.set()
             else:
-                self._leading = False
+                self._leaders -= 1
                 if self._closed:
                     self._cond.notify_all()
 

@@ -52,7 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tfs.add_argument("--enable_batching", dest="serving.enable_batching", type=_flag_bool, nargs="?", const=True,
                      default=None, help="dynamic batching of SavedModel requests (on; --enable_batching=false)")
     tfs.add_argument("--batching_parameters_file", dest="serving.batching_parameters_file", default=None,
-                     help="BatchingParameters text proto (max_batch_size, batch_timeout_micros)")
+                     help="BatchingParameters text proto (max_batch_size, batch_timeout_micros, num_batch_threads)")
+    tfs.add_argument("--tensorflow_intra_op_parallelism", dest="serving.intra_op_threads", type=int, default=None,
+                     help="threads one TensorFlow op may use; 0: TensorFlow's default, one per core (0)")
+    tfs.add_argument("--tensorflow_inter_op_parallelism", dest="serving.inter_op_threads", type=int, default=None,
+                     help="TensorFlow ops run at once; 0: TensorFlow's default (0)")
     tfs.add_argument("--monitoring_config_file", dest="serving.monitoring_config_file", default=None,
                      help="MonitoringConfig text proto: prometheus_config { enable: true path: ... } "
                           "(default: Prometheus on at /monitoring/prometheus/metrics)")
@@ -114,9 +118,10 @@ def serve_command(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     s = cfg.serving
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.server import ModelServer  # deferred: every CLI command starts without TensorFlow
+    from serving.server import ModelServer, configure_tensorflow  # deferred: no TensorFlow at CLI start
 
-    server = ModelServer(s, os.path.join(cfg.serving_base, s.model_name))
+    server = ModelServer(s, os.path.join(cfg.serving_base, s.model_name))  # checks every argument first
+    configure_tensorflow(s)  # process-wide, before the first model loads
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

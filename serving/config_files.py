@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
 from contract.errors import UserError
+from serving.batching import BatchingOptions
 from serving.versions import VersionPolicy, validate_label, validate_model_name
 
 log = logging.getLogger("eventpipe.serving")
@@ -178,14 +179,6 @@ def read_model_config_file(path: str) -> list[ServedModel]:
 
 
 # -- --batching_parameters_file ----------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchingOptions:
-    """The batching parameters eventpipe's batcher applies."""
-
-    max_batch_size: int
-    batch_timeout_s: float
-
-
 def read_batching_file(path: str, defaults: BatchingOptions) -> BatchingOptions:
     """``BatchingParameters`` from ``path`` over ``defaults``; fields the batcher cannot honour are logged."""
     params = read_text_proto(path, BatchingParameters(), "--batching_parameters_file")
@@ -196,17 +189,20 @@ def read_batching_file(path: str, defaults: BatchingOptions) -> BatchingOptions:
         raise UserError(f"{where}: max_batch_size must be >= 1, got {max_batch}")
     if timeout_us is not None and timeout_us < 0:
         raise UserError(f"{where}: batch_timeout_micros must be >= 0, got {timeout_us}")
+    threads = params.num_batch_threads.value if params.HasField("num_batch_threads") else defaults.threads
+    if threads < 1:
+        raise UserError(f"{where}: num_batch_threads must be >= 1, got {threads}")
     if params.allowed_batch_sizes and params.allowed_batch_sizes[-1] != max_batch:
         raise UserError(f"{where}: the last allowed_batch_sizes entry must equal max_batch_size ({max_batch})")
-    wrapped = ("max_enqueued_batches", "num_batch_threads", "thread_pool_name")
-    ignored = [n for n in wrapped if params.HasField(n)]
+    ignored = [n for n in ("max_enqueued_batches", "thread_pool_name") if params.HasField(n)]
     ignored += [n for n in ("allowed_batch_sizes", "pad_variable_length_inputs") if getattr(params, n)]
     if ignored:
         log.warning(
-            "%s: %s not applied: eventpipe batches on the request threads themselves (one model call "
-            "at a time per signature), queues every request and never pads", where, ", ".join(ignored),
+            "%s: %s not applied: eventpipe batches on the request threads themselves, queues every "
+            "request and never pads", where, ", ".join(ignored),
         )  # fmt: skip
-    return BatchingOptions(max_batch, timeout_us / 1e6 if timeout_us is not None else defaults.batch_timeout_s)
+    timeout_s = timeout_us / 1e6 if timeout_us is not None else defaults.batch_timeout_s
+    return BatchingOptions(max_batch, timeout_s, threads)
 
 
 # -- --monitoring_config_file ------------------------------------------------------------------

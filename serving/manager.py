@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.batching import Batcher, InFlight
+from serving.batching import NO_BATCHING, Batcher, BatchingOptions, InFlight
 from serving.metrics import ServingMetrics
 from serving.servables import LoadError, Servable, load_servable
 from serving.signatures import Signature
@@ -61,8 +61,7 @@ class LoadedVersion:
         model_name: str,
         version: int,
         servable: Servable,
-        max_batch_size: int,
-        batch_timeout_s: float,
+        batching: BatchingOptions,
         in_flight: InFlight,
         metrics: ServingMetrics | None,
     ) -> None:
@@ -70,8 +69,7 @@ class LoadedVersion:
         self.version = version
         self.servable = servable
         self.platform = servable.platform
-        self._max_batch_size = max_batch_size
-        self._timeout = batch_timeout_s
+        self._batching = batching
         self._in_flight = in_flight
         self._metrics = metrics
         self._batchers: dict[str, Batcher] = {}
@@ -82,7 +80,7 @@ class LoadedVersion:
         return self.servable.signature(name)
 
     def _batcher(self, signature: Signature) -> Batcher | None:
-        if self._max_batch_size <= 1 or self._closed or not self.servable.batchable:
+        if not self._batching.enabled or self._closed or not self.servable.batchable:
             return None
         batcher = self._batchers.get(signature.name)
         if batcher is None:
@@ -100,10 +98,11 @@ class LoadedVersion:
 
                     batcher = Batcher(
                         lambda arrays: self.servable.run_validated(signature, arrays, all_outputs),
-                        self._max_batch_size,
-                        self._timeout,
+                        self._batching.max_batch_size,
+                        self._batching.batch_timeout_s,
                         self._in_flight,
                         on_batch,
+                        self._batching.threads,
                     )
                     self._batchers[signature.name] = batcher
         return batcher
@@ -148,8 +147,7 @@ class ModelManager:
         poll_seconds: float = 1.0,
         labels_path: str | None = None,
         labels: dict[str, int] | None = None,
-        max_batch_size: int = 0,
-        batch_timeout_s: float = 0.002,
+        batching: BatchingOptions = NO_BATCHING,
         prefer_tflite: bool = False,
         metrics: ServingMetrics | None = None,
         max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
@@ -160,8 +158,7 @@ class ModelManager:
         self.poll_seconds = poll_seconds
         self.labels_path = labels_path or os.path.join(self.directory, LABELS_FILE)
         self._fixed_labels = labels
-        self.max_batch_size = max_batch_size
-        self.batch_timeout_s = batch_timeout_s
+        self.batching = batching
         self.prefer_tflite = prefer_tflite
         self.metrics = metrics
         self.in_flight = InFlight()
@@ -278,8 +275,7 @@ class ModelManager:
             self.model_name,
             version,
             servable,
-            self.max_batch_size,
-            self.batch_timeout_s,
+            self.batching,
             self.in_flight,
             self.metrics,
         )

@@ -8,9 +8,9 @@ import os
 
 from contract.config import ServingConfig
 from contract.errors import UserError
+from serving.batching import NO_BATCHING, BatchingOptions, default_threads
 from serving.config_files import (
     PROMETHEUS_PATH,
-    BatchingOptions,
     ServedModel,
     read_batching_file,
     read_model_config_file,
@@ -46,10 +46,13 @@ class ModelServer:
             raise UserError("both front ends are off: give --rest_api_port or --port")
         self.options = options
         self.models_served = served_models(options, model_base_path)
-        batching = BatchingOptions(options.max_batch_size, options.batch_timeout_ms / 1000.0)
+        if options.num_batch_threads < 0:
+            raise UserError("serving.num_batch_threads must be >= 0 (0: one per core)")
+        threads = options.num_batch_threads or default_threads()
+        batching = BatchingOptions(options.max_batch_size, options.batch_timeout_ms / 1000.0, threads)
         if options.batching_parameters_file:
             batching = read_batching_file(options.batching_parameters_file, batching)
-        self.batching = batching if options.enable_batching else BatchingOptions(0, 0.0)
+        self.batching = batching if options.enable_batching else NO_BATCHING
         metrics_path = read_monitoring_file(options.monitoring_config_file) if options.monitoring_config_file else PROMETHEUS_PATH
         self.metrics = ServingMetrics()
 
@@ -61,8 +64,7 @@ class ModelServer:
                 poll_seconds=options.poll_seconds,
                 labels_path=options.version_labels or None,
                 labels=served.labels,
-                max_batch_size=self.batching.max_batch_size,
-                batch_timeout_s=self.batching.batch_timeout_s,
+                batching=self.batching,
                 prefer_tflite=options.prefer_tflite,
                 metrics=self.metrics,
                 max_tensor_elements=options.max_tensor_elements,
@@ -154,6 +156,30 @@ class ModelServer:
         if self.grpc:
             self.grpc.stop()
         self.models.stop()
+
+
+def configure_tensorflow(options: ServingConfig) -> None:
+    """TensorFlow's thread pools for this process (TF Serving's two parallelism flags).
+
+    Process-wide and fixed once TensorFlow has run an op, so the server's entry point calls it
+    first; servers started inside another program (tests, the pipeline's one-request check)
+    keep that program's settings.
+    """
+    if options.intra_op_threads < 0 or options.inter_op_threads < 0:
+        raise UserError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    wanted = (options.intra_op_threads, options.inter_op_threads)
+    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) != wanted:
+        try:
+            threading.set_intra_op_parallelism_threads(options.intra_op_threads)
+            threading.set_inter_op_parallelism_threads(options.inter_op_threads)
+        except RuntimeError as e:  # TensorFlow already ran an op in this process
+            raise UserError(
+                f"cannot set TensorFlow's thread pools to intra_op={wanted[0]}, inter_op={wanted[1]}: {e}"
+            ) from e
+    log.info("TensorFlow thread pools: intra_op %d, inter_op %d (0: TensorFlow's default)", *wanted)
 
 
 def served_models(options: ServingConfig, model_base_path: str = "") -> list[ServedModel]:

@@ -40,21 +40,25 @@ def test_declared_messages_carry_tf_servings_names_and_numbers():
 
 
 def test_batching_parameters_file(tmp_path, caplog):
-    from serving.config_files import BatchingOptions, read_batching_file
+    from serving.batching import BatchingOptions
+    from serving.config_files import read_batching_file
 
-    defaults = BatchingOptions(16, 0.002)
+    defaults = BatchingOptions(16, 0.002, 2)
     path = _write(
         tmp_path, "batching.txt",
-        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 500 }\nnum_batch_threads { value: 4 }\n",
+        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 500 }\nnum_batch_threads { value: 4 }\n"
+        "max_enqueued_batches { value: 100 }\n",
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="eventpipe.serving"):
-        assert read_batching_file(path, defaults) == BatchingOptions(8, 0.0005)
-    assert "num_batch_threads not applied" in caplog.text  # set but not honoured: said, not dropped
+        assert read_batching_file(path, defaults) == BatchingOptions(8, 0.0005, 4)
+    assert "max_enqueued_batches not applied" in caplog.text  # set but not honoured: said, not dropped
+    assert "num_batch_threads" not in caplog.text  # honoured
     assert read_batching_file(_write(tmp_path, "empty.txt", ""), defaults) == defaults
     for text, message in [
         ("max_batch_size: 8", 'Expected "{"'),
         ("max_batch_size { value: 0 }", "max_batch_size must be >= 1"),
         ("batch_timeout_micros { value: -1 }", "batch_timeout_micros must be >= 0"),
+        ("num_batch_threads { value: 0 }", "num_batch_threads must be >= 1"),
         ("max_batch_size { value: 8 } allowed_batch_sizes: 4", "must equal max_batch_size"),
         ("max_batch_sise { value: 8 }", "has no field named"),
     ]:

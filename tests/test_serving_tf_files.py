@@ -75,11 +75,13 @@ def two_models(tmp_path_factory):
     assert pushed["version"] == 1 and pushed["warmup_requests"] == WARMUP_EVENTS
     config = root / "models.config"
     config.write_text(_config_text(student_dir, teacher_dir))
-    (root / "batching.txt").write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 50000 }\n")
+    (root / "batching.txt").write_text(
+        "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 50000 }\nnum_batch_threads { value: 2 }\n"
+    )
     (root / "monitoring.txt").write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
     server = ss.ServerProcess(
         None, None, "--model_config_file", str(config), "--batching_parameters_file", str(root / "batching.txt"),
-        "--monitoring_config_file", str(root / "monitoring.txt"),
+        "--monitoring_config_file", str(root / "monitoring.txt"), "--tensorflow_intra_op_parallelism", "1",
     )  # fmt: skip
     try:
         server.wait_status("student", ss.available([1, 2]))
@@ -155,6 +157,11 @@ def _batch_histogram(server) -> tuple[float, float, float]:
         value(rf"eventpipe_serving_batch_size_count\{{{labels}\}} (\S+)"),
         value(rf"eventpipe_serving_batch_size_sum\{{{labels}\}} (\S+)"),
     )
+
+
+def test_tensorflow_parallelism_flags_reach_the_server(two_models):
+    server, _ = two_models
+    assert "TensorFlow thread pools: intra_op 1, inter_op 0" in server.log()
 
 
 def test_batching_parameters_file_takes_effect(two_models):

@@ -420,6 +420,60 @@ def test_merged_batches_split_uneven_requests_in_order_and_keep_one_call_at_a_ti
     batcher.close()
 
 
+def test_batch_threads_run_batches_side_by_side_and_free_their_slots():
+    """threads=2: two model calls at once (a lone call does not hold back the next request);
+    queued requests are promoted as calls end, and every slot is free afterwards."""
+    in_flight = InFlight()
+    both_running = threading.Barrier(2, timeout=5)
+    gate = threading.Event()
+    lock = threading.Lock()
+    active, peak, sizes = [0], [0], []
+
+    def run(arrays):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            sizes.append(arrays["x"].shape[0])
+            first_two = len(sizes) <= 2
+        try:
+            if first_two:
+                both_running.wait()  # BrokenBarrierError unless a second call runs beside this one
+                gate.wait(5)
+            return {"y": arrays["x"] + 1}
+        finally:
+            with lock:
+                active[0] -= 1
+
+    batcher = Batcher(run, max_batch_size=3, timeout_s=5.0, in_flight=in_flight, threads=2)
+    results: dict[int, object] = {}
+
+    def client(i: int) -> None:
+        with in_flight:
+            results[i] = batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1)["y"].tolist()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while peak[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert peak[0] == 2, "the second request did not run beside the first"
+    queued = [threading.Thread(target=client, args=(i,)) for i in range(2, 8)]
+    for t in queued:
+        t.start()
+    while len(batcher._pending) < 6 and time.monotonic() < deadline:  # both slots busy: the rest queue
+        time.sleep(0.001)
+    gate.set()
+    for t in threads + queued:
+        t.join(timeout=10)
+    assert results == {i: [[i + 1.0, i + 1.0]] for i in range(8)}
+    assert peak[0] == 2 and all(s <= 3 for s in sizes) and sum(sizes) == 8, (peak, sizes)
+    assert len(sizes) < 8, f"queued requests were not merged: {sizes}"
+    started = time.perf_counter()
+    batcher.close()  # returns at once: no slot is left taken
+    assert time.perf_counter() - started < 1.0
+
+
 def test_close_drains_queued_requests_then_runs_directly():
     in_flight = InFlight()
     gate = threading.Event()
