@@ -134,8 +134,9 @@ class PretrainConfig:
     pairs: str = "temporal"
     # camera: each batch's events come from one camera (cameras with under two batches of events are
     # batched together; beyond 64 cameras groups are shared), so the negatives share the positives'
-    # background and only the object tells events apart; batch: any events. With batch negatives the backbone learns which camera it is looking at: a linear
-    # probe on it read 0.45 (random weights: 0.50); with camera negatives 0.71 (docs/benchmarks.md).
+    # background and only the object tells events apart; batch: any events. With batch negatives
+    # the backbone learns which camera it is looking at: a linear probe on it read 0.45 (random
+    # weights: 0.50); with camera negatives 0.71 (docs/benchmarks.md).
     negatives: str = "camera"
     projection_units: list[int] = field(default_factory=lambda: [256, 128])  # head; the last is z's size
     strategy: str = "teacher"  # one of PRETRAIN_STRATEGIES

@@ -8,9 +8,9 @@ load batches fill up.
 
 Batches run on the request threads themselves, not on worker threads: a request that finds
 a free batch slot (``threads`` of them: TF Serving's ``num_batch_threads``, the config's
-``serving.num_batch_threads``) leads a batch (collects the queue and calls the model); requests arriving while
-every slot is busy queue, and when a leader's model call returns it hands its slot to the
-oldest of them before sending the results out. A lone request so runs in its own thread
+``serving.num_batch_threads``) leads a batch (collects the queue and calls the model);
+requests arriving while every slot is busy queue, and when a leader's model call returns it
+hands its slot to the oldest of them before sending the results out. A lone request so runs in its own thread
 with no hand-off and no queueing at all (a worker thread costs two thread wake-ups per
 request, which on busy cores cost more than batching saves), and up to ``threads`` model
 calls run side by side.

@@ -86,7 +86,7 @@ def test_camera_negatives_batch_events_of_one_camera(tmp_path):
     batched together, and ``batch`` negatives mix cameras."""
     import tensorflow as tf
 
-    from trainer.pretrain.views import camera_groups, event_batches
+    from trainer.pretrain.views import camera_groups, event_batches, events_per_camera
 
     # cam00..cam02 with 10 events each, plus cam03/cam04 with 3 each (too few for batches of 4).
     big = fx.write_examples(str(tmp_path / "big"), SPEC, {"train": 30}, devices=3)
@@ -99,7 +99,8 @@ def test_camera_negatives_batch_events_of_one_camera(tmp_path):
                 ids[:] = [b"cam0" + bytes([ord("3") + int(ids[0][-1:])])]
                 w.write(r.SerializeToString())
     files = layout.split_files(big, layout.TRAIN) + layout.split_files(small, layout.UNLABELLED_SPLIT)
-    groups, events = camera_groups(files, batch_size=4)
+    events = events_per_camera(files)
+    groups = camera_groups(events, batch_size=4)
     assert sorted(groups) == [b"cam00", b"cam01", b"cam02"] and len(set(groups.values())) == 3
     assert events[b"cam03"] == events[b"cam04"] == 3
     fields = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string), layout.EVENT_ID: tf.io.FixedLenFeature([], tf.string)}

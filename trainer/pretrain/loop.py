@@ -22,6 +22,7 @@ import math
 import os
 import statistics
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,6 @@ from contract.config import Config, check_pretrain, mesh_dims, pretrain_strategy
 from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer.parallel import devices
-from trainer.teacher import data as train_data
 
 REPORT = files.PRETRAIN_REPORT
 CURVE = "pretrain_curve.png"
@@ -67,16 +67,26 @@ def train(
 
     from trainer.models.teacher import backbone_layers  # after devices.configure: it imports TensorFlow
     from trainer.pretrain.model import build_pretext, save_backbone
-    from trainer.pretrain.views import PICK_A, PICK_B, VIEW_A, VIEW_B, camera_groups, contrastive_batches
+    from trainer.pretrain.views import (
+        PICK_A,
+        PICK_B,
+        VIEW_A,
+        VIEW_B,
+        camera_groups,
+        contrastive_batches,
+        events_per_camera,
+    )
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    events = {s: sum(train_data.count_records([f]) for f in fs) for s, fs in by_split.items()}
+    cameras = {s: events_per_camera(fs) for s, fs in by_split.items()}  # one read: counts and cameras
+    events = {s: sum(c.values()) for s, c in cameras.items()}
     epoch_size = sum(events.values())
     if epoch_size < p.batch:
         raise UserError(f"pretrain.batch {p.batch} is larger than the {epoch_size} events to pre-train on")
     steps = total_steps(cfg, epoch_size)
-    groups, per_camera = camera_groups(files, p.batch) if p.negatives == "camera" else ({}, {})
+    per_camera = sum(cameras.values(), Counter()) if p.negatives == "camera" else Counter()
+    groups = camera_groups(per_camera, p.batch)
 
     keras.backend.experimental.enable_tf_random_generator()
     keras.utils.set_random_seed(p.seed)
@@ -89,7 +99,7 @@ def train(
     runner.build(initial.get_weights(), schedule)
     batches = iter(contrastive_batches(files, spec, batch_size=p.batch, seed=p.seed, epoch_size=epoch_size,
                                        augmentations=list(p.augmentations), temporal=p.pairs == "temporal",
-                                       groups=groups if p.negatives == "camera" else None))  # fmt: skip
+                                       groups=groups))  # fmt: skip
 
     losses: list[float] = []
     step_times: list[float] = []

@@ -8,10 +8,11 @@ single-frame event pairs its frame with itself under two different augmentations
 plain SimCLR. Labels are never read: labelled and unlabelled events are the same here.
 
 The negatives of a view are the other events of its batch, and by default a batch holds events
-of one camera (``camera_groups``; cameras with too few events for that are batched together). Frames of one event share their camera's background, so against events of other
-cameras the pretext is solved by recognising the background, and the backbone learns cameras, not
-objects (measured: a linear probe on it did worse than on random weights). Among events of one
-camera only what entered the scene tells them apart.
+of one camera (``camera_groups``; cameras with too few events for that are batched together).
+Frames of one event share their camera's background, so against events of other cameras the
+pretext is solved by recognising the background, and the backbone learns cameras, not objects
+(measured: a linear probe on it did worse than on random weights). Among events of one camera
+only what entered the scene tells them apart.
 
 All randomness is stateless in ``(seed, the event's position in the stream, view)``, like
 the teacher's input (``trainer.teacher.data``), so every strategy sees the same batches.
@@ -36,6 +37,7 @@ CAMERA_GROUPS = 64
 # batches would repeat its events, and a repeat is a false negative (views of one event pushed apart).
 MIN_BATCHES_PER_CAMERA = 2
 MIXED_GROUP = 0  # the cameras too small for their own group, batched together
+DEVICE_FEATURE = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
 # The noise's seeds: a stream of their own (``key + 1`` would be the next event's other view).
 _NOISE_STREAM = tf.constant([1_000_003, 0], tf.int64)
 
@@ -87,21 +89,27 @@ def frame_picks(counts: Any, positions: Any, seed: int, frames: int, *, temporal
     return tf.one_hot(first, frames), tf.one_hot(second, frames)
 
 
-def camera_groups(files: list[str], batch_size: int) -> tuple[dict[bytes, int], Counter]:
-    """``(device_id -> group, events per device_id)`` for camera negatives.
+def events_per_camera(files: list[str]) -> Counter:
+    """Events per device_id in ``files`` (one read; its total is the number of events)."""
+    events: Counter = Counter()
+    if not files:
+        return events
+    ids = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
+    ids = ids.map(lambda s: tf.io.parse_example(s, DEVICE_FEATURE)[layout.DEVICE_ID], num_parallel_calls=tf.data.AUTOTUNE)
+    for chunk in ids:
+        events.update(chunk.numpy().tolist())
+    return events
+
+
+def camera_groups(events: Counter, batch_size: int) -> dict[bytes, int]:
+    """``device_id -> group`` for camera negatives, from ``events_per_camera``.
 
     Every camera with at least ``MIN_BATCHES_PER_CAMERA`` batches of events gets a group of its
     own (1..``CAMERA_GROUPS``, the largest first; beyond that they share round-robin); the other
     cameras are ``MIXED_GROUP``, absent from the mapping.
     """
-    device = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
-    ids = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
-    ids = ids.map(lambda s: tf.io.parse_example(s, device)[layout.DEVICE_ID], num_parallel_calls=tf.data.AUTOTUNE)
-    events: Counter = Counter()
-    for chunk in ids:
-        events.update(chunk.numpy().tolist())
     large = sorted((c for c, n in events.items() if n >= MIN_BATCHES_PER_CAMERA * batch_size), key=lambda c: (-events[c], c))
-    return {camera: 1 + i % CAMERA_GROUPS for i, camera in enumerate(large)}, events
+    return {camera: 1 + i % CAMERA_GROUPS for i, camera in enumerate(large)}
 
 
 def event_batches(
@@ -111,8 +119,8 @@ def event_batches(
 
     ``groups`` (``camera_groups``): each batch is ``batch_size`` consecutive events of one group,
     so an event's negatives share its camera's background, and never holds an event twice; None
-    or empty: consecutive events of the stream, whatever their camera. Positions are taken before grouping, so every event keeps
-    the stateless seeds of its place in the stream.
+    or empty: consecutive events of the stream, whatever their camera. Positions are taken before
+    grouping, so every event keeps the stateless seeds of its place in the stream.
     """
     ds = record_stream(files, seed=seed, epoch_size=epoch_size).enumerate()
     if not groups:
@@ -121,11 +129,10 @@ def event_batches(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(groups)), tf.constant(list(groups.values()), tf.int64)),
         default_value=MIXED_GROUP,
     )
-    device = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
 
     @tf.autograph.experimental.do_not_convert
     def with_group(position: Any, serialized: Any) -> Any:
-        return position, serialized, table.lookup(tf.io.parse_single_example(serialized, device)[layout.DEVICE_ID])
+        return position, serialized, table.lookup(tf.io.parse_single_example(serialized, DEVICE_FEATURE)[layout.DEVICE_ID])
 
     ds = ds.map(with_group, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.group_by_window(lambda p, s, group: group, lambda _, w: w.batch(batch_size, drop_remainder=True),
