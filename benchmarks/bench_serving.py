@@ -18,7 +18,7 @@ Measured per backend:
   their two rows differ only by noise.
 
 Both servers run at once and every figure alternates between them (latency in 6 rounds,
-throughput in ``--rounds`` rounds, off then on), so a change in the machine's load hits both
+throughput in ``--rounds`` rounds, off first in odd rounds and on first in even ones), so a change in the machine's load hits both
 sides alike: measured one after the other, drift alone made batching look 20-35% slower at
 one client in two runs on 2026-11-30 while side-by-side rounds showed parity. Batching's
 on/off ratios are medians of the per-round ratios, printed with the rounds.
@@ -329,7 +329,7 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
                 merged_per_call: list[float] = []
                 for r in range(args.rounds):
                     print(f"[{name}] {api} throughput, {n} clients, round {r + 1}/{args.rounds} ...", flush=True)
-                    for mode in MODES:
+                    for mode in list(MODES)[:: 1 if r % 2 == 0 else -1]:  # off first, then on first
                         before = batch_stats(servers[mode].rest_port)
                         point = throughput(api, *target(mode, api), n, args.duration, scratch)
                         after = batch_stats(servers[mode].rest_port)
@@ -439,6 +439,8 @@ def main() -> int:
         _baseline_worker(args.in_process)
         return 0
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if args.rounds < 1 or not args.clients or min(args.clients) < 1:
+        parser.error("--rounds and every --clients entry must be >= 1")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     load_before = os.getloadavg()[0]
     workdir = tempfile.mkdtemp(prefix="bench-serving-")

@@ -6,11 +6,12 @@ request of the model is on its way in (every one inside the server is already ba
 queued): a lone client is never made to wait for company that cannot come, while under
 load batches fill up.
 
-Batches run on the request threads themselves, not on worker threads: a request that finds
-a free batch slot (``threads`` of them: TF Serving's ``num_batch_threads``, the config's
-``serving.num_batch_threads``) leads a batch (collects the queue and calls the model);
-requests arriving while every slot is busy queue, and when a leader's model call returns it
-hands its slot to the oldest of them before sending the results out. A lone request so runs in its own thread
+Batches run on the request threads themselves, not on worker threads. There are ``threads``
+batch slots (TF Serving's ``num_batch_threads``, the config's ``serving.num_batch_threads``).
+A request that finds a free slot and no batch open leads one: it collects the queue and calls
+the model. Requests arriving while a batch is open join it, as in TF Serving (one open batch
+per queue). Requests arriving while every slot is busy queue; when a leader's model call
+returns, it hands its slot to the oldest of them before sending the results out. A lone request so runs in its own thread
 with no hand-off and no queueing at all (a worker thread costs two thread wake-ups per
 request, which on busy cores cost more than batching saves), and up to ``threads`` model
 calls run side by side.
@@ -39,8 +40,8 @@ RunFn = Callable[[Arrays], Arrays]
 
 
 def default_threads() -> int:
-    """TF Serving's ``num_batch_threads`` default: one batch thread per core."""
-    return os.cpu_count() or 1
+    """TF Serving's ``num_batch_threads`` default: one batch thread per core this process may use."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 @dataclass(frozen=True)
@@ -141,18 +142,29 @@ class Batcher:
 
     def submit(self, inputs: Arrays, rows: int) -> Arrays:
         """Run ``inputs`` (``rows`` rows) as part of a batch; blocks until the answer is ready."""
+        task = None
         with self._cond:
             self._inside += 1
             closed = self._closed
-            alone = not closed and self._leaders < self.threads and not self._pending and self._none_coming()
-            if alone:
+            # A free slot and no open batch to join: this request starts one (or, with nobody
+            # else coming, runs alone). Otherwise it queues for the collecting leader or a slot.
+            start = not closed and self._leaders < self.threads and not self._collecting and not self._pending
+            alone = start and self._none_coming()
+            if start:
                 self._leaders += 1
+            if not closed and not alone:
+                task = _Task(inputs, rows)
+                if not start:
+                    self._pending.append(task)
+                    if self._collecting:
+                        self._cond.notify_all()
         try:
             if closed:
                 return self._run(inputs)  # the version is unloading: run directly
-            if alone:  # a free slot and nobody to wait for: the batch of one runs now, unqueued
+            if alone:  # nobody to wait for: the batch of one runs now, with no queue entry
                 return self._run_alone(inputs, rows)
-            return self._join(_Task(inputs, rows))
+            assert task is not None
+            return self._await(task, lead=start)
         finally:
             with self._cond:
                 self._inside -= 1
@@ -175,19 +187,11 @@ class Batcher:
             self._on_batch(rows, 1)
         return result
 
-    def _join(self, task: _Task) -> Arrays:
-        """Lead a batch from ``task`` if a slot is free, else queue until a leader answers or promotes it."""
-        with self._cond:
-            lead = self._leaders < self.threads
-            if lead:
-                self._leaders += 1
-            else:
-                self._pending.append(task)
-                if self._collecting:
-                    self._cond.notify_all()
+    def _await(self, task: _Task, lead: bool) -> Arrays:
+        """Lead a batch from ``task``, or wait until a leader answers it or promotes it to lead."""
         if not lead:
             task.done.wait()
-            if task.lead:  # promoted: a leader's call is over and this request was the oldest queued
+            if task.lead:  # promoted: it was the oldest queued when a slot came free
                 task.lead = False
                 task.done.clear()
                 lead = True
@@ -204,25 +208,37 @@ class Batcher:
         """No predict request of the model is between the front end and ``submit`` (lock held)."""
         return self._in_flight is not None and self._in_flight.count <= self._inside
 
-    def _collect(self, first: _Task) -> list[_Task]:
-        """``first`` and whatever queues before the batch closes (lock held)."""
-        batch, rows = [first], first.rows
+    def _collect(self, batch: list[_Task]) -> None:
+        """Add to ``batch`` (its first request) whatever queues before the batch closes (lock held).
+
+        Requests are appended as they are taken, so if anything interrupts the wait, every taken
+        request is still in ``batch`` for the leader to answer.
+        """
+        first = batch[0]
+        rows = first.rows
         deadline = first.arrived + self.timeout_s
+
+        def wake() -> None:  # one object per collecting leader: the watcher set keeps each
+            self._wake()
+
         # Watch departures before the first "anyone coming?" test: a request that leaves between
         # the test and the wait still wakes this leader (its wake-up waits for the lock we hold).
         if self._in_flight is not None:
-            self._in_flight.watch(self._wake, True)
+            self._in_flight.watch(wake, True)
         try:
             while rows < self.max_batch_size:
                 if not self._pending:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._none_coming():
                         break
-                    # Requests counted in flight but not in submit yet will queue here; one that
-                    # fails before submitting only costs this batch the rest of the timeout.
+                    # Requests in flight but not in submit yet will queue for this batch (a free
+                    # slot is not taken while a batch is open); one that fails before submitting
+                    # only costs this batch the rest of the timeout.
                     self._collecting += 1
-                    self._cond.wait(remaining)
-                    self._collecting -= 1
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._collecting -= 1
                     continue
                 if rows + self._pending[0].rows > self.max_batch_size:
                     break
@@ -231,15 +247,16 @@ class Batcher:
                 rows += task.rows
         finally:
             if self._in_flight is not None:
-                self._in_flight.watch(self._wake, False)
-        return batch
+                self._in_flight.watch(wake, False)
+            self._promote()  # requests left queued (the batch is full) take the free slots
 
     def _lead(self, first: _Task) -> None:
         """Collect a batch, call the model, pass the slot on, then deliver the results."""
-        with self._cond:
-            batch = self._collect(first)
+        batch = [first]
         outcomes: list[tuple[_Task, Arrays | None, BaseException | None]] = []
         try:
+            with self._cond:
+                self._collect(batch)
             groups: dict[tuple, list[_Task]] = {}
             for task in batch:
                 groups.setdefault(task.key(), []).append(task)
@@ -258,13 +275,22 @@ class Batcher:
         with self._cond:
             self._cond.notify_all()
 
+    def _promote(self) -> None:
+        """Queued requests take the free slots, oldest first (lock held)."""
+        while self._pending and self._leaders < self.threads and not self._collecting:
+            self._leaders += 1
+            self._give_lead(self._pending.popleft())
+
+    @staticmethod
+    def _give_lead(task: _Task) -> None:
+        task.lead = True
+        task.done.set()
+
     def _hand_on(self) -> None:
         """The oldest queued request takes over this slot; none queued: the slot is free."""
         with self._cond:
             if self._pending:
-                nxt = self._pending.popleft()
-                nxt.lead = True
-                nxt.done.set()
+                self._give_lead(self._pending.popleft())
             else:
                 self._leaders -= 1
                 if self._closed:

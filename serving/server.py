@@ -44,6 +44,8 @@ class ModelServer:
             raise UserError("serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) must be positive")
         if options.rest_port < 0 and options.grpc_port < 0:
             raise UserError("both front ends are off: give --rest_api_port or --port")
+        if options.intra_op_threads < 0 or options.inter_op_threads < 0:
+            raise UserError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
         self.options = options
         self.models_served = served_models(options, model_base_path)
         if options.num_batch_threads < 0:
@@ -165,8 +167,6 @@ def configure_tensorflow(options: ServingConfig) -> None:
     first; servers started inside another program (tests, the pipeline's one-request check)
     keep that program's settings.
     """
-    if options.intra_op_threads < 0 or options.inter_op_threads < 0:
-        raise UserError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
     import tensorflow as tf
 
     threading = tf.config.threading

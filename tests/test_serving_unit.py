@@ -452,9 +452,11 @@ def test_batch_threads_run_batches_side_by_side_and_free_their_slots():
             results[i] = batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1)["y"].tolist()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
+    threads[0].start()
     deadline = time.monotonic() + 5
+    while not sizes and time.monotonic() < deadline:  # the first request is in its model call
+        time.sleep(0.001)
+    threads[1].start()
     while peak[0] < 2 and time.monotonic() < deadline:
         time.sleep(0.001)
     assert peak[0] == 2, "the second request did not run beside the first"
@@ -472,6 +474,35 @@ def test_batch_threads_run_batches_side_by_side_and_free_their_slots():
     started = time.perf_counter()
     batcher.close()  # returns at once: no slot is left taken
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_free_slot_does_not_split_an_open_batch():
+    """threads=2: requests that arrive while a leader waits for them join its batch; they do not
+    take the free slot and leave the leader waiting out its timeout."""
+    in_flight = InFlight()
+    calls: list[int] = []
+    batcher = Batcher(
+        lambda a: calls.append(a["x"].shape[0]) or {"y": a["x"]}, max_batch_size=8, timeout_s=5.0,
+        in_flight=in_flight, threads=2,
+    )  # fmt: skip
+    everyone_inside = threading.Barrier(4)
+    done: list[float] = []
+
+    def client() -> None:
+        with in_flight:
+            everyone_inside.wait(5)  # all four are in flight before the first submits
+            batcher.submit({"x": np.zeros((1, 2))}, 1)
+        done.append(time.perf_counter())
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(done) == 4 and max(done) - started < 2.0, "a leader waited out its 5 s timeout"
+    assert calls == [4], f"four requests in flight together were not one call: {calls}"
+    batcher.close()
 
 
 def test_close_drains_queued_requests_then_runs_directly():
@@ -534,6 +565,8 @@ def test_cli_rejects_bad_serving_arguments_in_one_line(tmp_path, capsys):
         (["serve", "--model_base_path", str(tmp_path / "m"), "--model_name", "m", "--version-policy", "newest"],
          "--version-policy must be"),
         (["serve", "--model_base_path", str(tmp_path), "--model_name", "m"], f"pass --model_base_path {tmp_path / 'm'}"),
+        (["serve", "--model_base_path", str(tmp_path / "m"), "--model_name", "m", "--tensorflow_intra_op_parallelism",
+          "-1"], "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0"),
         (["serve", "--model_config_file", str(tmp_path / "none.config")], "--model_config_file"),
         (["device-run", "--model", str(tmp_path / "none.tflite"), "--data", str(tmp_path)], "does not exist"),
     ]
