@@ -18,9 +18,10 @@ Measured per backend:
   their two rows differ only by noise.
 
 Both servers run at once and every figure alternates between them (latency in 6 rounds,
-throughput in ``--rounds`` rounds, off first in odd rounds and on first in even ones), so a change in the machine's load hits both
-sides alike: measured one after the other, drift alone made batching look 20-35% slower at
-one client in two runs on 2026-11-30 while side-by-side rounds showed parity. Batching's
+throughput in ``--rounds`` rounds, off first in odd rounds and on first in even ones), so a
+change in the machine's load hits both sides alike: measured one after the other, drift alone
+made batching look 20-35% slower at one client in two runs on 2026-11-30 while side-by-side
+rounds showed parity. Batching's
 on/off ratios are medians of the per-round ratios, printed with the rounds.
 
 Client and server share the machine's cores: on a small, busy machine the numbers include

@@ -290,10 +290,10 @@ class ServingConfig:
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
     # Batches collected or run at once per signature (BatchingParameters.num_batch_threads);
-    # 0: one per core, TF Serving's default. 1 here: a batch leader that finds a free slot
-    # closes as soon as nobody else is coming, so extra slots split the load into smaller
-    # batches (2.9 instead of 7 requests per call at 16 gRPC clients on 2 cores) and gained
-    # nothing measurable (docs/benchmarks.md, "Serving").
+    # 0: one per core, TF Serving's default. 1 here: a second slot's leader closes as soon as
+    # nobody else is coming, so the load splits into smaller batches (2.9 instead of 6.7
+    # requests per call at 16 gRPC clients on 2 cores); it won at 4 clients and lost at 16
+    # (docs/benchmarks.md, "Serving").
     num_batch_threads: int = 1
     # TensorFlow's thread pools in `eventpipe serve` (--tensorflow_intra_op_parallelism and
     # --tensorflow_inter_op_parallelism); 0: TensorFlow's default, as in TF Serving.

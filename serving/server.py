@@ -46,10 +46,10 @@ class ModelServer:
             raise UserError("both front ends are off: give --rest_api_port or --port")
         if options.intra_op_threads < 0 or options.inter_op_threads < 0:
             raise UserError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
-        self.options = options
-        self.models_served = served_models(options, model_base_path)
         if options.num_batch_threads < 0:
             raise UserError("serving.num_batch_threads must be >= 0 (0: one per core)")
+        self.options = options
+        self.models_served = served_models(options, model_base_path)
         threads = options.num_batch_threads or default_threads()
         batching = BatchingOptions(options.max_batch_size, options.batch_timeout_ms / 1000.0, threads)
         if options.batching_parameters_file:
