@@ -11,23 +11,29 @@ Measured per backend:
   with a serialized ``PredictRequest``, what a stub sends), each client in its own clean
   process, p50/p99 in alternating rounds so background load hits all alike; added ms and
   ratio at p50 vs in-process;
+- the floor: the same clients against an echo server of the same libraries (stdlib HTTP
+  server, sync grpcio) that answers the real server's response bytes at no cost; no Python
+  server of these protocols can add less on this machine;
 - throughput (requests/s) at 1/4/16 concurrent clients over REST and gRPC, with dynamic
-  batching off (``--max-batch-size 0``) and on (``--max-batch-size 16 --batch-timeout-ms 2``);
-  clients are threads in up to 4 worker processes that import neither TensorFlow nor
-  eventpipe. TFLite versions never batch (batch-1 models; an interpreter pool instead), so
-  their two rows differ only by noise.
+  batching off (``--max-batch-size 0``) and on (``--max-batch-size 16 --batch-timeout-ms 2``),
+  and the machine's idle CPU while it ran; clients are threads in up to 4 worker processes
+  that import neither TensorFlow nor eventpipe. TFLite versions never batch (batch-1 models;
+  an interpreter pool instead), so their two rows differ only by noise;
+- batching's ceiling: the model call's process CPU per row alone and at the requests per
+  call batching reached. Once unbatched load saturates the CPU, batching cannot raise
+  throughput by more than their ratio, even with a front end that costs nothing.
 
-Both servers run at once and every figure alternates between them (latency in 6 rounds,
+Both servers run at once and every figure alternates between them (latency in 12 rounds,
 throughput in ``--rounds`` rounds, off first in odd rounds and on first in even ones), so a
 change in the machine's load hits both sides alike: measured one after the other, drift alone
 made batching look 20-35% slower at one client in two runs on 2026-11-30 while side-by-side
-rounds showed parity. Batching's
-on/off ratios are medians of the per-round ratios, printed with the rounds.
+rounds showed parity. Batching's on/off ratios are medians of the per-round ratios, printed
+with the rounds.
 
 Client and server share the machine's cores: on a small, busy machine the numbers include
 that contention (the machine's load average is printed with the results).
 
-    .venv/bin/python benchmarks/bench_serving.py                  # ~6 minutes
+    .venv/bin/python benchmarks/bench_serving.py                  # ~8 minutes
     .venv/bin/python benchmarks/bench_serving.py --duration 1 --requests 100 --backends tflite
 """
 
@@ -118,6 +124,12 @@ class InProcessBaseline:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
+    def cpu_ms_per_row(self, sizes: list[int], calls: int = 40) -> dict[int, float]:
+        """The model call's CPU cost per row at each batch size (``calls`` calls each)."""
+        self.proc.stdin.write(f"cpu {calls} {' '.join(map(str, sizes))}\n")
+        self.proc.stdin.flush()
+        return {int(k): v for k, v in json.loads(self.proc.stdout.readline()).items()}
+
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
@@ -141,12 +153,31 @@ def _baseline_worker(base: str) -> None:
         servable.run(signature, {"frames": batch}, outputs)
     print("ready", flush=True)
     for line in sys.stdin:
+        if line.startswith("cpu "):  # "cpu CALLS SIZE..." -> {size: process CPU ms per row}
+            calls, *sizes = (int(x) for x in line.split()[1:])
+            print(json.dumps({size: _cpu_ms_per_row(servable, signature, frames, outputs, size, calls) for size in sizes}), flush=True)
+            continue
         times = []
         for _ in range(int(line)):
             t = time.perf_counter()
             servable.run(signature, {"frames": batch}, outputs)
             times.append(time.perf_counter() - t)
         print(json.dumps(times), flush=True)
+
+
+def _cpu_ms_per_row(servable, signature, frames: list[bytes], outputs: list[str], rows: int, calls: int) -> float:
+    """Process CPU time (every TensorFlow thread included) per row of one ``rows``-row model call."""
+    import numpy as np
+
+    batch = np.empty((rows, len(frames)), dtype=object)
+    for i in range(rows):
+        batch[i, :] = frames
+    for _ in range(5):
+        servable.run(signature, {"frames": batch}, outputs)
+    start = time.process_time()
+    for _ in range(calls):
+        servable.run(signature, {"frames": batch}, outputs)
+    return (time.process_time() - start) * 1000.0 / (calls * rows)
 
 
 def grpc_request_bytes(frames: list[bytes]) -> bytes:
@@ -160,7 +191,7 @@ def grpc_request_bytes(frames: list[bytes]) -> bytes:
     return request.SerializeToString()
 
 
-ROUNDS = 6
+ROUNDS = 12
 
 
 CLIENT_PROCESSES = 4
@@ -186,13 +217,28 @@ def throughput(api: str, target: str, payload: bytes, clients: int, duration: fl
         )
         for n in threads
     ]
+    time.sleep(max(0.0, start_at - time.time()))
+    idle_before = _cpu_idle()
+    time.sleep(duration)
+    idle_after = _cpu_idle()
     reports = [json.loads(w.communicate(timeout=duration + 120)[0]) for w in workers]
     errors = sum(r["errors"] for r in reports)
     if errors:
         first = next(r["first_error"] for r in reports if r["errors"])
         raise RuntimeError(f"{errors} failed requests, e.g. {first}")
     total = sum(r["count"] for r in reports)
-    return {"requests_per_s": total / duration, "requests": total}
+    idle = (idle_after[0] - idle_before[0]) / max(1, idle_after[1] - idle_before[1])
+    return {"requests_per_s": total / duration, "requests": total, "cpu_idle": idle}
+
+
+def _cpu_idle() -> tuple[int, int]:
+    """The machine's (idle, total) CPU ticks so far (Linux /proc/stat; zeros elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return ticks[3] + ticks[4], sum(ticks)
 
 
 # A stand-alone client process: stdlib http.client or grpcio with raw bytes, N threads.
@@ -248,6 +294,72 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(json.dumps({"count": sum(counts), "errors": len(errors), "first_error": errors[0] if errors else ""}))
 """
+
+
+# The protocol floor: stdlib HTTP/1.1 and grpcio servers whose handler costs nothing and answers
+# the real server's own response bytes (same keep-alive, TCP_NODELAY and thread-per-connection
+# HTTP server, same sync grpcio server and options), so their round trip is what the transport,
+# the two libraries and the client cost before any serving work.
+ECHO_SERVER = r"""
+import json, socket, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import grpc
+rest_reply, grpc_reply = (open(p, "rb").read() for p in sys.argv[1:3])
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def log_message(self, *args):
+        pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(rest_reply) + rest_reply)
+
+http = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+http.daemon_threads = True
+threading.Thread(target=http.serve_forever, daemon=True).start()
+server = grpc.server(ThreadPoolExecutor(max_workers=32), options=[("grpc.so_reuseport", 0)])
+handler = grpc.unary_unary_rpc_method_handler(lambda request, context: grpc_reply)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {"Predict": handler}),))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(json.dumps({"rest": http.server_address[1], "grpc": port}), flush=True)
+sys.stdin.read()
+"""
+
+
+class EchoServer:
+    """ECHO_SERVER in its own process, answering ``rest_reply`` / ``grpc_reply`` to every predict."""
+
+    def __init__(self, rest_reply: bytes, grpc_reply: bytes, scratch: str) -> None:
+        paths = [os.path.join(scratch, f"echo-{api}") for api in ("rest", "grpc")]
+        for path, reply in zip(paths, (rest_reply, grpc_reply), strict=True):
+            with open(path, "wb") as f:
+                f.write(reply)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ECHO_SERVER, *paths], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        ports = json.loads(self.proc.stdout.readline())
+        self.rest_target, self.grpc_target = f"127.0.0.1:{ports['rest']}", f"127.0.0.1:{ports['grpc']}"
+
+    close = InProcessBaseline.close
+
+
+def real_replies(rest_target: str, body: bytes, grpc_target: str, grpc_payload: bytes) -> tuple[bytes, bytes]:
+    """The server's own REST and gRPC predict responses, for the echo server to answer."""
+    import grpc
+
+    host, port = rest_target.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", f"/v1/models/{NAME}:predict", body, {"Content-Type": "application/json"})
+    rest_reply = conn.getresponse().read()
+    conn.close()
+    with grpc.insecure_channel(grpc_target) as channel:
+        grpc_reply = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")(grpc_payload, timeout=60)
+    return rest_reply, grpc_reply
 
 
 class LatencyClient:
@@ -308,25 +420,33 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
                 return f"127.0.0.1:{server.rest_port}", body
             return server.grpc_target, grpc_payload
 
-        print(f"[{name}] latency, in-process and both servers, {ROUNDS} alternating rounds ...", flush=True)
-        clients = {"in_process": InProcessBaseline(base)}
+        print(f"[{name}] latency, in-process, both servers and the echo floor, {ROUNDS} alternating rounds ...", flush=True)
+        echo = EchoServer(*real_replies(*target("no_batching", "rest"), *target("no_batching", "grpc")), scratch)
+        baseline = InProcessBaseline(base)
+        clients = {"in_process": baseline}
         for mode in MODES:
             for api in ("rest", "grpc"):
                 clients[f"{mode}/{api}"] = LatencyClient(api, *target(mode, api), scratch)
+        clients["floor/rest"] = LatencyClient("rest", echo.rest_target, body, scratch)
+        clients["floor/grpc"] = LatencyClient("grpc", echo.grpc_target, grpc_payload, scratch)
         samples: dict[str, list[float]] = {key: [] for key in clients}
         per_round = max(1, args.requests // ROUNDS)
         for _ in range(ROUNDS):
             for key, client in clients.items():
                 samples[key] += client.measure(per_round)
         for client in clients.values():
-            client.close()
+            if client is not baseline:
+                client.close()
+        echo.close()
         result: dict = {"backend": name, "in_process": percentiles(samples["in_process"])}
+        result["floor"] = {f"{api}_latency": percentiles(samples[f"floor/{api}"]) for api in ("rest", "grpc")}
         for mode in MODES:
             result[mode] = {f"{api}_latency": percentiles(samples[f"{mode}/{api}"]) for api in ("rest", "grpc")}
             result[mode]["throughput"] = {}
         for api in ("rest", "grpc"):
             for n in args.clients:
                 rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+                idle: dict[str, list[float]] = {mode: [] for mode in MODES}
                 merged_per_call: list[float] = []
                 for r in range(args.rounds):
                     print(f"[{name}] {api} throughput, {n} clients, round {r + 1}/{args.rounds} ...", flush=True)
@@ -335,6 +455,7 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
                         point = throughput(api, *target(mode, api), n, args.duration, scratch)
                         after = batch_stats(servers[mode].rest_port)
                         rates[mode].append(point["requests_per_s"])
+                        idle[mode].append(point["cpu_idle"])
                         if mode == "batching":
                             calls = after["eventpipe_serving_batch_requests_count"] - before["eventpipe_serving_batch_requests_count"]
                             merged = after["eventpipe_serving_batch_requests_sum"] - before["eventpipe_serving_batch_requests_sum"]
@@ -344,10 +465,23 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
                         "requests_per_s": statistics.median(rates[mode]),
                         "rounds": rates[mode],
                         "requests_per_model_call": statistics.mean(merged_per_call) if mode == "batching" else 1.0,
+                        "cpu_idle": statistics.median(idle[mode]),
                     }
                 ratios = [on / off for on, off in zip(rates["batching"], rates["no_batching"], strict=True)]
                 result[f"{api}_batching_ratio_{n}_clients"] = statistics.median(ratios)
                 result[f"{api}_batching_ratio_{n}_clients_rounds"] = ratios
+        if name != "tflite":
+            # Batching's ceiling: how much less CPU a row costs in a merged call than alone. On
+            # a machine that unbatched load already saturates, throughput cannot rise by more.
+            top = max(args.clients)
+            merged = {api: result["batching"]["throughput"][f"{api}_{top}"]["requests_per_model_call"] for api in ("rest", "grpc")}
+            sizes = sorted({1, *(max(1, round(m)) for m in merged.values())})
+            print(f"[{name}] model CPU per row at {sizes} rows per call ...", flush=True)
+            cpu = baseline.cpu_ms_per_row(sizes)
+            result["model_cpu_ms_per_row"] = cpu
+            for api, m in merged.items():
+                result[f"{api}_batching_ceiling_{top}_clients"] = cpu[1] / cpu[max(1, round(m))]
+        baseline.close()
     finally:
         for server in servers.values():
             server.stop()
@@ -356,6 +490,9 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
         p50 = result["no_batching"][f"{api}_latency"]["p50_ms"]
         result[f"{api}_added_ms_p50"] = p50 - base_p50
         result[f"{api}_ratio_p50"] = p50 / base_p50
+        result[f"{api}_floor_ms_p50"] = result["floor"][f"{api}_latency"]["p50_ms"]
+        # One sequential client's request rate, batching on over off, from the interleaved p50s.
+        result[f"{api}_lone_ratio_p50"] = p50 / result["batching"][f"{api}_latency"]["p50_ms"]
     return result
 
 
@@ -371,8 +508,15 @@ def print_table(results: list[dict], clients: list[int]) -> None:
                 f"   {r[f'{api}_added_ms_p50']:+7.2f}    {r[f'{api}_ratio_p50']:5.2f}x"
             )
             lat = r["batching"][f"{api}_latency"]
-            print(f"  {r['backend']:<10} {api.upper():<5} (batching on)       {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}")
-    print("\nthroughput (requests/s; requests per model call with batching)")
+            print(
+                f"  {r['backend']:<10} {api.upper():<5} (batching on)       {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
+                f"   off/on at p50 {r[f'{api}_lone_ratio_p50']:.2f}x"
+            )
+            lat = r["floor"][f"{api}_latency"]
+            print(f"  {r['backend']:<10} {api.upper():<5} echo (the floor)    {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}")
+    print("  (echo: the same client against a server of the same libraries whose handler costs nothing;")
+    print("   its p50 is the least any Python server of these protocols adds on this machine)")
+    print("\nthroughput (requests/s; requests per model call with batching; machine CPU idle)")
     header = "".join(f"{c:>16} clients" for c in clients)
     print(f"  {'':<10} {'':<14}{header}")
     for r in results:
@@ -383,7 +527,7 @@ def print_table(results: list[dict], clients: list[int]) -> None:
                     p = r[mode]["throughput"][f"{api}_{c}"]
                     cells += f"{p['requests_per_s']:>14.0f}" + (
                         f" ({p['requests_per_model_call']:4.1f})" if mode == "batching" else "       "
-                    ) + "  "
+                    ) + f" {p['cpu_idle'] * 100:3.0f}%"
                 print(f"  {r['backend']:<10} {api.upper():<4} {mode:<11}{cells}")
         for api in ("rest", "grpc"):
             ratios = "  ".join(
@@ -392,34 +536,46 @@ def print_table(results: list[dict], clients: list[int]) -> None:
                 for c in clients
             )
             print(f"  {r['backend']:<10} {api.upper():<4} batching on/off, median (rounds): {ratios}")
-    print("\ntargets (issue 12)                                       measured        target   result")
+        if "model_cpu_ms_per_row" in r:
+            costs = ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in sorted(r["model_cpu_ms_per_row"].items()))
+            print(f"  {r['backend']:<10} model call, CPU per row: {costs}")
+    print("\ntargets (issue 12)                                   measured      target   bound here   result")
     for r in results:
-        for name, value, target, met in target_checks(r, clients):
-            print(f"  {r['backend']:<10} {name:<44} {value:>9}  {target:>12}   {'pass' if met else 'FAIL'}")
+        for name, value, target, bound, met in target_checks(r, clients):
+            print(f"  {r['backend']:<10} {name:<40} {value:>9}  {target:>10}  {bound:>11}   {'pass' if met else 'FAIL'}")
+    print("  (bound here: the echo floor for added latency; for batching's gain, the model's CPU per row")
+    print("   alone over merged, which caps the gain once unbatched load saturates the CPU)")
 
 
-def target_checks(r: dict, clients: list[int]) -> list[tuple[str, str, str, bool]]:
-    """Issue 12's serving targets for one backend: (what, measured, target, met).
+def target_checks(r: dict, clients: list[int]) -> list[tuple[str, str, str, str, bool]]:
+    """Issue 12's serving targets for one backend: (what, measured, target, bound here, met).
 
     Added latency at p50 over the in-process call, batching's throughput gain at the most
     clients, and no loss from batching at 1 client (a lone request must not wait; the
-    two 1-client runs differ only by noise then, so 5% counts as no loss). Batching
-    targets apply to batchable backends only (TFLite runs on an interpreter pool).
+    two 1-client runs differ only by noise then, so 5% counts as no loss). One client's rate
+    is one over its latency, so that check compares the p50s of the latency rounds (50
+    requests a side, interleaved): on 2026-11-30 the 1-client throughput rounds of two
+    identical servers (A/A) spread 0.72-1.09x, too wide to tell a 5% loss. Batching
+    targets apply to batchable backends only (TFLite runs on an interpreter pool). The bound
+    is what this machine allows: a target beyond it cannot pass here whatever the server does.
     """
     checks = []
     for api in ("rest", "grpc"):
-        added = r[f"{api}_added_ms_p50"]
-        checks.append((f"{api.upper()} added latency at p50", f"{added:+.2f} ms", "<= 1.00 ms", added <= 1.0))
+        added, floor = r[f"{api}_added_ms_p50"], r[f"{api}_floor_ms_p50"]
+        checks.append(
+            (f"{api.upper()} added latency at p50", f"{added:+.2f} ms", "<= 1.00 ms", f">= {floor:.2f} ms", added <= 1.0)
+        )
     if r["backend"] == "tflite":
         return checks
     top = max(clients)
     for api in ("rest", "grpc"):
-        gain = r[f"{api}_batching_ratio_{top}_clients"]
-        checks.append((f"{api.upper()} batching gain at {top} clients", f"{gain:.2f}x", ">= 2.00x", gain >= 2.0))
-    if 1 in clients:
-        for api in ("rest", "grpc"):
-            ratio = r[f"{api}_batching_ratio_1_clients"]
-            checks.append((f"{api.upper()} batching at 1 client vs off", f"{ratio:.2f}x", ">= 0.95x", ratio >= 0.95))
+        gain, ceiling = r[f"{api}_batching_ratio_{top}_clients"], r[f"{api}_batching_ceiling_{top}_clients"]
+        checks.append(
+            (f"{api.upper()} batching gain at {top} clients", f"{gain:.2f}x", ">= 2.00x", f"<= {ceiling:.2f}x", gain >= 2.0)
+        )
+    for api in ("rest", "grpc"):
+        ratio = r[f"{api}_lone_ratio_p50"]
+        checks.append((f"{api.upper()} batching at 1 client vs off", f"{ratio:.2f}x", ">= 0.95x", "1.00x", ratio >= 0.95))
     return checks
 
 
@@ -427,9 +583,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="savedmodel,tflite", help="savedmodel,tflite")
     parser.add_argument("--clients", default="1,4,16", help="concurrent clients for throughput (1,4,16)")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per throughput point (2.0)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per throughput point (3)")
-    parser.add_argument("--requests", type=int, default=300, help="sequential requests per latency point (300)")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per throughput point (1.0)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per throughput point (6)")
+    parser.add_argument("--requests", type=int, default=600, help="sequential requests per latency point (600)")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
