@@ -147,6 +147,28 @@ def _read_meta_graph(export_dir: str) -> meta_graph_pb2.MetaGraphDef:
     raise LoadError(f"the SavedModel in {export_dir} has no MetaGraph tagged {SERVE_TAG!r}")
 
 
+def _positional(fn: Any) -> tuple[list[str] | None, Any]:
+    """A restored signature function wrapped in a plain concrete function taking its inputs in
+    name order: ``(names, function)``, or ``(None, fn)`` to call ``fn`` by keyword as it is.
+
+    A restored signature resolves each captured variable in Python on every call (the student's
+    78 cost about 0.2 ms); the wrapper's graph calls the same function with them bound once.
+    """
+    args, kwargs = fn.structured_input_signature
+    if args or not kwargs:
+        return None, fn
+    names = sorted(kwargs)
+    try:
+        wrapper = tf.function(
+            lambda *tensors: fn(**dict(zip(names, tensors, strict=True))),
+            input_signature=[kwargs[n] for n in names],
+            autograph=False,
+        )
+        return names, wrapper.get_concrete_function()
+    except Exception:  # noqa: BLE001  (an unusual export still serves, through its own function)
+        return None, fn
+
+
 def _tf_error_code(e: tf.errors.OpError) -> str:
     try:
         return error_codes_pb2.Code.Name(e.error_code)
@@ -167,7 +189,7 @@ class SavedModelServable(Servable):
             self._loaded = tf.saved_model.load(export_dir, tags=[SERVE_TAG])
         except Exception as e:  # noqa: BLE001  (TF raises many types for a broken export)
             raise LoadError(f"tf.saved_model.load failed: {type(e).__name__}: {e}") from e
-        self._functions = dict(self._loaded.signatures)
+        self._functions = {name: _positional(fn) for name, fn in self._loaded.signatures.items()}
         self.signatures = {
             name: Signature.from_proto(name, proto)
             for name, proto in self._meta.signature_def.items()
@@ -195,9 +217,12 @@ class SavedModelServable(Servable):
     def run_validated(
         self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
-        fn = self._functions[signature.name]
+        names, fn = self._functions[signature.name]
         try:
-            result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+            if names is None:
+                result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+            else:
+                result = fn(*[tf.constant(inputs[k]) for k in names])
             return {k: result[k].numpy() for k in outputs}
         except tf.errors.OpError as e:
             raise ServingError(_tf_error_code(e), e.message) from None

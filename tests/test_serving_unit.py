@@ -601,3 +601,39 @@ def test_one_runtime_chooser_prefers_litert_and_can_be_pinned(monkeypatch):
     finally:
         monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
         runtime.lite_runtime.cache_clear()
+
+
+def test_saved_model_signatures_answer_as_the_restored_functions_do():
+    """The servable calls each signature through a positional wrapper (restored signatures
+    resolve every captured variable in Python per call); the answers must not change, and an
+    export the wrapper cannot trace is still called as restored."""
+    import tensorflow as tf
+
+    from fixtures.serving_support import SPEC, frames_png, saved_model
+    from serving.servables import SavedModelServable, _positional
+
+    path = saved_model(2)
+    servable = SavedModelServable(path)
+    loaded = tf.saved_model.load(path)  # owns the variables the signatures use
+    restored = loaded.signatures
+    events = np.empty((2, SPEC.frames), dtype=object)
+    events[0, :], events[1, :] = frames_png(SPEC.frames, seed=1), frames_png(SPEC.frames, seed=2)
+    decoded = layout.decode_frames(tf.constant(events), SPEC).numpy()
+    for name, value in (("serving_default", events), (layout.DECODED_SIGNATURE, decoded)):
+        assert _positional(restored[name])[0] == ["frames"]  # wrapped, not the fallback
+        signature = servable.signature(name)
+        outputs = sorted(signature.outputs)
+        got = servable.run(signature, {"frames": value}, outputs)
+        want = restored[name](frames=tf.constant(value))
+        for key in outputs:
+            np.testing.assert_array_equal(got[key], want[key].numpy())
+    assert got[layout.OUT_CLASS].tolist() == [b"vehicle", b"vehicle"]
+
+    class Untraceable:
+        structured_input_signature = ((), {"frames": tf.TensorSpec([None], tf.string)})
+
+        def __call__(self, **kwargs):
+            raise TypeError("cannot be called inside a graph")
+
+    fn = Untraceable()
+    assert _positional(fn) == (None, fn)
