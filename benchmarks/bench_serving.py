@@ -131,8 +131,8 @@ class InProcessBaseline:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def cpu_ms_per_row(self, sizes: list[int], calls: int = 40) -> dict[int, float]:
-        """The model call's CPU cost per row at each batch size (``calls`` calls each)."""
+    def cpu_ms_per_row(self, sizes: list[int], calls: int = 100) -> dict[int, float]:
+        """The model call's CPU cost per row at each batch size (``calls`` calls each, in rounds)."""
         self.proc.stdin.write(f"cpu {calls} {' '.join(map(str, sizes))}\n")
         self.proc.stdin.flush()
         return {int(k): v for k, v in json.loads(self.proc.stdout.readline()).items()}
@@ -159,7 +159,7 @@ def _baseline_worker(base: str) -> None:
     for line in sys.stdin:
         if line.startswith("cpu "):  # "cpu CALLS SIZE..." -> {size: process CPU ms per row}
             calls, *sizes = (int(x) for x in line.split()[1:])
-            print(json.dumps({size: _cpu_ms_per_row(servable, signature, frames, outputs, size, calls) for size in sizes}), flush=True)
+            print(json.dumps(_cpu_ms_per_row(servable, signature, frames, outputs, sizes, calls)), flush=True)
             continue
         times = []
         for _ in range(int(line)):
@@ -179,15 +179,29 @@ def _event_batch(frames: list[bytes], rows: int):
     return batch
 
 
-def _cpu_ms_per_row(servable, signature, frames: list[bytes], outputs: list[str], rows: int, calls: int) -> float:
-    """Process CPU time (every TensorFlow thread included) per row of one ``rows``-row model call."""
-    batch = _event_batch(frames, rows)
-    for _ in range(5):
-        servable.run(signature, {"frames": batch}, outputs)
-    start = time.process_time()
-    for _ in range(calls):
-        servable.run(signature, {"frames": batch}, outputs)
-    return (time.process_time() - start) * 1000.0 / (calls * rows)
+CPU_ROUNDS = 10
+
+
+def _cpu_ms_per_row(
+    servable, signature, frames: list[bytes], outputs: list[str], sizes: list[int], calls: int
+) -> dict[int, float]:
+    """Process CPU time (every TensorFlow thread included) per row of a model call of each size:
+    the median over CPU_ROUNDS rounds that alternate the sizes, ``calls`` calls per size in all."""
+    import statistics
+
+    batches = {rows: _event_batch(frames, rows) for rows in sizes}
+    for batch in batches.values():
+        for _ in range(5):
+            servable.run(signature, {"frames": batch}, outputs)
+    per_round = max(1, calls // CPU_ROUNDS)
+    samples: dict[int, list[float]] = {rows: [] for rows in sizes}
+    for _ in range(CPU_ROUNDS):
+        for rows, batch in batches.items():
+            start = time.process_time()
+            for _ in range(per_round):
+                servable.run(signature, {"frames": batch}, outputs)
+            samples[rows].append((time.process_time() - start) * 1000.0 / (per_round * rows))
+    return {rows: statistics.median(values) for rows, values in samples.items()}
 
 
 def grpc_request_bytes(frames: list[bytes]) -> bytes:
