@@ -620,14 +620,17 @@ def test_saved_model_signatures_answer_as_the_restored_functions_do():
     events[0, :], events[1, :] = frames_png(SPEC.frames, seed=1), frames_png(SPEC.frames, seed=2)
     decoded = layout.decode_frames(tf.constant(events), SPEC).numpy()
     for name, value in (("serving_default", events), (layout.DECODED_SIGNATURE, decoded)):
-        assert _positional(restored[name])[0] == ["frames"]  # wrapped, not the fallback
         signature = servable.signature(name)
+        assert _positional(restored[name], signature.inputs)[0] == ["frames"]  # wrapped, not the fallback
         outputs = sorted(signature.outputs)
         got = servable.run(signature, {"frames": value}, outputs)
         want = restored[name](frames=tf.constant(value))
         for key in outputs:
+            assert got[key].dtype == want[key].numpy().dtype, key
             np.testing.assert_array_equal(got[key], want[key].numpy())
     assert got[layout.OUT_CLASS].tolist() == [b"vehicle", b"vehicle"]
+    # arguments that are not the SignatureDef's inputs (a TF1 sparse input's parts): as restored
+    assert _positional(restored["serving_default"], {"frames_indices": None}) == (None, restored["serving_default"])
 
     class Untraceable:
         structured_input_signature = ((), {"frames": tf.TensorSpec([None], tf.string)})
@@ -636,4 +639,4 @@ def test_saved_model_signatures_answer_as_the_restored_functions_do():
             raise TypeError("cannot be called inside a graph")
 
     fn = Untraceable()
-    assert _positional(fn) == (None, fn)
+    assert _positional(fn, {"frames": None}) == (None, fn)
