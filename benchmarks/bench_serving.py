@@ -455,10 +455,10 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
             return server.grpc_target, grpc_payload
 
         print(f"[{name}] latency, in-process, both servers and the echo floor, {ROUNDS} alternating rounds ...", flush=True)
-        helpers.append(EchoServer(*real_replies(*target("no_batching", "rest"), *target("no_batching", "grpc")), scratch))
-        echo = helpers[-1]
-        helpers.append(InProcessBaseline(base))
-        baseline = helpers[-1]
+        echo = EchoServer(*real_replies(*target("no_batching", "rest"), *target("no_batching", "grpc")), scratch)
+        helpers.append(echo)
+        baseline = InProcessBaseline(base)
+        helpers.append(baseline)
         clients = {"in_process": baseline}
         for mode in MODES:
             for api in ("rest", "grpc"):
