@@ -62,6 +62,17 @@ def e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _threshold(value: Any) -> str:
+    """A gate's threshold: a number, or a bound relative to another model (TFMA change thresholds)."""
+    if not isinstance(value, dict):
+        return _num(value)
+    bound = _num(value.get("lower_bound"))
+    if "baseline" not in value:
+        return bound
+    factor = 1.0 + float(value.get("allowed_relative_change") or 0.0)
+    return f"{bound} (= {factor:g} x {value.get('baseline_model', 'baseline')} {_num(value.get('baseline'))})"
+
+
 def _num(value: Any, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -170,7 +181,7 @@ def verdict_section(rep: dict[str, Any]) -> str:
             out += "<ul>" + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul>"
         if failures:
             rows = [[e(f.get("model")), e(f.get("metric")), e(f.get("slice")), e(_num(f.get("value"))),
-                     e(_num(f.get("threshold"))), e(f.get("kind"))] for f in failures]  # fmt: skip
+                     e(_threshold(f.get("threshold"))), e(f.get("kind"))] for f in failures]  # fmt: skip
             out += _table(["model", "metric", "slice", "value", "threshold", "gate"], rows, left=3)
         return out
     if gate.get("blessed") is False:
@@ -338,7 +349,8 @@ def models_section(rep: dict[str, Any]) -> str:
         notes.append(f"int8 is {comparison['int8_speedup_over_teacher_savedmodel']:.1f}x faster than the teacher")
     parity = (rep.get("tflite") or {}).get("parity") or {}
     if parity.get("agreement") is not None:
-        notes.append(f"int8 agrees with the float student on {parity['agreement']:.1%} of eval events")
+        notes.append(f"int8 agrees with the float student on {parity['agreement']:.1%} of "
+                     f"{parity.get('events', 0)} events ({_num(parity.get('eval_agreement'), '.1%')} of the eval split)")  # fmt: skip
     if notes:
         out += "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>"
     out += f'<div class="plots">{_plot((rep.get("plots") or {}).get("tradeoff"), "accuracy vs size and latency")}</div>'

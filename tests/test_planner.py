@@ -151,15 +151,29 @@ def test_alexnet_presets_have_the_published_shapes():
     assert original.fwd_flops == pytest.approx(1.45e9, rel=0.01)
 
 
-def test_teacher_preset_counts_match_the_keras_model():
-    # Totals from trainer.models.teacher.parameter_counts on the built tf_keras models.
-    default = P.eventpipe_teacher(4, 32, 32, 3, 4, TeacherConfig())
-    assert (default.params, default.params_of("fc")) == (4_432_725, 4_337_668)
-    odd = P.eventpipe_teacher(3, 17, 17, 3, 5, TeacherConfig(conv_filters=[16, 16, 24], fc_units=[100, 50]))
-    assert (odd.params, odd.params_of("fc")) == (30_134, 7_805)
-    tiny = P.eventpipe_teacher(1, 8, 8, 1, 3, TeacherConfig(conv_filters=[8, 16], fc_units=[64], attention_heads=3))
-    assert tiny.params == 7_433
-    assert [layer.kind for layer in default.layers] == ["conv"] * 4 + ["attention"] + ["fc"] * 3
+@pytest.mark.parametrize(
+    "geometry, overrides",
+    [
+        ((4, 32, 32, 3, 4), {}),
+        ((3, 17, 17, 3, 5), {"conv_filters": [16, 16, 24], "fc_units": [100, 50], "blocks_per_stage": 2}),
+        ((1, 8, 8, 1, 3), {"conv_filters": [8, 16], "fc_units": [64], "attention_heads": 3, "width_multiplier": 1.5}),
+        ((2, 12, 20, 1, 3), {"conv_filters": [8], "fc_units": [16], "stem_stride": 1}),
+    ],
+)
+def test_teacher_preset_counts_match_the_keras_model(geometry, overrides):
+    from contract.layout import EventSpec
+    from trainer.models.teacher import build_teacher, parameter_counts
+
+    frames, height, width, channels, classes = geometry
+    cfg = TeacherConfig(**overrides)
+    planned = P.eventpipe_teacher(frames, height, width, channels, classes, cfg)
+    spec = EventSpec([str(i) for i in range(classes)], frames, height, width, channels)
+    built = parameter_counts(build_teacher(spec, cfg))
+    assert (planned.params, planned.params_of("fc")) == (built["total"], built["fully_connected"])
+    conv_layers = 1 + len(cfg.conv_filters) * cfg.blocks_per_stage
+    assert [layer.kind for layer in planned.layers] == ["conv"] * conv_layers + ["attention"] + ["fc"] * (
+        len(cfg.fc_units) + 1
+    )
 
 
 def test_units():

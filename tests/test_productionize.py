@@ -6,6 +6,7 @@ tests/test_productionize_pipeline.py.
 
 import gzip
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,7 +118,19 @@ def test_student_outputs_and_size():
     demo = EventSpec(("empty", "person", "vehicle", "animal"), 4, 32, 32, 3)
     default = build_student(demo)
     assert default.count_params() <= 300_000  # "a few hundred thousand at most"
-    assert build_teacher(demo, TeacherConfig()).count_params() >= 20 * default.count_params()
+    teacher = build_teacher(demo, TeacherConfig())
+    assert teacher.count_params() >= 20 * default.count_params()
+
+    def conv_params(model: Any, heads: tuple[str, ...]) -> int:
+        return sum(int(v.shape.num_elements()) for v in model.trainable_variables if not v.name.startswith(heads))
+
+    # The teacher is big where accuracy comes from: its backbone, not its fully-connected head.
+    teacher_conv = conv_params(teacher, ("fc_", "logits", "attention"))
+    assert teacher_conv >= 10 * conv_params(default, ("head", "logits", "frame_"))
+    assert teacher_conv > teacher.count_params() / 2
+    single = build_teacher(EventSpec(tuple("abc"), 1, 28, 28, 1), TeacherConfig())
+    assert "event_contrast" not in [layer.name for layer in single.layers]  # one frame: no difference
+    assert single.get_layer("conv_stem").kernel.shape[2] == 1
     half = build_student(SPEC, StudentConfig(filters=[32, 64], head_units=32, depth_multiplier=0.5))
     assert half.count_params() < model.count_params()
     assert all(

@@ -135,3 +135,12 @@ def test_best_frame_examples_are_labelled_eval_events_known_best_frames_first():
     everything = best_frame_examples({"student_qat": ref}, "student_qat", ("empty", "person"))["events"]
     assert [ev["event_id"] for ev in everything] == ["a", "b", "no-truth"]
     assert everything[2]["true_best_frame"] is None and "int8_predicted" not in everything[2]
+
+
+def test_a_threshold_relative_to_another_model_is_shown_as_its_bound(tmp_path):
+    threshold = {"allowed_relative_change": -0.05, "baseline": 0.985, "baseline_model": "teacher", "lower_bound": 0.936}
+    failure = {"model": "student", "metric": "acc", "slice": "overall", "value": 0.905, "threshold": threshold,
+               "kind": "student_vs_teacher"}  # fmt: skip
+    rep = report(tmp_path, [], release={"blessed": False, "problems": ["student vs teacher"], "failures": [failure]})
+    page = report_html.render(rep, str(tmp_path / "report.json"))
+    assert "0.936 (= 0.95 x teacher 0.985)" in page and "0.905" in page

@@ -67,7 +67,8 @@ def decide(
                 problems.append(
                     f"{variant} TFLite: top-1 agreement with {check.get('reference', reference)} is "
                     f"{check.get('agreement', 0):.1%} of "
-                    f"{check.get('events', 0)} eval events, below lite.min_agreement {check.get('min_agreement', 0):.1%}"
+                    f"{check.get('events', 0)} events (train, unlabelled and eval), "
+                    f"below lite.min_agreement {check.get('min_agreement', 0):.1%}"
                 )
         if not lite.get("blessed", False) and not any("TFLite" in p for p in problems):
             problems.append("the TFLite models were not blessed by the LiteConverter")

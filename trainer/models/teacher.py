@@ -3,14 +3,16 @@
 ``[B, K, H, W, C]`` frames -> ``{"logits": [B, classes], "frame_weights": [B, K]}``:
 
 1. a residual convolutional backbone applied to every frame with shared weights (frames are
-   folded into the batch, ``B*K``), global-average-pooled to one embedding per frame; its
-   input is each frame plus the frame's difference from the event's mean frame;
+   folded into the batch, ``B*K``): a strided stem (an early downsampling spends the FLOPs on
+   width and depth), residual stages, global average pooling to one embedding per frame; its
+   input is each frame plus the frame's difference from the event's mean frame (K > 1);
 2. self-attention across the K frame embeddings (plus a learned frame-position embedding),
    so each frame's embedding can see what changed relative to the others;
 3. attention pooling: a learned score per frame, softmax over frames; the weights name the
-   best frame and pool the event into one vector;
-4. a wide fully-connected head (``fc_units``) that holds most of the parameters, as in
-   AlexNet, and is the model-parallel part in the hybrid strategy.
+   best frame (trained to, where the event's best frame is known) and pool the event into
+   one vector;
+4. a fully-connected head (``fc_units``), the model-parallel part in the hybrid strategy;
+   the backbone, not the head, holds most of the parameters.
 
 Layer names are stable (``conv*``, ``attention*``, ``fc_<i>``, ``logits``): the hybrid
 strategy's LayoutMap selects variables by them. Normalisation is per frame (group norm over
@@ -26,7 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.experimental import dtensor
 
-from contract.config import TeacherConfig
+from contract.config import TeacherConfig, teacher_stage_widths
 from contract.layout import EventSpec
 
 FC_PREFIX = "fc_"
@@ -197,13 +199,17 @@ class FeatureRelayout(keras.layers.Layer):
 def frame_embeddings(frames: Any, spec: EventSpec, cfg: TeacherConfig) -> Any:
     """The backbone: ``[B, K, H, W, C]`` frames -> ``[B, K, F]`` per-frame embeddings.
 
-    Event contrast, the residual conv stages, the final norm and global pooling; every layer
-    with weights is named ``conv*`` (``BACKBONE_PREFIX``), which is how a pre-trained backbone
+    Event contrast (multi-frame events only: one frame has no difference), a strided stem, the
+    residual stages (``blocks_per_stage`` pre-activation blocks each, the first of every stage
+    after the first halving the size), the final norm and global pooling. Every layer with
+    weights is named ``conv*`` (``BACKBONE_PREFIX``), which is how a pre-trained backbone
     (``trainer.pretrain``) is found in and loaded into a teacher.
     """
     if not cfg.conv_filters:
         raise ValueError("teacher needs at least one conv stage")
-    relu = "relu"
+    if cfg.blocks_per_stage < 1 or cfg.stem_stride < 1:
+        raise ValueError("teacher.blocks_per_stage and teacher.stem_stride must be >= 1")
+    widths = teacher_stage_widths(cfg)
 
     def norm(name: str) -> Any:
         if cfg.norm == "group":
@@ -212,27 +218,32 @@ def frame_embeddings(frames: Any, spec: EventSpec, cfg: TeacherConfig) -> Any:
             return LayerNorm(name=name)
         raise ValueError(f"teacher.norm must be group or pixel, got {cfg.norm!r}")
 
-    x = EventContrast(name="event_contrast")(frames)
+    x = EventContrast(name="event_contrast")(frames) if spec.frames > 1 else frames
     x = FoldFrames(name="fold_frames")(x)
-    x = keras.layers.Conv2D(cfg.conv_filters[0], 3, padding="same", name="conv_stem")(x)
-    for stage, filters in enumerate(cfg.conv_filters):
-        # Pre-activation residual block; per-frame normalisation keeps every event independent
-        # of the others in its batch (no batch statistics), so all strategies agree exactly.
-        stride = 1 if stage == 0 else 2
-        name = f"conv_{stage}"
-        y = keras.layers.Activation(relu, name=f"{name}_relu_a")(norm(f"{name}_norm_a")(x))
-        shortcut = x
-        if stride != 1 or x.shape[-1] != filters:
-            shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project")(y)
-        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{name}_a")(y)
-        y = keras.layers.Activation(relu, name=f"{name}_relu_b")(norm(f"{name}_norm_b")(y))
-        y = keras.layers.Conv2D(
-            filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_b"
-        )(y)  # zero-initialised: each block starts as its shortcut
-        x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
-    x = keras.layers.Activation(relu, name="conv_relu")(norm("conv_norm")(x))
+    x = keras.layers.Conv2D(widths[0], 3, strides=cfg.stem_stride, padding="same", name="conv_stem")(x)
+    for stage, filters in enumerate(widths):
+        for block in range(cfg.blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"conv_{stage}" if block == 0 else f"conv_{stage}_{block}"
+            x = _residual_block(x, filters, stride, name, norm)
+    x = keras.layers.Activation("relu", name="conv_relu")(norm("conv_norm")(x))
     x = keras.layers.GlobalAveragePooling2D(name="conv_pool")(x)
     return UnfoldFrames(spec.frames, name="unfold_frames")(x)
+
+
+def _residual_block(x: Any, filters: int, stride: int, name: str, norm: Any) -> Any:
+    """Pre-activation residual block; per-frame normalisation keeps every event independent of
+    the others in its batch (no batch statistics), so all strategies agree exactly."""
+    y = keras.layers.Activation("relu", name=f"{name}_relu_a")(norm(f"{name}_norm_a")(x))
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project")(y)
+    y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{name}_a")(y)
+    y = keras.layers.Activation("relu", name=f"{name}_relu_b")(norm(f"{name}_norm_b")(y))
+    y = keras.layers.Conv2D(
+        filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_b"
+    )(y)  # zero-initialised: each block starts as its shortcut
+    return keras.layers.Add(name=f"{name}_add")([shortcut, y])
 
 
 def backbone_layers(model: Any) -> list[Any]:

@@ -41,7 +41,14 @@ from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer.models.teacher import FC_PREFIX, LOGITS, build_teacher
 from trainer.parallel.devices import DeviceSetup
-from trainer.parallel.strategies import UNSHARDED, BatchesFn, Runner, event_loss, mixed_precision_policy
+from trainer.parallel.strategies import (
+    UNSHARDED,
+    BatchesFn,
+    Runner,
+    make_optimizer,
+    mixed_precision_policy,
+    teacher_loss,
+)
 
 
 def make_layout_map(mesh: Any, cfg: TeacherConfig) -> Any:
@@ -144,16 +151,15 @@ class HybridRunner(Runner):
             self.model = build_teacher(self.spec, self.cfg, feature_layout=self.feature_layout)
         for variable, value in zip(self.model.weights, initial_weights, strict=True):
             variable.assign(to_mesh(value, variable.layout))
-        self.optimizer = keras.optimizers.Adam(learning_rate, mesh=self.mesh)
+        self.optimizer = make_optimizer(self.cfg, learning_rate, mesh=self.mesh)
         self.optimizer.build(self.model.trainable_variables)
-        model, optimizer = self.model, self.optimizer
-        global_batch = self.cfg.global_batch_size
+        model, optimizer, cfg = self.model, self.optimizer, self.cfg
 
         @tf.function(autograph=False)  # no tensor-dependent Python control flow; skips AST conversion
-        def grad_fn(frames: Any, labels: Any) -> Any:
+        def grad_fn(frames: Any, labels: Any, best_frame: Any) -> Any:
             with tf.GradientTape() as tape:
                 out = model(frames, training=True)
-                loss = event_loss(labels, out[LOGITS], global_batch)
+                loss = teacher_loss(labels, best_frame, out, cfg)
             return loss, tape.gradient(loss, model.trainable_variables)
 
         @tf.function(autograph=False)  # no tensor-dependent Python control flow; skips AST conversion
@@ -168,7 +174,8 @@ class HybridRunner(Runner):
     def step(self, batch: Any) -> float:
         frames = to_mesh(batch[layout.FRAMES], self.frames_layout)
         labels = to_mesh(batch[layout.LABEL], self.labels_layout)
-        loss, grads = self._grad_fn(frames, labels)
+        best_frame = to_mesh(batch[layout.BEST_FRAME], self.labels_layout)
+        loss, grads = self._grad_fn(frames, labels, best_frame)
         self._apply_fn(list(grads))
         return float(unsharded_value(loss))
 

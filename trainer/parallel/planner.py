@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.config import TeacherConfig
+from contract.config import TeacherConfig, teacher_stage_widths
 from contract.errors import UserError
 
 LAYOUTS = ("data", "model", "hybrid")
@@ -208,8 +208,8 @@ def eventpipe_teacher(
 
     Residual blocks and the attention stage become one planner layer each (one boundary at
     their output); the backbone runs on all ``frames`` of an event, so its FLOPs and
-    activations are per event. The stem sees ``2 x channels`` (each frame and its difference
-    from the event's mean frame); each pre-activation block holds its two per-pixel layer
+    activations are per event. The stem sees ``2 x channels`` when ``frames > 1`` (each frame
+    and its difference from the event's mean frame), ``channels`` otherwise; each pre-activation block holds its two per-pixel layer
     norms (``2 x channels`` parameters each) and the last block the final norm before the
     pooling. Parameter counts include biases and norm scales/offsets, as Keras counts them;
     FLOPs count multiply-adds only (norms, ReLUs, adds and pooling are ignored, as everywhere
@@ -229,11 +229,14 @@ def eventpipe_teacher(
     def norm(c: int) -> int:  # per-pixel layer norm over channels: gamma and beta
         return 2 * c
 
-    p, f, h, w = conv(3, 1, 2 * c, cfg.conv_filters[0], h, w)  # frame + frame-difference channels
-    c = cfg.conv_filters[0]
+    widths = teacher_stage_widths(cfg)
+    stem_in = 2 * c if frames > 1 else c  # frame + frame-difference channels (multi-frame events)
+    p, f, h, w = conv(3, cfg.stem_stride, stem_in, widths[0], h, w)
+    c = widths[0]
     layers.append(Layer("conv_stem", "conv", p, f, frames * h * w * c))
-    for stage, filters in enumerate(cfg.conv_filters):
-        stride = 1 if stage == 0 else 2
+    blocks = [(stage, block, filters) for stage, filters in enumerate(widths) for block in range(cfg.blocks_per_stage)]
+    for i, (stage, block, filters) in enumerate(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
         params, flops = float(norm(c) + norm(filters)), 0.0  # norm_a on the input, norm_b mid-block
         if stride != 1 or c != filters:  # 1x1 projection shortcut from the pre-activated input
             pp, ff, _, _ = conv(1, stride, c, filters, h, w)
@@ -241,11 +244,12 @@ def eventpipe_teacher(
         pa, fa, oh, ow = conv(3, stride, c, filters, h, w)
         pb, fb, _, _ = conv(3, 1, filters, filters, oh, ow)
         h, w, c = oh, ow, filters
-        last = stage == len(cfg.conv_filters) - 1
+        last = i == len(blocks) - 1
         if last:  # the final norm + ReLU, then global average pooling
             params += norm(c)
         out = frames * c if last else frames * h * w * c
-        layers.append(Layer(f"conv_{stage}", "conv", int(params + pa + pb), flops + fa + fb, out))
+        name = f"conv_{stage}" if block == 0 else f"conv_{stage}_{block}"
+        layers.append(Layer(name, "conv", int(params + pa + pb), flops + fa + fb, out))
     width_f = c
     heads = max(1, min(cfg.attention_heads, width_f))
     inner = heads * max(1, width_f // heads)  # heads x key_dim (value_dim = key_dim)
@@ -264,7 +268,8 @@ def eventpipe_teacher(
         n_in = units
     layers.append(fc_layer("logits", n_in, classes))
     source = (
-        f"trainer/models/teacher.py with conv_filters={cfg.conv_filters}, fc_units={cfg.fc_units}, "
+        f"trainer/models/teacher.py with conv_filters={cfg.conv_filters} x{cfg.width_multiplier:g}, "
+        f"{cfg.blocks_per_stage} block(s) per stage, stem stride {cfg.stem_stride}, fc_units={cfg.fc_units}, "
         f"attention_heads={cfg.attention_heads}; events of {frames} x {height}x{width}x{channels}, {classes} classes"
     )
     return ModelSpec("eventpipe-teacher", tuple(layers), source)

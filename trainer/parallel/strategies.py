@@ -29,7 +29,8 @@ from contract import layout
 from contract.config import STRATEGIES, TeacherConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
-from trainer.models.teacher import LOGITS, build_teacher
+from trainer.losses import frame_cross_entropy
+from trainer.models.teacher import FRAME_WEIGHTS, LOGITS, build_teacher
 from trainer.parallel.devices import DeviceSetup
 
 UNSHARDED = "unsharded"
@@ -38,14 +39,35 @@ UNSHARDED = "unsharded"
 BatchesFn = Callable[[int, int, int], Any]
 
 
-def event_loss(labels: Any, logits: Any, global_batch_size: int) -> Any:
+def event_loss(labels: Any, logits: Any, global_batch_size: int, label_smoothing: float = 0.0) -> Any:
     """Sum of per-event cross-entropies / global batch (unlabelled events, -1, count zero)."""
     labels = tf.cast(labels, tf.int32)
-    per_event = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32)
-    )
+    logits = tf.cast(logits, tf.float32)
+    classes = logits.shape[-1]
+    target = tf.one_hot(tf.maximum(labels, 0), classes, dtype=tf.float32)
+    if label_smoothing > 0:
+        target = target * (1.0 - label_smoothing) + label_smoothing / classes
+    per_event = tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=logits)
     per_event = tf.where(labels >= 0, per_event, tf.zeros_like(per_event))
     return tf.reduce_sum(per_event) / float(global_batch_size)
+
+
+def teacher_loss(labels: Any, best_frame: Any, out: dict[str, Any], cfg: TeacherConfig) -> Any:
+    """The teacher's training loss: label-smoothed class cross-entropy plus the frame term."""
+    loss = event_loss(labels, out[LOGITS], cfg.global_batch_size, cfg.label_smoothing)
+    if cfg.frame_loss_weight > 0:
+        frames = frame_cross_entropy(best_frame, out[FRAME_WEIGHTS])
+        loss += cfg.frame_loss_weight * tf.reduce_sum(frames) / float(cfg.global_batch_size)
+    return loss
+
+
+def make_optimizer(cfg: TeacherConfig, learning_rate: Any, **kwargs: Any) -> Any:
+    """Adam, or AdamW with decoupled weight decay on kernels (not on norms, biases, embeddings)."""
+    if cfg.weight_decay <= 0:
+        return keras.optimizers.Adam(learning_rate, **kwargs)
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay, **kwargs)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "position"])
+    return optimizer
 
 
 def mixed_precision_policy(mode: str, device_type: str) -> str:
@@ -188,7 +210,7 @@ class DistributeRunner(Runner):
             with self.strategy.scope():
                 self.model = build_teacher(self.spec, self.cfg)
                 self.model.set_weights(initial_weights)
-                optimizer = keras.optimizers.Adam(learning_rate)
+                optimizer = make_optimizer(self.cfg, learning_rate)
                 if policy == "mixed_float16":
                     optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
                 self.optimizer = optimizer
@@ -199,13 +221,12 @@ class DistributeRunner(Runner):
         self._step_fn = self._make_step(loss_scaling=policy == "mixed_float16")
 
     def _make_step(self, loss_scaling: bool) -> Any:
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
-        global_batch = self.cfg.global_batch_size
+        model, optimizer, strategy, cfg = self.model, self.optimizer, self.strategy, self.cfg
 
         def replica_step(batch: dict[str, Any]) -> Any:
             with tf.GradientTape() as tape:
                 out = model(batch[layout.FRAMES], training=True)
-                loss = event_loss(batch[layout.LABEL], out[LOGITS], global_batch)
+                loss = teacher_loss(batch[layout.LABEL], batch[layout.BEST_FRAME], out, cfg)
                 scaled = optimizer.get_scaled_loss(loss) if loss_scaling else loss
             grads = tape.gradient(scaled, model.trainable_variables)
             if loss_scaling:

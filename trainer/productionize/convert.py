@@ -158,9 +158,7 @@ def run_lite_conversion(
     predictors["int8"] = tflite_predictor(converted["int8"].content)
     predictors["float16"] = tflite_predictor(converted["float16"].content)
     preds = predict_split(eval_files, spec, predictors, desc="eval variants")
-    # Each TFLite model against the float model it was converted from.
-    parity = lite.parity(preds[reference].predicted, preds["int8"].predicted, cfg.min_agreement)
-    parity_float16 = lite.parity(preds[float16_source].predicted, preds["float16"].predicted, cfg.min_agreement)
+    parity, parity_float16 = _parity_gates(preds, train_files, spec, predictors, reference, float16_source, cfg)
 
     student_params = measure.count_params(model)
     student_flops = measure.keras_flops_per_event(model, spec.input_shape)
@@ -355,3 +353,22 @@ def comparison(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if t_lat and s_lat:
             out["int8_speedup_over_teacher_savedmodel"] = t_lat / s_lat
     return out
+
+
+def _parity_gates(
+    preds: dict[str, Any], train_files: list[str], spec: EventSpec, predictors: dict[str, Any],
+    reference: str, float16_source: str, cfg: Any,
+) -> tuple[lite.ParityResult, lite.ParityResult]:
+    """Each TFLite model against the float model it was converted from, on the eval split and
+    then the train and unlabelled events (agreement needs no label)."""
+    pairs = {"int8": reference, "float16": float16_source}
+    names = sorted({*pairs, *pairs.values()})
+    more = predict_split(train_files, spec, {n: predictors[n] for n in names}, desc="parity") if train_files else {}
+
+    def gate(variant: str) -> lite.ParityResult:
+        source = pairs[variant]
+        reference_predicted = np.concatenate([preds[source].predicted] + ([more[source].predicted] if more else []))
+        lite_predicted = np.concatenate([preds[variant].predicted] + ([more[variant].predicted] if more else []))
+        return lite.parity(reference_predicted, lite_predicted, cfg.min_agreement, len(preds[variant].predicted))
+
+    return gate("int8"), gate("float16")

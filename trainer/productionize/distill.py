@@ -5,7 +5,9 @@ Loss per event (Hinton et al. 2015)::
     alpha * CE(label, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 Unlabelled events (label -1) contribute only the distillation term, so more unlabelled data
-means fewer labels are needed. The teacher's logits are computed once per example (one pass
+means fewer labels are needed. The frame-attention weights are trained, with weight
+``frame_weight``, to name the event's best frame: the known one where ingest has it, else the
+teacher's pick (the scratch baseline gets the known ones only). The teacher's logits are computed once per example (one pass
 over the data through the teacher SavedModel's ``decoded_frames`` signature) and travel with
 the serialized examples through shuffling and batching, so epochs never re-run the teacher.
 """
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from contract import layout
 from contract.config import StudentConfig
 from contract.layout import EventSpec
+from trainer.losses import frame_cross_entropy
 
 TEACHER_LOGITS = "teacher_logits"
 
@@ -48,18 +51,20 @@ def distillation_loss(
 
 def teacher_soft_labels(
     teacher_dir: str, files: list[str], spec: EventSpec, batch_size: int = 64
-) -> np.ndarray:
-    """The teacher's logits ``[N, C]`` for every record of ``files``, in ``sorted(files)`` order."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's logits ``[N, C]`` and best frames ``[N]`` for every record of ``files``, in
+    ``sorted(files)`` order."""
 
     model = tf.saved_model.load(teacher_dir)
     if layout.DECODED_SIGNATURE not in model.signatures:
         raise ValueError(f"teacher at {teacher_dir} has no {layout.DECODED_SIGNATURE!r} signature")
     decoded = model.signatures[layout.DECODED_SIGNATURE]
-    chunks = []
+    chunks, frames = [], []
     ds = layout.dataset(sorted(files), spec, batch_size)
     for batch in tqdm(ds, desc="teacher soft labels", unit="batch", leave=False, disable=None):
         out = decoded(**{layout.DECODED_INPUT: batch[layout.FRAMES]})
         chunks.append(out[layout.OUT_LOGITS].numpy().astype(np.float32))
+        frames.append(out[layout.OUT_BEST_FRAME].numpy().astype(np.int32))
     if not chunks:
         raise ValueError(f"no examples in {files}")
     logits = np.concatenate(chunks, axis=0)
@@ -67,7 +72,7 @@ def teacher_soft_labels(
         raise ValueError(
             f"teacher predicts {logits.shape[1]} classes but the examples have {spec.num_classes}"
         )
-    return logits
+    return logits, np.concatenate(frames, axis=0)
 
 
 def distillation_dataset(
@@ -79,8 +84,12 @@ def distillation_dataset(
     shuffle: bool = True,
     seed: int = 0,
     cache_bytes: int = 0,
+    teacher_frames: np.ndarray | None = None,
 ) -> Any:
-    """``(frames, {"label", "teacher_logits"})`` batches; logits paired with records by position.
+    """``(frames, {"label", "teacher_logits", "best_frame"})`` batches; the teacher's outputs are
+    paired with records by position.
+
+    ``best_frame``: the event's known best frame, else ``teacher_frames``' pick (-1 without it).
 
     ``shuffle``: a training stream (reshuffled every epoch, endless); otherwise one pass in order.
     ``cache_bytes``: when the decoded events fit in this many bytes they are decoded once and
@@ -90,11 +99,19 @@ def distillation_dataset(
     """
 
     records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
-    pairs = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(teacher_logits)))
+    if teacher_frames is None:
+        teacher_frames = np.full([len(teacher_logits)], layout.UNKNOWN_FRAME, np.int32)
+    pairs = tf.data.Dataset.zip(
+        (records, tf.data.Dataset.from_tensor_slices((teacher_logits, teacher_frames.astype(np.int32))))
+    )
 
-    def parse(serialized: Any, logits: Any) -> tuple[Any, dict[str, Any]]:
+    def parse(serialized: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
+        logits, picked = teacher
         parsed = layout.parse_batch(serialized, spec)
-        return parsed[layout.FRAMES], {layout.LABEL: parsed[layout.LABEL], TEACHER_LOGITS: logits}
+        known = parsed[layout.BEST_FRAME]
+        best = tf.where(known >= 0, known, picked)
+        return parsed[layout.FRAMES], {layout.LABEL: parsed[layout.LABEL], TEACHER_LOGITS: logits,
+                                       layout.BEST_FRAME: best}  # fmt: skip
 
     if decoded_bytes(len(teacher_logits), spec) <= cache_bytes:
         events = pairs.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
@@ -118,11 +135,14 @@ def decoded_bytes(events: int, spec: EventSpec) -> int:
 class DistillationModel(keras.Model):
     """Trains ``student`` on the distillation loss; Keras callbacks (pruning) see the student inside."""
 
-    def __init__(self, student: keras.Model, temperature: float, alpha: float, **kwargs: Any) -> None:
+    def __init__(
+        self, student: keras.Model, temperature: float, alpha: float, frame_weight: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.student = student
         self.temperature = float(temperature)
         self.alpha = float(alpha)
+        self.frame_weight = float(frame_weight)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.Mean(name="accuracy")  # labelled events only
         self.agreement = keras.metrics.Mean(name="teacher_agreement")
@@ -149,10 +169,13 @@ class DistillationModel(keras.Model):
     def train_step(self, data: Any) -> dict[str, Any]:
         frames, targets = data
         with tf.GradientTape() as tape:
-            logits = self.student(frames, training=True)["logits"]
+            out = self.student(frames, training=True)
+            logits = out["logits"]
             per_event = distillation_loss(
                 targets[layout.LABEL], logits, targets[TEACHER_LOGITS], self.temperature, self.alpha
             )
+            if self.frame_weight > 0 and layout.BEST_FRAME in targets:
+                per_event += self.frame_weight * frame_cross_entropy(targets[layout.BEST_FRAME], out["frame_weights"])
             loss = tf.reduce_mean(per_event)
             if self.student.losses:
                 loss += tf.add_n(self.student.losses)
@@ -228,7 +251,7 @@ def distill(
     Returns the Keras history (loss, accuracy on labelled events, agreement with the teacher).
     """
     total = steps * epochs
-    trainer = DistillationModel(student, cfg.temperature, cfg.alpha)
+    trainer = DistillationModel(student, cfg.temperature, cfg.alpha, cfg.frame_loss_weight)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total), alpha=0.05)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule))
     history = trainer.fit(

@@ -112,9 +112,11 @@ def run_distillation(
         raise UserError(f"no training examples under {examples_uri}; run ingest first")
     files = sorted(labelled + unlabelled)
 
-    soft = distill.teacher_soft_labels(teacher_dir, files, spec, cfg.teacher_batch_size)
+    soft, soft_frames = distill.teacher_soft_labels(teacher_dir, files, spec, cfg.teacher_batch_size)
     cache = cfg.cache_mb * 2**20
-    train = distill.distillation_dataset(files, soft, spec, cfg.batch_size, seed=cfg.seed, cache_bytes=cache)
+    train = distill.distillation_dataset(
+        files, soft, spec, cfg.batch_size, seed=cfg.seed, cache_bytes=cache, teacher_frames=soft_frames
+    )
     steps = max(distill.steps_per_epoch(len(soft), cfg.batch_size), math.ceil(cfg.min_steps / max(1, cfg.epochs)))
 
     keras.utils.set_random_seed(cfg.seed)

@@ -152,11 +152,11 @@ def eval_batches(files: list[str], spec: EventSpec, *, batch_size: int, max_batc
 
 
 def _features_fn(spec: EventSpec) -> Any:
-    """Serialized batch -> {"frames", "label"}; plain tensor code, so autograph is skipped."""
+    """Serialized batch -> {"frames", "label", "best_frame"}; plain tensor code, so autograph is skipped."""
 
     @tf.autograph.experimental.do_not_convert
     def features(serialized: Any) -> dict[str, Any]:
         parsed = layout.parse_batch(serialized, spec)
-        return {layout.FRAMES: parsed[layout.FRAMES], layout.LABEL: parsed[layout.LABEL]}
+        return {key: parsed[key] for key in (layout.FRAMES, layout.LABEL, layout.BEST_FRAME)}
 
     return features

@@ -1,6 +1,7 @@
 """The teacher's training loop, shared by every strategy.
 
-Training length follows the data: ``epochs`` over the train split (at least ``min_steps``),
+Training length follows the data: at most ``epochs`` over the train split (at least
+``min_steps``), stopped early once ``patience`` eval-loss checks in a row found no new best,
 unless ``steps`` fixes it. Large mini-batches follow Goyal et al. (2017): the learning rate
 scales linearly with the global batch (``base_learning_rate * global_batch_size /
 reference_batch_size``) and is reached by a gradual linear warm-up from the reference rate
@@ -49,7 +50,8 @@ BEST_WEIGHTS = "best_weights.npz"
 RESUME_KEYS = (
     "strategy", "fc_layout", "mesh", "global_batch_size", "seed", "conv_filters",
     "attention_heads", "fc_units", "mixed_precision", "augment", "warmup_steps", "decay_start", "final_lr_fraction",
-    "base_learning_rate", "reference_batch_size",
+    "base_learning_rate", "reference_batch_size", "blocks_per_stage", "width_multiplier", "stem_stride",
+    "weight_decay", "label_smoothing", "frame_loss_weight",
 )  # fmt: skip  (the length may change: a resumed run can be extended)
 
 
@@ -63,6 +65,17 @@ def total_steps(cfg: TeacherConfig, train_events: int) -> int:
     if cfg.steps > 0:
         return cfg.steps
     return max(cfg.min_steps, math.ceil(cfg.epochs * train_events / cfg.global_batch_size))
+
+
+def patience_exhausted(cfg: TeacherConfig, evals: list[dict[str, Any]], step: int) -> bool:
+    """True once ``patience`` eval checks in a row found no new lowest eval loss (past ``min_steps``).
+
+    A run of fixed length (``steps``) or with ``patience`` 0 never stops early.
+    """
+    if cfg.steps > 0 or cfg.patience <= 0 or step < cfg.min_steps or not evals:
+        return False
+    best = min(range(len(evals)), key=lambda i: (evals[i]["loss"], evals[i]["step"]))
+    return len(evals) - 1 - best >= cfg.patience
 
 
 def steps_per_epoch(cfg: TeacherConfig, train_events: int) -> int:
@@ -294,13 +307,16 @@ def train(
         checkpoint_seconds.append(time.perf_counter() - began_saving)
 
     # -- loop ---------------------------------------------------------------------------
+    stopped_early = None  # the step at which patience ran out
+    if patience_exhausted(cfg, evals, start):  # a resumed run that had already stopped
+        stopped_early = start
     step_times: list[float] = []
     step_cpu: list[float] = []  # process CPU seconds (all threads): robust on a shared machine
     input_waits: list[float] = []  # time the step waited for its batch: > 0 means input-bound
     eval_seconds = 0.0
     began = time.time()
     bar = tqdm(total=steps, initial=start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
-    for step in range(start, steps):
+    for step in range(start, steps if stopped_early is None else start):
         waited = time.perf_counter()
         batch = next(batches)
         input_waits.append(time.perf_counter() - waited)
@@ -322,8 +338,12 @@ def train(
             eval_seconds += time.perf_counter() - t_eval
         best = best_eval()
         bar.set_postfix_str(f"loss {loss:.4f}" + (f", eval loss {evals[-1]['loss']:.3f} (best @{best['step']})" if best else ""))
-        if done % max(1, cfg.checkpoint_every) == 0 or done == steps:
+        stop = patience_exhausted(cfg, evals, done)
+        if done % max(1, cfg.checkpoint_every) == 0 or done == steps or stop:
             save_checkpoint(done)
+        if stop:
+            stopped_early = done
+            break
     bar.close()
     wall = time.time() - began
 
@@ -352,9 +372,12 @@ def train(
         "devices": list(setup.devices),
         "worker_index": runner.worker_index,
         "is_chief": runner.is_chief,
-        "steps": steps,
+        "steps": steps,  # planned (the schedule's length)
+        "steps_trained": stopped_early or steps,
+        "stopped_early": stopped_early is not None,
+        "patience": cfg.patience,
         "steps_per_epoch": steps_per_epoch(cfg, epoch_size),
-        "epochs": steps * cfg.global_batch_size / epoch_size,
+        "epochs": (stopped_early or steps) * cfg.global_batch_size / epoch_size,
         "start_step": start,
         "resumed_from_step": resumed_from,
         "global_batch_size": cfg.global_batch_size,
