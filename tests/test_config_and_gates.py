@@ -97,7 +97,7 @@ def test_release_gate_blesses_a_good_student():
          "int8 TFLite: top-1 agreement with student_qat is 90.0% of 300 events (train, unlabelled and eval), below lite.min_agreement 99.0%"),
         ({"lite": {"blessed": False, "agreement": 1.0, "min_agreement": 0.99, "events": 300,
                    "float16": {"agreement": 0.98, "min_agreement": 0.99, "events": 300}}},
-         "float16 TFLite: top-1 agreement with the float student is 98.0% of 300 eval events"),
+         "float16 TFLite: top-1 agreement with the float student is 98.0% of 300 events (train, unlabelled and eval)"),
         ({"infra_blessed": False}, "ServingValidator"),
     ],
 )  # fmt: skip

@@ -23,7 +23,7 @@ SPEC = EventSpec(fx.CLASSES, frames=2, height=12, width=12, channels=3)
 def tiny_config(strategy: str = "single") -> Config:
     cfg = Config()
     for key, value in {
-        "teacher.strategy": strategy, "teacher.conv_filters": [8, 16], "teacher.fc_units": [32, 32],
+        "teacher.strategy": strategy, "teacher.conv_filters": [8, 16], "teacher.fc_units": [32, 32], "teacher.stem_stride": 1,
         "teacher.logical_devices": 2, "teacher.mesh": "batch=1,model=2", "teacher.global_batch_size": 16,
         "pretrain.steps": 40, "pretrain.batch": 16, "pretrain.projection_units": [32, 16],
     }.items():  # fmt: skip

@@ -35,7 +35,8 @@ TINY = {
         "dropout": 0.0,
         "global_batch_size": 8,
         "reference_batch_size": 4,  # linear scaling doubles the rate ...
-        "warmup_steps": 4,  # ... reached after a 4-step warm-up
+        "warmup_steps": 4,  # ... reached after a 4-step warm-up, held to half the run
+        "decay_start": 0.5,
         "base_learning_rate": 0.003,
         "steps": STEPS,
         "checkpoint_every": 4,
