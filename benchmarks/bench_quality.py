@@ -204,7 +204,9 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     f["pruned"] = dig(rep, "student", "pruned", "accuracy")
     f["qat"] = dig(rep, "student", "qat", "accuracy")
     f["kd_gain"] = dig(rep, "comparison", "kd_gain")
-    f["teacher_minus_scratch"] = None if f["teacher"] is None or f["scratch"] is None else f["teacher"] - f["scratch"]
+    f["teacher_minus_scratch"] = (
+        None if f["teacher"] is None or f["scratch"] is None else f["teacher"] - f["scratch"]
+    )
     f["int8"] = dig(rep, "tflite", "int8", "accuracy")
     f["float16"] = dig(rep, "tflite", "float16", "accuracy")
     f["int8_agreement"] = dig(rep, "tflite", "parity", "agreement")
@@ -288,14 +290,22 @@ def mean_sd(values: list[Any], spec: str) -> tuple[float | None, float | None, s
         return None, None, "-"
     m = statistics.fmean(xs)
     sd = statistics.stdev(xs) if len(xs) > 1 else None
-    text = format(m, spec) + (f" ± {format(sd, spec.lstrip('+'))}" if sd is not None else "") + ("" if len(xs) == len(values) else f" (n={len(xs)})")
+    text = (
+        format(m, spec)
+        + (f" ± {format(sd, spec.lstrip('+'))}" if sd is not None else "")
+        + ("" if len(xs) == len(values) else f" (n={len(xs)})")
+    )
     return m, sd, text
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
 
 
 def seed_table(seeds: list[int], figs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -309,7 +319,9 @@ def seed_table(seeds: list[int], figs: list[dict[str, Any]]) -> dict[str, Any]:
     print_table(["figure", "mean ± sd", *(f"seed {s}" for s in seeds)], rows)
     print("(int8 converted from: report student.qat if present, else student.pruned; "
           "'int8 / its float student' divides by that student's accuracy)")  # fmt: skip
-    classes = sorted({c for f in figs for who in ("int8", "teacher") for c in (f[f"{who}_class_accuracy"] or {})})
+    classes = sorted(
+        {c for f in figs for who in ("int8", "teacher") for c in (f[f"{who}_class_accuracy"] or {})}
+    )
     if classes:
         print()
         rows = []
@@ -338,7 +350,9 @@ def target(name: str, rule: str, values: list[Any], check: Any, *, on_mean: bool
     else:
         value = xs
         met = all(check(v) for v in xs)
-    status = ("PASS" if met else "FAIL") + (f" (only {len(xs)} of {len(values)} runs have the key)" if missing else "")
+    status = ("PASS" if met else "FAIL") + (
+        f" (only {len(xs)} of {len(values)} runs have the key)" if missing else ""
+    )
     return {"name": name, "rule": rule, "status": status, "value": value}
 
 
@@ -370,7 +384,7 @@ def print_targets(results: list[dict[str, Any]]) -> None:
         else:
             shown = f"{value:.3f}"
         word = r["status"].split(" ")[0]
-        print(f"{word:5} {r['name']}: {shown}  [{r['rule']}]" + r["status"][len(word):])
+        print(f"{word:5} {r['name']}: {shown}  [{r['rule']}]" + r["status"][len(word) :])
 
 
 # -- the simulator seeds ------------------------------------------------------------------------
@@ -378,12 +392,28 @@ def run_seed(seed: int, a: argparse.Namespace, logs: str) -> dict[str, Any]:
     events, workdir = os.path.join(a.out, f"events-{seed}"), os.path.join(a.out, f"work-{seed}")
     log(f"seed {seed}: eventpipe generate --events {a.events} --seed {seed}")
     shutil.rmtree(events, ignore_errors=True)
-    generate = [*eventpipe(), "generate", "--out", events, "--events", str(a.events), "--seed", str(seed), "--no-progress"]
+    generate = [
+        *eventpipe(),
+        "generate",
+        "--out",
+        events,
+        "--events",
+        str(a.events),
+        "--seed",
+        str(seed),
+        "--no-progress",
+    ]
     rc, wall = run_logged(generate, os.path.join(logs, f"generate-{seed}.log"))
     log(f"seed {seed}: generated in {wall:.0f} s")
     if rc != 0:
         print(why_failed(os.path.join(logs, f"generate-{seed}.log")), end="", file=sys.stderr)
-        return {"name": f"seed-{seed}", "exit_code": rc, "wall_s": None, "workdir": workdir, "generate_failed": True}
+        return {
+            "name": f"seed-{seed}",
+            "exit_code": rc,
+            "wall_s": None,
+            "workdir": workdir,
+            "generate_failed": True,
+        }
     return run_pipeline(f"seed-{seed}", events, workdir, a.sets + a.run_args, logs)
 
 
@@ -476,7 +506,9 @@ def run_digits(a: argparse.Namespace, logs: str) -> dict[str, Any]:
     if not a.from_existing:
         written = write_digits(directory, QUICK_DIGITS if a.quick else None)
         log(f"digits: wrote {written['events']} single-frame events to {shown(directory)}")
-        run_pipeline("digits", directory, workdir, ["--classes", ",".join(DIGIT_CLASSES), *a.sets, *a.run_args], logs)
+        run_pipeline(
+            "digits", directory, workdir, ["--classes", ",".join(DIGIT_CLASSES), *a.sets, *a.run_args], logs
+        )
     run = load_run(workdir)
     f = figures(run)
     log("digits: fitting the scikit-learn baselines on the pipeline's split")
@@ -515,15 +547,21 @@ def print_digits(d: dict[str, Any]) -> None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2", help="simulator seeds, comma-separated (0,1,2)")
-    p.add_argument("--events", type=int, default=2000, help="events per simulated data set (2000, the demo default)")
+    p.add_argument(
+        "--events", type=int, default=2000, help="events per simulated data set (2000, the demo default)"
+    )
     p.add_argument("--run-arg", dest="run_args", action="append", default=[],
                    help="extra argument for every eventpipe run, e.g. --run-arg=--strategy=single (repeatable)")  # fmt: skip
     p.add_argument("--real", choices=["digits"], default="digits", help="real image set to run (digits)")
     p.add_argument("--no-real", dest="real", action="store_const", const=None, help="skip the real image set")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: first seed only, {QUICK_EVENTS} events, short training, {QUICK_DIGITS} digits")  # fmt: skip
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "out", "quality"), help="output directory")
-    p.add_argument("--from-existing", action="store_true", help="do not run; re-read the runs already under --out")
+    p.add_argument(
+        "--out", default=os.path.join(REPO, "benchmarks", "out", "quality"), help="output directory"
+    )
+    p.add_argument(
+        "--from-existing", action="store_true", help="do not run; re-read the runs already under --out"
+    )
     a = p.parse_args(argv)
     try:
         a.seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -557,7 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     digits = run_digits(a, logs) if a.real == "digits" else None
 
     figs = [figures(r) for r in runs]
-    print(f"\nSimulated events ({a.events} per seed; {'quick settings' if a.quick else 'production defaults'})")
+    print(
+        f"\nSimulated events ({a.events} per seed; {'quick settings' if a.quick else 'production defaults'})"
+    )
     summary = seed_table(a.seeds, figs)
     print()
     results = targets(figs)
@@ -565,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     if digits:
         print_digits(digits)
 
-    crashed_runs = [r for r in runs + ([digits["run"]] if digits else []) if r.get("exit_code") not in (0, GATE_REFUSED)]
+    crashed_runs = [
+        r for r in runs + ([digits["run"]] if digits else []) if r.get("exit_code") not in (0, GATE_REFUSED)
+    ]
     crashed = [r.get("name") or r["workdir"] for r in crashed_runs]
     failed = [r["name"] for r in results if r["status"].startswith("FAIL")]
     total = time.time() - started

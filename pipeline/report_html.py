@@ -148,9 +148,9 @@ _LEFT = ' class="l"'
 
 def _table(header: list[str], rows: Iterable[list[str]], left: int = 1) -> str:
     """``rows`` hold already-escaped cells; the first ``left`` columns are left-aligned."""
-    head = "".join(f'<th{_LEFT if i < left else ""}>{h}</th>' for i, h in enumerate(header))
+    head = "".join(f"<th{_LEFT if i < left else ''}>{h}</th>" for i, h in enumerate(header))
     body = "".join(
-        "<tr>" + "".join(f'<td{_LEFT if i < left else ""}>{c}</td>' for i, c in enumerate(row)) + "</tr>"
+        "<tr>" + "".join(f"<td{_LEFT if i < left else ''}>{c}</td>" for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -206,20 +206,35 @@ def events_section(rep: dict[str, Any]) -> str:
     out = "<h2>Events</h2>" + _table(["", "events"], rows)
     reasons = ev.get("rejected_by_reason") or {}
     if reasons:
-        out += "<p>Quarantined by reason:</p>" + _table(["reason", "events"], [[e(k), e(v)] for k, v in reasons.items()])
+        out += "<p>Quarantined by reason:</p>" + _table(
+            ["reason", "events"], [[e(k), e(v)] for k, v in reasons.items()]
+        )
     labels = ev.get("labels") or {}
     if labels:
-        out += "<p>Accepted by label:</p>" + _table(["label", "events"], [[e(k), e(v)] for k, v in labels.items()])
+        out += "<p>Accepted by label:</p>" + _table(
+            ["label", "events"], [[e(k), e(v)] for k, v in labels.items()]
+        )
     if ev.get("ignored_files"):
         rows = [[e(k), e(v)] for k, v in (ev.get("ignored_by_reason") or {}).items()]
         n = ev["ignored_files"]
-        out += f"<p>{e(n)} file{'' if n == 1 else 's'} under the data root not read:</p>" + _table(["why", "files"], rows)
+        out += f"<p>{e(n)} file{'' if n == 1 else 's'} under the data root not read:</p>" + _table(
+            ["why", "files"], rows
+        )
     anomalies = rep.get("anomalies") or []
     out += f"<p>TFDV anomalies: {e(len(anomalies))}</p>"
     if anomalies:
-        out += "<ul>" + "".join(f"<li><code>{e(json.dumps(a, sort_keys=True, default=str))}</code></li>" for a in anomalies[:20]) + "</ul>"
+        out += (
+            "<ul>"
+            + "".join(
+                f"<li><code>{e(json.dumps(a, sort_keys=True, default=str))}</code></li>"
+                for a in anomalies[:20]
+            )
+            + "</ul>"
+        )
     if rep.get("quarantine"):
-        out += quarantine_examples(rep["quarantine"], ((rep.get("config") or {}).get("run") or {}).get("data", ""))
+        out += quarantine_examples(
+            rep["quarantine"], ((rep.get("config") or {}).get("run") or {}).get("data", "")
+        )
     return out
 
 
@@ -285,7 +300,11 @@ def quarantined_frames(entry: dict[str, Any], data_root: str) -> list[bytes]:
                 data = None
         elif isinstance(frame, str) and root_dir:
             path = os.path.realpath(os.path.join(base, frame))
-            if path.startswith(root_dir + os.sep) and os.path.isfile(path) and os.path.getsize(path) <= MAX_FRAME_BYTES:
+            if (
+                path.startswith(root_dir + os.sep)
+                and os.path.isfile(path)
+                and os.path.getsize(path) <= MAX_FRAME_BYTES
+            ):
                 data = _read_bytes(path)
         out.append(data or b"")
     return out
@@ -325,7 +344,9 @@ def models_section(rep: dict[str, Any]) -> str:
         if not v:
             continue
         size = (v.get("bytes") or {}).get("raw")
-        sparsity = (v.get("sparsity") or {}).get("all_weights") if isinstance(v.get("sparsity"), dict) else None
+        sparsity = (
+            (v.get("sparsity") or {}).get("all_weights") if isinstance(v.get("sparsity"), dict) else None
+        )
         rows.append([
             e(name), e(_num(v.get("accuracy"))), e(f"{v['params']:,}" if v.get("params") else "-"), e(_kib(size)),
             e(_kib((v.get("bytes") or {}).get("gzipped"))), e(_num(p50_ms(v), ".2f")), e(v.get("format")),
@@ -346,7 +367,9 @@ def models_section(rep: dict[str, Any]) -> str:
     if comparison.get("teacher_bytes_over_int8"):
         notes.append(f"teacher is {comparison['teacher_bytes_over_int8']:.0f}x the int8 file's size")
     if comparison.get("int8_speedup_over_teacher_savedmodel"):
-        notes.append(f"int8 is {comparison['int8_speedup_over_teacher_savedmodel']:.1f}x faster than the teacher")
+        notes.append(
+            f"int8 is {comparison['int8_speedup_over_teacher_savedmodel']:.1f}x faster than the teacher"
+        )
     parity = (rep.get("tflite") or {}).get("parity") or {}
     if parity.get("agreement") is not None:
         notes.append(f"int8 agrees with the float student on {parity['agreement']:.1%} of "
@@ -380,7 +403,9 @@ def classes_section(rep: dict[str, Any]) -> str:
 
 def student_curve(history: dict[str, Any]) -> str | None:
     """The students' per-epoch loss, one line per phase, as an inline PNG (None: nothing recorded)."""
-    phases = {name: h.get("loss") for name, h in (history or {}).items() if isinstance(h, dict) and h.get("loss")}
+    phases = {
+        name: h.get("loss") for name, h in (history or {}).items() if isinstance(h, dict) and h.get("loss")
+    }
     if not phases:
         return None
     import matplotlib
@@ -424,7 +449,9 @@ def training_section(rep: dict[str, Any]) -> str:
             f"<p>Self-supervised pre-training of the backbone: {e(pre.get('strategy'))}, {e(pre.get('steps'))} steps "
             f"on {e((pre.get('events') or {}).get('total'))} events (labels unread), NT-Xent "
             f"{e(_num(pre.get('initial_loss')))} to {e(_num(pre.get('final_loss')))}.</p>"
-            + '<div class="plots">' + _plot(pre_curve, "pre-training curve") + "</div>"
+            + '<div class="plots">'
+            + _plot(pre_curve, "pre-training curve")
+            + "</div>"
         )
     if teacher.get("steps"):
         best = teacher.get("best") or {}
@@ -487,7 +514,9 @@ def best_frames_section(rep: dict[str, Any]) -> str:
             thumbs.append(f'<div class="{classes}">{body}{e(caption)}</div>')
         right = "right" if ev.get("label") == ev.get("predicted") else "wrong"
         int8 = (
-            f"; int8: {e(ev['int8_predicted'])}, frame {e(ev.get('int8_best_frame'))}" if ev.get("int8_predicted") else ""
+            f"; int8: {e(ev['int8_predicted'])}, frame {e(ev.get('int8_best_frame'))}"
+            if ev.get("int8_predicted")
+            else ""
         )
         out += (
             f'<div class="event">event <code>{e(ev["event_id"])}</code>: label <b>{e(ev.get("label"))}</b>, '
@@ -524,7 +553,12 @@ def locations_section(rep: dict[str, Any], report_path: str) -> str:
         rows.append(["serving validation", e("passed" if validation.get("blessed") else "failed")])
     push = rep.get("push") or {}
     for dest in push.get("destinations") or []:
-        rows.append([e(f"pushed {dest.get('role')}"), f"<code>{e(dest.get('path'))}</code> (version {e(dest.get('version'))})"])
+        rows.append(
+            [
+                e(f"pushed {dest.get('role')}"),
+                f"<code>{e(dest.get('path'))}</code> (version {e(dest.get('version'))})",
+            ]
+        )
     if push and not push.get("pushed"):
         rows.append(["pushed", e("nothing: " + "; ".join(push.get("reasons") or []))])
     return "<h2>Where every model went</h2>" + _table(["what", "where"], rows, left=2)

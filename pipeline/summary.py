@@ -100,7 +100,6 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         sections["teacher"] = teacher
     student_eval = _uri(found, "StudentEvaluator", "evaluation")
     if student_eval:
-
         sections.setdefault("student", {})["tfma_accuracy"] = overall_accuracy(student_eval)
     gate = _uri(found, "ReleaseGate", "blessing")
     if gate:
@@ -119,7 +118,9 @@ def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
 
     spec = layout.EventSpec.load(examples_uri)
     event = _first_event(examples_uri)
-    one_request = dataclasses.replace(cfg.serving, host="127.0.0.1", rest_port=0, grpc_port=-1, max_batch_size=1)
+    one_request = dataclasses.replace(
+        cfg.serving, host="127.0.0.1", rest_port=0, grpc_port=-1, max_batch_size=1
+    )
     server = ModelServer(one_request, os.path.join(cfg.serving_base, cfg.serving.model_name)).start()
     try:
         if not server.wait_until_available(timeout=120):
@@ -201,7 +202,11 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
         lines.append(
             f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
             f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps"
-            + (f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})" if t.get("best") else "")
+            + (
+                f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})"
+                if t.get("best")
+                else ""
+            )
             + ", "
             f"p50 {_fmt(p50_ms(t), '.2f')} ms/event"
         )
@@ -240,7 +245,9 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             )
     release = rep.get("release")
     if release:
-        verdict = "BLESSED" if release.get("blessed") else "NOT blessed: " + "; ".join(release.get("problems", []))
+        verdict = (
+            "BLESSED" if release.get("blessed") else "NOT blessed: " + "; ".join(release.get("problems", []))
+        )
         lines.append(f"release    {verdict}")
     push = rep.get("push")
     if push:

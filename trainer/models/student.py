@@ -128,7 +128,9 @@ def _separable_block(x: Any, filters: int, strides: int, name: str, l2: float) -
 
 def _stem(x: Any, filters: int, name: str, reg: Any) -> Any:
     """Strided 3x3 convolution and its batch norm."""
-    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=name, kernel_regularizer=reg)(x)
+    x = keras.layers.Conv2D(
+        filters, 3, strides=2, padding="same", use_bias=False, name=name, kernel_regularizer=reg
+    )(x)
     return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
 
 
@@ -163,7 +165,9 @@ def build_student(spec: EventSpec, cfg: StudentConfig | None = None) -> keras.Mo
     # score of [f_k, f_k - mean] in two terms). Two dense layers and a broadcast add instead of a
     # concat, whose int8 kernel needs one scale for both halves and fails QAT conversion.
     own = keras.layers.Dense(1, name=SCORE_LAYER)(per_frame)
-    context = keras.layers.Dense(1, use_bias=False, name=CONTEXT_SCORE_LAYER)(FrameMean(name="frame_mean")(per_frame))
+    context = keras.layers.Dense(1, use_bias=False, name=CONTEXT_SCORE_LAYER)(
+        FrameMean(name="frame_mean")(per_frame)
+    )
     scores = keras.layers.Add(name="frame_score_sum")([own, context])
     scores = keras.layers.Reshape((spec.frames,), name="frame_scores")(scores)
     weights = keras.layers.Softmax(axis=-1, name="frame_weights")(scores)

@@ -113,12 +113,20 @@ def run_lite_conversion(
     has_pruned = bool((distill_report.get("pruning") or {}).get("plan"))
     quantized = qat_model(student_dir)  # the QAT model, or None
     # The production float student (what serves, and what the TFLite models must agree with).
-    reference = "student_qat" if quantized is not None else "student_pruned" if has_pruned else "student_float"
-    production_keras = {"student_qat": qat_keras, "student_pruned": pruned_keras, "student_float": float_keras}[reference]
+    reference = (
+        "student_qat" if quantized is not None else "student_pruned" if has_pruned else "student_float"
+    )
+    production_keras = {
+        "student_qat": qat_keras,
+        "student_pruned": pruned_keras,
+        "student_float": float_keras,
+    }[reference]
     source = {"student_qat": "quantization-aware trained (sparsity-preserving) student",
               "student_pruned": "pruned student", "student_float": "student"}[reference]  # fmt: skip
 
-    train_files = layout.split_files(examples_uri, layout.TRAIN) + layout.split_files(examples_uri, layout.UNLABELLED_SPLIT)
+    train_files = layout.split_files(examples_uri, layout.TRAIN) + layout.split_files(
+        examples_uri, layout.UNLABELLED_SPLIT
+    )
     eval_files = layout.split_files(examples_uri, layout.EVAL)
     if not eval_files:
         raise UserError(f"no eval split under {examples_uri}: the parity gate needs eval events")
@@ -129,7 +137,9 @@ def run_lite_conversion(
     converted = {}
     # int8 from the QAT model (its recorded ranges); float16 from the plain float weights.
     sources = {"int8": quantized if quantized is not None else model, "float16": model}
-    for variant, filename in tqdm([("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False, disable=None):
+    for variant, filename in tqdm(
+        [("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False, disable=None
+    ):
         converted[variant] = lite.convert_variant(
             sources[variant], spec, variant, representative=representative, input_type=cfg.input_type,
             try_sparse=lite.has_sparsity(model),
@@ -149,7 +159,9 @@ def run_lite_conversion(
     if has_scratch:
         predictors["student_scratch"] = keras_predictor(load_keras(scratch_keras))
     if has_pruned:
-        predictors["student_pruned"] = keras_predictor(model if reference == "student_pruned" else load_keras(pruned_keras))
+        predictors["student_pruned"] = keras_predictor(
+            model if reference == "student_pruned" else load_keras(pruned_keras)
+        )
     float16_source = reference
     if quantized is not None:
         predictors["student_qat"] = keras_predictor(quantized)
@@ -158,7 +170,9 @@ def run_lite_conversion(
     predictors["int8"] = tflite_predictor(converted["int8"].content)
     predictors["float16"] = tflite_predictor(converted["float16"].content)
     preds = predict_split(eval_files, spec, predictors, desc="eval variants")
-    parity, parity_float16 = _parity_gates(preds, train_files, spec, predictors, reference, float16_source, cfg)
+    parity, parity_float16 = _parity_gates(
+        preds, train_files, spec, predictors, reference, float16_source, cfg
+    )
 
     student_params = measure.count_params(model)
     student_flops = measure.keras_flops_per_event(model, spec.input_shape)
@@ -166,12 +180,15 @@ def run_lite_conversion(
     if teacher_dir:
         variants["teacher"] = _variant_entry("savedmodel", teacher_dir)
         variants["teacher"].update(
-            params=measure.saved_model_params(teacher_dir), flops_per_event=measure.saved_model_flops_per_event(teacher_dir)
+            params=measure.saved_model_params(teacher_dir),
+            flops_per_event=measure.saved_model_flops_per_event(teacher_dir),
         )
     if has_scratch:
         variants["student_scratch"] = _variant_entry("keras", scratch_keras)
         variants["student_scratch"].update(params=student_params, flops_per_event=student_flops)
-    variants["student_float"] = _variant_entry("savedmodel", os.path.join(student_dir, FLOAT_DIR), float_keras)
+    variants["student_float"] = _variant_entry(
+        "savedmodel", os.path.join(student_dir, FLOAT_DIR), float_keras
+    )
     variants["student_float"].update(params=student_params, flops_per_event=student_flops)
     sparsity = distill_report.get("pruning", {}).get("sparsity")
     if has_pruned:
@@ -179,7 +196,9 @@ def run_lite_conversion(
             variants["student_pruned"] = _variant_entry("savedmodel", serving_dir, pruned_keras)
         else:
             variants["student_pruned"] = _variant_entry("keras", pruned_keras)
-        variants["student_pruned"].update(params=student_params, flops_per_event=student_flops, sparsity=sparsity)
+        variants["student_pruned"].update(
+            params=student_params, flops_per_event=student_flops, sparsity=sparsity
+        )
     if quantized is not None:
         variants["student_qat"] = _variant_entry("savedmodel", serving_dir)
         variants["student_qat"].update(
@@ -188,7 +207,9 @@ def run_lite_conversion(
         )  # fmt: skip
     for variant, filename in (("int8", INT8_FILE), ("float16", FLOAT16_FILE)):
         variants[variant] = _variant_entry("tflite", os.path.join(output_dir, filename))
-        variants[variant].update(params=student_params, flops_per_event=student_flops, **converted[variant].info())
+        variants[variant].update(
+            params=student_params, flops_per_event=student_flops, **converted[variant].info()
+        )
     if cfg.measure_latency:
         _measure_latencies(variants, cfg)
     for name, entry in variants.items():
@@ -199,8 +220,12 @@ def run_lite_conversion(
         entry["best_frame_accuracy"] = preds[name].best_frame_accuracy()
         entry["best_frame_events"] = preds[name].best_frame_events()
     if quantized is not None:
-        variants["int8"]["agreement_with_student_pruned"] = preds["int8"].agreement(preds["student_pruned"]) if has_pruned else None
-        variants["float16"]["agreement_with_" + float16_source] = preds["float16"].agreement(preds[float16_source])
+        variants["int8"]["agreement_with_student_pruned"] = (
+            preds["int8"].agreement(preds["student_pruned"]) if has_pruned else None
+        )
+        variants["float16"]["agreement_with_" + float16_source] = preds["float16"].agreement(
+            preds[float16_source]
+        )
     variants["int8"]["input_type"] = cfg.input_type
     variants["int8"]["parity"] = parity.to_dict()
     variants["float16"]["parity"] = {**parity_float16.to_dict(), "reference": float16_source}
@@ -211,7 +236,9 @@ def run_lite_conversion(
          "latency_ms": _p50(entry)}
         for name, entry in variants.items()
     ]  # fmt: skip
-    tradeoff = plots.tradeoff_plot(plot_rows, os.path.join(output_dir, TRADEOFF_PNG), "Teacher and student variants")
+    tradeoff = plots.tradeoff_plot(
+        plot_rows, os.path.join(output_dir, TRADEOFF_PNG), "Teacher and student variants"
+    )
     confusion = plots.confusion_plot(matrix, list(spec.classes), os.path.join(output_dir, CONFUSION_PNG),
                                      "int8 TFLite on the eval split")  # fmt: skip
 
@@ -248,8 +275,12 @@ def run_lite_conversion(
         "comparison": {**comparison(variants), **best_frame_baselines(preds[reference], spec.frames)},
         "plots": {"tradeoff": tradeoff, "confusion": confusion},
         # What ReleaseGate reads: the int8 verdict, with float16's folded in.
-        "parity": {**parity.to_dict(), "blessed": parity.blessed and parity_float16.blessed,
-                   "float16": {**parity_float16.to_dict(), "reference": float16_source}, "reference": reference},
+        "parity": {
+            **parity.to_dict(),
+            "blessed": parity.blessed and parity_float16.blessed,
+            "float16": {**parity_float16.to_dict(), "reference": float16_source},
+            "reference": reference,
+        },
         "eval_events": int(len(preds[reference].labels)),
         "best_frame_examples": best_frame_examples(preds, reference, spec.classes),
     }
@@ -274,7 +305,10 @@ def best_frame_baselines(preds: Any, frames: int) -> dict[str, Any]:
     known = preds.best_frames[preds.best_frames >= 0] if preds.best_frames is not None else []
     if not len(known):
         return {}
-    return {"best_frame_first_frame_baseline": float((known == 0).mean()), "best_frame_random_baseline": 1.0 / frames}
+    return {
+        "best_frame_first_frame_baseline": float((known == 0).mean()),
+        "best_frame_random_baseline": 1.0 / frames,
+    }
 
 
 def best_frame_examples(
@@ -298,7 +332,9 @@ def best_frame_examples(
             "predicted": classes[int(ref.predicted[i])],
             "probability": float(probabilities[i].max()),
             "best_frame": None if ref.named_frames is None else int(ref.named_frames[i]),
-            "true_best_frame": None if ref.best_frames is None or ref.best_frames[i] < 0 else int(ref.best_frames[i]),
+            "true_best_frame": None
+            if ref.best_frames is None or ref.best_frames[i] < 0
+            else int(ref.best_frames[i]),
         }
         if ref.frame_weights is not None:
             entry["frame_weights"] = [round(float(w), 4) for w in ref.frame_weights[i]]
@@ -340,15 +376,23 @@ def comparison(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
             out["teacher_over_scratch_points"] = 100.0 * (teacher["accuracy"] - scratch["accuracy"])
     out["int8_bytes_over_float_student_savedmodel"] = int8["bytes"]["raw"] / float_student["bytes"]["raw"]
     if "keras_bytes" in float_student:
-        out["int8_bytes_over_float_student_keras"] = int8["bytes"]["raw"] / float_student["keras_bytes"]["raw"]
+        out["int8_bytes_over_float_student_keras"] = (
+            int8["bytes"]["raw"] / float_student["keras_bytes"]["raw"]
+        )
     out["int8_gzipped_over_float_student_keras_gzipped"] = (
-        int8["bytes"]["gzipped"] / float_student["keras_bytes"]["gzipped"] if "keras_bytes" in float_student else None
+        int8["bytes"]["gzipped"] / float_student["keras_bytes"]["gzipped"]
+        if "keras_bytes" in float_student
+        else None
     )
     if teacher:
         out["teacher_params_over_student"] = teacher["params"] / max(float_student["params"], 1)
-        out["teacher_flops_over_student"] = teacher["flops_per_event"] / max(float_student["flops_per_event"], 1)
+        out["teacher_flops_over_student"] = teacher["flops_per_event"] / max(
+            float_student["flops_per_event"], 1
+        )
         out["teacher_bytes_over_int8"] = teacher["bytes"]["raw"] / int8["bytes"]["raw"]
-        out["int8_accuracy_over_teacher"] = int8["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else None
+        out["int8_accuracy_over_teacher"] = (
+            int8["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else None
+        )
         t_lat, s_lat = _p50(teacher), _p50(int8)
         if t_lat and s_lat:
             out["int8_speedup_over_teacher_savedmodel"] = t_lat / s_lat
@@ -356,19 +400,34 @@ def comparison(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _parity_gates(
-    preds: dict[str, Any], train_files: list[str], spec: EventSpec, predictors: dict[str, Any],
-    reference: str, float16_source: str, cfg: Any,
+    preds: dict[str, Any],
+    train_files: list[str],
+    spec: EventSpec,
+    predictors: dict[str, Any],
+    reference: str,
+    float16_source: str,
+    cfg: Any,
 ) -> tuple[lite.ParityResult, lite.ParityResult]:
     """Each TFLite model against the float model it was converted from, on the eval split and
     then the train and unlabelled events (agreement needs no label)."""
     pairs = {"int8": reference, "float16": float16_source}
     names = sorted({*pairs, *pairs.values()})
-    more = predict_split(train_files, spec, {n: predictors[n] for n in names}, desc="parity") if train_files else {}
+    more = (
+        predict_split(train_files, spec, {n: predictors[n] for n in names}, desc="parity")
+        if train_files
+        else {}
+    )
 
     def gate(variant: str) -> lite.ParityResult:
         source = pairs[variant]
-        reference_predicted = np.concatenate([preds[source].predicted] + ([more[source].predicted] if more else []))
-        lite_predicted = np.concatenate([preds[variant].predicted] + ([more[variant].predicted] if more else []))
-        return lite.parity(reference_predicted, lite_predicted, cfg.min_agreement, len(preds[variant].predicted))
+        reference_predicted = np.concatenate(
+            [preds[source].predicted] + ([more[source].predicted] if more else [])
+        )
+        lite_predicted = np.concatenate(
+            [preds[variant].predicted] + ([more[variant].predicted] if more else [])
+        )
+        return lite.parity(
+            reference_predicted, lite_predicted, cfg.min_agreement, len(preds[variant].predicted)
+        )
 
     return gate("int8"), gate("float16")
