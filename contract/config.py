@@ -247,9 +247,9 @@ class StudentConfig:
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to distillation
     # Weight of the loss that trains the frame weights to name the best frame (the known one, else
-    # the teacher's pick; the scratch baseline gets the known ones only). Off: the student's frame
-    # score has no frame position, so it cannot learn the earliest-of-ties rule, and the term cost
-    # it accuracy (docs/benchmarks.md, "Teacher capacity").
+    # the teacher's pick; the scratch baseline gets the known ones only). Off: the frame weights
+    # also pool the frames, and a peaked pooling costs the small student more accuracy than the
+    # frame it then names is worth (docs/benchmarks.md, "Best frame").
     frame_loss_weight: float = 0.0
     epochs: int = 10  # dense distillation ("student float"); the scratch baseline gets the same steps
     # Small data sets: an epoch is at least min_steps / epochs steps, so every phase (dense,

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.summary import p50_ms
+from pipeline.summary import best_frame_line, p50_ms
 
 HTML_FILE = "report.html"
 QUARANTINE_EXAMPLES = 6  # quarantined events shown, spread over the reasons
@@ -361,9 +361,20 @@ def models_section(rep: dict[str, Any]) -> str:
     comparison = rep.get("comparison") or {}
     notes = []
     if comparison.get("kd_gain") is not None:
-        notes.append(f"distillation gain (distilled vs scratch): {comparison['kd_gain']:+.1f} points")
+        worse = " (WORSE than the student trained alone)" if comparison["kd_gain"] < 0 else ""
+        notes.append(f"distillation gain (distilled vs scratch): {comparison['kd_gain']:+.1f} points{worse}")
     if comparison.get("teacher_over_scratch_points") is not None:
-        notes.append(f"teacher over scratch: {comparison['teacher_over_scratch_points']:+.1f} points")
+        worse = (
+            " (the teacher is NOT better than the student trained alone)"
+            if comparison["teacher_over_scratch_points"] <= 0
+            else ""
+        )
+        notes.append(f"teacher over scratch: {comparison['teacher_over_scratch_points']:+.1f} points{worse}")
+    teacher = _get(rep, ("teacher",)) or {}
+    if teacher.get("best_frame_events"):
+        student = rep.get("student") or {}
+        production = student.get(str(student.get("production") or "").replace("student_", "")) or {}
+        notes.append(best_frame_line(teacher, production, comparison).split("  ", 1)[1])
     if comparison.get("teacher_bytes_over_int8"):
         notes.append(f"teacher is {comparison['teacher_bytes_over_int8']:.0f}x the int8 file's size")
     if comparison.get("int8_speedup_over_teacher_savedmodel"):

@@ -230,11 +230,7 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
         )
     production = student.get(student.get("production", "").replace("student_", "")) or {}
     if t and t.get("best_frame_events"):
-        lines.append(
-            f"attention  best frame named right on {t['best_frame_events']} eval events with a known one: teacher "
-            f"{_fmt(t.get('best_frame_accuracy'))}, student {_fmt(production.get('best_frame_accuracy'))} "
-            f"(always the first frame: {_fmt(comparison.get('best_frame_first_frame_baseline'))})"
-        )
+        lines.append(best_frame_line(t, production, comparison))
     for name in ("int8", "float16"):
         v = (rep.get("tflite") or {}).get(name)
         if v:
@@ -274,3 +270,27 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
     if html_path:
         lines.append(f"report     {html_path} (open it in a browser)")
     print("\n".join(lines))
+
+
+BEST_FRAME_BASELINES = (  # (comparison key, how the rule names a frame)
+    ("best_frame_first_frame_baseline", "always the first frame"),
+    ("best_frame_random_baseline", "random"),
+    ("best_frame_confidence_baseline", "the frame alone most confident, teacher"),
+)
+
+
+def best_frame_line(teacher: dict[str, Any], production: dict[str, Any], comparison: dict[str, Any]) -> str:
+    """Best-frame accuracy of both models beside the rules' scores; a model below the best rule is marked."""
+    rules = {label: comparison[key] for key, label in BEST_FRAME_BASELINES if comparison.get(key) is not None}
+    best_rule = max(rules.values(), default=None)
+
+    def shown(value: Any) -> str:
+        below = value is not None and best_rule is not None and value < best_rule
+        return _fmt(value) + (" [below a baseline]" if below else "")
+
+    baselines = ", ".join(f"{label}: {_fmt(v)}" for label, v in rules.items())
+    return (
+        f"attention  best frame named right on {teacher['best_frame_events']} eval events with a known one: teacher "
+        f"{shown(teacher.get('best_frame_accuracy'))}, student {shown(production.get('best_frame_accuracy'))} "
+        f"({baselines})"
+    )

@@ -155,6 +155,49 @@ def test_predictor_results_in_every_form():
     assert served.frame_weights is None and served.best_frame.tolist() == [1, 1]
 
 
+def test_confidence_pick_names_the_frame_that_alone_is_surest_of_the_class():
+    # A fake model that is confident in class (frame value) only: frame k alone "shows" class v[k].
+    def predict(frames):
+        values = frames[:, 0, 0, 0, 0].astype(int)  # every frame is frame k after the solo repeat
+        logits = np.full((len(frames), 3), -5.0, np.float32)
+        logits[np.arange(len(frames)), values] = 5.0
+        return logits
+
+    events = np.zeros((3, 3, 1, 1, 1), np.float32)
+    events[0, :, 0, 0, 0] = [2, 1, 0]  # label 1 -> frame 1
+    events[1, :, 0, 0, 0] = [0, 0, 2]  # label 2 -> frame 2
+    events[2, :, 0, 0, 0] = [1, 1, 0]  # unlabelled, predicted 0 by the full model -> frame 2
+    solo = evaluate.solo_frame_predictors("m", predict, 3)
+    assert sorted(solo) == [f"{evaluate.SOLO_PREFIX}{k}_m" for k in range(3)]
+    labels = np.array([1, 2, -1])
+    preds = {name: Predictions(labels, f(events)) for name, f in solo.items()}
+    preds["m"] = Predictions(labels, np.array([[0, 9, 0], [0, 0, 9], [9, 0, 0]], np.float32))
+    np.testing.assert_array_equal(evaluate.confidence_pick(preds, "m", 3), [1, 2, 2])
+    assert evaluate.confidence_pick({"m": preds["m"]}, "m", 3) is None  # no solo predictions: no pick
+
+
+def test_student_frame_position_prior_decides_ties():
+    """Equal frame scores: the position layer's bias alone names the frame (ties to the earliest)."""
+    import tf_keras as keras
+
+    from trainer.models.student import POSITION_SCORE_LAYER, SCORE_LAYER, build_student
+
+    spec = layout.EventSpec(frames=3, height=8, width=8, channels=1, classes=("a", "b"))
+    keras.utils.set_random_seed(0)
+    student = build_student(spec, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
+    score = student.get_layer(SCORE_LAYER)
+    score.set_weights([np.zeros_like(w) for w in score.get_weights()])  # every frame scores the same
+    position = student.get_layer(POSITION_SCORE_LAYER)
+    kernel, _ = position.get_weights()
+    np.testing.assert_array_equal(kernel, np.eye(3))  # starts as the identity: no prior, no mixing
+    position.set_weights([kernel, np.array([2.0, 1.0, 0.0], np.float32)])
+    frames = np.random.default_rng(0).random((4, *spec.input_shape), dtype=np.float32)
+    weights = student(frames, training=False)["frame_weights"].numpy()
+    np.testing.assert_array_equal(np.argmax(weights, axis=1), [0, 0, 0, 0])
+    single = layout.EventSpec(frames=1, height=8, width=8, channels=1, classes=("a", "b"))
+    assert POSITION_SCORE_LAYER not in [layer.name for layer in build_student(single, StudentConfig(filters=[8])).layers]
+
+
 def test_tflite_predictor_returns_the_frame_weights(monkeypatch):
     class FakeClassifier:
         def __init__(self, model, num_threads=1):

@@ -144,3 +144,17 @@ def test_a_threshold_relative_to_another_model_is_shown_as_its_bound(tmp_path):
     rep = report(tmp_path, [], release={"blessed": False, "problems": ["student vs teacher"], "failures": [failure]})
     page = report_html.render(rep, str(tmp_path / "report.json"))
     assert "0.936 (= 0.95 x teacher 0.985)" in page and "0.905" in page
+
+
+def test_weak_results_are_marked_beside_their_baselines(tmp_path):
+    comparison = {"kd_gain": -1.2, "teacher_over_scratch_points": 2.0, "best_frame_first_frame_baseline": 0.546,
+                  "best_frame_random_baseline": 0.25, "best_frame_confidence_baseline": 0.6}  # fmt: skip
+    rep = report(
+        tmp_path, [], comparison=comparison,
+        teacher={"accuracy": 0.97, "params": 10, "best_frame_accuracy": 0.71, "best_frame_events": 251},
+        student={"production": "student_qat", "qat": {"accuracy": 0.96, "params": 5, "best_frame_accuracy": 0.35}},
+    )  # fmt: skip
+    page = report_html.render(rep, str(tmp_path / "report.json"))
+    assert "-1.2 points (WORSE than the student trained alone)" in page
+    assert "teacher 0.710, student 0.350 [below a baseline]" in page
+    assert "always the first frame: 0.546, random: 0.250, the frame alone most confident, teacher: 0.600" in page

@@ -40,9 +40,12 @@ from trainer.models.export import load_spec
 from trainer.models.student import load_keras
 from trainer.productionize import lite, measure, plots
 from trainer.productionize.evaluate import (
+    confidence_pick,
     keras_predictor,
     predict_split,
     saved_model_predictor,
+    softmax,
+    solo_frame_predictors,
     tflite_predictor,
 )
 from trainer.productionize.module import (
@@ -153,6 +156,8 @@ def run_lite_conversion(
     predictors = {}
     if teacher_dir:
         predictors["teacher"] = saved_model_predictor(teacher_dir)
+        if spec.frames > 1:  # the per-frame-confidence baseline for best-frame accuracy
+            predictors.update(solo_frame_predictors("teacher", predictors["teacher"], spec.frames))
     float_model = load_keras(float_keras)
     predictors["student_float"] = keras_predictor(float_model)
     has_scratch = os.path.exists(scratch_keras)
@@ -272,7 +277,12 @@ def run_lite_conversion(
             "release": os.path.join(output_dir, INT8_FILE),
             "confusion_matrix": {"classes": list(spec.classes), "matrix": matrix.tolist()},
         },
-        "comparison": {**comparison(variants), **best_frame_baselines(preds[reference], spec.frames)},
+        "comparison": {
+            **comparison(variants),
+            **best_frame_baselines(
+                preds[reference], spec.frames, confidence_pick(preds, "teacher", spec.frames)
+            ),
+        },
         "plots": {"tradeoff": tradeoff, "confusion": confusion},
         # What ReleaseGate reads: the int8 verdict, with float16's folded in.
         "parity": {
@@ -296,19 +306,27 @@ def _p50(entry: dict[str, Any]) -> float | None:
     return primary["p50_ms"] if primary else None
 
 
-def best_frame_baselines(preds: Any, frames: int) -> dict[str, Any]:
-    """What naming a frame without looking scores: always the first frame, or one at random.
+def best_frame_baselines(preds: Any, frames: int, confidence_frames: Any = None) -> dict[str, Any]:
+    """What naming a frame with a simple rule scores: always the first frame, one at random, and
+    (``confidence_frames``) the frame that alone gives the teacher's surest right answer.
 
     Objects are often fully visible in several frames (ties go to the earliest), so "always the
     first frame" is the baseline a model's best-frame accuracy must be read against.
     """
-    known = preds.best_frames[preds.best_frames >= 0] if preds.best_frames is not None else []
-    if not len(known):
+    if preds.best_frames is None:
         return {}
-    return {
-        "best_frame_first_frame_baseline": float((known == 0).mean()),
+    known = preds.best_frames >= 0
+    if not known.any():
+        return {}
+    out = {
+        "best_frame_first_frame_baseline": float((preds.best_frames[known] == 0).mean()),
         "best_frame_random_baseline": 1.0 / frames,
     }
+    if confidence_frames is not None:
+        out["best_frame_confidence_baseline"] = float(
+            (confidence_frames[known] == preds.best_frames[known]).mean()
+        )
+    return out
 
 
 def best_frame_examples(
@@ -323,7 +341,7 @@ def best_frame_examples(
     labelled = [i for i in range(len(ref.labels)) if ref.labels[i] >= 0]
     known = [i for i in labelled if ref.best_frames is not None and ref.best_frames[i] >= 0]
     chosen = (known + [i for i in labelled if i not in set(known)])[:count]
-    probabilities = _softmax(ref.logits)
+    probabilities = softmax(ref.logits)
     events = []
     for i in chosen:
         entry: dict[str, Any] = {
@@ -344,12 +362,6 @@ def best_frame_examples(
             entry["int8_best_frame"] = None if int8.named_frames is None else int(int8.named_frames[i])
         events.append(entry)
     return {"model": reference, "events": events}
-
-
-def _softmax(logits: Any) -> Any:
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def class_accuracy(matrix: Any, classes: tuple[str, ...]) -> dict[str, float | None]:

@@ -166,6 +166,39 @@ def tflite_predictor(model: str | bytes, num_threads: int = 1) -> Predictor:
     return predict
 
 
+SOLO_PREFIX = "solo_frame_"
+
+
+def solo_frame_predictors(name: str, predict: Predictor, frames: int) -> dict[str, Predictor]:
+    """``predict`` on each frame alone: the event with every frame replaced by frame ``k``.
+
+    Named ``solo_frame_<k>_<name>``; with ``confidence_pick`` they give the per-frame-confidence
+    baseline for best-frame accuracy (the frame that alone gives the surest right answer).
+    """
+
+    def alone(k: int) -> Predictor:
+        return lambda batch: predict(np.repeat(batch[:, k : k + 1], frames, axis=1))
+
+    return {f"{SOLO_PREFIX}{k}_{name}": alone(k) for k in range(frames)}
+
+
+def confidence_pick(preds: dict[str, Predictions], name: str, frames: int) -> np.ndarray | None:
+    """Per event, the frame whose solo prediction gives the event's class the highest probability
+    (its label; unlabelled events: the class the full event is predicted as by ``name``)."""
+    solo = [preds.get(f"{SOLO_PREFIX}{k}_{name}") for k in range(frames)]
+    if any(p is None for p in solo) or name not in preds:
+        return None
+    target = np.where(preds[name].labels >= 0, preds[name].labels, preds[name].predicted)
+    probability = np.stack([softmax(p.logits)[np.arange(len(target)), target] for p in solo], axis=1)
+    return np.argmax(probability, axis=1)
+
+
+def softmax(logits: Any) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
 def predict_split(
     files: list[str],
     spec: EventSpec,
