@@ -11,3 +11,10 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ INFO/WARNING chatter hides the messages users need to see.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# google-api-core (pulled in by TFX) warns on every import that Python 3.10 is past its support
+# window: eight lines before any output of ours. The pinned stack needs 3.10 (TFX 1.16), so the
+# warning says nothing a user can act on.
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message=r"You are using a non-supported Python version", category=FutureWarning)

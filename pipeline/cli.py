@@ -25,11 +25,22 @@ COMMAND_MODULES = [
 ]
 
 
+def installed_version() -> str:
+    """The installed package's version (setup.py), or "unknown" outside an install."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("eventpipe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventpipe",
         description="Camera events in, verified production models out.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:

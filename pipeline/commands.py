@@ -22,15 +22,16 @@ KFP_SPEC = "eventpipe_kfp.json"
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that runs (part of) the pipeline."""
     add_config_flags(p)
-    p.add_argument("--data", dest="run.data", help="events: JSONL manifests, an image-folder tree or TFRecords")
-    p.add_argument("--workdir", dest="run.workdir", help="where metadata, artifacts and report.json go (default: work)")
-    p.add_argument("--classes", dest="data.classes", help="class vocabulary a,b,c in label-id order (default: labels seen)")
-    p.add_argument("--max-frames", dest="data.max_frames", type=int, help="most frames one event may have (default 16)")
-    p.add_argument("--max-reject-rate", dest="data.max_reject_rate", type=float, help="stop if more events are rejected (default 0.05)")
+    p.add_argument("--data", metavar="DIR", dest="run.data",
+                   help="events: JSONL manifests, an image-folder tree or TFRecords (required unless --config sets run.data)")  # fmt: skip
+    p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="where metadata, artifacts and report.json go (default: work)")
+    p.add_argument("--classes", metavar="A,B,C", dest="data.classes", help="class vocabulary a,b,c in label-id order (default: labels seen)")
+    p.add_argument("--max-frames", metavar="K", dest="data.max_frames", type=int, help="most frames one event may have (default 16)")
+    p.add_argument("--max-reject-rate", metavar="F", dest="data.max_reject_rate", type=float, help="stop if more events are rejected (default 0.05)")
     p.add_argument("--runner", dest="run.runner", choices=["local", "beam", "kubeflow"], help="orchestrator (default local)")
-    p.add_argument("--beam-workers", dest="run.beam_workers", type=int, help="DirectRunner worker processes (default 1)")
-    p.add_argument("--beam-arg", dest="run.beam_args", action="append", help="Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner")
-    p.add_argument("--metadata", dest="run.metadata", help="ML Metadata store: mysql://user:pass@host:port/db (default SQLite in workdir)")
+    p.add_argument("--beam-workers", metavar="N", dest="run.beam_workers", type=int, help="DirectRunner worker processes (default 1)")
+    p.add_argument("--beam-arg", metavar="OPTION", dest="run.beam_args", action="append", help="Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner")
+    p.add_argument("--metadata", metavar="URI", dest="run.metadata", help="ML Metadata store: mysql://user:pass@host:port/db (default SQLite in workdir)")
     p.add_argument("--no-cache", dest="run.enable_cache", action="store_false", default=None, help="re-execute every component")
 
 
@@ -43,8 +44,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", dest="run.image", help="kubeflow: container image built from the repo's Dockerfile")
-    p.add_argument("--pipeline-root", dest="run.pipeline_root", help="kubeflow: artifact root as the cluster sees it (gs://...)")
+    p.add_argument("--image", metavar="IMAGE", dest="run.image", help="kubeflow: container image built from the repo's Dockerfile")
+    p.add_argument("--pipeline-root", metavar="URI", dest="run.pipeline_root", help="kubeflow: artifact root as the cluster sees it (gs://...)")
     p.add_argument("--gpus", metavar="N", dest="kubeflow.gpus", type=int,
                    help="kubeflow: accelerators for the TeacherTrainer (default 0)")
     p.add_argument("--accelerator", metavar="TYPE", dest="kubeflow.accelerator",
@@ -52,11 +53,21 @@ def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("validate", help="ingest and validate events (TFX: EventExampleGen..ExampleValidator)")
+    p = subparsers.add_parser(
+        "validate", help="ingest and validate events (TFX: EventExampleGen..ExampleValidator)",
+        description="Ingest events into TFRecord examples (train / eval / unlabelled splits), compute "
+        "statistics, infer a schema and check for anomalies; writes WORKDIR/report.json. Every event is "
+        "accepted or quarantined with a reason.",
+    )  # fmt: skip
     add_run_flags(p)
     p.set_defaults(func=validate_command)
 
-    p = subparsers.add_parser("run", help="run the whole pipeline: ingest, train, productionize, push")
+    p = subparsers.add_parser(
+        "run", help="run the whole pipeline: ingest, train, productionize, push",
+        description="Ingest and validate the events, train the teacher, distil, prune and quantize the "
+        "student, check it against the gates and push the blessed models; prints where they went and "
+        "the headline numbers, and writes WORKDIR/report.json and report.html.",
+    )  # fmt: skip
     add_run_flags(p)
     p.add_argument("--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)")
     add_training_flags(p)

@@ -7,6 +7,8 @@ import base64
 import dataclasses
 import json
 import os
+import shlex
+import sys
 import time
 import urllib.request
 from typing import Any
@@ -113,6 +115,9 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     return sections
 
 
+PREDICT_REQUEST = "predict_request.json"  # the served check's request body, in the workdir
+
+
 def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
     """Start the server on the pushed models, send one real REST predict, and stop it."""
 
@@ -128,6 +133,9 @@ def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
         frames = [{"b64": base64.b64encode(f).decode()} for f in event["frames"][: spec.frames]]
         frames += [{"b64": ""}] * (spec.frames - len(frames))
         body = json.dumps({"instances": [{layout.SERVING_INPUT: frames}]}).encode()
+        request_file = os.path.join(cfg.workdir, PREDICT_REQUEST)  # for the curl line the summary prints
+        with open(request_file, "wb") as f:
+            f.write(body)
         url = f"http://127.0.0.1:{server.rest_port}/v1/models/{cfg.serving.model_name}:predict"
         started = time.perf_counter()
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
@@ -143,7 +151,13 @@ def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
             "best_frame": prediction.get(layout.OUT_BEST_FRAME),
             "probability": max(prediction.get(layout.OUT_PROBABILITIES, [0.0])),
             "milliseconds": round((time.perf_counter() - started) * 1000, 1),
-        }
+            "request_file": request_file,
+            "serve_command": [
+                venv_tool("eventpipe"), "serve", "--model_name", cfg.serving.model_name,
+                "--model_base_path", os.path.join(cfg.serving_base, cfg.serving.model_name),
+                "--rest_api_port", str(cfg.serving.rest_port if cfg.serving.rest_port > 0 else 8501),
+            ],
+        }  # fmt: skip
     finally:
         server.stop()
 
@@ -266,6 +280,7 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             )
         else:
             lines.append(f"served     FAILED: {served.get('error')}")
+    lines += next_steps(rep)
     lines.append(f"report     {report_path}")
     if html_path:
         lines.append(f"report     {html_path} (open it in a browser)")
@@ -294,3 +309,32 @@ def best_frame_line(teacher: dict[str, Any], production: dict[str, Any], compari
         f"{shown(teacher.get('best_frame_accuracy'))}, student {shown(production.get('best_frame_accuracy'))} "
         f"({baselines})"
     )
+
+
+def venv_tool(name: str) -> str:
+    """``name`` as this interpreter's environment has it (``.venv/bin/eventpipe`` from the
+    checkout), so the printed line runs without activating the venv."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.exists(path):
+        return name
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def next_steps(rep: dict[str, Any]) -> list[str]:
+    """Copy-paste lines: serve what was pushed, query it with a real event, open the curves."""
+    lines = []
+    served = rep.get("serving_check") or {}
+    if served.get("ok") and served.get("serve_command"):
+        command = " ".join(shlex.quote(a) for a in served["serve_command"])
+        port = served["serve_command"][-1]
+        model = served["serve_command"][served["serve_command"].index("--model_name") + 1]
+        lines.append(f"next       serve it:   {command}")
+        lines.append(
+            f"next       query it:   curl -s localhost:{port}/v1/models/{model}:predict "
+            f"-d @{shlex.quote(served['request_file'])}"
+        )
+    logs = (rep.get("teacher") or {}).get("tensorboard")
+    if logs:
+        lines.append(f"next       curves:     {venv_tool('tensorboard')} --logdir {shlex.quote(logs)}")
+    return lines

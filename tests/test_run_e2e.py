@@ -88,6 +88,7 @@ def test_run_writes_every_section_and_artifact(first_run):
     check = report["serving_check"]
     assert check["ok"] and check["predicted"] in ("empty", "person", "vehicle")
     assert "served" in result.stdout and "report" in result.stdout
+    assert_next_steps_work(result.stdout, root)
 
     # A line as each component starts and ends, with its headline; piped output: no bar redraws.
     lines = result.stdout.splitlines()
@@ -99,6 +100,50 @@ def test_run_writes_every_section_and_artifact(first_run):
         assert any(re.search(rf"{node} +done in [\d.]+ s  \S", line) for line in lines), (node, result.stdout)
     assert any(re.search(r"EventPusher +done in .*pushed student v1, teacher v1, mobile v1", line) for line in lines)
     assert "\r" not in result.stdout and "\r" not in result.stderr
+
+
+def available(status_url):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(status_url, timeout=10) as response:
+            return '"AVAILABLE"' in response.read().decode()
+    except urllib.error.URLError:  # HTTPError (not loaded yet) included
+        return False
+
+
+def assert_next_steps_work(stdout, root):
+    """The printed serve line serves the pushed student, and its request file gets an answer."""
+    import shlex
+    import time
+    import urllib.request
+
+    steps = {m.group(1): m.group(2) for m in re.finditer(r"^next +(serve it|query it|curves): +(.+)$", stdout, re.M)}
+    assert set(steps) == {"serve it", "query it", "curves"}, stdout[-2000:]
+    assert os.path.isdir(shlex.split(steps["curves"])[-1])
+    request_file = shlex.split(steps["query it"])[-1].lstrip("@")
+    port_file = root / "next_port.json"
+    # The printed line as is, with free ports (later flags win) so the test never collides.
+    serve = [*shlex.split(steps["serve it"]), "--rest_api_port", "0", "--port", "0", "--port-file", str(port_file)]
+    server = subprocess.Popen(serve, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not port_file.exists() and time.time() < deadline and server.poll() is None:
+            time.sleep(0.5)
+        assert port_file.exists(), server.stderr.read() if server.poll() is not None else "no port file in 120 s"
+        port = json.loads(port_file.read_text())["rest_port"]
+        model = re.search(r"/v1/models/([^:]+):predict", steps["query it"]).group(1)
+        while time.time() < deadline and not available(f"http://127.0.0.1:{port}/v1/models/{model}"):
+            time.sleep(0.5)
+        with open(request_file, "rb") as f:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/{model}:predict", data=f.read())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            prediction = json.loads(response.read())["predictions"][0]
+        assert prediction["class_name"] in ("empty", "person", "vehicle")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def test_rerun_with_unchanged_inputs_is_served_from_the_mlmd_cache(first_run):

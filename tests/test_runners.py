@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -98,3 +99,15 @@ def test_wrong_python_or_missing_packages_is_one_line_saying_to_set_up(tmp_path,
                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error: package 'tqdm' is not installed for" in r.stderr and "make setup" in r.stderr
+
+
+def test_version_and_no_python_support_warnings_before_our_output(tmp_path):
+    r = eventpipe("--version", cwd=tmp_path)
+    assert r.returncode == 0 and re.fullmatch(r"eventpipe \d+\.\d+\.\d+\n", r.stdout), r.stdout + r.stderr
+    # google-api-core, imported with TFX, warns that Python 3.10 is past its support on every import.
+    imported = subprocess.run(
+        [sys.executable, "-c", "from contract import tfenv; from tfx.orchestration import pipeline"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert "non-supported Python version" not in imported.stderr and "FutureWarning" not in imported.stderr
