@@ -15,6 +15,7 @@ from contract.config import STRATEGIES, Config, add_config_flags, check_pretrain
 from contract.errors import GateFailed, UserError
 from pipeline import report
 from pipeline.pipeline_def import STAGES
+from pipeline.workdir_lock import lock_workdir
 
 KFP_SPEC = "eventpipe_kfp.json"
 
@@ -86,7 +87,7 @@ def prepare(args: argparse.Namespace) -> Config:
     cfg = load_config(args)
     if cfg.pretrain.enabled:
         check_pretrain(cfg)  # before anything runs: a bad pretrain.* field is one line, not a failed component
-    os.makedirs(cfg.workdir, exist_ok=True)
+    lock_workdir(cfg.workdir)  # before anything is written there: one run per workdir at a time
     cfg.save(os.path.join(cfg.workdir, "config.json"))
     _quiet_libraries()
     return cfg

@@ -111,3 +111,30 @@ def test_version_and_no_python_support_warnings_before_our_output(tmp_path):
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr[-2000:]
     assert "non-supported Python version" not in imported.stderr and "FutureWarning" not in imported.stderr
+
+
+def test_a_second_run_on_a_busy_workdir_refuses_naming_the_first(tmp_path):
+    """Two real `eventpipe validate` processes on one workdir: the second refuses, naming the first's
+    pid; once the first has finished the workdir is free again (the kernel released the lock)."""
+    import time
+
+    data = tmp_path / "events"
+    ed.write_manifest(str(data), [ed.event(f"e{i}", label="ab"[i % 2]) for i in range(40)])
+    work = tmp_path / "work"
+    args = ["validate", "--data", str(data), "--workdir", str(work)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lock = work / ".eventpipe.lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text()) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before the second could start: " + first.communicate()[1][-2000:]
+    second = eventpipe(*args, cwd=tmp_path)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    line = second.stderr.strip().splitlines()[-1]
+    assert f"workdir {work} is in use by pid {first.pid}" in line and "another --workdir" in line
+    assert eventpipe(*args, cwd=tmp_path).returncode == 0  # free again
