@@ -285,6 +285,24 @@ def test_standard_metadata_is_read_alike_by_tflite_support_and_without_it(tmp_pa
     assert "labels" not in doc and "normalization" not in doc["input"] and "classes" not in doc["event_spec"]
     assert doc["note"] == "ünïcode" and doc["input"]["frames"] == 2
 
+    # The README's snippet, in a fresh interpreter of this venv (TensorFlow imported first, as in any
+    # app of ours): tflite-support's MetadataDisplayer reads the labels and the event spec.
+    import subprocess
+    import sys
+
+    path = tmp_path / "with_metadata.tflite"
+    path.write_bytes(tagged)
+    snippet = (
+        "import tensorflow\n"
+        "from tensorflow_lite_support.metadata.python.metadata import MetadataDisplayer\n"
+        f"d = MetadataDisplayer.with_model_file({str(path)!r})\n"
+        "print(sorted(d.get_packed_associated_file_list()))\n"
+        "print(d.get_associated_file_buffer('labels.txt').decode().split())\n"
+    )
+    shown_by_tool = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert shown_by_tool.returncode == 0, shown_by_tool.stderr[-2000:]
+    assert shown_by_tool.stdout.split("\n")[:2] == [str(sorted([EVENT_SPEC_FILE, LABELS_FILE])), "['a', 'b', 'c']"]
+
     # Re-embedding replaces the metadata instead of adding a second copy; converter entries survive.
     again = embed_metadata(tagged, {**meta, "variant": "x", "labels": ["p", "q", "r"]})
     names = [m.name for m in flatbuffer_utils.convert_bytearray_to_object(bytearray(again)).metadata]
