@@ -107,7 +107,7 @@ class TeacherConfig:
     conv_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     blocks_per_stage: int = 1
     width_multiplier: float = 1.0
-    stem_stride: int = 2
+    stem_stride: int = 2  # frames under 2 x MIN_STEM_OUTPUT a side get a stride-1 stem (stem_stride())
     attention_heads: int = 4
     fc_units: list[int] = field(default_factory=lambda: [512, 512])
     dropout: float = 0.1
@@ -115,6 +115,20 @@ class TeacherConfig:
     # (cross-entropy on events whose best_frame is known).
     frame_loss_weight: float = 0.5
     norm: str = "group"  # conv-block normalisation: group (GroupNorm) | pixel (per-pixel layer norm)
+
+
+MIN_STEM_OUTPUT = 16  # pixels a side a strided stem must leave; smaller frames keep their size
+
+
+def stem_stride(stride: int, height: int, width: int) -> int:
+    """The stem's stride for ``height`` x ``width`` frames: ``stride`` where the strided frame keeps at
+    least ``MIN_STEM_OUTPUT`` pixels a side, else 1.
+
+    An early downsampling spends the demo's 32x32 FLOPs on width and depth, but small frames lose
+    their detail to it (scikit-learn's 8x8 digits: teacher 0.930 with a stride-2 stem, 0.977 with
+    stride 1; docs/benchmarks.md). Teacher, student and the planner all use this rule.
+    """
+    return stride if min(height, width) // stride >= MIN_STEM_OUTPUT else 1
 
 
 def teacher_stage_widths(cfg: TeacherConfig) -> list[int]:

@@ -182,3 +182,15 @@ def test_release_locations_follow_one_rule_for_every_runner(tmp_path, monkeypatc
     assert (cfg.serving_base, cfg.mobile_base) == ("gs://bucket/serving", "gs://bucket/mobile")
     cfg.run.serving_base = "models"  # an explicit local path is made absolute
     assert cfg.serving_base == str(tmp_path / "models")
+
+
+def test_small_frames_keep_their_size_through_the_stem():
+    from contract.config import stem_stride
+    from contract.layout import EventSpec
+    from trainer.models.student import build_student
+
+    assert [stem_stride(2, h, w) for h, w in [(32, 32), (480, 640), (28, 28), (8, 8), (40, 30)]] == [2, 2, 1, 1, 1]
+    for size, expected in ((8, 8), (32, 16)):
+        spec = EventSpec(("a", "b"), 1, size, size, 1)
+        stem = build_student(spec).get_layer("stem")
+        assert stem.output.shape[1:3] == (expected, expected)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from contract.config import TeacherConfig
@@ -168,8 +169,11 @@ def test_teacher_preset_counts_match_the_keras_model(geometry, overrides):
     cfg = TeacherConfig(**overrides)
     planned = P.eventpipe_teacher(frames, height, width, channels, classes, cfg)
     spec = EventSpec([str(i) for i in range(classes)], frames, height, width, channels)
-    built = parameter_counts(build_teacher(spec, cfg))
+    model = build_teacher(spec, cfg)
+    built = parameter_counts(model)
     assert (planned.params, planned.params_of("fc")) == (built["total"], built["fully_connected"])
+    stem = planned.layers[0]  # the stem's activations: the stride the model used, small frames too
+    assert stem.out_elements == frames * int(np.prod(model.get_layer("conv_stem").output.shape[1:]))
     conv_layers = 1 + len(cfg.conv_filters) * cfg.blocks_per_stage
     assert [layer.kind for layer in planned.layers] == ["conv"] * conv_layers + ["attention"] + ["fc"] * (
         len(cfg.fc_units) + 1

@@ -23,7 +23,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from contract.config import StudentConfig
+from contract.config import StudentConfig, stem_stride
 from contract.layout import EventSpec
 
 PACKAGE = "eventpipe"
@@ -35,6 +35,7 @@ POSITION_SCORE_LAYER = "frame_position"
 # Batch-norm moving statistics must settle within a short distillation (a few hundred steps on
 # small data sets); Keras' 0.99 leaves half of the initial statistics after 70 steps.
 BN_MOMENTUM = 0.9
+STEM_STRIDE = 2  # MobileNet's; small frames get 1 (contract.config.stem_stride)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -117,9 +118,10 @@ def _separable_block(x: Any, filters: int, strides: int, name: str, l2: float) -
 
 
 def _stem(x: Any, filters: int, name: str, reg: Any) -> Any:
-    """Strided 3x3 convolution and its batch norm."""
+    """Strided 3x3 convolution (stride 1 for small frames: ``contract.config.stem_stride``) and its batch norm."""
+    stride = stem_stride(STEM_STRIDE, *x.shape[1:3])
     x = keras.layers.Conv2D(
-        filters, 3, strides=2, padding="same", use_bias=False, name=name, kernel_regularizer=reg
+        filters, 3, strides=stride, padding="same", use_bias=False, name=name, kernel_regularizer=reg
     )(x)
     return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
 

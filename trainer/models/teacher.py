@@ -28,7 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.experimental import dtensor
 
-from contract.config import TeacherConfig, teacher_stage_widths
+from contract.config import TeacherConfig, stem_stride, teacher_stage_widths
 from contract.layout import EventSpec
 
 FC_PREFIX = "fc_"
@@ -220,7 +220,8 @@ def frame_embeddings(frames: Any, spec: EventSpec, cfg: TeacherConfig) -> Any:
 
     x = EventContrast(name="event_contrast")(frames) if spec.frames > 1 else frames
     x = FoldFrames(name="fold_frames")(x)
-    x = keras.layers.Conv2D(widths[0], 3, strides=cfg.stem_stride, padding="same", name="conv_stem")(x)
+    stride = stem_stride(cfg.stem_stride, spec.height, spec.width)
+    x = keras.layers.Conv2D(widths[0], 3, strides=stride, padding="same", name="conv_stem")(x)
     for stage, filters in enumerate(widths):
         for block in range(cfg.blocks_per_stage):
             stride = 2 if stage > 0 and block == 0 else 1

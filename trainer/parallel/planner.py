@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.config import TeacherConfig, teacher_stage_widths
+from contract.config import TeacherConfig, stem_stride, teacher_stage_widths
 from contract.errors import UserError
 
 LAYOUTS = ("data", "model", "hybrid")
@@ -231,7 +231,7 @@ def eventpipe_teacher(
 
     widths = teacher_stage_widths(cfg)
     stem_in = 2 * c if frames > 1 else c  # frame + frame-difference channels (multi-frame events)
-    p, f, h, w = conv(3, cfg.stem_stride, stem_in, widths[0], h, w)
+    p, f, h, w = conv(3, stem_stride(cfg.stem_stride, height, width), stem_in, widths[0], h, w)
     c = widths[0]
     layers.append(Layer("conv_stem", "conv", p, f, frames * h * w * c))
     blocks = [(stage, block, filters) for stage, filters in enumerate(widths) for block in range(cfg.blocks_per_stage)]
@@ -269,7 +269,8 @@ def eventpipe_teacher(
     layers.append(fc_layer("logits", n_in, classes))
     source = (
         f"trainer/models/teacher.py with conv_filters={cfg.conv_filters} x{cfg.width_multiplier:g}, "
-        f"{cfg.blocks_per_stage} block(s) per stage, stem stride {cfg.stem_stride}, fc_units={cfg.fc_units}, "
+        f"{cfg.blocks_per_stage} block(s) per stage, stem stride {stem_stride(cfg.stem_stride, height, width)}, "
+        f"fc_units={cfg.fc_units}, "
         f"attention_heads={cfg.attention_heads}; events of {frames} x {height}x{width}x{channels}, {classes} classes"
     )
     return ModelSpec("eventpipe-teacher", tuple(layers), source)
