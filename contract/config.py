@@ -262,8 +262,8 @@ class StudentConfig:
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to distillation
     # Weight of the loss that trains the frame weights to name the best frame (the known one, else
     # the teacher's pick; the scratch baseline gets the known ones only). Off: the frame weights
-    # also pool the frames, and a peaked pooling costs the small student more accuracy than the
-    # frame it then names is worth (docs/benchmarks.md, "Best frame").
+    # also pool the frames, and training them to name a frame cost the small student 3-7 points
+    # of accuracy for a best frame of 0.60-0.63 (docs/benchmarks.md, "Best frame").
     frame_loss_weight: float = 0.0
     epochs: int = 10  # dense distillation ("student float"); the scratch baseline gets the same steps
     # Small data sets: an epoch is at least min_steps / epochs steps, so every phase (dense,

@@ -176,28 +176,6 @@ def test_confidence_pick_names_the_frame_that_alone_is_surest_of_the_class():
     assert evaluate.confidence_pick({"m": preds["m"]}, "m", 3) is None  # no solo predictions: no pick
 
 
-def test_student_frame_position_prior_decides_ties():
-    """Equal frame scores: the position layer's bias alone names the frame (ties to the earliest)."""
-    import tf_keras as keras
-
-    from trainer.models.student import POSITION_SCORE_LAYER, SCORE_LAYER, build_student
-
-    spec = layout.EventSpec(frames=3, height=8, width=8, channels=1, classes=("a", "b"))
-    keras.utils.set_random_seed(0)
-    student = build_student(spec, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
-    score = student.get_layer(SCORE_LAYER)
-    score.set_weights([np.zeros_like(w) for w in score.get_weights()])  # every frame scores the same
-    position = student.get_layer(POSITION_SCORE_LAYER)
-    kernel, _ = position.get_weights()
-    np.testing.assert_array_equal(kernel, np.eye(3))  # starts as the identity: no prior, no mixing
-    position.set_weights([kernel, np.array([2.0, 1.0, 0.0], np.float32)])
-    frames = np.random.default_rng(0).random((4, *spec.input_shape), dtype=np.float32)
-    weights = student(frames, training=False)["frame_weights"].numpy()
-    np.testing.assert_array_equal(np.argmax(weights, axis=1), [0, 0, 0, 0])
-    single = layout.EventSpec(frames=1, height=8, width=8, channels=1, classes=("a", "b"))
-    assert POSITION_SCORE_LAYER not in [layer.name for layer in build_student(single, StudentConfig(filters=[8])).layers]
-
-
 def test_tflite_predictor_returns_the_frame_weights(monkeypatch):
     class FakeClassifier:
         def __init__(self, model, num_threads=1):

@@ -6,9 +6,10 @@ global average pooling). Like the teacher's ``EventContrast``, the stem sees eac
 difference from the event's mean frame (two 3x3 convolutions, added): what moved is what tells
 a vehicle from a person, and a backbone that sees one frame at a time cannot otherwise see it
 (on the seed-1 demo, 10 epochs of distillation: 0.92 eval accuracy against 0.84 without it).
-A per-frame score, mixed across the frames and offset per position (so a frame is judged against
-the others, and ties can go to the earliest), is softmax-normalised across the frames: those
-weights pool the frames and name the best frame. A small fully-connected head maps the pooled features to class logits.
+A per-frame score, computed
+from the frame's features and the event's mean features (so what changed counts), is
+softmax-normalised across the frames: those weights pool the frames and name the best frame.
+A small fully-connected head maps the pooled features to class logits.
 
 The model maps ``[B, K, H, W, C]`` float32 in [0, 1] to ``{"logits": [B, C], "frame_weights":
 [B, K]}`` so ``trainer.models.export.export_saved_model`` exports it with the teacher's signatures. All
@@ -31,7 +32,7 @@ LOGITS_LAYER = "logits"
 SCORE_LAYER = "frame_score"
 CONTRAST_LAYER = "frame_contrast"
 CONTRAST_STEM_LAYER = "stem_contrast"
-POSITION_SCORE_LAYER = "frame_position"
+CONTEXT_SCORE_LAYER = "frame_context_score"
 # Batch-norm moving statistics must settle within a short distillation (a few hundred steps on
 # small data sets); Keras' 0.99 leaves half of the initial statistics after 70 steps.
 BN_MOMENTUM = 0.9
@@ -59,6 +60,14 @@ class SplitFrames(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "frames": self.frames}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FrameMean(keras.layers.Layer):
+    """``[B, K, D]`` -> ``[B, 1, D]``: the event's mean frame features (what every frame is compared to)."""
+
+    def call(self, inputs: Any) -> Any:
+        return tf.reduce_mean(inputs, axis=1, keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -93,7 +102,8 @@ class FrameContrast(keras.layers.Layer):
 
 
 CUSTOM_OBJECTS = {
-    f"{PACKAGE}>{cls.__name__}": cls for cls in (MergeFrames, SplitFrames, WeightedPool, FrameContrast)
+    f"{PACKAGE}>{cls.__name__}": cls
+    for cls in (MergeFrames, SplitFrames, FrameMean, WeightedPool, FrameContrast)
 }
 
 
@@ -153,15 +163,15 @@ def build_student(spec: EventSpec, cfg: StudentConfig | None = None) -> keras.Mo
     x = keras.layers.GlobalAveragePooling2D(name="frame_pool")(x)
     per_frame = SplitFrames(spec.frames, name="split_frames")(x)
 
-    # score_k = a . f_k + b, then mixed across the frames by a K x K dense layer (identity at
-    # the start): its bias is a per-position prior and its kernel compares a frame with the others,
-    # which is what the best-frame rule needs (largest visible area, ties to the earliest).
-    scores = keras.layers.Dense(1, name=SCORE_LAYER)(per_frame)
+    # score_k = a . f_k + b . mean(f) + c: the frame's features and the event's mean (a linear
+    # score of [f_k, f_k - mean] in two terms). Two dense layers and a broadcast add instead of a
+    # concat, whose int8 kernel needs one scale for both halves and fails QAT conversion.
+    own = keras.layers.Dense(1, name=SCORE_LAYER)(per_frame)
+    context = keras.layers.Dense(1, use_bias=False, name=CONTEXT_SCORE_LAYER)(
+        FrameMean(name="frame_mean")(per_frame)
+    )
+    scores = keras.layers.Add(name="frame_score_sum")([own, context])
     scores = keras.layers.Reshape((spec.frames,), name="frame_scores")(scores)
-    if spec.frames > 1:
-        scores = keras.layers.Dense(spec.frames, kernel_initializer="identity", name=POSITION_SCORE_LAYER)(
-            scores
-        )
     weights = keras.layers.Softmax(axis=-1, name="frame_weights")(scores)
     pooled = WeightedPool(name="event_pool")([per_frame, weights])
 

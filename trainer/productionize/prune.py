@@ -20,9 +20,9 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-from trainer.models.student import LOGITS_LAYER, POSITION_SCORE_LAYER, SCORE_LAYER
+from trainer.models.student import CONTEXT_SCORE_LAYER, LOGITS_LAYER, SCORE_LAYER
 
-DEFAULT_EXCLUDE = (LOGITS_LAYER, SCORE_LAYER, POSITION_SCORE_LAYER)
+DEFAULT_EXCLUDE = (LOGITS_LAYER, SCORE_LAYER, CONTEXT_SCORE_LAYER)
 # Kernels smaller than this (the stem, depthwise 3x3 filters, the first pointwise convs) stay
 # dense: they are a sliver of the bytes, and pruning them cost ~7 points of demo accuracy.
 MIN_PRUNABLE_WEIGHTS = 2048
