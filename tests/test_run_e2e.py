@@ -116,6 +116,7 @@ def available(status_url):
 def assert_next_steps_work(stdout, root):
     """The printed serve line serves the pushed student, and its request file gets an answer."""
     import shlex
+    import socket
     import time
     import urllib.request
 
@@ -124,8 +125,12 @@ def assert_next_steps_work(stdout, root):
     assert os.path.isdir(shlex.split(steps["curves"])[-1])
     request_file = shlex.split(steps["query it"])[-1].lstrip("@")
     port_file = root / "next_port.json"
-    # The printed line as is, with free ports (later flags win) so the test never collides.
-    serve = [*shlex.split(steps["serve it"]), "--rest_api_port", "0", "--port", "0", "--port-file", str(port_file)]
+    # The printed line as is, on free ports (later flags win; --rest_api_port 0 would turn REST
+    # off, as in TF Serving, so a free one is picked here).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = str(probe.getsockname()[1])
+    serve = [*shlex.split(steps["serve it"]), "--rest_api_port", free, "--port", "0", "--port-file", str(port_file)]
     server = subprocess.Popen(serve, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
