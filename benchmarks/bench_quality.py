@@ -449,17 +449,7 @@ def run_seed(seed: int, a: argparse.Namespace, logs: str) -> dict[str, Any]:
     events, workdir = os.path.join(a.out, f"events-{seed}"), os.path.join(a.out, f"work-{seed}")
     log(f"seed {seed}: eventpipe generate --events {a.events} --seed {seed}")
     shutil.rmtree(events, ignore_errors=True)
-    generate = [
-        *eventpipe(),
-        "generate",
-        "--out",
-        events,
-        "--events",
-        str(a.events),
-        "--seed",
-        str(seed),
-        "--no-progress",
-    ]
+    generate = [*eventpipe(), "generate", "--out", events, "--events", str(a.events), "--seed", str(seed), "--no-progress"]  # fmt: skip
     rc, wall = run_logged(generate, os.path.join(logs, f"generate-{seed}.log"))
     log(f"seed {seed}: generated in {wall:.0f} s")
     if rc != 0:
@@ -488,16 +478,7 @@ def score_heldout(seed: int, a: argparse.Namespace, workdir: str, logs: str) -> 
     written = heldout.write_heldout(directory, seed, a.events, a.heldout, a.events)
     log(f"seed {seed}: {written['events']} held-out events ({written['labelled']} labelled), ingesting")
     shutil.rmtree(ingest, ignore_errors=True)
-    command = [
-        *eventpipe(),
-        "validate",
-        "--data",
-        directory,
-        "--workdir",
-        ingest,
-        "--classes",
-        ",".join(classes),
-    ]
+    command = [*eventpipe(), "validate", "--data", directory, "--workdir", ingest, "--classes", ",".join(classes)]  # fmt: skip
     rc, _ = run_logged(command, os.path.join(logs, f"heldout-{seed}.log"))
     result: dict[str, Any] = {"written": written}
     if rc != 0:
