@@ -60,6 +60,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import heldout  # noqa: E402  (benchmarks/heldout.py; TensorFlow only inside its functions)
+from heldout import dig  # noqa: E402
 
 from contract import layout  # noqa: E402  (names only; no TensorFlow at import)
 
@@ -119,15 +120,6 @@ def shown(path: str) -> str:
 
 def log(message: str) -> None:
     print(f"[bench-quality] {message}", flush=True)
-
-
-def dig(d: Any, *keys: str) -> Any:
-    """d[k1][k2]...; None when any level is missing or not a dict."""
-    for k in keys:
-        if not isinstance(d, dict) or d.get(k) is None:
-            return None
-        d = d[k]
-    return d
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -517,10 +509,10 @@ def print_heldout(seeds: list[int], scored: list[dict[str, Any] | None]) -> dict
     rows.append(
         [
             "best frame: always frame 0",
-            *(fmt(h["best_frame_first_frame_baseline"], ".3f") for _, h in present),
+            *(fmt(h.get("best_frame_first_frame_baseline"), ".3f") for _, h in present),
         ]
     )
-    rows.append(["best frame: random", *(fmt(h["best_frame_random_baseline"], ".3f") for _, h in present)])
+    rows.append(["best frame: random", *(fmt(h.get("best_frame_random_baseline"), ".3f") for _, h in present)])
     print_table(["figure", *(f"seed {s}" for s, _ in present)], rows)
     pooled = heldout.pooled([h for _, h in present])
     print("\npaired differences (a - b on the same events, 95% interval)")

@@ -37,6 +37,15 @@ PAIRS = (  # (a, b): a's accuracy minus b's, on the same events
 Z95 = 1.96
 
 
+def dig(d: Any, *keys: str) -> Any:
+    """d[k1][k2]...; None when any level is missing or not a dict."""
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+
 def write_heldout(directory: str, seed: int, first: int, count: int, events_in_run: int) -> dict[str, Any]:
     """Render events ``first .. first+count-1`` of the demo simulator at ``seed`` as a JSONL set.
 
@@ -100,33 +109,24 @@ def paired(a: Any, b: Any) -> dict[str, Any]:
 
 def score_run(report: dict[str, Any], examples_uri: str) -> dict[str, Any]:
     """Accuracy, best-frame accuracy and the paired differences of a run's models on the held-out set."""
-    import numpy as np
-
     from contract.layout import EventSpec
+    from trainer.productionize.convert import best_frame_baselines
     from trainer.productionize.evaluate import predict_split
 
-    def entry(keys: tuple[str, ...]) -> Any:
-        d: Any = report
-        for k in keys:
-            d = d.get(k) if isinstance(d, dict) else None
-        return d
-
     spec = EventSpec.load(examples_uri)
-    run_classes = entry(("tflite", "confusion_matrix", "classes"))
+    run_classes = dig(report, "tflite", "confusion_matrix", "classes")
     if run_classes and list(run_classes) != list(spec.classes):
         raise ValueError(f"held-out classes {spec.classes} differ from the run's {run_classes}")
-    predictors = {name: _predictor(entry(keys)) for name, keys in MODELS if entry(keys)}
+    predictors = {name: _predictor(dig(report, *keys)) for name, keys in MODELS if dig(report, *keys)}
     preds = predict_split(heldout_files(examples_uri), spec, predictors, desc="held-out")
     labelled = next(iter(preds.values())).labels >= 0
     right = {name: (p.predicted == p.labels)[labelled] for name, p in preds.items()}
     out: dict[str, Any] = {"events": int(len(labelled)), "labelled_events": int(labelled.sum())}
     out["accuracy"] = {name: float(r.mean()) for name, r in right.items()}
     out["best_frame"] = {name: p.best_frame_accuracy() for name, p in preds.items()}
-    known = next(iter(preds.values())).best_frames
-    known = known[known >= 0]
-    out["best_frame_events"] = int(len(known))
-    out["best_frame_first_frame_baseline"] = float(np.mean(known == 0)) if len(known) else None
-    out["best_frame_random_baseline"] = 1.0 / spec.frames
+    first = next(iter(preds.values()))
+    out["best_frame_events"] = first.best_frame_events()
+    out.update(best_frame_baselines(first, spec.frames))  # the same rules the LiteConverter reports
     out["paired"] = {f"{a}-{b}": paired(right[a], right[b]) for a, b in PAIRS if a in right and b in right}
     out["correct"] = {name: r.astype(int).tolist() for name, r in right.items()}  # for pooling over seeds
     return out

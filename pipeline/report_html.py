@@ -374,7 +374,7 @@ def models_section(rep: dict[str, Any]) -> str:
     if teacher.get("best_frame_events"):
         student = rep.get("student") or {}
         production = student.get(str(student.get("production") or "").replace("student_", "")) or {}
-        notes.append(best_frame_line(teacher, production, comparison).split("  ", 1)[1])
+        notes.append(best_frame_line(teacher, production, comparison))
     if comparison.get("teacher_bytes_over_int8"):
         notes.append(f"teacher is {comparison['teacher_bytes_over_int8']:.0f}x the int8 file's size")
     if comparison.get("int8_speedup_over_teacher_savedmodel"):

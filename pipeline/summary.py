@@ -133,6 +133,7 @@ def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
         frames = [{"b64": base64.b64encode(f).decode()} for f in event["frames"][: spec.frames]]
         frames += [{"b64": ""}] * (spec.frames - len(frames))
         body = json.dumps({"instances": [{layout.SERVING_INPUT: frames}]}).encode()
+        rest_port = cfg.serving.rest_port if cfg.serving.rest_port > 0 else 8501  # for the printed lines
         request_file = os.path.join(cfg.workdir, PREDICT_REQUEST)  # for the curl line the summary prints
         with open(request_file, "wb") as f:
             f.write(body)
@@ -152,10 +153,12 @@ def serve_once(cfg: Config, examples_uri: str) -> dict[str, Any]:
             "probability": max(prediction.get(layout.OUT_PROBABILITIES, [0.0])),
             "milliseconds": round((time.perf_counter() - started) * 1000, 1),
             "request_file": request_file,
+            "model_name": cfg.serving.model_name,
+            "rest_port": rest_port,
             "serve_command": [
                 venv_tool("eventpipe"), "serve", "--model_name", cfg.serving.model_name,
                 "--model_base_path", os.path.join(cfg.serving_base, cfg.serving.model_name),
-                "--rest_api_port", str(cfg.serving.rest_port if cfg.serving.rest_port > 0 else 8501),
+                "--rest_api_port", str(rest_port),
             ],
         }  # fmt: skip
     finally:
@@ -244,7 +247,7 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
         )
     production = student.get(student.get("production", "").replace("student_", "")) or {}
     if t and t.get("best_frame_events"):
-        lines.append(best_frame_line(t, production, comparison))
+        lines.append("attention  " + best_frame_line(t, production, comparison))
     for name in ("int8", "float16"):
         v = (rep.get("tflite") or {}).get(name)
         if v:
@@ -295,7 +298,8 @@ BEST_FRAME_BASELINES = (  # (comparison key, how the rule names a frame)
 
 
 def best_frame_line(teacher: dict[str, Any], production: dict[str, Any], comparison: dict[str, Any]) -> str:
-    """Best-frame accuracy of both models beside the rules' scores; a model below the best rule is marked."""
+    """Best-frame accuracy of both models beside the rules' scores; a model below the best rule is marked
+    (the summary's ``attention`` line and report.html's note)."""
     rules = {label: comparison[key] for key, label in BEST_FRAME_BASELINES if comparison.get(key) is not None}
     best_rule = max(rules.values(), default=None)
 
@@ -305,7 +309,7 @@ def best_frame_line(teacher: dict[str, Any], production: dict[str, Any], compari
 
     baselines = ", ".join(f"{label}: {_fmt(v)}" for label, v in rules.items())
     return (
-        f"attention  best frame named right on {teacher['best_frame_events']} eval events with a known one: teacher "
+        f"best frame named right on {teacher['best_frame_events']} eval events with a known one: teacher "
         f"{shown(teacher.get('best_frame_accuracy'))}, student {shown(production.get('best_frame_accuracy'))} "
         f"({baselines})"
     )
@@ -327,11 +331,9 @@ def next_steps(rep: dict[str, Any]) -> list[str]:
     served = rep.get("serving_check") or {}
     if served.get("ok") and served.get("serve_command"):
         command = " ".join(shlex.quote(a) for a in served["serve_command"])
-        port = served["serve_command"][-1]
-        model = served["serve_command"][served["serve_command"].index("--model_name") + 1]
         lines.append(f"next       serve it:   {command}")
         lines.append(
-            f"next       query it:   curl -s localhost:{port}/v1/models/{model}:predict "
+            f"next       query it:   curl -s localhost:{served['rest_port']}/v1/models/{served['model_name']}:predict "
             f"-d @{shlex.quote(served['request_file'])}"
         )
     logs = (rep.get("teacher") or {}).get("tensorboard")
