@@ -115,6 +115,7 @@ class TeacherConfig:
     # (cross-entropy on events whose best_frame is known).
     frame_loss_weight: float = 0.5
     norm: str = "group"  # conv-block normalisation: group (GroupNorm) | pixel (per-pixel layer norm)
+    pool: str = "auto"  # per-frame pooling: auto (frame_pool()) | avg | max | avgmax (concatenated)
 
 
 MIN_STEM_OUTPUT = 16  # pixels a side a strided stem must leave; smaller frames keep their size
@@ -129,6 +130,25 @@ def stem_stride(stride: int, height: int, width: int) -> int:
     stride 1; docs/benchmarks.md). Teacher, student and the planner all use this rule.
     """
     return stride if min(height, width) // stride >= MIN_STEM_OUTPUT else 1
+
+
+POOLS = ("avg", "max", "avgmax")
+
+
+def frame_pool(pool: str, frames: int) -> str:
+    """The teacher's per-frame pooling for events of ``frames`` frames: ``pool``, or for ``auto``
+    the spatial mean where frames can be contrasted (K > 1) and the maximum for single frames.
+
+    Multi-frame events hand the backbone their difference channels, which already locate what
+    changed, and the mean pools it best; a single frame has no contrast, and a small object in a
+    cluttered scene is lost in the mean: the teacher then sat at chance on a 28x28 gray 10-class
+    set, where the maximum trains (docs/benchmarks.md, "Pooling").
+    """
+    if pool == "auto":
+        return "avg" if frames > 1 else "max"
+    if pool not in POOLS:
+        raise ValueError(f"teacher.pool must be auto, {', '.join(POOLS)}; got {pool!r}")
+    return pool
 
 
 def teacher_stage_widths(cfg: TeacherConfig) -> list[int]:

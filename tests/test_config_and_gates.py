@@ -194,3 +194,24 @@ def test_small_frames_keep_their_size_through_the_stem():
         spec = EventSpec(("a", "b"), 1, size, size, 1)
         stem = build_student(spec).get_layer("stem")
         assert stem.output.shape[1:3] == (expected, expected)
+
+
+def test_single_frame_teachers_pool_the_maximum_and_multi_frame_ones_the_mean():
+    import tf_keras as keras
+
+    from contract.config import TeacherConfig, frame_pool
+    from contract.layout import EventSpec
+    from trainer.models.teacher import build_teacher
+
+    assert [frame_pool("auto", k) for k in (1, 2, 4)] == ["max", "avg", "avg"]
+    assert frame_pool("avgmax", 1) == "avgmax"
+    with pytest.raises(ValueError, match="teacher.pool"):
+        frame_pool("median", 4)
+    small = {"conv_filters": [8, 16], "fc_units": [16]}
+    for frames, pool, layer_type, width in ((1, "auto", "GlobalMaxPooling2D", 16), (3, "auto", "GlobalAveragePooling2D", 16),
+                                             (2, "avgmax", "AvgMaxPool", 32)):  # fmt: skip
+        model = build_teacher(EventSpec(("a", "b"), frames, 16, 16, 1), TeacherConfig(pool=pool, **small))
+        layer = model.get_layer("conv_pool")
+        assert type(layer).__name__ == layer_type and layer.output.shape[-1] == width
+        x = keras.backend.random_uniform((2, frames, 16, 16, 1), seed=0)
+        assert model(x)["logits"].shape == (2, 2)

@@ -159,6 +159,7 @@ def test_alexnet_presets_have_the_published_shapes():
         ((3, 17, 17, 3, 5), {"conv_filters": [16, 16, 24], "fc_units": [100, 50], "blocks_per_stage": 2}),
         ((1, 8, 8, 1, 3), {"conv_filters": [8, 16], "fc_units": [64], "attention_heads": 3, "width_multiplier": 1.5}),
         ((2, 12, 20, 1, 3), {"conv_filters": [8], "fc_units": [16], "stem_stride": 1}),
+        ((2, 16, 16, 1, 3), {"conv_filters": [8, 16], "fc_units": [16], "pool": "avgmax"}),
     ],
 )
 def test_teacher_preset_counts_match_the_keras_model(geometry, overrides):

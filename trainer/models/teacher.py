@@ -4,8 +4,9 @@
 
 1. a residual convolutional backbone applied to every frame with shared weights (frames are
    folded into the batch, ``B*K``): a strided stem (an early downsampling spends the FLOPs on
-   width and depth), residual stages, global average pooling to one embedding per frame; its
-   input is each frame plus the frame's difference from the event's mean frame (K > 1);
+   width and depth), residual stages, global pooling to one embedding per frame (the mean; the
+   maximum for single-frame events: ``contract.config.frame_pool``); its input is each frame
+   plus the frame's difference from the event's mean frame (K > 1);
 2. self-attention across the K frame embeddings (plus a learned frame-position embedding),
    so each frame's embedding can see what changed relative to the others;
 3. attention pooling: a learned score per frame, softmax over frames; the weights name the
@@ -28,7 +29,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.experimental import dtensor
 
-from contract.config import TeacherConfig, stem_stride, teacher_stage_widths
+from contract.config import TeacherConfig, frame_pool, stem_stride, teacher_stage_widths
 from contract.layout import EventSpec
 
 FC_PREFIX = "fc_"
@@ -228,8 +229,26 @@ def frame_embeddings(frames: Any, spec: EventSpec, cfg: TeacherConfig) -> Any:
             name = f"conv_{stage}" if block == 0 else f"conv_{stage}_{block}"
             x = _residual_block(x, filters, stride, name, norm)
     x = keras.layers.Activation("relu", name="conv_relu")(norm("conv_norm")(x))
-    x = keras.layers.GlobalAveragePooling2D(name="conv_pool")(x)
+    x = _pool(x, frame_pool(cfg.pool, spec.frames))
     return UnfoldFrames(spec.frames, name="unfold_frames")(x)
+
+
+class AvgMaxPool(keras.layers.Layer):
+    """``[N, H, W, C]`` -> ``[N, 2C]``: spatial mean and maximum, concatenated."""
+
+    @tf.autograph.experimental.do_not_convert  # plain tensor code; converting it costs seconds
+    def call(self, x: Any, training: Any = None) -> Any:  # Keras passes training
+        return tf.concat([tf.reduce_mean(x, axis=[1, 2]), tf.reduce_max(x, axis=[1, 2])], axis=-1)
+
+
+def _pool(x: Any, pool: str) -> Any:
+    """One embedding per frame from the last stage's maps (``contract.config.frame_pool``)."""
+    layer = {
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+        "avgmax": AvgMaxPool,
+    }[pool]
+    return layer(name="conv_pool")(x)
 
 
 def _residual_block(x: Any, filters: int, stride: int, name: str, norm: Any) -> Any:

@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.config import TeacherConfig, stem_stride, teacher_stage_widths
+from contract.config import TeacherConfig, frame_pool, stem_stride, teacher_stage_widths
 from contract.errors import UserError
 
 LAYOUTS = ("data", "model", "hybrid")
@@ -245,12 +245,13 @@ def eventpipe_teacher(
         pb, fb, _, _ = conv(3, 1, filters, filters, oh, ow)
         h, w, c = oh, ow, filters
         last = i == len(blocks) - 1
-        if last:  # the final norm + ReLU, then global average pooling
+        if last:  # the final norm + ReLU, then global pooling (avgmax: mean and maximum)
             params += norm(c)
-        out = frames * c if last else frames * h * w * c
+        pooled = 2 * c if frame_pool(cfg.pool, frames) == "avgmax" else c
+        out = frames * pooled if last else frames * h * w * c
         name = f"conv_{stage}" if block == 0 else f"conv_{stage}_{block}"
         layers.append(Layer(name, "conv", int(params + pa + pb), flops + fa + fb, out))
-    width_f = c
+    width_f = 2 * c if frame_pool(cfg.pool, frames) == "avgmax" else c
     heads = max(1, min(cfg.attention_heads, width_f))
     inner = heads * max(1, width_f // heads)  # heads x key_dim (value_dim = key_dim)
     attn_params = (
