@@ -44,7 +44,7 @@ TRAIN, EVAL, UNLABELLED_SPLIT = "train", "eval", "unlabelled"
 SPLITS = (TRAIN, EVAL, UNLABELLED_SPLIT)
 
 # Names used by exported models and by serving clients.
-SERVING_INPUT = "frames"  # [batch, K] encoded frame bytes ("" pads short events)
+SERVING_INPUT = "frames"  # [batch, 1..K] encoded frame bytes (short events are padded with "")
 DECODED_INPUT = "frames"  # [batch, K, H, W, C] float32 in the decoded signature
 OUT_PROBABILITIES = "probabilities"
 OUT_LOGITS = "logits"
@@ -254,6 +254,25 @@ def decode_event(encoded: Any, spec: EventSpec) -> Any:
     # K is fixed by the spec, so the frames are unrolled rather than looped over with map_fn: a
     # while loop per event cost 13-29% of the decode's CPU (1-16 events, measured 2026-11-30).
     return tf.stack([decode_one(encoded[k]) for k in range(spec.frames)])
+
+
+def pad_frames(encoded: Any, spec: EventSpec) -> Any:
+    """``[batch, n]`` encoded frames, 1 <= n <= K -> ``[batch, K]`` ("" pads, as ingest pads).
+
+    A client sends an event's frames as the camera took them; more than K is an error, not a
+    silent cut, since the model was never shown those frames.
+    """
+    import tensorflow as tf
+
+    sent = tf.shape(encoded)[1]
+    checks = [
+        tf.debugging.assert_greater_equal(sent, 1, message="an event needs at least one frame"),
+        tf.debugging.assert_less_equal(
+            sent, spec.frames, message=f"an event has at most {spec.frames} frames for this model"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.pad(encoded, [[0, 0], [0, spec.frames - sent]], constant_values="")
 
 
 def decode_frames(encoded: Any, spec: EventSpec) -> Any:

@@ -110,6 +110,7 @@ class LoadedVersion:
     def predict(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Validated inputs -> the requested outputs, through the batcher when batching is on."""
         rows = signature.check_inputs(inputs)
+        inputs = signature.padded_inputs(inputs)
         batcher = self._batcher(signature)
         if batcher is None:
             result = self.servable.run(signature, inputs, outputs)

@@ -5,7 +5,8 @@ SavedModel; TF Serving's layout) or ``model.tflite`` (LiteRT, else tflite-runtim
 on-device runtime ``ondevice.runtime.lite_runtime`` chooses). Both expose the same
 exported-model contract, so clients do not care which one answers:
 
-- ``serving_default``: ``frames`` string ``[-1, K]`` (encoded PNG/JPEG, "" pads);
+- ``serving_default``: ``frames`` string ``[-1, 1..K]`` (encoded PNG/JPEG; short events are
+  padded with "", ``bound_frames``);
 - ``decoded_frames``: ``frames`` float32 ``[-1, K, H, W, C]`` in [0, 1];
 - outputs ``probabilities``, ``logits``, ``class_id``, ``class_name``, ``best_frame``.
 
@@ -22,6 +23,7 @@ import logging
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -203,6 +205,7 @@ class SavedModelServable(Servable):
         }
         if not self.signatures:
             raise LoadError(f"the SavedModel in {export_dir} has no callable signatures")
+        self.signatures = bound_frames(self.signatures, self.event_spec())
         self._functions = {name: _positional(restored[name], sig.inputs) for name, sig in self.signatures.items()}
 
     def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -280,7 +283,8 @@ class TFLiteServable(Servable):
             DEFAULT_SIGNATURE: Signature(
                 DEFAULT_SIGNATURE,
                 {layout.SERVING_INPUT: TensorSig(
-                    layout.SERVING_INPUT, types_pb2.DT_STRING, (None, m.frames), "serving_default_frames:0"
+                    layout.SERVING_INPUT, types_pb2.DT_STRING, (None, None), "serving_default_frames:0",
+                    max_shape=(None, m.frames),
                 )},
                 outputs,
             ),
@@ -325,14 +329,41 @@ class TFLiteServable(Servable):
         return layout.EventSpec(m.labels, m.frames, m.height, m.width, m.channels)
 
 
+def bound_frames(signatures: dict[str, Signature], spec: layout.EventSpec | None) -> dict[str, Signature]:
+    """Signatures whose encoded-frames input (``[-1, K]`` or ``[-1, -1]`` strings) takes 1..K frames.
+
+    The server pads short events with "" before they reach the model (so batches of events with
+    different frame counts merge, and exports older than the ``[-1, -1]`` signature take them too).
+    """
+    if spec is None:
+        return signatures
+    bounded = {}
+    for name, sig in signatures.items():
+        t = sig.inputs.get(layout.SERVING_INPUT)
+        if (
+            t is not None
+            and t.dtype == types_pb2.DT_STRING
+            and t.shape is not None
+            and len(t.shape) == 2
+            and t.shape[1] in (None, spec.frames)
+        ):
+            frames = replace(t, shape=(t.shape[0], None), max_shape=(None, spec.frames))
+            sig = replace(sig, inputs={**sig.inputs, layout.SERVING_INPUT: frames})
+        bounded[name] = sig
+    return bounded
+
+
 # -- warm-up -------------------------------------------------------------------------------
 def warm_up_inputs(signature: Signature, spec: layout.EventSpec | None) -> dict[str, np.ndarray] | None:
     """A one-row request for ``signature`` built from its input specs, or None if unknowable."""
     inputs: dict[str, np.ndarray] = {}
     for alias, t in signature.inputs.items():
-        if t.shape is None or not t.shape or any(d is None for d in t.shape[1:]):
+        if t.shape is None or not t.shape:
             return None
-        shape = (1, *t.shape[1:])
+        dims = [d if d is not None else (t.max_shape or t.shape)[axis] for axis, d in enumerate(t.shape) if axis]
+        if any(d is None for d in dims):
+            return None
+        shape = (1, *dims)
         if t.dtype == types_pb2.DT_STRING:
             if spec is None or alias != layout.SERVING_INPUT or len(shape) != 2:
                 return None

@@ -57,21 +57,46 @@ def dtype_of_array(array: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class TensorSig:
-    """One signature input or output: alias, DataType, shape (None dims unknown), graph name."""
+    """One signature input or output: alias, DataType, shape (None dims unknown), graph name.
+
+    ``max_shape``: upper bounds for dimensions the shape leaves open (None: unbounded). A bounded
+    dimension takes 1..bound entries; string inputs shorter than the bound are padded with ""
+    (``padded``), the contract's padding of short events.
+    """
 
     alias: str
     dtype: int
     shape: tuple[int | None, ...] | None  # None: unknown rank
     tensor_name: str = ""
+    max_shape: tuple[int | None, ...] | None = None
 
     @property
     def numpy_dtype(self) -> np.dtype:
         return NUMPY_DTYPES[self.dtype]
 
+    def _bound(self, axis: int) -> int | None:
+        return self.max_shape[axis] if self.max_shape is not None and self.shape[axis] is None else None
+
     def shape_text(self) -> str:
         if self.shape is None:
             return "[?]"
-        return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
+        dims = []
+        for axis, d in enumerate(self.shape):
+            bound = self._bound(axis)
+            dims.append(f"1..{bound}" if bound is not None else "-1" if d is None else str(d))
+        return "[" + ",".join(dims) + "]"
+
+    def fits(self, dims: tuple[int, ...] | list[int]) -> bool:
+        """Whether a shape has this input's rank, fixed dimensions and bounds."""
+        if self.shape is None:
+            return True
+        if len(dims) != len(self.shape):
+            return False
+        for axis, (want, got) in enumerate(zip(self.shape, dims, strict=True)):
+            bound = self._bound(axis)
+            if (want is not None and want != got) or (bound is not None and not 1 <= got <= bound):
+                return False
+        return True
 
     def check(self, array: np.ndarray) -> None:
         """Raise INVALID_ARGUMENT unless ``array`` fits this input's dtype and shape."""
@@ -80,28 +105,25 @@ class TensorSig:
                 f"input '{self.alias}' has dtype {dtype_name(dtype_of_array(array))} "
                 f"but the signature expects {dtype_name(self.dtype)}"
             )
-        if self.shape is None:
-            return
-        if array.ndim != len(self.shape) or any(
-            want is not None and want != got for want, got in zip(self.shape, array.shape, strict=True)
-        ):
-            got = "[" + ",".join(str(d) for d in array.shape) + "]"
-            raise invalid(
-                f"input '{self.alias}' has shape {got} but the signature expects {self.shape_text()}"
-            )
+        self.check_declared(list(array.shape))
 
     def check_declared(self, dims: list[int]) -> None:
         """Raise INVALID_ARGUMENT unless a shape a request declares (before its values are read)
-        fits this input's rank and fixed dimensions: nothing is allocated for a misfit."""
-        if self.shape is None:
-            return
-        if len(dims) != len(self.shape) or any(
-            want is not None and want != got for want, got in zip(self.shape, dims, strict=True)
-        ):
+        fits this input's rank, fixed dimensions and bounds: nothing is allocated for a misfit."""
+        if not self.fits(dims):
             got = "[" + ",".join(str(d) for d in dims) + "]"
             raise invalid(
                 f"input '{self.alias}' has shape {got} but the signature expects {self.shape_text()}"
             )
+
+    def padded(self, array: np.ndarray) -> np.ndarray:
+        """A string input padded with "" up to its bounds (a fitting ``array``; others unchanged)."""
+        if self.max_shape is None or self.dtype != types_pb2.DT_STRING:
+            return array
+        widths = [(0, (self._bound(axis) or got) - got) for axis, got in enumerate(array.shape)]
+        if not any(after for _, after in widths):
+            return array
+        return np.pad(array, widths, constant_values=b"")
 
     def to_proto(self) -> meta_graph_pb2.TensorInfo:
         info = meta_graph_pb2.TensorInfo(name=self.tensor_name, dtype=self.dtype)
@@ -170,6 +192,10 @@ class Signature:
             elif array.shape[0] != batch:
                 raise invalid(f"inputs have different batch sizes: {batch} and {array.shape[0]} ('{alias}')")
         return batch if batch is not None else 1
+
+    def padded_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checked inputs with every bounded string input padded to its bound (``TensorSig.padded``)."""
+        return {alias: self.inputs[alias].padded(array) for alias, array in inputs.items()}
 
     def select_outputs(self, output_filter: list[str] | tuple[str, ...]) -> list[str]:
         """Output aliases to return: all, or the filter (each must exist)."""

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -91,7 +92,7 @@ def test_metadata_lists_the_exported_signatures(static_server):
     assert {"serving_default", "decoded_frames"} <= set(sigs)
     frames = sigs["serving_default"]["inputs"]["frames"]
     assert frames["dtype"] == "DT_STRING"
-    assert [d["size"] for d in frames["tensor_shape"]["dim"]] == ["-1", "3"]
+    assert [d["size"] for d in frames["tensor_shape"]["dim"]] == ["-1", "-1"]  # 1..K frames
     assert set(sigs["serving_default"]["outputs"]) == {"probabilities", "logits", "class_id", "class_name", "best_frame"}
     assert sigs["serving_default"]["method_name"] == "tensorflow/serving/predict"
     code, body = ss.get_json(f"{static_server.url}/v1/models/{NAME}/versions/1/metadata")
@@ -125,6 +126,61 @@ def test_column_form_versions_and_labels(static_server, saved_model_answers):
         assert code == 200 and body["predictions"][0]["class_name"] == answer, suffix
 
 
+def test_events_of_one_to_k_frames_are_padded_as_ingest_pads_them(static_server):
+    """An event of n < K frames answers as the same event padded with "" (its last frame repeated),
+    over REST and gRPC, through the batcher; the exported graph alone (what tensorflow_model_server
+    runs) does the same; more than K frames is a 400 naming the bound."""
+    frames = ss.frames_png(3, seed=11)
+    loaded = tf.saved_model.load(ss.saved_model(2))
+    for n in (1, 2):
+        padded = frames[:n] + [b""] * (3 - n)
+        want = loaded.signatures["serving_default"](frames=tf.constant([padded]))["probabilities"].numpy()
+        repeated = frames[:n] + [frames[n - 1]] * (3 - n)
+        np.testing.assert_allclose(
+            loaded.signatures["serving_default"](frames=tf.constant([repeated]))["probabilities"].numpy(), want, rtol=1e-6
+        )
+        short = loaded.signatures["serving_default"](frames=tf.constant([frames[:n]]))["probabilities"].numpy()
+        np.testing.assert_allclose(short, want, rtol=1e-6)
+        code, body = ss.post_json(_predict_url(static_server), {"instances": [ss.b64_instance(frames[:n])] * 2})
+        assert code == 200, body
+        np.testing.assert_allclose(body["predictions"][1]["probabilities"], want[0], rtol=1e-6)
+        with grpc.insecure_channel(static_server.grpc_target) as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                _predict_request(frames[:n]), timeout=30
+            )
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]), want, rtol=1e-6)
+    code, body = ss.post_json(_predict_url(static_server), {"instances": [ss.b64_instance(frames + frames[:1])]})
+    assert code == 400 and "has shape [1,4] but the signature expects [-1,1..3]" in body["error"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 3 frames"):
+        loaded.signatures["serving_default"](frames=tf.constant([frames + frames[:1]]))
+
+
+def _readme_lines(prefix: str) -> list[str]:
+    with open(os.path.join(ss.REPO, "README.md"), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip().startswith(prefix)]
+
+
+def test_the_readmes_serving_example_runs_as_written(tmp_path):
+    """The README's `curl ... :predict` line, unchanged but for the port, on a model of K = 3
+    frames: it sends two, as a client of a camera that sent two would."""
+    (curl,) = [line for line in _readme_lines("curl ") if ":predict" in line]
+    model_dir = tmp_path / "eventpipe"
+    model_dir.mkdir()
+    ss.push_saved_model(ss.saved_model(1), str(model_dir), 1)
+    for i, frame in enumerate(ss.frames_png(2, seed=5)):
+        (tmp_path / f"f{i}.png").write_bytes(frame)
+    server = ss.ServerProcess(str(model_dir), "eventpipe")
+    try:
+        server.wait_status("eventpipe", ss.available([1]))
+        command = curl.replace("localhost:8501", f"127.0.0.1:{server.rest_port}")
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["predictions"]
+    assert row["class_name"] == "person" and 0 <= row["best_frame"] < ss.SPEC.frames
+
+
 def test_decoded_frames_signature(static_server):
     rng = np.random.default_rng(3)
     decoded = rng.random((2, *ss.SPEC.input_shape)).round(3).tolist()
@@ -142,7 +198,7 @@ def test_decoded_frames_signature(static_server):
          'Serving signature name: "nope" not found in signature def'),
         ("", {"instances": [[{"b64": "%%%"}, "", ""]]}, 400, "Unable to base64 decode"),
         ("", {"instances": [["not a png", "", ""]]}, 400, ""),
-        ("", {"instances": [["a", "b"]]}, 400, "shape"),
+        ("", {"instances": [["a", "b", "c", "d"]]}, 400, "shape"),  # more frames than K
         ("", {"instances": [[1, 2, 3]]}, 400, "is not of expected type: string"),
         ("", {"instances": [["a", "b", "c"]], "inputs": [["a", "b", "c"]]}, 400, "only one of"),
         ("/versions/7", {"instances": [["a", "b", "c"]]}, 404, "Servable not found for request: Specific(events, 7)"),
@@ -350,14 +406,14 @@ def test_grpc_tensors_that_declare_huge_shapes_are_refused_before_allocation(sta
     with grpc.insecure_channel(static_server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         cases = []
-        misfit = _predict_request(frames)  # rank and frame count fixed by the signature: [-1, 3]
+        misfit = _predict_request(frames)  # rank and frame count bounded by the model: [-1, 1..3]
         misfit.inputs["frames"].Clear()
         misfit.inputs["frames"].dtype = tf.string.as_datatype_enum
         misfit.inputs["frames"].tensor_shape.dim.add().size = 1
         misfit.inputs["frames"].tensor_shape.dim.add().size = 1 << 25
         misfit.inputs["frames"].string_val.append(b"x")
         assert misfit.ByteSize() < 100
-        cases.append((misfit, "has shape [1,33554432] but the signature expects [-1,3]"))
+        cases.append((misfit, "has shape [1,33554432] but the signature expects [-1,1..3]"))
         huge_batch = _predict_request(frames)  # fits the signature ([-1, 3]) but not the ceiling
         del huge_batch.inputs["frames"].tensor_shape.dim[:]
         huge_batch.inputs["frames"].tensor_shape.dim.add().size = 1 << 40

@@ -66,6 +66,15 @@ def test_tflite_version_serves_the_contract_over_rest(lite_server):
     assert sigs["serving_default"]["inputs"]["frames"]["dtype"] == "DT_STRING"
     code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [["junk", "", ""]]})
     assert code == 400 and "cannot decode frame" in body["error"]
+    # Events of 1..K frames, padded as ingest pads them ("": the last frame repeated).
+    short = events[0][:2]
+    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [ss.b64_instance(short)]})
+    padded = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
+                          {"instances": [ss.b64_instance(short + short[-1:])]})[1]
+    assert code == 200 and body == padded
+    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
+                              {"instances": [ss.b64_instance(events[0] + short)]})
+    assert code == 400 and "signature expects [-1,1..3]" in body["error"]
 
 
 def test_tflite_version_over_grpc(lite_server):

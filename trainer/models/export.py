@@ -2,7 +2,9 @@
 
 One exporter for teacher and student keeps the serving contract in one place:
 
-- ``serving_default``: ``frames`` tf.string ``[None, K]`` (encoded PNG/JPEG, "" pads) -> the outputs;
+- ``serving_default``: ``frames`` tf.string ``[None, None]``: 1..K encoded PNG/JPEG frames per event
+  (short events are padded with "", which repeats the last frame; more than K is an error) -> the
+  outputs;
 - ``decoded_frames``: ``frames`` float32 ``[None, K, H, W, C]`` in [0, 1] -> the same outputs;
 - ``serving_examples``: serialized ``tf.Example`` ``[None]`` of the layout -> the same outputs
   (what TFMA and batch scoring feed);
@@ -50,10 +52,10 @@ def serving_signatures(model: Any, spec: EventSpec) -> dict[str, Any]:
     classes = tf.constant(list(spec.classes), dtype=tf.string)
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, spec.frames], tf.string, name=layout.SERVING_INPUT)], autograph=False
+        input_signature=[tf.TensorSpec([None, None], tf.string, name=layout.SERVING_INPUT)], autograph=False
     )
     def serve_encoded(frames: Any) -> dict[str, Any]:
-        return output_tensors(model, layout.decode_frames(frames, spec), classes)
+        return output_tensors(model, layout.decode_frames(layout.pad_frames(frames, spec), spec), classes)
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)],
