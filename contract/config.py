@@ -371,6 +371,8 @@ class ServingConfig:
     # cannot hold a thread forever), and at most max_connections are served at once (503 beyond).
     read_timeout_seconds: float = 30.0
     max_connections: int = 64
+    grpc_threads: int = 32  # --grpc_max_threads: gRPC requests handled at once
+    grpc_channel_arguments: str = ""  # --grpc_channel_arguments: "grpc.key=value,..." for the gRPC server
     version_labels: str = ""  # JSON {"stable": 1, "canary": 2}; "" = <model_base_path>/labels.json
     prefer_tflite: bool = False  # a version dir holding both: serve model.tflite, not the SavedModel
     # ServingValidator: eval events sent to the candidate in the server over REST and gRPC, the

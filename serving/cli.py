@@ -15,6 +15,8 @@ import threading
 
 from contract.config import add_config_flags, load_config
 from contract.errors import UserError
+from serving import tfs_flags
+from serving.tfs_flags import flag_bool
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      default=None, help="REST requests served at once; more connections get 503 and close (64)")
     tfs.add_argument("--file_system_poll_wait_seconds", "--poll-seconds", dest="serving.poll_seconds", type=float,
                      default=None, help="how often base paths are scanned for new versions; 0 scans once (1)")
-    tfs.add_argument("--enable_batching", dest="serving.enable_batching", type=_flag_bool, nargs="?", const=True,
+    tfs.add_argument("--enable_batching", dest="serving.enable_batching", type=flag_bool, nargs="?", const=True,
                      default=None, help="dynamic batching of SavedModel requests (on; --enable_batching=false)")
     tfs.add_argument("--batching_parameters_file", dest="serving.batching_parameters_file", default=None,
                      help="BatchingParameters text proto (max_batch_size, batch_timeout_micros, num_batch_threads)")
@@ -57,9 +59,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="threads one TensorFlow op may use; 0: TensorFlow's default, one per core (0)")
     tfs.add_argument("--tensorflow_inter_op_parallelism", dest="serving.inter_op_threads", type=int, default=None,
                      help="TensorFlow ops run at once; 0: TensorFlow's default (0)")
+    tfs.add_argument("--grpc_max_threads", dest="serving.grpc_threads", type=int, default=None,
+                     help="gRPC requests handled at once (32)")
+    tfs.add_argument("--grpc_channel_arguments", dest="serving.grpc_channel_arguments", default=None,
+                     help="gRPC server arguments, key=value,... (e.g. grpc.max_connection_age_ms=2000)")
+    tfs.add_argument("--tensorflow_session_parallelism", type=int, default=None,
+                     help="sets both TensorFlow thread pools where the two flags below are not given (0)")
+    tfs.add_argument("--prefer_tflite_model", dest="serving.prefer_tflite", type=flag_bool, nargs="?", const=True,
+                     default=None, help="serve model.tflite when a version directory also holds a SavedModel")
+    tfs.add_argument("--version", dest="tfs_version", action="store_true",
+                     help="print the server's and TensorFlow's versions, and exit")
     tfs.add_argument("--monitoring_config_file", dest="serving.monitoring_config_file", default=None,
                      help="MonitoringConfig text proto: prometheus_config { enable: true path: ... } "
                           "(default: Prometheus on at /monitoring/prometheus/metrics)")
+    tfs_flags.add_flags(p.add_argument_group(
+        "TF Serving's flags accepted without effect here (each one given logs why)"
+    ))  # fmt: skip
     p.add_argument("--host", dest="serving.host", default=None,
                    help="address to bind (127.0.0.1; use 0.0.0.0 to accept remote clients)")
     p.add_argument("--version-policy", dest="serving.version_policy", default=None,
@@ -104,20 +119,21 @@ def _rest_port(text: str) -> int:
     return port if port > 0 else -1
 
 
-def _flag_bool(text: str) -> bool:
-    """TF Serving's boolean flags: ``--flag``, ``--flag=true``, ``--flag=false`` (or 1/0)."""
-    value = text.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def serve_command(args: argparse.Namespace) -> int:
+    if args.tfs_version:
+        print(version_text())
+        return 0
+    refused = tfs_flags.refusals(args)
+    if refused:
+        raise UserError("; ".join(refused))
     cfg = load_config(args)
     s = cfg.serving
+    if args.tensorflow_session_parallelism is not None:  # TF Serving: both pools, unless set one by one
+        s.intra_op_threads = s.intra_op_threads or args.tensorflow_session_parallelism
+        s.inter_op_threads = s.inter_op_threads or args.tensorflow_session_parallelism
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for line in tfs_flags.no_effect_lines(args):
+        logging.getLogger("eventpipe.serve").info(line)
     from serving.server import ModelServer, configure_tensorflow  # deferred: no TensorFlow at CLI start
 
     server = ModelServer(s, os.path.join(cfg.serving_base, s.model_name))  # checks every argument first
@@ -134,6 +150,21 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def version_text() -> str:
+    """``--version``: tensorflow_model_server's two lines, naming this server and its TensorFlow."""
+    from importlib import metadata
+
+    try:
+        ours = metadata.version("eventpipe")
+    except metadata.PackageNotFoundError:
+        ours = "unknown"
+    try:
+        tf_version = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        tf_version = "not installed"
+    return f"TensorFlow ModelServer: eventpipe-serve {ours}\nTensorFlow Library: {tf_version}"
 
 
 def device_run_command(args: argparse.Namespace) -> int:

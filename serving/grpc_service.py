@@ -123,17 +123,32 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             return model_management_pb2.ReloadConfigResponse()
 
 
+def channel_options(text: str) -> list[tuple[str, int | str]]:
+    """TF Serving's ``--grpc_channel_arguments``: ``key=value,...``; integer values stay integers."""
+    options: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--grpc_channel_arguments: {item!r} is not key=value (e.g. grpc.max_connection_age_ms=2000)")
+        try:
+            options.append((key.strip(), int(value)))
+        except ValueError:
+            options.append((key.strip(), value.strip()))
+    return options
+
+
 class GrpcServer:
     """Both services on ``host:port`` (port 0: pick a free one)."""
 
     def __init__(
         self, models: ModelRegistry, metrics: ServingMetrics, host: str, port: int, max_message_bytes: int,
-        workers: int = 32, max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
+        workers: int = 32, max_tensor_elements: int = MAX_TENSOR_ELEMENTS, channel_arguments: str = "",
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *channel_options(channel_arguments),
         ]
         self._server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

@@ -16,7 +16,7 @@ from serving.config_files import (
     read_model_config_file,
     read_monitoring_file,
 )
-from serving.grpc_service import GrpcServer
+from serving.grpc_service import GrpcServer, channel_options
 from serving.manager import ModelManager
 from serving.metrics import ServingMetrics
 from serving.models import ModelRegistry
@@ -46,6 +46,9 @@ class ModelServer:
             raise UserError("both front ends are off: give --rest_api_port or --port")
         if options.intra_op_threads < 0 or options.inter_op_threads < 0:
             raise UserError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
+        if options.grpc_threads <= 0:
+            raise UserError("--grpc_max_threads (serving.grpc_threads) must be positive")
+        channel_options(options.grpc_channel_arguments)  # a malformed list is an error before anything starts
         if options.num_batch_threads < 0:
             raise UserError("serving.num_batch_threads must be >= 0 (0: one per core)")
         self.options = options
@@ -93,7 +96,8 @@ class ModelServer:
             try:
                 self.grpc = GrpcServer(
                     self.models, self.metrics, options.host, options.grpc_port, options.max_body_bytes,
-                    max_tensor_elements=options.max_tensor_elements,
+                    workers=options.grpc_threads, max_tensor_elements=options.max_tensor_elements,
+                    channel_arguments=options.grpc_channel_arguments,
                 )
             except (OSError, RuntimeError) as e:
                 if self.rest:

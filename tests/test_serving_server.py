@@ -12,6 +12,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -179,6 +180,77 @@ def test_the_readmes_serving_example_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(done.stdout)["predictions"]
     assert row["class_name"] == "person" and 0 <= row["best_frame"] < ss.SPEC.frames
+
+
+def test_a_tensorflow_model_server_command_line_starts_the_server(tmp_path):
+    """Flags from TF Serving deployments (the issue's four among them): the server answers, and each
+    flag without an effect here says so in one log line."""
+    model_dir = tmp_path / "eventpipe"
+    model_dir.mkdir()
+    ss.push_saved_model(ss.saved_model(1), str(model_dir), 1)
+    flags = ["--rest_api_timeout_in_ms=30000", "--enable_model_warmup=true", "--grpc_max_threads=8",
+             "--allow_version_labels_for_unavailable_models", "--grpc_channel_arguments=grpc.max_connection_age_ms=60000",
+             "--tensorflow_session_parallelism=1", "--file_system_poll_wait_seconds=1"]  # fmt: skip
+    server = ss.ServerProcess(str(model_dir), "eventpipe", *flags)
+    try:
+        server.wait_status("eventpipe", ss.available([1]))
+        code, body = ss.post_json(
+            f"{server.url}/v1/models/eventpipe:predict", {"instances": [ss.b64_instance(ss.frames_png(3))]}
+        )
+        assert code == 200 and body["predictions"][0]["class_name"] == "person"
+        log = server.log()
+    finally:
+        server.stop()
+    for flag in ("rest_api_timeout_in_ms", "enable_model_warmup", "allow_version_labels_for_unavailable_models"):
+        assert f"--{flag}=" in log and "has no effect here" in log, flag
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--model_base_path", str(model_dir), "--ssl_config_file=x"],
+        capture_output=True, text=True, timeout=120, cwd=ss.REPO,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "terminate TLS in front of it" in refused.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_serving_images_entrypoint_runs_like_tensorflow_serving(tmp_path):
+    """serving/container/entrypoint.sh without Docker: TF Serving's defaults (MODEL_NAME under
+    MODEL_BASE_PATH, 8500/8501 on every interface), then a real server from it."""
+    entrypoint = os.path.join(ss.REPO, "serving", "container", "entrypoint.sh")
+    assert os.access(entrypoint, os.X_OK)
+    shown = subprocess.run([entrypoint, "--enable_batching"], env={**os.environ, "EVENTPIPE": "echo"},
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert shown.stdout.split() == ["serve", "--host", "0.0.0.0", "--port=8500", "--rest_api_port=8501",
+                                    "--model_name=model", "--model_base_path=/models/model", "--enable_batching"]  # fmt: skip
+    (tmp_path / "eventpipe").mkdir()
+    ss.push_saved_model(ss.saved_model(1), str(tmp_path / "eventpipe"), 1)
+    rest, grpc_port = _free_port(), _free_port()
+    env = {**os.environ, "EVENTPIPE": f"{sys.executable} -m pipeline.cli", "MODEL_NAME": "eventpipe",
+           "MODEL_BASE_PATH": str(tmp_path)}  # fmt: skip
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen([entrypoint, f"--port={grpc_port}", f"--rest_api_port={rest}"], env=env,
+                                   cwd=ss.REPO, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline, status = time.monotonic() + 90, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = ss.get_json(f"http://127.0.0.1:{rest}/v1/models/eventpipe")[1]
+                if ss.available([1])(status.get("model_version_status", [])):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        assert status and ss.available([1])(status["model_version_status"]), (tmp_path / "server.log").read_text()
+        code, body = ss.post_json(f"http://127.0.0.1:{rest}/v1/models/eventpipe:predict",
+                                  {"instances": [ss.b64_instance(ss.frames_png(3))]})  # fmt: skip
+        assert code == 200 and body["predictions"][0]["class_name"] == "person"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "0.0.0.0" in (tmp_path / "server.log").read_text()
 
 
 def test_decoded_frames_signature(static_server):

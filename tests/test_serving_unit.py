@@ -640,3 +640,57 @@ def test_saved_model_signatures_answer_as_the_restored_functions_do():
 
     fn = Untraceable()
     assert _positional(fn, {"frames": None}) == (None, fn)
+
+
+# Every flag `tensorflow_model_server --help` lists (TF Serving 2.16), held here, apart from the
+# module's own list, so that neither can shrink without a test failing.
+TF_SERVING_216_FLAGS = """
+port grpc_socket_path rest_api_port rest_api_num_threads rest_api_timeout_in_ms rest_api_enable_cors_support
+enable_batching allow_version_labels_for_unavailable_models batching_parameters_file
+enable_per_model_batching_parameters model_config_file model_config_file_poll_wait_seconds model_name
+model_base_path num_load_threads num_unload_threads max_num_load_retries load_retry_interval_micros
+file_system_poll_wait_seconds flush_filesystem_caches tensorflow_session_parallelism
+tensorflow_session_config_file tensorflow_intra_op_parallelism tensorflow_inter_op_parallelism
+use_alts_credentials ssl_config_file platform_config_file per_process_gpu_memory_fraction saved_model_tags
+grpc_channel_arguments grpc_max_threads enable_model_warmup num_request_iterations_for_warmup version
+monitoring_config_file remove_unused_fields_from_bundle_metagraph prefer_tflite_model num_tflite_pools
+num_tflite_interpreters_per_pool enable_signature_method_name_check xla_cpu_compilation_enabled
+enable_profiler thread_pool_factory_config_file
+""".split()
+SAMPLE_VALUES = {"BOOL": "true", "N": "2", "X": "0.5", "VALUE": "x"}
+
+
+def test_every_tensorflow_model_server_flag_is_accepted():
+    from pipeline.cli import build_parser
+    from serving import tfs_flags
+
+    assert set(tfs_flags.TF_SERVING_FLAGS) == set(TF_SERVING_216_FLAGS)
+    parser = build_parser()
+    (serve,) = [a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "serve"]
+    options = {opt: action for action in serve[1]._actions for opt in action.option_strings}
+    values = {"port": "8500", "rest_api_port": "8501", "model_name": "m", "model_base_path": "/m"}
+    for flag in TF_SERVING_216_FLAGS:
+        action = options.get(f"--{flag}")
+        assert action is not None, f"--{flag} is not accepted"
+        value = values.get(flag) or SAMPLE_VALUES.get(action.metavar or "", "1")
+        args = ["serve", f"--{flag}"] if action.nargs == 0 else ["serve", f"--{flag}={value}"]
+        parser.parse_args(args)  # no SystemExit: the flag and a value of its type parse
+    args = parser.parse_args(["serve", "--enable_profiler=false", "--rest_api_timeout_in_ms=100", "--enable_model_warmup"])
+    lines = tfs_flags.no_effect_lines(args)
+    assert len(lines) == 3 and all("has no effect here" in line for line in lines)
+    assert lines[0].startswith("--rest_api_timeout_in_ms=100 ")
+    assert tfs_flags.refusals(parser.parse_args(["serve", "--ssl_config_file=", "--use_alts_credentials=false"])) == []
+    refused = tfs_flags.refusals(parser.parse_args(["serve", "--ssl_config_file=tls.config"]))
+    assert len(refused) == 1 and "terminate TLS" in refused[0]
+
+
+def test_grpc_channel_arguments_parse_as_tf_serving_reads_them():
+    from serving.grpc_service import channel_options
+
+    assert channel_options("grpc.max_connection_age_ms=2000, grpc.primary_user_agent=x") == [
+        ("grpc.max_connection_age_ms", 2000),
+        ("grpc.primary_user_agent", "x"),
+    ]
+    assert channel_options("") == []
+    with pytest.raises(UserError, match="not key=value"):
+        channel_options("grpc.max_connection_age_ms")
