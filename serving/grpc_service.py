@@ -46,8 +46,8 @@ def _version_args(spec) -> tuple[int | None, str | None]:
 class _Observed:
     """Times one RPC, records it, and turns ServingError into a gRPC status."""
 
-    def __init__(self, metrics: ServingMetrics, method: str, context: grpc.ServicerContext) -> None:
-        self.metrics, self.method, self.context = metrics, method, context
+    def __init__(self, metrics: ServingMetrics, method: str, context: grpc.ServicerContext, model: str = "") -> None:
+        self.metrics, self.method, self.context, self.model = metrics, method, context, model
 
     def __enter__(self) -> _Observed:
         self.started = time.perf_counter()
@@ -60,7 +60,7 @@ class _Observed:
         elif exc is not None and not isinstance(exc, grpc.RpcError):
             exc = internal_error(log, f"gRPC {self.method}", exc_info=(exc_type, exc, tb))
             code = INTERNAL
-        self.metrics.observe_request("grpc", self.method, code, time.perf_counter() - self.started)
+        self.metrics.observe_request("grpc", self.method, code, time.perf_counter() - self.started, self.model)
         if isinstance(exc, ServingError):
             self.context.abort(grpc.StatusCode[exc.code], exc.message)
         return False
@@ -72,7 +72,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.max_tensor_elements = max_tensor_elements
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
-        with _Observed(self.metrics, "predict", context):
+        with _Observed(self.metrics, "predict", context, request.model_spec.name):
             spec = request.model_spec
             version, label = _version_args(spec)
             manager = self.models.get(spec.name, version)
@@ -91,7 +91,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(  # noqa: N802
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        with _Observed(self.metrics, "metadata", context):
+        with _Observed(self.metrics, "metadata", context, request.model_spec.name):
             version, label = _version_args(request.model_spec)
             return api.model_metadata(
                 self.models, request.model_spec.name, version, label, list(request.metadata_field)

@@ -270,7 +270,7 @@ class ModelManager:
                 self._pending.discard(version)
                 self._changed.notify_all()
             if self.metrics is not None:
-                self.metrics.loads.labels(self.model_name, "failure").inc()
+                self.metrics.observe_load(self.model_name, path, ok=False)
             return
         loaded = LoadedVersion(
             self.model_name,
@@ -290,7 +290,7 @@ class ModelManager:
             self._changed.notify_all()
         self._finish_unload(doomed)
         if self.metrics is not None:
-            self.metrics.loads.labels(self.model_name, "success").inc()
+            self.metrics.observe_load(self.model_name, path, ok=True)
             self.metrics.set_available(self.model_name, version, servable.platform, True)
         log.info(
             "%s version %d available (%s on %s, loaded in %.1fs, %d warm-up records replayed)",

@@ -125,6 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         method = "other"
         code = OK
+        self.model_name = ""  # set once the path names a model (metrics by model)
         try:
             try:
                 body = self._read_body()  # always consumed, so a keep-alive stream stays in step
@@ -160,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             code = error.code
             self._reply(error.http_status, tensors.error_json(error.message))
         finally:
-            self.server.metrics.observe_request("rest", method, code, time.perf_counter() - started)
+            self.server.metrics.observe_request("rest", method, code, time.perf_counter() - started, self.model_name)
 
     def _route(self, path: str, body: bytes) -> bytes:
         models = self.server.models
@@ -168,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             m = PREDICT_RE.fullmatch(path)
             if m:
                 name, version, label = _model_args(m.group(1), m.group(2), m.group(3))
+                self.model_name = name
                 verb = m.group(4).lower()
                 if verb != "predict":
                     raise ServingError(
@@ -182,6 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if not m.group(1):
                     raise invalid("Missing model name in request.")
                 name, version, label = _model_args(m.group(1), m.group(2), m.group(3))
+                self.model_name = name
                 if m.group(4):
                     response = api.model_metadata(models, name, version, label, [api.SIGNATURE_DEF_FIELD])
                     return api.metadata_json(response)

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from prometheus_client.parser import text_string_to_metric_families
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -562,6 +563,17 @@ def test_concurrent_requests_are_batched_and_counted(static_server):
     assert _metric(text, "eventpipe_serving_model_version_available", model=NAME, version="1") == 1
     assert _metric(text, "eventpipe_serving_model_version_available", model=NAME, version="2") == 1
     assert _metric(text, "eventpipe_serving_requests_total", api="rest", code="NOT_FOUND") >= 1
+    assert _metric(text, "eventpipe_serving_requests_total", model=NAME, method="predict", code="OK") >= 40
+    # TF Serving's own series, names and labels, for dashboards built on tensorflow_model_server.
+    tfs_ok = _metric(text, ":tensorflow:serving:request_count", model_name=NAME, status="OK")
+    assert tfs_ok - _metric(before, ":tensorflow:serving:request_count", model_name=NAME, status="OK") >= 40
+    rest_predict = {"model_name": NAME, "API": "Predict", "entrypoint": "REST"}
+    assert _metric(text, ":tensorflow:serving:request_latency_count", **rest_predict) >= 40
+    assert _metric(text, ":tensorflow:serving:request_latency_bucket", le="+Inf", **rest_predict) >= 40
+    assert _metric(text, ":tensorflow:cc:saved_model:load_attempt_count", status="success") >= 2
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # the scrape parses as Prometheus text
+    assert families[":tensorflow:serving:request_count"].type == "counter"
+    assert families[":tensorflow:serving:request_latency"].type == "histogram"
 
 
 # -- versions appearing under load ------------------------------------------------------------------
