@@ -16,7 +16,8 @@ Measured per backend:
   bytes at no cost: what those libraries, the transport and the clients cost before any
   serving work;
 - throughput (requests/s) at 1/4/16 concurrent clients over REST and gRPC, with dynamic
-  batching off (``--max-batch-size 0``) and on (``--max-batch-size 16 --batch-timeout-ms 2``),
+  batching off (``--enable_batching=false``) and on (``--enable_batching --max-batch-size 16
+  --batch-timeout-ms 2``),
   and the machine's idle CPU while it ran; clients are threads in up to 4 worker processes
   that import neither TensorFlow nor eventpipe. TFLite versions never batch (batch-1 models;
   an interpreter pool instead), so their two rows differ only by noise;
@@ -425,7 +426,8 @@ def batch_stats(port: int) -> dict[str, float]:
 
 
 MAX_BATCH = 16
-MODES = {"no_batching": ["--max-batch-size", "0"], "batching": ["--max-batch-size", str(MAX_BATCH), "--batch-timeout-ms", "2"]}
+MODES = {"no_batching": ["--enable_batching=false"],
+         "batching": ["--enable_batching", "--max-batch-size", str(MAX_BATCH), "--batch-timeout-ms", "2"]}  # fmt: skip
 
 
 def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Namespace) -> dict:

@@ -345,9 +345,9 @@ class ServingConfig:
     grpc_port: int = 8500  # 0 picks a free port, -1 turns gRPC off
     version_policy: str = "latest"
     poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; 0 polls once, at start
-    # Dynamic batching of SavedModel requests. On by default (tensorflow_model_server needs
-    # --enable_batching): a lone request never waits, so it costs nothing at one client.
-    enable_batching: bool = True
+    # Dynamic batching of SavedModel requests (--enable_batching), off by default as in TF
+    # Serving: on 2 cores it lost throughput at 4 clients and won at 16 (docs/benchmarks.md).
+    enable_batching: bool = False
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
     # Batches collected or run at once per signature (BatchingParameters.num_batch_threads);

@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tfs.add_argument("--file_system_poll_wait_seconds", "--poll-seconds", dest="serving.poll_seconds", type=float,
                      default=None, help="how often base paths are scanned for new versions; 0 scans once (1)")
     tfs.add_argument("--enable_batching", dest="serving.enable_batching", type=flag_bool, nargs="?", const=True,
-                     default=None, help="dynamic batching of SavedModel requests (on; --enable_batching=false)")
+                     default=None, help="dynamic batching of SavedModel requests (off, as in TF Serving)")
     tfs.add_argument("--batching_parameters_file", dest="serving.batching_parameters_file", default=None,
                      help="BatchingParameters text proto (max_batch_size, batch_timeout_micros, num_batch_threads)")
     tfs.add_argument("--tensorflow_intra_op_parallelism", dest="serving.intra_op_threads", type=int, default=None,

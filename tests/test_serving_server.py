@@ -47,7 +47,7 @@ def static_server(tmp_path_factory):
     ss.push_saved_model(ss.saved_model(2), str(model_dir), 2)
     (model_dir / "labels.json").write_text(json.dumps({"stable": 1, "canary": 2}))
     server = ss.ServerProcess(
-        str(model_dir), NAME, "--version-policy", "all", "--max-batch-size", "8", "--batch-timeout-ms", "20",
+        str(model_dir), NAME, "--version-policy", "all", "--enable_batching", "--max-batch-size", "8", "--batch-timeout-ms", "20",
         "--max-body-bytes", "200000", "--read-timeout-seconds", "2", "--max-connections", "16",
     )
     try:
