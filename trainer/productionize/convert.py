@@ -221,9 +221,11 @@ def run_lite_conversion(
         entry["accuracy"] = preds[name].accuracy()
         entry["class_accuracy"] = class_accuracy(preds[name].confusion(spec.num_classes), spec.classes)
         entry["agreement_with_" + reference] = preds[name].agreement(preds[reference])
-        # The frame each model names vs the one that shows the object best (simulator ground truth).
-        entry["best_frame_accuracy"] = preds[name].best_frame_accuracy()
-        entry["best_frame_events"] = preds[name].best_frame_events()
+        # The frame each model names vs the one that shows the object best (simulator ground truth);
+        # single-frame events leave nothing to choose, so no figure.
+        several = spec.frames > 1
+        entry["best_frame_accuracy"] = preds[name].best_frame_accuracy() if several else float("nan")
+        entry["best_frame_events"] = preds[name].best_frame_events() if several else 0
     if quantized is not None:
         variants["int8"]["agreement_with_student_pruned"] = (
             preds["int8"].agreement(preds["student_pruned"]) if has_pruned else None
