@@ -416,6 +416,9 @@ class KubeflowConfig:
     gpus: int = 0  # accelerators for the TeacherTrainer
     accelerator: str = "nvidia.com/gpu"  # the accelerator type the cluster knows (e.g. NVIDIA_TESLA_T4 on Vertex)
     resources: dict[str, list[float]] = field(default_factory=lambda: {k: list(v) for k, v in KUBEFLOW_RESOURCES.items()})
+    # Local paths and an image without a registry compile only on request: a cluster's pods see
+    # neither this machine's disk nor its images (a kind or minikube cluster can).
+    allow_local: bool = False
 
 
 def section_json(section: Any) -> str:

@@ -29,11 +29,15 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", metavar="A,B,C", dest="data.classes", help="class vocabulary a,b,c in label-id order (default: labels seen)")
     p.add_argument("--max-frames", metavar="K", dest="data.max_frames", type=int, help="most frames one event may have (default 16)")
     p.add_argument("--max-reject-rate", metavar="F", dest="data.max_reject_rate", type=float, help="stop if more events are rejected (default 0.05)")
+    p.add_argument("--beam-arg", metavar="OPTION", dest="run.beam_args", action="append", help="Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner")
+    p.add_argument("--no-cache", dest="run.enable_cache", action="store_false", default=None, help="re-execute every component")
+
+
+def add_local_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the commands that orchestrate here (not compile-kubeflow, whose cluster decides)."""
     p.add_argument("--runner", dest="run.runner", choices=["local", "beam", "kubeflow"], help="orchestrator (default local)")
     p.add_argument("--beam-workers", metavar="N", dest="run.beam_workers", type=int, help="DirectRunner worker processes (default 1)")
-    p.add_argument("--beam-arg", metavar="OPTION", dest="run.beam_args", action="append", help="Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner")
     p.add_argument("--metadata", metavar="URI", dest="run.metadata", help="ML Metadata store: mysql://user:pass@host:port/db (default SQLite in workdir)")
-    p.add_argument("--no-cache", dest="run.enable_cache", action="store_false", default=None, help="re-execute every component")
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -51,6 +55,9 @@ def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:
                    help="kubeflow: accelerators for the TeacherTrainer (default 0)")
     p.add_argument("--accelerator", metavar="TYPE", dest="kubeflow.accelerator",
                    help="kubeflow: accelerator type the cluster knows (default nvidia.com/gpu; e.g. NVIDIA_TESLA_T4 on Vertex)")
+    p.add_argument("--allow-local", dest="kubeflow.allow_local", action="store_const", const=True, default=None,
+                   help="kubeflow: accept local paths and an image without a registry (a kind or minikube cluster "
+                        "that mounts this machine's disk and has the image loaded)")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -61,6 +68,7 @@ def add_parser(subparsers: Any) -> None:
         "accepted or quarantined with a reason.",
     )  # fmt: skip
     add_run_flags(p)
+    add_local_run_flags(p)
     p.set_defaults(func=validate_command)
 
     p = subparsers.add_parser(
@@ -70,12 +78,18 @@ def add_parser(subparsers: Any) -> None:
         "the headline numbers, and writes WORKDIR/report.json and report.html.",
     )  # fmt: skip
     add_run_flags(p)
+    add_local_run_flags(p)
     p.add_argument("--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)")
     add_training_flags(p)
     add_kubeflow_flags(p)
     p.set_defaults(func=run_command)
 
-    p = subparsers.add_parser("compile-kubeflow", help="compile the pipeline to a Kubeflow Pipelines v2 spec (JSON)")
+    p = subparsers.add_parser(
+        "compile-kubeflow", help="compile the pipeline to a Kubeflow Pipelines v2 spec (JSON)",
+        description="Write the pipeline as a Kubeflow Pipelines v2 spec for a cluster to run. Its paths "
+        "(--data, --pipeline-root) must be ones every pod sees (gs://, s3://, ...) and --image one the "
+        "cluster can pull; local ones are refused unless --allow-local.",
+    )  # fmt: skip
     add_run_flags(p)
     add_training_flags(p)
     p.add_argument("--output", default=KFP_SPEC, help=f"spec file to write (default {KFP_SPEC})")

@@ -121,6 +121,31 @@ def request_resources(pipeline: Any, kubeflow: KubeflowConfig) -> None:
         component.with_platform_config(spec)
 
 
+def cluster_problems(config: Config) -> list[str]:
+    """Why a cluster could not run the spec as configured: local paths and an image no registry
+    holds (empty with ``kubeflow.allow_local``)."""
+    if config.kubeflow.allow_local:
+        return []
+    problems = [
+        f"{flag} {path} is a path on this machine, which the cluster's pods do not see: give a bucket "
+        "(gs://, s3://, hdfs://, ...)"
+        for flag, path in (
+            ("--data", config.run.data),
+            ("--pipeline-root", config.pipeline_root),
+            ("run.serving_base", config.serving_base),
+            ("run.mobile_base", config.mobile_base),
+        )
+        if "://" not in path
+    ]
+    image = config.run.image
+    if "/" not in image.split("@")[0]:
+        problems.append(
+            f"--image {image} names no registry, so the cluster cannot pull it: build ./Dockerfile, push it "
+            "and pass --image REGISTRY/eventpipe:TAG"
+        )
+    return problems
+
+
 def compile_kubeflow(config: Config, output_path: str, *, through: str = "push") -> str:
     """Compile the same pipeline to a Kubeflow Pipelines v2 spec (JSON); returns its path.
 
@@ -130,6 +155,13 @@ def compile_kubeflow(config: Config, output_path: str, *, through: str = "push")
 
     if not config.run.data:
         raise UserError("no data: pass --data with the events' location as the cluster sees it")
+    problems = cluster_problems(config)
+    if problems:
+        raise UserError(
+            "this spec could not run on a cluster:\n  "
+            + "\n  ".join(problems)
+            + "\n(--allow-local compiles it anyway, for a kind or minikube cluster that mounts this disk and has the image)"
+        )
     pipeline = create_pipeline(
         config,
         data_root=config.run.data,

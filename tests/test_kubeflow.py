@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -109,6 +110,21 @@ def test_trainers_cache_keys_hold_only_their_own_config_sections():
     assert a["TeacherTrainer"] == b["TeacherTrainer"]  # a student/serving change does not retrain the teacher
     assert a["Distiller"] != b["Distiller"]
     assert set(json.loads(a["TeacherTrainer"])["config"]) == {"data", "teacher"}
+
+
+def test_a_spec_no_cluster_could_run_is_refused_naming_each_problem(tmp_path):
+    base = [sys.executable, "-m", "pipeline.cli", "compile-kubeflow", "--workdir", str(tmp_path / "w"),
+            "--output", str(tmp_path / "spec.json")]  # fmt: skip
+    r = subprocess.run([*base, "--data", "/x"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and not (tmp_path / "spec.json").exists()
+    for problem in ("--data /x is a path on this machine", "--pipeline-root", "--image eventpipe:latest names no registry",
+                    "--allow-local"):  # fmt: skip
+        assert problem in r.stderr, (problem, r.stderr[-2000:])
+    help_text = subprocess.run([*base[:4], "--help"], cwd=REPO, capture_output=True, text=True, timeout=120).stdout
+    for ignored in ("--runner", "--beam-workers", "--metadata"):  # the cluster decides these
+        assert not re.search(rf"^\s+{ignored}\b", help_text, re.M), ignored
+    r = subprocess.run([*base, "--data", "/x", "--allow-local"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and (tmp_path / "spec.json").exists(), r.stderr[-2000:]
 
 
 def test_run_with_kubeflow_runner_compiles_into_the_workdir(tmp_path):
