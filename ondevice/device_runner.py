@@ -176,7 +176,12 @@ def run_device(
     if counts["events"] > show:
         print(f"... {counts['events'] - show} more", file=stream)
     lat = summary["latency_ms"]
-    acc = f", accuracy {summary['accuracy']:.3f} on {counts['labelled']} labelled" if counts["labelled"] else ""
+    acc = (
+        f", accuracy {summary['accuracy']:.3f} on the {counts['labelled']} labelled events of --data (all of them: "
+        "events the model was trained on count too; give held-out events to measure it)"
+        if counts["labelled"]
+        else ""
+    )
     print(
         f"{counts['events']} events classified ({counts['failed']} skipped){acc} with {model.runtime}\n"
         f"latency per event: inference p50 {lat['inference_p50']:.2f} ms p99 {lat['inference_p99']:.2f} ms; "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from contract.config import STRATEGIES, Config, add_config_flags, check_pretrain, load_config
@@ -97,14 +100,34 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=compile_kubeflow_command)
 
 
+_created_workdirs: set[str] = set()  # workdirs this process made (removed again if nothing usable came of them)
+
+
 def prepare(args: argparse.Namespace) -> Config:
     cfg = load_config(args)
     if cfg.pretrain.enabled:
         check_pretrain(cfg)  # before anything runs: a bad pretrain.* field is one line, not a failed component
+    if not os.path.exists(cfg.workdir):
+        _created_workdirs.add(os.path.abspath(cfg.workdir))
     lock_workdir(cfg.workdir)  # before anything is written there: one run per workdir at a time
     cfg.save(os.path.join(cfg.workdir, "config.json"))
     _quiet_libraries()
     return cfg
+
+
+@contextlib.contextmanager
+def no_half_workdir(cfg: Config) -> Iterator[None]:
+    """A workdir this command created is removed again when it fails before report.json exists
+    (e.g. unreadable --data): nothing in it is usable, and a rerun should start clean. Once the
+    report exists the workdir is kept, with what ran."""
+    try:
+        yield
+    except UserError:
+        workdir = os.path.abspath(cfg.workdir)
+        if workdir in _created_workdirs and not os.path.exists(cfg.report_path):
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"removed {workdir}: this run created it and nothing in it is usable", file=sys.stderr)
+        raise
 
 
 def _quiet_libraries() -> None:
@@ -189,7 +212,8 @@ def print_ingest(cfg: Config, rep: dict[str, Any]) -> None:
 def validate_command(args: argparse.Namespace) -> int:
     cfg = prepare(args)
     try:
-        run_stage(cfg, "validate")
+        with no_half_workdir(cfg):
+            run_stage(cfg, "validate")
     except GateFailed:
         rep = report.update(cfg.report_path, {})
         if "events" in rep:
@@ -210,7 +234,8 @@ def run_command(args: argparse.Namespace) -> int:
         return _compile_kubeflow(cfg, os.path.join(cfg.workdir, KFP_SPEC), args.through)
     started = time.time()
     try:
-        found = run_stage(cfg, args.through)
+        with no_half_workdir(cfg):
+            found = run_stage(cfg, args.through)
     except GateFailed:
         rep = report.update(cfg.report_path, {"seconds": round(time.time() - started, 1)})
         summary.print_summary(rep, cfg.report_path, _write_html(rep, cfg.report_path))

@@ -138,3 +138,19 @@ def test_a_second_run_on_a_busy_workdir_refuses_naming_the_first(tmp_path):
     line = second.stderr.strip().splitlines()[-1]
     assert f"workdir {work} is in use by pid {first.pid}" in line and "another --workdir" in line
     assert eventpipe(*args, cwd=tmp_path).returncode == 0  # free again
+
+
+def test_a_failed_run_leaves_no_half_workdir_it_created(tmp_path):
+    """Unreadable --data: a workdir the command created is removed again (nothing in it is usable);
+    one that existed before is left as it was."""
+    data = tmp_path / "events"
+    data.mkdir()
+    (data / "notes.txt").write_text("not an event")
+    work = tmp_path / "work"
+    r = eventpipe("validate", "--data", str(data), "--workdir", str(work), cwd=tmp_path)
+    assert r.returncode == 2 and "no events found" in r.stderr, r.stderr[-2000:]
+    assert not work.exists() and f"removed {work}" in r.stderr
+    work.mkdir()
+    (work / "mine.txt").write_text("kept")
+    r = eventpipe("validate", "--data", str(data), "--workdir", str(work), cwd=tmp_path)
+    assert r.returncode == 2 and (work / "mine.txt").read_text() == "kept" and "removed" not in r.stderr

@@ -166,7 +166,8 @@ def test_device_run_without_tensorflow(tmp_path, device_env, blocked, runtime):
     assert result.returncode == 0, result.stderr
     assert f"labels ['empty', 'person', 'vehicle'], runtime {runtime}" in result.stdout
     assert "cam01-000000: person" in result.stdout and "label=vehicle WRONG" in result.stdout
-    assert f"4 events classified (0 skipped), accuracy 0.500 on 4 labelled with {runtime}" in result.stdout
+    assert "4 events classified (0 skipped), accuracy 0.500 on the 4 labelled events of --data" in result.stdout
+    assert "events the model was trained on count too" in result.stdout and f"with {runtime}" in result.stdout
     assert "inference p50" in result.stdout and "p99" in result.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["event_id"] for r in rows] == [f"cam01-{i:06d}" for i in range(4)]
