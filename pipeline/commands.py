@@ -163,7 +163,8 @@ def run_stage(cfg: Config, through: str) -> dict[str, Any]:
     if gen is None or "examples" not in gen.uris:
         raise error or RuntimeError("EventExampleGen produced no output")
     ingest = ingest_report(found, cfg)
-    report.update(cfg.report_path, {**ingest, "config": cfg.to_dict()})
+    run = {**report.provenance(), "metadata": outputs.newest_run(connection)}
+    report.update(cfg.report_path, {**ingest, "config": cfg.to_dict(), "run": run})
     if ingest["gate"]["blessed"] is False:
         raise GateFailed("ingest gate: " + "; ".join(ingest["gate"]["problems"]))
     if error is not None:

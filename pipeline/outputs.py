@@ -42,6 +42,16 @@ def last_run_id(connection_config: Any) -> int:
     return max((c.id for c in store.get_contexts_by_type("pipeline_run")), default=0)
 
 
+def newest_run(connection_config: Any) -> dict[str, Any]:
+    """The newest pipeline run's ML Metadata context: ``{"context_id", "run_id"}`` (TFX's run id)."""
+    store = open_store(connection_config)
+    runs = store.get_contexts_by_type("pipeline_run")
+    if not runs:
+        return {}
+    newest = max(runs, key=lambda c: c.id)
+    return {"context_id": newest.id, "run_id": newest.name}
+
+
 def latest_run(
     connection_config: Any, pipeline_name: str = PIPELINE_NAME, newer_than: int = 0
 ) -> dict[str, NodeOutputs]:

@@ -4,7 +4,38 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from typing import Any
+
+
+def provenance() -> dict[str, Any]:
+    """When and from what code a run's report was written: UTC time, eventpipe's version, and the
+    git commit of the checkout it ran from (with ``+dirty`` for uncommitted changes), if any."""
+    from importlib import metadata
+
+    from contract.source import REPO_ROOT
+
+    try:
+        version = metadata.version("eventpipe")
+    except metadata.PackageNotFoundError:
+        version = None
+    commit = None
+    if os.path.isdir(os.path.join(REPO_ROOT, ".git")):
+        git = ["git", "-C", REPO_ROOT]
+        try:
+            head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=10)  # fmt: skip
+            if head.returncode == 0:
+                commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "eventpipe_version": version,
+        "commit": commit,
+    }
 
 
 def update(path: str, sections: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -357,7 +358,11 @@ def models_section(rep: dict[str, Any]) -> str:
     out = "<h2>Teacher and students</h2>"
     out += _table(["variant", "eval accuracy", "params", "size", "gzipped", "p50 ms/event", "format",
                    "best frame named", "sparsity"], rows)  # fmt: skip
-    out += '<p class="muted">Latency: batch 1, 1 thread, each variant in its own format.</p>'
+    out += (
+        '<p class="muted">Latency: batch 1, 1 thread, each variant in its own format. Size: each variant\'s '
+        "file(s) in that format (a SavedModel directory, a Keras file, a TFLite flatbuffer), so compare "
+        "like with like: the TFLite rows with each other, the Keras rows with each other.</p>"
+    )
     comparison = rep.get("comparison") or {}
     notes = []
     if comparison.get("kd_gain") is not None:
@@ -547,8 +552,17 @@ def best_frames_section(rep: dict[str, Any]) -> str:
     return out
 
 
+def _path_cell(path: Any, report_dir: str) -> str:
+    """A path as code, linked (relative to the page) where it is a local file or directory."""
+    code = f"<code>{e(path)}</code>"
+    if not isinstance(path, str) or "://" in path or not os.path.exists(path):
+        return code
+    return f'<a href="{e(os.path.relpath(path, report_dir))}">{code}</a>'
+
+
 def locations_section(rep: dict[str, Any], report_path: str) -> str:
-    rows: list[list[str]] = [["report.json", f"<code>{e(report_path)}</code>"]]
+    report_dir = os.path.dirname(os.path.abspath(report_path))
+    rows: list[list[str]] = [["report.json", _path_cell(report_path, report_dir)]]
     teacher = rep.get("teacher") or {}
     for label, value in (
         ("examples", rep.get("examples")), ("quarantine", rep.get("quarantine")),
@@ -558,7 +572,7 @@ def locations_section(rep: dict[str, Any], report_path: str) -> str:
         ("float16 TFLite", ((rep.get("tflite") or {}).get("float16") or {}).get("path")),
     ):  # fmt: skip
         if value:
-            rows.append([e(label), f"<code>{e(value)}</code>"])
+            rows.append([e(label), _path_cell(value, report_dir)])
     validation = rep.get("serving_validation") or {}
     if validation:
         rows.append(["serving validation", e("passed" if validation.get("blessed") else "failed")])
@@ -567,7 +581,7 @@ def locations_section(rep: dict[str, Any], report_path: str) -> str:
         rows.append(
             [
                 e(f"pushed {dest.get('role')}"),
-                f"<code>{e(dest.get('path'))}</code> (version {e(dest.get('version'))})",
+                f"{_path_cell(dest.get('path'), report_dir)} (version {e(dest.get('version'))})",
             ]
         )
     if push and not push.get("pushed"):
@@ -575,21 +589,49 @@ def locations_section(rep: dict[str, Any], report_path: str) -> str:
     return "<h2>Where every model went</h2>" + _table(["what", "where"], rows, left=2)
 
 
+def provenance_line(rep: dict[str, Any]) -> str:
+    """When the run finished, from what code, under which ML Metadata run, and how long it took."""
+    run = rep.get("run") or {}
+    metadata = run.get("metadata") or {}
+    parts = [
+        f"finished {run['finished_utc']}" if run.get("finished_utc") else None,
+        f"eventpipe {run['eventpipe_version']}" if run.get("eventpipe_version") else None,
+        f"commit {run['commit']}" if run.get("commit") else None,
+        f"ML Metadata run {metadata['run_id']} (context {metadata.get('context_id')})" if metadata.get("run_id") else None,
+        f"took {rep['seconds']} s" if rep.get("seconds") is not None else None,
+    ]
+    return "; ".join(e(p) for p in parts if p)
+
+
+def contents(body: str) -> tuple[str, str]:
+    """``body`` with an id on every section heading, and a contents list linking to them."""
+    entries: list[tuple[str, str]] = []
+
+    def anchor(match: re.Match) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"<[^>]+>", "", match.group(1)).lower()).strip("-")
+        entries.append((slug, match.group(1)))
+        return f'<h2 id="{slug}">{match.group(1)}</h2>'
+
+    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
+    nav = " · ".join(f'<a href="#{slug}">{title}</a>' for slug, title in entries)
+    return body, f'<nav class="muted">Contents: {nav}</nav>' if entries else ""
+
+
 def render(rep: dict[str, Any], report_path: str) -> str:
     """The whole page for report.json's content ``rep`` (which lives at ``report_path``)."""
-    seconds = rep.get("seconds")
-    body = (
-        "<h1>eventpipe run</h1>"
-        f'<div class="muted">report <code>{e(report_path)}</code>'
-        + (f"; the run took {e(seconds)} s" if seconds is not None else "")
-        + "</div>"
-        + verdict_section(rep)
+    sections, nav = contents(
+        verdict_section(rep)
         + events_section(rep)
         + models_section(rep)
         + classes_section(rep)
         + training_section(rep)
         + best_frames_section(rep)
         + locations_section(rep, report_path)
+    )
+    body = (
+        "<h1>eventpipe run</h1>"
+        f'<div class="muted"><a href="{e(os.path.basename(report_path))}">report.json</a> '
+        f"(<code>{e(report_path)}</code>); {provenance_line(rep)}</div>" + nav + sections
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>eventpipe report</title>'

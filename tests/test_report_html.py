@@ -4,6 +4,7 @@ only when they decode and lie under the data root, the verdict on every path."""
 import base64
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -158,3 +159,20 @@ def test_weak_results_are_marked_beside_their_baselines(tmp_path):
     assert "-1.2 points (WORSE than the student trained alone)" in page
     assert "teacher 0.710, student 0.350 [below a baseline]" in page
     assert "always the first frame: 0.546, random: 0.250, the frame alone most confident, teacher: 0.600" in page
+
+
+def test_the_page_says_when_from_what_and_links_what_it_names(tmp_path):
+    teacher_dir = tmp_path / "pipeline" / "TeacherTrainer" / "model"
+    teacher_dir.mkdir(parents=True)
+    run = {"finished_utc": "2026-12-04T08:00:00Z", "eventpipe_version": "0.1.0", "commit": "abc123def456",
+           "metadata": {"context_id": 7, "run_id": "2026-12-04T07:50:00.123"}}  # fmt: skip
+    rep = report(tmp_path, [], run=run, seconds=12.5, teacher={"accuracy": 0.9, "params": 10, "model": str(teacher_dir)})
+    page = report_html.render(rep, str(tmp_path / "report.json"))
+    assert "finished 2026-12-04T08:00:00Z; eventpipe 0.1.0; commit abc123def456; ML Metadata run " in page
+    assert "2026-12-04T07:50:00.123 (context 7); took 12.5 s" in page
+    assert '<a href="report.json">report.json</a>' in page
+    assert f'<a href="pipeline/TeacherTrainer/model"><code>{teacher_dir}</code></a>' in page
+    nav = re.search(r"<nav[^>]*>(.*?)</nav>", page).group(1)
+    for slug in re.findall(r'<h2 id="([^"]+)">', page):
+        assert f'href="#{slug}"' in nav
+    assert 'href="#teacher-and-students"' in nav and 'href="#where-every-model-went"' in nav

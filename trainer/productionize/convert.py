@@ -240,7 +240,7 @@ def run_lite_conversion(
     matrix = preds["int8"].confusion(spec.num_classes)
     plot_rows = [
         {"name": name, "accuracy": entry["accuracy"], "bytes": entry["bytes"]["raw"],
-         "latency_ms": _p50(entry)}
+         "latency_ms": _p50(entry), "format": entry.get("format")}
         for name, entry in variants.items()
     ]  # fmt: skip
     tradeoff = plots.tradeoff_plot(

@@ -22,34 +22,38 @@ def _pyplot() -> Any:
 def tradeoff_plot(rows: list[dict[str, Any]], path: str, title: str = "Model variants") -> str:
     """Accuracy vs size and accuracy vs latency, one point per variant.
 
-    ``rows``: ``{"name", "accuracy", "bytes", "latency_ms"}`` (latency may be None: not drawn
-    in the latency panel). Marker area grows with bytes in both panels.
+    ``rows``: ``{"name", "accuracy", "bytes", "latency_ms"}`` and optionally ``"format"`` (latency
+    may be None: not drawn in the latency panel). Variants are told apart by colour and marker in
+    one legend that names each one's size and format (labels next to the points collide where two
+    variants sit close, as int8 and float16 do); the axes get plain-number ticks even when they
+    span less than a decade.
     """
     plt = _pyplot()
-    fig, (ax_size, ax_latency) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    sizes = np.array([max(r["bytes"], 1) for r in rows], dtype=np.float64)
-    area = 40 + 300 * (np.log10(sizes) - np.log10(sizes.min())) / max(np.ptp(np.log10(sizes)), 1e-9)
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    fig, (ax_size, ax_latency) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     colors = plt.cm.tab10(np.arange(len(rows)) % 10)
+    markers = "osD^vP*Xph"
     for i, row in enumerate(rows):
-        ax_size.scatter(row["bytes"] / 1024, row["accuracy"], s=area[i], color=colors[i], alpha=0.8,
-                        label=row["name"], edgecolors="black", linewidths=0.5)  # fmt: skip
-        ax_size.annotate(row["name"], (row["bytes"] / 1024, row["accuracy"]), textcoords="offset points",
-                         xytext=(6, 6), fontsize=8)  # fmt: skip
+        kib = row["bytes"] / 1024
+        fmt = f", {row['format']}" if row.get("format") else ""
+        style = {"color": colors[i], "marker": markers[i % len(markers)], "s": 70, "alpha": 0.85,
+                 "edgecolors": "black", "linewidths": 0.5}  # fmt: skip
+        ax_size.scatter(kib, row["accuracy"], label=f"{row['name']} ({kib:,.0f} KiB{fmt})", **style)
         if row.get("latency_ms") is not None:
-            ax_latency.scatter(row["latency_ms"], row["accuracy"], s=area[i], color=colors[i], alpha=0.8,
-                               edgecolors="black", linewidths=0.5)  # fmt: skip
-            ax_latency.annotate(f"{row['name']}\n{row['bytes'] / 1024:.0f} KiB",
-                                (row["latency_ms"], row["accuracy"]), textcoords="offset points",
-                                xytext=(6, 6), fontsize=8)  # fmt: skip
-    ax_size.set_xscale("log")
-    ax_size.set_xlabel("size on disk (KiB, log)")
-    ax_size.set_ylabel("eval accuracy")
-    ax_latency.set_xscale("log")
-    ax_latency.set_xlabel("latency per event, p50 (ms, batch 1, 1 thread, log)")
-    for ax in (ax_size, ax_latency):
+            ax_latency.scatter(row["latency_ms"], row["accuracy"], **style)
+    for ax, label in ((ax_size, "size on disk (KiB, log)"), (ax_latency, "latency per event, p50 (ms, batch 1, 1 thread, log)")):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
+        ax.margins(x=0.15, y=0.1)
+    ax_size.set_ylabel("eval accuracy")
+    fig.legend(loc="lower center", ncol=min(4, max(1, len(rows))), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
