@@ -100,6 +100,9 @@ def collect(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         sections["best_frame_examples"] = lite.get("best_frame_examples")
     if teacher:
         sections["teacher"] = teacher
+    distiller_run = _uri(found, "Distiller", "model_run")
+    if distiller_run and os.path.isdir(os.path.join(distiller_run, "tensorboard")):
+        sections.setdefault("student", {})["tensorboard"] = os.path.join(distiller_run, "tensorboard")
     student_eval = _uri(found, "StudentEvaluator", "evaluation")
     if student_eval:
         sections.setdefault("student", {})["tfma_accuracy"] = overall_accuracy(student_eval)
@@ -336,7 +339,15 @@ def next_steps(rep: dict[str, Any]) -> list[str]:
             f"next       query it:   curl -s localhost:{served['rest_port']}/v1/models/{served['model_name']}:predict "
             f"-d @{shlex.quote(served['request_file'])}"
         )
-    logs = (rep.get("teacher") or {}).get("tensorboard")
-    if logs:
-        lines.append(f"next       curves:     {venv_tool('tensorboard')} --logdir {shlex.quote(logs)}")
+    runs = {
+        name: logs
+        for name, logs in (("teacher", (rep.get("teacher") or {}).get("tensorboard")),
+                           ("student", (rep.get("student") or {}).get("tensorboard")))
+        if logs
+    }  # fmt: skip
+    if len(runs) == 1:
+        lines.append(f"next       curves:     {venv_tool('tensorboard')} --logdir {shlex.quote(next(iter(runs.values())))}")
+    elif runs:  # one TensorBoard, each model's runs under its name
+        spec = ",".join(f"{name}:{logs}" for name, logs in runs.items())
+        lines.append(f"next       curves:     {venv_tool('tensorboard')} --logdir_spec {shlex.quote(spec)}")
     return lines

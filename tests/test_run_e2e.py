@@ -122,7 +122,11 @@ def assert_next_steps_work(stdout, root):
 
     steps = {m.group(1): m.group(2) for m in re.finditer(r"^next +(serve it|query it|curves): +(.+)$", stdout, re.M)}
     assert set(steps) == {"serve it", "query it", "curves"}, stdout[-2000:]
-    assert os.path.isdir(shlex.split(steps["curves"])[-1])
+    curves = shlex.split(steps["curves"])
+    assert curves[-2] == "--logdir_spec", steps["curves"]  # the teacher's and the students' runs
+    runs = dict(item.split(":", 1) for item in curves[-1].split(","))
+    assert set(runs) == {"teacher", "student"} and all(os.path.isdir(d) for d in runs.values())
+    assert set(os.listdir(runs["student"])) >= {"dense", "pruning", "qat", "scratch"}
     request_file = shlex.split(steps["query it"])[-1].lstrip("@")
     port_file = root / "next_port.json"
     # The printed line as is, on free ports (later flags win; --rest_api_port 0 would turn REST

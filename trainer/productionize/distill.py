@@ -245,11 +245,16 @@ def distill(
     callbacks: list[keras.callbacks.Callback] | None = None,
     validation: Any = None,
     desc: str = "distil",
+    log_dir: str | None = None,
 ) -> dict[str, list[float]]:
     """Train ``student`` in place on ``train`` (a ``distillation_dataset``) for ``epochs`` epochs.
 
-    Returns the Keras history (loss, accuracy on labelled events, agreement with the teacher).
+    Returns the Keras history (loss, accuracy on labelled events, agreement with the teacher);
+    ``log_dir``: TensorBoard scalars of the same, per epoch.
     """
+    if log_dir:
+        tensorboard = keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0)
+        callbacks = [*(callbacks or []), tensorboard]
     total = steps * epochs
     trainer = DistillationModel(student, cfg.temperature, cfg.alpha, cfg.frame_loss_weight)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total), alpha=0.05)

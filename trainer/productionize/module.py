@@ -99,8 +99,15 @@ def run_distillation(
     *,
     train_files: list[str] | None = None,
     eval_files: list[str] | None = None,
+    log_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Distil (and prune) a student from ``teacher_dir`` on ``examples_uri``; returns the report."""
+    """Distil (and prune) a student from ``teacher_dir`` on ``examples_uri``; returns the report.
+
+    ``log_dir``: TensorBoard scalars of every phase (dense, pruning, qat, scratch), one run each.
+    """
+
+    def logs(phase: str) -> str | None:
+        return os.path.join(log_dir, phase) if log_dir else None
 
     started = time.time()
     spec = EventSpec.load(examples_uri)
@@ -124,7 +131,7 @@ def run_distillation(
     history = {
         "dense": distill.distill(
             student, train, steps=steps, epochs=cfg.epochs, cfg=cfg,
-            learning_rate=cfg.learning_rate, desc="distil (dense)",
+            learning_rate=cfg.learning_rate, desc="distil (dense)", log_dir=logs("dense"),
         )
     }  # fmt: skip
     os.makedirs(os.path.join(output_dir, KERAS_DIR), exist_ok=True)
@@ -143,6 +150,7 @@ def run_distillation(
         history["pruning"] = distill.distill(
             pruning, train, steps=steps, epochs=cfg.prune_epochs, cfg=cfg,
             learning_rate=cfg.prune_learning_rate, callbacks=prune.pruning_callbacks(), desc="distil (pruning)",
+            log_dir=logs("pruning"),
         )  # fmt: skip
         pruned_layers = prune.pruned_layer_names(pruning)
         production = prune.strip(pruning)
@@ -161,7 +169,7 @@ def run_distillation(
         qat.calibrate_ranges(quantized, production, (frames for frames, _ in train.take(CALIBRATION_BATCHES)))
         history["qat"] = distill.distill(
             quantized, train, steps=steps, epochs=cfg.qat_epochs, cfg=cfg,
-            learning_rate=cfg.qat_learning_rate, desc="distil (QAT)",
+            learning_rate=cfg.qat_learning_rate, desc="distil (QAT)", log_dir=logs("qat"),
         )  # fmt: skip
         qat.pin_input_range(quantized)
         qat.save(quantized, keras_path(output_dir, QAT_MODEL))
@@ -184,7 +192,7 @@ def run_distillation(
     scratch = build_student(spec, cfg)
     history["scratch"] = distill.distill(
         scratch, hard, steps=steps, epochs=cfg.epochs, cfg=dataclasses.replace(cfg, alpha=1.0),
-        learning_rate=cfg.learning_rate, desc="student from scratch (hard labels)",
+        learning_rate=cfg.learning_rate, desc="student from scratch (hard labels)", log_dir=logs("scratch"),
     )  # fmt: skip
     scratch.save(keras_path(output_dir, SCRATCH_KERAS))
 
@@ -242,5 +250,5 @@ def run_fn(fn_args: Any) -> None:
     evals = sorted(f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern))
     run_distillation(
         examples_uri, fn_args.base_model, output_dir, cfg,  # base_model: the teacher's serving dir
-        train_files=train, eval_files=evals,
+        train_files=train, eval_files=evals, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
     )  # fmt: skip
