@@ -9,7 +9,10 @@ TensorFlow fails).
 
 Events come from JSON Lines manifests (``*.jsonl`` under ``--data``, or one file), one
 event per line: ``{"event_id": ..., "label": ..., "frames": ["rel/path.png", {"b64": ...}]}``
-with frame paths relative to the manifest.
+with frame paths relative to the manifest; or, where ``--data`` holds no manifest, from an
+image-folder tree ``<label>/<event_id>/<frame>.png`` (``ondevice.folders``, as ingest reads it).
+TFRecords need TensorFlow's Example parser, which a device does not have: they are refused
+with what to pass instead.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from contract.errors import UserError
-from ondevice.frames import FrameDecodeError
+from ondevice.folders import folder_tree
+from ondevice.frames import MAX_FRAME_PIXELS, FrameDecodeError
 from ondevice.manifest import read_manifest
 from ondevice.tflite_model import LiteEventModel, LiteModelError
 
@@ -37,6 +42,57 @@ class Event:
     label: str | None
     frames: list[bytes]
     source: str
+
+
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
+
+
+def iter_events(data: str, stream=None) -> Iterator[Event]:
+    """Events of the manifests under ``data``, or of its image-folder tree (entries outside the
+    tree's layout are counted on ``stream`` with their reasons)."""
+    if os.path.isfile(data):
+        if data.endswith(TFRECORD_SUFFIXES):
+            raise UserError(_TFRECORDS.format(data=data))
+        yield from iter_manifest_events(data)
+        return
+    if not os.path.isdir(data):
+        raise UserError(f"--data {data!r} does not exist")
+    files = [f for _d, _dirs, fs in os.walk(data) for f in fs]
+    if any(f.endswith(".jsonl") for f in files):
+        yield from iter_manifest_events(data)
+        return
+    if any(f.endswith(TFRECORD_SUFFIXES) for f in files):
+        raise UserError(_TFRECORDS.format(data=data))
+    yield from _folder_events(data, stream or sys.stdout)
+
+
+_TFRECORDS = (
+    "--data {data!r} holds TFRecords, which need TensorFlow's Example parser (not on a device): "
+    "pass JSON Lines manifests or an image-folder tree <label>/<event_id>/<frame>.png"
+)
+
+
+def _folder_events(root: str, stream) -> Iterator[Event]:
+    events, ignored = folder_tree(root)
+    if not events:
+        raise UserError(
+            f"--data {root!r} holds no events: expected *.jsonl manifests or an image-folder tree "
+            "<label>/<event_id>/<frame>.png"
+        )
+    if ignored:
+        reasons = Counter(reason for _path, reason in ignored)
+        print(f"ignored {len(ignored)} entries of the folder tree: "
+              + "; ".join(f"{n} {reason}" for reason, n in reasons.items()), file=stream)  # fmt: skip
+    for event in events:
+        where = os.path.relpath(event.path, root)
+        frames = []
+        for path in event.frame_paths():
+            try:
+                with open(path, "rb") as f:
+                    frames.append(f.read())
+            except OSError as e:
+                raise UserError(f"{where}: cannot read frame {os.path.basename(path)!r}: {e.strerror}") from None
+        yield Event(event_id=event.event_id, label=event.label, frames=frames, source=where)
 
 
 def iter_manifest_events(data: str) -> Iterator[Event]:
@@ -97,12 +153,13 @@ def run_device(
     show: int = 20,
     out_path: str = "",
     stream=None,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
 ) -> dict:
     """Classify the events under ``data``; print predictions and latency; return the summary."""
 
     stream = stream or sys.stdout
     try:
-        model = LiteEventModel(model_path, num_threads=threads or None)
+        model = LiteEventModel(model_path, num_threads=threads or None, max_frame_pixels=max_frame_pixels)
     except LiteModelError as e:
         raise UserError(str(e)) from e
     print(
@@ -110,7 +167,7 @@ def run_device(
         f"[B,{','.join(map(str, model.input_shape))}], labels {list(model.labels)}, runtime {model.runtime}",
         file=stream,
     )
-    events = iter_manifest_events(data)
+    events = iter_events(data, stream)
     decode_s: list[float] = []
     infer_s: list[float] = []
     total_s: list[float] = []

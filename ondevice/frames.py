@@ -151,7 +151,8 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def decode_event(
-    encoded: Sequence[bytes], frames: int, height: int, width: int, channels: int
+    encoded: Sequence[bytes], frames: int, height: int, width: int, channels: int,
+    max_pixels: int = MAX_FRAME_PIXELS,
 ) -> np.ndarray:
     """``frames`` encoded images ("" pads) -> float32 ``[frames, height, width, channels]`` in [0, 1]."""
     encoded = list(encoded)
@@ -167,19 +168,20 @@ def decode_event(
             data = encoded[src]
             if not data:
                 raise FrameDecodeError(f"frame {src} is empty: padding may only follow real frames")
-            image = decode_image(data, channels).astype(np.float32) * _UINT8_SCALE
+            image = decode_image(data, channels, max_pixels).astype(np.float32) * _UINT8_SCALE
             cache[src] = resize_bilinear(image, height, width)
         out[i] = cache[src]
     return out
 
 
 def decode_events(
-    events: Sequence[Sequence[bytes]], frames: int, height: int, width: int, channels: int
+    events: Sequence[Sequence[bytes]], frames: int, height: int, width: int, channels: int,
+    max_pixels: int = MAX_FRAME_PIXELS,
 ) -> np.ndarray:
     """A batch of events -> float32 ``[B, frames, height, width, channels]``."""
     out = np.empty((len(events), frames, height, width, channels), dtype=np.float32)
     for b, event in enumerate(events):
-        out[b] = decode_event(event, frames, height, width, channels)
+        out[b] = decode_event(event, frames, height, width, channels, max_pixels)
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from contract import layout
 from ondevice import frames as framecodec
+from ondevice.frames import MAX_FRAME_PIXELS
 from ondevice.metadata import MetadataError
 from ondevice.runtime import LiteEventClassifier, LiteRuntime, RuntimeUnavailable, lite_runtime
 
@@ -40,7 +41,8 @@ def on_device_runtime() -> LiteRuntime:
 class LiteEventModel:
     """An eventpipe ``.tflite`` model: ``decode``, ``predict_decoded``, ``predict_encoded``."""
 
-    def __init__(self, path: str, num_threads: int | None = None) -> None:
+    def __init__(self, path: str, num_threads: int | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS) -> None:
+        self.max_frame_pixels = max_frame_pixels  # a frame whose header declares more is refused undecoded
         self.runtime = on_device_runtime()
         if not os.path.isfile(path):
             raise LiteModelError(f"TFLite model {path!r} does not exist")
@@ -89,7 +91,9 @@ class LiteEventModel:
 
     def decode(self, events: Sequence[Sequence[bytes]]) -> np.ndarray:
         """Encoded events (PNG/JPEG bytes, "" pads) -> float32 ``[B, K, H, W, C]`` in [0, 1]."""
-        return framecodec.decode_events(events, self.frames, self.height, self.width, self.channels)
+        return framecodec.decode_events(
+            events, self.frames, self.height, self.width, self.channels, self.max_frame_pixels
+        )
 
     def predict_decoded(self, decoded: np.ndarray) -> dict[str, np.ndarray]:
         """float32 ``[B, K, H, W, C]`` in [0, 1] -> the contract's outputs as arrays."""

@@ -101,9 +101,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser(
         "device-run",
         help="classify events on-device with a .tflite model (LiteRT or tflite-runtime, no TensorFlow) and time it",
-    )
-    d.add_argument("--model", required=True, help="the released model.tflite")
-    d.add_argument("--data", required=True, help="a *.jsonl manifest or a directory of them")
+        description="Classify events as an app on a device would: LiteRT (or tflite-runtime) and PIL, no "
+        "TensorFlow; labels and normalization from the model's own metadata. The accuracy it prints is over "
+        "every labelled event of --data. --config/--set: data.max_frame_pixels bounds each frame's decode.",
+    )  # fmt: skip
+    add_config_flags(d)
+    d.add_argument("--model", metavar="FILE", required=True, help="the released model.tflite")
+    d.add_argument("--data", metavar="PATH", required=True,
+                   help="*.jsonl manifests (a file or a directory of them) or an image-folder tree "
+                        "<label>/<event_id>/<frame>.png")  # fmt: skip
     d.add_argument("--limit", type=int, default=0, help="classify at most N events (0: all)")
     d.add_argument("--threads", type=int, default=0, help="interpreter threads (0: one per CPU)")
     d.add_argument("--show", type=int, default=20, help="print the first N predictions (20)")
@@ -172,6 +178,8 @@ def device_run_command(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise UserError("--limit must be >= 0")
-    run_device(args.model, args.data, limit=args.limit, threads=args.threads, show=args.show, out_path=args.out)
+    cfg = load_config(args)
+    run_device(args.model, args.data, limit=args.limit, threads=args.threads, show=args.show, out_path=args.out,
+               max_frame_pixels=cfg.data.max_frame_pixels)  # fmt: skip
     sys.stdout.flush()
     return 0

@@ -8,6 +8,7 @@ import eventdata as ed
 import pytest
 
 from components.event_example_gen import checks, sources
+from ondevice import folders
 
 pytestmark = pytest.mark.unit
 
@@ -179,10 +180,10 @@ def test_survey_of_an_image_folder_tree_names_what_is_outside_its_layout(tmp_pat
     found = sources.survey(str(tmp_path))
     assert [(u.kind, os.path.basename(u.path)) for u in found.units] == [("folder_event", "ev1"), ("folder_image", "one.jpg")]
     assert dict(found.ignored) == {
-        "README.md": sources.IGNORED_TOP_LEVEL,
-        os.path.join("cat", "ev1", "extra"): sources.IGNORED_NESTED,
-        os.path.join("cat", "ev1", "meta.json"): sources.IGNORED_NOT_IMAGE,
-        os.path.join("cat", "labels.csv"): sources.IGNORED_NOT_IMAGE,
+        "README.md": folders.IGNORED_TOP_LEVEL,
+        os.path.join("cat", "ev1", "extra"): folders.IGNORED_NESTED,
+        os.path.join("cat", "ev1", "meta.json"): folders.IGNORED_NOT_IMAGE,
+        os.path.join("cat", "labels.csv"): folders.IGNORED_NOT_IMAGE,
     }
 
 

@@ -13,9 +13,10 @@ import apache_beam as beam
 import eventdata as ed
 import pytest
 
-from components.event_example_gen import beam_graph, sources
+from components.event_example_gen import beam_graph
 from contract import layout
 from contract.config import DataConfig, SimulatorConfig
+from ondevice import folders
 from simulator.writer import generate
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +123,7 @@ def test_image_folder_tree_single_frame_grayscale(tmp_path):
     assert summary["rejected_by_reason"] == {"undecodable_frame": 1}
     # Files outside the layout are not events, and they are not dropped silently either.
     assert summary["ignored_files"] == 2 and summary["ignored_examples"] == [os.path.join("dog", "notes.txt"), "index.csv"]
-    assert summary["ignored_by_reason"] == {sources.IGNORED_NOT_IMAGE: 1, sources.IGNORED_TOP_LEVEL: 1}
+    assert summary["ignored_by_reason"] == {folders.IGNORED_NOT_IMAGE: 1, folders.IGNORED_TOP_LEVEL: 1}
     spec = layout.EventSpec.load(str(tmp_path / "out" / "examples"))
     assert spec == layout.EventSpec(("cat", "dog"), frames=1, height=8, width=8, channels=1)
 

@@ -5,6 +5,7 @@ without it, on tflite-runtime (and says which)."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -199,3 +200,31 @@ def test_device_run_explains_missing_metadata(tmp_path, device_env):
     )
     assert result.returncode == 2
     assert "no TFLITE_METADATA entry" in result.stderr and "trainer/productionize/lite.py" in result.stderr
+
+
+def test_device_run_reads_an_image_folder_tree_and_takes_the_config(tmp_path, device_env):
+    """The same tree ingest reads (<label>/<event_id>/<frame>.png, <label>/<name>.png), without
+    TensorFlow; entries outside the layout are counted with their reasons; --set bounds the decode;
+    TFRecords are refused with what to pass instead."""
+    tree = tmp_path / "tree"
+    for label, seed in (("person", 1), ("vehicle", 2)):
+        event = tree / label / f"ev{seed}"
+        event.mkdir(parents=True)
+        for j, data in enumerate(ss.frames_png(3, seed=seed)):
+            (event / f"{j}.png").write_bytes(data)
+    (tree / "person" / "single.png").write_bytes(ss.frames_png(1, seed=3)[0])
+    (tree / "person" / "notes.txt").write_text("not an image")
+    base = [sys.executable, "-m", "pipeline.cli", "device-run", "--model", ss.tflite_model(1, "int8"), "--data"]
+    run = functools.partial(subprocess.run, env=device_env(), cwd=ss.REPO, capture_output=True, text=True, timeout=120)
+    result = run([*base, str(tree)])
+    assert result.returncode == 0, result.stderr
+    assert "ignored 1 entries of the folder tree: 1 not an image" in result.stdout
+    assert "ev1: person" in result.stdout and "single: person" in result.stdout and "ev2: person" in result.stdout
+    assert "3 events classified (0 skipped), accuracy 0.667 on the 3 labelled events" in result.stdout
+    bounded = run([*base, str(tree), "--set", "data.max_frame_pixels=16"])  # 8x8 frames declare 64 pixels
+    assert bounded.returncode == 2 and "no event under" in bounded.stderr, bounded.stdout + bounded.stderr
+    assert "skipped" in bounded.stdout and "data.max_frame_pixels" in bounded.stdout
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "events.tfrecord.gz").write_bytes(b"")
+    refused = run([*base, str(tmp_path / "records")])
+    assert refused.returncode == 2 and "holds TFRecords" in refused.stderr and "image-folder tree" in refused.stderr

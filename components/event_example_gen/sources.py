@@ -35,9 +35,8 @@ from tensorflow.core.example import example_pb2
 from contract import layout
 from contract.config import DataConfig
 from contract.errors import UserError
+from ondevice.folders import IMAGE_EXTENSIONS, FolderEvent, folder_tree
 from ondevice.manifest import read_manifest
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def max_record_bytes(max_frame_bytes: int, max_frames: int) -> int:
@@ -64,7 +63,7 @@ class RawEvent:
 class Unit:
     """One independently readable piece of input: the parallelism grain of ingest."""
 
-    kind: str  # "jsonl" | "tfrecord" | "folder_event" | "folder_image"
+    kind: str  # "jsonl" | "tfrecord" | ondevice.folders.FOLDER_EVENT | FOLDER_IMAGE
     path: str  # absolute path
     label: str = ""
 
@@ -80,9 +79,6 @@ class Survey:
 IGNORED_HIDDEN = "hidden (name starts with '.')"
 IGNORED_FORMAT = "not an input format (*.jsonl, *.tfrecord[.gz], .png/.jpg/.jpeg images)"
 IGNORED_PRECEDENCE = "{kind} are not read when *.{winner} files are present: pass them as their own --data"
-IGNORED_TOP_LEVEL = "file at the top of an image-folder tree (images go under <label>/)"
-IGNORED_NESTED = "directory inside an event folder (<label>/<event_id>/ holds frame images only)"
-IGNORED_NOT_IMAGE = "not an image (.png/.jpg/.jpeg) in an image-folder tree"
 IGNORED_LOOP = "symlink to a directory already walked"
 IGNORED_OUTSIDE = "symlink to a directory outside --data (not followed)"
 
@@ -152,32 +148,9 @@ def survey(root: str) -> Survey:
             else:
                 ignored.append((rel(f), IGNORED_FORMAT))
         return Survey([Unit(kind, f) for f in read], sorted(ignored))
-    units = []
-    for label in sorted(os.listdir(root)):
-        label_dir = os.path.join(root, label)
-        if label.startswith("."):
-            continue  # listed by _walk (files) or holding nothing read
-        if not os.path.isdir(label_dir):
-            ignored.append((label, IGNORED_TOP_LEVEL))
-            continue
-        for name in sorted(os.listdir(label_dir)):
-            path = os.path.join(label_dir, name)
-            if name.startswith("."):
-                continue
-            if os.path.isdir(path):
-                units.append(Unit("folder_event", path, label))
-                for inner in sorted(os.listdir(path)):
-                    inner_path = os.path.join(path, inner)
-                    if inner.startswith("."):
-                        continue
-                    if os.path.isdir(inner_path):
-                        ignored.append((rel(inner_path), IGNORED_NESTED))
-                    elif not inner.lower().endswith(IMAGE_EXTENSIONS):
-                        ignored.append((rel(inner_path), IGNORED_NOT_IMAGE))
-            elif name.lower().endswith(IMAGE_EXTENSIONS):
-                units.append(Unit("folder_image", path, label))
-            else:
-                ignored.append((rel(path), IGNORED_NOT_IMAGE))
+    events, outside = folder_tree(root)  # hidden entries: listed by _walk (files) or holding nothing read
+    units = [Unit(event.kind, event.path, event.label) for event in events]
+    ignored += outside
     if not units:
         raise UserError(
             f"no events found under {root!r}: expected *.jsonl manifests, *.tfrecord(.gz) files, "
@@ -206,15 +179,9 @@ def _read_jsonl(path: str, rel: str) -> Iterator[RawEvent]:
 
 
 def _folder_event(unit: Unit, rel: str, root: str) -> RawEvent:
-    if unit.kind == "folder_event":
-        frames = sorted(
-            f for f in os.listdir(unit.path) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        )
-        frame_paths = [os.path.relpath(os.path.join(unit.path, f), root) for f in frames]
-        event_id = os.path.basename(unit.path)
-    else:
-        frame_paths = [os.path.relpath(unit.path, root)]
-        event_id = os.path.splitext(os.path.basename(unit.path))[0]
+    event = FolderEvent(unit.kind, unit.path, unit.label)
+    frame_paths = [os.path.relpath(path, root) for path in event.frame_paths()]
+    event_id = event.event_id
     mtime = os.stat(unit.path).st_mtime
     record = {
         "event_id": event_id,
