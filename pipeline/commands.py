@@ -186,6 +186,8 @@ def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     if "ExampleValidator" in found and found["ExampleValidator"].uris.get("anomalies"):
         anomalies = read_anomalies(found["ExampleValidator"].uris["anomalies"][0])
     section = report.ingest_section(summary, quarantine_uri, examples_uri, anomalies)
+    if "StatisticsGen" in found and found["StatisticsGen"].uris.get("statistics"):
+        section["statistics"] = report.statistics_glance(found["StatisticsGen"].uris["statistics"][0])
     gate = found.get("IngestGate")
     if gate is not None and gate.state != "FAILED":
         section["gate"] = {"blessed": True, "problems": []}

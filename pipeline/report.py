@@ -65,3 +65,32 @@ def ingest_section(summary: dict[str, Any], quarantine_uri: str, examples_uri: s
         "examples": examples_uri,
         "anomalies": anomalies,
     }
+
+
+def statistics_glance(statistics_uri: str, top: int = 3) -> dict[str, Any]:
+    """StatisticsGen's TFDV statistics, per split and feature, small enough to read at a glance:
+    examples, missing values, numeric min/mean/max, and for strings the unique count and the most
+    frequent values (encoded frames are bytes: their count only)."""
+    import glob
+
+    import tensorflow_data_validation as tfdv  # deferred: heavy, and only runs that ingested need it
+
+    glance: dict[str, Any] = {}
+    for path in sorted(glob.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
+        split = os.path.basename(os.path.dirname(path)).removeprefix("Split-")
+        dataset = tfdv.load_stats_binary(path).datasets[0]
+        features = []
+        for feature in dataset.features:
+            kind = feature.WhichOneof("stats")
+            stats = getattr(feature, kind)
+            row: dict[str, Any] = {"feature": ".".join(feature.path.step), "missing": int(stats.common_stats.num_missing)}
+            if kind == "num_stats":
+                row.update(min=stats.min, mean=stats.mean, max=stats.max)
+            elif kind == "string_stats":
+                row["unique"] = int(stats.unique)
+                values = [(v.value, int(v.frequency)) for v in stats.top_values[:top]]
+                if values and all(value != "__BYTES_VALUE__" for value, _ in values):
+                    row["top"] = values
+            features.append(row)
+        glance[split] = {"examples": int(dataset.num_examples), "features": features}
+    return glance

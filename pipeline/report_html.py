@@ -221,6 +221,7 @@ def events_section(rep: dict[str, Any]) -> str:
         out += f"<p>{e(n)} file{'' if n == 1 else 's'} under the data root not read:</p>" + _table(
             ["why", "files"], rows
         )
+    out += statistics_table(rep.get("statistics") or {})
     anomalies = rep.get("anomalies") or []
     out += f"<p>TFDV anomalies: {e(len(anomalies))}</p>"
     if anomalies:
@@ -237,6 +238,28 @@ def events_section(rep: dict[str, Any]) -> str:
             rep["quarantine"], ((rep.get("config") or {}).get("run") or {}).get("data", "")
         )
     return out
+
+
+def statistics_table(glance: dict[str, Any]) -> str:
+    """TFDV statistics at a glance: one row per feature, one column per split."""
+    if not glance:
+        return ""
+    splits = list(glance)
+
+    def cell(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "-"
+        missing = f", {row['missing']} missing" if row.get("missing") else ""
+        if "mean" in row:
+            return f"{_num(row['min'], '.4g')} .. {_num(row['max'], '.4g')} (mean {_num(row['mean'], '.4g')}){missing}"
+        top = ", ".join(f"{value} ({count})" for value, count in row.get("top") or [])
+        return f"{row.get('unique')} unique" + (f": {top}" if top else "") + missing
+
+    features = list(dict.fromkeys(r["feature"] for split in splits for r in glance[split]["features"]))
+    by_split = {split: {r["feature"]: r for r in glance[split]["features"]} for split in splits}
+    rows = [[e(f)] + [e(cell(by_split[split].get(f))) for split in splits] for f in features]
+    header = ["feature"] + [f"{split} ({glance[split]['examples']} examples)" for split in splits]
+    return "<p>TFDV statistics (StatisticsGen) at a glance:</p>" + _table(header, rows)
 
 
 def read_quarantine(quarantine_uri: str, count: int = QUARANTINE_EXAMPLES) -> list[dict[str, Any]]:

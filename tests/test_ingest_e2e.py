@@ -70,6 +70,11 @@ def test_validate_accounts_for_every_event(dirty_data, tmp_path):
     assert sum(ev["splits"].values()) == ev["accepted"] == 120
     assert report["anomalies"] == []
     assert "accepted 120" in r.stdout and report["quarantine"] in r.stdout
+    # TFDV statistics at a glance, per split: examples and each feature's summary.
+    stats = report["statistics"]
+    assert sum(s["examples"] for s in stats.values()) == 120
+    label_names = {f["feature"]: f for f in stats["train"]["features"]}["label_name"]
+    assert label_names["unique"] <= len(CLASSES) and all(value in CLASSES for value, _ in label_names["top"])
 
     # The quarantine holds each rejected event with its original record and reason.
     lines = [json.loads(line) for f in glob.glob(os.path.join(report["quarantine"], "quarantine-*.jsonl")) for line in open(f)]

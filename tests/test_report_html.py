@@ -176,3 +176,17 @@ def test_the_page_says_when_from_what_and_links_what_it_names(tmp_path):
     for slug in re.findall(r'<h2 id="([^"]+)">', page):
         assert f'href="#{slug}"' in nav
     assert 'href="#teacher-and-students"' in nav and 'href="#where-every-model-went"' in nav
+
+
+def test_tfdv_statistics_are_shown_at_a_glance():
+    glance = {
+        "train": {"examples": 90, "features": [
+            {"feature": "frame_count", "missing": 0, "min": 1.0, "mean": 3.5, "max": 4.0},
+            {"feature": "label_name", "missing": 3, "unique": 2, "top": [["person", 50], ["vehicle", 37]]},
+            {"feature": "frames", "missing": 0, "unique": 90}]},
+        "eval": {"examples": 10, "features": [{"feature": "frame_count", "missing": 0, "min": 4.0, "mean": 4.0, "max": 4.0}]},
+    }  # fmt: skip
+    table = report_html.statistics_table(glance)
+    assert "train (90 examples)" in table and "eval (10 examples)" in table
+    assert "1 .. 4 (mean 3.5)" in table and "2 unique: person (50), vehicle (37), 3 missing" in table
+    assert "<td>90 unique</td><td>-</td>" in table  # a feature one split lacks
