@@ -49,6 +49,7 @@ def chain(tmp_path_factory):
             train_files=[os.path.join(layout.split_dir(examples, layout.TRAIN), "*")],
             eval_files=[os.path.join(layout.split_dir(examples, layout.EVAL), "*")],
             serving_model_dir=str(student_dir / "Format-Serving"),
+            model_run_dir=str(root / "student_run"),
             base_model=teacher_dir,
             custom_config={"config": cfg.to_dict()},
         )
@@ -88,6 +89,9 @@ def test_distiller_writes_students_with_the_serving_contract(chain):
     assert distill["pruning"]["sparsity"]["total"] == pytest.approx(0.75, abs=0.01)
     assert set(distill["eval"]) >= {"teacher", "student_float", "student_pruned"}
     assert distill["history"]["dense"]["loss"][-1] < distill["history"]["dense"]["loss"][0]
+    logs = chain["root"] / "student_run" / "tensorboard"  # one TensorBoard run per phase
+    assert sorted(os.listdir(logs)) == ["dense", "pruning", "qat", "scratch"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(logs / "dense" / "train"))
     for sub in ("Format-Serving", "student_float"):
         loaded = tf.saved_model.load(os.path.join(chain["student"], sub))
         assert set(loaded.signatures) == {"serving_default", layout.DECODED_SIGNATURE, "serving_examples"}

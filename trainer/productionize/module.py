@@ -250,5 +250,6 @@ def run_fn(fn_args: Any) -> None:
     evals = sorted(f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern))
     run_distillation(
         examples_uri, fn_args.base_model, output_dir, cfg,  # base_model: the teacher's serving dir
-        train_files=train, eval_files=evals, log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
+        train_files=train, eval_files=evals,
+        log_dir=os.path.join(fn_args.model_run_dir, "tensorboard") if fn_args.model_run_dir else None,
     )  # fmt: skip
