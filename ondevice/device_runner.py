@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.errors import UserError
-from ondevice.folders import folder_tree
+from ondevice.folders import FolderEvent, folder_tree
 from ondevice.frames import MAX_FRAME_PIXELS, FrameDecodeError
 from ondevice.manifest import read_manifest
 from ondevice.tflite_model import LiteEventModel, LiteModelError
@@ -49,21 +49,39 @@ TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
 
 def iter_events(data: str, stream=None) -> Iterator[Event]:
     """Events of the manifests under ``data``, or of its image-folder tree (entries outside the
-    tree's layout are counted on ``stream`` with their reasons)."""
+    tree's layout are counted on ``stream`` with their reasons). The form is decided, and a
+    refusal raised, before the first event is read."""
     if os.path.isfile(data):
         if data.endswith(TFRECORD_SUFFIXES):
             raise UserError(_TFRECORDS.format(data=data))
-        yield from iter_manifest_events(data)
-        return
+        return iter_manifest_events(data)
     if not os.path.isdir(data):
         raise UserError(f"--data {data!r} does not exist")
-    files = [f for _d, _dirs, fs in os.walk(data) for f in fs]
-    if any(f.endswith(".jsonl") for f in files):
-        yield from iter_manifest_events(data)
-        return
-    if any(f.endswith(TFRECORD_SUFFIXES) for f in files):
+    names = [os.path.basename(f) for f in _visible_files(data)]
+    if any(f.endswith(".jsonl") for f in names):
+        return iter_manifest_events(data)
+    if any(f.endswith(TFRECORD_SUFFIXES) for f in names):
         raise UserError(_TFRECORDS.format(data=data))
-    yield from _folder_events(data, stream or sys.stdout)
+    events, ignored = folder_tree(data)
+    if not events:
+        raise UserError(
+            f"--data {data!r} holds no events: expected *.jsonl manifests or an image-folder tree "
+            "<label>/<event_id>/<frame>.png"
+        )
+    if ignored:
+        reasons = Counter(reason for _path, reason in ignored)
+        print(f"ignored {len(ignored)} entries of the folder tree: "
+              + "; ".join(f"{n} {reason}" for reason, n in reasons.items()), file=stream or sys.stdout)  # fmt: skip
+    return _folder_events(data, events)
+
+
+def _visible_files(root: str) -> list[str]:
+    """Files under ``root``, hidden ones (and hidden directories) left out, as ingest leaves them."""
+    found = []
+    for d, dirs, fs in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        found += [os.path.join(d, f) for f in sorted(fs) if not f.startswith(".")]
+    return found
 
 
 _TFRECORDS = (
@@ -72,17 +90,7 @@ _TFRECORDS = (
 )
 
 
-def _folder_events(root: str, stream) -> Iterator[Event]:
-    events, ignored = folder_tree(root)
-    if not events:
-        raise UserError(
-            f"--data {root!r} holds no events: expected *.jsonl manifests or an image-folder tree "
-            "<label>/<event_id>/<frame>.png"
-        )
-    if ignored:
-        reasons = Counter(reason for _path, reason in ignored)
-        print(f"ignored {len(ignored)} entries of the folder tree: "
-              + "; ".join(f"{n} {reason}" for reason, n in reasons.items()), file=stream)  # fmt: skip
+def _folder_events(root: str, events: list[FolderEvent]) -> Iterator[Event]:
     for event in events:
         where = os.path.relpath(event.path, root)
         frames = []
@@ -100,9 +108,7 @@ def iter_manifest_events(data: str) -> Iterator[Event]:
     if os.path.isfile(data):
         manifests = [data]
     elif os.path.isdir(data):
-        manifests = sorted(
-            os.path.join(d, f) for d, _dirs, fs in os.walk(data) for f in fs if f.endswith(".jsonl")
-        )
+        manifests = sorted(f for f in _visible_files(data) if f.endswith(".jsonl"))
     else:
         raise UserError(f"--data {data!r} does not exist")
     if not manifests:
@@ -158,6 +164,7 @@ def run_device(
     """Classify the events under ``data``; print predictions and latency; return the summary."""
 
     stream = stream or sys.stdout
+    events = iter_events(data, stream)  # the input form, or why it is refused, before anything loads
     try:
         model = LiteEventModel(model_path, num_threads=threads or None, max_frame_pixels=max_frame_pixels)
     except LiteModelError as e:
@@ -167,7 +174,6 @@ def run_device(
         f"[B,{','.join(map(str, model.input_shape))}], labels {list(model.labels)}, runtime {model.runtime}",
         file=stream,
     )
-    events = iter_events(data, stream)
     decode_s: list[float] = []
     infer_s: list[float] = []
     total_s: list[float] = []

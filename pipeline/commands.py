@@ -18,7 +18,7 @@ from contract.config import STRATEGIES, Config, add_config_flags, check_pretrain
 from contract.errors import GateFailed, UserError
 from pipeline import report
 from pipeline.pipeline_def import STAGES
-from pipeline.workdir_lock import lock_workdir
+from pipeline.workdir_lock import lock_workdir, release_workdir
 
 KFP_SPEC = "eventpipe_kfp.json"
 
@@ -125,6 +125,8 @@ def no_half_workdir(cfg: Config) -> Iterator[None]:
     except UserError:
         workdir = os.path.abspath(cfg.workdir)
         if workdir in _created_workdirs and not os.path.exists(cfg.report_path):
+            release_workdir(workdir)
+            _created_workdirs.discard(workdir)
             shutil.rmtree(workdir, ignore_errors=True)
             print(f"removed {workdir}: this run created it and nothing in it is usable", file=sys.stderr)
         raise
@@ -187,7 +189,10 @@ def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
         anomalies = read_anomalies(found["ExampleValidator"].uris["anomalies"][0])
     section = report.ingest_section(summary, quarantine_uri, examples_uri, anomalies)
     if "StatisticsGen" in found and found["StatisticsGen"].uris.get("statistics"):
-        section["statistics"] = report.statistics_glance(found["StatisticsGen"].uris["statistics"][0])
+        try:  # a summary for people: never what fails a run
+            section["statistics"] = report.statistics_glance(found["StatisticsGen"].uris["statistics"][0])
+        except Exception as e:  # noqa: BLE001
+            print(f"TFDV statistics not summarised: {type(e).__name__}: {e}", file=sys.stderr)
     gate = found.get("IngestGate")
     if gate is not None and gate.state != "FAILED":
         section["gate"] = {"blessed": True, "problems": []}
@@ -234,7 +239,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     cfg = prepare(args)
     if cfg.run.runner == "kubeflow":  # the cluster executes it; here it is compiled
-        return _compile_kubeflow(cfg, os.path.join(cfg.workdir, KFP_SPEC), args.through)
+        with no_half_workdir(cfg):
+            return _compile_kubeflow(cfg, os.path.join(cfg.workdir, KFP_SPEC), args.through)
     started = time.time()
     try:
         with no_half_workdir(cfg):
@@ -269,7 +275,9 @@ def _write_html(rep: dict[str, Any], report_path: str) -> str | None:
 
 def compile_kubeflow_command(args: argparse.Namespace) -> int:
     args.__dict__["run.runner"] = "kubeflow"
-    return _compile_kubeflow(prepare(args), args.output, STAGES[-1])
+    cfg = prepare(args)
+    with no_half_workdir(cfg):
+        return _compile_kubeflow(cfg, args.output, STAGES[-1])
 
 
 def _compile_kubeflow(cfg: Config, output: str, through: str) -> int:

@@ -8,6 +8,8 @@ import subprocess
 import time
 from typing import Any
 
+from contract import layout
+
 
 def provenance() -> dict[str, Any]:
     """When and from what code a run's report was written: UTC time, eventpipe's version, and the
@@ -21,14 +23,15 @@ def provenance() -> dict[str, Any]:
     except metadata.PackageNotFoundError:
         version = None
     commit = None
-    if os.path.isdir(os.path.join(REPO_ROOT, ".git")):
+    if os.path.exists(os.path.join(REPO_ROOT, ".git")):  # a directory, or a file in a worktree
         git = ["git", "-C", REPO_ROOT]
         try:
             head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
             dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                    text=True, timeout=10)  # fmt: skip
             if head.returncode == 0:
-                commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+                state = "+dirty" if dirty.stdout.strip() else "" if dirty.returncode == 0 else "+unknown-state"
+                commit = head.stdout.strip() + state
         except (OSError, subprocess.SubprocessError):
             commit = None
     return {
@@ -78,19 +81,23 @@ def statistics_glance(statistics_uri: str, top: int = 3) -> dict[str, Any]:
     glance: dict[str, Any] = {}
     for path in sorted(glob.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
         split = os.path.basename(os.path.dirname(path)).removeprefix("Split-")
-        dataset = tfdv.load_stats_binary(path).datasets[0]
-        features = []
+        datasets = tfdv.load_stats_binary(path).datasets
+        if not datasets:
+            continue
+        dataset, features = datasets[0], []
         for feature in dataset.features:
             kind = feature.WhichOneof("stats")
+            if kind not in ("num_stats", "string_stats", "bytes_stats"):
+                continue
             stats = getattr(feature, kind)
-            row: dict[str, Any] = {"feature": ".".join(feature.path.step), "missing": int(stats.common_stats.num_missing)}
+            name = ".".join(feature.path.step)
+            row: dict[str, Any] = {"feature": name, "missing": int(stats.common_stats.num_missing)}
             if kind == "num_stats":
                 row.update(min=stats.min, mean=stats.mean, max=stats.max)
-            elif kind == "string_stats":
+            else:
                 row["unique"] = int(stats.unique)
-                values = [(v.value, int(v.frequency)) for v in stats.top_values[:top]]
-                if values and all(value != "__BYTES_VALUE__" for value, _ in values):
-                    row["top"] = values
+                if name != layout.FRAMES and kind == "string_stats":  # encoded frames: their count only
+                    row["top"] = [(v.value, int(v.frequency)) for v in stats.top_values[:top]]
             features.append(row)
         glance[split] = {"examples": int(dataset.num_examples), "features": features}
     return glance

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -258,7 +259,7 @@ def statistics_table(glance: dict[str, Any]) -> str:
     features = list(dict.fromkeys(r["feature"] for split in splits for r in glance[split]["features"]))
     by_split = {split: {r["feature"]: r for r in glance[split]["features"]} for split in splits}
     rows = [[e(f)] + [e(cell(by_split[split].get(f))) for split in splits] for f in features]
-    header = ["feature"] + [f"{split} ({glance[split]['examples']} examples)" for split in splits]
+    header = ["feature"] + [e(f"{split} ({glance[split]['examples']} examples)") for split in splits]
     return "<p>TFDV statistics (StatisticsGen) at a glance:</p>" + _table(header, rows)
 
 
@@ -580,7 +581,7 @@ def _path_cell(path: Any, report_dir: str) -> str:
     code = f"<code>{e(path)}</code>"
     if not isinstance(path, str) or "://" in path or not os.path.exists(path):
         return code
-    return f'<a href="{e(os.path.relpath(path, report_dir))}">{code}</a>'
+    return f'<a href="{e(urllib.parse.quote(os.path.relpath(path, report_dir)))}">{code}</a>'
 
 
 def locations_section(rep: dict[str, Any], report_path: str) -> str:

@@ -135,7 +135,7 @@ def cluster_problems(config: Config) -> list[str]:
             ("run.serving_base", config.serving_base),
             ("run.mobile_base", config.mobile_base),
         )
-        if "://" not in path
+        if "://" not in path or path.startswith("file://")
     ]
     image = config.run.image
     if "/" not in image.split("@")[0]:

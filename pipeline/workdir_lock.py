@@ -51,3 +51,10 @@ def _holder(text: str) -> str:
         return f"pid {info['pid']} ({info['command']}, since {info['started']})"
     except (ValueError, KeyError, TypeError):
         return "another eventpipe process"
+
+
+def release_workdir(workdir: str) -> None:
+    """Give the workdir's lock back (before the workdir is removed): this process may take it again."""
+    handle = _held.pop(os.path.abspath(workdir), None)
+    if handle is not None:
+        handle.close()

@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tfs.add_argument("--grpc_channel_arguments", dest="serving.grpc_channel_arguments", default=None,
                      help="gRPC server arguments, key=value,... (e.g. grpc.max_connection_age_ms=2000)")
     tfs.add_argument("--tensorflow_session_parallelism", type=int, default=None,
-                     help="sets both TensorFlow thread pools where the two flags below are not given (0)")
+                     help="sets both TensorFlow thread pools; not with the two flags below (0)")
     tfs.add_argument("--prefer_tflite_model", dest="serving.prefer_tflite", type=flag_bool, nargs="?", const=True,
                      default=None, help="serve model.tflite when a version directory also holds a SavedModel")
     tfs.add_argument("--version", dest="tfs_version", action="store_true",
@@ -134,9 +134,14 @@ def serve_command(args: argparse.Namespace) -> int:
         raise UserError("; ".join(refused))
     cfg = load_config(args)
     s = cfg.serving
-    if args.tensorflow_session_parallelism is not None:  # TF Serving: both pools, unless set one by one
-        s.intra_op_threads = s.intra_op_threads or args.tensorflow_session_parallelism
-        s.inter_op_threads = s.inter_op_threads or args.tensorflow_session_parallelism
+    session = args.tensorflow_session_parallelism
+    if session:  # TF Serving: both pools, only where neither is set on its own; all three is an error
+        if s.intra_op_threads or s.inter_op_threads:
+            raise UserError(
+                "--tensorflow_session_parallelism cannot be given with --tensorflow_intra_op_parallelism or "
+                "--tensorflow_inter_op_parallelism (as in TF Serving): give one or the other"
+            )
+        s.intra_op_threads = s.inter_op_threads = session
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for line in tfs_flags.no_effect_lines(args):
         logging.getLogger("eventpipe.serve").info(line)

@@ -71,8 +71,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.models, self.metrics = models, metrics
         self.max_tensor_elements = max_tensor_elements
 
+    def _served(self, name: str) -> str:
+        """The metrics' model label: a served model's name, "" for any other (no series per made-up name)."""
+        return name if name in self.models.names else ""
+
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
-        with _Observed(self.metrics, "predict", context, request.model_spec.name):
+        with _Observed(self.metrics, "predict", context, self._served(request.model_spec.name)):
             spec = request.model_spec
             version, label = _version_args(spec)
             manager = self.models.get(spec.name, version)
@@ -91,7 +95,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(  # noqa: N802
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        with _Observed(self.metrics, "metadata", context, request.model_spec.name):
+        with _Observed(self.metrics, "metadata", context, self._served(request.model_spec.name)):
             version, label = _version_args(request.model_spec)
             return api.model_metadata(
                 self.models, request.model_spec.name, version, label, list(request.metadata_field)

@@ -64,7 +64,9 @@ class LoadedVersion:
         batching: BatchingOptions,
         in_flight: InFlight,
         metrics: ServingMetrics | None,
+        max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
     ) -> None:
+        self.max_tensor_elements = max_tensor_elements
         self.model_name = model_name
         self.version = version
         self.servable = servable
@@ -110,7 +112,7 @@ class LoadedVersion:
     def predict(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Validated inputs -> the requested outputs, through the batcher when batching is on."""
         rows = signature.check_inputs(inputs)
-        inputs = signature.padded_inputs(inputs)
+        inputs = signature.padded_inputs(inputs, self.max_tensor_elements)
         batcher = self._batcher(signature)
         if batcher is None:
             result = self.servable.run(signature, inputs, outputs)
@@ -279,6 +281,7 @@ class ModelManager:
             self.batching,
             self.in_flight,
             self.metrics,
+            self.max_tensor_elements,
         )
         with self._lock:
             self._serving = {**self._serving, version: loaded}

@@ -81,10 +81,10 @@ class TfServingSeries:
                 f"# TYPE {self.LATENCY} histogram"]  # fmt: skip
         for key, cells in sorted(latency.items()):
             labels = _labels(("model_name", "API", "entrypoint"), key)
-            out += [f'{self.LATENCY}_bucket{{{labels},le="{b:.10g}"}} {cells[i]:g}'
+            out += [f'{self.LATENCY}_bucket{{{labels},le="{b:.10g}"}} {int(cells[i])}'
                     for i, b in enumerate(TFS_LATENCY_BOUNDS_US)]  # fmt: skip
-            out += [f'{self.LATENCY}_bucket{{{labels},le="+Inf"}} {cells[-2]:g}',
-                    f"{self.LATENCY}_sum{{{labels}}} {cells[-1]:.6g}", f"{self.LATENCY}_count{{{labels}}} {cells[-2]:g}"]  # fmt: skip
+            out += [f'{self.LATENCY}_bucket{{{labels},le="+Inf"}} {int(cells[-2])}',
+                    f"{self.LATENCY}_sum{{{labels}}} {cells[-1]!r}", f"{self.LATENCY}_count{{{labels}}} {int(cells[-2])}"]  # fmt: skip
         out += [f"# HELP {self.LOADS} The number of times a SavedModel was successfully loaded.",
                 f"# TYPE {self.LOADS} counter"]  # fmt: skip
         out += [f"{self.LOADS}{{{_labels(('model_path', 'status'), k)}}} {v}" for k, v in sorted(loads.items())]

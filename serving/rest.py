@@ -169,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             m = PREDICT_RE.fullmatch(path)
             if m:
                 name, version, label = _model_args(m.group(1), m.group(2), m.group(3))
-                self.model_name = name
+                self.model_name = name if name in models.names else ""  # no series per made-up name
                 verb = m.group(4).lower()
                 if verb != "predict":
                     raise ServingError(
@@ -184,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if not m.group(1):
                     raise invalid("Missing model name in request.")
                 name, version, label = _model_args(m.group(1), m.group(2), m.group(3))
-                self.model_name = name
+                self.model_name = name if name in models.names else ""  # no series per made-up name
                 if m.group(4):
                     response = api.model_metadata(models, name, version, label, [api.SIGNATURE_DEF_FIELD])
                     return api.metadata_json(response)

@@ -193,9 +193,17 @@ class Signature:
                 raise invalid(f"inputs have different batch sizes: {batch} and {array.shape[0]} ('{alias}')")
         return batch if batch is not None else 1
 
-    def padded_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Checked inputs with every bounded string input padded to its bound (``TensorSig.padded``)."""
-        return {alias: self.inputs[alias].padded(array) for alias, array in inputs.items()}
+    def padded_inputs(self, inputs: dict[str, np.ndarray], max_elements: int) -> dict[str, np.ndarray]:
+        """Checked inputs with every bounded string input padded to its bound (``TensorSig.padded``);
+        padding may not take an input past ``max_elements`` (the limit the request was read under)."""
+        padded = {alias: self.inputs[alias].padded(array) for alias, array in inputs.items()}
+        for alias, array in padded.items():
+            if array.size > max_elements:
+                raise invalid(
+                    f"input '{alias}' padded to shape {list(array.shape)} holds more than {max_elements} elements, "
+                    "the server's limit (serving.max_tensor_elements); send smaller batches"
+                )
+        return padded
 
     def select_outputs(self, output_filter: list[str] | tuple[str, ...]) -> list[str]:
         """Output aliases to return: all, or the filter (each must exist)."""

@@ -57,7 +57,7 @@ NO_EFFECT: dict[str, tuple[Callable[[str], object], str]] = {
     "tensorflow_session_config_file": (str, "thread pools come from --tensorflow_intra_op_parallelism and "
                                             "--tensorflow_inter_op_parallelism"),
     "platform_config_file": (str, "the platform is read from each version directory (SavedModel or model.tflite)"),
-    "per_process_gpu_memory_fraction": (float, "TensorFlow's default GPU memory growth applies"),
+    "per_process_gpu_memory_fraction": (float, "TensorFlow's default GPU memory allocation applies"),
     "saved_model_tags": (str, "SavedModels load with the serve tag"),
     "enable_model_warmup": (flag_bool, "warm-up always runs: a version takes traffic only after its warm-up "
                                        "requests answer"),

@@ -117,6 +117,7 @@ def test_a_spec_no_cluster_could_run_is_refused_naming_each_problem(tmp_path):
             "--output", str(tmp_path / "spec.json")]  # fmt: skip
     r = subprocess.run([*base, "--data", "/x"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and not (tmp_path / "spec.json").exists()
+    assert not (tmp_path / "w").exists()  # the workdir the refused command created is gone again
     for problem in ("--data /x is a path on this machine", "--pipeline-root", "--image eventpipe:latest names no registry",
                     "--allow-local"):  # fmt: skip
         assert problem in r.stderr, (problem, r.stderr[-2000:])

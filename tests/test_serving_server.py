@@ -564,6 +564,7 @@ def test_concurrent_requests_are_batched_and_counted(static_server):
     assert _metric(text, "eventpipe_serving_model_version_available", model=NAME, version="2") == 1
     assert _metric(text, "eventpipe_serving_requests_total", api="rest", code="NOT_FOUND") >= 1
     assert _metric(text, "eventpipe_serving_requests_total", model=NAME, method="predict", code="OK") >= 40
+    assert 'model="unknown"' not in text and 'model_name="unknown"' not in text  # unknown names: no series
     # TF Serving's own series, names and labels, for dashboards built on tensorflow_model_server.
     tfs_ok = _metric(text, ":tensorflow:serving:request_count", model_name=NAME, status="OK")
     assert tfs_ok - _metric(before, ":tensorflow:serving:request_count", model_name=NAME, status="OK") >= 40

@@ -694,3 +694,58 @@ def test_grpc_channel_arguments_parse_as_tf_serving_reads_them():
     assert channel_options("") == []
     with pytest.raises(UserError, match="not key=value"):
         channel_options("grpc.max_connection_age_ms")
+
+
+def test_tf_serving_series_render_as_prometheus_reads_them():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.metrics import TFS_LATENCY_BOUNDS_US, TfServingSeries
+
+    series = TfServingSeries()
+    for seconds in (0.000005, 0.0001, 0.0001, 2.0):
+        series.observe('m"1\\\n', "Predict", "REST", "OK", seconds)
+    series._count[("big", "OK")] = 1_234_567  # counts past a million keep every digit
+    series.observe_load("/models/m/1", ok=True)
+    text = series.render()
+    assert ":tensorflow:serving:request_count{model_name=\"big\",status=\"OK\"} 1234567" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = families[":tensorflow:serving:request_latency"].samples
+    buckets = [s.value for s in samples if s.name.endswith("_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] == 4  # cumulative, +Inf = count
+    assert len(buckets) == len(TFS_LATENCY_BOUNDS_US) + 1
+    assert {s.labels["model_name"] for s in samples} == {'m"1\\\n'}  # escaped and read back whole
+    total = [s.value for s in samples if s.name.endswith("_sum")][0]
+    assert total == pytest.approx(2_000_205.0)
+    assert families[":tensorflow:cc:saved_model:load_attempt_count"].samples[0].labels["status"] == "success"
+
+
+def test_short_events_are_padded_to_the_bound_within_the_element_limit():
+    from tensorflow.core.framework import types_pb2
+
+    from serving.servables import bound_frames
+
+    spec = layout.EventSpec(("a", "b"), 3, 8, 8, 3)
+    legacy = Signature("serving_default", {"frames": TensorSig("frames", types_pb2.DT_STRING, (None, 3))}, {})
+    (bounded,) = bound_frames({"serving_default": legacy}, spec).values()  # an export from before [-1, -1]
+    frames = bounded.inputs["frames"]
+    assert frames.shape == (None, None) and frames.max_shape == (None, 3) and frames.shape_text() == "[-1,1..3]"
+    short = np.array([[b"f0", b"f1"]], dtype=object)
+    assert bounded.check_inputs({"frames": short}) == 1
+    assert bounded.padded_inputs({"frames": short}, 100)["frames"].tolist() == [[b"f0", b"f1", b""]]
+    with pytest.raises(ServingError, match="1..3"):
+        bounded.check_inputs({"frames": np.array([[b"x"] * 4], dtype=object)})
+    with pytest.raises(ServingError, match="1..3"):
+        bounded.check_inputs({"frames": np.empty((1, 0), dtype=object)})
+    many = np.full((40, 1), b"f", dtype=object)  # 40 elements sent, 120 once padded
+    with pytest.raises(ServingError, match="padded to shape \\[40, 3\\] holds more than 100 elements"):
+        bounded.padded_inputs({"frames": many}, 100)
+
+
+def test_session_parallelism_is_read_as_tf_serving_reads_it():
+    from pipeline.cli import build_parser
+    from serving.cli import serve_command
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=4"])
+    with pytest.raises(UserError, match="cannot be given with"):
+        serve_command(args)
