@@ -164,11 +164,11 @@ def run_device(
     """Classify the events under ``data``; print predictions and latency; return the summary."""
 
     stream = stream or sys.stdout
-    events = iter_events(data, stream)  # the input form, or why it is refused, before anything loads
     try:
         model = LiteEventModel(model_path, num_threads=threads or None, max_frame_pixels=max_frame_pixels)
     except LiteModelError as e:
         raise UserError(str(e)) from e
+    events = iter_events(data, stream)  # the input form, or why it is refused, before --out is opened
     print(
         f"model {model_path}: {model.size_bytes / 1024:.1f} KiB, input {model.input_dtype} "
         f"[B,{','.join(map(str, model.input_shape))}], labels {list(model.labels)}, runtime {model.runtime}",
