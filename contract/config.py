@@ -231,6 +231,21 @@ def pretrain_problems(p: PretrainConfig) -> list[str]:
     return problems
 
 
+TEACHER_NORMS = ("group", "pixel")
+
+
+def check_teacher(cfg: TeacherConfig) -> None:
+    """Refuse teacher architecture choices no model can be built with, before anything runs (else
+    the TeacherTrainer would fail after ingest): one line naming each bad field."""
+    problems = []
+    if cfg.pool != "auto" and cfg.pool not in POOLS:
+        problems.append(f"teacher.pool must be auto, {', '.join(POOLS)}; got {cfg.pool!r}")
+    if cfg.norm not in TEACHER_NORMS:
+        problems.append(f"teacher.norm must be {' or '.join(TEACHER_NORMS)}; got {cfg.norm!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def check_pretrain(cfg: Config) -> None:
     """Refuse an unusable ``pretrain`` section with one line naming each bad field."""
     problems = pretrain_problems(cfg.pretrain)

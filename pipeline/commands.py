@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from contract.config import STRATEGIES, Config, add_config_flags, check_pretrain, load_config
+from contract.config import STRATEGIES, Config, add_config_flags, check_pretrain, check_teacher, load_config
 from contract.errors import GateFailed, UserError
 from pipeline import report
 from pipeline.pipeline_def import STAGES
@@ -105,6 +105,7 @@ _created_workdirs: set[str] = set()  # workdirs this process made (removed again
 
 def prepare(args: argparse.Namespace) -> Config:
     cfg = load_config(args)
+    check_teacher(cfg.teacher)  # a bad architecture field is one line now, not a failed TeacherTrainer later
     if cfg.pretrain.enabled:
         check_pretrain(cfg)  # before anything runs: a bad pretrain.* field is one line, not a failed component
     if not os.path.exists(cfg.workdir):

@@ -215,3 +215,15 @@ def test_single_frame_teachers_pool_the_maximum_and_multi_frame_ones_the_mean():
         assert type(layer).__name__ == layer_type and layer.output.shape[-1] == width
         x = keras.backend.random_uniform((2, frames, 16, 16, 1), seed=0)
         assert model(x)["logits"].shape == (2, 2)
+
+
+def test_teacher_architecture_fields_are_checked_before_anything_runs():
+    from contract.config import ConfigError, TeacherConfig, check_teacher
+    from pipeline.cli import main
+
+    check_teacher(TeacherConfig())
+    with pytest.raises(ConfigError) as e:
+        check_teacher(TeacherConfig(pool="median", norm="batch"))
+    assert "teacher.pool must be auto, avg, max, avgmax; got 'median'" in str(e.value)
+    assert "teacher.norm must be group or pixel; got 'batch'" in str(e.value)
+    assert main(["run", "--data", "/nonexistent", "--set", "teacher.pool=median"]) == 2  # before any workdir
