@@ -164,12 +164,10 @@ def test_tensorflow_parallelism_flags_reach_the_server(two_models):
     assert "TensorFlow thread pools: intra_op 1, inter_op 0" in server.log()
 
 
-def test_batching_parameters_file_takes_effect(two_models):
-    """max_batch_size 4 from the file: 12 concurrent requests merge, never past 4 rows."""
-    server, _ = two_models
-    event = _events(1, seed=3)[0]
+def _burst(server, event, clients: int) -> None:
+    """``clients`` REST predicts released together."""
     errors: list[BaseException] = []
-    barrier = threading.Barrier(12)
+    barrier = threading.Barrier(clients)
 
     def call() -> None:
         try:
@@ -178,17 +176,34 @@ def test_batching_parameters_file_takes_effect(two_models):
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    small_before, calls_before, rows_before = _batch_histogram(server)
-    threads = [threading.Thread(target=call) for _ in range(12)]
+    threads = [threading.Thread(target=call) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
-    small, calls, rows = _batch_histogram(server)
-    assert rows - rows_before == 12
-    assert small - small_before == calls - calls_before, "a batch larger than the file's max_batch_size 4"
-    assert calls - calls_before < 12, "nothing was merged"
+
+
+def test_batching_parameters_file_takes_effect(two_models):
+    """max_batch_size 4 from the file: concurrent requests merge, never past 4 rows.
+
+    Whether requests overlap is up to the scheduler (on a busy machine a burst can arrive one
+    by one, and a lone request is never held back), so up to five bursts may be sent until one
+    merges; the size limit must hold in every one.
+    """
+    server, _ = two_models
+    event = _events(1, seed=3)[0]
+    merged = False
+    for _ in range(5):
+        small_before, calls_before, rows_before = _batch_histogram(server)
+        _burst(server, event, 12)
+        small, calls, rows = _batch_histogram(server)
+        assert rows - rows_before == 12
+        assert small - small_before == calls - calls_before, "a batch larger than the file's max_batch_size 4"
+        if calls - calls_before < 12:
+            merged = True
+            break
+    assert merged, "five bursts of 12 concurrent requests and nothing was merged"
     with pytest.raises(urllib.error.HTTPError) as err:  # the file moved Prometheus off the default path
         urllib.request.urlopen(f"{server.url}/monitoring/prometheus/metrics", timeout=30)
     assert err.value.code == 404
