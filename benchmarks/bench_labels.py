@@ -118,7 +118,7 @@ def config(args: argparse.Namespace):  # -> Config (imported lazily)
 
 
 def student(examples: str, teacher_dir: str, out: str, cfg) -> dict:
-    from trainer.productionize.module import run_distillation
+    from trainer.distill.distillation import run_distillation
 
     report = run_distillation(examples, teacher_dir, out, cfg.student)
     return {"distilled": report["eval"]["student_float"]["accuracy"], "scratch": report["eval"]["student_scratch"]["accuracy"],
@@ -140,9 +140,9 @@ def linear_probe(examples: str, train_dirs: dict[float, str], backbone: str | No
 
     from contract import layout
     from contract.layout import EventSpec
+    from trainer.data import eval_batches
     from trainer.models.teacher import frame_embeddings
     from trainer.pretrain.model import load_backbone
-    from trainer.teacher.data import eval_batches
 
     spec = EventSpec.load(examples)
     keras.utils.set_random_seed(cfg.teacher.seed)

@@ -98,14 +98,14 @@ def train_teacher(workdir: str, examples: str, steps: int, seed: int) -> str:
 
 def float32_reference(student_dir: str, examples: str, out: str) -> dict[str, Any]:
     """Bytes of a float32 TFLite of the dense student: the like-for-like size reference."""
+    from contract.files import STUDENT_FLOAT, DistillerOutput
     from contract.layout import EventSpec
+    from trainer.lite import measure, tflite
     from trainer.models.student import load_keras
-    from trainer.productionize import lite, measure
-    from trainer.productionize.module import FLOAT_KERAS, keras_path
 
     spec = EventSpec.load(examples)
-    model = load_keras(keras_path(student_dir, FLOAT_KERAS))
-    converted = lite.convert_variant(model, spec, "float32", try_sparse=False)
+    model = load_keras(DistillerOutput(student_dir).keras(STUDENT_FLOAT))
+    converted = tflite.convert_variant(model, spec, "float32", try_sparse=False)
     with open(out, "wb") as f:
         f.write(converted.content)
     return {"path": out, "bytes": measure.path_bytes(out)}
@@ -154,7 +154,7 @@ def runtime_latencies(lite_dir: str, runs: int) -> dict[str, dict[str, dict[str,
     the rounds alternate between all of them so a busy machine slows each alike.
     """
     from ondevice.runtime import ON_DEVICE_RUNTIMES
-    from trainer.productionize import measure
+    from trainer.lite import measure
 
     files = {v: os.path.join(lite_dir, f) for v, f in RUNTIME_FILES.items() if os.path.isfile(os.path.join(lite_dir, f))}
     jobs = {f"{runtime}/{variant}": ("tflite", path, runtime) for runtime in ON_DEVICE_RUNTIMES
@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from components.release_gate.gates import decide_blessing
         from contract.config import Config
-        from trainer.productionize.convert import run_lite_conversion
-        from trainer.productionize.module import run_distillation
+        from trainer.distill.distillation import run_distillation
+        from trainer.lite.convert import run_lite_conversion
 
         cfg = Config()
         if a.epochs:

@@ -2,7 +2,7 @@
 
 The model is the pipeline's student (``trainer.models.student.build_student``, untrained
 weights; latency does not depend on them) at the simulator's default geometry, exported with
-``trainer.models.export`` (SavedModel) and ``trainer.productionize.lite`` (int8 TFLite). Each backend is served
+``trainer.models.export`` (SavedModel) and ``trainer.lite.tflite`` (int8 TFLite). Each backend is served
 by ``eventpipe serve`` in a subprocess on loopback.
 
 Measured per backend:
@@ -70,9 +70,9 @@ def build_models(workdir: str, frames: int, size: int, channels: int) -> dict[st
 
     from contract.config import StudentConfig
     from contract.layout import EventSpec
+    from trainer.lite.tflite import convert_variant
     from trainer.models.export import export_saved_model
     from trainer.models.student import build_student
-    from trainer.productionize.lite import convert_variant
 
     spec = EventSpec(("empty", "person", "vehicle", "animal"), frames, size, size, channels)
     model = build_student(spec, StudentConfig())

@@ -8,7 +8,7 @@
    Achieved FLOP/s = events/s x training FLOPs per event (3 x the profiled forward pass),
    so redundant work (the 2d mesh repeats the convolutions on every model-axis device)
    counts as waste, not as achievement.
-3. Input rate vs step rate: the training input pipeline (``trainer.teacher.data``: parallel
+3. Input rate vs step rate: the training input pipeline (``trainer.data``: parallel
    PNG decode, prefetch) alone in a fresh process, events/s and CPU per event, against each
    strategy's training events/s; and, inside every training run, the share of the loop
    spent waiting for the next batch. A headroom well above 1x and a wait share near 0 mean
@@ -80,7 +80,7 @@ import json, os, sys, time
 from contract import tfenv
 from contract import layout
 from contract.layout import EventSpec
-from trainer.teacher import data as train_data
+from trainer import data as train_data
 
 data, batch, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 spec = EventSpec.load(data)
@@ -112,8 +112,8 @@ def matmul_ceiling(n: int = 1024, reps: int = 8) -> dict:
 def flops_per_event(spec_dir: str) -> dict:
     from contract.config import TeacherConfig
     from contract.layout import EventSpec
+    from trainer.lite.measure import keras_flops_per_event
     from trainer.models.teacher import build_teacher, parameter_counts
-    from trainer.productionize.measure import keras_flops_per_event
 
     spec = EventSpec.load(spec_dir)
     model = build_teacher(spec, TeacherConfig())

@@ -82,8 +82,8 @@ def heldout_files(examples_uri: str) -> list[str]:
 
 
 def _predictor(entry: dict[str, Any]) -> Any:
+    from trainer import evaluate
     from trainer.models.student import load_keras
-    from trainer.productionize import evaluate
 
     path, kind = entry.get("path"), entry.get("format")
     if kind == "savedmodel":
@@ -110,8 +110,8 @@ def paired(a: Any, b: Any) -> dict[str, Any]:
 def score_run(report: dict[str, Any], examples_uri: str) -> dict[str, Any]:
     """Accuracy, best-frame accuracy and the paired differences of a run's models on the held-out set."""
     from contract.layout import EventSpec
-    from trainer.productionize.convert import best_frame_baselines
-    from trainer.productionize.evaluate import predict_split
+    from trainer.evaluate import predict_split
+    from trainer.lite.convert import best_frame_baselines
 
     spec = EventSpec.load(examples_uri)
     run_classes = dig(report, "tflite", "confusion_matrix", "classes")

@@ -541,6 +541,23 @@ class Config:
         return os.path.join(self.workdir, "report.json")
 
 
+TRAINER_CONFIG_KEY = "config"  # the custom_config entry of a TFX Trainer that holds the config
+
+
+def trainer_custom_config(config: Config, *sections: str) -> dict[str, Any]:
+    """A Trainer's ``custom_config``: only the sections it reads, so its cache key ignores the others."""
+    full = config.to_dict()
+    return {TRAINER_CONFIG_KEY: {name: full[name] for name in sections}}
+
+
+def config_from_custom_config(custom_config: dict[str, Any] | None) -> Config:
+    """The config a Trainer's ``run_fn`` was given (a dict, or its JSON); defaults when absent."""
+    raw = (custom_config or {}).get(TRAINER_CONFIG_KEY)
+    if raw is None:
+        return Config()
+    return Config.from_dict(json.loads(raw) if isinstance(raw, str) else raw)
+
+
 def _location(path: str) -> str:
     """A configured path: URLs (``gs://...``) as given, local paths made absolute, "" stays ""."""
     return path if not path or "://" in path else os.path.abspath(path)

@@ -1,7 +1,7 @@
 """Read the standard TFLite metadata of an eventpipe ``.tflite`` file, with the standard library only.
 
 eventpipe writes TFLite's standard model metadata with tflite-support's metadata writers
-(``trainer.productionize.lite.embed_metadata``), so any TFLite tool (``MetadataDisplayer``,
+(``trainer.lite.tflite.embed_metadata``), so any TFLite tool (``MetadataDisplayer``,
 Android Studio, the Task library) sees the labels and the input normalization. A device has
 neither tflite-support nor TensorFlow, so ``read_metadata`` parses the same structures here:
 

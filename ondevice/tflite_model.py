@@ -54,7 +54,7 @@ class LiteEventModel:
             self._classifier = LiteEventClassifier(content, num_threads=num_threads or 1, runtime=self.runtime)
         except MetadataError as e:
             raise LiteModelError(
-                f"{path}: {e}; convert the model with trainer/productionize/lite.py, which embeds labels and normalization"
+                f"{path}: {e}; convert the model with trainer/lite/tflite.py, which embeds labels and normalization"
             ) from e
         except (KeyError, ValueError, RuntimeError) as e:
             raise LiteModelError(f"{path}: not a usable eventpipe TFLite model: {type(e).__name__}: {e}") from e

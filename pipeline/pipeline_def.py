@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from contract import layout
-from contract.config import Config, section_json
+from contract.config import Config, section_json, trainer_custom_config
 
 PIPELINE_NAME = "eventpipe"
 
@@ -33,12 +33,6 @@ def _stats_options() -> Any:
         layout.LABEL, layout.LABEL_NAME, layout.DEVICE_ID,
     ]  # fmt: skip
     return tfdv.StatsOptions(feature_allowlist=features)
-
-
-def _sections(config: Config, *names: str) -> dict[str, Any]:
-    """Only the config sections a component reads, so its cache key ignores the others."""
-    full = config.to_dict()
-    return {name: full[name] for name in names}
 
 
 def create_pipeline(
@@ -126,23 +120,23 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
     pretrainer = None
     if config.pretrain.enabled:
         pretrainer = tfx.components.Trainer(
-            run_fn="trainer.pretrain.module.run_fn",
+            run_fn="trainer.pretrain.entry.run_fn",
             examples=example_gen.outputs["examples"],  # all splits; it reads train + unlabelled
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(num_steps=config.pretrain.steps or None),
             eval_args=tfx.proto.EvalArgs(num_steps=0),
-            custom_config={"config": _sections(config, "data", "teacher", "pretrain")},
+            custom_config=trainer_custom_config(config, "data", "teacher", "pretrain"),
         ).with_id("Pretrainer")
         pretrainer.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
     extra = {"base_model": pretrainer.outputs["model"]} if pretrainer is not None else {}
     teacher = tfx.components.Trainer(
-        run_fn="trainer.teacher.module.run_fn",
+        run_fn="trainer.teacher.entry.run_fn",
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         # The child plans its own length (epochs over the train split, or teacher.steps).
         train_args=tfx.proto.TrainArgs(num_steps=config.teacher.steps or None),
         eval_args=tfx.proto.EvalArgs(num_steps=config.teacher.eval_batches),
-        custom_config={"config": _sections(config, "data", "teacher")},
+        custom_config=trainer_custom_config(config, "data", "teacher"),
         **extra,
     ).with_id("TeacherTrainer")
     teacher.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
@@ -162,11 +156,11 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
     from components.release_gate.gates import eval_config
 
     distiller = tfx.components.Trainer(
-        run_fn="trainer.productionize.module.run_fn",
+        run_fn="trainer.distill.entry.run_fn",
         examples=example_gen.outputs["examples"],  # all splits: unlabelled events feed distillation
         schema=schema_gen.outputs["schema"],
         base_model=teacher.outputs["model"],  # the teacher
-        custom_config={"config": _sections(config, "data", "student")},
+        custom_config=trainer_custom_config(config, "data", "student"),
     ).with_id("Distiller")
     last_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

@@ -66,7 +66,7 @@ class Servable(abc.ABC):
     runtime: str = ""  # the package and version that runs it, e.g. "ai-edge-litert 1.4.0" (logged at load)
     signatures: dict[str, Signature]
     # Whether merging requests into one call pays off (a batched graph). TFLite models from
-    # trainer/productionize/lite.py take one event per invocation, so they run requests on an interpreter
+    # trainer/lite/tflite.py take one event per invocation, so they run requests on an interpreter
     # pool instead.
     batchable: bool = True
     warmup_records: int = 0  # TF Serving warm-up records replayed at load (0: a synthesized request)

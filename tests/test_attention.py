@@ -17,8 +17,8 @@ from components.event_example_gen import beam_graph
 from contract import layout
 from contract.config import DataConfig, SimulatorConfig, StudentConfig
 from simulator.writer import generate
-from trainer.productionize import evaluate
-from trainer.productionize.evaluate import Output, Predictions
+from trainer import evaluate
+from trainer.evaluate import Output, Predictions
 
 pytestmark = pytest.mark.e2e
 

@@ -68,25 +68,63 @@ def test_every_import_stays_in_its_room_or_goes_down_a_floor():
     assert not upward, "imports that go up a floor or sideways between rooms:\n" + "\n".join(sorted(upward))
 
 
-def test_no_import_cycles():
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
     state: dict[str, int] = {}
     cycles = []
 
-    def visit(module: str, stack: list[str]) -> None:
-        state[module] = 1
-        stack.append(module)
-        for target in sorted(GRAPH[module]):
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
                 cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
             elif target not in state:
                 visit(target, stack)
         stack.pop()
-        state[module] = 2
+        state[node] = 2
 
-    for module in sorted(GRAPH):
-        if module not in state:
-            visit(module, [])
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+def _rooms(depth: int) -> dict[str, set[str]]:
+    """The import graph with every module folded into its room ``depth`` names deep
+    (depth 2: ``trainer.distill``, ``trainer.lite``, ``trainer.data``, ...)."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in GRAPH.items():
+        room = ".".join(module.split(".")[:depth])
+        edges = graph.setdefault(room, set())
+        for target in targets:
+            other = ".".join(target.split(".")[:depth])
+            if other != room and not room.startswith(other + ".") and not other.startswith(room + "."):
+                edges.add(other)  # a package's own __init__ is not a room beside its rooms
+    return graph
+
+
+def test_no_import_cycles():
+    cycles = _cycles(GRAPH)
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_cycles_between_rooms_at_any_depth():
+    """trainer/teacher -> trainer/pretrain -> trainer/teacher is a cycle even when no module
+    imports itself back: rooms at every depth import each other one way only."""
+    deepest = max(len(m.split(".")) for m in GRAPH)
+    found = {depth: _cycles(_rooms(depth)) for depth in range(1, deepest)}
+    assert not any(found.values()), "cycles between rooms:\n" + "\n".join(
+        f"depth {d}: {c}" for d, cs in found.items() for c in cs
+    )
+
+
+def test_room_cycles_are_detected():
+    """The check itself: two rooms importing each other through different modules is a cycle."""
+    graph = {"t.a.x": {"t.b.y"}, "t.b.z": {"t.a.w"}, "t.a.w": set(), "t.b.y": set()}
+    rooms: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        rooms.setdefault(module.rsplit(".", 1)[0], set()).update(t.rsplit(".", 1)[0] for t in targets)
+    assert _cycles({k: v - {k} for k, v in rooms.items()}) == ["t.a -> t.b -> t.a"]
 
 
 def test_benchmarks_do_not_import_tests():

@@ -44,17 +44,17 @@ def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
     from productionize_fixtures import write_examples
 
     from contract import layout
-    from trainer.productionize import distill
+    from trainer.distill import kd
 
     spec = EventSpec(("a", "b", "c"), frames=2, height=8, width=8, channels=1)
     root = write_examples(str(tmp_path / "ex"), spec, {layout.TRAIN: 24})
     files = sorted(str(p) for p in (tmp_path / "ex").glob("Split-train/*"))
     logits = np.arange(24 * 3, dtype=np.float32).reshape(24, 3)  # logit[0] names the record
-    assert root and distill.decoded_bytes(24, spec) == 2 * 24 * 2 * 8 * 8 * 4
+    assert root and kd.decoded_bytes(24, spec) == 2 * 24 * 2 * 8 * 8 * 4
 
-    streamed = distill.distillation_dataset(files, logits, spec, 8, seed=3, cache_bytes=0)
-    cached = distill.distillation_dataset(files, logits, spec, 8, seed=3, cache_bytes=10**6)
-    in_order = distill.distillation_dataset(files, logits, spec, 8, shuffle=False, cache_bytes=10**6)
+    streamed = kd.distillation_dataset(files, logits, spec, 8, seed=3, cache_bytes=0)
+    cached = kd.distillation_dataset(files, logits, spec, 8, seed=3, cache_bytes=10**6)
+    in_order = kd.distillation_dataset(files, logits, spec, 8, shuffle=False, cache_bytes=10**6)
     assert _epoch(streamed, 3) == _epoch(cached, 3) == _epoch(in_order, 3)
     assert [float(t[0]) for _, tg in in_order for t in tg["teacher_logits"].numpy()] == list(logits[:, 0])
     # Endless and reshuffled: the second epoch is the same events in another order.
@@ -68,7 +68,7 @@ def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
 
 # -- distillation loss -------------------------------------------------------------------------
 def test_distillation_loss_matches_hand_computed_values():
-    from trainer.productionize.distill import distillation_loss
+    from trainer.distill.kd import distillation_loss
 
     labels = np.array([0, 2, -1], np.int32)  # the last event is unlabelled
     student = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -1.0, 0.0]], np.float32)
@@ -87,7 +87,7 @@ def test_distillation_loss_matches_hand_computed_values():
 
 
 def test_distillation_loss_limits():
-    from trainer.productionize.distill import distillation_loss
+    from trainer.distill.kd import distillation_loss
 
     labels = np.array([1, 0], np.int32)
     logits = np.array([[0.3, 1.2, -0.4], [2.0, -1.0, 0.0]], np.float32)
@@ -166,7 +166,7 @@ def test_student_stem_sees_what_moved():
     assert CONTRAST_LAYER not in {layer.name for layer in build_student(single, STUDENT).layers}
 # -- pruning -----------------------------------------------------------------------------------
 def test_plan_schedule_lands_on_target_step():
-    from trainer.productionize.prune import plan_schedule
+    from trainer.distill.prune import plan_schedule
 
     plan = plan_schedule(total_steps=100, target_sparsity=0.75, begin_fraction=0.1, end_fraction=0.8)
     assert plan.begin_step == 10
@@ -181,8 +181,8 @@ def test_plan_schedule_lands_on_target_step():
 def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
     import tensorflow as tf
 
+    from trainer.distill import kd, prune
     from trainer.models.student import build_student
-    from trainer.productionize import distill, prune
 
     rng = np.random.default_rng(1)
     n = 64
@@ -190,7 +190,7 @@ def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
     labels = rng.integers(-1, 3, size=n).astype(np.int32)
     teacher = rng.normal(size=(n, 3)).astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices(
-        (frames, {"label": labels, distill.TEACHER_LOGITS: teacher})
+        (frames, {"label": labels, kd.TEACHER_LOGITS: teacher})
     ).batch(8)
 
     student = build_student(SPEC, StudentConfig(filters=[32, 64], head_units=32, blocks_per_stage=1))
@@ -205,8 +205,8 @@ def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
         pruning.get_layer("prune_low_magnitude_stage1_down_pw").layer.kernel.numpy(),
         student.get_layer("stage1_down_pw").kernel.numpy(),
     )
-    distill.distill(pruning, ds, steps=8, epochs=2, cfg=STUDENT, learning_rate=1e-3,
-                    callbacks=prune.pruning_callbacks())  # fmt: skip
+    kd.distill(pruning, ds, steps=8, epochs=2, cfg=STUDENT, learning_rate=1e-3,
+                callbacks=prune.pruning_callbacks())  # fmt: skip
     stripped = prune.strip(pruning)
     report = prune.sparsity_report(stripped, names)
     assert report["total"] == pytest.approx(0.75, abs=0.01)
@@ -220,7 +220,7 @@ def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
 
 # -- parity ------------------------------------------------------------------------------------
 def test_parity_gate_threshold():
-    from trainer.productionize.lite import parity
+    from trainer.lite.tflite import parity
 
     reference = np.array([0, 1, 2, 1] * 25)
     same = parity(reference, reference.copy(), 0.99)
@@ -246,14 +246,14 @@ def test_standard_metadata_is_read_alike_by_tflite_support_and_without_it(tmp_pa
         metadata_entries,
         read_metadata,
     )
-    from trainer.models.student import build_student
-    from trainer.productionize.lite import (
+    from trainer.lite.tflite import (
         build_metadata,
         convert,
         display_metadata,
         embed_metadata,
         strip_internal_names,
     )
+    from trainer.models.student import build_student
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
     content = strip_internal_names(convert(model, SPEC, "float32"))
@@ -365,7 +365,7 @@ def test_metadata_reader_field_slots_match_tflite_support_schema():
 def test_sizes_and_flops_are_sane(tmp_path):
     import tf_keras as keras
 
-    from trainer.productionize import measure
+    from trainer.lite import measure
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "zeros.bin").write_bytes(b"\x00" * 10000)
@@ -387,8 +387,8 @@ def test_sizes_and_flops_are_sane(tmp_path):
 
 def test_uint8_input_takes_camera_pixels_unchanged():
     from ondevice.runtime import LiteEventClassifier
+    from trainer.lite.tflite import convert_variant
     from trainer.models.student import build_student
-    from trainer.productionize.lite import convert_variant
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
     rng = np.random.default_rng(0)
@@ -407,8 +407,8 @@ def test_uint8_input_takes_camera_pixels_unchanged():
 
 
 def test_converter_native_logs_are_kept_off_the_terminal_unless_conversion_fails(capfd):
+    from trainer.lite.tflite import convert
     from trainer.models.student import build_student
-    from trainer.productionize.lite import convert
 
     model = build_student(SPEC, StudentConfig(filters=[8], head_units=8, blocks_per_stage=1))
     capfd.readouterr()

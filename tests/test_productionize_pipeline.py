@@ -31,7 +31,8 @@ def chain(tmp_path_factory):
 
     from components.artifacts import LiteModels
     from components.lite_converter.component import LiteConverter
-    from trainer.productionize import module as student_module
+    from contract import files
+    from trainer.distill import entry as distiller_entry
 
     root = tmp_path_factory.mktemp("productionize")
     examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 96, "eval": 60, "unlabelled": 32})
@@ -44,7 +45,7 @@ def chain(tmp_path_factory):
     }.items():  # fmt: skip
         cfg.set(f"student.{key}", value)
     student_dir = root / "student"
-    student_module.run_fn(
+    distiller_entry.run_fn(
         FnArgs(
             train_files=[os.path.join(layout.split_dir(examples, layout.TRAIN), "*")],
             eval_files=[os.path.join(layout.split_dir(examples, layout.EVAL), "*")],
@@ -73,7 +74,7 @@ def chain(tmp_path_factory):
     )
     with open(os.path.join(lite.uri, "lite_report.json")) as f:
         report = json.load(f)
-    with open(student_dir / student_module.REPORT_FILE) as f:
+    with open(student_dir / files.DISTILL_REPORT) as f:
         distill_report = json.load(f)
     return {
         "root": root, "examples": examples, "teacher": teacher_dir, "student": str(student_dir),
@@ -136,8 +137,8 @@ def test_lite_converter_report_and_files(chain):
 
 
 def test_int8_model_runs_on_litert_without_tensorflow(chain, tmp_path):
+    from contract.files import STUDENT_QAT, DistillerOutput
     from trainer.models.student import load_keras
-    from trainer.productionize.module import QAT_KERAS, keras_path
 
     frames = np.stack([fx.render_event(np.random.default_rng(i), i % 3, SPEC) for i in range(12)])
     np.save(tmp_path / "frames.npy", frames)
@@ -181,29 +182,29 @@ print(json.dumps({{
     assert result["class_ids"] == result["raw_ids"]
     assert all(n in SPEC.classes for n in result["names"]) and all(0 <= b < SPEC.frames for b in result["best"])
     # Same events through the float student it was converted from: the int8 model mostly agrees.
-    model = load_keras(keras_path(chain["student"], QAT_KERAS))  # the float twin int8 was converted from
+    model = load_keras(DistillerOutput(chain["student"]).keras(STUDENT_QAT))  # the float twin int8 was converted from
     reference = np.argmax(model(frames.astype(np.float32) / 255.0, training=False)["logits"].numpy(), axis=-1)
     assert np.mean(reference == np.array(result["class_ids"])) >= 0.75
 
 
 def test_parity_gate_blocks_a_deliberately_broken_model(chain):
+    from contract.files import STUDENT_PRUNED, DistillerOutput
     from contract.layout import split_files
+    from trainer.evaluate import keras_predictor, predict_split, tflite_predictor
+    from trainer.lite import tflite
     from trainer.models.student import load_keras
-    from trainer.productionize import lite
-    from trainer.productionize.evaluate import keras_predictor, predict_split, tflite_predictor
-    from trainer.productionize.module import PRUNED_KERAS, keras_path
 
-    model = load_keras(keras_path(chain["student"], PRUNED_KERAS))
-    broken = load_keras(keras_path(chain["student"], PRUNED_KERAS))
+    model = load_keras(DistillerOutput(chain["student"]).keras(STUDENT_PRUNED))
+    broken = load_keras(DistillerOutput(chain["student"]).keras(STUDENT_PRUNED))
     kernel, bias = broken.get_layer("logits").get_weights()
     broken.get_layer("logits").set_weights([kernel[:, ::-1], bias[::-1]])  # classes swapped around
-    representative = lite.representative_events(split_files(chain["examples"], "train"), SPEC, 16)
-    bad = lite.convert_variant(broken, SPEC, "int8", representative=representative, try_sparse=False)
+    representative = tflite.representative_events(split_files(chain["examples"], "train"), SPEC, 16)
+    bad = tflite.convert_variant(broken, SPEC, "int8", representative=representative, try_sparse=False)
     preds = predict_split(
         split_files(chain["examples"], "eval"), SPEC,
         {"float": keras_predictor(model), "int8": tflite_predictor(bad.content)},
     )  # fmt: skip
-    result = lite.parity(preds["float"].predicted, preds["int8"].predicted, 0.99)
+    result = tflite.parity(preds["float"].predicted, preds["int8"].predicted, 0.99)
     assert not result.blessed
     assert result.agreement < 0.9 and result.disagreements > 6
     # The real conversion, checked the same way by the LiteConverter, agrees far better.
@@ -211,7 +212,7 @@ def test_parity_gate_blocks_a_deliberately_broken_model(chain):
 
 
 def test_latency_measurement_is_sane(chain):
-    from trainer.productionize import measure
+    from trainer.lite import measure
 
     lite_result = measure.latency("tflite", os.path.join(chain["lite"].uri, "model.tflite"), runs=30, warmup=3)
     assert lite_result["tensorflow_imported"] is False
@@ -240,11 +241,12 @@ def test_scratch_baseline_and_kd_gain_are_reported(chain):
 
 
 def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
+    from contract.files import STUDENT_PRUNED, STUDENT_QAT, DistillerOutput
     from contract.layout import split_files
+    from trainer.distill.qat import trained_student
+    from trainer.evaluate import keras_predictor, predict_split, tflite_predictor
+    from trainer.lite import tflite
     from trainer.models.student import load_keras
-    from trainer.productionize import lite
-    from trainer.productionize.evaluate import keras_predictor, predict_split, tflite_predictor
-    from trainer.productionize.module import PRUNED_KERAS, QAT_KERAS, keras_path, qat_model
 
     report, distill = chain["report"], chain["distill"]
     assert report["student"]["production"] == report["tflite"]["reference"] == "student_qat"
@@ -253,11 +255,11 @@ def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
     assert sparsity["before"] == pytest.approx(0.75, abs=0.01)
     assert sparsity["after"] == pytest.approx(sparsity["before"], abs=1e-6)  # PQAT kept every zero
 
-    pruned = load_keras(keras_path(chain["student"], PRUNED_KERAS))
-    quantized = qat_model(chain["student"])  # float32 with the int8 rounding simulated: what serves
+    pruned = load_keras(DistillerOutput(chain["student"]).keras(STUDENT_PRUNED))
+    quantized = trained_student(DistillerOutput(chain["student"]))  # float32 with the int8 rounding simulated: what serves
     # The same pruned model converted without QAT (post-training quantization only).
-    representative = lite.representative_events(split_files(chain["examples"], "train"), SPEC, 48)
-    ptq = lite.convert_variant(pruned, SPEC, "int8", representative=representative)
+    representative = tflite.representative_events(split_files(chain["examples"], "train"), SPEC, 48)
+    ptq = tflite.convert_variant(pruned, SPEC, "int8", representative=representative)
     with open(os.path.join(chain["lite"].uri, "model.tflite"), "rb") as f:
         qat_int8 = f.read()
     preds = predict_split(
@@ -280,4 +282,4 @@ def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
     assert float16["reference"] == "student_qat_unrounded"
     assert (float16["events"], float16["eval_events"]) == (188, 60) and float16["agreement"] >= 0.95
     assert report["tflite"]["float16"]["parity"] == float16
-    assert load_keras(keras_path(chain["student"], QAT_KERAS)).count_params() == pruned.count_params()
+    assert load_keras(DistillerOutput(chain["student"]).keras(STUDENT_QAT)).count_params() == pruned.count_params()

@@ -113,8 +113,8 @@ def test_every_stopping_point_has_a_verdict_and_the_page_lands_beside_report_jso
 def test_best_frame_examples_are_labelled_eval_events_known_best_frames_first():
     import numpy as np
 
-    from trainer.productionize.convert import best_frame_examples
-    from trainer.productionize.evaluate import Predictions
+    from trainer.evaluate import Predictions
+    from trainer.lite.convert import best_frame_examples
 
     ids = ["u", "no-truth", "a", "b"]
     ref = Predictions(

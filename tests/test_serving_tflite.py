@@ -199,7 +199,7 @@ def test_device_run_explains_missing_metadata(tmp_path, device_env):
         env=device_env(), cwd=ss.REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert "no TFLITE_METADATA entry" in result.stderr and "trainer/productionize/lite.py" in result.stderr
+    assert "no TFLITE_METADATA entry" in result.stderr and "trainer/lite/tflite.py" in result.stderr
 
 
 def test_device_run_reads_an_image_folder_tree_and_takes_the_config(tmp_path, device_env):

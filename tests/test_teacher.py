@@ -126,7 +126,7 @@ def runs(tmp_path_factory):
     # The reference single run goes through the TFX Trainer module file, which exports.
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from trainer.teacher.module import run_fn
+    from trainer.teacher.entry import run_fn
 
     cfg = Config.from_dict(TINY)
     cfg.teacher.strategy = "single"

@@ -81,7 +81,7 @@ def test_schedule_warms_up_then_decays_to_the_final_fraction():
 def test_augmentation_is_a_function_of_the_event_position_only():
     import tensorflow as tf
 
-    from trainer.teacher.data import augment_events
+    from trainer.data import augment_events
 
     rng = np.random.default_rng(0)
     frames = tf.constant(rng.random((6, 3, 16, 16, 1)), tf.float32)

@@ -1,7 +1,7 @@
 """``eventpipe train``: train the teacher outside TFX, for experiments with strategies and meshes.
 
 Training runs in this process: logical devices are configured before TensorFlow starts,
-so each invocation is one mesh configuration. (The TFX module file, whose process already
+so each invocation is one mesh configuration. (The TFX entry point, whose process already
 runs TensorFlow, starts this command in a subprocess instead: ``trainer.parallel.launch``.)
 """
 

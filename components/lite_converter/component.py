@@ -1,4 +1,4 @@
-"""The LiteConverter TFX component (a Python-function component; the work is in trainer.productionize.convert).
+"""The LiteConverter TFX component (a Python-function component; the work is in trainer.lite.convert).
 
 Inputs: the Distiller's student ``model`` (Trainer output: ``Format-Serving/`` plus the Keras
 files the converter starts from), the ``examples`` (train events calibrate the int8 model, eval
@@ -17,7 +17,7 @@ from tfx.utils import path_utils
 
 from components.artifacts import LiteModels
 from contract.config import LiteConfig, section_from_json
-from trainer.productionize.convert import run_lite_conversion
+from trainer.lite.convert import run_lite_conversion
 
 
 @component

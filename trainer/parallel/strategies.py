@@ -6,7 +6,7 @@
   (ring all-reduce); one process per worker.
 - ``hybrid``: DTensor data x model parallelism (``trainer.parallel.hybrid``).
 
-Every runner consumes the same global batches (``trainer.teacher.data``): data-parallel
+Every runner consumes the same global batches (``trainer.data``): data-parallel
 runners split a global batch into per-replica slices in stream order, so one step sees the
 same events whatever the strategy, and the loss is the sum of per-event losses divided by
 the global batch size. That makes the per-step losses of all strategies equal up to float

@@ -15,7 +15,7 @@ pretext is solved by recognising the background, and the backbone learns cameras
 only what entered the scene tells them apart.
 
 All randomness is stateless in ``(seed, the event's position in the stream, view)``, like
-the teacher's input (``trainer.teacher.data``), so every strategy sees the same batches.
+the teacher's input (``trainer.data``), so every strategy sees the same batches.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from contract import layout
 from contract.layout import EventSpec
-from trainer.teacher.data import record_stream
+from trainer.data import record_stream
 
 VIEW_A, VIEW_B, PICK_A, PICK_B = "view_a", "view_b", "pick_a", "pick_b"
 # Camera negatives: at most this many groups (bounds the records waiting in group_by_window to

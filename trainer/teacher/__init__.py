@@ -1,2 +1,2 @@
-"""Training the teacher: its input stream, the loop every strategy shares, the memory check,
-the training-curve plot, and the TFX module file (``module.run_fn``)."""
+"""Training the teacher: the loop every strategy shares, the memory check, the training-curve
+plot, and the TeacherTrainer's TFX entry point (``entry.run_fn``)."""

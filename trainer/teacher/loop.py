@@ -11,7 +11,7 @@ The eval loss is checked once per epoch (``eval_every``) and the weights with th
 are what gets exported and reported (the run keeps them in ``best_weights.npz``).
 
 A run in workdir ``W`` checkpoints every ``checkpoint_every`` steps (model, optimizer slots
-and step; the data position is a function of the step, see ``trainer.teacher.data``); a
+and step; the data position is a function of the step, see ``trainer.data``); a
 killed run started again with the same ``W`` restores the last checkpoint and continues
 with the next step on the next batch. At the end it scores the eval split, optionally
 exports the SavedModel, and writes ``W/train_report.json``, TensorBoard scalars
@@ -39,8 +39,8 @@ from contract import files, layout
 from contract.config import STRATEGIES, TeacherConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
+from trainer import data as train_data
 from trainer.parallel import devices
-from trainer.teacher import data as train_data
 
 REPORT = files.TRAIN_REPORT
 STATE = "train_state.json"

@@ -1,4 +1,4 @@
-"""TFX Trainer module file for the Pretrainer (``run_fn``).
+"""TFX Trainer entry point for the Pretrainer (``run_fn``).
 
 The Pretrainer is a stock TFX Trainer (``.with_id("Pretrainer")``) over every split of the
 Examples, so ML Metadata records what it read and what it made like any other Trainer; its
@@ -17,13 +17,13 @@ import sys
 from typing import Any
 
 from contract import layout
+from contract.config import config_from_custom_config
 from trainer.parallel import launch
-from trainer.teacher.module import config_from_fn_args
 
 
 def run_fn(fn_args: Any) -> None:
     """Pre-train the teacher's backbone on the train and unlabelled events, labels unread."""
-    cfg = config_from_fn_args(fn_args)
+    cfg = config_from_custom_config(fn_args.custom_config)
     examples_dir = layout.examples_dir_of(fn_args.train_files[0])
     logger = logging.getLogger("eventpipe.pretrain")
     report = launch.pretrain(

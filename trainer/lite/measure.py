@@ -13,7 +13,7 @@
 
 Worker command line (used by ``latencies``; reads a number N per line, prints N timings)::
 
-    python -m trainer.productionize.measure worker --kind {savedmodel,keras,tflite} --path P --warmup W
+    python -m trainer.lite.measure worker --kind {savedmodel,keras,tflite} --path P --warmup W
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class _Worker:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.path = kind, path
-        command = [sys.executable, "-m", "trainer.productionize.measure", "worker", "--kind", kind, "--path", path,
+        command = [sys.executable, "-m", "trainer.lite.measure", "worker", "--kind", kind, "--path", path,
                    "--warmup", str(warmup)]  # fmt: skip
         self.process = subprocess.Popen(
             command, env=_worker_env(runtime), cwd=source.REPO_ROOT, text=True,
@@ -297,7 +297,7 @@ def _serve(kind: str, path: str, warmup: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.productionize.measure")
+    parser = argparse.ArgumentParser(prog="python -m trainer.lite.measure")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="hold one model; time N calls per line N read from stdin (JSON out)")
     worker.add_argument("--kind", choices=KINDS, required=True)

@@ -1,6 +1,6 @@
 """Magnitude pruning of the student with TFMOT, and the sparsity it reached.
 
-Pruning runs while the student keeps distilling (``trainer.productionize.distill``): ``prune_low_magnitude``
+Pruning runs while the student keeps distilling (``trainer.distill.kd``): ``prune_low_magnitude``
 wraps every prunable kernel of at least ``MIN_PRUNABLE_WEIGHTS`` weights except the two output
 layers (the class logits and the frame scores, where every weight matters); a
 ``PolynomialDecay`` schedule ramps sparsity from 0 to the target, ``UpdatePruningStep`` drives

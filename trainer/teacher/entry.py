@@ -1,4 +1,4 @@
-"""TFX Trainer module file for the teacher (``run_fn``).
+"""TFX Trainer entry point for the teacher (``run_fn``).
 
 The Trainer executor already runs TensorFlow in its process, so the logical devices and
 mesh the strategy needs cannot be configured there: training runs in a child process
@@ -27,11 +27,10 @@ import sys
 from typing import Any
 
 from contract import files, layout
-from contract.config import Config
+from contract.config import config_from_custom_config
 from trainer.parallel import launch
 from trainer.teacher.loop import REPORT, STATE
 
-CONFIG_KEY = "config"
 RESUME_KEY_FILE = "resume_key.json"  # what a later run must match to adopt this run's checkpoints
 _NOT_ADOPTED = ("tensorboard", "*.png", files.TEACHER_CONFIG, RESUME_KEY_FILE, "*.tmp*")
 
@@ -64,17 +63,9 @@ def adopt_interrupted_checkpoints(model_run_dir: str, key: dict[str, Any]) -> st
     return best[1]
 
 
-def config_from_fn_args(fn_args: Any) -> Config:
-    """The pipeline config passed as ``custom_config={"config": <Config.to_dict() or its JSON>}``."""
-    raw = (fn_args.custom_config or {}).get(CONFIG_KEY)
-    if raw is None:
-        return Config()
-    return Config.from_dict(json.loads(raw) if isinstance(raw, str) else raw)
-
-
 def run_fn(fn_args: Any) -> None:
     """Train the teacher with the configured strategy and export it for serving."""
-    cfg = config_from_fn_args(fn_args)
+    cfg = config_from_custom_config(fn_args.custom_config)
     examples_dir = layout.examples_dir_of(fn_args.train_files[0])
     logger = logging.getLogger("eventpipe.teacher")
     logger.info("teacher: %s on %s", cfg.teacher.strategy, examples_dir)

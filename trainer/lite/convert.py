@@ -1,6 +1,6 @@
 """The LiteConverter's work: student -> int8/float16 TFLite, parity gate, measurements, report.
 
-Inputs are the Distiller's output directory (``trainer.productionize.module`` layout), the Examples
+Inputs are the Distiller's output directory (``contract.files.DistillerOutput``), the Examples
 artifact and, optionally, the teacher export (to put the teacher beside its students in the
 report). Output directory (a TFX artifact)::
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,8 @@ from contract.errors import UserError
 from contract.layout import EventSpec
 from ondevice.metadata import read_metadata
 from ondevice.runtime import lite_runtime
-from trainer.models.export import load_spec
-from trainer.models.student import load_keras
-from trainer.productionize import lite, measure, plots
-from trainer.productionize.evaluate import (
+from trainer.distill import qat
+from trainer.evaluate import (
     confidence_pick,
     keras_predictor,
     predict_split,
@@ -48,23 +47,19 @@ from trainer.productionize.evaluate import (
     solo_frame_predictors,
     tflite_predictor,
 )
-from trainer.productionize.module import (
-    FLOAT_DIR,
-    FLOAT_KERAS,
-    PRUNED_KERAS,
-    QAT_KERAS,
-    SCRATCH_KERAS,
-    SERVING_DIR,
-    keras_path,
-    qat_model,
-)
+from trainer.lite import measure, plots, tflite
+from trainer.models.export import load_spec
+from trainer.models.student import load_keras
 
-INT8_FILE = files.TFLITE_INT8
-FLOAT16_FILE = files.TFLITE_FLOAT16
 METADATA_FILE = "metadata.json"
-REPORT_FILE = files.LITE_REPORT
 TRADEOFF_PNG = "variants.png"
 CONFUSION_PNG = "confusion_int8.png"
+TFLITE_FILES = {"int8": files.TFLITE_INT8, "float16": files.TFLITE_FLOAT16}
+SOURCES = {
+    files.STUDENT_QAT: "quantization-aware trained (sparsity-preserving) student",
+    files.STUDENT_PRUNED: "pruned student",
+    files.STUDENT_FLOAT: "student",
+}
 
 
 def _variant_entry(kind: str, path: str, keras_path: str | None = None) -> dict[str, Any]:
@@ -92,6 +87,18 @@ def _measure_latencies(variants: dict[str, dict[str, Any]], cfg: LiteConfig) -> 
         variants[name].setdefault("latency", {})[kind] = result
 
 
+@dataclass
+class _Student:
+    """A Distiller output as the LiteConverter reads it."""
+
+    out: files.DistillerOutput
+    distill_report: dict[str, Any]
+    reference: str  # the production variant: what serves, and what the TFLite models must agree with
+    model: Any  # its plain Keras model (the QAT weights without rounding, if QAT ran)
+    quantized: Any  # the QAT model, or None
+    has_pruned: bool
+
+
 def run_lite_conversion(
     student_dir: str,
     examples_uri: str,
@@ -101,86 +108,107 @@ def run_lite_conversion(
     teacher_dir: str | None = None,
 ) -> dict[str, Any]:
     """Convert, verify and measure; write the artifacts above; return the report."""
-
     started = time.time()
     spec = EventSpec.load(examples_uri)
-    serving_dir = os.path.join(student_dir, SERVING_DIR)
-    if load_spec(serving_dir) != spec:
-        raise UserError(f"the student at {student_dir} was distilled for other data than {examples_uri}")
-    float_keras = keras_path(student_dir, FLOAT_KERAS)
-    pruned_keras = keras_path(student_dir, PRUNED_KERAS)
-    qat_keras = keras_path(student_dir, QAT_KERAS)
-    scratch_keras = keras_path(student_dir, SCRATCH_KERAS)
-    with open(os.path.join(student_dir, files.DISTILL_REPORT), encoding="utf-8") as f:
+    student = _read_student(files.DistillerOutput(student_dir), spec, examples_uri)
+    train_files, eval_files = _splits(examples_uri)
+    os.makedirs(output_dir, exist_ok=True)
+    converted = _convert(student, spec, train_files, output_dir, cfg)
+    predictors, float16_source = _predictors(student, converted, teacher_dir, spec)
+    preds = predict_split(eval_files, spec, predictors, desc="eval variants")
+    parity = _parity_gates(preds, train_files, spec, predictors, student.reference, float16_source, cfg)
+    variants = _variants(student, converted, spec, output_dir, teacher_dir)
+    if cfg.measure_latency:
+        _measure_latencies(variants, cfg)
+    _score(variants, preds, student, spec, float16_source)
+    variants["int8"]["input_type"] = cfg.input_type
+    variants["int8"]["parity"] = parity[0].to_dict()
+    variants["float16"]["parity"] = {**parity[1].to_dict(), "reference": float16_source}
+    report = _report(variants, preds, parity, student, float16_source, spec, output_dir)
+    report["seconds"] = round(time.time() - started, 1)
+    with open(os.path.join(output_dir, files.LITE_REPORT), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True, default=float)
+    return report
+
+
+def _read_student(out: files.DistillerOutput, spec: EventSpec, examples_uri: str) -> _Student:
+    if load_spec(out.serving) != spec:
+        raise UserError(f"the student at {out.root} was distilled for other data than {examples_uri}")
+    with open(out.report, encoding="utf-8") as f:
         distill_report = json.load(f)
     has_pruned = bool((distill_report.get("pruning") or {}).get("plan"))
-    quantized = qat_model(student_dir)  # the QAT model, or None
-    # The production float student (what serves, and what the TFLite models must agree with).
+    quantized = qat.trained_student(out)
     reference = (
-        "student_qat" if quantized is not None else "student_pruned" if has_pruned else "student_float"
+        files.STUDENT_QAT if quantized is not None else files.STUDENT_PRUNED if has_pruned else files.STUDENT_FLOAT
     )
-    production_keras = {
-        "student_qat": qat_keras,
-        "student_pruned": pruned_keras,
-        "student_float": float_keras,
-    }[reference]
-    source = {"student_qat": "quantization-aware trained (sparsity-preserving) student",
-              "student_pruned": "pruned student", "student_float": "student"}[reference]  # fmt: skip
+    model = load_keras(out.keras(reference))
+    return _Student(out, distill_report, reference, model, quantized, has_pruned)
 
+
+def _splits(examples_uri: str) -> tuple[list[str], list[str]]:
+    """(train + unlabelled files: calibration and more parity events, eval files)."""
     train_files = layout.split_files(examples_uri, layout.TRAIN) + layout.split_files(
         examples_uri, layout.UNLABELLED_SPLIT
     )
     eval_files = layout.split_files(examples_uri, layout.EVAL)
     if not eval_files:
         raise UserError(f"no eval split under {examples_uri}: the parity gate needs eval events")
+    return train_files, eval_files
 
-    model = load_keras(production_keras)  # plain Keras: the QAT weights without rounding, if QAT ran
-    representative = lite.representative_events(train_files, spec, cfg.representative_examples, cfg.seed)
-    os.makedirs(output_dir, exist_ok=True)
+
+def _convert(
+    student: _Student, spec: EventSpec, train_files: list[str], output_dir: str, cfg: LiteConfig
+) -> dict[str, tflite.LiteModel]:
+    """int8 from the QAT model (its recorded ranges), float16 from the plain float weights; both written."""
+    representative = tflite.representative_events(train_files, spec, cfg.representative_examples, cfg.seed)
+    sources = {"int8": student.quantized if student.quantized is not None else student.model, "float16": student.model}
     converted = {}
-    # int8 from the QAT model (its recorded ranges); float16 from the plain float weights.
-    sources = {"int8": quantized if quantized is not None else model, "float16": model}
-    for variant, filename in tqdm(
-        [("int8", INT8_FILE), ("float16", FLOAT16_FILE)], desc="TFLite", leave=False, disable=None
-    ):
-        converted[variant] = lite.convert_variant(
+    for variant, filename in tqdm(list(TFLITE_FILES.items()), desc="TFLite", leave=False, disable=None):
+        converted[variant] = tflite.convert_variant(
             sources[variant], spec, variant, representative=representative, input_type=cfg.input_type,
-            try_sparse=lite.has_sparsity(model),
-            extra_metadata={"source": source},
+            try_sparse=tflite.has_sparsity(student.model), extra_metadata={"source": SOURCES[student.reference]},
         )  # fmt: skip
         with open(os.path.join(output_dir, filename), "wb") as f:
             f.write(converted[variant].content)
     with open(os.path.join(output_dir, METADATA_FILE), "w", encoding="utf-8") as f:
         json.dump(read_metadata(converted["int8"].content), f, indent=2, sort_keys=True)
+    return converted
 
+
+def _predictors(
+    student: _Student, converted: dict[str, tflite.LiteModel], teacher_dir: str | None, spec: EventSpec
+) -> tuple[dict[str, Any], str]:
+    """Every variant's predictor, and the float model float16 is compared with."""
+    out, reference = student.out, student.reference
     predictors = {}
     if teacher_dir:
         predictors["teacher"] = saved_model_predictor(teacher_dir)
         if spec.frames > 1:  # the per-frame-confidence baseline for best-frame accuracy
             predictors.update(solo_frame_predictors("teacher", predictors["teacher"], spec.frames))
-    float_model = load_keras(float_keras)
-    predictors["student_float"] = keras_predictor(float_model)
-    has_scratch = os.path.exists(scratch_keras)
-    if has_scratch:
-        predictors["student_scratch"] = keras_predictor(load_keras(scratch_keras))
-    if has_pruned:
-        predictors["student_pruned"] = keras_predictor(
-            model if reference == "student_pruned" else load_keras(pruned_keras)
-        )
+    predictors[files.STUDENT_FLOAT] = keras_predictor(load_keras(out.keras(files.STUDENT_FLOAT)))
+    if os.path.exists(out.keras(files.STUDENT_SCRATCH)):
+        predictors[files.STUDENT_SCRATCH] = keras_predictor(load_keras(out.keras(files.STUDENT_SCRATCH)))
+    if student.has_pruned:
+        pruned = student.model if reference == files.STUDENT_PRUNED else load_keras(out.keras(files.STUDENT_PRUNED))
+        predictors[files.STUDENT_PRUNED] = keras_predictor(pruned)
     float16_source = reference
-    if quantized is not None:
-        predictors["student_qat"] = keras_predictor(quantized)
-        predictors["student_qat_unrounded"] = keras_predictor(model)
+    if student.quantized is not None:
+        predictors[files.STUDENT_QAT] = keras_predictor(student.quantized)
+        predictors["student_qat_unrounded"] = keras_predictor(student.model)
         float16_source = "student_qat_unrounded"
     predictors["int8"] = tflite_predictor(converted["int8"].content)
     predictors["float16"] = tflite_predictor(converted["float16"].content)
-    preds = predict_split(eval_files, spec, predictors, desc="eval variants")
-    parity, parity_float16 = _parity_gates(
-        preds, train_files, spec, predictors, reference, float16_source, cfg
-    )
+    return predictors, float16_source
 
-    student_params = measure.count_params(model)
-    student_flops = measure.keras_flops_per_event(model, spec.input_shape)
+
+def _variants(
+    student: _Student, converted: dict[str, tflite.LiteModel], spec: EventSpec, output_dir: str, teacher_dir: str | None
+) -> dict[str, dict[str, Any]]:
+    """Each variant's format, path, bytes, parameters and FLOPs per event (every student has the same)."""
+    out = student.out
+    size = {"params": measure.count_params(student.model),
+            "flops_per_event": measure.keras_flops_per_event(student.model, spec.input_shape)}  # fmt: skip
+    sparsity = student.distill_report.get("pruning", {}).get("sparsity")
     variants: dict[str, dict[str, Any]] = {}
     if teacher_dir:
         variants["teacher"] = _variant_entry("savedmodel", teacher_dir)
@@ -188,118 +216,120 @@ def run_lite_conversion(
             params=measure.saved_model_params(teacher_dir),
             flops_per_event=measure.saved_model_flops_per_event(teacher_dir),
         )
-    if has_scratch:
-        variants["student_scratch"] = _variant_entry("keras", scratch_keras)
-        variants["student_scratch"].update(params=student_params, flops_per_event=student_flops)
-    variants["student_float"] = _variant_entry(
-        "savedmodel", os.path.join(student_dir, FLOAT_DIR), float_keras
-    )
-    variants["student_float"].update(params=student_params, flops_per_event=student_flops)
-    sparsity = distill_report.get("pruning", {}).get("sparsity")
-    if has_pruned:
-        if reference == "student_pruned":
-            variants["student_pruned"] = _variant_entry("savedmodel", serving_dir, pruned_keras)
+    if os.path.exists(out.keras(files.STUDENT_SCRATCH)):
+        variants[files.STUDENT_SCRATCH] = {**_variant_entry("keras", out.keras(files.STUDENT_SCRATCH)), **size}
+    variants[files.STUDENT_FLOAT] = {
+        **_variant_entry("savedmodel", out.float_savedmodel, out.keras(files.STUDENT_FLOAT)), **size
+    }
+    if student.has_pruned:
+        pruned_keras = out.keras(files.STUDENT_PRUNED)
+        if student.reference == files.STUDENT_PRUNED:
+            variants[files.STUDENT_PRUNED] = _variant_entry("savedmodel", out.serving, pruned_keras)
         else:
-            variants["student_pruned"] = _variant_entry("keras", pruned_keras)
-        variants["student_pruned"].update(
-            params=student_params, flops_per_event=student_flops, sparsity=sparsity
-        )
-    if quantized is not None:
-        variants["student_qat"] = _variant_entry("savedmodel", serving_dir)
-        variants["student_qat"].update(
-            params=student_params, flops_per_event=student_flops, sparsity=sparsity,
-            qat_sparsity=(distill_report.get("qat") or {}).get("sparsity"),
-        )  # fmt: skip
-    for variant, filename in (("int8", INT8_FILE), ("float16", FLOAT16_FILE)):
-        variants[variant] = _variant_entry("tflite", os.path.join(output_dir, filename))
-        variants[variant].update(
-            params=student_params, flops_per_event=student_flops, **converted[variant].info()
-        )
-    if cfg.measure_latency:
-        _measure_latencies(variants, cfg)
+            variants[files.STUDENT_PRUNED] = _variant_entry("keras", pruned_keras)
+        variants[files.STUDENT_PRUNED].update(**size, sparsity=sparsity)
+    if student.quantized is not None:
+        variants[files.STUDENT_QAT] = {
+            **_variant_entry("savedmodel", out.serving), **size, "sparsity": sparsity,
+            "qat_sparsity": (student.distill_report.get("qat") or {}).get("sparsity"),
+        }  # fmt: skip
+    for variant, filename in TFLITE_FILES.items():
+        variants[variant] = {
+            **_variant_entry("tflite", os.path.join(output_dir, filename)), **size, **converted[variant].info()
+        }
+    return variants
+
+
+def _score(
+    variants: dict[str, dict[str, Any]], preds: dict[str, Any], student: _Student, spec: EventSpec, float16_source: str
+) -> None:
+    """Accuracy, per-class accuracy, agreement with the production student and best frame, per variant."""
+    reference = student.reference
+    several = spec.frames > 1  # single-frame events leave no frame to choose: no best-frame figure
     for name, entry in variants.items():
         entry["accuracy"] = preds[name].accuracy()
         entry["class_accuracy"] = class_accuracy(preds[name].confusion(spec.num_classes), spec.classes)
         entry["agreement_with_" + reference] = preds[name].agreement(preds[reference])
-        # The frame each model names vs the one that shows the object best (simulator ground truth);
-        # single-frame events leave nothing to choose, so no figure.
-        several = spec.frames > 1
+        # The frame each model names vs the one that shows the object best (simulator ground truth).
         entry["best_frame_accuracy"] = preds[name].best_frame_accuracy() if several else float("nan")
         entry["best_frame_events"] = preds[name].best_frame_events() if several else 0
-    if quantized is not None:
+    if student.quantized is not None:
         variants["int8"]["agreement_with_student_pruned"] = (
-            preds["int8"].agreement(preds["student_pruned"]) if has_pruned else None
+            preds["int8"].agreement(preds[files.STUDENT_PRUNED]) if student.has_pruned else None
         )
-        variants["float16"]["agreement_with_" + float16_source] = preds["float16"].agreement(
-            preds[float16_source]
-        )
-    variants["int8"]["input_type"] = cfg.input_type
-    variants["int8"]["parity"] = parity.to_dict()
-    variants["float16"]["parity"] = {**parity_float16.to_dict(), "reference": float16_source}
+        variants["float16"]["agreement_with_" + float16_source] = preds["float16"].agreement(preds[float16_source])
 
-    matrix = preds["int8"].confusion(spec.num_classes)
-    plot_rows = [
+
+def _plots(variants: dict[str, dict[str, Any]], matrix: Any, spec: EventSpec, output_dir: str) -> dict[str, str]:
+    rows = [
         {"name": name, "accuracy": entry["accuracy"], "bytes": entry["bytes"]["raw"],
          "latency_ms": _p50(entry), "format": entry.get("format")}
         for name, entry in variants.items()
     ]  # fmt: skip
-    tradeoff = plots.tradeoff_plot(
-        plot_rows, os.path.join(output_dir, TRADEOFF_PNG), "Teacher and student variants"
-    )
-    confusion = plots.confusion_plot(matrix, list(spec.classes), os.path.join(output_dir, CONFUSION_PNG),
-                                     "int8 TFLite on the eval split")  # fmt: skip
+    return {
+        "tradeoff": plots.tradeoff_plot(rows, os.path.join(output_dir, TRADEOFF_PNG), "Teacher and student variants"),
+        "confusion": plots.confusion_plot(matrix, list(spec.classes), os.path.join(output_dir, CONFUSION_PNG),
+                                          "int8 TFLite on the eval split"),
+    }  # fmt: skip
 
-    report: dict[str, Any] = {
+
+def _report(
+    variants: dict[str, dict[str, Any]],
+    preds: dict[str, Any],
+    parity: tuple[tflite.ParityResult, tflite.ParityResult],
+    student: _Student,
+    float16_source: str,
+    spec: EventSpec,
+    output_dir: str,
+) -> dict[str, Any]:
+    reference, distilled = student.reference, student.distill_report
+    int8, float16 = parity
+    blessed = int8.blessed and float16.blessed
+    matrix = preds["int8"].confusion(spec.num_classes)
+    plot_files = _plots(variants, matrix, spec, output_dir)
+    config = distilled.get("config", {})
+    return {
         "teacher": variants.get("teacher"),
         "student": {
-            "float": variants["student_float"],
-            "pruned": variants.get("student_pruned"),
-            "qat": variants.get("student_qat"),
-            "scratch": variants.get("student_scratch"),
+            "float": variants[files.STUDENT_FLOAT],
+            "pruned": variants.get(files.STUDENT_PRUNED),
+            "qat": variants.get(files.STUDENT_QAT),
+            "scratch": variants.get(files.STUDENT_SCRATCH),
             "production": reference,
             "distillation": {
-                "examples": distill_report.get("examples"),
-                "temperature": distill_report.get("config", {}).get("temperature"),
-                "alpha": distill_report.get("config", {}).get("alpha"),
-                "epochs": distill_report.get("config", {}).get("epochs"),
-                "prune_epochs": distill_report.get("config", {}).get("prune_epochs"),
-                "pruning_plan": distill_report.get("pruning", {}).get("plan"),
-                "history": distill_report.get("history"),
+                "examples": distilled.get("examples"),
+                **{key: config.get(key) for key in ("temperature", "alpha", "epochs", "prune_epochs")},
+                "pruning_plan": distilled.get("pruning", {}).get("plan"),
+                "history": distilled.get("history"),
             },
         },
         "tflite": {
             "int8": variants["int8"],
             "float16": variants["float16"],
-            "blessed": parity.blessed and parity_float16.blessed,
-            "parity": parity.to_dict(),
-            "parity_float16": {**parity_float16.to_dict(), "reference": float16_source},
+            "blessed": blessed,
+            "parity": int8.to_dict(),
+            "parity_float16": {**float16.to_dict(), "reference": float16_source},
             "reference": reference,
             # Parity and accuracy ran here; each variant's latency names its own (on-device) runtime.
             "runtime": lite_runtime().describe(),
-            "release": os.path.join(output_dir, INT8_FILE),
+            "release": os.path.join(output_dir, files.TFLITE_INT8),
             "confusion_matrix": {"classes": list(spec.classes), "matrix": matrix.tolist()},
         },
         "comparison": {
             **comparison(variants),
-            **best_frame_baselines(
-                preds[reference], spec.frames, confidence_pick(preds, "teacher", spec.frames)
-            ),
+            **best_frame_baselines(preds[reference], spec.frames, confidence_pick(preds, "teacher", spec.frames)),
         },
-        "plots": {"tradeoff": tradeoff, "confusion": confusion},
+        "plots": plot_files,
         # What ReleaseGate reads: the int8 verdict, with float16's folded in.
         "parity": {
-            **parity.to_dict(),
-            "blessed": parity.blessed and parity_float16.blessed,
-            "float16": {**parity_float16.to_dict(), "reference": float16_source},
+            **int8.to_dict(),
+            "blessed": blessed,
+            "float16": {**float16.to_dict(), "reference": float16_source},
             "reference": reference,
         },
         "eval_events": int(len(preds[reference].labels)),
         "best_frame_examples": best_frame_examples(preds, reference, spec.classes),
     }
-    report["seconds"] = round(time.time() - started, 1)
-    with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=True, default=float)
-    return report
 
 
 def _p50(entry: dict[str, Any]) -> float | None:
@@ -379,9 +409,9 @@ def comparison(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Student vs teacher ratios (absent entries: what was not measured)."""
     out: dict[str, Any] = {}
     teacher = variants.get("teacher")
-    float_student = variants["student_float"]
+    float_student = variants[files.STUDENT_FLOAT]
     int8 = variants["int8"]
-    scratch = variants.get("student_scratch")
+    scratch = variants.get(files.STUDENT_SCRATCH)
     if scratch and scratch.get("accuracy") is not None:
         # What distillation buys, in accuracy points: the dense distilled student vs the same
         # student trained on hard labels with the same optimizer steps.
@@ -421,7 +451,7 @@ def _parity_gates(
     reference: str,
     float16_source: str,
     cfg: Any,
-) -> tuple[lite.ParityResult, lite.ParityResult]:
+) -> tuple[tflite.ParityResult, tflite.ParityResult]:
     """Each TFLite model against the float model it was converted from, on the eval split and
     then the train and unlabelled events (agreement needs no label)."""
     pairs = {"int8": reference, "float16": float16_source}
@@ -432,7 +462,7 @@ def _parity_gates(
         else {}
     )
 
-    def gate(variant: str) -> lite.ParityResult:
+    def gate(variant: str) -> tflite.ParityResult:
         source = pairs[variant]
         reference_predicted = np.concatenate(
             [preds[source].predicted] + ([more[source].predicted] if more else [])
@@ -440,7 +470,7 @@ def _parity_gates(
         lite_predicted = np.concatenate(
             [preds[variant].predicted] + ([more[variant].predicted] if more else [])
         )
-        return lite.parity(
+        return tflite.parity(
             reference_predicted, lite_predicted, cfg.min_agreement, len(preds[variant].predicted)
         )
 
