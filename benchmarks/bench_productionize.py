@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = a.teacher_export or train_teacher(workdir, examples, a.teacher_steps, a.seed)
         timings["teacher_s"] = time.time() - t
 
-        from components.release_gate.gates import decide_blessing
+        from components.gates.release import decide_on_accuracies
         from contract.config import Config
         from trainer.distill.distillation import run_distillation
         from trainer.lite.convert import run_lite_conversion
@@ -290,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         log("converting, checking parity, measuring every variant")
         report = run_lite_conversion(student_dir, examples, lite_dir, cfg.lite, teacher_dir=teacher)
         # The release decision the pipeline's gates would make on these accuracies.
-        report["blessing"] = decide_blessing(
+        report["blessing"] = decide_on_accuracies(
             report["teacher"]["accuracy"], report["student"][report["student"]["production"].removeprefix("student_")]["accuracy"],
             cfg.gates,
-        ).to_dict()
+        )
         reference = float32_reference(student_dir, examples, os.path.join(lite_dir, "reference_float32.tflite"))
         timings["lite_s"] = time.time() - t
         t = time.time()
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if "blessing" in report:
             b = report["blessing"]
             print(f"blessing (floor / vs teacher / regression): {'blessed' if b['blessed'] else 'NOT blessed'} "
-                  f"{'; '.join(b['reasons'])}")  # fmt: skip
+                  f"{'; '.join(b['problems'])}")  # fmt: skip
         kept = f"{report['plots']['tradeoff']}, {report['plots']['confusion']}" if a.workdir else "pass --workdir to keep them"
         print(f"plots: {kept}")
         timings["total_s"] = time.time() - started

@@ -179,7 +179,7 @@ def run_stage(cfg: Config, through: str) -> dict[str, Any]:
 def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """The events/quarantine/anomalies/gate part of report.json from this run's outputs."""
     from components.event_example_gen.beam_graph import SUMMARY_FILE
-    from components.ingest_gate.component import read_anomalies, verdict
+    from components.gates.ingest import ingest_verdict, read_anomalies
 
     gen = found["EventExampleGen"]
     examples_uri, quarantine_uri = gen.uris["examples"][0], gen.uris["quarantine"][0]
@@ -198,7 +198,7 @@ def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
     if gate is not None and gate.state != "FAILED":
         section["gate"] = {"blessed": True, "problems": []}
     elif gate is not None:
-        v = verdict(summary, anomalies, cfg.data.max_reject_rate, quarantine_uri)
+        v = ingest_verdict(summary, anomalies, cfg.data.max_reject_rate, quarantine_uri)
         section["gate"] = {"blessed": False, "problems": v["problems"]}
     else:
         section["gate"] = {"blessed": None, "problems": []}

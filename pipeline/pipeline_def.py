@@ -115,7 +115,7 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
     """
     from tfx import v1 as tfx
 
-    from components.release_gate.gates import eval_config
+    from components.gates.accuracy import eval_config
 
     pretrainer = None
     if config.pretrain.enabled:
@@ -152,8 +152,8 @@ def _productionize(config: Config, example_gen: Any, schema_gen: Any, teacher: A
     """Distil + prune the student from the teacher, then judge it against the last blessed one."""
     from tfx import v1 as tfx
 
+    from components.gates.accuracy import eval_config
     from components.lite_converter.component import LiteConverter
-    from components.release_gate.gates import eval_config
 
     distiller = tfx.components.Trainer(
         run_fn="trainer.distill.entry.run_fn",

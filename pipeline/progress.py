@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from absl import logging as absl_logging
 
-from components.release_gate.gates import overall_accuracy
+from components.gates.accuracy import overall_accuracy
 from contract import files
 from pipeline import outputs
 from pipeline.summary import load_json

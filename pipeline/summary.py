@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from components.release_gate.gates import overall_accuracy
+from components.gates.accuracy import overall_accuracy
 from contract import files, layout
 from contract.config import Config
 from serving.server import ModelServer

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from components.ingest_gate.component import verdict
-from components.release_gate.component import decide
+from components.gates.ingest import ingest_verdict as verdict
+from components.gates.release import decide
 from contract.config import Config, ConfigError, load_config, parse_mesh
 from pipeline.cli import build_parser
 
@@ -117,7 +117,7 @@ def test_student_vs_teacher_failure_is_structured():
 
 
 def test_per_class_floor_is_its_own_setting():
-    from components.release_gate.gates import eval_config
+    from components.gates.accuracy import eval_config
     from contract.config import GateConfig
 
     gates = GateConfig(min_accuracy=0.7, min_class_accuracy=0.4, max_regression=0.02)
@@ -132,41 +132,41 @@ def test_per_class_floor_is_its_own_setting():
     assert not first.threshold.HasField("change_threshold")
 
 
-# -- components.release_gate.gates.decide_blessing: the same gates on plain numbers (productionize benchmark) -----
-def test_decide_blessing_applies_the_pipeline_gates_to_numbers():
-    from components.release_gate.gates import decide_blessing
+# -- components.gates.release.decide_on_accuracies: the same verdict on plain numbers (benchmarks) -----
+def test_decide_on_accuracies_applies_the_pipeline_gates_to_numbers():
+    from components.gates.release import decide_on_accuracies
     from contract.config import GateConfig
 
     gates = GateConfig(min_accuracy=0.6, min_class_accuracy=0.5, max_student_drop=0.05, max_regression=0.02)
-    first = decide_blessing(0.90, 0.86, gates)  # 0.86 >= 0.95 x 0.90 = 0.855; no baseline yet
-    assert first.blessed and first.reasons == [] and first.checks["regression"].startswith("skipped")
-    low = decide_blessing(teacher_accuracy=0.62, student_accuracy=0.59, gates=gates)
-    assert low.reasons[0] == "student: sparse_categorical_accuracy on the overall slice is 0.590, below the floor 0.600"
-    assert len(low.reasons) == 1  # 0.59 >= 0.95 x 0.62 = 0.589: only the floor
-    assert not decide_blessing(0.90, 0.85, gates).blessed  # below 0.855
-    regressed = decide_blessing(0.90, 0.86, gates, baseline_accuracy=0.89)
-    assert regressed.reasons == [
+    first = decide_on_accuracies(0.90, 0.86, gates)  # 0.86 >= 0.95 x 0.90 = 0.855; no baseline yet
+    assert first["blessed"] and first["problems"] == [] and first["regression"].startswith("skipped")
+    low = decide_on_accuracies(teacher_accuracy=0.62, student_accuracy=0.59, gates=gates)
+    assert low["problems"][0] == "student: sparse_categorical_accuracy on the overall slice is 0.590, below the floor 0.600"
+    assert len(low["problems"]) == 1  # 0.59 >= 0.95 x 0.62 = 0.589: only the floor
+    assert not decide_on_accuracies(0.90, 0.85, gates)["blessed"]  # below 0.855
+    regressed = decide_on_accuracies(0.90, 0.86, gates, baseline_accuracy=0.89)
+    assert regressed["problems"] == [
         "student: sparse_categorical_accuracy on the overall slice changed by -0.030 against the last blessed "
         "student (0.890), more than the allowed -0.020"
     ]
-    assert regressed.checks["failures"][0]["kind"] == "regression"
-    assert decide_blessing(0.90, 0.88, gates, baseline_accuracy=0.89).blessed
+    assert regressed["failures"][0]["kind"] == "regression"
+    assert decide_on_accuracies(0.90, 0.88, gates, baseline_accuracy=0.89)["blessed"]
 
 
-def test_decide_blessing_checks_every_class_it_is_given():
-    from components.release_gate.gates import decide_blessing
+def test_decide_on_accuracies_checks_every_class_it_is_given():
+    from components.gates.release import decide_on_accuracies
     from contract.config import GateConfig
 
     gates = GateConfig(min_accuracy=0.5, min_class_accuracy=0.5)
     per_class = {"person": 0.95, "animal": 0.43, "vehicle": 0.9}
-    refused = decide_blessing(0.762, 0.75, gates, teacher_class_accuracy=per_class)
-    assert refused.reasons == [
+    refused = decide_on_accuracies(0.762, 0.75, gates, teacher_class_accuracy=per_class)
+    assert refused["problems"] == [
         "teacher: sparse_categorical_accuracy on slice label_name=animal is 0.430, below the per-class floor 0.500"
     ]
-    [failure] = refused.checks["failures"]
+    [failure] = refused["failures"]
     assert (failure["model"], failure["slice"], failure["kind"]) == ("teacher", "label_name=animal", "class_floor")
     assert failure["value"] == 0.43 and failure["threshold"] == 0.5
-    assert decide_blessing(0.762, 0.75, GateConfig(min_class_accuracy=0.4), teacher_class_accuracy=per_class).blessed
+    assert decide_on_accuracies(0.762, 0.75, GateConfig(min_class_accuracy=0.4), teacher_class_accuracy=per_class)["blessed"]
 
 
 def test_release_locations_follow_one_rule_for_every_runner(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """The blessing gates the pipeline runs, end to end on real TFMA: the stock Evaluator's executor
-with ``components.release_gate.gates.eval_config`` over tiny SavedModels whose mistakes the test chooses,
+with ``components.gates.accuracy.eval_config`` over tiny SavedModels whose mistakes the test chooses,
 then the ReleaseGate component on what TFMA wrote. Refusals must name the model, metric, slice,
 value and threshold exactly as TFMA recorded them."""
 
@@ -13,14 +13,15 @@ from eventdata import png
 from tfx.types import artifact_utils, standard_artifacts
 
 from components.artifacts import LiteModels
-from components.release_gate.component import ReleaseGate, release_verdict
-from components.release_gate.gates import (
+from components.gates.accuracy import (
     ACCURACY,
     EXAMPLES_SIGNATURE,
     eval_config,
     slice_accuracies,
     tfma_failures,
 )
+from components.gates.release import release_verdict
+from components.release_gate.component import ReleaseGate
 from contract import layout
 from contract.config import GateConfig, section_json
 

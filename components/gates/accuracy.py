@@ -1,5 +1,5 @@
-"""The blessing gates: TFMA evaluation configs for the teacher and the student (stock Evaluator),
-what TFMA found, and the one check TFMA cannot make (the student against the teacher).
+"""Accuracy gates: the TFMA evaluation config the Evaluators apply (teacher and student), what
+TFMA found, and the same thresholds on accuracies measured elsewhere.
 
 The thresholds (``contract.config.GateConfig``), all on sparse categorical accuracy:
 
@@ -8,19 +8,17 @@ The thresholds (``contract.config.GateConfig``), all on sparse categorical accur
 - ``max_regression``: the student's overall accuracy may drop at most this much below the last
   blessed student's (the Evaluator's baseline; skipped on the first run, with no baseline);
 - ``max_student_drop``: the student's overall accuracy >= (1 - max drop) x the teacher's
-  (``student_vs_teacher``, checked by the ReleaseGate on the two Evaluators' results).
+  (``student_vs_teacher``: TFMA cannot compare two different models of one run).
 
 ``tfma_failures`` turns an Evaluator output's validation result into one structured failure per
 broken threshold, with a message naming the model, metric, slice, value and threshold, all read
 from what TFMA wrote (never re-derived from the config). ``check_accuracies`` applies the same
-``eval_config`` thresholds to accuracies measured elsewhere, and ``decide_blessing`` makes the
-whole release decision on such numbers (the productionize benchmark) with the same failure
+``eval_config`` thresholds to accuracies measured elsewhere (a benchmark), with the same failure
 records and messages, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import tensorflow_model_analysis as tfma
@@ -296,44 +294,3 @@ def check_accuracies(
                 if too_far or too_far_relative:
                     failures.append(_change_failure(model, ACCURACY, slice_, value, diff, change, baseline_name, base, ""))
     return failures
-
-
-@dataclass
-class BlessingDecision:
-    blessed: bool
-    reasons: list[str] = field(default_factory=list)  # why not blessed; empty when blessed
-    checks: dict[str, Any] = field(default_factory=dict)  # failures (structured) and what was checked
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _slices(overall: float, per_class: dict[str, float] | None) -> dict[str, float]:
-    return {OVERALL: overall, **{f"{layout.LABEL_NAME}={c}": v for c, v in (per_class or {}).items()}}
-
-
-def decide_blessing(
-    teacher_accuracy: float,
-    student_accuracy: float,
-    gates: GateConfig,
-    baseline_accuracy: float | None = None,
-    *,
-    teacher_class_accuracy: dict[str, float] | None = None,
-    student_class_accuracy: dict[str, float] | None = None,
-) -> BlessingDecision:
-    """Bless the student iff every gate passes: the overall floor (both models), the per-class
-    floor on each class given in ``*_class_accuracy`` ({class name: accuracy}), the student
-    against the teacher, and (``baseline_accuracy``: the last blessed student's; None = first run)
-    no regression."""
-    baseline = None if baseline_accuracy is None else _slices(baseline_accuracy, None)
-    failures = check_accuracies("teacher", _slices(teacher_accuracy, teacher_class_accuracy), gates)
-    failures += check_accuracies("student", _slices(student_accuracy, student_class_accuracy), gates, baseline=baseline)
-    relative = student_vs_teacher(teacher_accuracy, student_accuracy, gates.max_student_drop)
-    if relative is not None:
-        failures.append(relative)
-    checks = {
-        "failures": failures,
-        "per_class": bool(teacher_class_accuracy or student_class_accuracy),
-        "regression": "skipped: no blessed model yet" if baseline is None else "checked",
-    }
-    return BlessingDecision(not failures, [f["message"] for f in failures], checks)
