@@ -45,7 +45,6 @@ log = logging.getLogger("eventpipe.serving")
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
-TFLITE_FILE = files.TFLITE_INT8
 SERVE_TAG = "serve"
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 
@@ -106,13 +105,13 @@ class Servable(abc.ABC):
 def detect_platform(version_dir: str, prefer_tflite: bool = False) -> str:
     """Which runtime a version directory needs; LoadError if it holds no model."""
     has_saved = any(os.path.isfile(os.path.join(version_dir, f)) for f in (SAVED_MODEL_PB, SAVED_MODEL_PBTXT))
-    has_tflite = os.path.isfile(os.path.join(version_dir, TFLITE_FILE))
+    has_tflite = os.path.isfile(os.path.join(version_dir, files.TFLITE_INT8))
     if has_tflite and (prefer_tflite or not has_saved):
         return TFLITE
     if has_saved:
         return TENSORFLOW
     raise LoadError(
-        f"{version_dir} holds neither {SAVED_MODEL_PB} (SavedModel) nor {TFLITE_FILE} (TFLite)"
+        f"{version_dir} holds neither {SAVED_MODEL_PB} (SavedModel) nor {files.TFLITE_INT8} (TFLite)"
     )
 
 
@@ -256,7 +255,7 @@ class TFLiteServable(Servable):
     batchable = False
 
     def __init__(self, version_dir: str) -> None:
-        path = os.path.join(version_dir, TFLITE_FILE)
+        path = os.path.join(version_dir, files.TFLITE_INT8)
         # One single-threaded interpreter per core: multi-threaded TFLite spin-waits and collapses
         # when cores are shared, while independent interpreters run requests side by side.
         workers = max(1, min(MAX_TFLITE_INTERPRETERS, os.cpu_count() or 1))

@@ -19,9 +19,8 @@ from tfx.types import standard_artifacts
 from components.artifacts import LiteModels
 from components.pusher import push
 from components.pusher.component import EventPusher
-from components.pusher.release import PUSH_FILE
 from components.serving_validator.component import ServingValidator
-from components.serving_validator.validation import VALIDATION_FILE
+from contract import files
 from contract.config import ServingConfig, section_json
 from contract.layout import EventSpec
 from fixtures import serving_support as ss
@@ -162,7 +161,7 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
     store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata))
     [infra] = store.get_artifacts_by_type("InfraBlessing")
     assert infra.custom_properties["blessed"].int_value == 1
-    with open(os.path.join(infra.uri, VALIDATION_FILE), encoding="utf-8") as f:
+    with open(os.path.join(infra.uri, files.VALIDATION), encoding="utf-8") as f:
         validation = json.load(f)
     assert validation["blessed"] and validation["problems"] == []
     assert validation["requests"] == {"rest_row": 6, "rest_column": 1, "grpc": 1, "total": 8}
@@ -174,7 +173,7 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
     assert props["pushed"].int_value == 1 and props["pushed_version"].string_value == "1"
     assert props["pushed_destination"].string_value == os.path.join(serving_base, NAME, "1")
     assert props["teacher_version"].int_value == 1 and props["mobile_version"].int_value == 1
-    with open(os.path.join(pushed.uri, PUSH_FILE), encoding="utf-8") as f:
+    with open(os.path.join(pushed.uri, files.PUSH_RECORD), encoding="utf-8") as f:
         record = json.load(f)
     assert [d["role"] for d in record["destinations"]] == ["student", "teacher", "mobile"]
     assert record["pipeline_run_id"]
@@ -225,7 +224,7 @@ def test_serving_validator_refuses_a_broken_model(inputs, tmp_path, kind, expect
     )  # fmt: skip
     assert blessing.get_int_custom_property("blessed") == 0
     assert os.path.exists(os.path.join(blessing.uri, "INFRA_NOT_BLESSED"))
-    with open(os.path.join(blessing.uri, VALIDATION_FILE), encoding="utf-8") as f:
+    with open(os.path.join(blessing.uri, files.VALIDATION), encoding="utf-8") as f:
         report = json.load(f)
     assert not report["blessed"]
     assert any(expected in p for p in report["problems"]), report["problems"]
@@ -285,7 +284,7 @@ def test_pusher_pushes_nothing_unless_blessed(inputs, tmp_path, gate, reason):
     assert pushed.get_int_custom_property("pushed") == 0
     assert not pushed.has_custom_property("pushed_version")
     assert not (tmp_path / "serving").exists() and not (tmp_path / "mobile").exists()
-    with open(os.path.join(pushed.uri, PUSH_FILE), encoding="utf-8") as f:
+    with open(os.path.join(pushed.uri, files.PUSH_RECORD), encoding="utf-8") as f:
         record = json.load(f)
     assert record["pushed"] is False and record["destinations"] == []
     assert [r for r in record["reasons"] if reason in r], record["reasons"]

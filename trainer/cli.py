@@ -79,7 +79,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
     export_dir = None if args.no_export else os.path.abspath(args.export_dir or os.path.join(cfg.workdir, "backbone"))
     os.makedirs(cfg.workdir, exist_ok=True)
     _quiet_libraries()
-    from trainer.pretrain.loop import REPORT, train  # deferred: every CLI command starts without TensorFlow
+    from trainer.pretrain.loop import train  # deferred: every CLI command starts without TensorFlow
 
     report = train(cfg, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
     print(
@@ -87,7 +87,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
         f"NT-Xent {report['initial_loss']:.3f} -> {report['final_loss']:.3f} (chance {report['chance_loss']:.3f}), "
         f"{report['timing']['wall_seconds']:.0f} s"
     )
-    print(f"report: {os.path.join(cfg.workdir, REPORT)}")
+    print(f"report: {os.path.join(cfg.workdir, files.PRETRAIN_REPORT)}")
     if report.get("backbone"):
         print(f"backbone: {report['backbone']}")
     return 0

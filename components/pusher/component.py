@@ -26,15 +26,15 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from components.artifacts import LiteModels
+from components.pusher.push import STATE_DIR
 from components.pusher.release import (
-    PUSH_FILE,
     PushPlan,
     gate_metrics,
     lite_metrics,
     push_all,
     reasons_not_to_push,
 )
-from contract import layout
+from contract import files, layout
 from contract.config import ServingConfig, section_from_json
 
 
@@ -46,7 +46,7 @@ def _int_property(artifact, name):
 
 
 def _ledger(serving_base, model_name):
-    return os.path.join(serving_base, model_name, ".eventpipe-push", "pushed-models.json")
+    return os.path.join(serving_base, model_name, STATE_DIR, "pushed-models.json")
 
 
 def _already_pushed(serving_base, model_name, model_uri):
@@ -159,7 +159,7 @@ def EventPusher(
         record["pushed"] = True
         _remember_push(serving_base, model_name, model.uri, record["destinations"])
     os.makedirs(pushed_model.uri, exist_ok=True)
-    with open(os.path.join(pushed_model.uri, PUSH_FILE), "w", encoding="utf-8") as f:
+    with open(os.path.join(pushed_model.uri, files.PUSH_RECORD), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2, sort_keys=True)
 
     if not record["pushed"]:

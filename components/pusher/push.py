@@ -51,10 +51,9 @@ from serving.warmup import write_warmup_file
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
-TFLITE_FILE = files.TFLITE_INT8  # what ``eventpipe serve`` and the device runner load from a version dir
 RELEASE_FILE = "release.json"
 RELEASE_FORMAT = "eventpipe.release/1"
-STATE_DIR = ".eventpipe-push"
+STATE_DIR = ".eventpipe-push"  # beside the versions: claims, releases, the pushed-models ledger
 CLAIMS_DIR = "claims"
 TMP_PREFIX = ".push-"
 STALE_TMP_SECONDS = 6 * 3600  # a temporary dir this old belongs to a pusher that died
@@ -184,7 +183,7 @@ def sha256_file(path: str) -> str:
 
 
 def _tree_bytes(root: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, n)) for d, _s, files in os.walk(root) for n in files)
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _s, names in os.walk(root) for n in names)
 
 
 def _utc_now() -> str:
@@ -397,23 +396,23 @@ def stage_tflite(
     variants = dict(variants or {})
     _check_tflite(tflite_path)
     for name, path in variants.items():
-        if name in (TFLITE_FILE, RELEASE_FILE) or os.path.basename(name) != name or name.startswith("."):
+        if name in (files.TFLITE_INT8, RELEASE_FILE) or os.path.basename(name) != name or name.startswith("."):
             raise UserError(f"variant file name {name!r} is not allowed in a release directory")
         _check_tflite(path)
     card = _model_card(tflite_path)
     labels = card.get("labels") or release.get("labels")
     if not labels:
         raise UserError(f"{tflite_path!r} has no embedded labels and the release gave none; nothing pushed")
-    files: dict[str, dict[str, Any]] = {}
+    copied: dict[str, dict[str, Any]] = {}
 
     def populate(tmp: str) -> None:
-        for name, path in [(TFLITE_FILE, tflite_path), *variants.items()]:
+        for name, path in [(files.TFLITE_INT8, tflite_path), *variants.items()]:
             target = os.path.join(tmp, name)
             _copy_file(path, target)
-            files[name] = {"sha256": sha256_file(target), "bytes": os.path.getsize(target)}
+            copied[name] = {"sha256": sha256_file(target), "bytes": os.path.getsize(target)}
         for name in variants:
-            files[name]["variant"] = _model_card(os.path.join(tmp, name)).get("variant")
-        files[TFLITE_FILE]["variant"] = card.get("variant")
+            copied[name]["variant"] = _model_card(os.path.join(tmp, name)).get("variant")
+        copied[files.TFLITE_INT8]["variant"] = card.get("variant")
 
     content: dict[str, Any] = {}
 
@@ -426,10 +425,10 @@ def stage_tflite(
                 "model_name": model_name,
                 "version": version,
                 "created": _utc_now(),
-                "model_file": TFLITE_FILE,
-                "sha256": files[TFLITE_FILE]["sha256"],
-                "bytes": files[TFLITE_FILE]["bytes"],
-                "files": files,
+                "model_file": files.TFLITE_INT8,
+                "sha256": copied[files.TFLITE_INT8]["sha256"],
+                "bytes": copied[files.TFLITE_INT8]["bytes"],
+                "files": copied,
                 "labels": list(labels),
                 "input": card.get("input") or release.get("input"),
             }

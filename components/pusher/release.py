@@ -37,9 +37,7 @@ from contract.errors import UserError
 from serving.versions import model_dir as resolve_model_dir
 from serving.warmup import predict_logs
 
-PUSH_FILE = files.PUSH_RECORD
 TEACHER_SUFFIX = "-teacher"
-VERDICT_FILE = files.VERDICT  # ReleaseGate's verdict in the blessing's uri
 JOURNAL_DIR = "releases"  # <serving_base>/<model_name>/.eventpipe-push/releases/<student version>.json
 ROLLED_BACK_PREFIX = ".rolled-back-"
 
@@ -95,7 +93,7 @@ def lite_metrics(lite_dir: str) -> dict[str, Any]:
 
 def gate_metrics(blessing_dir: str) -> dict[str, Any]:
     """Teacher/student accuracy from ReleaseGate's verdict, if it wrote one."""
-    verdict = _read_json(os.path.join(blessing_dir, VERDICT_FILE)) or {}
+    verdict = _read_json(os.path.join(blessing_dir, files.VERDICT)) or {}
     keys = ("teacher_accuracy", "student_accuracy", "student_vs_teacher")
     return {k: verdict[k] for k in keys if k in verdict}
 

@@ -17,7 +17,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from components.serving_validator.validation import VALIDATION_FILE, validate_in_server
+from components.serving_validator.validation import validate_in_server
+from contract import files
 from contract.config import ServingConfig, section_from_json
 
 BLESSED_FILE = "INFRA_BLESSED"
@@ -46,7 +47,7 @@ def ServingValidator(
     )
     report["model_artifact"] = {"uri": model.uri, "id": model.id}
     os.makedirs(blessing.uri, exist_ok=True)
-    with open(os.path.join(blessing.uri, VALIDATION_FILE), "w", encoding="utf-8") as f:
+    with open(os.path.join(blessing.uri, files.VALIDATION), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     with open(os.path.join(blessing.uri, BLESSED_FILE if report["blessed"] else NOT_BLESSED_FILE), "w"):
         pass

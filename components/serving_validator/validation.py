@@ -35,13 +35,12 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from components.pusher.push import push_saved_model
-from contract import files, layout
+from contract import layout
 from contract.layout import EventSpec
 from serving.process import ServerProcess
 from serving.warmup import predict_logs
 from trainer.models.export import load_spec
 
-VALIDATION_FILE = files.VALIDATION
 VERSION = 1
 MAX_REPORTED_MISMATCHES = 20
 REQUEST_TIMEOUT_S = 30.0

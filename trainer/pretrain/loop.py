@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from contract import files, layout
+from contract import layout
 from contract.config import Config, check_pretrain, mesh_dims, pretrain_strategy
 from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer.parallel import devices
 
-REPORT = files.PRETRAIN_REPORT
 CURVE = "pretrain_curve.png"
 WARMUP_FRACTION = 0.1
 
@@ -168,10 +167,10 @@ def train(
     from trainer.pretrain.plots import plot_pretrain_curve
 
     report["plots"] = {"pretrain_curve": plot_pretrain_curve(report, os.path.join(workdir, CURVE))}
-    tmp = os.path.join(workdir, REPORT + ".tmp")
+    tmp = os.path.join(workdir, files.PRETRAIN_REPORT + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, REPORT))
+    os.replace(tmp, os.path.join(workdir, files.PRETRAIN_REPORT))
     return report
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from contract import files
 from contract.config import PretrainConfig, TeacherConfig
 from contract.errors import UserError
 from contract.layout import EventSpec
@@ -110,7 +111,7 @@ def save_backbone(model: Any, directory: str, spec: EventSpec, teacher: TeacherC
 def backbone_dir(path: str) -> str:
     """``path`` or the directory that holds ``backbone.npz`` below it (a Model artifact's
     ``Format-Serving``), or a UserError."""
-    for candidate in (path, os.path.join(path, "Format-Serving")):
+    for candidate in (path, os.path.join(path, files.SERVING_MODEL_DIR)):
         if os.path.isfile(os.path.join(candidate, BACKBONE_WEIGHTS)):
             return candidate
     raise UserError(f"{path} holds no pre-trained backbone ({BACKBONE_WEIGHTS}); point at a Pretrainer's model")

@@ -29,7 +29,7 @@ from typing import Any
 from contract import files, layout
 from contract.config import config_from_custom_config
 from trainer.parallel import launch
-from trainer.teacher.loop import REPORT, STATE
+from trainer.teacher.loop import STATE
 
 RESUME_KEY_FILE = "resume_key.json"  # what a later run must match to adopt this run's checkpoints
 _NOT_ADOPTED = ("tensorboard", "*.png", files.TEACHER_CONFIG, RESUME_KEY_FILE, "*.tmp*")
@@ -52,7 +52,7 @@ def adopt_interrupted_checkpoints(model_run_dir: str, key: dict[str, Any]) -> st
     best: tuple[int, str] | None = None
     for name in os.listdir(parent):
         run = os.path.join(parent, name)
-        if run == model_run_dir or os.path.exists(os.path.join(run, REPORT)):
+        if run == model_run_dir or os.path.exists(os.path.join(run, files.TRAIN_REPORT)):
             continue  # finished runs are served from the ML Metadata cache, not resumed
         state = _read_json(os.path.join(run, STATE))
         if state and _read_json(os.path.join(run, RESUME_KEY_FILE)) == key and (best is None or state["step"] > best[0]):

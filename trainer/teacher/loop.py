@@ -42,7 +42,6 @@ from contract.layout import EventSpec
 from trainer import data as train_data
 from trainer.parallel import devices
 
-REPORT = files.TRAIN_REPORT
 STATE = "train_state.json"
 CURVE = "training_curve.png"
 # Fields a resumed run must share with the run that wrote the checkpoint.
@@ -426,7 +425,7 @@ def train(
     from trainer.teacher.plots import plot_training_curve
 
     report["plots"] = {"training_curve": plot_training_curve(report, os.path.join(own_dir, CURVE))}
-    _write_json(os.path.join(own_dir, REPORT), report)
+    _write_json(os.path.join(own_dir, files.TRAIN_REPORT), report)
     runner.finish()
     return report
 
