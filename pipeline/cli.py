@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "simulator.cli",
     "pipeline.commands",
     "serving.cli",
+    "ondevice.cli",
     "trainer.cli",
     "trainer.parallel.planner_cli",
 ]

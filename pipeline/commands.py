@@ -144,7 +144,7 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run_stage(cfg: Config, through: str) -> dict[str, Any]:
+def run_through(cfg: Config, through: str) -> dict[str, Any]:
     """Run the pipeline through ``through``; return the outputs MLMD recorded for this run."""
     from pipeline import outputs, progress, runners
 
@@ -222,7 +222,7 @@ def validate_command(args: argparse.Namespace) -> int:
     cfg = prepare(args)
     try:
         with no_half_workdir(cfg):
-            run_stage(cfg, "validate")
+            run_through(cfg, "validate")
     except GateFailed:
         rep = report.update(cfg.report_path, {})
         if "events" in rep:
@@ -245,7 +245,7 @@ def run_command(args: argparse.Namespace) -> int:
     started = time.time()
     try:
         with no_half_workdir(cfg):
-            found = run_stage(cfg, args.through)
+            found = run_through(cfg, args.through)
     except GateFailed:
         rep = report.update(cfg.report_path, {"seconds": round(time.time() - started, 1)})
         summary.print_summary(rep, cfg.report_path, _write_html(rep, cfg.report_path))

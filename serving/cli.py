@@ -1,7 +1,7 @@
-"""``eventpipe serve`` and ``eventpipe device-run``.
+"""``eventpipe serve``: the TF-Serving-compatible server's command line.
 
-No TensorFlow at import time: ``device-run`` must work where TensorFlow is not installed,
-and ``serve`` imports the server (and TensorFlow) only when it runs.
+No TensorFlow at import time (``eventpipe --help`` must stay fast): the server and TensorFlow
+are imported only when ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 
 from contract.config import add_config_flags, load_config
@@ -98,24 +97,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port-file", default="", help="write {rest_port, grpc_port, pid, models} as JSON here once listening")
     p.set_defaults(func=serve_command)
 
-    d = subparsers.add_parser(
-        "device-run",
-        help="classify events on-device with a .tflite model (LiteRT or tflite-runtime, no TensorFlow) and time it",
-        description="Classify events as an app on a device would: LiteRT (or tflite-runtime) and PIL, no "
-        "TensorFlow; labels and normalization from the model's own metadata. The accuracy it prints is over "
-        "every labelled event of --data. --config/--set: data.max_frame_pixels bounds each frame's decode.",
-    )  # fmt: skip
-    add_config_flags(d)
-    d.add_argument("--model", metavar="FILE", required=True, help="the released model.tflite")
-    d.add_argument("--data", metavar="PATH", required=True,
-                   help="*.jsonl manifests (a file or a directory of them) or an image-folder tree "
-                        "<label>/<event_id>/<frame>.png")  # fmt: skip
-    d.add_argument("--limit", type=int, default=0, help="classify at most N events (0: all)")
-    d.add_argument("--threads", type=int, default=0, help="interpreter threads (0: one per CPU)")
-    d.add_argument("--show", type=int, default=20, help="print the first N predictions (20)")
-    d.add_argument("--out", default="", help="write every prediction as JSON Lines here")
-    d.set_defaults(func=device_run_command)
-
 
 def _rest_port(text: str) -> int:
     """TF Serving's ``--rest_api_port``: 0 means no REST front end (the config's -1)."""
@@ -176,15 +157,3 @@ def version_text() -> str:
     except metadata.PackageNotFoundError:
         tf_version = "not installed"
     return f"TensorFlow ModelServer: eventpipe-serve {ours}\nTensorFlow Library: {tf_version}"
-
-
-def device_run_command(args: argparse.Namespace) -> int:
-    from ondevice.device_runner import run_device  # deferred: device-run needs no server code
-
-    if args.limit < 0:
-        raise UserError("--limit must be >= 0")
-    cfg = load_config(args)
-    run_device(args.model, args.data, limit=args.limit, threads=args.threads, show=args.show, out_path=args.out,
-               max_frame_pixels=cfg.data.max_frame_pixels)  # fmt: skip
-    sys.stdout.flush()
-    return 0

@@ -58,7 +58,7 @@ class Rules:
     data_root: str
     max_frames: int
     classes: tuple[str, ...] = ()  # empty: any label is accepted (the vocabulary is derived)
-    max_frame_bytes: int = 8 * 1024 * 1024
+    max_frame_bytes: int = DataConfig.max_frame_bytes
     max_frame_pixels: int = DataConfig.max_frame_pixels
 
     @functools.cached_property
