@@ -167,6 +167,48 @@ def _resume_fields(cfg: TeacherConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in RESUME_KEYS}
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one training run is: its data, devices, runner, directories and length."""
+
+    cfg: TeacherConfig
+    spec: EventSpec
+    setup: Any  # devices.DeviceSetup
+    runner: Any  # HybridRunner | DistributeRunner
+    workdir: str
+    own_dir: str  # the chief's workdir, or this worker's directory under it
+    examples_dir: str
+    train_files: list[str]
+    eval_files: list[str]
+    epoch_size: int
+    steps: int
+    eval_every: int
+    schedule: Any
+    params: dict[str, Any]
+    memory: dict[str, Any]
+    pretrained_layers: list[str]
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What the loop accumulates; a resumed run starts from the checkpoint's state."""
+
+    start: int = 0
+    resumed_from: int | None = None
+    losses: list[float] = dataclasses.field(default_factory=list)
+    evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"step", "loss", "accuracy"}
+    stopped_early: int | None = None  # the step at which patience ran out
+    step_times: list[float] = dataclasses.field(default_factory=list)
+    step_cpu: list[float] = dataclasses.field(default_factory=list)  # process CPU s (all threads): robust when shared
+    input_waits: list[float] = dataclasses.field(default_factory=list)  # > 0: the step waited for input
+    checkpoint_seconds: list[float] = dataclasses.field(default_factory=list)
+    eval_seconds: float = 0.0
+    wall: float = 0.0
+
+    def best_eval(self) -> dict[str, Any] | None:
+        return min(self.evals, key=lambda e: (e["loss"], e["step"])) if self.evals else None
+
+
 def train(
     cfg: TeacherConfig,
     examples_dir: str,
@@ -182,7 +224,29 @@ def train(
     ``backbone.npz``) the conv layers start from instead of their random initialisation; a
     resumed run takes its weights from the checkpoint as always.
     """
+    spec, train_files, eval_files = _check_inputs(cfg, examples_dir)
+    setup = devices.configure(cfg.logical_devices)
+    run = _prepare(cfg, spec, setup, os.path.abspath(workdir), examples_dir, train_files, eval_files, init_backbone)
+    checkpoints = _Checkpoints(run)
+    state = checkpoints.restore()
+    batches = run.runner.batches(lambda size, shards, index: _batches(run, state.start, size, shards, index))
+    evaluator = _BestWeights(run)
+    _loop(run, state, batches, evaluator, checkpoints, progress)
+    scores = evaluator.restore_best(state)
+    if export_dir and run.runner.is_chief:
+        from trainer.models.export import export_saved_model
 
+        export_saved_model(evaluator.plain, spec, export_dir)
+    report = _report(run, state, scores, export_dir, init_backbone)
+    from trainer.teacher.plots import plot_training_curve
+
+    report["plots"] = {"training_curve": plot_training_curve(report, os.path.join(run.own_dir, CURVE))}
+    _write_json(os.path.join(run.own_dir, files.TRAIN_REPORT), report)
+    run.runner.finish()
+    return report
+
+
+def _check_inputs(cfg: TeacherConfig, examples_dir: str) -> tuple[EventSpec, list[str], list[str]]:
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
     if cfg.steps < 0 or cfg.global_batch_size < 1 or cfg.reference_batch_size < 1:
@@ -196,12 +260,16 @@ def train(
     spec = EventSpec.load(examples_dir)
     train_files = layout.split_files(examples_dir, layout.TRAIN, required=True)
     eval_files = layout.split_files(examples_dir, layout.EVAL, required=True)
+    return spec, train_files, eval_files
 
-    setup = devices.configure(cfg.logical_devices)
-    # Kept after devices.configure (ordering, not import cost: TensorFlow is already loaded): no
-    # module that might touch the runtime is imported before the logical devices exist, since the
-    # runtime refuses changes once it has started.
-    import tensorflow as tf
+
+def _prepare(
+    cfg: TeacherConfig, spec: EventSpec, setup: Any, workdir: str, examples_dir: str,
+    train_files: list[str], eval_files: list[str], init_backbone: str | None,
+) -> _Run:  # fmt: skip
+    """The runner (strategy or DTensor mesh) with the initial weights, and the run's length."""
+    # Imported after devices.configure: no module that might touch the runtime may load before
+    # the logical devices exist, since the runtime refuses changes once it has started.
     import tf_keras as keras
 
     from trainer.models.teacher import build_teacher, parameter_counts
@@ -214,7 +282,6 @@ def train(
         runner = HybridRunner(cfg, spec, setup)  # DTensor mesh
     else:
         runner = DistributeRunner(cfg, spec, setup, cfg.strategy)  # a tf.distribute strategy
-    workdir = os.path.abspath(workdir)
     own_dir = workdir if runner.is_chief else os.path.join(workdir, "workers", f"worker-{runner.worker_index}")
     os.makedirs(own_dir, exist_ok=True)
     epoch_size = train_data.count_records(train_files, os.path.join(own_dir, "train_records.json"))
@@ -233,137 +300,170 @@ def train(
     memory = check_fits(initial, spec, cfg, weight_copies=setup.count if cfg.strategy != "single" else 1)
     schedule = make_schedule(cfg, steps)
     runner.build(initial.get_weights(), schedule)
-    del initial
+    return _Run(cfg, spec, setup, runner, workdir, own_dir, examples_dir, train_files, eval_files, epoch_size,
+                steps, eval_every, schedule, params, memory, pretrained_layers)  # fmt: skip
 
-    # -- resume -------------------------------------------------------------------------
-    checkpoint = runner.checkpoint()
-    checkpoint_dir = os.path.join(workdir if runner.shares_checkpoints else own_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    losses: list[float] = []
-    evals: list[dict[str, Any]] = []  # {"step", "loss", "accuracy"} at every eval point
-    resumed_from = None
-    if latest:
-        state_path = os.path.join(workdir, STATE)
-        state = _read_json(state_path) if os.path.exists(state_path) else {}
-        if state.get("config") and state["config"] != _resume_fields(cfg):
-            changed = sorted(k for k in RESUME_KEYS if state["config"].get(k) != getattr(cfg, k))
-            raise UserError(
-                f"{workdir} holds a checkpoint of a run with different {', '.join(changed)}; "
-                "use a fresh --workdir or the same settings"
-            )
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        resumed_from = runner.completed_steps()
-        losses = list(state.get("losses", []))[:resumed_from]
-        evals = [e for e in state.get("evals", []) if e["step"] <= resumed_from]
-    start = runner.completed_steps()
 
-    # -- data ---------------------------------------------------------------------------
-    def make_batches(batch_size: int, num_shards: int, shard_index: int) -> Any:
-        return train_data.train_batches(
-            train_files, spec, batch_size=batch_size, seed=cfg.seed, epoch_size=epoch_size,
-            start_record=start * cfg.global_batch_size, num_shards=num_shards, shard_index=shard_index,
-            augment=cfg.augment,
-        )  # fmt: skip
+def _batches(run: _Run, start: int, batch_size: int, num_shards: int, shard_index: int) -> Any:
+    """The train stream from step ``start`` on: the data position is a function of the step."""
+    cfg = run.cfg
+    return train_data.train_batches(
+        run.train_files, run.spec, batch_size=batch_size, seed=cfg.seed, epoch_size=run.epoch_size,
+        start_record=start * cfg.global_batch_size, num_shards=num_shards, shard_index=shard_index,
+        augment=cfg.augment,
+    )  # fmt: skip
 
-    batches = runner.batches(make_batches)
-    writer = tf.summary.create_file_writer(os.path.join(own_dir, "tensorboard"))
-    plain = build_teacher(spec, cfg)  # the unsharded twin the eval loss is computed on
-    best_path = os.path.join(own_dir, BEST_WEIGHTS)
 
-    def best_eval() -> dict[str, Any] | None:
-        return min(evals, key=lambda e: (e["loss"], e["step"])) if evals else None
+class _Checkpoints:
+    """The run's checkpoints and the state beside them (losses, evals, the resume key)."""
 
-    def check_eval(step: int) -> None:
-        plain.set_weights(runner.plain_weights())
-        scores = evaluate(plain, eval_files, spec, batch_size=cfg.global_batch_size, max_batches=cfg.eval_batches)
-        evals.append({"step": step, "loss": scores["loss"], "accuracy": scores["accuracy"]})
-        with writer.as_default():
-            tf.summary.scalar("eval_loss", scores["loss"], step=step)
-            tf.summary.scalar("eval_accuracy", scores["accuracy"], step=step)
-        if best_eval()["step"] == step:
-            tmp = f"{best_path}.tmp.npz"
-            np.savez(tmp, *plain.get_weights())
-            os.replace(tmp, best_path)
+    def __init__(self, run: _Run) -> None:
+        import tensorflow as tf
 
-    checkpoint_seconds: list[float] = []
+        self.run = run
+        self.checkpoint = run.runner.checkpoint()
+        shared = run.workdir if run.runner.shares_checkpoints else run.own_dir
+        self.directory = os.path.join(shared, "checkpoints")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=3)
 
-    def save_checkpoint(step: int) -> None:
-        began_saving = time.perf_counter()
+    def restore(self) -> _Progress:
+        """The latest checkpoint's weights and state; a fresh ``_Progress`` when there is none."""
+        import tensorflow as tf
+
+        run, cfg = self.run, self.run.cfg
+        latest = tf.train.latest_checkpoint(os.path.join(run.workdir, "checkpoints"))
+        state = _Progress()
+        if latest:
+            state_path = os.path.join(run.workdir, STATE)
+            saved = _read_json(state_path) if os.path.exists(state_path) else {}
+            if saved.get("config") and saved["config"] != _resume_fields(cfg):
+                changed = sorted(k for k in RESUME_KEYS if saved["config"].get(k) != getattr(cfg, k))
+                raise UserError(
+                    f"{run.workdir} holds a checkpoint of a run with different {', '.join(changed)}; "
+                    "use a fresh --workdir or the same settings"
+                )
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            state.resumed_from = run.runner.completed_steps()
+            state.losses = list(saved.get("losses", []))[: state.resumed_from]
+            state.evals = [e for e in saved.get("evals", []) if e["step"] <= state.resumed_from]
+        state.start = run.runner.completed_steps()
+        return state
+
+    def save(self, step: int, state: _Progress) -> None:
+        began = time.perf_counter()
+        run = self.run
         # State first: a kill between the two leaves extra losses that the resume trims.
-        if runner.is_chief:
+        if run.runner.is_chief:
             _write_json(
-                os.path.join(workdir, STATE),
-                {"step": step, "losses": losses, "evals": evals, "config": _resume_fields(cfg)},
+                os.path.join(run.workdir, STATE),
+                {"step": step, "losses": state.losses, "evals": state.evals, "config": _resume_fields(run.cfg)},
             )
-        if runner.is_chief or not runner.shares_checkpoints:
-            manager.save(checkpoint_number=step)
+        if run.runner.is_chief or not run.runner.shares_checkpoints:
+            self.manager.save(checkpoint_number=step)
         else:
             # The same save (every client writes its shards; the chief merges them), but only the
             # chief records it: a record written here first could name a checkpoint not yet merged.
-            checkpoint.save_counter.assign_add(1)
-            checkpoint.write(os.path.join(checkpoint_dir, f"ckpt-{step}"))  # the manager's naming
-        checkpoint_seconds.append(time.perf_counter() - began_saving)
+            self.checkpoint.save_counter.assign_add(1)
+            self.checkpoint.write(os.path.join(self.directory, f"ckpt-{step}"))  # the manager's naming
+        state.checkpoint_seconds.append(time.perf_counter() - began)
 
-    # -- loop ---------------------------------------------------------------------------
-    stopped_early = None  # the step at which patience ran out
-    if patience_exhausted(cfg, evals, start):  # a resumed run that had already stopped
-        stopped_early = start
-    step_times: list[float] = []
-    step_cpu: list[float] = []  # process CPU seconds (all threads): robust on a shared machine
-    input_waits: list[float] = []  # time the step waited for its batch: > 0 means input-bound
-    eval_seconds = 0.0
+
+class _BestWeights:
+    """Eval-loss checks on an unsharded twin of the model; the best weights kept on disk."""
+
+    def __init__(self, run: _Run) -> None:
+        import tensorflow as tf
+
+        from trainer.models.teacher import build_teacher
+
+        self.run = run
+        self.writer = tf.summary.create_file_writer(os.path.join(run.own_dir, "tensorboard"))
+        self.plain = build_teacher(run.spec, run.cfg)
+        self.path = os.path.join(run.own_dir, BEST_WEIGHTS)
+
+    def check(self, step: int, state: _Progress) -> None:
+        import tensorflow as tf
+
+        run = self.run
+        self.plain.set_weights(run.runner.plain_weights())
+        scores = evaluate(self.plain, run.eval_files, run.spec, batch_size=run.cfg.global_batch_size,
+                          max_batches=run.cfg.eval_batches)  # fmt: skip
+        state.evals.append({"step": step, "loss": scores["loss"], "accuracy": scores["accuracy"]})
+        with self.writer.as_default():
+            tf.summary.scalar("eval_loss", scores["loss"], step=step)
+            tf.summary.scalar("eval_accuracy", scores["accuracy"], step=step)
+        if state.best_eval()["step"] == step:
+            tmp = f"{self.path}.tmp.npz"
+            np.savez(tmp, *self.plain.get_weights())
+            os.replace(tmp, self.path)
+
+    def restore_best(self, state: _Progress) -> dict[str, Any]:
+        """Load the best weights into the twin and score them (what is exported and reported)."""
+        run = self.run
+        if state.best_eval() is None:  # resumed after the last step: nothing was trained in this process
+            self.check(run.steps, state)
+        with np.load(self.path) as stored:
+            self.plain.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
+        scores = evaluate(self.plain, run.eval_files, run.spec, batch_size=run.cfg.global_batch_size,
+                          max_batches=run.cfg.eval_batches)  # fmt: skip
+        self.writer.flush()
+        return scores
+
+
+def _loop(
+    run: _Run, state: _Progress, batches: Any, evaluator: _BestWeights, checkpoints: _Checkpoints, progress: bool
+) -> None:
+    """Step until the planned length or until patience runs out, checkpointing on the way."""
+    import tensorflow as tf
+
+    cfg, runner, steps = run.cfg, run.runner, run.steps
+    if patience_exhausted(cfg, state.evals, state.start):  # a resumed run that had already stopped
+        state.stopped_early = state.start
     began = time.time()
-    bar = tqdm(total=steps, initial=start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
-    for step in range(start, steps if stopped_early is None else start):
+    bar = tqdm(total=steps, initial=state.start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
+    for step in range(state.start, steps if state.stopped_early is None else state.start):
         waited = time.perf_counter()
         batch = next(batches)
-        input_waits.append(time.perf_counter() - waited)
+        state.input_waits.append(time.perf_counter() - waited)
         t0, c0 = time.perf_counter(), time.process_time()
         loss = runner.step(batch)
-        step_times.append(time.perf_counter() - t0)
-        step_cpu.append(time.process_time() - c0)
+        state.step_times.append(time.perf_counter() - t0)
+        state.step_cpu.append(time.process_time() - c0)
         if not np.isfinite(loss):
             raise UserError(f"teacher loss became {loss} at step {step + 1}; lower teacher.base_learning_rate")
-        losses.append(loss)
-        with writer.as_default():
+        state.losses.append(loss)
+        with evaluator.writer.as_default():
             tf.summary.scalar("loss", loss, step=step + 1)
-            tf.summary.scalar("learning_rate", float(schedule(step)), step=step + 1)
+            tf.summary.scalar("learning_rate", float(run.schedule(step)), step=step + 1)
         bar.update(1)
         done = step + 1
-        if done % eval_every == 0 or done == steps:
+        if done % run.eval_every == 0 or done == steps:
             t_eval = time.perf_counter()
-            check_eval(done)
-            eval_seconds += time.perf_counter() - t_eval
-        best = best_eval()
-        bar.set_postfix_str(f"loss {loss:.4f}" + (f", eval loss {evals[-1]['loss']:.3f} (best @{best['step']})" if best else ""))
-        stop = patience_exhausted(cfg, evals, done)
+            evaluator.check(done, state)
+            state.eval_seconds += time.perf_counter() - t_eval
+        best = state.best_eval()
+        bar.set_postfix_str(f"loss {loss:.4f}" + (f", eval loss {state.evals[-1]['loss']:.3f} (best @{best['step']})" if best else ""))
+        stop = patience_exhausted(cfg, state.evals, done)
         if done % max(1, cfg.checkpoint_every) == 0 or done == steps or stop:
-            save_checkpoint(done)
+            checkpoints.save(done, state)
         if stop:
-            stopped_early = done
+            state.stopped_early = done
             break
     bar.close()
-    wall = time.time() - began
+    state.wall = time.time() - began
 
-    # -- the best weights: evaluate, export, report --------------------------------------
-    best = best_eval()
-    if best is None:  # resumed after the last step: nothing was trained in this process
-        check_eval(steps)
-        best = best_eval()
-    with np.load(best_path) as stored:
-        plain.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
-    scores = evaluate(plain, eval_files, spec, batch_size=cfg.global_batch_size, max_batches=cfg.eval_batches)
-    writer.flush()
-    if export_dir and runner.is_chief:
-        from trainer.models.export import export_saved_model
 
-        export_saved_model(plain, spec, export_dir)
-
+def _report(
+    run: _Run, state: _Progress, scores: dict[str, Any], export_dir: str | None, init_backbone: str | None
+) -> dict[str, Any]:
+    """train_report.json: the run's layout, length, schedule, losses, evals and timing."""
+    cfg, runner, steps, setup = run.cfg, run.runner, run.steps, run.setup
+    step_times, input_waits = state.step_times, state.input_waits
     steady = slice(3, None) if len(step_times) > 5 else slice(None)
     step_seconds = statistics.median(step_times[steady]) if step_times else None
-    cpu_seconds = statistics.median(step_cpu[steady]) if step_cpu else None
-    report: dict[str, Any] = {
+    cpu_seconds = statistics.median(state.step_cpu[steady]) if state.step_cpu else None
+    trained = state.stopped_early or steps
+    return {
         "strategy": cfg.strategy,
         "fc_layout": cfg.fc_layout if cfg.strategy == "hybrid" else None,
         "mesh": runner.mesh_description(),
@@ -372,13 +472,13 @@ def train(
         "worker_index": runner.worker_index,
         "is_chief": runner.is_chief,
         "steps": steps,  # planned (the schedule's length)
-        "steps_trained": stopped_early or steps,
-        "stopped_early": stopped_early is not None,
+        "steps_trained": trained,
+        "stopped_early": state.stopped_early is not None,
         "patience": cfg.patience,
-        "steps_per_epoch": steps_per_epoch(cfg, epoch_size),
-        "epochs": (stopped_early or steps) * cfg.global_batch_size / epoch_size,
-        "start_step": start,
-        "resumed_from_step": resumed_from,
+        "steps_per_epoch": steps_per_epoch(cfg, run.epoch_size),
+        "epochs": trained * cfg.global_batch_size / run.epoch_size,
+        "start_step": state.start,
+        "resumed_from_step": state.resumed_from,
         "global_batch_size": cfg.global_batch_size,
         "learning_rate": {
             "base": cfg.base_learning_rate,
@@ -392,16 +492,16 @@ def train(
         "augment": cfg.augment,
         "mixed_precision": cfg.mixed_precision,
         "seed": cfg.seed,
-        "losses": losses,
-        "learning_rates": [float(v) for v in schedule(np.arange(steps)).numpy()],
+        "losses": state.losses,
+        "learning_rates": [float(v) for v in run.schedule(np.arange(steps)).numpy()],
         "eval": scores,  # of the exported (best) weights
         "final_eval_accuracy": scores["accuracy"],
-        "best": best,
-        "eval_history": evals,
-        "memory_estimate": memory,
-        "parameters": params,
+        "best": state.best_eval(),
+        "eval_history": state.evals,
+        "memory_estimate": run.memory,
+        "parameters": run.params,
         "timing": {
-            "wall_seconds": wall,
+            "wall_seconds": state.wall,
             "steps_timed": len(step_times),
             "first_step_seconds": step_times[0] if step_times else None,  # includes tracing/compiling
             "median_step_seconds": step_seconds,
@@ -410,24 +510,19 @@ def train(
             "median_input_wait_seconds": statistics.median(input_waits[steady]) if input_waits else None,
             # Share of the steady loop spent waiting for input: ~0 when compute-bound.
             "input_wait_fraction": _wait_fraction(input_waits[steady], step_times[steady]),
-            "checkpoints": len(checkpoint_seconds),
-            "checkpoint_seconds": sum(checkpoint_seconds),
-            "eval_seconds": eval_seconds,
+            "checkpoints": len(state.checkpoint_seconds),
+            "checkpoint_seconds": sum(state.checkpoint_seconds),
+            "eval_seconds": state.eval_seconds,
         },
-        "data": {"examples_dir": os.path.abspath(examples_dir), "train_events": epoch_size, "spec": spec.to_dict()},
+        "data": {"examples_dir": os.path.abspath(run.examples_dir), "train_events": run.epoch_size,
+                 "spec": run.spec.to_dict()},  # fmt: skip
         "variables": runner.variable_layouts(),
         "export_dir": os.path.abspath(export_dir) if export_dir and runner.is_chief else None,
         "pretrained_backbone": (
-            {"path": os.path.abspath(init_backbone), "layers": pretrained_layers} if init_backbone else None
+            {"path": os.path.abspath(init_backbone), "layers": run.pretrained_layers} if init_backbone else None
         ),
         "config": _config_dict(cfg),
     }
-    from trainer.teacher.plots import plot_training_curve
-
-    report["plots"] = {"training_curve": plot_training_curve(report, os.path.join(own_dir, CURVE))}
-    _write_json(os.path.join(own_dir, files.TRAIN_REPORT), report)
-    runner.finish()
-    return report
 
 
 def _wait_fraction(waits: list[float], steps: list[float]) -> float | None:
