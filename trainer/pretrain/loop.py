@@ -23,12 +23,13 @@ import os
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from contract import layout
+from contract import files, layout
 from contract.config import Config, check_pretrain, mesh_dims, pretrain_strategy
 from contract.errors import UserError
 from contract.layout import EventSpec
@@ -45,6 +46,18 @@ def total_steps(cfg: Config, events: int) -> int:
     return max(p.min_steps, math.ceil(p.epochs * events / p.batch))
 
 
+@dataclass
+class _Data:
+    """The events pre-training reads (train + unlabelled, labels ignored) and how it batches them."""
+
+    spec: EventSpec
+    record_files: list[str]
+    events: dict[str, int]  # per split
+    epoch_size: int
+    per_camera: Counter  # events per camera (camera negatives only)
+    groups: Any  # cameras with a batch group of their own
+
+
 def train(
     cfg: Config, examples_dir: str, workdir: str, *, export_dir: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -52,58 +65,88 @@ def train(
     ``workdir/pretrain_report.json`` (loss curve, time, events used) and its plot."""
     check_pretrain(cfg)
     strategy = pretrain_strategy(cfg)
-    p, t = cfg.pretrain, cfg.teacher
+    spec, by_split = _inputs(examples_dir)
+    setup = devices.configure(cfg.teacher.logical_devices if strategy == "hybrid" else 1)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    data = _read_data(cfg, spec, by_split)
+    steps = total_steps(cfg, data.epoch_size)
+    initial, runner = _build(cfg, spec, setup, strategy, steps)
+    losses, step_times, wall = _loop(cfg, data, runner, steps, f"pretrain {strategy}", progress)
+    from trainer.pretrain.model import build_pretext, save_backbone
+
+    trained = build_pretext(spec, cfg.teacher, cfg.pretrain)
+    trained.set_weights(runner.plain_weights())
+    report = _report(cfg, data, strategy, runner, setup, steps, losses, step_times, wall, initial, trained, examples_dir)
+    if export_dir:
+        report["backbone"] = save_backbone(
+            trained, export_dir, spec, cfg.teacher, {"steps": steps, "final_loss": report["final_loss"]}
+        )
+    from trainer.pretrain.plots import plot_pretrain_curve
+
+    report["plots"] = {"pretrain_curve": plot_pretrain_curve(report, os.path.join(workdir, CURVE))}
+    tmp = os.path.join(workdir, files.PRETRAIN_REPORT + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, files.PRETRAIN_REPORT))
+    return report
+
+
+def _inputs(examples_dir: str) -> tuple[EventSpec, dict[str, list[str]]]:
     if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
         raise UserError(f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact")
     spec = EventSpec.load(examples_dir)
     by_split = {s: layout.split_files(examples_dir, s) for s in (layout.TRAIN, layout.UNLABELLED_SPLIT)}
-    files = [f for split in by_split.values() for f in split]
-    if not files:
+    if not any(by_split.values()):
         raise UserError(f"no train or unlabelled examples under {examples_dir} to pre-train on")
+    return spec, by_split
 
-    setup = devices.configure(t.logical_devices if strategy == "hybrid" else 1)
-    import tf_keras as keras  # after devices.configure, like the teacher loop
 
-    from trainer.models.teacher import backbone_layers  # after devices.configure: it imports TensorFlow
-    from trainer.pretrain.model import build_pretext, save_backbone
-    from trainer.pretrain.views import (
-        PICK_A,
-        PICK_B,
-        VIEW_A,
-        VIEW_B,
-        camera_groups,
-        contrastive_batches,
-        events_per_camera,
-    )
+def _read_data(cfg: Config, spec: EventSpec, by_split: dict[str, list[str]]) -> _Data:
+    from trainer.pretrain.views import camera_groups, events_per_camera  # imports TensorFlow: after configure
 
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    p = cfg.pretrain
     cameras = {s: events_per_camera(fs) for s, fs in by_split.items()}  # one read: counts and cameras
     events = {s: sum(c.values()) for s, c in cameras.items()}
     epoch_size = sum(events.values())
     if epoch_size < p.batch:
         raise UserError(f"pretrain.batch {p.batch} is larger than the {epoch_size} events to pre-train on")
-    steps = total_steps(cfg, epoch_size)
     per_camera = sum(cameras.values(), Counter()) if p.negatives == "camera" else Counter()
-    groups = camera_groups(per_camera, p.batch)
+    record_files = [f for split in by_split.values() for f in split]
+    return _Data(spec, record_files, events, epoch_size, per_camera, camera_groups(per_camera, p.batch))
 
+
+def _build(cfg: Config, spec: EventSpec, setup: Any, strategy: str, steps: int) -> tuple[Any, Any]:
+    """(the initial pretext model, the runner holding its weights and the schedule)."""
+    import tf_keras as keras  # after devices.configure, like the teacher loop
+
+    from trainer.pretrain.model import build_pretext
+
+    p = cfg.pretrain
     keras.backend.experimental.enable_tf_random_generator()
     keras.utils.set_random_seed(p.seed)
-    initial = build_pretext(spec, t, p)
+    initial = build_pretext(spec, cfg.teacher, p)
     runner = _HybridRunner(cfg, spec, setup) if strategy == "hybrid" else _SingleRunner(cfg, spec)
     warmup = max(1, int(WARMUP_FRACTION * steps))
     schedule = keras.optimizers.schedules.CosineDecay(
         p.learning_rate * 0.1, max(1, steps - warmup), alpha=0.05, warmup_target=p.learning_rate, warmup_steps=warmup
     )
     runner.build(initial.get_weights(), schedule)
-    batches = iter(contrastive_batches(files, spec, batch_size=p.batch, seed=p.seed, epoch_size=epoch_size,
-                                       augmentations=list(p.augmentations), temporal=p.pairs == "temporal",
-                                       groups=groups))  # fmt: skip
+    return initial, runner
 
+
+def _loop(cfg: Config, data: _Data, runner: Any, steps: int, desc: str, progress: bool) -> tuple[list[float], list[float], float]:
+    """(losses, step times, wall seconds) of ``steps`` NT-Xent steps."""
+    from trainer.pretrain.views import PICK_A, PICK_B, VIEW_A, VIEW_B, contrastive_batches
+
+    p = cfg.pretrain
+    batches = iter(contrastive_batches(data.record_files, data.spec, batch_size=p.batch, seed=p.seed,
+                                       epoch_size=data.epoch_size, augmentations=list(p.augmentations),
+                                       temporal=p.pairs == "temporal", groups=data.groups))  # fmt: skip
     losses: list[float] = []
     step_times: list[float] = []
     began = time.time()
-    bar = tqdm(total=steps, desc=f"pretrain {strategy}", disable=not progress, unit="step")
+    bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
     for step in range(steps):
         batch = next(batches)
         t0 = time.perf_counter()
@@ -115,22 +158,31 @@ def train(
         bar.update(1)
         bar.set_postfix_str(f"loss {loss:.4f}")
     bar.close()
-    wall = time.time() - began
+    return losses, step_times, time.time() - began
 
-    trained = build_pretext(spec, t, p)
-    trained.set_weights(runner.plain_weights())
+
+def _report(
+    cfg: Config, data: _Data, strategy: str, runner: Any, setup: Any, steps: int, losses: list[float],
+    step_times: list[float], wall: float, initial: Any, trained: Any, examples_dir: str,
+) -> dict[str, Any]:  # fmt: skip
+    """pretrain_report.json: the loss curve against chance, how far the backbone moved, timing."""
+    from trainer.models.teacher import backbone_layers
+
+    p = cfg.pretrain
     before = [w for layer in backbone_layers(initial) for w in layer.get_weights()]
     after = [w for layer in backbone_layers(trained) for w in layer.get_weights()]
     delta = math.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(after, before, strict=True)))
     norm = math.sqrt(sum(float(np.sum(b**2)) for b in before))
     window = max(1, min(10, steps // 5))
-    report: dict[str, Any] = {
+    per_camera, groups = data.per_camera, data.groups
+    median_step = statistics.median(step_times[1:] or step_times)
+    return {
         "strategy": strategy,
         "mesh": runner.mesh_description(),
         "device_type": setup.device_type,
         "steps": steps,
         "batch": p.batch,
-        "epochs": steps * p.batch / epoch_size,
+        "epochs": steps * p.batch / data.epoch_size,
         "temperature": p.temperature,
         "augmentations": list(p.augmentations),
         "pairs": p.pairs,
@@ -140,7 +192,7 @@ def train(
                     "mixed_events": sum(n for c, n in per_camera.items() if c not in groups)} if per_camera else None,
         "projection_units": list(p.projection_units),
         "learning_rate": p.learning_rate,
-        "events": {**events, "total": epoch_size, "eval_held_out": True},
+        "events": {**data.events, "total": data.epoch_size, "eval_held_out": True},
         "losses": losses,
         "initial_loss": float(np.mean(losses[:window])),
         "final_loss": float(np.mean(losses[-window:])),
@@ -151,27 +203,15 @@ def train(
         "timing": {
             "wall_seconds": wall,
             "first_step_seconds": step_times[0],
-            "median_step_seconds": statistics.median(step_times[1:] or step_times),
-            "events_per_second": p.batch / statistics.median(step_times[1:] or step_times),
+            "median_step_seconds": median_step,
+            "events_per_second": p.batch / median_step,
         },
-        "data": {"examples_dir": os.path.abspath(examples_dir), "spec": spec.to_dict()},
+        "data": {"examples_dir": os.path.abspath(examples_dir), "spec": data.spec.to_dict()},
         "parameters": {
             "backbone": int(sum(int(np.prod(w.shape)) for layer in backbone_layers(trained) for w in layer.weights)),
             "projection_head": int(sum(int(np.prod(w.shape)) for w in trained.weights if w.name.startswith("proj"))),
         },
-    }
-    if export_dir:
-        report["backbone"] = save_backbone(
-            trained, export_dir, spec, t, {"steps": steps, "final_loss": report["final_loss"]}
-        )
-    from trainer.pretrain.plots import plot_pretrain_curve
-
-    report["plots"] = {"pretrain_curve": plot_pretrain_curve(report, os.path.join(workdir, CURVE))}
-    tmp = os.path.join(workdir, files.PRETRAIN_REPORT + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, files.PRETRAIN_REPORT))
-    return report
+    }  # fmt: skip
 
 
 class _SingleRunner:
