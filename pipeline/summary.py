@@ -192,51 +192,72 @@ def p50_ms(variant: dict[str, Any]) -> float | None:
 
 def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None = None) -> None:
     """The human summary at the end of ``eventpipe run`` (``html_path``: report.html, if written)."""
-    lines = []
+    lines = [
+        *_ingest_lines(rep), *_pretrain_lines(rep), *_teacher_lines(rep), *_student_lines(rep),
+        *_tflite_lines(rep), *_release_lines(rep), *_plot_lines(rep), *_served_lines(rep), *next_steps(rep),
+        f"report     {report_path}",
+    ]  # fmt: skip
+    if html_path:
+        lines.append(f"report     {html_path} (open it in a browser)")
+    print("\n".join(lines))
+
+
+def _ingest_lines(rep: dict[str, Any]) -> list[str]:
     ev = rep.get("events")
-    if ev:
-        reasons = ", ".join(f"{k} {v}" for k, v in ev["rejected_by_reason"].items()) or "none"
-        lines.append(
-            f"events     read {ev['read']} = accepted {ev['accepted']} + rejected {ev['rejected']} ({reasons}); "
-            f"train {ev['splits'].get('train', 0)}, eval {ev['splits'].get('eval', 0)}, unlabelled {ev['unlabelled']}"
-        )
-        if ev.get("ignored_files"):
-            why = "; ".join(f"{n} {reason}" for reason, n in ev["ignored_by_reason"].items())
-            files = "1 file" if ev["ignored_files"] == 1 else f"{ev['ignored_files']} files"
-            lines.append(f"ignored    {files} under --data not read: {why}")
-        lines.append(f"quarantine {rep['quarantine']}")
+    if not ev:
+        return []
+    reasons = ", ".join(f"{k} {v}" for k, v in ev["rejected_by_reason"].items()) or "none"
+    lines = [
+        f"events     read {ev['read']} = accepted {ev['accepted']} + rejected {ev['rejected']} ({reasons}); "
+        f"train {ev['splits'].get('train', 0)}, eval {ev['splits'].get('eval', 0)}, unlabelled {ev['unlabelled']}"
+    ]
+    if ev.get("ignored_files"):
+        why = "; ".join(f"{n} {reason}" for reason, n in ev["ignored_by_reason"].items())
+        ignored = "1 file" if ev["ignored_files"] == 1 else f"{ev['ignored_files']} files"
+        lines.append(f"ignored    {ignored} under --data not read: {why}")
+    lines.append(f"quarantine {rep['quarantine']}")
+    return lines
+
+
+def _pretrain_lines(rep: dict[str, Any]) -> list[str]:
     pre = rep.get("pretrain")
-    if pre:
-        lines.append(
-            f"pretrain   NT-Xent {_fmt(pre.get('initial_loss'))} -> {_fmt(pre.get('final_loss'))} "
-            f"(chance {_fmt(pre.get('chance_loss'))}), {pre.get('steps')} steps on {(pre.get('events') or {}).get('total')} "
-            f"events, {pre.get('strategy')}, {_fmt(pre.get('seconds'), '.0f')} s"
-        )
+    if not pre:
+        return []
+    return [
+        f"pretrain   NT-Xent {_fmt(pre.get('initial_loss'))} -> {_fmt(pre.get('final_loss'))} "
+        f"(chance {_fmt(pre.get('chance_loss'))}), {pre.get('steps')} steps on {(pre.get('events') or {}).get('total')} "
+        f"events, {pre.get('strategy')}, {_fmt(pre.get('seconds'), '.0f')} s"
+    ]
+
+
+def _teacher_lines(rep: dict[str, Any]) -> list[str]:
     t = rep.get("teacher")
-    if t:
-        mesh = ", ".join(f"{k}={v}" for k, v in (t.get("mesh") or {}).items())
-        # A multiworker (or multi-client hybrid) report lists the chief's own devices; the mesh
-        # already counts workers (clients).
-        several = t.get("strategy") == "multiworker" or "clients" in (t.get("mesh") or {})
-        where = "" if several else f" on {len(t.get('devices') or [])} devices"
-        lines.append(
-            f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
-            f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps"
-            + (
-                f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})"
-                if t.get("best")
-                else ""
-            )
-            + ", "
-            f"p50 {_fmt(p50_ms(t), '.2f')} ms/event"
-        )
+    if not t:
+        return []
+    mesh = ", ".join(f"{k}={v}" for k, v in (t.get("mesh") or {}).items())
+    # A multiworker (or multi-client hybrid) report lists the chief's own devices; the mesh
+    # already counts workers (clients).
+    several = t.get("strategy") == "multiworker" or "clients" in (t.get("mesh") or {})
+    where = "" if several else f" on {len(t.get('devices') or [])} devices"
+    best = f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})" if t.get("best") else ""
+    return [
+        f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
+        f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps{best}, p50 {_fmt(p50_ms(t), '.2f')} ms/event"
+    ]
+
+
+STUDENT_LABELS = {"scratch": "scratch (hard labels, no teacher)", "float": "distilled", "pruned": "pruned",
+                  "qat": "QAT (production)"}  # fmt: skip
+
+
+def _student_lines(rep: dict[str, Any]) -> list[str]:
+    """Every student variant, what distillation bought, and the best-frame line with its baselines."""
+    lines = []
     student = rep.get("student") or {}
-    for name in ("scratch", "float", "pruned", "qat"):
+    for name, label in STUDENT_LABELS.items():
         v = student.get(name)
         if v:
             sparsity = (v.get("sparsity") or {}).get("all_weights")
-            label = {"scratch": "scratch (hard labels, no teacher)", "float": "distilled", "pruned": "pruned",
-                     "qat": "QAT (production)"}[name]  # fmt: skip
             lines.append(
                 f"student    {label}: accuracy {_fmt(v.get('accuracy'))}, {v.get('params') or 0:,} params"
                 + (f", sparsity {sparsity:.2f}" if sparsity is not None else "")
@@ -249,8 +270,14 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             f"{comparison.get('teacher_over_scratch_points', float('nan')):+.1f} points over scratch"
         )
     production = student.get(student.get("production", "").replace("student_", "")) or {}
+    t = rep.get("teacher")
     if t and t.get("best_frame_events"):
         lines.append("attention  " + best_frame_line(t, production, comparison))
+    return lines
+
+
+def _tflite_lines(rep: dict[str, Any]) -> list[str]:
+    lines = []
     for name in ("int8", "float16"):
         v = (rep.get("tflite") or {}).get(name)
         if v:
@@ -259,11 +286,14 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
                 f"tflite     {name}: {v['bytes']['raw']:,} bytes, accuracy {_fmt(v.get('accuracy'))}, "
                 f"agrees with the float student on {_fmt(agreement, '.1%')}, p50 {_fmt(p50_ms(v), '.2f')} ms/event"
             )
+    return lines
+
+
+def _release_lines(rep: dict[str, Any]) -> list[str]:
+    lines = []
     release = rep.get("release")
     if release:
-        verdict = (
-            "BLESSED" if release.get("blessed") else "NOT blessed: " + "; ".join(release.get("problems", []))
-        )
+        verdict = "BLESSED" if release.get("blessed") else "NOT blessed: " + "; ".join(release.get("problems", []))
         lines.append(f"release    {verdict}")
     push = rep.get("push")
     if push:
@@ -271,26 +301,27 @@ def print_summary(rep: dict[str, Any], report_path: str, html_path: str | None =
             lines.append(f"pushed     {dest['role']}: {dest['path']} (version {dest.get('version')})")
         if not push.get("pushed"):
             lines.append("pushed     nothing: " + "; ".join(push.get("reasons", [])))
-    plots = rep.get("plots") or {}
+    return lines
+
+
+def _plot_lines(rep: dict[str, Any]) -> list[str]:
     curve = ((rep.get("teacher") or {}).get("plots") or {}).get("training_curve")
     pre_curve = ((rep.get("pretrain") or {}).get("plots") or {}).get("pretrain_curve")
-    for path in [p for p in (pre_curve, curve) if p] + list(plots.values()):
-        lines.append(f"plot       {path}")
+    paths = [p for p in (pre_curve, curve) if p] + list((rep.get("plots") or {}).values())
+    return [f"plot       {path}" for path in paths]
+
+
+def _served_lines(rep: dict[str, Any]) -> list[str]:
     served = rep.get("serving_check")
-    if served:
-        if served.get("ok"):
-            lines.append(
-                f"served     {served['url']} -> event {served['event_id']} (label {served['label']}): "
-                f"{served['predicted']} p={served['probability']:.2f}, best frame {served['best_frame']}, "
-                f"{served['milliseconds']} ms"
-            )
-        else:
-            lines.append(f"served     FAILED: {served.get('error')}")
-    lines += next_steps(rep)
-    lines.append(f"report     {report_path}")
-    if html_path:
-        lines.append(f"report     {html_path} (open it in a browser)")
-    print("\n".join(lines))
+    if not served:
+        return []
+    if not served.get("ok"):
+        return [f"served     FAILED: {served.get('error')}"]
+    return [
+        f"served     {served['url']} -> event {served['event_id']} (label {served['label']}): "
+        f"{served['predicted']} p={served['probability']:.2f}, best frame {served['best_frame']}, "
+        f"{served['milliseconds']} ms"
+    ]
 
 
 BEST_FRAME_BASELINES = (  # (comparison key, how the rule names a frame)
