@@ -98,8 +98,26 @@ def EventPusher(
     model name and ``warmup_events``; ``examples``: where the warm-up requests' eval events come
     from; ``pipeline_run_id``: recorded in every release (the run that produced it)."""
     serving = section_from_json(ServingConfig, serving_config)
-    model_name = serving.model_name
-    reasons = reasons_not_to_push(
+    reasons = _reasons(model, model_blessing, infra_blessing)
+    record = _record(serving.model_name, pipeline_run_id, model, model_blessing, infra_blessing, reasons)
+    already = _already_pushed(serving_base, serving.model_name, model.uri) if not reasons else None
+    if already is not None:
+        # A re-run that re-blesses the same student (e.g. now judged against itself as the last
+        # blessed baseline) must not mint a duplicate version: point at the one already there.
+        record.update(destinations=already["destinations"], pushed=True, already_pushed=True)
+    elif not reasons:
+        plan = _plan(serving, serving_base, mobile_base, pipeline_run_id, model, model_blessing, teacher_model,
+                     lite, examples)  # fmt: skip
+        record.update(destinations=push_all(plan), pushed=True)
+        _remember_push(serving_base, serving.model_name, model.uri, record["destinations"])
+    os.makedirs(pushed_model.uri, exist_ok=True)
+    with open(os.path.join(pushed_model.uri, files.PUSH_RECORD), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    _mark(pushed_model, record)
+
+
+def _reasons(model, model_blessing, infra_blessing):
+    return reasons_not_to_push(
         blessed=_int_property(model_blessing, "blessed"),
         infra_blessed=_int_property(infra_blessing, "blessed") if infra_blessing is not None else None,
         blessing_model_id=_int_property(model_blessing, "current_model_id"),
@@ -111,7 +129,11 @@ def EventPusher(
         model_id=model.id,
         model_uri=model.uri,
     )
-    record = {
+
+
+def _record(model_name, pipeline_run_id, model, model_blessing, infra_blessing, reasons):
+    """push.json before the push: what was asked, and why not (``reasons``)."""
+    return {
         "pushed": False,
         "model_name": model_name,
         "pipeline_run_id": pipeline_run_id,
@@ -122,49 +144,41 @@ def EventPusher(
         "destinations": [],
         "reasons": reasons,
     }
-    already = _already_pushed(serving_base, model_name, model.uri) if not reasons else None
-    if already is not None:
-        # A re-run that re-blesses the same student (e.g. now judged against itself as the last
-        # blessed baseline) must not mint a duplicate version: point at the one already there.
-        record["destinations"] = already["destinations"]
-        record["pushed"] = True
-        record["already_pushed"] = True
-    elif not reasons:
-        source = {
-            "pipeline_run_id": pipeline_run_id,
-            "student_model_uri": model.uri,
-            "student_model_id": model.id,
-            "model_blessing_uri": model_blessing.uri,
-            "lite_uri": lite.uri if lite is not None else None,
-            "teacher_model_uri": teacher_model.uri if teacher_model is not None else None,
-        }
-        plan = PushPlan(
-            model_name=model_name,
-            student_dir=_serving_dir(model),
-            serving_base=serving_base,
-            teacher_dir=_serving_dir(teacher_model) if teacher_model is not None else None,
-            lite_dir=lite.uri if lite is not None else None,
-            mobile_base=mobile_base,
-            warmup_frames=(
-                layout.read_encoded_events(examples.uri, layout.EventSpec.load(examples.uri), serving.warmup_events)[0]
-                if examples is not None and serving.warmup_events > 0
-                else None
-            ),
-            release={
-                "source": source,
-                "metrics": {**gate_metrics(model_blessing.uri), "tflite": lite_metrics(lite.uri) if lite else {}},
-            },
-        )
-        record["destinations"] = push_all(plan)
-        record["pushed"] = True
-        _remember_push(serving_base, model_name, model.uri, record["destinations"])
-    os.makedirs(pushed_model.uri, exist_ok=True)
-    with open(os.path.join(pushed_model.uri, files.PUSH_RECORD), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
 
+
+def _plan(serving, serving_base, mobile_base, pipeline_run_id, model, model_blessing, teacher_model, lite, examples):
+    """What to push where: student and teacher SavedModels, the TFLite release, warm-up events."""
+    source = {
+        "pipeline_run_id": pipeline_run_id,
+        "student_model_uri": model.uri,
+        "student_model_id": model.id,
+        "model_blessing_uri": model_blessing.uri,
+        "lite_uri": lite.uri if lite is not None else None,
+        "teacher_model_uri": teacher_model.uri if teacher_model is not None else None,
+    }
+    warmup = None
+    if examples is not None and serving.warmup_events > 0:
+        warmup = layout.read_encoded_events(examples.uri, layout.EventSpec.load(examples.uri), serving.warmup_events)[0]
+    return PushPlan(
+        model_name=serving.model_name,
+        student_dir=_serving_dir(model),
+        serving_base=serving_base,
+        teacher_dir=_serving_dir(teacher_model) if teacher_model is not None else None,
+        lite_dir=lite.uri if lite is not None else None,
+        mobile_base=mobile_base,
+        warmup_frames=warmup,
+        release={
+            "source": source,
+            "metrics": {**gate_metrics(model_blessing.uri), "tflite": lite_metrics(lite.uri) if lite else {}},
+        },
+    )
+
+
+def _mark(pushed_model, record):
+    """The PushedModel properties TFX's conventions and the CLI read."""
     if not record["pushed"]:
         pushed_model.set_int_custom_property("pushed", 0)
-        logging.warning("EventPusher: nothing pushed: %s", "; ".join(reasons))
+        logging.warning("EventPusher: nothing pushed: %s", "; ".join(record["reasons"]))
         return
     by_role = {d["role"]: d for d in record["destinations"]}
     student = by_role["student"]
