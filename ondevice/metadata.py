@@ -50,7 +50,7 @@ _BUFFER_DATA = 0
 _BUFFER_OFFSET = 1
 _BUFFER_SIZE = 2
 # Field slots in tflite-support's metadata_schema.fbs (checked against the vtable offsets in
-# metadata_schema_py_generated.py by tests/test_productionize.py).
+# metadata_schema_py_generated.py by tests/trainer/test_productionize.py).
 _MM_NAME, _MM_DESCRIPTION, _MM_VERSION, _MM_SUBGRAPHS, _MM_FILES, _MM_MIN_PARSER = 0, 1, 2, 3, 6, 7
 _SG_INPUTS, _SG_OUTPUTS = 2, 3
 _TM_NAME, _TM_DESCRIPTION, _TM_PROCESS_UNITS, _TM_FILES = 0, 1, 4, 6

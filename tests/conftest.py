@@ -3,7 +3,9 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(TESTS))  # the repository's packages
+sys.path.insert(0, TESTS)  # shared test helpers (eventdata, repo, productionize_fixtures) from tests/<room>/
 
 from contract import tfenv  # noqa: E402,F401
 

@@ -129,7 +129,9 @@ def test_room_cycles_are_detected():
 
 def test_benchmarks_do_not_import_tests():
     """Neither ``tests.x`` nor a test module by its bare name (through sys.path tricks)."""
-    test_modules = {"tests"} | {f[:-3] for f in os.listdir(os.path.join(REPO, "tests")) if f.endswith(".py")}
+    test_modules = {"tests"} | {
+        f[:-3] for _, _, names in os.walk(os.path.join(REPO, "tests")) for f in names if f.endswith(".py")
+    }
     offenders = [
         f"{m} -> {t}" for m, path in MODULES.items() if m.startswith("benchmarks")
         for t in _raw(path) if t.split(".")[0] in test_modules

@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import productionize_fixtures as fx
 import pytest
+from repo import REPO
 
 from contract import layout
 from contract.config import Config, ConfigError, PretrainConfig, check_pretrain, pretrain_problems
 from contract.errors import UserError
 from contract.layout import EventSpec
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = EventSpec(fx.CLASSES, frames=2, height=12, width=12, channels=3)
 
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import productionize_fixtures as fx
 import pytest
+from repo import REPO
 
 from contract import layout
 from contract.config import Config, LiteConfig, section_json
@@ -20,7 +21,6 @@ from contract.layout import EventSpec
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = EventSpec(fx.CLASSES, frames=2, height=12, width=12, channels=3)
 
 

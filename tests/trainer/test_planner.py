@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from repo import REPO
 
 from contract.config import TeacherConfig
 from pipeline import cli
@@ -17,7 +17,6 @@ from trainer.parallel import planner as P
 
 pytestmark = pytest.mark.unit
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PCIE = P.Hardware(device_flops=1.4e12, bandwidth=6e9, latency=10e-6, bytes_per_value=4)
 
 

@@ -2,19 +2,18 @@
 
 import dataclasses
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
+from repo import REPO
 
 from contract.config import Config
 from pipeline.pipeline_def import create_pipeline
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):

@@ -8,6 +8,7 @@ import sys
 
 import eventdata as ed
 import pytest
+from repo import REPO
 
 from contract import source
 from contract.config import Config
@@ -16,7 +17,6 @@ from pipeline import runners
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def eventpipe(*args, cwd):

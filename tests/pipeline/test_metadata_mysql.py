@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+from repo import REPO
 
 from contract.config import Config, SimulatorConfig
 from contract.errors import UserError
@@ -24,7 +25,6 @@ from simulator.writer import generate
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER, PASSWORD = "pipeline", "s3cret-pw"
 SBIN = os.pathsep.join(filter(None, [os.environ.get("PATH"), "/usr/sbin", "/usr/local/sbin"]))
 

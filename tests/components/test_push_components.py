@@ -14,6 +14,7 @@ import sys
 
 import productionize_fixtures as pf
 import pytest
+from repo import REPO
 from tfx.types import standard_artifacts
 
 from components.artifacts import LiteModels
@@ -28,7 +29,6 @@ from serving.warmup import read_warmup_file
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAME = "events"
 # The serving section the pipeline would pass: our model name, 6 validation events.

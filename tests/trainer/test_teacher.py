@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from repo import REPO
 
 from contract import layout
 from contract.config import Config
@@ -25,7 +26,6 @@ from fixtures.teacher_data import write_examples
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
 TINY = {
     "teacher": {

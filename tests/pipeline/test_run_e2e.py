@@ -10,13 +10,13 @@ import subprocess
 import sys
 
 import pytest
+from repo import REPO
 
 from contract.config import Config, SimulatorConfig
 from simulator.writer import generate
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TRAINING = [
     "--set", "teacher.steps=40", "--set", "teacher.conv_filters=8,16", "--set", "teacher.fc_units=64,64",
     "--set", "teacher.global_batch_size=16", "--set", "teacher.checkpoint_every=20",

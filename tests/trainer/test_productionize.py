@@ -1,7 +1,7 @@
 """Productionize building blocks: distillation loss, pruning, gates, TFLite metadata, measurement.
 
 Fast: no teacher training, tiny models. The whole Distiller -> LiteConverter chain is in
-tests/test_productionize_pipeline.py.
+tests/trainer/test_productionize_pipeline.py.
 """
 
 import gzip

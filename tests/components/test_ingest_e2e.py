@@ -12,6 +12,7 @@ import sys
 import apache_beam as beam
 import eventdata as ed
 import pytest
+from repo import REPO
 
 from components.event_example_gen import beam_graph
 from contract import layout
@@ -21,7 +22,6 @@ from simulator.writer import generate
 
 pytestmark = pytest.mark.e2e
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["empty", "person", "vehicle"]
 
 
