@@ -77,7 +77,7 @@ class TeacherConfig:
     clients: int = 1
     mesh: str = "batch=2,model=2"
     # 1d (the paper's): all-gather features, FC sharded over all devices; 2d: batch x model mesh.
-    # 1d is the cheaper one on CPUs (1.52x single's step time vs 2.33x, docs/benchmarks.md).
+    # 1d is the cheaper one on CPUs (docs/benchmarks.md, "Why the defaults are what they are").
     fc_layout: str = "1d"
     # Training length follows the data: up to max_epochs over the train split (at least min_steps),
     # stopping early once the eval loss has not improved for `patience` evals; the best weights
@@ -176,8 +176,8 @@ class PretrainConfig:
     """
 
     enabled: bool = False  # eventpipe run --pretrain
-    # Over the train + unlabelled splits (the eval split stays unseen) ... Longer is better here: on
-    # the bench-labels set a linear probe on the frozen backbone reads 0.71 after 3.5 epochs, 0.85 after 9.3.
+    # Over the train + unlabelled splits (the eval split stays unseen); the backbone keeps improving
+    # with epochs here (docs/benchmarks.md, "Why the defaults are what they are").
     epochs: float = 10.0
     min_steps: int = 100  # ... but at least this many steps
     steps: int = 0  # > 0: exactly this many steps
@@ -191,8 +191,8 @@ class PretrainConfig:
     # camera: each batch's events come from one camera (cameras with under two batches of events are
     # batched together; beyond 64 cameras groups are shared), so the negatives share the positives'
     # background and only the object tells events apart; batch: any events. With batch negatives
-    # the backbone learns which camera it is looking at: a linear probe on it read 0.45 (random
-    # weights: 0.50); with camera negatives 0.71 (docs/benchmarks.md).
+    # the backbone learns which camera it is looking at instead of the object (docs/benchmarks.md,
+    # "Why the defaults are what they are").
     negatives: str = "camera"
     projection_units: list[int] = field(default_factory=lambda: [256, 128])  # head; the last is z's size
     strategy: str = "teacher"  # one of PRETRAIN_STRATEGIES
@@ -287,9 +287,8 @@ class StudentConfig:
     # The stem also sees each frame minus the event's mean frame (motion), as the teacher does.
     # Single-frame data has no motion: the branch is left out (an all-zero tensor has no int8 range).
     frame_contrast: bool = True
-    # Per stage, after the stride-2 stem. [2, 1, 2] instead of MobileNet's [1, 2, 2]: 26% fewer FLOPs,
-    # int8 1.2x faster on LiteRT (1.5x on tflite-runtime), no worse distilled (0.964 vs 0.946, one
-    # seed; docs/benchmarks.md "TFLite runtimes").
+    # Per stage, after the stride-2 stem. [2, 1, 2] rather than MobileNet's [1, 2, 2]: fewer FLOPs and a
+    # faster int8 model at no loss of distilled accuracy (docs/benchmarks.md, "Why the defaults are what they are").
     strides: list[int] = field(default_factory=lambda: [2, 1, 2])
     dropout: float = 0.1
     weight_decay: float = 0.0  # L2 on conv kernels
@@ -297,13 +296,12 @@ class StudentConfig:
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to distillation
     # Weight of the loss that trains the frame weights to name the best frame (the known one, else
     # the teacher's pick; the scratch baseline gets the known ones only). Off: the frame weights
-    # also pool the frames, and training them to name a frame cost the small student 3-7 points
-    # of accuracy for a best frame of 0.60-0.63 (docs/benchmarks.md, "Best frame").
+    # also pool the frames, and training them to name a frame costs the small student class
+    # accuracy (docs/benchmarks.md, "Best frame").
     frame_loss_weight: float = 0.0
     epochs: int = 10  # dense distillation ("student float"); the scratch baseline gets the same steps
     # Small data sets: an epoch is at least min_steps / epochs steps, so every phase (dense,
-    # pruning, QAT, scratch) trains longer (600 3-class events of 2x16x16: 150 dense steps gave
-    # 0.68 distilled / 0.71 QAT, 500 steps 0.72 / 0.73; the 2000-event demo is above it already).
+    # pruning, QAT, scratch) trains long enough to converge (docs/benchmarks.md, "Why the defaults are what they are").
     min_steps: int = 500
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -327,7 +325,7 @@ class StudentConfig:
 @dataclass
 class LiteConfig:
     input_type: str = "int8"  # int8 | uint8 for the full-integer model's input
-    representative_examples: int = 500  # calibration events (200 left demo parity at 98.8%, 500 gave 99.1%)
+    representative_examples: int = 500  # calibration events; see docs/benchmarks.md for the parity they buy
     min_agreement: float = 0.99  # TFLite top-1 vs its float student on every ingested event
     measure_latency: bool = True  # p50/p99 per event of every variant (batch 1, 1 thread)
     latency_runs: int = 200
@@ -367,9 +365,8 @@ class ServingConfig:
     batch_timeout_ms: float = 2.0
     # Batches collected or run at once per signature (BatchingParameters.num_batch_threads);
     # 0: one per core, TF Serving's default. 1 here: a second slot's leader closes as soon as
-    # nobody else is coming, so the load splits into smaller batches (2.9 instead of 6.7
-    # requests per call at 16 gRPC clients on 2 cores); it won at 4 clients and lost at 16
-    # (docs/benchmarks.md, "Serving").
+    # nobody else is coming, so the load splits into smaller batches (docs/benchmarks.md,
+    # "Why the defaults are what they are").
     num_batch_threads: int = 1
     # TensorFlow's thread pools in `eventpipe serve` (--tensorflow_intra_op_parallelism and
     # --tensorflow_inter_op_parallelism); 0: TensorFlow's default, as in TF Serving.

@@ -251,8 +251,8 @@ def decode_event(encoded: Any, spec: EventSpec) -> Any:
         image = tf.image.resize(image, [spec.height, spec.width])
         return tf.ensure_shape(image, spec.frame_shape)
 
-    # K is fixed by the spec, so the frames are unrolled rather than looped over with map_fn: a
-    # while loop per event cost 13-29% of the decode's CPU (1-16 events, measured 2026-11-30).
+    # K is fixed by the spec, so the frames are unrolled: a map_fn while loop per event costs a
+    # measurable share of the decode's CPU (docs/benchmarks.md, "Why the defaults are what they are").
     return tf.stack([decode_one(encoded[k]) for k in range(spec.frames)])
 
 

@@ -95,7 +95,7 @@ def distillation_dataset(
     ``cache_bytes``: when the decoded events fit in this many bytes they are decoded once and
     kept in memory (float32, so exactly what the serving signature computes), and every later
     epoch and phase skips the PNG decoding, which otherwise competes with the small student's
-    step for the same cores. Larger data streams from the files as before.
+    step for the same cores. Larger data streams from the files.
     """
 
     records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")

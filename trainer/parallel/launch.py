@@ -221,7 +221,7 @@ def _die_with_parent() -> None:
     """
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the child outlives a killed parent, as before
+    except (OSError, AttributeError):  # not Linux: no parent-death signal; the child may outlive a killed parent
         pass
 
 
