@@ -45,6 +45,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check contract ondevice simulator trainer serving components pipeline fixtures tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check contract ondevice simulator trainer serving components pipeline fixtures tests benchmarks setup.py
 
 bench: bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-warmup bench-quality
 

@@ -7,7 +7,9 @@ setup(
     version="0.1.0",
     description="Production pipeline for image-event models on TensorFlow Extended",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["contract*", "ondevice*", "simulator*", "trainer*", "serving*", "components*", "pipeline*"]),
+    packages=find_packages(
+        include=["contract*", "ondevice*", "simulator*", "trainer*", "serving*", "components*", "pipeline*"]
+    ),
     package_data={"": ["*.json", "*.txt"]},
     # Exact versions live in requirements.lock (installed with -c); these are the direct needs.
     install_requires=[

@@ -76,10 +76,14 @@ def with_fraction(examples: str, fraction: float, out: str, seed: int) -> dict:
 
     shutil.copytree(layout.split_dir(examples, layout.EVAL), layout.split_dir(out, layout.EVAL))
     shutil.copy(os.path.join(examples, layout.SPEC_FILE), out)
-    train = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(layout.split_files(examples, layout.TRAIN), "GZIP")]
+    train = [
+        bytes(r.numpy()) for r in tf.data.TFRecordDataset(layout.split_files(examples, layout.TRAIN), "GZIP")
+    ]
     unlabelled = [bytes(r.numpy()) for r in
                   tf.data.TFRecordDataset(layout.split_files(examples, layout.UNLABELLED_SPLIT), "GZIP")]  # fmt: skip
-    keep = set(np.random.default_rng(seed).permutation(len(train))[: max(1, round(fraction * len(train)))].tolist())
+    keep = set(
+        np.random.default_rng(seed).permutation(len(train))[: max(1, round(fraction * len(train)))].tolist()
+    )
     dropped = []
     for i, record in enumerate(train):
         if i in keep:
@@ -125,7 +129,9 @@ def student(examples: str, teacher_dir: str, out: str, cfg) -> dict:
             "seconds": report["seconds"]}  # fmt: skip
 
 
-def linear_probe(examples: str, train_dirs: dict[float, str], backbone: str | None, cfg) -> dict[float, float]:
+def linear_probe(
+    examples: str, train_dirs: dict[float, str], backbone: str | None, cfg
+) -> dict[float, float]:
     """Eval accuracy of a logistic regression on the frozen backbone's features, per label fraction.
 
     The features are each event's frame embeddings averaged and maxed over its K frame slots (a
@@ -186,7 +192,9 @@ def plot(rows: list[dict], path: str) -> str:
                               ("probe_random", "linear probe, random backbone", "^:"),
                               ("probe_pretrained", "linear probe, pre-trained backbone", "^-.")):  # fmt: skip
         if all(key in r for r in rows):
-            ax.plot(x, [r[key] for r in rows], style, label=label, alpha=0.6 if key.startswith("probe") else 1.0)
+            ax.plot(
+                x, [r[key] for r in rows], style, label=label, alpha=0.6 if key.startswith("probe") else 1.0
+            )
     ax.set_xscale("log")
     ax.set_xlabel("labelled train events")
     ax.set_ylabel("eval accuracy")
@@ -204,14 +212,20 @@ def main() -> int:
     p.add_argument("--unlabelled-fraction", type=float, default=0.9)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--fractions", default="0.05,0.1,0.25,1", help="label fractions of the labelled train events")
-    p.add_argument("--strategy", default="single", choices=["single", "hybrid"], help="teacher and pre-training")
+    p.add_argument(
+        "--fractions", default="0.05,0.1,0.25,1", help="label fractions of the labelled train events"
+    )
+    p.add_argument(
+        "--strategy", default="single", choices=["single", "hybrid"], help="teacher and pre-training"
+    )
     p.add_argument("--logical-devices", type=int, default=4, help="hybrid: logical CPU devices")
     p.add_argument("--teacher-steps", type=int, default=0, help="0: teacher.epochs / min_steps as configured")
     p.add_argument("--pretrain-steps", type=int, default=0, help="0: pretrain.epochs over train + unlabelled")
     p.add_argument("--student-epochs", type=int, default=6)
     p.add_argument("--student-min-steps", type=int, default=300)
-    p.add_argument("--set", action="append", default=[], help="any config override, e.g. pretrain.temperature=0.1")
+    p.add_argument(
+        "--set", action="append", default=[], help="any config override, e.g. pretrain.temperature=0.1"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", help="keep everything under this directory (default: a temporary one, removed)")
     p.add_argument("--out", default="bench_labels", help="directory for the table (JSON) and the plot")
@@ -244,12 +258,16 @@ def main() -> int:
             for init, backbone in (("scratch", None), ("pretrained", os.path.join(root, "backbone"))):
                 run = os.path.join(data, f"teacher-{init}")
                 t0 = time.perf_counter()
-                rep = launch.train(cfg, data, run, export_dir=os.path.join(run, "model"), log=quiet, init_backbone=backbone)
+                rep = launch.train(
+                    cfg, data, run, export_dir=os.path.join(run, "model"), log=quiet, init_backbone=backbone
+                )
                 row[f"teacher_{init}"] = rep["final_eval_accuracy"]
                 row[f"teacher_{init}_steps"] = rep["steps"]
                 s = student(data, os.path.join(run, "model"), os.path.join(data, f"student-{init}"), cfg)
                 row[f"student_{init}_teacher"] = s["distilled"]
-                row["student_hard_labels"] = s["scratch"]  # the same for both teachers (hard labels, same seed)
+                row["student_hard_labels"] = s[
+                    "scratch"
+                ]  # the same for both teachers (hard labels, same seed)
                 row[f"seconds_{init}"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(f"labels {fraction:>5.0%} ({counts['labelled']} labelled): teacher {row['teacher_scratch']:.3f} -> "
@@ -270,7 +288,9 @@ def main() -> int:
         print(f"{r['fraction']:>7.0%} {r['labelled']:>8} | {r['probe_random']:>6.3f} {r['probe_pretrained']:>8.3f} | "
               f"{r['teacher_scratch']:>7.3f} {r['teacher_pretrained']:>10.3f} | "
               f"{r['student_scratch_teacher']:>7.3f} {r['student_pretrained_teacher']:>10.3f} {r['student_hard_labels']:>9.3f}")  # fmt: skip
-    print("probe: a linear classifier on the frozen backbone (random weights / pre-trained); +pt: pre-trained backbone")
+    print(
+        "probe: a linear classifier on the frozen backbone (random weights / pre-trained); +pt: pre-trained backbone"
+    )
     full = next((r for r in rows if r["fraction"] == 1.0), None)
     tenth = next((r for r in rows if abs(r["fraction"] - 0.1) < 1e-9), None)
     target = None
@@ -289,7 +309,9 @@ def main() -> int:
         "args": vars(args)}  # fmt: skip
     with open(os.path.join(args.out, "bench_labels.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
-    print(f"table: {os.path.join(args.out, 'bench_labels.json')}\nplot:  {plot(rows, os.path.join(args.out, 'label_efficiency.png'))}")
+    print(
+        f"table: {os.path.join(args.out, 'bench_labels.json')}\nplot:  {plot(rows, os.path.join(args.out, 'label_efficiency.png'))}"
+    )
     return 0
 
 

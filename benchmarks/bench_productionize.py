@@ -132,19 +132,29 @@ def print_table(report: dict[str, Any], reference: dict[str, Any]) -> None:
         _row("student float SavedModel", student["float"]),
         _row("student float Keras", {**student["float"], "bytes": student["float"]["keras_bytes"]}, "keras"),
         _row("student pruned SavedModel", student["pruned"]),
-        _row("student pruned Keras", {**student["pruned"], "bytes": student["pruned"]["keras_bytes"]}, "keras"),
+        _row(
+            "student pruned Keras", {**student["pruned"], "bytes": student["pruned"]["keras_bytes"]}, "keras"
+        ),
         _row("student int8 TFLite", tflite["int8"]),
         _row("student float16 TFLite", tflite["float16"]),
     ]
     header = ["variant", "accuracy", "params", "FLOPs/ev", "KiB", "KiB gz", "p50 ms", "p99 ms"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     print(f"(float32 TFLite of the dense student, size reference: {reference['bytes']['raw'] / 1024:.1f} KiB, "
           f"{reference['bytes']['gzipped'] / 1024:.1f} KiB gz)")  # fmt: skip
 
 
-RUNTIME_FILES = {"int8": "model.tflite", "float16": "model_float16.tflite", "float32": "reference_float32.tflite"}
+RUNTIME_FILES = {
+    "int8": "model.tflite",
+    "float16": "model_float16.tflite",
+    "float32": "reference_float32.tflite",
+}
 
 
 def runtime_latencies(lite_dir: str, runs: int) -> dict[str, dict[str, dict[str, Any]]]:
@@ -156,7 +166,11 @@ def runtime_latencies(lite_dir: str, runs: int) -> dict[str, dict[str, dict[str,
     from ondevice.runtime import ON_DEVICE_RUNTIMES
     from trainer.lite import measure
 
-    files = {v: os.path.join(lite_dir, f) for v, f in RUNTIME_FILES.items() if os.path.isfile(os.path.join(lite_dir, f))}
+    files = {
+        v: os.path.join(lite_dir, f)
+        for v, f in RUNTIME_FILES.items()
+        if os.path.isfile(os.path.join(lite_dir, f))
+    }
     jobs = {f"{runtime}/{variant}": ("tflite", path, runtime) for runtime in ON_DEVICE_RUNTIMES
             for variant, path in files.items()}  # fmt: skip
     results = measure.latencies(jobs, runs=runs, warmup=20, rounds=10)
@@ -173,7 +187,9 @@ def print_runtime_table(table: dict[str, dict[str, dict[str, Any]]]) -> None:
     rows = []
     for runtime, row in table.items():
         version = next(iter(row.values()))["runtime"]["version"]
-        ratio = row["int8"]["p50_ms"] / row["float16"]["p50_ms"] if "int8" in row and "float16" in row else None
+        ratio = (
+            row["int8"]["p50_ms"] / row["float16"]["p50_ms"] if "int8" in row and "float16" in row else None
+        )
         rows.append([f"{runtime} {version}", *(f"{row[v]['p50_ms']:.3f}" if v in row else "-" for v in variants),
                      f"{ratio:.2f}" if ratio else "-"])  # fmt: skip
     names = list(table)
@@ -183,7 +199,11 @@ def print_runtime_table(table: dict[str, dict[str, dict[str, Any]]]) -> None:
                                      and v in table[b] else "-" for v in variants), ""])  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
 
 
 def targets(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +228,10 @@ def targets(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]
             "value": comparison.get("int8_speedup_over_teacher_savedmodel"),
             "target": ">= 3.0",
         },
-        "int8_accuracy_over_teacher": {"value": comparison.get("int8_accuracy_over_teacher"), "target": ">= 0.99"},
+        "int8_accuracy_over_teacher": {
+            "value": comparison.get("int8_accuracy_over_teacher"),
+            "target": ">= 0.99",
+        },
     }
     speed = results["int8_speedup_over_teacher_savedmodel"]["value"]
     results["int8_speedup_over_teacher_savedmodel"]["met"] = speed is not None and speed >= 3.0
@@ -220,9 +243,15 @@ def targets(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=2000, help="simulated events (the demo size by default)")
-    p.add_argument("--teacher-steps", type=int, default=None, help="teacher optimisation steps (default: teacher.steps)")
-    p.add_argument("--teacher-export", help="use this teacher SavedModel (e.g. a pipeline run's) instead of training one")
-    p.add_argument("--epochs", type=int, default=None, help="student dense distillation epochs (config default)")
+    p.add_argument(
+        "--teacher-steps", type=int, default=None, help="teacher optimisation steps (default: teacher.steps)"
+    )
+    p.add_argument(
+        "--teacher-export", help="use this teacher SavedModel (e.g. a pipeline run's) instead of training one"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="student dense distillation epochs (config default)"
+    )
     p.add_argument("--prune-epochs", type=int, default=None, help="student pruning epochs (config default)")
     p.add_argument("--latency-runs", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
@@ -230,8 +259,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", help="keep everything here (default: a temporary directory, removed)")
     p.add_argument("--reuse", action="store_true", help="reuse data / teacher already in --workdir")
     p.add_argument("--json", help="write the full results here")
-    p.add_argument("--runtimes-only", metavar="LITE_DIR",
-                   help="only step 5: time the TFLite files of a LiteConverter output dir on each runtime")
+    p.add_argument(
+        "--runtimes-only",
+        metavar="LITE_DIR",
+        help="only step 5: time the TFLite files of a LiteConverter output dir on each runtime",
+    )
     a = p.parse_args(argv)
     if a.teacher_steps is None and not a.quick:
         from contract.config import TeacherConfig
@@ -291,10 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         report = run_lite_conversion(student_dir, examples, lite_dir, cfg.lite, teacher_dir=teacher)
         # The release decision the pipeline's gates would make on these accuracies.
         report["blessing"] = decide_on_accuracies(
-            report["teacher"]["accuracy"], report["student"][report["student"]["production"].removeprefix("student_")]["accuracy"],
+            report["teacher"]["accuracy"],
+            report["student"][report["student"]["production"].removeprefix("student_")]["accuracy"],
             cfg.gates,
         )
-        reference = float32_reference(student_dir, examples, os.path.join(lite_dir, "reference_float32.tflite"))
+        reference = float32_reference(
+            student_dir, examples, os.path.join(lite_dir, "reference_float32.tflite")
+        )
         timings["lite_s"] = time.time() - t
         t = time.time()
         log("timing the TFLite files on each on-device runtime")
@@ -325,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
             b = report["blessing"]
             print(f"blessing (floor / vs teacher / regression): {'blessed' if b['blessed'] else 'NOT blessed'} "
                   f"{'; '.join(b['problems'])}")  # fmt: skip
-        kept = f"{report['plots']['tradeoff']}, {report['plots']['confusion']}" if a.workdir else "pass --workdir to keep them"
+        kept = (
+            f"{report['plots']['tradeoff']}, {report['plots']['confusion']}"
+            if a.workdir
+            else "pass --workdir to keep them"
+        )
         print(f"plots: {kept}")
         timings["total_s"] = time.time() - started
         print("time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in timings.items()))

@@ -512,7 +512,9 @@ def print_heldout(seeds: list[int], scored: list[dict[str, Any] | None]) -> dict
             *(fmt(h.get("best_frame_first_frame_baseline"), ".3f") for _, h in present),
         ]
     )
-    rows.append(["best frame: random", *(fmt(h.get("best_frame_random_baseline"), ".3f") for _, h in present)])
+    rows.append(
+        ["best frame: random", *(fmt(h.get("best_frame_random_baseline"), ".3f") for _, h in present)]
+    )
     print_table(["figure", *(f"seed {s}" for s, _ in present)], rows)
     pooled = heldout.pooled([h for _, h in present])
     print("\npaired differences (a - b on the same events, 95% interval)")

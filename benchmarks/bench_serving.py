@@ -122,7 +122,9 @@ class InProcessBaseline:
     def __init__(self, base: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--in-process", base],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("in-process baseline failed to start")
@@ -222,7 +224,9 @@ ROUNDS = 12
 CLIENT_PROCESSES = 4
 
 
-def throughput(api: str, target: str, payload: bytes, clients: int, duration: float, scratch: str) -> dict[str, float]:
+def throughput(
+    api: str, target: str, payload: bytes, clients: int, duration: float, scratch: str
+) -> dict[str, float]:
     """Requests/s with ``clients`` concurrent clients sending back-to-back for ``duration`` seconds.
 
     Clients run as threads spread over up to CLIENT_PROCESSES worker processes that import
@@ -238,7 +242,8 @@ def throughput(api: str, target: str, payload: bytes, clients: int, duration: fl
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", CLIENT_WORKER, api, target, str(n), str(start_at), str(duration), path],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for n in threads
     ]
@@ -367,7 +372,10 @@ class EchoServer:
             with open(path, "wb") as f:
                 f.write(reply)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", ECHO_SERVER, *paths], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", ECHO_SERVER, *paths],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.proc.stdout.readline()
         if not line:
@@ -389,9 +397,13 @@ def real_replies(rest_target: str, body: bytes, grpc_target: str, grpc_payload: 
     rest_reply = response.read()
     conn.close()
     if response.status != 200:
-        raise RuntimeError(f"the server answered the echo's model request with HTTP {response.status}: {rest_reply[:200]!r}")
+        raise RuntimeError(
+            f"the server answered the echo's model request with HTTP {response.status}: {rest_reply[:200]!r}"
+        )
     with grpc.insecure_channel(grpc_target) as channel:
-        grpc_reply = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")(grpc_payload, timeout=60)
+        grpc_reply = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")(
+            grpc_payload, timeout=60
+        )
     return rest_reply, grpc_reply
 
 
@@ -404,7 +416,9 @@ class LatencyClient:
             f.write(payload)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CLIENT_WORKER, api, target, "0", "0", "0", path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{api} latency client failed to start")
@@ -456,8 +470,13 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
                 return f"127.0.0.1:{server.rest_port}", body
             return server.grpc_target, grpc_payload
 
-        print(f"[{name}] latency, in-process, both servers and the echo floor, {ROUNDS} alternating rounds ...", flush=True)
-        echo = EchoServer(*real_replies(*target("no_batching", "rest"), *target("no_batching", "grpc")), scratch)
+        print(
+            f"[{name}] latency, in-process, both servers and the echo floor, {ROUNDS} alternating rounds ...",
+            flush=True,
+        )
+        echo = EchoServer(
+            *real_replies(*target("no_batching", "rest"), *target("no_batching", "grpc")), scratch
+        )
         helpers.append(echo)
         baseline = InProcessBaseline(base)
         helpers.append(baseline)
@@ -478,7 +497,9 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
         result: dict = {"backend": name, "in_process": percentiles(samples["in_process"])}
         result["floor"] = {f"{api}_latency": percentiles(samples[f"floor/{api}"]) for api in ("rest", "grpc")}
         for mode in MODES:
-            result[mode] = {f"{api}_latency": percentiles(samples[f"{mode}/{api}"]) for api in ("rest", "grpc")}
+            result[mode] = {
+                f"{api}_latency": percentiles(samples[f"{mode}/{api}"]) for api in ("rest", "grpc")
+            }
             result[mode]["throughput"] = {}
         for api in ("rest", "grpc"):
             for n in args.clients:
@@ -486,7 +507,9 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
                 idle: dict[str, list[float]] = {mode: [] for mode in MODES}
                 merged_per_call: list[float] = []
                 for r in range(args.rounds):
-                    print(f"[{name}] {api} throughput, {n} clients, round {r + 1}/{args.rounds} ...", flush=True)
+                    print(
+                        f"[{name}] {api} throughput, {n} clients, round {r + 1}/{args.rounds} ...", flush=True
+                    )
                     for mode in list(MODES)[:: 1 if r % 2 == 0 else -1]:  # off first, then on first
                         before = batch_stats(servers[mode].rest_port)
                         point = throughput(api, *target(mode, api), n, args.duration, scratch)
@@ -494,14 +517,22 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
                         rates[mode].append(point["requests_per_s"])
                         idle[mode].append(point["cpu_idle"])
                         if mode == "batching":
-                            calls = after["eventpipe_serving_batch_requests_count"] - before["eventpipe_serving_batch_requests_count"]
-                            merged = after["eventpipe_serving_batch_requests_sum"] - before["eventpipe_serving_batch_requests_sum"]
+                            calls = (
+                                after["eventpipe_serving_batch_requests_count"]
+                                - before["eventpipe_serving_batch_requests_count"]
+                            )
+                            merged = (
+                                after["eventpipe_serving_batch_requests_sum"]
+                                - before["eventpipe_serving_batch_requests_sum"]
+                            )
                             merged_per_call.append(merged / calls if calls else 1.0)
                 for mode in MODES:
                     result[mode]["throughput"][f"{api}_{n}"] = {
                         "requests_per_s": statistics.median(rates[mode]),
                         "rounds": rates[mode],
-                        "requests_per_model_call": statistics.mean(merged_per_call) if mode == "batching" else 1.0,
+                        "requests_per_model_call": statistics.mean(merged_per_call)
+                        if mode == "batching"
+                        else 1.0,
                         "cpu_idle": statistics.median(idle[mode]) if None not in idle[mode] else None,
                     }
                 ratios = [on / off for on, off in zip(rates["batching"], rates["no_batching"], strict=True)]
@@ -512,7 +543,10 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
             # the rows per call this server reached and at full batches. Where the unbatched
             # server already keeps the CPU busy, throughput cannot rise by more than that.
             top = max(args.clients)
-            merged = {api: result["batching"]["throughput"][f"{api}_{top}"]["requests_per_model_call"] for api in ("rest", "grpc")}
+            merged = {
+                api: result["batching"]["throughput"][f"{api}_{top}"]["requests_per_model_call"]
+                for api in ("rest", "grpc")
+            }
             reached = {api: max(1, int(m + 0.5)) for api, m in merged.items()}
             sizes = sorted({1, MAX_BATCH, *reached.values()})
             print(f"[{name}] model CPU per row at {sizes} rows per call ...", flush=True)
@@ -534,7 +568,8 @@ def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Name
         result[f"{api}_floor_ms_p50"] = result["floor"][f"{api}_latency"]["p50_ms"]
         # One sequential client's request rate is one over its mean latency: batching on over off.
         result[f"{api}_lone_ratio"] = (
-            result["no_batching"][f"{api}_latency"]["trimmed_mean_ms"] / result["batching"][f"{api}_latency"]["trimmed_mean_ms"]
+            result["no_batching"][f"{api}_latency"]["trimmed_mean_ms"]
+            / result["batching"][f"{api}_latency"]["trimmed_mean_ms"]
         )
     return result
 
@@ -556,7 +591,9 @@ def print_table(results: list[dict], clients: list[int]) -> None:
                 f"   rate on/off {r[f'{api}_lone_ratio']:.2f}x (trimmed means)"
             )
             lat = r["floor"][f"{api}_latency"]
-            print(f"  {r['backend']:<10} {api.upper():<5} echo (the floor)    {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}")
+            print(
+                f"  {r['backend']:<10} {api.upper():<5} echo (the floor)    {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
+            )
     print("  (echo: the same client against a server on the server's own HTTP and gRPC libraries whose")
     print("   handler costs nothing: the least the server can add while it is built on them)")
     print("\nthroughput (requests/s; requests per model call with batching; machine CPU idle)")
@@ -568,9 +605,11 @@ def print_table(results: list[dict], clients: list[int]) -> None:
                 cells = ""
                 for c in clients:
                     p = r[mode]["throughput"][f"{api}_{c}"]
-                    cells += f"{p['requests_per_s']:>14.0f}" + (
-                        f" ({p['requests_per_model_call']:4.1f})" if mode == "batching" else "       "
-                    ) + (f" {p['cpu_idle'] * 100:3.0f}%" if p["cpu_idle"] is not None else "  n/a")
+                    cells += (
+                        f"{p['requests_per_s']:>14.0f}"
+                        + (f" ({p['requests_per_model_call']:4.1f})" if mode == "batching" else "       ")
+                        + (f" {p['cpu_idle'] * 100:3.0f}%" if p["cpu_idle"] is not None else "  n/a")
+                    )
                 print(f"  {r['backend']:<10} {api.upper():<4} {mode:<11}{cells}")
         for api in ("rest", "grpc"):
             ratios = "  ".join(
@@ -588,7 +627,9 @@ def print_table(results: list[dict], clients: list[int]) -> None:
     print("\ntargets (issue 12)                                   measured      target   bound here   result")
     for r in results:
         for name, value, target, bound, met in target_checks(r, clients):
-            print(f"  {r['backend']:<10} {name:<40} {value:>9}  {target:>10}  {bound:>11}   {'pass' if met else 'FAIL'}")
+            print(
+                f"  {r['backend']:<10} {name:<40} {value:>9}  {target:>10}  {bound:>11}   {'pass' if met else 'FAIL'}"
+            )
     print("  (bound here: for added latency, the echo floor of the server's libraries; for batching's gain,")
     print("   the model's CPU per row alone over merged at the rows per call reached, the most batching")
     print("   can give where the unbatched server keeps the CPU busy; full batches: see the CPU line)")
@@ -612,7 +653,13 @@ def target_checks(r: dict, clients: list[int]) -> list[tuple[str, str, str, str,
     for api in ("rest", "grpc"):
         added, floor = r[f"{api}_added_ms_p50"], r[f"{api}_floor_ms_p50"]
         checks.append(
-            (f"{api.upper()} added latency at p50", f"{added:+.2f} ms", "<= 1.00 ms", f">= {floor:.2f} ms", added <= 1.0)
+            (
+                f"{api.upper()} added latency at p50",
+                f"{added:+.2f} ms",
+                "<= 1.00 ms",
+                f">= {floor:.2f} ms",
+                added <= 1.0,
+            )
         )
     if r["backend"] == "tflite":
         return checks
@@ -620,21 +667,39 @@ def target_checks(r: dict, clients: list[int]) -> list[tuple[str, str, str, str,
     for api in ("rest", "grpc"):
         gain, ceiling = r[f"{api}_batching_ratio_{top}_clients"], r[f"{api}_batching_ceiling_{top}_clients"]
         checks.append(
-            (f"{api.upper()} batching gain at {top} clients", f"{gain:.2f}x", ">= 2.00x", f"<= {ceiling:.2f}x", gain >= 2.0)
+            (
+                f"{api.upper()} batching gain at {top} clients",
+                f"{gain:.2f}x",
+                ">= 2.00x",
+                f"<= {ceiling:.2f}x",
+                gain >= 2.0,
+            )
         )
     for api in ("rest", "grpc"):
         ratio = r[f"{api}_lone_ratio"]
-        checks.append((f"{api.upper()} batching at 1 client vs off", f"{ratio:.2f}x", ">= 0.95x", "1.00x", ratio >= 0.95))
+        checks.append(
+            (
+                f"{api.upper()} batching at 1 client vs off",
+                f"{ratio:.2f}x",
+                ">= 0.95x",
+                "1.00x",
+                ratio >= 0.95,
+            )
+        )
     return checks
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backends", default="savedmodel,tflite", help="savedmodel,tflite")
     parser.add_argument("--clients", default="1,4,16", help="concurrent clients for throughput (1,4,16)")
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per throughput point (1.0)")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per throughput point (6)")
-    parser.add_argument("--requests", type=int, default=600, help="sequential requests per latency point (600)")
+    parser.add_argument(
+        "--requests", type=int, default=600, help="sequential requests per latency point (600)"
+    )
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
@@ -658,7 +723,9 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()[0]
-    print(f"\nmachine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} at start, {load_after:.1f} at end")
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} at start, {load_after:.1f} at end"
+    )
     print_table(results, args.clients)
     summary = {
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load_before, "load_avg_1m_end": load_after},

@@ -183,7 +183,9 @@ def main() -> None:
     if "single" in results:
         for r in results.values():
             r["step_time_vs_single"] = r["median_step_seconds"] / results["single"]["median_step_seconds"]
-            r["step_cpu_vs_single"] = r["median_step_cpu_seconds"] / results["single"]["median_step_cpu_seconds"]
+            r["step_cpu_vs_single"] = (
+                r["median_step_cpu_seconds"] / results["single"]["median_step_cpu_seconds"]
+            )
 
     load = os.getloadavg()
     print(f"\nfp32 matmul ceiling: {ceiling['flops_per_second'] / 1e9:.1f} GFLOP/s ({os.cpu_count()} cores, "
@@ -198,13 +200,19 @@ def main() -> None:
         print(f"{name:<12} {mesh:<22} {r['median_step_seconds']:>7.3f} {r['events_per_second']:>9.1f} "
               f"{r['achieved_flops_per_second'] / 1e9:>8.2f} {r['fraction_of_ceiling']:>10.1%} {vs:>14} "
               f"{r['median_step_cpu_seconds']:>10.3f} {cpu_vs:>13}")  # fmt: skip
-    print(f"\ninput pipeline alone: {feed['events_per_second']:.0f} events/s, "
-          f"{feed['cpu_seconds_per_event'] * 1e3:.2f} CPU-ms/event (parallel PNG decode + prefetch)")
-    print(f"{'strategy':<12} {'train events/s':>14} {'input headroom':>14} {'waiting for input':>17}  verdict")
+    print(
+        f"\ninput pipeline alone: {feed['events_per_second']:.0f} events/s, "
+        f"{feed['cpu_seconds_per_event'] * 1e3:.2f} CPU-ms/event (parallel PNG decode + prefetch)"
+    )
+    print(
+        f"{'strategy':<12} {'train events/s':>14} {'input headroom':>14} {'waiting for input':>17}  verdict"
+    )
     for name, r in results.items():
         wait = r["input_wait_fraction"] or 0.0
         verdict = "compute-bound" if r["input_headroom"] > 1.5 and wait < 0.05 else "INPUT-BOUND"
-        print(f"{name:<12} {r['events_per_second']:>14.1f} {r['input_headroom']:>13.1f}x {wait:>17.1%}  {verdict}")
+        print(
+            f"{name:<12} {r['events_per_second']:>14.1f} {r['input_headroom']:>13.1f}x {wait:>17.1%}  {verdict}"
+        )
     if load[0] > (os.cpu_count() or 1):
         print("note: the machine is busier than its cores; separate processes (multiworker) get a larger share "
               "of a contended CPU, so compare CPU-s/step rather than wall time")  # fmt: skip

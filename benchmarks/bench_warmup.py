@@ -55,7 +55,9 @@ def build(workdir: str, events: int) -> str:
     rng = np.random.default_rng(0)
     frames = np.empty((events + 1, spec.frames), dtype=object)
     for i in range(events + 1):
-        frames[i] = [encode_png(rng.integers(0, 256, spec.frame_shape, dtype=np.uint8)) for _ in range(spec.frames)]
+        frames[i] = [
+            encode_png(rng.integers(0, 256, spec.frame_shape, dtype=np.uint8)) for _ in range(spec.frames)
+        ]
     write_warmup_file(model_dir, predict_logs(frames[:events], NAME))
     np.save(os.path.join(workdir, "request.npy"), frames[events:], allow_pickle=True)
     return model_dir
@@ -95,7 +97,9 @@ def measure(model_dir: str, mode: str, requests: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=30, help="steady-state requests after the first")
     parser.add_argument("--events", type=int, default=8, help="warm-up records (serving.warmup_events)")
@@ -121,7 +125,9 @@ def main() -> None:
 
     print(f"\nfirst request after a SavedModel load, median of {args.rounds} fresh processes per mode "
           f"(load average {os.getloadavg()[0]:.1f}):")  # fmt: skip
-    print(f"{'mode':<6} {'load s':>7} {'replay s':>9} {'first ms':>9} {'steady p50 ms':>14} {'first/steady':>13}")
+    print(
+        f"{'mode':<6} {'load s':>7} {'replay s':>9} {'first ms':>9} {'steady p50 ms':>14} {'first/steady':>13}"
+    )
     for mode in ("cold", "warm"):
         first, steady = med(mode, "first_ms"), med(mode, "steady_p50_ms")
         print(

@@ -225,9 +225,13 @@ def pretrain_problems(p: PretrainConfig) -> list[str]:
     if p.pairs not in ("temporal", "same_frame"):
         problems.append(f"pretrain.pairs must be temporal or same_frame, got {p.pairs!r}")
     if p.negatives not in PRETRAIN_NEGATIVES:
-        problems.append(f"pretrain.negatives must be one of {', '.join(PRETRAIN_NEGATIVES)}, got {p.negatives!r}")
+        problems.append(
+            f"pretrain.negatives must be one of {', '.join(PRETRAIN_NEGATIVES)}, got {p.negatives!r}"
+        )
     if p.strategy not in PRETRAIN_STRATEGIES:
-        problems.append(f"pretrain.strategy must be one of {', '.join(PRETRAIN_STRATEGIES)}, got {p.strategy!r}")
+        problems.append(
+            f"pretrain.strategy must be one of {', '.join(PRETRAIN_STRATEGIES)}, got {p.strategy!r}"
+        )
     return problems
 
 
@@ -426,8 +430,12 @@ class KubeflowConfig:
     what it was sized for and never more)."""
 
     gpus: int = 0  # accelerators for the TeacherTrainer
-    accelerator: str = "nvidia.com/gpu"  # the accelerator type the cluster knows (e.g. NVIDIA_TESLA_T4 on Vertex)
-    resources: dict[str, list[float]] = field(default_factory=lambda: {k: list(v) for k, v in KUBEFLOW_RESOURCES.items()})
+    accelerator: str = (
+        "nvidia.com/gpu"  # the accelerator type the cluster knows (e.g. NVIDIA_TESLA_T4 on Vertex)
+    )
+    resources: dict[str, list[float]] = field(
+        default_factory=lambda: {k: list(v) for k, v in KUBEFLOW_RESOURCES.items()}
+    )
     # Local paths and an image without a registry compile only on request: a cluster's pods see
     # neither this machine's disk nor its images (a kind or minikube cluster can).
     allow_local: bool = False

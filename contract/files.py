@@ -15,7 +15,9 @@ PRETRAIN_CONFIG = "pretrain_config.json"  # the config a launched Pretrainer pro
 TEACHER_CONFIG = "teacher_config.json"  # the config a launched teacher process reads (model_run dir)
 TFLITE_INT8 = "model.tflite"  # LiteConverter's int8 model; also the on-device release and TFLite servable
 TFLITE_FLOAT16 = "model_float16.tflite"  # LiteConverter's float16 model, released beside the int8 one
-DISTILL_REPORT = "distill_report.json"  # Distiller: params, sparsity, histories, eval accuracies (model_run dir)
+DISTILL_REPORT = (
+    "distill_report.json"  # Distiller: params, sparsity, histories, eval accuracies (model_run dir)
+)
 LITE_REPORT = "lite_report.json"  # LiteConverter: variants, parity, latency, comparison
 VERDICT = "verdict.json"  # IngestGate's and ReleaseGate's decision, in their blessing's directory
 VALIDATION = "validation.json"  # ServingValidator: requests, mismatches, problems
@@ -32,14 +34,14 @@ STUDENT_SCRATCH = "student_scratch"  # the baseline: hard labels only, no teache
 class DistillerOutput:
     """The Distiller's Model artifact: the Distiller writes it, the LiteConverter and pusher read it::
 
-        Format-Serving/            the production student (QAT, else pruned, else dense)
-        student_float/             the dense student's SavedModel, same signatures
-        keras/student_float.keras  tf_keras files (the TFLite converter starts from these)
-        keras/student_pruned.keras
-        keras/student_qat.keras    the QAT weights in the plain architecture (float16's source)
-        keras/student_qat.h5       the QAT model itself: wrappers, weights, quantization ranges
-        keras/student_scratch.keras
-        distill_report.json        params, sparsity, histories, eval accuracy/teacher agreement
+    Format-Serving/            the production student (QAT, else pruned, else dense)
+    student_float/             the dense student's SavedModel, same signatures
+    keras/student_float.keras  tf_keras files (the TFLite converter starts from these)
+    keras/student_pruned.keras
+    keras/student_qat.keras    the QAT weights in the plain architecture (float16's source)
+    keras/student_qat.h5       the QAT model itself: wrappers, weights, quantization ranges
+    keras/student_scratch.keras
+    distill_report.json        params, sparsity, histories, eval accuracy/teacher agreement
     """
 
     root: str

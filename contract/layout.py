@@ -144,7 +144,9 @@ def split_files(examples_uri: str, split: str, *, required: bool = False) -> lis
     directory = split_dir(examples_uri, split)
     files = sorted(f for f in tf.io.gfile.glob(os.path.join(directory, "*")) if not tf.io.gfile.isdir(f))
     if required and not files:
-        raise UserError(f"no {split} examples under {directory}: point --data at an ingested Examples artifact")
+        raise UserError(
+            f"no {split} examples under {directory}: point --data at an ingested Examples artifact"
+        )
     return files
 
 

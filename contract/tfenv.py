@@ -17,7 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # warning says nothing a user can act on.
 import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=r"You are using a non-supported Python version", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r"You are using a non-supported Python version", category=FutureWarning
+)
 # google-cloud-aiplatform (also TFX's) warns that the pinned google-cloud-storage 2.x will one day
 # be unsupported: nothing to act on while TFX 1.16 pins it.
-warnings.filterwarnings("ignore", message=r"Support for google-cloud-storage < 3\.0\.0", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r"Support for google-cloud-storage < 3\.0\.0", category=FutureWarning
+)

@@ -99,7 +99,9 @@ def _folder_events(root: str, events: list[FolderEvent]) -> Iterator[Event]:
                 with open(path, "rb") as f:
                     frames.append(f.read())
             except OSError as e:
-                raise UserError(f"{where}: cannot read frame {os.path.basename(path)!r}: {e.strerror}") from None
+                raise UserError(
+                    f"{where}: cannot read frame {os.path.basename(path)!r}: {e.strerror}"
+                ) from None
         yield Event(event_id=event.event_id, label=event.label, frames=frames, source=where)
 
 
@@ -142,7 +144,7 @@ def _read_frame(frame: object, base: str, where: str) -> bytes:
                 return f.read()
         except OSError as e:
             raise UserError(f"{where}: cannot read frame {frame!r}: {e.strerror}") from None
-    raise UserError(f"{where}: a frame must be a relative path or {{\"b64\": ...}}, got {frame!r}")
+    raise UserError(f'{where}: a frame must be a relative path or {{"b64": ...}}, got {frame!r}')
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
@@ -213,11 +215,20 @@ def run_device(
             if counts["events"] <= show:
                 print(f"{event.event_id}: {name} p={prob:.3f} best_frame={best}{verdict}", file=stream)
             if out is not None:
-                out.write(json.dumps({
-                    "event_id": event.event_id, "class_name": name, "probability": prob, "best_frame": best,
-                    "probabilities": [float(p) for p in result["probabilities"][0]], "label": event.label,
-                    "runtime": str(model.runtime),
-                }) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "event_id": event.event_id,
+                            "class_name": name,
+                            "probability": prob,
+                            "best_frame": best,
+                            "probabilities": [float(p) for p in result["probabilities"][0]],
+                            "label": event.label,
+                            "runtime": str(model.runtime),
+                        }
+                    )
+                    + "\n"
+                )
     finally:
         if out is not None:
             out.close()

@@ -151,7 +151,11 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def decode_event(
-    encoded: Sequence[bytes], frames: int, height: int, width: int, channels: int,
+    encoded: Sequence[bytes],
+    frames: int,
+    height: int,
+    width: int,
+    channels: int,
     max_pixels: int = MAX_FRAME_PIXELS,
 ) -> np.ndarray:
     """``frames`` encoded images ("" pads) -> float32 ``[frames, height, width, channels]`` in [0, 1]."""
@@ -175,7 +179,11 @@ def decode_event(
 
 
 def decode_events(
-    events: Sequence[Sequence[bytes]], frames: int, height: int, width: int, channels: int,
+    events: Sequence[Sequence[bytes]],
+    frames: int,
+    height: int,
+    width: int,
+    channels: int,
     max_pixels: int = MAX_FRAME_PIXELS,
 ) -> np.ndarray:
     """A batch of events -> float32 ``[B, frames, height, width, channels]``."""
@@ -188,7 +196,9 @@ def decode_events(
 def encode_png(frame: np.ndarray) -> bytes:
     """uint8 ``[H, W, C]`` (C = 1 or 3) -> PNG bytes (used to build warm-up and test inputs)."""
     arr = np.asarray(frame, dtype=np.uint8)
-    image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr, mode="L" if arr.shape[-1] == 1 else "RGB")
+    image = Image.fromarray(
+        arr[..., 0] if arr.shape[-1] == 1 else arr, mode="L" if arr.shape[-1] == 1 else "RGB"
+    )
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()

@@ -27,7 +27,9 @@ def read_manifest(path: str) -> Iterator[ManifestLine]:
             try:
                 text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
-                yield ManifestLine(number, raw.decode("utf-8", errors="replace").rstrip("\r\n"), None, f"not UTF-8: {e}")
+                yield ManifestLine(
+                    number, raw.decode("utf-8", errors="replace").rstrip("\r\n"), None, f"not UTF-8: {e}"
+                )
                 continue
             if not text.strip():
                 continue

@@ -143,7 +143,11 @@ def metadata_entries(model: bytes) -> dict[str, bytes]:
 
 def _associated_files(buf: bytes, table: int, slot: int) -> list[dict[str, Any]]:
     return [
-        {"name": _string(buf, f, _AF_NAME), "description": _string(buf, f, _AF_DESCRIPTION), "type": _u8(buf, f, _AF_TYPE)}
+        {
+            "name": _string(buf, f, _AF_NAME),
+            "description": _string(buf, f, _AF_DESCRIPTION),
+            "type": _u8(buf, f, _AF_TYPE),
+        }
         for f in _tables(buf, table, slot)
     ]
 
@@ -159,7 +163,10 @@ def _tensor(buf: bytes, table: int) -> dict[str, Any]:
             options = _field(buf, unit, _PU_OPTIONS)
             if options is not None:
                 options = _deref(buf, options)
-                tensor["normalization"] = {"mean": _floats(buf, options, _NORM_MEAN), "std": _floats(buf, options, _NORM_STD)}
+                tensor["normalization"] = {
+                    "mean": _floats(buf, options, _NORM_MEAN),
+                    "std": _floats(buf, options, _NORM_STD),
+                }
     return tensor
 
 
@@ -237,7 +244,9 @@ def _read_metadata(model: bytes | str) -> dict[str, Any]:
     standard = parse_model_metadata(entries[METADATA_NAME])
     files = associated_files(model)
     if EVENT_SPEC_FILE not in files:
-        raise MetadataError(f"no {EVENT_SPEC_FILE} packed with the model (found: {', '.join(sorted(files)) or 'none'})")
+        raise MetadataError(
+            f"no {EVENT_SPEC_FILE} packed with the model (found: {', '.join(sorted(files)) or 'none'})"
+        )
     meta = json.loads(files[EVENT_SPEC_FILE].decode("utf-8"))
     if meta.get("format") != FORMAT:
         raise MetadataError(f"unknown {EVENT_SPEC_FILE} format {meta.get('format')!r}; expected {FORMAT!r}")
@@ -245,10 +254,15 @@ def _read_metadata(model: bytes | str) -> dict[str, Any]:
         raise MetadataError(f"expected metadata for 1 input tensor, found {len(standard['inputs'])}")
     (inp,) = standard["inputs"]
     label_files = [
-        f["name"] for t in standard["outputs"] for f in t["associated_files"] if f["type"] == TENSOR_AXIS_LABELS
+        f["name"]
+        for t in standard["outputs"]
+        for f in t["associated_files"]
+        if f["type"] == TENSOR_AXIS_LABELS
     ]
     if not label_files or label_files[0] not in files:
-        raise MetadataError(f"no labels file (TENSOR_AXIS_LABELS) packed with the model (found: {sorted(files)})")
+        raise MetadataError(
+            f"no labels file (TENSOR_AXIS_LABELS) packed with the model (found: {sorted(files)})"
+        )
     labels = [line for line in files[label_files[0]].decode("utf-8").splitlines() if line]
     meta["labels"] = labels
     meta["input"] = {**meta.get("input", {}), "name": inp["name"]}

@@ -23,7 +23,13 @@ from ondevice.metadata import MetadataError
 from ondevice.runtime import LiteEventClassifier, LiteRuntime, RuntimeUnavailable, lite_runtime
 
 # The outputs every eventpipe servable answers with (the SavedModel signatures' names).
-CONTRACT_OUTPUTS = (layout.OUT_PROBABILITIES, layout.OUT_LOGITS, layout.OUT_CLASS_ID, layout.OUT_CLASS, layout.OUT_BEST_FRAME)
+CONTRACT_OUTPUTS = (
+    layout.OUT_PROBABILITIES,
+    layout.OUT_LOGITS,
+    layout.OUT_CLASS_ID,
+    layout.OUT_CLASS,
+    layout.OUT_BEST_FRAME,
+)
 
 
 class LiteModelError(ValueError):
@@ -41,7 +47,9 @@ def on_device_runtime() -> LiteRuntime:
 class LiteEventModel:
     """An eventpipe ``.tflite`` model: ``decode``, ``predict_decoded``, ``predict_encoded``."""
 
-    def __init__(self, path: str, num_threads: int | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS) -> None:
+    def __init__(
+        self, path: str, num_threads: int | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS
+    ) -> None:
         self.max_frame_pixels = max_frame_pixels  # a frame whose header declares more is refused undecoded
         self.runtime = on_device_runtime()
         if not os.path.isfile(path):
@@ -51,17 +59,24 @@ class LiteEventModel:
         self.path = path
         self.size_bytes = len(content)
         try:
-            self._classifier = LiteEventClassifier(content, num_threads=num_threads or 1, runtime=self.runtime)
+            self._classifier = LiteEventClassifier(
+                content, num_threads=num_threads or 1, runtime=self.runtime
+            )
         except MetadataError as e:
             raise LiteModelError(
                 f"{path}: {e}; convert the model with trainer/lite/tflite.py, which embeds labels and normalization"
             ) from e
         except (KeyError, ValueError, RuntimeError) as e:
-            raise LiteModelError(f"{path}: not a usable eventpipe TFLite model: {type(e).__name__}: {e}") from e
+            raise LiteModelError(
+                f"{path}: not a usable eventpipe TFLite model: {type(e).__name__}: {e}"
+            ) from e
         self.metadata = self._classifier.metadata
         inp = self.metadata["input"]
         self.frames, self.height, self.width, self.channels = (
-            int(inp["frames"]), int(inp["height"]), int(inp["width"]), int(inp["channels"])
+            int(inp["frames"]),
+            int(inp["height"]),
+            int(inp["width"]),
+            int(inp["channels"]),
         )
         if tuple(self._classifier.input_shape[1:]) != self.input_shape:
             raise LiteModelError(

@@ -28,39 +28,137 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     add_config_flags(p)
     p.add_argument("--data", metavar="DIR", dest="run.data",
                    help="events: JSONL manifests, an image-folder tree or TFRecords (required unless --config sets run.data)")  # fmt: skip
-    p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help="where metadata, artifacts and report.json go (default: work)")
-    p.add_argument("--classes", metavar="A,B,C", dest="data.classes", help="class vocabulary a,b,c in label-id order (default: labels seen)")
-    p.add_argument("--max-frames", metavar="K", dest="data.max_frames", type=int, help="most frames one event may have (default 16)")
-    p.add_argument("--max-reject-rate", metavar="F", dest="data.max_reject_rate", type=float, help="stop if more events are rejected (default 0.05)")
-    p.add_argument("--beam-arg", metavar="OPTION", dest="run.beam_args", action="append", help="Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner")
-    p.add_argument("--no-cache", dest="run.enable_cache", action="store_false", default=None, help="re-execute every component")
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        dest="run.workdir",
+        help="where metadata, artifacts and report.json go (default: work)",
+    )
+    p.add_argument(
+        "--classes",
+        metavar="A,B,C",
+        dest="data.classes",
+        help="class vocabulary a,b,c in label-id order (default: labels seen)",
+    )
+    p.add_argument(
+        "--max-frames",
+        metavar="K",
+        dest="data.max_frames",
+        type=int,
+        help="most frames one event may have (default 16)",
+    )
+    p.add_argument(
+        "--max-reject-rate",
+        metavar="F",
+        dest="data.max_reject_rate",
+        type=float,
+        help="stop if more events are rejected (default 0.05)",
+    )
+    p.add_argument(
+        "--beam-arg",
+        metavar="OPTION",
+        dest="run.beam_args",
+        action="append",
+        help="Beam pipeline option passed through, e.g. --beam-arg=--runner=FlinkRunner",
+    )
+    p.add_argument(
+        "--no-cache",
+        dest="run.enable_cache",
+        action="store_false",
+        default=None,
+        help="re-execute every component",
+    )
 
 
 def add_local_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the commands that orchestrate here (not compile-kubeflow, whose cluster decides)."""
-    p.add_argument("--runner", dest="run.runner", choices=["local", "beam", "kubeflow"], help="orchestrator (default local)")
-    p.add_argument("--beam-workers", metavar="N", dest="run.beam_workers", type=int, help="DirectRunner worker processes (default 1)")
-    p.add_argument("--metadata", metavar="URI", dest="run.metadata", help="ML Metadata store: mysql://user:pass@host:port/db (default SQLite in workdir)")
+    p.add_argument(
+        "--runner",
+        dest="run.runner",
+        choices=["local", "beam", "kubeflow"],
+        help="orchestrator (default local)",
+    )
+    p.add_argument(
+        "--beam-workers",
+        metavar="N",
+        dest="run.beam_workers",
+        type=int,
+        help="DirectRunner worker processes (default 1)",
+    )
+    p.add_argument(
+        "--metadata",
+        metavar="URI",
+        dest="run.metadata",
+        help="ML Metadata store: mysql://user:pass@host:port/db (default SQLite in workdir)",
+    )
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     """Teacher flags for the commands that build the training stage (the rest via --set)."""
-    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="teacher distribution strategy (default hybrid)")
-    p.add_argument("--train-workers", metavar="N", dest="teacher.workers", type=int, help="multiworker: local worker processes started on 127.0.0.1 when TF_CONFIG is unset (default 2)")
-    p.add_argument("--pretrain", dest="pretrain.enabled", action="store_true", default=None, help="self-supervised pre-training of the teacher's backbone on every train and unlabelled event first (the Pretrainer; pretrain.* in the config)")
-    p.add_argument("--train-clients", metavar="N", dest="teacher.clients", type=int, help="hybrid: DTensor client processes forming one mesh, started on 127.0.0.1 when DTENSOR_JOBS is unset (default 1)")
+    p.add_argument(
+        "--strategy",
+        dest="teacher.strategy",
+        choices=STRATEGIES,
+        help="teacher distribution strategy (default hybrid)",
+    )
+    p.add_argument(
+        "--train-workers",
+        metavar="N",
+        dest="teacher.workers",
+        type=int,
+        help="multiworker: local worker processes started on 127.0.0.1 when TF_CONFIG is unset (default 2)",
+    )
+    p.add_argument(
+        "--pretrain",
+        dest="pretrain.enabled",
+        action="store_true",
+        default=None,
+        help="self-supervised pre-training of the teacher's backbone on every train and unlabelled event first (the Pretrainer; pretrain.* in the config)",
+    )
+    p.add_argument(
+        "--train-clients",
+        metavar="N",
+        dest="teacher.clients",
+        type=int,
+        help="hybrid: DTensor client processes forming one mesh, started on 127.0.0.1 when DTENSOR_JOBS is unset (default 1)",
+    )
 
 
 def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", metavar="IMAGE", dest="run.image", help="kubeflow: container image built from the repo's Dockerfile")
-    p.add_argument("--pipeline-root", metavar="URI", dest="run.pipeline_root", help="kubeflow: artifact root as the cluster sees it (gs://...)")
-    p.add_argument("--gpus", metavar="N", dest="kubeflow.gpus", type=int,
-                   help="kubeflow: accelerators for the TeacherTrainer (default 0)")
-    p.add_argument("--accelerator", metavar="TYPE", dest="kubeflow.accelerator",
-                   help="kubeflow: accelerator type the cluster knows (default nvidia.com/gpu; e.g. NVIDIA_TESLA_T4 on Vertex)")
-    p.add_argument("--allow-local", dest="kubeflow.allow_local", action="store_const", const=True, default=None,
-                   help="kubeflow: accept local paths and an image without a registry (a kind or minikube cluster "
-                        "that mounts this machine's disk and has the image loaded)")
+    p.add_argument(
+        "--image",
+        metavar="IMAGE",
+        dest="run.image",
+        help="kubeflow: container image built from the repo's Dockerfile",
+    )
+    p.add_argument(
+        "--pipeline-root",
+        metavar="URI",
+        dest="run.pipeline_root",
+        help="kubeflow: artifact root as the cluster sees it (gs://...)",
+    )
+    p.add_argument(
+        "--gpus",
+        metavar="N",
+        dest="kubeflow.gpus",
+        type=int,
+        help="kubeflow: accelerators for the TeacherTrainer (default 0)",
+    )
+    p.add_argument(
+        "--accelerator",
+        metavar="TYPE",
+        dest="kubeflow.accelerator",
+        help="kubeflow: accelerator type the cluster knows (default nvidia.com/gpu; e.g. NVIDIA_TESLA_T4 on Vertex)",
+    )
+    p.add_argument(
+        "--allow-local",
+        dest="kubeflow.allow_local",
+        action="store_const",
+        const=True,
+        default=None,
+        help="kubeflow: accept local paths and an image without a registry (a kind or minikube cluster "
+        "that mounts this machine's disk and has the image loaded)",
+    )
 
 
 def add_parser(subparsers: Any) -> None:
@@ -82,7 +180,9 @@ def add_parser(subparsers: Any) -> None:
     )  # fmt: skip
     add_run_flags(p)
     add_local_run_flags(p)
-    p.add_argument("--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)")
+    p.add_argument(
+        "--through", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: the last)"
+    )
     add_training_flags(p)
     add_kubeflow_flags(p)
     p.set_defaults(func=run_command)
@@ -100,14 +200,18 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=compile_kubeflow_command)
 
 
-_created_workdirs: set[str] = set()  # workdirs this process made (removed again if nothing usable came of them)
+_created_workdirs: set[str] = (
+    set()
+)  # workdirs this process made (removed again if nothing usable came of them)
 
 
 def prepare(args: argparse.Namespace) -> Config:
     cfg = load_config(args)
     check_teacher(cfg.teacher)  # a bad architecture field is one line now, not a failed TeacherTrainer later
     if cfg.pretrain.enabled:
-        check_pretrain(cfg)  # before anything runs: a bad pretrain.* field is one line, not a failed component
+        check_pretrain(
+            cfg
+        )  # before anything runs: a bad pretrain.* field is one line, not a failed component
     if not os.path.exists(cfg.workdir):
         _created_workdirs.add(os.path.abspath(cfg.workdir))
     lock_workdir(cfg.workdir)  # before anything is written there: one run per workdir at a time
@@ -286,5 +390,7 @@ def _compile_kubeflow(cfg: Config, output: str, through: str) -> int:
 
     path = runners.compile_kubeflow(cfg, output, through=through)
     print(f"Kubeflow Pipelines v2 spec: {path} (image {cfg.run.image})")
-    print("submit it with the KFP client or the Kubeflow/Vertex AI Pipelines UI; build the image from ./Dockerfile")
+    print(
+        "submit it with the KFP client or the Kubeflow/Vertex AI Pipelines UI; build the image from ./Dockerfile"
+    )
     return 0

@@ -29,7 +29,9 @@ def open_store(connection_config: Any) -> Any:
         if connection_config.HasField("mysql"):
             m = connection_config.mysql
             where = f"MySQL ML Metadata at {m.host}:{m.port}/{m.database} as user {m.user or '(none)'}"
-            hint = "start the server, check --metadata mysql://user:password@host:port/db and the user's rights"
+            hint = (
+                "start the server, check --metadata mysql://user:password@host:port/db and the user's rights"
+            )
         else:
             where = f"SQLite ML Metadata at {connection_config.sqlite.filename_uri}"
             hint = "check that --workdir is writable"
@@ -89,9 +91,7 @@ def latest_run(
             key = ev.path.steps[0].key if ev.path.steps else ""
             artifact = artifacts[ev.artifact_id]
             outputs.uris.setdefault(key, []).append(artifact.uri)
-            outputs.properties[artifact.uri] = {
-                k: _value(v) for k, v in artifact.custom_properties.items()
-            }
+            outputs.properties[artifact.uri] = {k: _value(v) for k, v in artifact.custom_properties.items()}
         result[node_id] = outputs
     return result
 
@@ -101,7 +101,9 @@ def _value(v: Any) -> Any:
     return getattr(v, kind) if kind else None
 
 
-def execution_count(connection_config: Any, node_id: str, pipeline_name: str = PIPELINE_NAME) -> dict[str, int]:
+def execution_count(
+    connection_config: Any, node_id: str, pipeline_name: str = PIPELINE_NAME
+) -> dict[str, int]:
     """How many executions of one node ended in each state (COMPLETE, CACHED, ...)."""
 
     store = open_store(connection_config)

@@ -86,7 +86,9 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         return ", ".join(x for x in (_accuracy(out), _verdict(out)) if x)
     if node == "Distiller":
         run = _uri(out, "model")  # the report sits beside Format-Serving
-        evaluation = ((load_json(os.path.join(run, files.DISTILL_REPORT)) or {}) if run else {}).get("eval") or {}
+        evaluation = ((load_json(os.path.join(run, files.DISTILL_REPORT)) or {}) if run else {}).get(
+            "eval"
+        ) or {}
         accuracies = [f"{name.replace('student_', '')} {v['accuracy']:.3f}" for name, v in evaluation.items()
                       if isinstance(v, dict) and isinstance(v.get("accuracy"), (int, float))]  # fmt: skip
         return "eval accuracy " + ", ".join(accuracies) if accuracies else ""
@@ -100,7 +102,11 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         if not p.get("pushed"):
             return "nothing pushed" if p else ""
         parts = [f"student v{p.get('pushed_version')}"]
-        parts += [f"{role} v{p[key]}" for role, key in (("teacher", "teacher_version"), ("mobile", "mobile_version")) if key in p]
+        parts += [
+            f"{role} v{p[key]}"
+            for role, key in (("teacher", "teacher_version"), ("mobile", "mobile_version"))
+            if key in p
+        ]
         return "pushed " + ", ".join(parts)
     return ""
 
@@ -111,7 +117,9 @@ class StageLines(logging.Filter):
     ``lookup(node)``: that node's outputs in this run (None if not recorded yet).
     """
 
-    def __init__(self, lookup: Callable[[str], outputs.NodeOutputs | None], stream: TextIO | None = None) -> None:
+    def __init__(
+        self, lookup: Callable[[str], outputs.NodeOutputs | None], stream: TextIO | None = None
+    ) -> None:
         super().__init__()
         self._lookup = lookup
         self._stream = stream or sys.stdout

@@ -26,11 +26,15 @@ def provenance() -> dict[str, Any]:
     if os.path.exists(os.path.join(REPO_ROOT, ".git")):  # a directory, or a file in a worktree
         git = ["git", "-C", REPO_ROOT]
         try:
-            head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
+            head = subprocess.run(
+                [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+            )
             dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                    text=True, timeout=10)  # fmt: skip
             if head.returncode == 0:
-                state = "+dirty" if dirty.stdout.strip() else "" if dirty.returncode == 0 else "+unknown-state"
+                state = (
+                    "+dirty" if dirty.stdout.strip() else "" if dirty.returncode == 0 else "+unknown-state"
+                )
                 commit = head.stdout.strip() + state
         except (OSError, subprocess.SubprocessError):
             commit = None
@@ -56,7 +60,9 @@ def update(path: str, sections: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def ingest_section(summary: dict[str, Any], quarantine_uri: str, examples_uri: str, anomalies: list) -> dict[str, Any]:
+def ingest_section(
+    summary: dict[str, Any], quarantine_uri: str, examples_uri: str, anomalies: list
+) -> dict[str, Any]:
     keys = ("read", "accepted", "rejected", "unlabelled", "rejected_by_reason", "ignored_files", "ignored_by_reason",
             "ignored_examples")  # fmt: skip
     events = {k: summary[k] for k in keys if k in summary}

@@ -621,7 +621,9 @@ def provenance_line(rep: dict[str, Any]) -> str:
         f"finished {run['finished_utc']}" if run.get("finished_utc") else None,
         f"eventpipe {run['eventpipe_version']}" if run.get("eventpipe_version") else None,
         f"commit {run['commit']}" if run.get("commit") else None,
-        f"ML Metadata run {metadata['run_id']} (context {metadata.get('context_id')})" if metadata.get("run_id") else None,
+        f"ML Metadata run {metadata['run_id']} (context {metadata.get('context_id')})"
+        if metadata.get("run_id")
+        else None,
         f"took {rep['seconds']} s" if rep.get("seconds") is not None else None,
     ]
     return "; ".join(e(p) for p in parts if p)

@@ -48,13 +48,18 @@ def beam_args(config: Config) -> list[str]:
     args: list[str] = []
     if config.run.runner != "kubeflow" and not any(a.startswith("--runner") for a in config.run.beam_args):
         if config.run.beam_workers > 1:
-            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={config.run.beam_workers}"]
+            args += [
+                "--direct_running_mode=multi_processing",
+                f"--direct_num_workers={config.run.beam_workers}",
+            ]
         else:
             args += ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
         # DirectRunner workers import from this environment and stage nothing. Without a
         # dependency flag, every TFX Beam executor copies TFX's install and builds an sdist of
         # it for remote workers (~10 s of a demo run); naming our own setup.py says "handled".
-        if os.path.isfile(source.SETUP_FILE) and not any(a.startswith(DEPENDENCY_FLAGS) for a in config.run.beam_args):
+        if os.path.isfile(source.SETUP_FILE) and not any(
+            a.startswith(DEPENDENCY_FLAGS) for a in config.run.beam_args
+        ):
             args.append(f"--setup_file={source.SETUP_FILE}")
     return args + list(config.run.beam_args)
 
@@ -63,7 +68,9 @@ def run_pipeline(config: Config, through: str) -> None:
     """Build and run the pipeline with the configured runner (local or beam)."""
 
     if config.run.runner == "kubeflow":
-        raise UserError("--runner kubeflow compiles, it does not execute here: use `eventpipe run --runner kubeflow`")
+        raise UserError(
+            "--runner kubeflow compiles, it does not execute here: use `eventpipe run --runner kubeflow`"
+        )
     if not config.run.data:
         raise UserError("no data: pass --data DIR (make demo data with `eventpipe generate --out DIR`)")
     if not os.path.exists(config.run.data):
@@ -81,7 +88,6 @@ def run_pipeline(config: Config, through: str) -> None:
     if config.run.runner == "local":
         tfx.orchestration.LocalDagRunner().run(pipeline)
     elif config.run.runner == "beam":
-
         BeamDagRunner().run(pipeline)
     else:
         raise UserError(f"unknown runner {config.run.runner!r}; use local, beam or kubeflow")
@@ -112,7 +118,9 @@ def request_resources(pipeline: Any, kubeflow: KubeflowConfig) -> None:
     for name, component in containers.items():
         value = kubeflow.resources[name]
         if len(value) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
-            raise UserError(f"kubeflow.resources[{name!r}] must be [cpu cores, memory GB], both positive; got {value!r}")
+            raise UserError(
+                f"kubeflow.resources[{name!r}] must be [cpu cores, memory GB], both positive; got {value!r}"
+            )
         cpu, memory = float(value[0]), float(value[1])
         spec = resource_spec(cpu_request=cpu, cpu_limit=cpu, memory_request=memory, memory_limit=memory)
         if name == TRAINER_WITH_ACCELERATORS and kubeflow.gpus:

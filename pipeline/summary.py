@@ -293,7 +293,9 @@ def _release_lines(rep: dict[str, Any]) -> list[str]:
     lines = []
     release = rep.get("release")
     if release:
-        verdict = "BLESSED" if release.get("blessed") else "NOT blessed: " + "; ".join(release.get("problems", []))
+        verdict = (
+            "BLESSED" if release.get("blessed") else "NOT blessed: " + "; ".join(release.get("problems", []))
+        )
         lines.append(f"release    {verdict}")
     push = rep.get("push")
     if push:
@@ -377,7 +379,9 @@ def next_steps(rep: dict[str, Any]) -> list[str]:
         if logs
     }  # fmt: skip
     if len(runs) == 1:
-        lines.append(f"next       curves:     {venv_tool('tensorboard')} --logdir {shlex.quote(next(iter(runs.values())))}")
+        lines.append(
+            f"next       curves:     {venv_tool('tensorboard')} --logdir {shlex.quote(next(iter(runs.values())))}"
+        )
     elif runs:  # one TensorBoard, each model's runs under its name
         spec = ",".join(f"{name}:{logs}" for name, logs in runs.items())
         lines.append(f"next       curves:     {venv_tool('tensorboard')} --logdir_spec {shlex.quote(spec)}")

@@ -56,7 +56,9 @@ def _declare() -> tuple[type[Message], type[Message]]:
             type_name=f".google.protobuf.{wrapper}",
         )  # fmt: skip
     batching.field.add(name="allowed_batch_sizes", number=6, label=_F.LABEL_REPEATED, type=_F.TYPE_INT64)
-    batching.field.add(name="pad_variable_length_inputs", number=7, label=_F.LABEL_OPTIONAL, type=_F.TYPE_BOOL)
+    batching.field.add(
+        name="pad_variable_length_inputs", number=7, label=_F.LABEL_OPTIONAL, type=_F.TYPE_BOOL
+    )
     prometheus = proto.message_type.add(name="PrometheusConfig")
     prometheus.field.add(name="enable", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_BOOL)
     prometheus.field.add(name="path", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
@@ -87,15 +89,15 @@ def read_text_proto(path: str, message: Message, flag: str) -> Message:
         with open(path, encoding="utf-8") as f:
             text = f.read(MAX_CONFIG_BYTES + 1)  # a FIFO or device reports no size: bound the read
         if len(text) > MAX_CONFIG_BYTES:
-            raise UserError(f"{flag} {path}: larger than {MAX_CONFIG_BYTES} bytes; a config file is at most that")
+            raise UserError(
+                f"{flag} {path}: larger than {MAX_CONFIG_BYTES} bytes; a config file is at most that"
+            )
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{flag} {path}: cannot read it: {e}") from e
     try:
         return text_format.Parse(text, message)
     except text_format.ParseError as e:
-        raise UserError(
-            f"{flag} {path}: not a {message.DESCRIPTOR.full_name} text proto: {e}"
-        ) from e
+        raise UserError(f"{flag} {path}: not a {message.DESCRIPTOR.full_name} text proto: {e}") from e
 
 
 # -- --model_config_file ---------------------------------------------------------------------
@@ -119,7 +121,9 @@ _PLATFORMS = ("", "tensorflow", "tflite")
 def models_from_config(config: model_server_config_pb2.ModelServerConfig, where: str) -> list[ServedModel]:
     """The models a ``ModelServerConfig`` lists; UserError for what eventpipe cannot serve."""
     if config.WhichOneof("config") == "custom_model_config":
-        raise UserError(f"{where}: custom_model_config is not supported; list the models in model_config_list")
+        raise UserError(
+            f"{where}: custom_model_config is not supported; list the models in model_config_list"
+        )
     models: list[ServedModel] = []
     seen: set[str] = set()
     for i, mc in enumerate(config.model_config_list.config):
@@ -134,12 +138,14 @@ def models_from_config(config: model_server_config_pb2.ModelServerConfig, where:
             raise UserError(f"{what}: model {mc.name!r} is listed twice")
         seen.add(mc.name)
         if not mc.base_path:
-            raise UserError(f"{what} ({mc.name}): base_path is required (the directory of version directories)")
+            raise UserError(
+                f"{what} ({mc.name}): base_path is required (the directory of version directories)"
+            )
         if os.path.exists(mc.base_path) and not os.path.isdir(mc.base_path):
             raise UserError(f"{what} ({mc.name}): base_path {mc.base_path} is not a directory")
         if mc.model_platform not in _PLATFORMS:
             raise UserError(
-                f"{what} ({mc.name}): model_platform {mc.model_platform!r} is not served; use \"tensorflow\" "
+                f'{what} ({mc.name}): model_platform {mc.model_platform!r} is not served; use "tensorflow" '
                 "(a SavedModel or model.tflite in each version directory)"
             )
         for key, version in mc.version_labels.items():
@@ -193,7 +199,9 @@ def read_batching_file(path: str, defaults: BatchingOptions) -> BatchingOptions:
     if threads < 1:
         raise UserError(f"{where}: num_batch_threads must be >= 1, got {threads}")
     if params.allowed_batch_sizes and params.allowed_batch_sizes[-1] != max_batch:
-        raise UserError(f"{where}: the last allowed_batch_sizes entry must equal max_batch_size ({max_batch})")
+        raise UserError(
+            f"{where}: the last allowed_batch_sizes entry must equal max_batch_size ({max_batch})"
+        )
     ignored = [n for n in ("max_enqueued_batches", "thread_pool_name") if params.HasField(n)]
     ignored += [n for n in ("allowed_batch_sizes", "pad_variable_length_inputs") if getattr(params, n)]
     if ignored:

@@ -46,7 +46,9 @@ def _version_args(spec) -> tuple[int | None, str | None]:
 class _Observed:
     """Times one RPC, records it, and turns ServingError into a gRPC status."""
 
-    def __init__(self, metrics: ServingMetrics, method: str, context: grpc.ServicerContext, model: str = "") -> None:
+    def __init__(
+        self, metrics: ServingMetrics, method: str, context: grpc.ServicerContext, model: str = ""
+    ) -> None:
         self.metrics, self.method, self.context, self.model = metrics, method, context, model
 
     def __enter__(self) -> _Observed:
@@ -60,14 +62,18 @@ class _Observed:
         elif exc is not None and not isinstance(exc, grpc.RpcError):
             exc = internal_error(log, f"gRPC {self.method}", exc_info=(exc_type, exc, tb))
             code = INTERNAL
-        self.metrics.observe_request("grpc", self.method, code, time.perf_counter() - self.started, self.model)
+        self.metrics.observe_request(
+            "grpc", self.method, code, time.perf_counter() - self.started, self.model
+        )
         if isinstance(exc, ServingError):
             self.context.abort(grpc.StatusCode[exc.code], exc.message)
         return False
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, models: ModelRegistry, metrics: ServingMetrics, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> None:
+    def __init__(
+        self, models: ModelRegistry, metrics: ServingMetrics, max_tensor_elements: int = MAX_TENSOR_ELEMENTS
+    ) -> None:
         self.models, self.metrics = models, metrics
         self.max_tensor_elements = max_tensor_elements
 
@@ -75,7 +81,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """The metrics' model label: a served model's name, "" for any other (no series per made-up name)."""
         return name if name in self.models.names else ""
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
+    def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:  # noqa: N802
         with _Observed(self.metrics, "predict", context, self._served(request.model_spec.name)):
             spec = request.model_spec
             version, label = _version_args(spec)
@@ -133,7 +141,9 @@ def channel_options(text: str) -> list[tuple[str, int | str]]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--grpc_channel_arguments: {item!r} is not key=value (e.g. grpc.max_connection_age_ms=2000)")
+            raise UserError(
+                f"--grpc_channel_arguments: {item!r} is not key=value (e.g. grpc.max_connection_age_ms=2000)"
+            )
         try:
             options.append((key.strip(), int(value)))
         except ValueError:
@@ -145,8 +155,15 @@ class GrpcServer:
     """Both services on ``host:port`` (port 0: pick a free one)."""
 
     def __init__(
-        self, models: ModelRegistry, metrics: ServingMetrics, host: str, port: int, max_message_bytes: int,
-        workers: int = 32, max_tensor_elements: int = MAX_TENSOR_ELEMENTS, channel_arguments: str = "",
+        self,
+        models: ModelRegistry,
+        metrics: ServingMetrics,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        workers: int = 32,
+        max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
+        channel_arguments: str = "",
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -154,11 +171,15 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
             *channel_options(channel_arguments),
         ]
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options)
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"), options=options
+        )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(models, metrics, max_tensor_elements), self._server
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models, metrics), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(models, metrics), self._server
+        )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:

@@ -109,7 +109,9 @@ class LoadedVersion:
                     self._batchers[signature.name] = batcher
         return batcher
 
-    def predict(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def predict(
+        self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
         """Validated inputs -> the requested outputs, through the batcher when batching is on."""
         rows = signature.check_inputs(inputs)
         inputs = signature.padded_inputs(inputs, self.max_tensor_elements)
@@ -117,7 +119,9 @@ class LoadedVersion:
         if batcher is None:
             result = self.servable.run(signature, inputs, outputs)
             if self._metrics is not None:
-                self._metrics.batch_size.labels(self.model_name, str(self.version), signature.name).observe(rows)
+                self._metrics.batch_size.labels(self.model_name, str(self.version), signature.name).observe(
+                    rows
+                )
             return result
         self.servable.validate(signature, inputs)  # in this thread, beside the running batch
         result = batcher.submit(inputs, rows)
@@ -297,7 +301,11 @@ class ModelManager:
             self.metrics.set_available(self.model_name, version, servable.platform, True)
         log.info(
             "%s version %d available (%s on %s, loaded in %.1fs, %d warm-up records replayed)",
-            self.model_name, version, servable.platform, servable.runtime or "?", time.monotonic() - started,
+            self.model_name,
+            version,
+            servable.platform,
+            servable.runtime or "?",
+            time.monotonic() - started,
             servable.warmup_records,
         )
 
@@ -338,7 +346,9 @@ class ModelManager:
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
         """The serving version a request addresses (latest when neither version nor label)."""
         if version is not None and label:
-            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+            raise invalid(
+                f"Both model version ({version}) and model version label ({label}) cannot be supplied."
+            )
         if label:
             version = self._label_version(label) if name == self.model_name else None
         serving = self._serving
@@ -361,7 +371,9 @@ class ModelManager:
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         """TF Serving's GetModelStatus: one version, or every version known (newest first)."""
         if version is not None and label:
-            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+            raise invalid(
+                f"Both model version ({version}) and model version label ({label}) cannot be supplied."
+            )
         if name != self.model_name:
             raise not_found(f"Could not find any versions of model {name}")
         if label:

@@ -23,7 +23,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 disable_created_metrics()  # *_created series only add noise to a scrape
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -59,7 +72,9 @@ class TfServingSeries:
         micros = seconds * 1e6
         with self._lock:
             self._count[model, status] = self._count.get((model, status), 0) + 1
-            cells = self._latency.setdefault((model, api, entrypoint), [0.0] * (len(TFS_LATENCY_BOUNDS_US) + 2))
+            cells = self._latency.setdefault(
+                (model, api, entrypoint), [0.0] * (len(TFS_LATENCY_BOUNDS_US) + 2)
+            )
             for i, bound in enumerate(TFS_LATENCY_BOUNDS_US):
                 if micros <= bound:
                     cells[i] += 1
@@ -76,7 +91,9 @@ class TfServingSeries:
             count, loads = dict(self._count), dict(self._loads)
             latency = {k: list(v) for k, v in self._latency.items()}
         out = [f"# HELP {self.COUNT} The total number of requests.", f"# TYPE {self.COUNT} counter"]
-        out += [f"{self.COUNT}{{{_labels(('model_name', 'status'), k)}}} {v}" for k, v in sorted(count.items())]
+        out += [
+            f"{self.COUNT}{{{_labels(('model_name', 'status'), k)}}} {v}" for k, v in sorted(count.items())
+        ]
         out += [f"# HELP {self.LATENCY} Distribution of wall time (in microseconds) for Tensorflow Serving request.",
                 f"# TYPE {self.LATENCY} histogram"]  # fmt: skip
         for key, cells in sorted(latency.items()):
@@ -87,7 +104,9 @@ class TfServingSeries:
                     f"{self.LATENCY}_sum{{{labels}}} {cells[-1]!r}", f"{self.LATENCY}_count{{{labels}}} {int(cells[-2])}"]  # fmt: skip
         out += [f"# HELP {self.LOADS} The number of times a SavedModel was successfully loaded.",
                 f"# TYPE {self.LOADS} counter"]  # fmt: skip
-        out += [f"{self.LOADS}{{{_labels(('model_path', 'status'), k)}}} {v}" for k, v in sorted(loads.items())]
+        out += [
+            f"{self.LOADS}{{{_labels(('model_path', 'status'), k)}}} {v}" for k, v in sorted(loads.items())
+        ]
         return "\n".join(out) + "\n"
 
 

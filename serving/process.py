@@ -48,7 +48,9 @@ class ServerProcess:
         ]  # fmt: skip
         child_env = source.child_env(env)
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env)
+        self.proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env
+        )
         self.rest_port: int | None = None
         self.grpc_port: int | None = None
 
@@ -57,9 +59,13 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.port_file):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with code {self.proc.returncode} before listening:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"the server exited with code {self.proc.returncode} before listening:\n{self.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not start listening within {timeout:.0f} s:\n{self.log_tail()}")
+                raise TimeoutError(
+                    f"the server did not start listening within {timeout:.0f} s:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
         with open(self.port_file, encoding="utf-8") as f:
             info = json.load(f)

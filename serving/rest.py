@@ -39,7 +39,9 @@ log = logging.getLogger("eventpipe.serving.rest")
 PREDICT_RE = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I
 )
-STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+STATUS_RE = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I
+)
 API_RE = re.compile(r"/v1/.*", re.I)
 DRAIN_LIMIT = 16 * 1024 * 1024
 
@@ -58,14 +60,15 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
     # -- plumbing ------------------------------------------------------------------------
-    def _reply(self, status: int, body: bytes, content_type: str = "application/json", close: bool = False) -> None:
+    def _reply(
+        self, status: int, body: bytes, content_type: str = "application/json", close: bool = False
+    ) -> None:
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = "Error"
         head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         )
         if close:
             head += "Connection: close\r\n"
@@ -140,7 +143,9 @@ class _Handler(BaseHTTPRequestHandler):
             except TimeoutError:
                 code = "DEADLINE_EXCEEDED"
                 limit = self.server.read_timeout_seconds
-                self._reply(408, tensors.error_json(f"Request body not received within {limit:g} s"), close=True)
+                self._reply(
+                    408, tensors.error_json(f"Request body not received within {limit:g} s"), close=True
+                )
                 return
             if path == self.server.metrics_path and self.command == "GET":
                 method = "metrics"
@@ -161,7 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
             code = error.code
             self._reply(error.http_status, tensors.error_json(error.message))
         finally:
-            self.server.metrics.observe_request("rest", method, code, time.perf_counter() - started, self.model_name)
+            self.server.metrics.observe_request(
+                "rest", method, code, time.perf_counter() - started, self.model_name
+            )
 
     def _route(self, path: str, body: bytes) -> bytes:
         models = self.server.models
@@ -191,7 +198,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return api.status_json(api.model_status(models, name, version, label))
         raise invalid(f"Malformed request: {self.command} {path}")
 
-    def _predict(self, models: ModelRegistry, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+    def _predict(
+        self, models: ModelRegistry, name: str, version: int | None, label: str | None, body: bytes
+    ) -> bytes:
         manager = models.get(name, version)
         with manager.in_flight:
             doc = tensors.parse_predict_body(body)
@@ -256,12 +265,15 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: socket.socket, client_address: object) -> None:
         """One thread per connection, up to ``max_connections``; beyond that 503 and close."""
         if not self._slots.acquire(blocking=False):
-            body = tensors.error_json(f"Too many connections (serving.max_connections={self.max_connections}); retry later")
+            body = tensors.error_json(
+                f"Too many connections (serving.max_connections={self.max_connections}); retry later"
+            )
             try:
                 request.settimeout(1.0)
                 request.sendall(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                    + f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n\r\n".encode("latin-1") + body
+                    + f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n\r\n".encode("latin-1")
+                    + body
                 )
             except OSError:
                 pass

@@ -71,7 +71,9 @@ class Servable(abc.ABC):
     warmup_records: int = 0  # TF Serving warm-up records replayed at load (0: a synthesized request)
 
     @abc.abstractmethod
-    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def run(
+        self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
         """Run one signature on a batch; each backend (SavedModel, TFLite) implements it."""
 
     def validate(self, signature: Signature, inputs: dict[str, np.ndarray]) -> None:  # noqa: B027
@@ -115,10 +117,14 @@ def detect_platform(version_dir: str, prefer_tflite: bool = False) -> str:
     )
 
 
-def load_servable(version_dir: str, prefer_tflite: bool = False, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> Servable:
+def load_servable(
+    version_dir: str, prefer_tflite: bool = False, max_tensor_elements: int = MAX_TENSOR_ELEMENTS
+) -> Servable:
     """Load and warm up the model in ``version_dir``; LoadError says why it cannot serve."""
     platform = detect_platform(version_dir, prefer_tflite)
-    servable: Servable = SavedModelServable(version_dir) if platform == TENSORFLOW else TFLiteServable(version_dir)
+    servable: Servable = (
+        SavedModelServable(version_dir) if platform == TENSORFLOW else TFLiteServable(version_dir)
+    )
     records = warmup_path(version_dir)
     try:
         if platform == TENSORFLOW and os.path.isfile(records):
@@ -172,7 +178,11 @@ def _positional(fn: Any, aliases: Any) -> tuple[list[str] | None, Any]:
         )
         return names, wrapper.get_concrete_function()
     except Exception as e:  # noqa: BLE001  (an unusual export still serves, through its own function)
-        log.info("a signature is called as restored (slower), since wrapping it failed: %s: %s", type(e).__name__, e)
+        log.info(
+            "a signature is called as restored (slower), since wrapping it failed: %s: %s",
+            type(e).__name__,
+            e,
+        )
         return None, fn
 
 
@@ -205,7 +215,9 @@ class SavedModelServable(Servable):
         if not self.signatures:
             raise LoadError(f"the SavedModel in {export_dir} has no callable signatures")
         self.signatures = bound_frames(self.signatures, self.event_spec())
-        self._functions = {name: _positional(restored[name], sig.inputs) for name, sig in self.signatures.items()}
+        self._functions = {
+            name: _positional(restored[name], sig.inputs) for name, sig in self.signatures.items()
+        }
 
     def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         return dict(self._meta.signature_def)
@@ -219,7 +231,9 @@ class SavedModelServable(Servable):
         except framecodec.FrameDecodeError as e:
             raise ServingError(INVALID_ARGUMENT, str(e)) from None
 
-    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def run(
+        self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
         self.validate(signature, inputs)
         return self.run_validated(signature, inputs, outputs)
 
@@ -281,22 +295,34 @@ class TFLiteServable(Servable):
         self.signatures = {
             DEFAULT_SIGNATURE: Signature(
                 DEFAULT_SIGNATURE,
-                {layout.SERVING_INPUT: TensorSig(
-                    layout.SERVING_INPUT, types_pb2.DT_STRING, (None, None), "serving_default_frames:0",
-                    max_shape=(None, m.frames),
-                )},
+                {
+                    layout.SERVING_INPUT: TensorSig(
+                        layout.SERVING_INPUT,
+                        types_pb2.DT_STRING,
+                        (None, None),
+                        "serving_default_frames:0",
+                        max_shape=(None, m.frames),
+                    )
+                },
                 outputs,
             ),
             layout.DECODED_SIGNATURE: Signature(
                 layout.DECODED_SIGNATURE,
-                {layout.DECODED_INPUT: TensorSig(
-                    layout.DECODED_INPUT, types_pb2.DT_FLOAT, (None, *m.input_shape), "decoded_frames_frames:0"
-                )},
+                {
+                    layout.DECODED_INPUT: TensorSig(
+                        layout.DECODED_INPUT,
+                        types_pb2.DT_FLOAT,
+                        (None, *m.input_shape),
+                        "decoded_frames_frames:0",
+                    )
+                },
                 outputs,
             ),
         }
 
-    def run(self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def run(
+        self, signature: Signature, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
         (value,) = inputs.values()
         encoded = signature.name == DEFAULT_SIGNATURE
         rows = [[bytes(f) for f in row] for row in value] if encoded else value
@@ -359,7 +385,9 @@ def warm_up_inputs(signature: Signature, spec: layout.EventSpec | None) -> dict[
     for alias, t in signature.inputs.items():
         if t.shape is None or not t.shape:
             return None
-        dims = [d if d is not None else (t.max_shape or t.shape)[axis] for axis, d in enumerate(t.shape) if axis]
+        dims = [
+            d if d is not None else (t.max_shape or t.shape)[axis] for axis, d in enumerate(t.shape) if axis
+        ]
         if any(d is None for d in dims):
             return None
         shape = (1, *dims)
@@ -387,6 +415,6 @@ def warm_up(servable: Any) -> None:
         for alias, value in out.items():
             if value.shape[:1] != (1,):
                 raise ServingError(
-                    INTERNAL, f"signature {sig.name!r} output {alias!r} has shape {list(value.shape)} for one row"
+                    INTERNAL,
+                    f"signature {sig.name!r} output {alias!r} has shape {list(value.shape)} for one row",
                 )
-

@@ -41,11 +41,15 @@ class ModelServer:
         if options.max_tensor_elements <= 0:
             raise UserError("serving.max_tensor_elements must be positive")
         if options.read_timeout_seconds <= 0 or options.max_connections <= 0:
-            raise UserError("serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) must be positive")
+            raise UserError(
+                "serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) must be positive"
+            )
         if options.rest_port < 0 and options.grpc_port < 0:
             raise UserError("both front ends are off: give --rest_api_port or --port")
         if options.intra_op_threads < 0 or options.inter_op_threads < 0:
-            raise UserError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
+            raise UserError(
+                "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0"
+            )
         if options.grpc_threads <= 0:
             raise UserError("--grpc_max_threads (serving.grpc_threads) must be positive")
         channel_options(options.grpc_channel_arguments)  # a malformed list is an error before anything starts
@@ -58,7 +62,11 @@ class ModelServer:
         if options.batching_parameters_file:
             batching = read_batching_file(options.batching_parameters_file, batching)
         self.batching = batching if options.enable_batching else NO_BATCHING
-        metrics_path = read_monitoring_file(options.monitoring_config_file) if options.monitoring_config_file else PROMETHEUS_PATH
+        metrics_path = (
+            read_monitoring_file(options.monitoring_config_file)
+            if options.monitoring_config_file
+            else PROMETHEUS_PATH
+        )
         self.metrics = ServingMetrics()
 
         def make_manager(served: ServedModel) -> ModelManager:
@@ -95,8 +103,13 @@ class ModelServer:
         if options.grpc_port >= 0:
             try:
                 self.grpc = GrpcServer(
-                    self.models, self.metrics, options.host, options.grpc_port, options.max_body_bytes,
-                    workers=options.grpc_threads, max_tensor_elements=options.max_tensor_elements,
+                    self.models,
+                    self.metrics,
+                    options.host,
+                    options.grpc_port,
+                    options.max_body_bytes,
+                    workers=options.grpc_threads,
+                    max_tensor_elements=options.max_tensor_elements,
                     channel_arguments=options.grpc_channel_arguments,
                 )
             except (OSError, RuntimeError) as e:
@@ -207,6 +220,13 @@ def served_models(options: ServingConfig, model_base_path: str = "") -> list[Ser
     validate_model_name(options.model_name)
     base = options.model_base_path or model_base_path
     if not base:
-        raise UserError("give --model_base_path (the directory of version directories) or --model_config_file")
-    return [ServedModel(options.model_name, check_base_path(base, options.model_name), VersionPolicy.parse(options.version_policy))]
-
+        raise UserError(
+            "give --model_base_path (the directory of version directories) or --model_config_file"
+        )
+    return [
+        ServedModel(
+            options.model_name,
+            check_base_path(base, options.model_name),
+            VersionPolicy.parse(options.version_policy),
+        )
+    ]

@@ -132,7 +132,9 @@ class TensorSig:
         else:
             info.tensor_shape.CopyFrom(
                 tensor_shape_pb2.TensorShapeProto(
-                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in self.shape]
+                    dim=[
+                        tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in self.shape
+                    ]
                 )
             )
         return info

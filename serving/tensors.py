@@ -77,7 +77,9 @@ def declared_elements(proto: tensor_pb2.TensorProto, max_elements: int = MAX_TEN
     return shape
 
 
-def proto_inputs(protos: Any, signature: Signature, max_elements: int = MAX_TENSOR_ELEMENTS) -> dict[str, np.ndarray]:
+def proto_inputs(
+    protos: Any, signature: Signature, max_elements: int = MAX_TENSOR_ELEMENTS
+) -> dict[str, np.ndarray]:
     """A ``PredictRequest``'s ``inputs`` map -> arrays; each declared shape is checked against the
     signature before its values are read (unknown aliases are left for ``check_inputs`` to name)."""
     inputs = {}
@@ -114,7 +116,9 @@ def proto_to_array(proto: tensor_pb2.TensorProto, max_elements: int = MAX_TENSOR
                 f"tensor_content has {len(proto.tensor_content)} bytes, shape {shape} of "
                 f"{dtype_name(proto.dtype)} needs {expected}"
             )
-        return np.frombuffer(proto.tensor_content, dtype=dtype).astype(NUMPY_DTYPES[proto.dtype]).reshape(shape)
+        return (
+            np.frombuffer(proto.tensor_content, dtype=dtype).astype(NUMPY_DTYPES[proto.dtype]).reshape(shape)
+        )
     try:
         return tf.make_ndarray(proto)
     except (TypeError, ValueError) as e:

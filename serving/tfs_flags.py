@@ -74,7 +74,11 @@ NO_EFFECT: dict[str, tuple[Callable[[str], object], str]] = {
 
 # flag -> (value type, the value that asks for nothing, why anything else is refused)
 REFUSED_UNLESS_OFF: dict[str, tuple[Callable[[str], object], object, str]] = {
-    "use_alts_credentials": (flag_bool, False, "this server speaks plaintext gRPC; terminate ALTS in front of it"),
+    "use_alts_credentials": (
+        flag_bool,
+        False,
+        "this server speaks plaintext gRPC; terminate ALTS in front of it",
+    ),
     "ssl_config_file": (str, "", "this server speaks plaintext gRPC and HTTP; terminate TLS in front of it"),
 }
 

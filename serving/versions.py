@@ -89,7 +89,9 @@ class VersionPolicy:
             items = [v.strip() for v in text[len("specific:") :].split(",") if v.strip()]
             if items and all(v.isdigit() and int(v) > 0 for v in items):
                 return cls("specific", tuple(sorted({int(v) for v in items})))
-        raise UserError(f"--version-policy must be latest, all or specific:1,2 (positive versions), got {text!r}")
+        raise UserError(
+            f"--version-policy must be latest, all or specific:1,2 (positive versions), got {text!r}"
+        )
 
     def aspired(self, on_disk: list[int]) -> set[int]:
         """Versions that should be loaded, given those present on disk."""
@@ -157,7 +159,7 @@ def read_labels(path: str) -> dict[str, int]:
     except (OSError, json.JSONDecodeError) as e:
         raise LabelsError(f"{path}: not valid JSON: {e}") from e
     if not isinstance(raw, dict):
-        raise LabelsError(f"{path}: expected an object like {{\"stable\": 1, \"canary\": 2}}")
+        raise LabelsError(f'{path}: expected an object like {{"stable": 1, "canary": 2}}')
     out = {}
     for label, version in raw.items():
         try:
@@ -165,6 +167,8 @@ def read_labels(path: str) -> dict[str, int]:
         except UserError as e:
             raise LabelsError(str(e)) from e
         if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
-            raise LabelsError(f"{path}: label {label!r} must map to a positive integer version, got {version!r}")
+            raise LabelsError(
+                f"{path}: label {label!r} must map to a positive integer version, got {version!r}"
+            )
         out[str(label)] = version
     return out

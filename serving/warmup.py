@@ -42,8 +42,12 @@ def predict_logs(frames: np.ndarray, model_name: str) -> list[prediction_log_pb2
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
         request.model_spec.signature_name = DEFAULT_SIGNATURE
-        request.inputs[layout.SERVING_INPUT].CopyFrom(array_to_proto(np.asarray(event, dtype=object)[None, :]))
-        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+        request.inputs[layout.SERVING_INPUT].CopyFrom(
+            array_to_proto(np.asarray(event, dtype=object)[None, :])
+        )
+        logs.append(
+            prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        )
     return logs
 
 

@@ -239,7 +239,9 @@ def generate(
     totals = _ChunkResult("")
     shard_files: dict[int, str] = {}
     tasks = list(_tasks(cfg))
-    bar = tqdm(total=cfg.events, unit="ev", desc="generate", disable=None if progress else True, mininterval=0.5)
+    bar = tqdm(
+        total=cfg.events, unit="ev", desc="generate", disable=None if progress else True, mininterval=0.5
+    )
     current_shard, handle, pool = -1, None, None
     try:
         if n_workers == 1:
@@ -298,7 +300,6 @@ def generate(
         "devices": {device_name(d, cfg.devices): device_view(cfg.seed, d) for d in range(cfg.devices)},
     }
     if preview:
-
         picks = [(cfg.classes[c], totals.preview.get(c, [])) for c in range(len(cfg.classes))]
         contact_sheet(cfg, picks, os.path.join(out_dir, PREVIEW_FILE))
         summary["preview"] = PREVIEW_FILE

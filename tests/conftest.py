@@ -14,6 +14,8 @@ TIERS = ("unit", "e2e")
 
 def pytest_collection_modifyitems(config, items):
     """Every test belongs to exactly one tier, so ``make test-fast`` (unit) misses nothing by accident."""
-    untiered = [item.nodeid for item in items if sum(item.get_closest_marker(t) is not None for t in TIERS) != 1]
+    untiered = [
+        item.nodeid for item in items if sum(item.get_closest_marker(t) is not None for t in TIERS) != 1
+    ]
     if untiered:
         raise RuntimeError(f"tests without exactly one tier marker ({', '.join(TIERS)}): {untiered[:10]}")

@@ -88,7 +88,9 @@ def write_examples(
     return root
 
 
-def train_stand_in_teacher(root: str, spec: EventSpec, export_dir: str, epochs: int = 6, seed: int = 0) -> str:
+def train_stand_in_teacher(
+    root: str, spec: EventSpec, export_dir: str, epochs: int = 6, seed: int = 0
+) -> str:
     """A small conv model with the teacher's outputs, trained on the train split, exported."""
     import tensorflow as tf
     import tf_keras as keras

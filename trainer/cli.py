@@ -22,7 +22,13 @@ def _command(subparsers: Any, name: str, help: str, description: str, splits: st
     """A training command's parser with the flags every one has first: config, --data, --workdir."""
     p = subparsers.add_parser(name, help=help, description=description)
     add_config_flags(p)
-    p.add_argument("--data", metavar="DIR", dest="examples", required=True, help=f"Examples artifact dir ({splits}, event_spec.json)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        dest="examples",
+        required=True,
+        help=f"Examples artifact dir ({splits}, event_spec.json)",
+    )
     p.add_argument("--workdir", metavar="DIR", dest="run.workdir", help=f"{workdir_help} (default: work)")
     return p
 
@@ -42,18 +48,75 @@ def add_parser(subparsers: Any) -> None:
         "TensorBoard scalars, a training-curve plot and the exported SavedModel.",
         splits="Split-train/, Split-eval/", workdir_help="checkpoints, report and model go here; rerun to resume",
     )  # fmt: skip
-    p.add_argument("--strategy", dest="teacher.strategy", choices=STRATEGIES, help="distribution strategy (default hybrid)")
-    p.add_argument("--logical-devices", metavar="N", dest="teacher.logical_devices", type=int, help="split the CPU into N devices when no GPU (default 4)")
-    p.add_argument("--clients", metavar="N", dest="teacher.clients", type=int, help="hybrid: N DTensor client processes (one per host) form one mesh, each with --logical-devices devices; started on 127.0.0.1 unless DTENSOR_JOBS is set (default 1)")
+    p.add_argument(
+        "--strategy",
+        dest="teacher.strategy",
+        choices=STRATEGIES,
+        help="distribution strategy (default hybrid)",
+    )
+    p.add_argument(
+        "--logical-devices",
+        metavar="N",
+        dest="teacher.logical_devices",
+        type=int,
+        help="split the CPU into N devices when no GPU (default 4)",
+    )
+    p.add_argument(
+        "--clients",
+        metavar="N",
+        dest="teacher.clients",
+        type=int,
+        help="hybrid: N DTensor client processes (one per host) form one mesh, each with --logical-devices devices; started on 127.0.0.1 unless DTENSOR_JOBS is set (default 1)",
+    )
     p.add_argument("--mesh", metavar="AXES", dest="teacher.mesh", help="hybrid mesh, e.g. batch=2,model=2")
-    p.add_argument("--fc-layout", dest="teacher.fc_layout", choices=["2d", "1d"], help="hybrid: 2d batch x model mesh, or the paper's 1-D layout")
-    p.add_argument("--steps", metavar="N", dest="teacher.steps", type=int, help="optimisation steps in total (default 0: teacher.epochs over the train split, at least teacher.min_steps)")
-    p.add_argument("--epochs", metavar="E", dest="teacher.epochs", type=float, help=f"epochs over the train split (default {TeacherConfig.epochs:g})")
-    p.add_argument("--seed", metavar="S", dest="teacher.seed", type=int, help="initialisation and data-order seed")
-    p.add_argument("--global-batch-size", metavar="B", dest="teacher.global_batch_size", type=int, help="events per step over all devices")
-    p.add_argument("--mixed-precision", dest="teacher.mixed_precision", choices=["off", "bf16", "fp16"], help="compute dtype policy")
-    p.add_argument("--checkpoint-every", metavar="N", dest="teacher.checkpoint_every", type=int, help="steps between checkpoints")
-    p.add_argument("--init-backbone", metavar="DIR", help="start the conv backbone from a pre-trained one (eventpipe pretrain's --export-dir)")
+    p.add_argument(
+        "--fc-layout",
+        dest="teacher.fc_layout",
+        choices=["2d", "1d"],
+        help="hybrid: 2d batch x model mesh, or the paper's 1-D layout",
+    )
+    p.add_argument(
+        "--steps",
+        metavar="N",
+        dest="teacher.steps",
+        type=int,
+        help="optimisation steps in total (default 0: teacher.epochs over the train split, at least teacher.min_steps)",
+    )
+    p.add_argument(
+        "--epochs",
+        metavar="E",
+        dest="teacher.epochs",
+        type=float,
+        help=f"epochs over the train split (default {TeacherConfig.epochs:g})",
+    )
+    p.add_argument(
+        "--seed", metavar="S", dest="teacher.seed", type=int, help="initialisation and data-order seed"
+    )
+    p.add_argument(
+        "--global-batch-size",
+        metavar="B",
+        dest="teacher.global_batch_size",
+        type=int,
+        help="events per step over all devices",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        dest="teacher.mixed_precision",
+        choices=["off", "bf16", "fp16"],
+        help="compute dtype policy",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        metavar="N",
+        dest="teacher.checkpoint_every",
+        type=int,
+        help="steps between checkpoints",
+    )
+    p.add_argument(
+        "--init-backbone",
+        metavar="DIR",
+        help="start the conv backbone from a pre-trained one (eventpipe pretrain's --export-dir)",
+    )
     _output_flags(p, "SavedModel", "model")
     p.set_defaults(func=train_command)
 
@@ -65,8 +128,19 @@ def add_parser(subparsers: Any) -> None:
         "(backbone.npz) that eventpipe train --init-backbone starts from.",
         splits="Split-train/, Split-unlabelled/", workdir_help="report and plot go here",
     )  # fmt: skip
-    p.add_argument("--strategy", dest="pretrain.strategy", choices=PRETRAIN_STRATEGIES, help="teacher (default: the teacher's), single, hybrid")
-    p.add_argument("--steps", metavar="N", dest="pretrain.steps", type=int, help="optimisation steps (default 0: pretrain.epochs)")
+    p.add_argument(
+        "--strategy",
+        dest="pretrain.strategy",
+        choices=PRETRAIN_STRATEGIES,
+        help="teacher (default: the teacher's), single, hybrid",
+    )
+    p.add_argument(
+        "--steps",
+        metavar="N",
+        dest="pretrain.steps",
+        type=int,
+        help="optimisation steps (default 0: pretrain.epochs)",
+    )
     _output_flags(p, "backbone", "backbone")
     p.set_defaults(func=pretrain_command)
 
@@ -76,7 +150,9 @@ def pretrain_command(args: argparse.Namespace) -> int:
     examples = os.path.abspath(args.examples)
     if not os.path.isdir(examples):
         raise UserError(f"--data {args.examples} is not a directory")
-    export_dir = None if args.no_export else os.path.abspath(args.export_dir or os.path.join(cfg.workdir, "backbone"))
+    export_dir = (
+        None if args.no_export else os.path.abspath(args.export_dir or os.path.join(cfg.workdir, "backbone"))
+    )
     os.makedirs(cfg.workdir, exist_ok=True)
     _quiet_libraries()
     from trainer.pretrain.loop import train  # deferred: every CLI command starts without TensorFlow
@@ -98,7 +174,9 @@ def train_command(args: argparse.Namespace) -> int:
     examples = os.path.abspath(args.examples)
     if not os.path.isdir(examples):
         raise UserError(f"--data {args.examples} is not a directory")
-    export_dir = None if args.no_export else os.path.abspath(args.export_dir or os.path.join(cfg.workdir, "model"))
+    export_dir = (
+        None if args.no_export else os.path.abspath(args.export_dir or os.path.join(cfg.workdir, "model"))
+    )
     os.makedirs(cfg.workdir, exist_ok=True)
     cfg.save(os.path.join(cfg.workdir, "config.json"))
 

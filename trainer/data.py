@@ -59,7 +59,9 @@ def record_stream(files: list[str], *, seed: int, epoch_size: int, start_record:
 
     def epoch(e: Any) -> Any:
         epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + e
-        order = tf.random.experimental.stateless_shuffle(names, seed=tf.stack([epoch_seed, tf.constant(0, tf.int64)]))
+        order = tf.random.experimental.stateless_shuffle(
+            names, seed=tf.stack([epoch_seed, tf.constant(0, tf.int64)])
+        )
         records = tf.data.Dataset.from_tensor_slices(order).interleave(
             lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"), cycle_length=cycle
         )
@@ -68,7 +70,9 @@ def record_stream(files: list[str], *, seed: int, epoch_size: int, start_record:
             keys = tf.random.stateless_uniform(tf.shape(chunk)[:1], seed=tf.stack([epoch_seed, i + 1]))
             return tf.gather(chunk, tf.argsort(keys))
 
-        return records.batch(window).enumerate().map(tf.autograph.experimental.do_not_convert(permute)).unbatch()
+        return (
+            records.batch(window).enumerate().map(tf.autograph.experimental.do_not_convert(permute)).unbatch()
+        )
 
     epochs = tf.data.Dataset.range(first_epoch, 2**62)
     stream = epochs.flat_map(tf.autograph.experimental.do_not_convert(epoch)).skip(offset)
@@ -138,7 +142,9 @@ def augment_events(frames: Any, positions: Any, seed: int) -> Any:
         event = (event - mean) * (0.8 + 0.4 * u[3]) + mean + (u[4] - 0.5) * 0.2
         return tf.clip_by_value(event, 0.0, 1.0)
 
-    return tf.map_fn(one, (frames, positions), fn_output_signature=tf.TensorSpec(frames.shape[1:], tf.float32))
+    return tf.map_fn(
+        one, (frames, positions), fn_output_signature=tf.TensorSpec(frames.shape[1:], tf.float32)
+    )
 
 
 def eval_batches(files: list[str], spec: EventSpec, *, batch_size: int, max_batches: int = 0) -> Any:

@@ -85,7 +85,9 @@ _BARS_LOCK = threading.Lock()
 def ingest_progress() -> Iterator[str]:
     """A bar of events read and checked (on a terminal only); yields the token DoFns report to."""
     token = uuid.uuid4().hex
-    bar = tqdm(desc="ingest: events read", unit="ev", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5)
+    bar = tqdm(
+        desc="ingest: events read", unit="ev", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5
+    )
     with _BARS_LOCK:
         _BARS[token] = bar
     try:
@@ -266,7 +268,12 @@ class _Summarize(beam.CombineFn):
 
 
 def build_ingest(
-    p: beam.Pipeline, root: str, data: DataConfig, examples_uri: str, quarantine_uri: str, progress_token: str = ""
+    p: beam.Pipeline,
+    root: str,
+    data: DataConfig,
+    examples_uri: str,
+    quarantine_uri: str,
+    progress_token: str = "",
 ) -> None:
     """Add the whole ingest graph to ``p``; outputs land under the two artifact URIs.
 
@@ -288,7 +295,8 @@ def build_ingest(
     checked = (
         p
         | "Units" >> beam.Create(units, reshuffle=True)
-        | "ReadAndCheck" >> beam.ParDo(_ReadAndCheck(root, rules, progress_token)).with_outputs("meta", "rejected", main="ok")
+        | "ReadAndCheck"
+        >> beam.ParDo(_ReadAndCheck(root, rules, progress_token)).with_outputs("meta", "rejected", main="ok")
     )
     checked.rejected | "QuarantineChecks" >> beam.io.WriteToText(
         os.path.join(quarantine_uri, f"{QUARANTINE_PREFIX}-checks"), file_name_suffix=".jsonl"
@@ -329,7 +337,8 @@ def build_ingest(
         | "Key" >> beam.Map(lambda x: ("classes", x) if isinstance(x, list) else ("summary", x))
         | "Together" >> beam.combiners.ToDict()
         | "AsJson" >> beam.Map(lambda d: json.dumps({**d["summary"], "classes": d["classes"]}, indent=2))
-        | "WriteSummary" >> beam.io.WriteToText(
+        | "WriteSummary"
+        >> beam.io.WriteToText(
             os.path.join(quarantine_uri, SUMMARY_FILE), num_shards=1, shard_name_template=""
         )
     )
@@ -404,7 +413,9 @@ def finish_outputs(examples_uri: str, quarantine_uri: str, data: DataConfig) -> 
     with open(os.path.join(quarantine_uri, IGNORED_FILE), encoding="utf-8") as f:
         ignored = [json.loads(line) for line in f]
     summary["ignored_files"] = len(ignored)
-    summary["ignored_by_reason"] = dict(collections.Counter(entry["reason"] for entry in ignored).most_common())
+    summary["ignored_by_reason"] = dict(
+        collections.Counter(entry["reason"] for entry in ignored).most_common()
+    )
     summary["ignored_examples"] = [entry["path"] for entry in ignored[:10]]
     with open(os.path.join(quarantine_uri, SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

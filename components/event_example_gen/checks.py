@@ -34,7 +34,9 @@ WRONG_FRAME_COUNT = "wrong_frame_count"
 BAD_FRAME_REF = "bad_frame_ref"
 PATH_ESCAPE = "path_escape"
 FRAME_MISSING = "frame_missing"
-FRAME_UNREADABLE = "frame_unreadable"  # exists but is not a readable regular file (a directory, a FIFO, no permission)
+FRAME_UNREADABLE = (
+    "frame_unreadable"  # exists but is not a readable regular file (a directory, a FIFO, no permission)
+)
 FRAME_TOO_LARGE = "frame_too_large"
 UNDECODABLE_FRAME = "undecodable_frame"
 MIXED_FRAME_SIZES = "mixed_frame_sizes"
@@ -46,9 +48,7 @@ REASONS = (
     DUPLICATE_ID,
 )  # fmt: skip
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,10 @@ def check(event: RawEvent, rules: Rules) -> Accepted | Rejected:
 def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Accepted:
     for name in ("event_id", "device_id", "timestamp", "frames"):
         if record.get(name) is None:
-            raise _Reject(MISSING_FIELD, f"field {name!r} is missing; every event needs event_id, device_id, timestamp, frames")
+            raise _Reject(
+                MISSING_FIELD,
+                f"field {name!r} is missing; every event needs event_id, device_id, timestamp, frames",
+            )
     for name in ("event_id", "device_id", "timestamp"):
         if not isinstance(record[name], str) or not record[name].strip():
             raise _Reject(BAD_FIELD, f"field {name!r} must be a non-empty string, got {record[name]!r}")
@@ -124,27 +127,47 @@ def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Acce
     if not _valid_timestamp(timestamp):
         raise _Reject(BAD_TIMESTAMP, f"timestamp {timestamp!r} is not RFC 3339 (e.g. 2026-01-05T12:00:00Z)")
     if label is not None and rules.classes and label not in rules.classes:
-        raise _Reject(UNKNOWN_LABEL, f"label {label!r} is not in the class vocabulary {list(rules.classes)}; fix the label or add the class to --classes")
+        raise _Reject(
+            UNKNOWN_LABEL,
+            f"label {label!r} is not in the class vocabulary {list(rules.classes)}; fix the label or add the class to --classes",
+        )
     frames = record["frames"]
     if not isinstance(frames, list):
-        raise _Reject(BAD_FIELD, f"field 'frames' must be a list of paths or {{'b64': ...}} objects, got {type(frames).__name__}")
+        raise _Reject(
+            BAD_FIELD,
+            f"field 'frames' must be a list of paths or {{'b64': ...}} objects, got {type(frames).__name__}",
+        )
     if not 1 <= len(frames) <= rules.max_frames:
-        raise _Reject(WRONG_FRAME_COUNT, f"{len(frames)} frames; events need 1..{rules.max_frames} (raise --max-frames if longer bursts are expected)")
+        raise _Reject(
+            WRONG_FRAME_COUNT,
+            f"{len(frames)} frames; events need 1..{rules.max_frames} (raise --max-frames if longer bursts are expected)",
+        )
     best_frame = record.get("best_frame")
     if best_frame is not None and (
         isinstance(best_frame, bool) or not isinstance(best_frame, int) or not 0 <= best_frame < len(frames)
     ):
-        raise _Reject(BAD_FIELD, f"field 'best_frame' must be a 0-based index of one of the event's {len(frames)} frames (0..{len(frames) - 1}) or null, got {best_frame!r}")
-    payloads = event.inline_frames or [_load_frame(ref, i, event.base_dir, rules) for i, ref in enumerate(frames)]
+        raise _Reject(
+            BAD_FIELD,
+            f"field 'best_frame' must be a 0-based index of one of the event's {len(frames)} frames (0..{len(frames) - 1}) or null, got {best_frame!r}",
+        )
+    payloads = event.inline_frames or [
+        _load_frame(ref, i, event.base_dir, rules) for i, ref in enumerate(frames)
+    ]
     shapes = []
     for i, data in enumerate(payloads):
         if len(data) > rules.max_frame_bytes:
-            raise _Reject(FRAME_TOO_LARGE, f"frame {i} is {len(data)} bytes, over the {rules.max_frame_bytes}-byte limit")
+            raise _Reject(
+                FRAME_TOO_LARGE,
+                f"frame {i} is {len(data)} bytes, over the {rules.max_frame_bytes}-byte limit",
+            )
         shapes.append(_decode_shape(data, i, rules.max_frame_pixels))
     sizes = {(h, w) for h, w, _ in shapes}
     if len(sizes) > 1:
         listed = ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
-        raise _Reject(MIXED_FRAME_SIZES, f"frames have different sizes ({listed}); all frames of an event must share one size")
+        raise _Reject(
+            MIXED_FRAME_SIZES,
+            f"frames have different sizes ({listed}); all frames of an event must share one size",
+        )
     height, width = sizes.pop()
     return Accepted(
         event_id=record["event_id"],
@@ -177,27 +200,36 @@ def _load_frame(ref: Any, index: int, base_dir: str, rules: Rules) -> bytes:
         except (binascii.Error, ValueError):
             raise _Reject(UNDECODABLE_FRAME, f"frame {index}: 'b64' is not valid base64") from None
     if not isinstance(ref, str) or not ref:
-        raise _Reject(BAD_FRAME_REF, f"frame {index} must be a relative path or {{'b64': ...}}, got {str(ref)[:80]!r}")
+        raise _Reject(
+            BAD_FRAME_REF, f"frame {index} must be a relative path or {{'b64': ...}}, got {str(ref)[:80]!r}"
+        )
     root = rules.real_root
     path = os.path.realpath(os.path.join(base_dir, ref))
     if os.path.isabs(ref) or os.path.commonpath([root, path]) != root:
-        raise _Reject(PATH_ESCAPE, f"frame {index} path {ref!r} points outside the data directory {rules.data_root}")
+        raise _Reject(
+            PATH_ESCAPE, f"frame {index} path {ref!r} points outside the data directory {rules.data_root}"
+        )
     try:
         info = os.stat(path)
     except OSError:
-        raise _Reject(FRAME_MISSING, f"frame {index} file {ref!r} does not exist (relative to {base_dir})") from None
+        raise _Reject(
+            FRAME_MISSING, f"frame {index} file {ref!r} does not exist (relative to {base_dir})"
+        ) from None
     if not stat.S_ISREG(info.st_mode):
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise _Reject(FRAME_UNREADABLE, f"frame {index} path {ref!r} is {kind}; name an image file")
     if info.st_size > rules.max_frame_bytes:
         raise _Reject(
-            FRAME_TOO_LARGE, f"frame {index} file {ref!r} is {info.st_size} bytes, over the {rules.max_frame_bytes}-byte limit"
+            FRAME_TOO_LARGE,
+            f"frame {index} file {ref!r} is {info.st_size} bytes, over the {rules.max_frame_bytes}-byte limit",
         )
     try:
         with open(path, "rb") as f:
             return f.read(rules.max_frame_bytes + 1)  # never more than the limit, even if it grew
     except OSError as e:
-        raise _Reject(FRAME_UNREADABLE, f"frame {index} file {ref!r} cannot be read ({e.strerror or e})") from None
+        raise _Reject(
+            FRAME_UNREADABLE, f"frame {index} file {ref!r} cannot be read ({e.strerror or e})"
+        ) from None
 
 
 def _decode_shape(data: bytes, index: int, max_pixels: int) -> tuple[int, int, int]:
@@ -207,7 +239,9 @@ def _decode_shape(data: bytes, index: int, max_pixels: int) -> tuple[int, int, i
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("PNG", "JPEG"):
-                raise _Reject(UNDECODABLE_FRAME, f"frame {index} is {image.format}, only PNG and JPEG are accepted")
+                raise _Reject(
+                    UNDECODABLE_FRAME, f"frame {index} is {image.format}, only PNG and JPEG are accepted"
+                )
             try:
                 framecodec.check_size(image, data, max_pixels)
             except framecodec.FrameDecodeError as e:
@@ -220,5 +254,7 @@ def _decode_shape(data: bytes, index: int, max_pixels: int) -> tuple[int, int, i
     except Image.DecompressionBombError as e:  # PIL's own ceiling, above ours unless raised
         raise _Reject(FRAME_TOO_LARGE, f"frame {index}: {e}") from None
     except Exception as e:  # PIL raises many types for corrupt data
-        raise _Reject(UNDECODABLE_FRAME, f"frame {index} does not decode as PNG/JPEG ({type(e).__name__}: {e})") from None
+        raise _Reject(
+            UNDECODABLE_FRAME, f"frame {index} does not decode as PNG/JPEG ({type(e).__name__}: {e})"
+        ) from None
     return height, width, channels

@@ -38,4 +38,3 @@ class EventExampleGen(base_beam_component.BaseBeamComponent):
                 quarantine=Channel(type=Quarantine),
             )
         )
-

@@ -230,7 +230,9 @@ def _tfrecord_payloads(path: str, max_record_bytes: int) -> Iterator[bytes | _Ba
                 while skipped < length + 4:  # streamed past, never held in memory
                     chunk = f.read(min(1 << 20, length + 4 - skipped))
                     if not chunk:
-                        raise ValueError(f"truncated record body (a record of {length} bytes) at byte {offset}")
+                        raise ValueError(
+                            f"truncated record body (a record of {length} bytes) at byte {offset}"
+                        )
                     skipped += len(chunk)
                 yield _BadRecord(f"record of {length} bytes exceeds the {max_record_bytes}-byte limit "
                                  "(data.max_frame_bytes x data.max_frames)", offset)  # fmt: skip
@@ -260,7 +262,9 @@ def _read_tfrecord(path: str, rel: str, max_record_bytes: int) -> Iterator[RawEv
             source = f"{rel}:{index}"
             if isinstance(data, _BadRecord):  # quarantined with its bytes (base64), when it was read
                 raw = base64.b64encode(data.data).decode()
-                yield RawEvent(source, None, raw, base_dir, f"unreadable TFRecord record: {data}", order=(rel, index))
+                yield RawEvent(
+                    source, None, raw, base_dir, f"unreadable TFRecord record: {data}", order=(rel, index)
+                )
                 continue
             raw = base64.b64encode(data).decode()
             try:

@@ -73,7 +73,9 @@ def eval_config(gates: GateConfig, *, with_baseline: bool) -> Any:
                     tfma.MetricConfig(
                         class_name="SparseCategoricalAccuracy",
                         per_slice_thresholds=[
-                            tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=overall),
+                            tfma.PerSliceMetricThreshold(
+                                slicing_specs=[tfma.SlicingSpec()], threshold=overall
+                            ),
                             tfma.PerSliceMetricThreshold(slicing_specs=[class_slices], threshold=per_class),
                         ],
                     ),
@@ -94,7 +96,9 @@ def _on(slice_: str) -> str:
     return "the overall slice" if slice_ == OVERALL else f"slice {slice_}"
 
 
-def _bound_failure(model: str, metric: str, slice_: str, value: float, bounds: Any, source: str) -> dict[str, Any]:
+def _bound_failure(
+    model: str, metric: str, slice_: str, value: float, bounds: Any, source: str
+) -> dict[str, Any]:
     """A broken GenericValueThreshold (``bounds``) on ``slice_``."""
     kind = CLASS_FLOOR if slice_.startswith(f"{layout.LABEL_NAME}=") else FLOOR
     if bounds.HasField("lower_bound") and value < bounds.lower_bound.value:
@@ -129,7 +133,9 @@ def _change_failure(
     )  # fmt: skip
 
 
-def student_vs_teacher(teacher_accuracy: float, student_accuracy: float, max_student_drop: float) -> dict | None:
+def student_vs_teacher(
+    teacher_accuracy: float, student_accuracy: float, max_student_drop: float
+) -> dict | None:
     """The failure when the student's overall accuracy is under (1 - max drop) x the teacher's."""
     needed = (1.0 - max_student_drop) * teacher_accuracy
     if student_accuracy >= needed:
@@ -182,7 +188,9 @@ def _metric_values(evaluation_uri: str) -> dict[tuple[str, str], dict[_Metric, f
         name = slice_name(metrics.slice_key)
         for kv in metrics.metric_keys_and_values:
             if kv.value.WhichOneof("type") == "double_value":
-                out.setdefault((name, kv.key.model_name), {})[_Metric.of(kv.key)] = kv.value.double_value.value
+                out.setdefault((name, kv.key.model_name), {})[_Metric.of(kv.key)] = (
+                    kv.value.double_value.value
+                )
     return out
 
 
@@ -290,7 +298,11 @@ def check_accuracies(
                     continue
                 diff = value - base  # HIGHER_IS_BETTER, as eval_config sets it
                 too_far = change.HasField("absolute") and diff < change.absolute.value
-                too_far_relative = change.HasField("relative") and base > 0 and diff / base < change.relative.value
+                too_far_relative = (
+                    change.HasField("relative") and base > 0 and diff / base < change.relative.value
+                )
                 if too_far or too_far_relative:
-                    failures.append(_change_failure(model, ACCURACY, slice_, value, diff, change, baseline_name, base, ""))
+                    failures.append(
+                        _change_failure(model, ACCURACY, slice_, value, diff, change, baseline_name, base, "")
+                    )
     return failures

@@ -32,7 +32,14 @@ def read_anomalies(anomalies_uri: str) -> list[dict]:
             )
         if proto.HasField("dataset_anomaly_info"):
             info = proto.dataset_anomaly_info
-            found.append({"split": entry[len("Split-") :], "feature": "<dataset>", "short": info.short_description, "detail": info.description})
+            found.append(
+                {
+                    "split": entry[len("Split-") :],
+                    "feature": "<dataset>",
+                    "short": info.short_description,
+                    "detail": info.description,
+                }
+            )
     return found
 
 
@@ -56,7 +63,7 @@ def ingest_verdict(summary: dict, anomalies: list[dict], max_reject_rate: float,
             f"({labelled} labelled); add labelled events or adjust data.eval_percent"
         )
     for a in anomalies:
-        problems.append(f"TFDV anomaly in split {a['split']}, feature {a['feature']!r}: {a['detail'] or a['short']}")
+        problems.append(
+            f"TFDV anomaly in split {a['split']}, feature {a['feature']!r}: {a['detail'] or a['short']}"
+        )
     return {"blessed": not problems, "reject_rate": rate, "problems": problems, "anomalies": anomalies}
-
-

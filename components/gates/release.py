@@ -121,7 +121,9 @@ def decide_on_accuracies(
     first run) and the student against the teacher. No TFLite or serving verdict enters."""
     baseline = None if baseline_accuracy is None else _slices(baseline_accuracy, None)
     failures = check_accuracies("teacher", _slices(teacher_accuracy, teacher_class_accuracy), gates)
-    failures += check_accuracies("student", _slices(student_accuracy, student_class_accuracy), gates, baseline=baseline)
+    failures += check_accuracies(
+        "student", _slices(student_accuracy, student_class_accuracy), gates, baseline=baseline
+    )
     verdict = decide(
         teacher_accuracy=teacher_accuracy, student_accuracy=student_accuracy, failures=failures,
         lite=None, infra_blessed=None, max_student_drop=gates.max_student_drop,

@@ -1,6 +1,5 @@
 """IngestGate component: ``components.gates.ingest``'s verdict -> a blessing, or a clear stop."""
 
-
 import json
 import os
 

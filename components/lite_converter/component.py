@@ -9,7 +9,6 @@ release), ``model_float16.tflite``, ``lite_report.json`` and the plots; its cust
 without opening files.
 """
 
-
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts

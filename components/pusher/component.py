@@ -139,14 +139,18 @@ def _record(model_name, pipeline_run_id, model, model_blessing, infra_blessing, 
         "pipeline_run_id": pipeline_run_id,
         "model": {"uri": model.uri, "id": model.id},
         "model_blessing": {"uri": model_blessing.uri, "id": model_blessing.id},
-        "infra_blessing": {"uri": infra_blessing.uri, "id": infra_blessing.id} if infra_blessing is not None else None,
+        "infra_blessing": {"uri": infra_blessing.uri, "id": infra_blessing.id}
+        if infra_blessing is not None
+        else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "destinations": [],
         "reasons": reasons,
     }
 
 
-def _plan(serving, serving_base, mobile_base, pipeline_run_id, model, model_blessing, teacher_model, lite, examples):
+def _plan(
+    serving, serving_base, mobile_base, pipeline_run_id, model, model_blessing, teacher_model, lite, examples
+):
     """What to push where: student and teacher SavedModels, the TFLite release, warm-up events."""
     source = {
         "pipeline_run_id": pipeline_run_id,
@@ -158,7 +162,9 @@ def _plan(serving, serving_base, mobile_base, pipeline_run_id, model, model_bles
     }
     warmup = None
     if examples is not None and serving.warmup_events > 0:
-        warmup = layout.read_encoded_events(examples.uri, layout.EventSpec.load(examples.uri), serving.warmup_events)[0]
+        warmup = layout.read_encoded_events(
+            examples.uri, layout.EventSpec.load(examples.uri), serving.warmup_events
+        )[0]
     return PushPlan(
         model_name=serving.model_name,
         student_dir=_serving_dir(model),
@@ -191,4 +197,10 @@ def _mark(pushed_model, record):
         pushed_model.set_int_custom_property("mobile_version", by_role["mobile"]["version"])
         pushed_model.set_string_custom_property("mobile_destination", by_role["mobile"]["path"])
     for d in record["destinations"]:
-        logging.info("EventPusher: %s pushed as %s version %d -> %s", d["role"], d["model_name"], d["version"], d["path"])
+        logging.info(
+            "EventPusher: %s pushed as %s version %d -> %s",
+            d["role"],
+            d["model_name"],
+            d["version"],
+            d["path"],
+        )

@@ -313,7 +313,9 @@ def _publish(staged: Staged, started: float) -> dict[str, Any]:
 
 def stage_saved_model(src_dir: str, base: str, model_name: str, warmup: list[Any] | None = None) -> Staged:
     """``push_saved_model`` up to the final rename (see ``Staged``)."""
-    if not (_exists(os.path.join(src_dir, SAVED_MODEL_PB)) or _exists(os.path.join(src_dir, SAVED_MODEL_PBTXT))):
+    if not (
+        _exists(os.path.join(src_dir, SAVED_MODEL_PB)) or _exists(os.path.join(src_dir, SAVED_MODEL_PBTXT))
+    ):
         raise UserError(f"{src_dir!r} is not a SavedModel directory (no {SAVED_MODEL_PB}); nothing pushed")
     summary: dict[str, Any] = {"kind": "saved_model", "model_name": model_name, "source": src_dir}
 
@@ -326,7 +328,9 @@ def stage_saved_model(src_dir: str, base: str, model_name: str, warmup: list[Any
     return _stage(base, model_name, src_dir, populate, None, summary)
 
 
-def push_saved_model(src_dir: str, base: str, model_name: str, warmup: list[Any] | None = None) -> dict[str, Any]:
+def push_saved_model(
+    src_dir: str, base: str, model_name: str, warmup: list[Any] | None = None
+) -> dict[str, Any]:
     """Publish the SavedModel ``src_dir`` as the next version of ``<base>/<model_name>``.
 
     The result is exactly what ``tensorflow_model_server --model_base_path=<base>/<model_name>``
@@ -343,7 +347,9 @@ def _check_tflite(path: str) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
     if head[4:8] != TFLITE_IDENTIFIER:
-        raise UserError(f"{path!r} is not a TFLite flatbuffer (no {TFLITE_IDENTIFIER!r} identifier); nothing pushed")
+        raise UserError(
+            f"{path!r} is not a TFLite flatbuffer (no {TFLITE_IDENTIFIER!r} identifier); nothing pushed"
+        )
 
 
 def _model_card(tflite_path: str) -> dict[str, Any]:
@@ -396,7 +402,11 @@ def stage_tflite(
     variants = dict(variants or {})
     _check_tflite(tflite_path)
     for name, path in variants.items():
-        if name in (files.TFLITE_INT8, RELEASE_FILE) or os.path.basename(name) != name or name.startswith("."):
+        if (
+            name in (files.TFLITE_INT8, RELEASE_FILE)
+            or os.path.basename(name) != name
+            or name.startswith(".")
+        ):
             raise UserError(f"variant file name {name!r} is not allowed in a release directory")
         _check_tflite(path)
     card = _model_card(tflite_path)
@@ -442,7 +452,12 @@ def stage_tflite(
             f.flush()
             os.fsync(f.fileno())
 
-    summary: dict[str, Any] = {"kind": "tflite", "model_name": model_name, "source": tflite_path, "release": content}
+    summary: dict[str, Any] = {
+        "kind": "tflite",
+        "model_name": model_name,
+        "source": tflite_path,
+        "release": content,
+    }
     staged = _stage(base, model_name, tflite_path, populate, stamp, summary)
     staged.summary["bytes"] = _tree_bytes(staged.tmp)  # release.json is written when the version is stamped
     return staged

@@ -116,14 +116,17 @@ class PushPlan:
             raise UserError("EventPusher needs serving_base (run.serving_base)")
         for what, path in (("student", self.student_dir), ("teacher", self.teacher_dir)):
             if path is not None and not (
-                os.path.isfile(os.path.join(path, SAVED_MODEL_PB)) or os.path.isfile(os.path.join(path, SAVED_MODEL_PBTXT))
+                os.path.isfile(os.path.join(path, SAVED_MODEL_PB))
+                or os.path.isfile(os.path.join(path, SAVED_MODEL_PBTXT))
             ):
                 raise UserError(f"the {what} model {path!r} is not a SavedModel; nothing pushed")
         if self.lite_dir is not None:
             if not self.mobile_base:
                 raise UserError("EventPusher got TFLite models but no mobile_base (run.mobile_base)")
             if not os.path.isfile(os.path.join(self.lite_dir, files.TFLITE_INT8)):
-                raise UserError(f"no int8 TFLite model ({files.TFLITE_INT8}) in {self.lite_dir}; nothing pushed")
+                raise UserError(
+                    f"no int8 TFLite model ({files.TFLITE_INT8}) in {self.lite_dir}; nothing pushed"
+                )
 
 
 def _journal_dir(plan: PushPlan) -> str:
@@ -202,12 +205,19 @@ def push_all(plan: PushPlan) -> list[dict[str, Any]]:
     recovered = recover_interrupted_releases(plan)
     staged: list[tuple[str, Staged]] = []
     try:
-        student = stage_saved_model(plan.student_dir, plan.serving_base, plan.model_name, _warmup(plan, plan.model_name))
+        student = stage_saved_model(
+            plan.student_dir, plan.serving_base, plan.model_name, _warmup(plan, plan.model_name)
+        )
         staged.append(("student", student))
         if plan.teacher_dir is not None:
             teacher_name = plan.model_name + TEACHER_SUFFIX
             staged.append(
-                ("teacher", stage_saved_model(plan.teacher_dir, plan.serving_base, teacher_name, _warmup(plan, teacher_name)))
+                (
+                    "teacher",
+                    stage_saved_model(
+                        plan.teacher_dir, plan.serving_base, teacher_name, _warmup(plan, teacher_name)
+                    ),
+                )
             )
         if plan.lite_dir is not None:
             int8 = os.path.join(plan.lite_dir, files.TFLITE_INT8)
@@ -233,7 +243,9 @@ def push_all(plan: PushPlan) -> list[dict[str, Any]]:
                 if role in parts:
                     parts[role].commit()
         except BaseException as e:
-            _roll_back(journal_path, journal, f"the push failed before the student version was committed: {e!r}")
+            _roll_back(
+                journal_path, journal, f"the push failed before the student version was committed: {e!r}"
+            )
             raise
         _write_json(journal_path, {**journal, "state": "committed"})
     finally:

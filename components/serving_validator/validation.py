@@ -65,16 +65,22 @@ def contract_problems(outputs: dict[str, np.ndarray], spec: EventSpec, rows: int
         return [f"serving_default lacks the contract outputs {missing} (has {sorted(outputs)})"]
     probs = np.asarray(outputs[layout.OUT_PROBABILITIES])
     if probs.shape != (rows, spec.num_classes):
-        problems.append(f"probabilities have shape {list(probs.shape)}, expected [{rows}, {spec.num_classes}]")
+        problems.append(
+            f"probabilities have shape {list(probs.shape)}, expected [{rows}, {spec.num_classes}]"
+        )
         return problems
     sums = probs.sum(axis=1)
     if not np.all(np.isfinite(probs)) or np.any(np.abs(sums - 1.0) > 1e-3):
-        problems.append(f"probabilities are not a distribution per event (row sums {np.round(sums, 4).tolist()})")
+        problems.append(
+            f"probabilities are not a distribution per event (row sums {np.round(sums, 4).tolist()})"
+        )
     names = [_text(v) for v in np.asarray(outputs[layout.OUT_CLASS]).reshape(-1)]
     ids = np.asarray(outputs[layout.OUT_CLASS_ID]).reshape(-1)
     best = np.asarray(outputs[layout.OUT_BEST_FRAME]).reshape(-1)
     if len(names) != rows or len(ids) != rows or len(best) != rows:
-        problems.append(f"class_name/class_id/best_frame have {len(names)}/{len(ids)}/{len(best)} rows, expected {rows}")
+        problems.append(
+            f"class_name/class_id/best_frame have {len(names)}/{len(ids)}/{len(best)} rows, expected {rows}"
+        )
         return problems
     unknown = sorted({n for n in names if n not in spec.classes})
     if unknown:
@@ -94,13 +100,20 @@ def _text(value: Any) -> str:
 
 
 def compare(
-    reference: dict[str, np.ndarray], answer: dict[str, Any], rows: slice, tolerance: float, via: str, ids: list[str]
+    reference: dict[str, np.ndarray],
+    answer: dict[str, Any],
+    rows: slice,
+    tolerance: float,
+    via: str,
+    ids: list[str],
 ) -> list[dict[str, Any]]:
     """Mismatches between a server answer and the in-process outputs for events ``rows``."""
     out = []
     expected_probs = reference[layout.OUT_PROBABILITIES][rows]
     try:
-        got_probs = np.asarray(answer[layout.OUT_PROBABILITIES], dtype=np.float64).reshape(expected_probs.shape)
+        got_probs = np.asarray(answer[layout.OUT_PROBABILITIES], dtype=np.float64).reshape(
+            expected_probs.shape
+        )
     except (KeyError, ValueError, TypeError) as e:
         return [{"via": via, "events": ids[rows], "problem": f"probabilities unusable: {e}"}]
     diff = np.abs(got_probs - expected_probs).max(axis=1)
@@ -145,14 +158,20 @@ def wait_available(server: ServerProcess, model_name: str, deadline: float) -> d
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            return {"state": "EXITED", "error_message": f"the server exited with code {server.proc.returncode}"}
+            return {
+                "state": "EXITED",
+                "error_message": f"the server exited with code {server.proc.returncode}",
+            }
         try:
             code, body = _http(f"{server.url}/v1/models/{model_name}/versions/{VERSION}")
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             last = {"state": "UNREACHABLE", "error_message": str(e)}
         else:
             for status in body.get("model_version_status", []) if code == 200 else []:
-                last = {"state": status.get("state"), "error_message": status.get("status", {}).get("error_message", "")}
+                last = {
+                    "state": status.get("state"),
+                    "error_message": status.get("status", {}).get("error_message", ""),
+                }
                 if last["state"] in ("AVAILABLE", "END"):
                     return last
             if code != 200:
@@ -231,7 +250,9 @@ def _grpc_request(server, model_name, frames, ids, reference, tolerance, report)
             report["latency_ms"]["grpc"].append((time.perf_counter() - started) * 1000)
             report["requests"]["grpc"] += 1
     if response.model_spec.version.value != VERSION:
-        report["errors"].append(f"gRPC Predict answered from version {response.model_spec.version.value}, not {VERSION}")
+        report["errors"].append(
+            f"gRPC Predict answered from version {response.model_spec.version.value}, not {VERSION}"
+        )
     answer = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
     report["mismatches"] += compare(reference, answer, slice(0, len(ids)), tolerance, "grpc", ids)
 
@@ -305,7 +326,9 @@ def validate_in_server(
         model_spec = None
         problems.append(f"the model has no readable assets.extra/{layout.SPEC_FILE}: {e}")
     if model_spec is not None and model_spec != spec:
-        problems.append(f"the model was exported for {model_spec.to_dict()}, the examples are {spec.to_dict()}")
+        problems.append(
+            f"the model was exported for {model_spec.to_dict()}, the examples are {spec.to_dict()}"
+        )
     frames, ids = layout.read_encoded_events(examples_uri, spec, num_events)
     report["events"] = len(ids)
 
@@ -313,7 +336,9 @@ def validate_in_server(
     server = None
     try:
         # Version 1 of a fresh base, with the warm-up records the Pusher writes: the server replays them.
-        push_saved_model(model_dir, os.path.join(workdir, "base"), model_name, predict_logs(frames, model_name))
+        push_saved_model(
+            model_dir, os.path.join(workdir, "base"), model_name, predict_logs(frames, model_name)
+        )
         server = ServerProcess(os.path.join(workdir, "base", model_name), model_name, workdir=workdir)
         # The reference runs here while the server process starts and loads.
         try:
@@ -322,12 +347,16 @@ def validate_in_server(
             reference = None
             problems.append(f"the model does not run in-process: {type(e).__name__}: {str(e)[:300]}")
         if reference is not None:
-            problems += [f"in-process outputs: {p}" for p in contract_problems(reference, model_spec or spec, len(ids))]
+            problems += [
+                f"in-process outputs: {p}" for p in contract_problems(reference, model_spec or spec, len(ids))
+            ]
         if reference is not None and problems:
             # It runs but answers wrongly (or is for other data): refused without waiting for the server.
             report["serving_skipped"] = "the in-process checks already failed"
         else:
-            _serve_and_compare(server, model_name, frames, ids, reference, tolerance, started, deadline, report)
+            _serve_and_compare(
+                server, model_name, frames, ids, reference, tolerance, started, deadline, report
+            )
     finally:
         if server is not None:
             report["server_exit_code"] = server.stop()

@@ -8,7 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
+sys.path.insert(
+    0,
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"),
+)
 
 import heldout  # noqa: E402
 
@@ -38,7 +41,9 @@ def test_pooled_over_seeds_concatenates_the_events():
         {"correct": {"teacher": [1, 0], "scratch": [1, 0]}},
     ]
     pooled = heldout.pooled(seeds)
-    assert pooled["teacher-scratch"]["events"] == 5 and pooled["teacher-scratch"]["mean"] == pytest.approx(1 / 5)
+    assert pooled["teacher-scratch"]["events"] == 5 and pooled["teacher-scratch"]["mean"] == pytest.approx(
+        1 / 5
+    )
     assert "distilled-scratch" not in pooled  # no seed has both
 
 
@@ -52,7 +57,9 @@ def test_heldout_events_are_the_ones_a_larger_generate_writes_after_the_run(tmp_
     got = [json.loads(line) for line in open(tmp_path / "held" / "heldout.jsonl")]
     assert [r["event_id"] for r in got] == [r["event_id"] for r in expected]
     for mine, theirs in zip(got, expected, strict=True):
-        assert {k: v for k, v in mine.items() if k != "frames"} == {k: v for k, v in theirs.items() if k != "frames"}
+        assert {k: v for k, v in mine.items() if k != "frames"} == {
+            k: v for k, v in theirs.items() if k != "frames"
+        }
         for a, b in zip(mine["frames"], theirs["frames"], strict=True):
             with open(tmp_path / "held" / a, "rb") as fa, open(tmp_path / "all" / b, "rb") as fb:
                 assert fa.read() == fb.read()

@@ -16,7 +16,17 @@ def test_precedence_defaults_file_set_flags(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"teacher": {"steps": 11, "seed": 5}, "data": {"classes": ["x", "y"]}}))
     args = build_parser().parse_args(
-        ["validate", "--config", str(path), "--set", "teacher.steps=22", "--set", "data.max_frames=3", "--max-frames", "9"]
+        [
+            "validate",
+            "--config",
+            str(path),
+            "--set",
+            "teacher.steps=22",
+            "--set",
+            "data.max_frames=3",
+            "--max-frames",
+            "9",
+        ]
     )
     cfg = load_config(args)
     assert cfg.teacher.steps == 22  # --set beats the file
@@ -43,7 +53,11 @@ def test_bad_overrides_say_what_is_wrong(key, value, message):
 def test_list_and_bool_coercion():
     cfg = Config()
     cfg.apply_overrides(["data.classes=a, b ,c", "teacher.fc_units=64,32", "run.enable_cache=false"])
-    assert cfg.data.classes == ["a", "b", "c"] and cfg.teacher.fc_units == [64, 32] and cfg.run.enable_cache is False
+    assert (
+        cfg.data.classes == ["a", "b", "c"]
+        and cfg.teacher.fc_units == [64, 32]
+        and cfg.run.enable_cache is False
+    )
 
 
 def test_parse_mesh():
@@ -53,7 +67,12 @@ def test_parse_mesh():
             parse_mesh(bad)
 
 
-SUMMARY = {"read": 100, "rejected": 3, "rejected_by_reason": {"bad_timestamp": 3}, "splits": {"train": 80, "eval": 17}}
+SUMMARY = {
+    "read": 100,
+    "rejected": 3,
+    "rejected_by_reason": {"bad_timestamp": 3},
+    "splits": {"train": 80, "eval": 17},
+}
 
 
 def test_ingest_verdict_passes_within_rate_and_names_reasons_beyond():
@@ -110,7 +129,11 @@ def test_release_gate_blocks_each_failure(change, words):
 def test_student_vs_teacher_failure_is_structured():
     [failure] = gate(student_accuracy=0.80)["failures"]
     assert (failure["model"], failure["metric"], failure["slice"], failure["kind"]) == (
-        "student", "sparse_categorical_accuracy", "overall", "student_vs_teacher")
+        "student",
+        "sparse_categorical_accuracy",
+        "overall",
+        "student_vs_teacher",
+    )
     assert failure["value"] == 0.80 and failure["threshold"]["baseline"] == 0.9
     assert failure["threshold"]["lower_bound"] == pytest.approx(0.855)
     assert failure["threshold"]["allowed_relative_change"] == -0.05
@@ -121,7 +144,9 @@ def test_per_class_floor_is_its_own_setting():
     from contract.config import GateConfig
 
     gates = GateConfig(min_accuracy=0.7, min_class_accuracy=0.4, max_regression=0.02)
-    [overall, per_class] = eval_config(gates, with_baseline=True).metrics_specs[0].metrics[0].per_slice_thresholds
+    [overall, per_class] = (
+        eval_config(gates, with_baseline=True).metrics_specs[0].metrics[0].per_slice_thresholds
+    )
     assert list(overall.slicing_specs[0].feature_keys) == []  # the overall slice only
     assert overall.threshold.value_threshold.lower_bound.value == pytest.approx(0.7)
     assert overall.threshold.change_threshold.absolute.value == pytest.approx(-0.02)
@@ -141,7 +166,10 @@ def test_decide_on_accuracies_applies_the_pipeline_gates_to_numbers():
     first = decide_on_accuracies(0.90, 0.86, gates)  # 0.86 >= 0.95 x 0.90 = 0.855; no baseline yet
     assert first["blessed"] and first["problems"] == [] and first["regression"].startswith("skipped")
     low = decide_on_accuracies(teacher_accuracy=0.62, student_accuracy=0.59, gates=gates)
-    assert low["problems"][0] == "student: sparse_categorical_accuracy on the overall slice is 0.590, below the floor 0.600"
+    assert (
+        low["problems"][0]
+        == "student: sparse_categorical_accuracy on the overall slice is 0.590, below the floor 0.600"
+    )
     assert len(low["problems"]) == 1  # 0.59 >= 0.95 x 0.62 = 0.589: only the floor
     assert not decide_on_accuracies(0.90, 0.85, gates)["blessed"]  # below 0.855
     regressed = decide_on_accuracies(0.90, 0.86, gates, baseline_accuracy=0.89)
@@ -164,9 +192,15 @@ def test_decide_on_accuracies_checks_every_class_it_is_given():
         "teacher: sparse_categorical_accuracy on slice label_name=animal is 0.430, below the per-class floor 0.500"
     ]
     [failure] = refused["failures"]
-    assert (failure["model"], failure["slice"], failure["kind"]) == ("teacher", "label_name=animal", "class_floor")
+    assert (failure["model"], failure["slice"], failure["kind"]) == (
+        "teacher",
+        "label_name=animal",
+        "class_floor",
+    )
     assert failure["value"] == 0.43 and failure["threshold"] == 0.5
-    assert decide_on_accuracies(0.762, 0.75, GateConfig(min_class_accuracy=0.4), teacher_class_accuracy=per_class)["blessed"]
+    assert decide_on_accuracies(
+        0.762, 0.75, GateConfig(min_class_accuracy=0.4), teacher_class_accuracy=per_class
+    )["blessed"]
 
 
 def test_release_locations_follow_one_rule_for_every_runner(tmp_path, monkeypatch):
@@ -174,10 +208,15 @@ def test_release_locations_follow_one_rule_for_every_runner(tmp_path, monkeypatc
     cfg = Config()
     cfg.run.workdir = "w"
     assert cfg.pipeline_root == str(tmp_path / "w" / "pipeline")
-    assert cfg.serving_base == str(tmp_path / "w" / "serving") and cfg.mobile_base == str(tmp_path / "w" / "mobile")
+    assert cfg.serving_base == str(tmp_path / "w" / "serving") and cfg.mobile_base == str(
+        tmp_path / "w" / "mobile"
+    )
     cfg.run.pipeline_root = "gs://bucket/root"  # a cluster's root: pushes go beside it, as given
     assert (cfg.pipeline_root, cfg.serving_base, cfg.mobile_base) == (
-        "gs://bucket/root", "gs://bucket/serving", "gs://bucket/mobile")
+        "gs://bucket/root",
+        "gs://bucket/serving",
+        "gs://bucket/mobile",
+    )
     cfg.run.pipeline_root = "gs://bucket"  # a whole bucket: pushes go inside it, not to other buckets
     assert (cfg.serving_base, cfg.mobile_base) == ("gs://bucket/serving", "gs://bucket/mobile")
     cfg.run.serving_base = "models"  # an explicit local path is made absolute
@@ -189,7 +228,13 @@ def test_small_frames_keep_their_size_through_the_stem():
     from contract.layout import EventSpec
     from trainer.models.student import build_student
 
-    assert [stem_stride(2, h, w) for h, w in [(32, 32), (480, 640), (28, 28), (8, 8), (40, 30)]] == [2, 2, 1, 1, 1]
+    assert [stem_stride(2, h, w) for h, w in [(32, 32), (480, 640), (28, 28), (8, 8), (40, 30)]] == [
+        2,
+        2,
+        1,
+        1,
+        1,
+    ]
     for size, expected in ((8, 8), (32, 16)):
         spec = EventSpec(("a", "b"), 1, size, size, 1)
         stem = build_student(spec).get_layer("stem")

@@ -48,7 +48,9 @@ def write_examples(root: str) -> standard_artifacts.Examples:
     for split, n in ((layout.TRAIN, 1), (layout.EVAL, PER_CLASS)):
         directory = layout.split_dir(root, split)
         os.makedirs(directory)
-        with tf.io.TFRecordWriter(os.path.join(directory, "data_tfrecord-00000-of-00001.gz"), options="GZIP") as w:
+        with tf.io.TFRecordWriter(
+            os.path.join(directory, "data_tfrecord-00000-of-00001.gz"), options="GZIP"
+        ) as w:
             for label_id, label in enumerate(CLASSES):
                 for i in range(n):
                     example = layout.make_example(
@@ -179,7 +181,10 @@ def release_gate(tmp_path, teacher, student) -> dict:
 
 def test_a_good_run_is_blessed(tfma_run, tmp_path):
     teacher, student = tfma_run("good_teacher"), tfma_run("good_student")
-    assert teacher[1].get_int_custom_property("blessed") == 1 and student[1].get_int_custom_property("blessed") == 1
+    assert (
+        teacher[1].get_int_custom_property("blessed") == 1
+        and student[1].get_int_custom_property("blessed") == 1
+    )
     verdict = release_gate(tmp_path, teacher, student)
     assert verdict["blessed"], verdict["problems"]
     assert verdict["problems"] == [] and verdict["failures"] == []
@@ -254,4 +259,3 @@ def test_release_verdict_reads_the_same_failures(tfma_run):
         lite=None, infra_blessed=None, max_student_drop=0.05,
     )  # fmt: skip
     assert [f["slice"] for f in verdict["failures"]] == ["label_name=animal"]
-

@@ -42,7 +42,11 @@ def test_unlabelled_event_is_accepted(tmp_path):
     [
         ("{not json", checks.MALFORMED_LINE, "not JSON"),
         ("[1, 2]", checks.MALFORMED_LINE, "not an object"),
-        ({"device_id": "c", "timestamp": "2026-01-05T12:00:00Z", "frames": []}, checks.MISSING_FIELD, "event_id"),
+        (
+            {"device_id": "c", "timestamp": "2026-01-05T12:00:00Z", "frames": []},
+            checks.MISSING_FIELD,
+            "event_id",
+        ),
         (ed.event("e", device_id=7), checks.BAD_FIELD, "device_id"),
         (ed.event("e", label=""), checks.BAD_FIELD, "label"),
         (ed.event("e", timestamp="2026-13-45T99:00:00Z"), checks.BAD_TIMESTAMP, "RFC 3339"),
@@ -55,14 +59,32 @@ def test_unlabelled_event_is_accepted(tmp_path):
         (ed.event("e", frames=["/etc/passwd"]), checks.PATH_ESCAPE, "outside"),
         (ed.event("e", frames=["missing.png"]), checks.FRAME_MISSING, "does not exist"),
         (ed.event("e", frames=[{"b64": "!!!"}]), checks.UNDECODABLE_FRAME, "base64"),
-        (ed.event("e", frames=[{"b64": base64.b64encode(b"not an image").decode()}]), checks.UNDECODABLE_FRAME, "decode"),
-        (ed.event("e", frames=[{"b64": base64.b64encode(ed.png()[:40]).decode()}]), checks.UNDECODABLE_FRAME, "decode"),
         (
-            ed.event("e", frames=[{"b64": base64.b64encode(ed.png(8, 8)).decode()}, {"b64": base64.b64encode(ed.png(8, 9)).decode()}]),
+            ed.event("e", frames=[{"b64": base64.b64encode(b"not an image").decode()}]),
+            checks.UNDECODABLE_FRAME,
+            "decode",
+        ),
+        (
+            ed.event("e", frames=[{"b64": base64.b64encode(ed.png()[:40]).decode()}]),
+            checks.UNDECODABLE_FRAME,
+            "decode",
+        ),
+        (
+            ed.event(
+                "e",
+                frames=[
+                    {"b64": base64.b64encode(ed.png(8, 8)).decode()},
+                    {"b64": base64.b64encode(ed.png(8, 9)).decode()},
+                ],
+            ),
             checks.MIXED_FRAME_SIZES,
             "8x8, 9x8",
         ),
-        (ed.event("e", frames=2, best_frame=2), checks.BAD_FIELD, "'best_frame' must be a 0-based index of one of the event's 2 frames (0..1) or null, got 2"),
+        (
+            ed.event("e", frames=2, best_frame=2),
+            checks.BAD_FIELD,
+            "'best_frame' must be a 0-based index of one of the event's 2 frames (0..1) or null, got 2",
+        ),
         (ed.event("e", best_frame=-1), checks.BAD_FIELD, "best_frame"),
         (ed.event("e", best_frame="1"), checks.BAD_FIELD, "got '1'"),
         (ed.event("e", best_frame=1.0), checks.BAD_FIELD, "best_frame"),
@@ -98,7 +120,9 @@ def test_frame_path_relative_to_manifest_and_symlink_escape(tmp_path):
     outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
     outside.write_bytes(ed.png())
     os.symlink(outside, tmp_path / "frames" / "link.png")
-    results = run_checks(tmp_path, [ed.event("ok", frames=["frames/ok.png"]), ed.event("ln", frames=["frames/link.png"])])
+    results = run_checks(
+        tmp_path, [ed.event("ok", frames=["frames/ok.png"]), ed.event("ln", frames=["frames/link.png"])]
+    )
     assert isinstance(results[0], checks.Accepted)
     assert results[1].reason == checks.PATH_ESCAPE
 
@@ -161,7 +185,9 @@ def test_survey_reports_every_file_it_does_not_read_and_walks_symlinked_director
     found = sources.survey(str(data))
     assert sorted(os.path.basename(u.path) for u in found.units) == ["events.jsonl", "more.jsonl"]
     ignored = dict(found.ignored)
-    assert ignored.pop("old.tfrecord").startswith("TFRecord files are not read when *.jsonl files are present")
+    assert ignored.pop("old.tfrecord").startswith(
+        "TFRecord files are not read when *.jsonl files are present"
+    )
     assert ignored.pop("notes.txt") == sources.IGNORED_FORMAT
     assert ignored.pop(".DS_Store") == sources.IGNORED_HIDDEN
     assert ignored.pop("escape") == sources.IGNORED_OUTSIDE
@@ -178,7 +204,10 @@ def test_survey_of_an_image_folder_tree_names_what_is_outside_its_layout(tmp_pat
     (tmp_path / "cat" / "labels.csv").write_text("x")
     (tmp_path / "README.md").write_text("x")
     found = sources.survey(str(tmp_path))
-    assert [(u.kind, os.path.basename(u.path)) for u in found.units] == [("folder_event", "ev1"), ("folder_image", "one.jpg")]
+    assert [(u.kind, os.path.basename(u.path)) for u in found.units] == [
+        ("folder_event", "ev1"),
+        ("folder_image", "one.jpg"),
+    ]
     assert dict(found.ignored) == {
         "README.md": folders.IGNORED_TOP_LEVEL,
         os.path.join("cat", "ev1", "extra"): folders.IGNORED_NESTED,
@@ -192,7 +221,12 @@ def test_manifest_lines_are_events_or_say_why_not(tmp_path):
     from ondevice.manifest import read_manifest
 
     path = tmp_path / "m.jsonl"
-    path.write_bytes(b'{"event_id": "a"}\n\n  \n{not json\n[1, 2]\n\xff\xfe\n' + b"[" * 5000 + b"\n" + b'{"event_id": "b"}\r\n')
+    path.write_bytes(
+        b'{"event_id": "a"}\n\n  \n{not json\n[1, 2]\n\xff\xfe\n'
+        + b"[" * 5000
+        + b"\n"
+        + b'{"event_id": "b"}\r\n'
+    )
     lines = list(read_manifest(str(path)))
     assert [line.number for line in lines] == [1, 4, 5, 6, 7, 8]
     assert lines[0].record == {"event_id": "a"} and lines[-1].record == {"event_id": "b"}

@@ -28,7 +28,12 @@ CLASSES = ["empty", "person", "vehicle"]
 def eventpipe(*args, cwd):
     env = dict(os.environ, PYTHONPATH=REPO)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -36,7 +41,15 @@ def eventpipe(*args, cwd):
 def dirty_data(tmp_path_factory):
     """120 simulated events plus one bad event of each kind a camera fleet produces."""
     root = tmp_path_factory.mktemp("events")
-    generate(str(root), SimulatorConfig(events=120, frames=2, size=16, classes=CLASSES, unlabelled_fraction=0.1, seed=3, shards=2), workers=1, progress=False, preview=False)
+    generate(
+        str(root),
+        SimulatorConfig(
+            events=120, frames=2, size=16, classes=CLASSES, unlabelled_fraction=0.1, seed=3, shards=2
+        ),
+        workers=1,
+        progress=False,
+        preview=False,
+    )
     first = json.loads(open(sorted(glob.glob(str(root / "*.jsonl")))[0]).readline())
     bad = [
         "{this is not json",
@@ -45,7 +58,14 @@ def dirty_data(tmp_path_factory):
         {**first, "event_id": "bad-missing", "frames": ["frames/nope/0.png"]},
         {**first, "event_id": "bad-escape", "frames": ["../../etc/passwd"]},
         {**first, "event_id": "bad-time", "timestamp": "last tuesday"},
-        ed.event("bad-sizes", label="person", frames=[{"b64": __import__("base64").b64encode(ed.png(16, 16)).decode()}, {"b64": __import__("base64").b64encode(ed.png(12, 16)).decode()}]),
+        ed.event(
+            "bad-sizes",
+            label="person",
+            frames=[
+                {"b64": __import__("base64").b64encode(ed.png(16, 16)).decode()},
+                {"b64": __import__("base64").b64encode(ed.png(12, 16)).decode()},
+            ],
+        ),
     ]
     ed.write_manifest(str(root), bad, name="zz-injected.jsonl")
     return root
@@ -59,7 +79,18 @@ EXPECTED_REASONS = {
 
 def test_validate_accounts_for_every_event(dirty_data, tmp_path):
     work = tmp_path / "work"
-    r = eventpipe("validate", "--data", str(dirty_data), "--workdir", str(work), "--classes", ",".join(CLASSES), "--max-reject-rate", "0.1", cwd=tmp_path)
+    r = eventpipe(
+        "validate",
+        "--data",
+        str(dirty_data),
+        "--workdir",
+        str(work),
+        "--classes",
+        ",".join(CLASSES),
+        "--max-reject-rate",
+        "0.1",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((work / "report.json").read_text())
     ev = report["events"]
@@ -77,7 +108,11 @@ def test_validate_accounts_for_every_event(dirty_data, tmp_path):
     assert label_names["unique"] <= len(CLASSES) and all(value in CLASSES for value, _ in label_names["top"])
 
     # The quarantine holds each rejected event with its original record and reason.
-    lines = [json.loads(line) for f in glob.glob(os.path.join(report["quarantine"], "quarantine-*.jsonl")) for line in open(f)]
+    lines = [
+        json.loads(line)
+        for f in glob.glob(os.path.join(report["quarantine"], "quarantine-*.jsonl"))
+        for line in open(f)
+    ]
     assert sorted(e["reason"] for e in lines) == sorted(EXPECTED_REASONS)
     by_reason = {e["reason"]: e for e in lines}
     assert by_reason["malformed_line"]["raw"] == "{this is not json"
@@ -88,16 +123,31 @@ def test_validate_accounts_for_every_event(dirty_data, tmp_path):
     # The examples decode through the shared layout into the model geometry.
     spec = layout.EventSpec.load(report["examples"])
     assert spec == layout.EventSpec(tuple(CLASSES), frames=2, height=16, width=16, channels=3)
-    batch = next(iter(layout.dataset(os.path.join(report["examples"], "Split-train", "*"), spec, batch_size=8)))
+    batch = next(
+        iter(layout.dataset(os.path.join(report["examples"], "Split-train", "*"), spec, batch_size=8))
+    )
     assert batch["frames"].shape == (8, 2, 16, 16, 3)
     assert set(batch["label"].numpy()) <= {0, 1, 2}
-    unlabelled = next(iter(layout.dataset(os.path.join(report["examples"], "Split-unlabelled", "*"), spec, batch_size=64)))
+    unlabelled = next(
+        iter(layout.dataset(os.path.join(report["examples"], "Split-unlabelled", "*"), spec, batch_size=64))
+    )
     assert set(unlabelled["label"].numpy()) == {-1}
 
 
 def test_gate_stops_with_reasons_and_quarantine_path(dirty_data, tmp_path):
     work = tmp_path / "work"
-    r = eventpipe("validate", "--data", str(dirty_data), "--workdir", str(work), "--classes", ",".join(CLASSES), "--max-reject-rate", "0.01", cwd=tmp_path)
+    r = eventpipe(
+        "validate",
+        "--data",
+        str(dirty_data),
+        "--workdir",
+        str(work),
+        "--classes",
+        ",".join(CLASSES),
+        "--max-reject-rate",
+        "0.01",
+        cwd=tmp_path,
+    )
     assert r.returncode == 3, r.stderr[-3000:]
     error = [line for line in r.stderr.splitlines() if line.startswith("eventpipe validate: error:")]
     assert len(error) == 1 and "Traceback" not in r.stderr
@@ -127,7 +177,10 @@ def test_image_folder_tree_single_frame_grayscale(tmp_path):
     assert (summary["read"], summary["accepted"], summary["rejected"]) == (13, 12, 1)
     assert summary["rejected_by_reason"] == {"undecodable_frame": 1}
     # Files outside the layout are not events, and they are not dropped silently either.
-    assert summary["ignored_files"] == 2 and summary["ignored_examples"] == [os.path.join("dog", "notes.txt"), "index.csv"]
+    assert summary["ignored_files"] == 2 and summary["ignored_examples"] == [
+        os.path.join("dog", "notes.txt"),
+        "index.csv",
+    ]
     assert summary["ignored_by_reason"] == {folders.IGNORED_NOT_IMAGE: 1, folders.IGNORED_TOP_LEVEL: 1}
     spec = layout.EventSpec.load(str(tmp_path / "out" / "examples"))
     assert spec == layout.EventSpec(("cat", "dog"), frames=1, height=8, width=8, channels=1)
@@ -162,7 +215,11 @@ def test_tfrecord_input_is_rechecked(tmp_path):
     assert summary["read"] == first["accepted"] + 1
     assert summary["accepted"] == first["accepted"]
     assert summary["rejected_by_reason"] == {"malformed_line": 1}
-    q = [json.loads(line) for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*")) for line in open(f)]
+    q = [
+        json.loads(line)
+        for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*"))
+        for line in open(f)
+    ]
     assert q[0]["source"].startswith("zz-corrupt.tfrecord:")
 
 
@@ -191,11 +248,17 @@ def test_tfrecord_crcs_are_checked_and_a_truncated_file_counts_what_it_held(tmp_
     open(path, "wb").write(bytes(raw))
     summary = run_ingest(root, tmp_path / "second")
     assert summary["read"] == len(payloads) and summary["accepted"] == len(payloads) - 2
-    q = [json.loads(line) for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*")) for line in open(f)]
+    q = [
+        json.loads(line)
+        for f in glob.glob(str(tmp_path / "second" / "quarantine" / "quarantine-*"))
+        for line in open(f)
+    ]
     details = {entry["source"]: entry["detail"] for entry in q}
     assert f"CRC mismatch (corrupted bytes) at byte {second}" in details["events.tfrecord:1"], details
     damaged = next(entry for entry in q if entry["source"] == "events.tfrecord:1")
-    assert base64.b64decode(damaged["raw"]) == bytes(raw[second + 12: second + 12 + len(payloads[1])])  # the bytes read
+    assert base64.b64decode(damaged["raw"]) == bytes(
+        raw[second + 12 : second + 12 + len(payloads[1])]
+    )  # the bytes read
     assert "the rest of the file cannot be framed" in details[f"events.tfrecord:{len(payloads) - 1}"], details
 
 
@@ -206,7 +269,11 @@ def test_duplicate_with_inline_frames_is_quarantined_verbatim(tmp_path):
     ed.write_manifest(str(tmp_path / "data"), records + [duplicate])
     summary = run_ingest(tmp_path / "data", tmp_path / "out")
     assert summary["rejected_by_reason"] == {"duplicate_id": 1} and summary["accepted"] == 6
-    (line,) = [json.loads(x) for f in glob.glob(str(tmp_path / "out" / "quarantine" / "quarantine-dup*")) for x in open(f)]
+    (line,) = [
+        json.loads(x)
+        for f in glob.glob(str(tmp_path / "out" / "quarantine" / "quarantine-dup*"))
+        for x in open(f)
+    ]
     assert line["record"] == duplicate and line["source"] == "events.jsonl:7"
 
 
@@ -228,7 +295,9 @@ def test_ingest_fuzz_accounts_for_every_line_record_and_file(tmp_path):
             for k in range(2):
                 blob = ed.png(seed=i * 7 + k)
                 if rng.random() < 0.3:
-                    blob = rng.choice([blob[: rng.randrange(len(blob))], bytes(rng.randrange(256) for _ in range(40)), b""])
+                    blob = rng.choice(
+                        [blob[: rng.randrange(len(blob))], bytes(rng.randrange(256) for _ in range(40)), b""]
+                    )
                 (data / "frames" / f"{i}-{k}.png").write_bytes(blob)
                 names.append(f"frames/{i}-{k}.png")
             record["frames"] = names
@@ -239,7 +308,9 @@ def test_ingest_fuzz_accounts_for_every_line_record_and_file(tmp_path):
         elif pick == 1:
             chars = list(text)
             for _ in range(rng.randrange(1, 8)):
-                chars[rng.randrange(len(chars))] = chr(rng.choice([0, 10, 34, 92, 123, 0xFFFD, rng.randrange(32, 127)]))
+                chars[rng.randrange(len(chars))] = chr(
+                    rng.choice([0, 10, 34, 92, 123, 0xFFFD, rng.randrange(32, 127)])
+                )
             text = "".join(chars)
         elif pick == 2:
             key = rng.choice(["event_id", "timestamp", "frames", "label", "device_id", "best_frame"])

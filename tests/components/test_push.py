@@ -68,8 +68,13 @@ def test_reader_never_sees_a_partial_version_while_pushers_race(big_saved_model,
         "print(json.dumps([push_saved_model(sys.argv[1], sys.argv[2], sys.argv[3])['version'] for _ in range(3)]))"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, big_saved_model, base, NAME], cwd=ss.REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", code, big_saved_model, base, NAME],
+            cwd=ss.REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for _ in range(3)
     ]
     try:
@@ -172,7 +177,12 @@ def test_tflite_release_has_checksums_labels_input_spec_and_metrics(tmp_path):
     int8, float16 = ss.tflite_model(1, "int8"), ss.tflite_model(1, "float16")
     mobile = str(tmp_path / "mobile")
     release = {
-        "metrics": {"tflite": {"int8": {"accuracy": 0.91, "bytes": os.path.getsize(int8)}, "parity": {"agreement": 0.995}}},
+        "metrics": {
+            "tflite": {
+                "int8": {"accuracy": 0.91, "bytes": os.path.getsize(int8)},
+                "parity": {"agreement": 0.995},
+            }
+        },
         "source": {"pipeline_run_id": "run-7", "student_model_uri": "/pipeline/Distiller/model/12"},
     }
     first = push.push_tflite(int8, mobile, NAME, release, variants={"model_float16.tflite": float16})

@@ -158,7 +158,9 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
-    store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata))
+    store = metadata_store.MetadataStore(
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata)
+    )
     [infra] = store.get_artifacts_by_type("InfraBlessing")
     assert infra.custom_properties["blessed"].int_value == 1
     with open(os.path.join(infra.uri, files.VALIDATION), encoding="utf-8") as f:
@@ -181,9 +183,10 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
     for name, src in ((NAME, inputs["student"]), (f"{NAME}-teacher", inputs["teacher"])):
         version_dir = os.path.join(serving_base, name, "1")
         assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
-        with open(os.path.join(version_dir, "variables", "variables.index"), "rb") as a, open(
-            os.path.join(src, "Format-Serving", "variables", "variables.index"), "rb"
-        ) as b:
+        with (
+            open(os.path.join(version_dir, "variables", "variables.index"), "rb") as a,
+            open(os.path.join(src, "Format-Serving", "variables", "variables.index"), "rb") as b,
+        ):
             assert a.read() == b.read()
         # TF Serving's warm-up file: real eval events as PredictRequests addressed to this model.
         logs = read_warmup_file(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests"))
@@ -197,8 +200,16 @@ def test_pipeline_validates_in_the_server_then_pushes_everything(inputs, tmp_pat
     assert release["labels"] == list(ss.SPEC.classes)
     assert release["source"]["pipeline_run_id"] == record["pipeline_run_id"]
     assert release["source"]["student_model_uri"] == inputs["student"]
-    assert release["metrics"]["tflite"]["int8"] == {"accuracy": 0.9, "bytes": 1234, "agreement_with_student_float": 0.99}
-    assert release["serving"] == {"model_name": NAME, "version": 1, "path": os.path.join(serving_base, NAME, "1")}
+    assert release["metrics"]["tflite"]["int8"] == {
+        "accuracy": 0.9,
+        "bytes": 1234,
+        "agreement_with_student_float": 0.99,
+    }
+    assert release["serving"] == {
+        "model_name": NAME,
+        "version": 1,
+        "path": os.path.join(serving_base, NAME, "1"),
+    }
 
 
 # -- ServingValidator refusals ------------------------------------------------------------------
@@ -247,10 +258,19 @@ def test_contract_check_names_each_violation():
             "class_id": np.array([1]), "best_frame": np.array([1]), "logits": np.zeros((1, 2))}  # fmt: skip
     assert contract_problems(good, spec, 1) == []
     assert "is not the argmax" in contract_problems({**good, "class_id": np.array([0])}, spec, 1)[0]
-    assert "not in the model's classes" in contract_problems({**good, "class_name": np.array([b"zebra"])}, spec, 1)[0]
+    assert (
+        "not in the model's classes"
+        in contract_problems({**good, "class_name": np.array([b"zebra"])}, spec, 1)[0]
+    )
     assert "best_frame outside" in contract_problems({**good, "best_frame": np.array([2])}, spec, 1)[0]
-    assert "not a distribution" in contract_problems({**good, "probabilities": np.array([[0.2, 0.9]])}, spec, 1)[0]
-    assert "lacks the contract outputs" in contract_problems({"probabilities": good["probabilities"]}, spec, 1)[0]
+    assert (
+        "not a distribution"
+        in contract_problems({**good, "probabilities": np.array([[0.2, 0.9]])}, spec, 1)[0]
+    )
+    assert (
+        "lacks the contract outputs"
+        in contract_problems({"probabilities": good["probabilities"]}, spec, 1)[0]
+    )
 
 
 # -- EventPusher gating -----------------------------------------------------------------------
@@ -258,7 +278,9 @@ def _pusher_inputs(inputs, tmp_path, *, blessed=1, infra=1, blessing_model_id=7,
     student = _artifact(standard_artifacts.Model, inputs["student"], model_id)
     blessing_dir = tmp_path / "blessing"
     blessing_dir.mkdir(exist_ok=True)
-    (blessing_dir / "verdict.json").write_text(json.dumps({"teacher_accuracy": 0.95, "student_accuracy": 0.93}))
+    (blessing_dir / "verdict.json").write_text(
+        json.dumps({"teacher_accuracy": 0.95, "student_accuracy": 0.93})
+    )
     return {
         "model": student,
         "model_blessing": _artifact(standard_artifacts.ModelBlessing, str(blessing_dir), 11, blessed=blessed,
@@ -279,7 +301,11 @@ def _pusher_inputs(inputs, tmp_path, *, blessed=1, infra=1, blessing_model_id=7,
 )
 def test_pusher_pushes_nothing_unless_blessed(inputs, tmp_path, gate, reason):
     pushed = _artifact(standard_artifacts.PushedModel, str(tmp_path / "pushed"))
-    params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"), "serving_config": section_json(SERVING)}
+    params = {
+        "serving_base": str(tmp_path / "serving"),
+        "mobile_base": str(tmp_path / "mobile"),
+        "serving_config": section_json(SERVING),
+    }
     _run(EventPusher, _pusher_inputs(inputs, tmp_path, **gate), {"pushed_model": pushed}, params)
     assert pushed.get_int_custom_property("pushed") == 0
     assert not pushed.has_custom_property("pushed_version")
@@ -298,7 +324,12 @@ def test_pusher_versions_increase_run_after_run(inputs, tmp_path):
         student = shutil.copytree(inputs["student"], tmp_path / f"student{run}")
         run_inputs = {**inputs, "student": str(student)}
         pushed = _artifact(standard_artifacts.PushedModel, str(tmp_path / f"pushed{run}"))
-        _run(EventPusher, _pusher_inputs(run_inputs, tmp_path), {"pushed_model": pushed}, {**params, "pipeline_run_id": f"run-{run}"})
+        _run(
+            EventPusher,
+            _pusher_inputs(run_inputs, tmp_path),
+            {"pushed_model": pushed},
+            {**params, "pipeline_run_id": f"run-{run}"},
+        )
         assert pushed.get_int_custom_property("pushed") == 1
         assert pushed.get_string_custom_property("pushed_version") == str(run)
         assert pushed.get_int_custom_property("teacher_version") == run
@@ -325,7 +356,11 @@ def test_pusher_refuses_a_release_with_a_missing_file_before_pushing_anything(in
     args = _pusher_inputs(inputs, tmp_path)
     args["lite"] = _artifact(LiteModels, str(lite), 9)
     pushed = _artifact(standard_artifacts.PushedModel, str(tmp_path / "pushed"))
-    params = {"serving_base": str(tmp_path / "serving"), "mobile_base": str(tmp_path / "mobile"), "serving_config": section_json(SERVING)}
+    params = {
+        "serving_base": str(tmp_path / "serving"),
+        "mobile_base": str(tmp_path / "mobile"),
+        "serving_config": section_json(SERVING),
+    }
     from contract.errors import UserError
 
     with pytest.raises(UserError, match="no int8 TFLite model"):
@@ -358,7 +393,10 @@ def test_a_release_killed_between_its_commits_is_never_seen_half(inputs, tmp_pat
     from components.pusher import release
 
     serving, mobile = tmp_path / "serving", tmp_path / "mobile"
-    student, teacher = os.path.join(inputs["student"], "Format-Serving"), os.path.join(inputs["teacher"], "Format-Serving")
+    student, teacher = (
+        os.path.join(inputs["student"], "Format-Serving"),
+        os.path.join(inputs["teacher"], "Format-Serving"),
+    )
     args = [str(serving), str(mobile), student, teacher, inputs["lite"], NAME]
     killed = subprocess.run([sys.executable, "-c", _KILLED_PUSH, *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                             capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -375,7 +413,9 @@ def test_a_release_killed_between_its_commits_is_never_seen_half(inputs, tmp_pat
         [str(mobile / NAME / ".rolled-back-1"), str(serving / f"{NAME}-teacher" / ".rolled-back-1")]
     )
     # ... and the new release is whole: every mobile release names a student version that exists.
-    assert push.versions_on_disk(str(mobile / NAME)) == [2] and push.versions_on_disk(str(serving / f"{NAME}-teacher")) == [2]
+    assert push.versions_on_disk(str(mobile / NAME)) == [2] and push.versions_on_disk(
+        str(serving / f"{NAME}-teacher")
+    ) == [2]
     student_version = pushed["student"]["version"]
     assert push.read_release(str(mobile / NAME / "2"))["serving"]["version"] == student_version
     assert push.versions_on_disk(str(serving / NAME)) == [student_version]

@@ -15,7 +15,6 @@ from pipeline.pipeline_def import create_pipeline
 pytestmark = pytest.mark.e2e
 
 
-
 def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
     out = tmp_path / "spec.json"
     r = subprocess.run(
@@ -100,7 +99,11 @@ def test_trainers_cache_keys_hold_only_their_own_config_sections():
     def trainers(cfg):
         pipe = create_pipeline(cfg, data_root="/d", pipeline_root="/r", metadata_connection_config=None,
                                beam_pipeline_args=[], serving_base="/s", mobile_base="/m")  # fmt: skip
-        return {c.id: c.exec_properties["custom_config"] for c in pipe.components if c.id in ("TeacherTrainer", "Distiller")}
+        return {
+            c.id: c.exec_properties["custom_config"]
+            for c in pipe.components
+            if c.id in ("TeacherTrainer", "Distiller")
+        }
 
     base, changed = Config(), Config()
     changed.student.temperature = 9.0
@@ -120,10 +123,14 @@ def test_a_spec_no_cluster_could_run_is_refused_naming_each_problem(tmp_path):
     for problem in ("--data /x is a path on this machine", "--pipeline-root", "--image eventpipe:latest names no registry",
                     "--allow-local"):  # fmt: skip
         assert problem in r.stderr, (problem, r.stderr[-2000:])
-    help_text = subprocess.run([*base[:4], "--help"], cwd=REPO, capture_output=True, text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [*base[:4], "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    ).stdout
     for ignored in ("--runner", "--beam-workers", "--metadata"):  # the cluster decides these
         assert not re.search(rf"^\s+{ignored}\b", help_text, re.M), ignored
-    r = subprocess.run([*base, "--data", "/x", "--allow-local"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [*base, "--data", "/x", "--allow-local"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0 and (tmp_path / "spec.json").exists(), r.stderr[-2000:]
 
 

@@ -43,14 +43,18 @@ def _free_port():
 def mysql_url(tmp_path_factory):
     server, install = _binary("mariadbd", "mysqld"), _binary("mariadb-install-db", "mysql_install_db")
     if not server or not install:
-        pytest.fail("no MySQL/MariaDB server binary on this machine: apt install mariadb-server (.ci/run does)")
+        pytest.fail(
+            "no MySQL/MariaDB server binary on this machine: apt install mariadb-server (.ci/run does)"
+        )
     root = tmp_path_factory.mktemp("mysql")
     data, port = str(root / "data"), _free_port()
     user = ["--user=" + getpass.getuser()]
     subprocess.run([install, "--no-defaults", f"--datadir={data}", *user, "--skip-test-db",
                     "--auth-root-authentication-method=normal"], check=True, capture_output=True, timeout=120)  # fmt: skip
     init = root / "init.sql"
-    init.write_text(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\nGRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%';\n")
+    init.write_text(
+        f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\nGRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%';\n"
+    )
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [server, "--no-defaults", f"--datadir={data}", f"--socket={root / 'sock'}", f"--port={port}",
@@ -107,7 +111,9 @@ def test_a_wrong_password_is_one_clear_error_that_does_not_echo_it(mysql_url, tm
 
     cfg = Config()
     cfg.run.metadata = mysql_url.replace(f":{PASSWORD}@", ":not-the-password@")
-    with pytest.raises(UserError, match=r"cannot open MySQL ML Metadata at 127\.0\.0\.1:\d+/eventpipe_mlmd") as e:
+    with pytest.raises(
+        UserError, match=r"cannot open MySQL ML Metadata at 127\.0\.0\.1:\d+/eventpipe_mlmd"
+    ) as e:
         outputs.last_run_id(runners.metadata_connection(cfg))
     assert "not-the-password" not in str(e.value)
 
@@ -117,6 +123,8 @@ def test_unreachable_mysql_store_is_one_clear_error(tmp_path):
 
     cfg = Config()
     cfg.run.metadata = f"mysql://root:s3cret@127.0.0.1:{_free_port()}/nothing_here"
-    with pytest.raises(UserError, match=r"cannot open MySQL ML Metadata at 127\.0\.0\.1:\d+/nothing_here") as e:
+    with pytest.raises(
+        UserError, match=r"cannot open MySQL ML Metadata at 127\.0\.0\.1:\d+/nothing_here"
+    ) as e:
         outputs.last_run_id(runners.metadata_connection(cfg))
     assert "s3cret" not in str(e.value)

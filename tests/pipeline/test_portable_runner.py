@@ -84,8 +84,20 @@ def portable_services(tmp_path_factory):
     started = []
     try:
         for name, module, port_flag, port, env in (
-            ("job_server", "apache_beam.runners.portability.local_job_service_main", "--port", job_port, job_env),
-            ("worker_pool", "apache_beam.runners.worker.worker_pool_main", "--service_port", pool_port, pool_env),
+            (
+                "job_server",
+                "apache_beam.runners.portability.local_job_service_main",
+                "--port",
+                job_port,
+                job_env,
+            ),
+            (
+                "worker_pool",
+                "apache_beam.runners.worker.worker_pool_main",
+                "--service_port",
+                pool_port,
+                pool_env,
+            ),
         ):
             log = str(logs / f"{name}.log")
             with open(log, "w") as out:
@@ -111,7 +123,9 @@ def portable_services(tmp_path_factory):
 def events(tmp_path_factory):
     """Simulated events with frames as PNG files (workers read them), plus one malformed line."""
     root = tmp_path_factory.mktemp("events")
-    cfg = SimulatorConfig(events=EVENTS, frames=2, size=16, classes=CLASSES, unlabelled_fraction=0.1, seed=5, shards=2)
+    cfg = SimulatorConfig(
+        events=EVENTS, frames=2, size=16, classes=CLASSES, unlabelled_fraction=0.1, seed=5, shards=2
+    )
     generate(str(root), cfg, workers=1, progress=False, preview=False)
     (root / "zz-broken.jsonl").write_text("{not json\n")
     return root
@@ -146,7 +160,10 @@ def test_run_through_validate_on_a_job_server_and_external_worker_pool(portable_
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
 
     # Every Beam-powered component was a job on the job server, run by workers from the pool.
-    job_log, pool_log = _tail(portable_services["job_log"], 10**7), _tail(portable_services["pool_log"], 10**7)
+    job_log, pool_log = (
+        _tail(portable_services["job_log"], 10**7),
+        _tail(portable_services["pool_log"], 10**7),
+    )
     assert job_log.count("Running job 'job-") == BEAM_JOBS, job_log[-4000:]
     assert job_log.count("with state DONE.") == BEAM_JOBS, job_log[-4000:]
     assert job_log.count(f"Requesting worker at {portable_services['worker_pool']}") == BEAM_JOBS
@@ -158,7 +175,11 @@ def test_run_through_validate_on_a_job_server_and_external_worker_pool(portable_
     assert (ev["read"], ev["accepted"], ev["rejected"]) == (EVENTS + 1, EVENTS, 1)
     assert ev["rejected_by_reason"] == {"malformed_line": 1}
     assert report["gate"]["blessed"] is True and report["anomalies"] == []
-    quarantined = [json.loads(line) for f in glob.glob(os.path.join(report["quarantine"], "quarantine-*.jsonl")) for line in open(f)]
+    quarantined = [
+        json.loads(line)
+        for f in glob.glob(os.path.join(report["quarantine"], "quarantine-*.jsonl"))
+        for line in open(f)
+    ]
     assert [(q["reason"], q["raw"]) for q in quarantined] == [("malformed_line", "{not json")]
     assert layout.EventSpec.load(report["examples"]).input_shape == (2, 16, 16, 3)
     counts = {split: _records(os.path.join(report["examples"], f"Split-{split}")) for split in ev["splits"]}
@@ -167,7 +188,9 @@ def test_run_through_validate_on_a_job_server_and_external_worker_pool(portable_
     # StatisticsGen's job counted the same examples; SchemaGen and ExampleValidator used them.
     outputs = work / "pipeline"
     for split, n in counts.items():
-        (path,) = glob.glob(str(outputs / "StatisticsGen" / "statistics" / "*" / f"Split-{split}" / "FeatureStats.pb"))
+        (path,) = glob.glob(
+            str(outputs / "StatisticsGen" / "statistics" / "*" / f"Split-{split}" / "FeatureStats.pb")
+        )
         stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(open(path, "rb").read())
         assert stats.datasets[0].num_examples == n, split
         assert {f.path.step[0] for f in stats.datasets[0].features} >= {layout.FRAMES, layout.LABEL}

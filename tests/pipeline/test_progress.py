@@ -66,7 +66,9 @@ def test_headlines_of_the_release_components():
     assert headline("ServingValidator", _outputs(blessing={"blessed": 1})) == "blessed"
     lite = _outputs(lite={"agreement": 0.994, "int8_bytes": 123456, "blessed": 1})
     assert headline("LiteConverter", lite) == "int8 123,456 bytes, agrees with float on 99.4%, blessed"
-    pushed = _outputs(pushed_model={"pushed": 1, "pushed_version": "3", "teacher_version": 2, "mobile_version": 3})
+    pushed = _outputs(
+        pushed_model={"pushed": 1, "pushed_version": "3", "teacher_version": 2, "mobile_version": 3}
+    )
     assert headline("EventPusher", pushed) == "pushed student v3, teacher v2, mobile v3"
     assert headline("EventPusher", _outputs(pushed_model={"pushed": 0})) == "nothing pushed"
     assert headline("SchemaGen", _outputs()) == ""

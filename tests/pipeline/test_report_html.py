@@ -60,7 +60,9 @@ def test_user_strings_are_escaped_everywhere(tmp_path):
     )  # fmt: skip
     page = report_html.render(rep, str(tmp_path / "report.json"))
     assert "<script" not in page and "<img src=x" not in page
-    assert page.count(report_html.e(HOSTILE)) >= 8  # event id, label, detail, source, slice, problem, push, example
+    assert (
+        page.count(report_html.e(HOSTILE)) >= 8
+    )  # event id, label, detail, source, slice, problem, push, example
     assert report_html.e(HOSTILE_REASON) in page
     assert "Release: NOT blessed" in page and "not decodable" in page
 
@@ -124,12 +126,17 @@ def test_best_frame_examples_are_labelled_eval_events_known_best_frames_first():
         best_frames=np.array([1, -1, 1, 1]),
         event_ids=ids,
     )
-    int8 = Predictions(ref.labels, np.array([[1.0, 0]] * 4), named_frames=np.array([0, 0, 1, 1]), event_ids=ids)
+    int8 = Predictions(
+        ref.labels, np.array([[1.0, 0]] * 4), named_frames=np.array([0, 0, 1, 1]), event_ids=ids
+    )
     out = best_frame_examples({"student_qat": ref, "int8": int8}, "student_qat", ("empty", "person"), count=2)
     assert out["model"] == "student_qat"
     first, second = out["events"]
     assert (first["event_id"], second["event_id"]) == ("a", "b")  # unlabelled "u" never, "no-truth" last
-    assert first["label"] == "person" == first["predicted"] and first["best_frame"] == 1 == first["true_best_frame"]
+    assert (
+        first["label"] == "person" == first["predicted"]
+        and first["best_frame"] == 1 == first["true_best_frame"]
+    )
     assert first["probability"] == pytest.approx(1 / (1 + np.exp(-1.0)))
     assert second["predicted"] == "person" and second["best_frame"] == 0 and second["int8_best_frame"] == 1
     assert second["int8_predicted"] == "empty" and second["frame_weights"] == [0.6, 0.4]
@@ -139,10 +146,17 @@ def test_best_frame_examples_are_labelled_eval_events_known_best_frames_first():
 
 
 def test_a_threshold_relative_to_another_model_is_shown_as_its_bound(tmp_path):
-    threshold = {"allowed_relative_change": -0.05, "baseline": 0.985, "baseline_model": "teacher", "lower_bound": 0.936}
+    threshold = {
+        "allowed_relative_change": -0.05,
+        "baseline": 0.985,
+        "baseline_model": "teacher",
+        "lower_bound": 0.936,
+    }
     failure = {"model": "student", "metric": "acc", "slice": "overall", "value": 0.905, "threshold": threshold,
                "kind": "student_vs_teacher"}  # fmt: skip
-    rep = report(tmp_path, [], release={"blessed": False, "problems": ["student vs teacher"], "failures": [failure]})
+    rep = report(
+        tmp_path, [], release={"blessed": False, "problems": ["student vs teacher"], "failures": [failure]}
+    )
     page = report_html.render(rep, str(tmp_path / "report.json"))
     assert "0.936 (= 0.95 x teacher 0.985)" in page and "0.905" in page
 
@@ -158,7 +172,9 @@ def test_weak_results_are_marked_beside_their_baselines(tmp_path):
     page = report_html.render(rep, str(tmp_path / "report.json"))
     assert "-1.2 points (WORSE than the student trained alone)" in page
     assert "teacher 0.710, student 0.350 [below a baseline]" in page
-    assert "always the first frame: 0.546, random: 0.250, the frame alone most confident, teacher: 0.600" in page
+    assert (
+        "always the first frame: 0.546, random: 0.250, the frame alone most confident, teacher: 0.600" in page
+    )
 
 
 def test_the_page_says_when_from_what_and_links_what_it_names(tmp_path):
@@ -166,7 +182,13 @@ def test_the_page_says_when_from_what_and_links_what_it_names(tmp_path):
     teacher_dir.mkdir(parents=True)
     run = {"finished_utc": "2026-12-04T08:00:00Z", "eventpipe_version": "0.1.0", "commit": "abc123def456",
            "metadata": {"context_id": 7, "run_id": "2026-12-04T07:50:00.123"}}  # fmt: skip
-    rep = report(tmp_path, [], run=run, seconds=12.5, teacher={"accuracy": 0.9, "params": 10, "model": str(teacher_dir)})
+    rep = report(
+        tmp_path,
+        [],
+        run=run,
+        seconds=12.5,
+        teacher={"accuracy": 0.9, "params": 10, "model": str(teacher_dir)},
+    )
     page = report_html.render(rep, str(tmp_path / "report.json"))
     assert "finished 2026-12-04T08:00:00Z; eventpipe 0.1.0; commit abc123def456; ML Metadata run " in page
     assert "2026-12-04T07:50:00.123 (context 7); took 12.5 s" in page

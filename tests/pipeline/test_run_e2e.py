@@ -96,9 +96,18 @@ def test_run_writes_every_section_and_artifact(first_run):
     assert any(re.search(r"EventExampleGen +started$", line) for line in lines)
     assert any(re.search(rf"EventExampleGen +done in [\d.]+ s  read {ev['read']}, accepted {ev['accepted']}", line)
                for line in lines)  # fmt: skip
-    for node in ("TeacherTrainer", "Distiller", "LiteConverter", "ServingValidator", "ReleaseGate", "EventPusher"):
+    for node in (
+        "TeacherTrainer",
+        "Distiller",
+        "LiteConverter",
+        "ServingValidator",
+        "ReleaseGate",
+        "EventPusher",
+    ):
         assert any(re.search(rf"{node} +done in [\d.]+ s  \S", line) for line in lines), (node, result.stdout)
-    assert any(re.search(r"EventPusher +done in .*pushed student v1, teacher v1, mobile v1", line) for line in lines)
+    assert any(
+        re.search(r"EventPusher +done in .*pushed student v1, teacher v1, mobile v1", line) for line in lines
+    )
     assert "\r" not in result.stdout and "\r" not in result.stderr
 
 
@@ -120,7 +129,10 @@ def assert_next_steps_work(stdout, root):
     import time
     import urllib.request
 
-    steps = {m.group(1): m.group(2) for m in re.finditer(r"^next +(serve it|query it|curves): +(.+)$", stdout, re.M)}
+    steps = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^next +(serve it|query it|curves): +(.+)$", stdout, re.M)
+    }
     assert set(steps) == {"serve it", "query it", "curves"}, stdout[-2000:]
     curves = shlex.split(steps["curves"])
     assert curves[-2] == "--logdir_spec", steps["curves"]  # the teacher's and the students' runs
@@ -134,19 +146,31 @@ def assert_next_steps_work(stdout, root):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free = str(probe.getsockname()[1])
-    serve = [*shlex.split(steps["serve it"]), "--rest_api_port", free, "--port", "0", "--port-file", str(port_file)]
+    serve = [
+        *shlex.split(steps["serve it"]),
+        "--rest_api_port",
+        free,
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+    ]
     server = subprocess.Popen(serve, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not port_file.exists() and time.time() < deadline and server.poll() is None:
             time.sleep(0.5)
-        assert port_file.exists(), server.stderr.read() if server.poll() is not None else "no port file in 120 s"
+        assert port_file.exists(), (
+            server.stderr.read() if server.poll() is not None else "no port file in 120 s"
+        )
         port = json.loads(port_file.read_text())["rest_port"]
         model = re.search(r"/v1/models/([^:]+):predict", steps["query it"]).group(1)
         while time.time() < deadline and not available(f"http://127.0.0.1:{port}/v1/models/{model}"):
             time.sleep(0.5)
         with open(request_file, "rb") as f:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/{model}:predict", data=f.read())
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/models/{model}:predict", data=f.read()
+            )
         with urllib.request.urlopen(request, timeout=60) as response:
             prediction = json.loads(response.read())["predictions"][0]
         assert prediction["class_name"] in ("empty", "person", "vehicle")
@@ -185,7 +209,9 @@ def test_the_production_gates_refuse_these_tiny_models_and_say_why(first_run, tm
     root, _, _ = first_run
     work = tmp_path / "work"
     shutil.copytree(root / "work", work)
-    result = eventpipe("run", "--data", str(root / "events"), "--workdir", str(work), *TINY_TRAINING, cwd=root)
+    result = eventpipe(
+        "run", "--data", str(root / "events"), "--workdir", str(work), *TINY_TRAINING, cwd=root
+    )
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads((work / "report.json").read_text())
     release = report["release"]
@@ -195,8 +221,13 @@ def test_the_production_gates_refuse_these_tiny_models_and_say_why(first_run, tm
     assert floors, release["failures"]
     for failure in floors:
         # What TFMA recorded, named: model, metric, slice, value and threshold.
-        assert failure["model"] in ("teacher", "student") and failure["metric"] == "sparse_categorical_accuracy"
-        assert failure["threshold"] in (gates.min_accuracy, gates.min_class_accuracy) and failure["value"] < failure["threshold"]
+        assert (
+            failure["model"] in ("teacher", "student") and failure["metric"] == "sparse_categorical_accuracy"
+        )
+        assert (
+            failure["threshold"] in (gates.min_accuracy, gates.min_class_accuracy)
+            and failure["value"] < failure["threshold"]
+        )
         assert failure["slice"] in failure["message"] and "(TFMA)" in failure["message"]
     assert "release gate" in result.stdout + result.stderr and "NOT blessed" in result.stdout
     assert report["push"]["pushed"] is False
@@ -256,7 +287,9 @@ def test_a_run_killed_during_teacher_training_resumes_from_its_checkpoint(first_
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline, checkpointed = time.time() + 600, 0
     while time.time() < deadline and proc.poll() is None and not checkpointed:
-        for state in glob.glob(str(work / "pipeline" / "TeacherTrainer" / "model_run" / "*" / "train_state.json")):
+        for state in glob.glob(
+            str(work / "pipeline" / "TeacherTrainer" / "model_run" / "*" / "train_state.json")
+        ):
             run_dir = os.path.dirname(state)
             if glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")):
                 checkpointed = json.loads(open(state).read())["step"]
@@ -328,9 +361,14 @@ def test_report_html_loads_in_a_headless_browser_with_every_image_rendered(first
     # The headline numbers are report.json's.
     assert "Release: BLESSED" in text
     assert f"<td>{report['events']['read']}</td>" in text
-    for variant in (report["teacher"], report["student"]["scratch"], report["student"]["float"], report["tflite"]["int8"]):
+    for variant in (
+        report["teacher"],
+        report["student"]["scratch"],
+        report["student"]["float"],
+        report["tflite"]["int8"],
+    ):
         assert f"<td>{variant['accuracy']:.3f}</td>" in text
-    assert "src=\"http" not in text and "src='http" not in text  # self-contained: images are data: URIs
+    assert 'src="http' not in text and "src='http" not in text  # self-contained: images are data: URIs
     # Best-frame examples: eval events with their frames, the chosen frame marked.
     examples = report["best_frame_examples"]["events"]
     assert examples and all(ev["event_id"] in text for ev in examples)
@@ -338,7 +376,9 @@ def test_report_html_loads_in_a_headless_browser_with_every_image_rendered(first
     assert text.count("data:image/png;base64,") >= 3 + 2 * len(examples)  # 3 plots, >= 2 frames per event
 
     probed = tmp_path / "probed.html"
-    probed.write_text(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_TAIL + "</body>", 1))
+    probed.write_text(
+        text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_TAIL + "</body>", 1)
+    )
     dom = chromium("--dump-dom", "--virtual-time-budget=5000", probed.as_uri(), profile=tmp_path / "profile")
     assert dom.returncode == 0, dom.stderr[-2000:]
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
@@ -348,7 +388,9 @@ def test_report_html_loads_in_a_headless_browser_with_every_image_rendered(first
     assert probe["images"] == text.count("<img ")
 
     shot = work / "report.png"
-    taken = chromium(f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri(), profile=tmp_path / "profile")
+    taken = chromium(
+        f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri(), profile=tmp_path / "profile"
+    )
     assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
     from PIL import Image
 

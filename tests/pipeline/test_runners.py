@@ -18,7 +18,6 @@ from pipeline import runners
 pytestmark = pytest.mark.e2e
 
 
-
 def eventpipe(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
@@ -41,7 +40,9 @@ def test_mysql_metadata_url_becomes_a_connection_config():
 def test_beam_args_direct_runner_workers_and_pass_through():
     cfg = Config()
     assert runners.beam_args(cfg) == [
-        "--direct_running_mode=in_memory", "--direct_num_workers=1", f"--setup_file={source.SETUP_FILE}"
+        "--direct_running_mode=in_memory",
+        "--direct_num_workers=1",
+        f"--setup_file={source.SETUP_FILE}",
     ]
     cfg.run.beam_workers = 2
     assert "--direct_num_workers=2" in runners.beam_args(cfg)
@@ -61,12 +62,16 @@ def test_direct_runner_args_stop_tfx_repackaging_itself():
 
 
 def test_user_errors_are_one_line(tmp_path):
-    r = eventpipe("validate", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+    r = eventpipe(
+        "validate", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path / "w"), cwd=tmp_path
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("eventpipe validate: error: data path")
     assert "Traceback" not in r.stderr
     r = eventpipe("run", "--data", str(tmp_path), "--set", "teacher.stepz=3", cwd=tmp_path)
-    assert r.returncode == 2 and "unknown config key 'teacher.stepz'" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2 and "unknown config key 'teacher.stepz'" in r.stderr and "Traceback" not in r.stderr
+    )
     r = eventpipe("run", "--data", str(tmp_path), "--metadata", "sqlite://x", cwd=tmp_path)
     assert r.returncode == 2 and "--metadata must be mysql://" in r.stderr
 
@@ -94,7 +99,9 @@ def test_wrong_python_or_missing_packages_is_one_line_saying_to_set_up(tmp_path,
     monkeypatch.undo()
 
     # A venv without the pinned packages (simulated by blocking one import).
-    code = "import sys; sys.modules['tqdm'] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = (
+        "import sys; sys.modules['tqdm'] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     r = subprocess.run([sys.executable, "-c", code, "generate", "--out", str(tmp_path / "e")], cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -130,7 +137,9 @@ def test_a_second_run_on_a_busy_workdir_refuses_naming_the_first(tmp_path):
     deadline = time.time() + 120
     while not (lock.exists() and lock.read_text()) and time.time() < deadline and first.poll() is None:
         time.sleep(0.05)
-    assert first.poll() is None, "the first run ended before the second could start: " + first.communicate()[1][-2000:]
+    assert first.poll() is None, (
+        "the first run ended before the second could start: " + first.communicate()[1][-2000:]
+    )
     second = eventpipe(*args, cwd=tmp_path)
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]

@@ -70,11 +70,19 @@ def test_batching_parameters_file(tmp_path, caplog):
 def test_monitoring_config_file(tmp_path):
     from serving.config_files import PROMETHEUS_PATH, read_monitoring_file
 
-    assert read_monitoring_file(_write(tmp_path, "on.txt", "prometheus_config { enable: true }")) == PROMETHEUS_PATH
-    assert read_monitoring_file(_write(tmp_path, "at.txt", 'prometheus_config { enable: true path: "/m" }')) == "/m"
+    assert (
+        read_monitoring_file(_write(tmp_path, "on.txt", "prometheus_config { enable: true }"))
+        == PROMETHEUS_PATH
+    )
+    assert (
+        read_monitoring_file(_write(tmp_path, "at.txt", 'prometheus_config { enable: true path: "/m" }'))
+        == "/m"
+    )
     assert read_monitoring_file(_write(tmp_path, "off.txt", "prometheus_config { enable: false }")) is None
     with pytest.raises(UserError, match="outside /v1/"):
-        read_monitoring_file(_write(tmp_path, "v1.txt", 'prometheus_config { enable: true path: "/v1/models" }'))
+        read_monitoring_file(
+            _write(tmp_path, "v1.txt", 'prometheus_config { enable: true path: "/v1/models" }')
+        )
 
 
 def test_model_config_file(tmp_path):
@@ -109,12 +117,22 @@ def test_model_config_file(tmp_path):
         ('model_config_list { config { base_path: "/x" } }', "name is required"),
         ('model_config_list { config { name: "m" } }', "base_path is required"),
         ('model_config_list { config { name: "../m" base_path: "/x" } }', "is not allowed"),
-        ('model_config_list { config { name: "m" base_path: "/x" } config { name: "m" base_path: "/y" } }', "listed twice"),
-        ('model_config_list { config { name: "m" base_path: "/x" model_platform: "pytorch" } }', "is not served"),
-        ('model_config_list { config { name: "m" base_path: "/x" version_labels { key: "1x" value: 1 } } }',
-         "must start with a letter"),
-        ('model_config_list { config { name: "m" base_path: "/x" model_version_policy { specific {} } } }',
-         "needs positive versions"),
+        (
+            'model_config_list { config { name: "m" base_path: "/x" } config { name: "m" base_path: "/y" } }',
+            "listed twice",
+        ),
+        (
+            'model_config_list { config { name: "m" base_path: "/x" model_platform: "pytorch" } }',
+            "is not served",
+        ),
+        (
+            'model_config_list { config { name: "m" base_path: "/x" version_labels { key: "1x" value: 1 } } }',
+            "must start with a letter",
+        ),
+        (
+            'model_config_list { config { name: "m" base_path: "/x" model_version_policy { specific {} } } }',
+            "needs positive versions",
+        ),
         ('custom_model_config { type_url: "x" }', "custom_model_config is not supported"),
         ("model_config_list { config { name: 'm' base_path: '/x' } ", "Expected"),
     ],
@@ -208,12 +226,18 @@ def test_registry_applies_config_changes_and_keeps_the_models_on_a_bad_file(tmp_
         while registry.names != ["a", "c"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert registry.names == ["a", "c"]
-        assert sorted(log) == [("reconfigure", "a", "all", None), ("start", "c", "/srv/c"), ("stop", "b", "/srv/b")]
+        assert sorted(log) == [
+            ("reconfigure", "a", "all", None),
+            ("start", "c", "/srv/c"),
+            ("stop", "b", "/srv/b"),
+        ]
         log.clear()
         config.write_text("model_config_list { config { name: ")  # a half-saved edit
         time.sleep(0.3)
         assert registry.names == ["a", "c"] and log == []
-        write('name: "a" base_path: "/srv/a2"', 'name: "c" base_path: "/srv/c"')  # a new base path: a new model
+        write(
+            'name: "a" base_path: "/srv/a2"', 'name: "c" base_path: "/srv/c"'
+        )  # a new base path: a new model
         deadline = time.monotonic() + 10
         while len(log) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -228,10 +252,14 @@ def test_config_file_base_path_that_is_a_file_and_labels_flag_are_refused(tmp_pa
     from serving.server import served_models
 
     (tmp_path / "afile").write_text("x")
-    path = _write(tmp_path, "m.config", f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}/afile" }} }}')
+    path = _write(
+        tmp_path, "m.config", f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}/afile" }} }}'
+    )
     with pytest.raises(UserError, match="is not a directory"):
         read_model_config_file(path)
-    good = _write(tmp_path, "ok.config", f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" }} }}')
+    good = _write(
+        tmp_path, "ok.config", f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" }} }}'
+    )
     with pytest.raises(UserError, match="give each model its version_labels in the config file"):
         served_models(ServingConfig(model_config_file=good, version_labels=str(tmp_path / "labels.json")))
 

@@ -47,8 +47,21 @@ def static_server(tmp_path_factory):
     ss.push_saved_model(ss.saved_model(2), str(model_dir), 2)
     (model_dir / "labels.json").write_text(json.dumps({"stable": 1, "canary": 2}))
     server = ss.ServerProcess(
-        str(model_dir), NAME, "--version-policy", "all", "--enable_batching", "--max-batch-size", "8", "--batch-timeout-ms", "20",
-        "--max-body-bytes", "200000", "--read-timeout-seconds", "2", "--max-connections", "16",
+        str(model_dir),
+        NAME,
+        "--version-policy",
+        "all",
+        "--enable_batching",
+        "--max-batch-size",
+        "8",
+        "--batch-timeout-ms",
+        "20",
+        "--max-body-bytes",
+        "200000",
+        "--read-timeout-seconds",
+        "2",
+        "--max-connections",
+        "16",
     )
     try:
         server.wait_status(NAME, ss.available([1, 2]))
@@ -95,7 +108,13 @@ def test_metadata_lists_the_exported_signatures(static_server):
     frames = sigs["serving_default"]["inputs"]["frames"]
     assert frames["dtype"] == "DT_STRING"
     assert [d["size"] for d in frames["tensor_shape"]["dim"]] == ["-1", "-1"]  # 1..K frames
-    assert set(sigs["serving_default"]["outputs"]) == {"probabilities", "logits", "class_id", "class_name", "best_frame"}
+    assert set(sigs["serving_default"]["outputs"]) == {
+        "probabilities",
+        "logits",
+        "class_id",
+        "class_name",
+        "best_frame",
+    }
     assert sigs["serving_default"]["method_name"] == "tensorflow/serving/predict"
     code, body = ss.get_json(f"{static_server.url}/v1/models/{NAME}/versions/1/metadata")
     assert code == 200 and body["model_spec"]["version"] == "1"
@@ -122,9 +141,15 @@ def test_column_form_versions_and_labels(static_server, saved_model_answers):
     # Single input: the column value may also be given bare.
     code, bare = ss.post_json(_predict_url(static_server), {"inputs": [ss.b64_instance(frames)]})
     assert code == 200 and bare == body
-    for suffix, answer in [("/versions/1", "person"), ("/versions/2", "vehicle"),
-                           ("/labels/stable", "person"), ("/labels/canary", "vehicle")]:
-        code, body = ss.post_json(_predict_url(static_server, suffix), {"instances": [ss.b64_instance(frames)]})
+    for suffix, answer in [
+        ("/versions/1", "person"),
+        ("/versions/2", "vehicle"),
+        ("/labels/stable", "person"),
+        ("/labels/canary", "vehicle"),
+    ]:
+        code, body = ss.post_json(
+            _predict_url(static_server, suffix), {"instances": [ss.b64_instance(frames)]}
+        )
         assert code == 200 and body["predictions"][0]["class_name"] == answer, suffix
 
 
@@ -139,11 +164,17 @@ def test_events_of_one_to_k_frames_are_padded_as_ingest_pads_them(static_server)
         want = loaded.signatures["serving_default"](frames=tf.constant([padded]))["probabilities"].numpy()
         repeated = frames[:n] + [frames[n - 1]] * (3 - n)
         np.testing.assert_allclose(
-            loaded.signatures["serving_default"](frames=tf.constant([repeated]))["probabilities"].numpy(), want, rtol=1e-6
+            loaded.signatures["serving_default"](frames=tf.constant([repeated]))["probabilities"].numpy(),
+            want,
+            rtol=1e-6,
         )
-        short = loaded.signatures["serving_default"](frames=tf.constant([frames[:n]]))["probabilities"].numpy()
+        short = loaded.signatures["serving_default"](frames=tf.constant([frames[:n]]))[
+            "probabilities"
+        ].numpy()
         np.testing.assert_allclose(short, want, rtol=1e-6)
-        code, body = ss.post_json(_predict_url(static_server), {"instances": [ss.b64_instance(frames[:n])] * 2})
+        code, body = ss.post_json(
+            _predict_url(static_server), {"instances": [ss.b64_instance(frames[:n])] * 2}
+        )
         assert code == 200, body
         np.testing.assert_allclose(body["predictions"][1]["probabilities"], want[0], rtol=1e-6)
         with grpc.insecure_channel(static_server.grpc_target) as channel:
@@ -151,7 +182,9 @@ def test_events_of_one_to_k_frames_are_padded_as_ingest_pads_them(static_server)
                 _predict_request(frames[:n]), timeout=30
             )
         np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]), want, rtol=1e-6)
-    code, body = ss.post_json(_predict_url(static_server), {"instances": [ss.b64_instance(frames + frames[:1])]})
+    code, body = ss.post_json(
+        _predict_url(static_server), {"instances": [ss.b64_instance(frames + frames[:1])]}
+    )
     assert code == 400 and "has shape [1,4] but the signature expects [-1,1..3]" in body["error"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="at most 3 frames"):
         loaded.signatures["serving_default"](frames=tf.constant([frames + frames[:1]]))
@@ -175,7 +208,9 @@ def test_the_readmes_serving_example_runs_as_written(tmp_path):
     try:
         server.wait_status("eventpipe", ss.available([1]))
         command = curl.replace("localhost:8501", f"127.0.0.1:{server.rest_port}")
-        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr
@@ -202,7 +237,11 @@ def test_a_tensorflow_model_server_command_line_starts_the_server(tmp_path):
         log = server.log()
     finally:
         server.stop()
-    for flag in ("rest_api_timeout_in_ms", "enable_model_warmup", "allow_version_labels_for_unavailable_models"):
+    for flag in (
+        "rest_api_timeout_in_ms",
+        "enable_model_warmup",
+        "allow_version_labels_for_unavailable_models",
+    ):
         assert f"--{flag}=" in log and "has no effect here" in log, flag
     refused = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "serve", "--model_base_path", str(model_dir), "--ssl_config_file=x"],
@@ -244,7 +283,9 @@ def test_the_serving_images_entrypoint_runs_like_tensorflow_serving(tmp_path):
             except (OSError, ValueError):
                 pass
             time.sleep(0.2)
-        assert status and ss.available([1])(status["model_version_status"]), (tmp_path / "server.log").read_text()
+        assert status and ss.available([1])(status["model_version_status"]), (
+            tmp_path / "server.log"
+        ).read_text()
         code, body = ss.post_json(f"http://127.0.0.1:{rest}/v1/models/eventpipe:predict",
                                   {"instances": [ss.b64_instance(ss.frames_png(3))]})  # fmt: skip
         assert code == 200 and body["predictions"][0]["class_name"] == "person"
@@ -257,8 +298,9 @@ def test_the_serving_images_entrypoint_runs_like_tensorflow_serving(tmp_path):
 def test_decoded_frames_signature(static_server):
     rng = np.random.default_rng(3)
     decoded = rng.random((2, *ss.SPEC.input_shape)).round(3).tolist()
-    code, body = ss.post_json(_predict_url(static_server, "/versions/1"),
-                              {"signature_name": "decoded_frames", "instances": decoded})
+    code, body = ss.post_json(
+        _predict_url(static_server, "/versions/1"), {"signature_name": "decoded_frames", "instances": decoded}
+    )
     assert code == 200 and [p["class_name"] for p in body["predictions"]] == ["person", "person"]
 
 
@@ -267,14 +309,23 @@ def test_decoded_frames_signature(static_server):
     [
         ("", b"{not json", 400, "JSON Parse error"),
         ("", b'{"signature_name": "serving_default"}', 400, "Missing 'inputs' or 'instances' key"),
-        ("", {"signature_name": "nope", "instances": [["a", "b", "c"]]}, 400,
-         'Serving signature name: "nope" not found in signature def'),
+        (
+            "",
+            {"signature_name": "nope", "instances": [["a", "b", "c"]]},
+            400,
+            'Serving signature name: "nope" not found in signature def',
+        ),
         ("", {"instances": [[{"b64": "%%%"}, "", ""]]}, 400, "Unable to base64 decode"),
         ("", {"instances": [["not a png", "", ""]]}, 400, ""),
         ("", {"instances": [["a", "b", "c", "d"]]}, 400, "shape"),  # more frames than K
         ("", {"instances": [[1, 2, 3]]}, 400, "is not of expected type: string"),
         ("", {"instances": [["a", "b", "c"]], "inputs": [["a", "b", "c"]]}, 400, "only one of"),
-        ("/versions/7", {"instances": [["a", "b", "c"]]}, 404, "Servable not found for request: Specific(events, 7)"),
+        (
+            "/versions/7",
+            {"instances": [["a", "b", "c"]]},
+            404,
+            "Servable not found for request: Specific(events, 7)",
+        ),
         ("/labels/nope", {"instances": [["a", "b", "c"]]}, 400, "Unrecognized servable version label: nope"),
     ],
 )
@@ -318,7 +369,10 @@ def test_keep_alive_connection_serves_many_requests(static_server):
     for _ in range(20):
         conn.request("POST", f"/v1/models/{NAME}:predict", body, {"Content-Type": "application/json"})
         response = conn.getresponse()
-        assert response.status == 200 and json.loads(response.read())["predictions"][0]["class_name"] == "vehicle"
+        assert (
+            response.status == 200
+            and json.loads(response.read())["predictions"][0]["class_name"] == "vehicle"
+        )
     conn.close()
 
 
@@ -347,7 +401,9 @@ def test_hostile_rest_clients_get_an_answer_and_cannot_hold_the_server(static_se
     assert got.count(b"HTTP/1.1") == 1, "the body's bytes were answered as a second request"
     # A client that stalls mid-body: 408 after the read timeout (2 s here), connection closed.
     started = time.monotonic()
-    got, closed = _raw_exchange(port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+    got, closed = _raw_exchange(
+        port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
     assert got.startswith(b"HTTP/1.1 408") and closed and time.monotonic() - started < 5.5
     # One that connects and sends nothing is closed too, without an answer.
     got, closed = _raw_exchange(port, b"")
@@ -416,7 +472,9 @@ def test_grpc_prediction_service(static_server, saved_model_answers):
         status_request.model_spec.name = NAME
         status = status_stub.GetModelStatus(status_request, timeout=30)
         assert sorted(s.version for s in status.model_version_status) == [1, 2]
-        assert all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status)
+        assert all(
+            s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status
+        )
 
 
 def test_grpc_errors_carry_tf_serving_codes(static_server):
@@ -427,7 +485,11 @@ def test_grpc_errors_carry_tf_serving_codes(static_server):
             (_predict_request(frames, name="unknown"), grpc.StatusCode.NOT_FOUND, "Servable not found"),
             (_predict_request(frames, version=9), grpc.StatusCode.NOT_FOUND, "Specific(events, 9)"),
             (_predict_request(frames, label="nope"), grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized"),
-            (_predict_request(frames, signature="nope"), grpc.StatusCode.INVALID_ARGUMENT, "not found in signature def"),
+            (
+                _predict_request(frames, signature="nope"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "not found in signature def",
+            ),
             (_predict_request([b"junk", b"", b""]), grpc.StatusCode.INVALID_ARGUMENT, ""),
         ]
         wrong_dtype = _predict_request(frames)
@@ -498,7 +560,9 @@ def test_grpc_tensors_that_declare_huge_shapes_are_refused_before_allocation(sta
         for request, message in cases:
             with pytest.raises(grpc.RpcError) as e:
                 stub.Predict(request, timeout=30)
-            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details(), e.value.details()
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details(), (
+                e.value.details()
+            )
         assert stub.Predict(_predict_request(frames), timeout=30).outputs  # still answers
     assert _peak_rss_bytes(static_server.proc.pid) - peak_before < 100 * 1024 * 1024
 
@@ -552,13 +616,23 @@ def test_concurrent_requests_are_batched_and_counted(static_server):
         code, raw = ss.request(f"{static_server.url}/monitoring/prometheus/metrics")
         text = raw.decode()
         ok = _metric(text, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK")
-        if ok - _metric(before, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK") >= 40:
+        if (
+            ok - _metric(before, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK")
+            >= 40
+        ):
             break
         time.sleep(0.1)
     assert code == 200 and "# TYPE eventpipe_serving_request_latency_seconds histogram" in text
-    assert ok - _metric(before, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK") >= 40
-    calls = _metric(text, "eventpipe_serving_batch_requests_count") - _metric(before, "eventpipe_serving_batch_requests_count")
-    merged = _metric(text, "eventpipe_serving_batch_requests_sum") - _metric(before, "eventpipe_serving_batch_requests_sum")
+    assert (
+        ok - _metric(before, "eventpipe_serving_requests_total", api="rest", method="predict", code="OK")
+        >= 40
+    )
+    calls = _metric(text, "eventpipe_serving_batch_requests_count") - _metric(
+        before, "eventpipe_serving_batch_requests_count"
+    )
+    merged = _metric(text, "eventpipe_serving_batch_requests_sum") - _metric(
+        before, "eventpipe_serving_batch_requests_sum"
+    )
     assert merged >= 40 and calls < merged, f"40 concurrent requests ran in {calls} calls: no batching"
     assert _metric(text, "eventpipe_serving_model_version_available", model=NAME, version="1") == 1
     assert _metric(text, "eventpipe_serving_model_version_available", model=NAME, version="2") == 1
@@ -572,7 +646,9 @@ def test_concurrent_requests_are_batched_and_counted(static_server):
     assert _metric(text, ":tensorflow:serving:request_latency_count", **rest_predict) >= 40
     assert _metric(text, ":tensorflow:serving:request_latency_bucket", le="+Inf", **rest_predict) >= 40
     assert _metric(text, ":tensorflow:cc:saved_model:load_attempt_count", status="success") >= 2
-    families = {f.name: f for f in text_string_to_metric_families(text)}  # the scrape parses as Prometheus text
+    families = {
+        f.name: f for f in text_string_to_metric_families(text)
+    }  # the scrape parses as Prometheus text
     assert families[":tensorflow:serving:request_count"].type == "counter"
     assert families[":tensorflow:serving:request_latency"].type == "histogram"
 
@@ -614,7 +690,11 @@ def test_new_version_under_load_fails_no_request_and_corrupt_version_keeps_old(l
             conn.request("POST", f"/v1/models/{NAME}:predict", body, {"Content-Type": "application/json"})
             response = conn.getresponse()
             payload = json.loads(response.read())
-            answer = payload["predictions"][0]["class_name"] if response.status == 200 else f"HTTP {response.status}"
+            answer = (
+                payload["predictions"][0]["class_name"]
+                if response.status == 200
+                else f"HTTP {response.status}"
+            )
             log.append((time.monotonic(), "rest", answer))
 
     def grpc_client() -> None:
@@ -699,13 +779,17 @@ def _mutations(rng: random.Random, valid: bytes) -> bytes:
         number = rng.choice([b"1" + b"0" * 400, b"1e400", b"-1e400", b"NaN", b"Infinity", b"1" * 5000, b"-0"])
         return b'{"instances": [[[' + number + b"]]]}"
     if pick == 5:  # wrong types in every position
-        value = rng.choice(["null", "true", '"x"', "{}", "[]", '{"b64": 1}', '{"b64": "%%%"}', "[[1, [2]]]", "1.5"])
+        value = rng.choice(
+            ["null", "true", '"x"', "{}", "[]", '{"b64": 1}', '{"b64": "%%%"}', "[[1, [2]]]", "1.5"]
+        )
         return rng.choice(['{"instances": %s}', '{"inputs": %s}', '{"instances": [%s]}', '{"inputs": {"frames": %s}}',
                            '{"signature_name": %s, "instances": []}']).replace("%s", value).encode()  # fmt: skip
     if pick == 6:  # ragged and oversized shapes within the body limit
         return json.dumps({"instances": [[0.5] * rng.randrange(1, 3000), [0.5]]}).encode()
     if pick == 7:  # valid JSON of the wrong structure
-        return json.dumps(rng.choice([[], {}, "x", 1, {"instances": [], "inputs": []}, {"instances": [{"frames": None}]}])).encode()
+        return json.dumps(
+            rng.choice([[], {}, "x", 1, {"instances": [], "inputs": []}, {"instances": [{"frames": None}]}])
+        ).encode()
     if pick == 8:  # b64 that is no image, or an image of the wrong size
         frame = rng.choice([base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(50)).decode(), "////", ""])
         return json.dumps({"instances": [{"frames": [{"b64": frame}] * rng.randrange(0, 6)}]}).encode()
@@ -759,7 +843,7 @@ def test_grpc_fuzz_gets_invalid_argument_never_internal(static_server):
                 for _ in range(rng.randrange(0, 6)):
                     proto.tensor_shape.dim.add().size = rng.choice([-5, -1, 0, 1, 3, 7, 2**20, 2**40, 2**62])
             elif pick == 2:
-                del proto.string_val[rng.randrange(len(proto.string_val)):]
+                del proto.string_val[rng.randrange(len(proto.string_val)) :]
             elif pick == 3:
                 proto.tensor_content = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
             elif pick == 4:

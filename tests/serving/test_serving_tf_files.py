@@ -71,7 +71,9 @@ def two_models(tmp_path_factory):
     student_dir.mkdir(parents=True)
     ss.push_saved_model(ss.saved_model(1), str(student_dir), 1)
     ss.push_saved_model(ss.saved_model(2), str(student_dir), 2)
-    pushed = push_saved_model(ss.saved_model(1), str(root / "serving"), "teacher", predict_logs(_events(WARMUP_EVENTS), "teacher"))
+    pushed = push_saved_model(
+        ss.saved_model(1), str(root / "serving"), "teacher", predict_logs(_events(WARMUP_EVENTS), "teacher")
+    )
     assert pushed["version"] == 1 and pushed["warmup_requests"] == WARMUP_EVENTS
     config = root / "models.config"
     config.write_text(_config_text(student_dir, teacher_dir))
@@ -103,7 +105,9 @@ def test_both_models_answer_rest_and_grpc_by_name(two_models):
     event = _events(1, seed=7)[0]
     assert _rest_predict(server, "student/labels/stable", event)["predictions"][0]["class_name"] == "person"
     assert _rest_predict(server, "student/labels/canary", event)["predictions"][0]["class_name"] == "vehicle"
-    assert _rest_predict(server, "student", event)["predictions"][0]["class_name"] == "vehicle"  # latest of 1, 2
+    assert (
+        _rest_predict(server, "student", event)["predictions"][0]["class_name"] == "vehicle"
+    )  # latest of 1, 2
     assert _rest_predict(server, "teacher", event)["predictions"][0]["class_name"] == "person"
 
     with grpc.insecure_channel(server.grpc_target) as channel:
@@ -138,8 +142,13 @@ def test_warmup_records_are_prediction_logs_and_are_replayed_before_available(tw
     request = logs[0].predict_log.request
     assert request.model_spec.name == "teacher" and request.model_spec.signature_name == "serving_default"
     assert tf.make_ndarray(request.inputs["frames"]).shape == (1, ss.SPEC.frames)
-    assert re.search(rf"teacher version 1 available \(tensorflow on .*, {WARMUP_EVENTS} warm-up records replayed\)", server.log())
-    assert re.search(r"student version 2 available \(tensorflow on .*, 0 warm-up records replayed\)", server.log())
+    assert re.search(
+        rf"teacher version 1 available \(tensorflow on .*, {WARMUP_EVENTS} warm-up records replayed\)",
+        server.log(),
+    )
+    assert re.search(
+        r"student version 2 available \(tensorflow on .*, 0 warm-up records replayed\)", server.log()
+    )
 
 
 def _batch_histogram(server) -> tuple[float, float, float]:
@@ -219,13 +228,18 @@ def test_reload_config_request_replaces_the_served_models(two_models):
         models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
         server.wait_status("student", ss.available([2]))  # policy now latest: version 1 unloads
         with pytest.raises(grpc.RpcError) as err:
-            models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "teacher"}), timeout=30)
+            models.GetModelStatus(
+                get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "teacher"}), timeout=30
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         bad = model_server_config_pb2.ModelServerConfig()
         bad.model_config_list.config.add(name="student")  # no base_path
         with pytest.raises(grpc.RpcError) as err:
             models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=bad), timeout=30)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "base_path is required" in err.value.details()
+        assert (
+            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "base_path is required" in err.value.details()
+        )
     assert _rest_predict(server, "student", _events(1)[0])["predictions"][0]["class_name"] == "vehicle"
 
 

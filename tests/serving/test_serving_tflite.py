@@ -47,8 +47,9 @@ def _keras_probabilities(events: list[list[bytes]]) -> np.ndarray:
 
 def test_tflite_version_serves_the_contract_over_rest(lite_server):
     events = [ss.frames_png(3, seed=s) for s in range(3)]
-    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
-                              {"instances": [ss.b64_instance(e) for e in events]})
+    code, body = ss.post_json(
+        f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [ss.b64_instance(e) for e in events]}
+    )
     assert code == 200 and len(body["predictions"]) == 3
     want = _keras_probabilities(events)
     for row, probs in zip(body["predictions"], want, strict=True):
@@ -56,25 +57,34 @@ def test_tflite_version_serves_the_contract_over_rest(lite_server):
         np.testing.assert_allclose(row["probabilities"], probs, atol=0.02)  # int8 vs float
         assert 0 <= row["best_frame"] < ss.SPEC.frames
     decoded = framecodec.decode_events(events, *ss.SPEC.input_shape)
-    code, cols = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
-                              {"signature_name": "decoded_frames", "inputs": decoded.tolist()})
+    code, cols = ss.post_json(
+        f"{lite_server.url}/v1/models/{NAME}:predict",
+        {"signature_name": "decoded_frames", "inputs": decoded.tolist()},
+    )
     assert code == 200 and cols["outputs"]["class_name"] == ["person"] * 3
-    np.testing.assert_allclose(cols["outputs"]["probabilities"], [r["probabilities"] for r in body["predictions"]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        cols["outputs"]["probabilities"], [r["probabilities"] for r in body["predictions"]], atol=1e-6
+    )
     code, meta = ss.get_json(f"{lite_server.url}/v1/models/{NAME}/metadata")
     sigs = meta["metadata"]["signature_def"]["signature_def"]
     assert set(sigs) == {"serving_default", "decoded_frames"}
     assert sigs["serving_default"]["inputs"]["frames"]["dtype"] == "DT_STRING"
-    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [["junk", "", ""]]})
+    code, body = ss.post_json(
+        f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [["junk", "", ""]]}
+    )
     assert code == 400 and "cannot decode frame" in body["error"]
     # Events of 1..K frames, padded as ingest pads them ("": the last frame repeated).
     short = events[0][:2]
-    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [ss.b64_instance(short)]})
-    padded = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
-                          {"instances": [ss.b64_instance(short + short[-1:])]})[1]
+    code, body = ss.post_json(
+        f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [ss.b64_instance(short)]}
+    )
+    padded = ss.post_json(
+        f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [ss.b64_instance(short + short[-1:])]}
+    )[1]
     assert code == 200 and body == padded
-    code, body = ss.post_json(f"{lite_server.url}/v1/models/{NAME}:predict",
-                              {"instances": [ss.b64_instance(events[0] + short)]})
+    code, body = ss.post_json(
+        f"{lite_server.url}/v1/models/{NAME}:predict", {"instances": [ss.b64_instance(events[0] + short)]}
+    )
     assert code == 400 and "signature expects [-1,1..3]" in body["error"]
 
 
@@ -87,8 +97,9 @@ def test_tflite_version_over_grpc(lite_server):
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
     assert response.model_spec.version.value == 1
     assert tf.make_ndarray(response.outputs["class_name"]).tolist() == [b"person"]
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]), _keras_probabilities(events),
-                               atol=0.02)
+    np.testing.assert_allclose(
+        tf.make_ndarray(response.outputs["probabilities"]), _keras_probabilities(events), atol=0.02
+    )
 
 
 # -- on-device runner --------------------------------------------------------------------------
@@ -124,7 +135,9 @@ def device_env(tmp_path):
                BLOCK_ENV: ",".join(("tensorflow", *blocked))}  # fmt: skip
         env.pop("EVENTPIPE_TFLITE_RUNTIME", None)
         for module in ("tensorflow", *blocked):
-            probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+            probe = subprocess.run(
+                [sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True
+            )
             assert probe.returncode != 0 and "not available on this device" in probe.stderr, module
         return env
 
@@ -141,8 +154,13 @@ def _manifest(directory) -> str:
         for j, data in enumerate(ss.frames_png(3 if i != 3 else 2, seed=10 + i)):
             (frames_dir / f"e{i}-{j}.png").write_bytes(data)
             paths.append(f"frames/e{i}-{j}.png")
-        record = {"event_id": f"cam01-{i:06d}", "device_id": "cam01", "timestamp": "2026-01-05T12:00:00Z",
-                  "label": "person" if i % 2 == 0 else "vehicle", "frames": paths}
+        record = {
+            "event_id": f"cam01-{i:06d}",
+            "device_id": "cam01",
+            "timestamp": "2026-01-05T12:00:00Z",
+            "label": "person" if i % 2 == 0 else "vehicle",
+            "frames": paths,
+        }
         if i == 1:
             record["frames"][0] = {"b64": base64.b64encode((frames_dir / "e1-0.png").read_bytes()).decode()}
         lines.append(json.dumps(record))
@@ -160,14 +178,30 @@ def test_device_run_without_tensorflow(tmp_path, device_env, blocked, runtime):
     data = _manifest(tmp_path / "events")
     out = tmp_path / "predictions.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "device-run", "--model", ss.tflite_model(1, "int8"),
-         "--data", data, "--out", str(out)],
-        env=device_env(*blocked), cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "device-run",
+            "--model",
+            ss.tflite_model(1, "int8"),
+            "--data",
+            data,
+            "--out",
+            str(out),
+        ],
+        env=device_env(*blocked),
+        cwd=ss.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"labels ['empty', 'person', 'vehicle'], runtime {runtime}" in result.stdout
     assert "cam01-000000: person" in result.stdout and "label=vehicle WRONG" in result.stdout
-    assert "4 events classified (0 skipped), accuracy 0.500 on the 4 labelled events of --data" in result.stdout
+    assert (
+        "4 events classified (0 skipped), accuracy 0.500 on the 4 labelled events of --data" in result.stdout
+    )
     assert "events the model was trained on count too" in result.stdout and f"with {runtime}" in result.stdout
     assert "inference p50" in result.stdout and "p99" in result.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -181,11 +215,27 @@ def test_device_run_without_tensorflow(tmp_path, device_env, blocked, runtime):
 def test_device_run_names_the_runtimes_to_install_when_none_is_there(tmp_path, device_env):
     data = _manifest(tmp_path / "events")
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "device-run", "--model", ss.tflite_model(1, "int8"), "--data", data],
-        env=device_env("ai_edge_litert", "tflite_runtime"), cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "device-run",
+            "--model",
+            ss.tflite_model(1, "int8"),
+            "--data",
+            data,
+        ],
+        env=device_env("ai_edge_litert", "tflite_runtime"),
+        cwd=ss.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
-    assert "no TFLite interpreter can be imported" in result.stderr and "pip install ai-edge-litert" in result.stderr
+    assert (
+        "no TFLite interpreter can be imported" in result.stderr
+        and "pip install ai-edge-litert" in result.stderr
+    )
 
 
 def test_device_run_explains_missing_metadata(tmp_path, device_env):
@@ -196,7 +246,11 @@ def test_device_run_explains_missing_metadata(tmp_path, device_env):
     data = _manifest(tmp_path / "events")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "device-run", "--model", str(stripped), "--data", data],
-        env=device_env(), cwd=ss.REPO, capture_output=True, text=True, timeout=120,
+        env=device_env(),
+        cwd=ss.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "no TFLITE_METADATA entry" in result.stderr and "trainer/lite/tflite.py" in result.stderr
@@ -214,12 +268,26 @@ def test_device_run_reads_an_image_folder_tree_and_takes_the_config(tmp_path, de
             (event / f"{j}.png").write_bytes(data)
     (tree / "person" / "single.png").write_bytes(ss.frames_png(1, seed=3)[0])
     (tree / "person" / "notes.txt").write_text("not an image")
-    base = [sys.executable, "-m", "pipeline.cli", "device-run", "--model", ss.tflite_model(1, "int8"), "--data"]
-    run = functools.partial(subprocess.run, env=device_env(), cwd=ss.REPO, capture_output=True, text=True, timeout=120)
+    base = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "device-run",
+        "--model",
+        ss.tflite_model(1, "int8"),
+        "--data",
+    ]
+    run = functools.partial(
+        subprocess.run, env=device_env(), cwd=ss.REPO, capture_output=True, text=True, timeout=120
+    )
     result = run([*base, str(tree)])
     assert result.returncode == 0, result.stderr
     assert "ignored 1 entries of the folder tree: 1 not an image" in result.stdout
-    assert "ev1: person" in result.stdout and "single: person" in result.stdout and "ev2: person" in result.stdout
+    assert (
+        "ev1: person" in result.stdout
+        and "single: person" in result.stdout
+        and "ev2: person" in result.stdout
+    )
     assert "3 events classified (0 skipped), accuracy 0.667 on the 3 labelled events" in result.stdout
     bounded = run([*base, str(tree), "--set", "data.max_frame_pixels=16"])  # 8x8 frames declare 64 pixels
     assert bounded.returncode == 2 and "no event under" in bounded.stderr, bounded.stdout + bounded.stderr
@@ -227,4 +295,8 @@ def test_device_run_reads_an_image_folder_tree_and_takes_the_config(tmp_path, de
     (tmp_path / "records").mkdir()
     (tmp_path / "records" / "events.tfrecord.gz").write_bytes(b"")
     refused = run([*base, str(tmp_path / "records")])
-    assert refused.returncode == 2 and "holds TFRecords" in refused.stderr and "image-folder tree" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "holds TFRecords" in refused.stderr
+        and "image-folder tree" in refused.stderr
+    )

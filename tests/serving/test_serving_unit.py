@@ -27,8 +27,13 @@ pytestmark = pytest.mark.unit
 def _sig(**inputs) -> Signature:
     from tensorflow.core.framework import types_pb2
 
-    dtypes = {"string": types_pb2.DT_STRING, "float": types_pb2.DT_FLOAT, "int64": types_pb2.DT_INT64,
-              "int32": types_pb2.DT_INT32, "bool": types_pb2.DT_BOOL}
+    dtypes = {
+        "string": types_pb2.DT_STRING,
+        "float": types_pb2.DT_FLOAT,
+        "int64": types_pb2.DT_INT64,
+        "int32": types_pb2.DT_INT32,
+        "bool": types_pb2.DT_BOOL,
+    }
     ins = {name: TensorSig(name, dtypes[kind], shape) for name, (kind, shape) in inputs.items()}
     return Signature("serving_default", ins, {"y": TensorSig("y", dtypes["float"], (None,))})
 
@@ -56,7 +61,9 @@ def test_json_tensors_over_the_element_ceiling_are_refused():
     sig = _sig(x=("float", (None, None)))
     arrays, _ = request_inputs({"inputs": [[0.5] * 10]}, sig, max_elements=10)
     assert arrays["x"].shape == (1, 10)
-    with pytest.raises(ServingError, match=r"input 'x' has 11 elements, more than .* 10 \(serving.max_tensor_elements\)"):
+    with pytest.raises(
+        ServingError, match=r"input 'x' has 11 elements, more than .* 10 \(serving.max_tensor_elements\)"
+    ):
         request_inputs({"inputs": [[0.5] * 11]}, sig, max_elements=10)
 
 
@@ -79,7 +86,12 @@ def test_multiple_inputs_need_named_objects():
     "doc, message",
     [
         ({}, "Missing 'inputs' or 'instances' key"),
-        ({"instances": [], }, "No values in 'instances' array"),
+        (
+            {
+                "instances": [],
+            },
+            "No values in 'instances' array",
+        ),
         ({"instances": {"x": 1}}, "to be an list/array"),
         ({"instances": [[1]], "inputs": [[1]]}, "only one of 'inputs' or 'instances'"),
         ({"instances": [["1", "2"]]}, "is not of expected type: float"),
@@ -147,9 +159,9 @@ def test_response_json_follows_tf_serving_encoding():
     assert single == {"predictions": [3, 4]}
     cols = json.loads(response_json({"class_id": np.array([3, 4], np.int64)}, COLUMN))
     assert cols == {"outputs": [3, 4]}
-    assert json.loads(response_json({"a": np.array([1.0], np.float32), "b": np.array([2], np.int64)}, COLUMN)) == {
-        "outputs": {"a": [1.0], "b": [2]}
-    }
+    assert json.loads(
+        response_json({"a": np.array([1.0], np.float32), "b": np.array([2], np.int64)}, COLUMN)
+    ) == {"outputs": {"a": [1.0], "b": [2]}}
 
 
 def test_tensor_proto_round_trip_matches_tensorflow():
@@ -560,13 +572,39 @@ def test_cli_rejects_bad_serving_arguments_in_one_line(tmp_path, capsys):
 
     (tmp_path / "m").mkdir()
     cases = [
-        (["serve", "--model-base-path", str(tmp_path / "missing"), "--model-name", "m"], "is not a directory"),
+        (
+            ["serve", "--model-base-path", str(tmp_path / "missing"), "--model-name", "m"],
+            "is not a directory",
+        ),
         (["serve", "--model-base-path", str(tmp_path), "--model-name", "../m"], "is not allowed"),
-        (["serve", "--model_base_path", str(tmp_path / "m"), "--model_name", "m", "--version-policy", "newest"],
-         "--version-policy must be"),
-        (["serve", "--model_base_path", str(tmp_path), "--model_name", "m"], f"pass --model_base_path {tmp_path / 'm'}"),
-        (["serve", "--model_base_path", str(tmp_path / "m"), "--model_name", "m", "--tensorflow_intra_op_parallelism",
-          "-1"], "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0"),
+        (
+            [
+                "serve",
+                "--model_base_path",
+                str(tmp_path / "m"),
+                "--model_name",
+                "m",
+                "--version-policy",
+                "newest",
+            ],
+            "--version-policy must be",
+        ),
+        (
+            ["serve", "--model_base_path", str(tmp_path), "--model_name", "m"],
+            f"pass --model_base_path {tmp_path / 'm'}",
+        ),
+        (
+            [
+                "serve",
+                "--model_base_path",
+                str(tmp_path / "m"),
+                "--model_name",
+                "m",
+                "--tensorflow_intra_op_parallelism",
+                "-1",
+            ],
+            "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0",
+        ),
         (["serve", "--model_config_file", str(tmp_path / "none.config")], "--model_config_file"),
         (["device-run", "--model", str(tmp_path / "none.tflite"), "--data", str(tmp_path)], "does not exist"),
     ]
@@ -590,11 +628,21 @@ def test_one_runtime_chooser_prefers_litert_and_can_be_pinned(monkeypatch):
 
     try:
         chosen = choose(None)
-        assert (chosen.name, chosen.version, chosen.module) == ("ai-edge-litert", "1.4.0", "ai_edge_litert.interpreter")
+        assert (chosen.name, chosen.version, chosen.module) == (
+            "ai-edge-litert",
+            "1.4.0",
+            "ai_edge_litert.interpreter",
+        )
         assert str(chosen) == "ai-edge-litert 1.4.0" and runtime.interpreter_class() is chosen.interpreter
         pinned = choose("tflite-runtime")
-        assert pinned.describe() == {"name": "tflite-runtime", "version": "2.14.0", "module": "tflite_runtime.interpreter"}
-        with pytest.raises(runtime.RuntimeUnavailable, match="expected one of ai-edge-litert, tflite-runtime$"):
+        assert pinned.describe() == {
+            "name": "tflite-runtime",
+            "version": "2.14.0",
+            "module": "tflite_runtime.interpreter",
+        }
+        with pytest.raises(
+            runtime.RuntimeUnavailable, match="expected one of ai-edge-litert, tflite-runtime$"
+        ):
             choose("tensorflow", allow_tensorflow=False)  # the on-device path never runs on tf.lite
         with pytest.raises(runtime.RuntimeUnavailable, match="'litert'"):
             choose("litert")
@@ -630,7 +678,10 @@ def test_saved_model_signatures_answer_as_the_restored_functions_do():
             np.testing.assert_array_equal(got[key], want[key].numpy())
     assert got[layout.OUT_CLASS].tolist() == [b"vehicle", b"vehicle"]
     # arguments that are not the SignatureDef's inputs (a TF1 sparse input's parts): as restored
-    assert _positional(restored["serving_default"], {"frames_indices": None}) == (None, restored["serving_default"])
+    assert _positional(restored["serving_default"], {"frames_indices": None}) == (
+        None,
+        restored["serving_default"],
+    )
 
     class Untraceable:
         structured_input_signature = ((), {"frames": tf.TensorSpec([None], tf.string)})
@@ -675,11 +726,16 @@ def test_every_tensorflow_model_server_flag_is_accepted():
         value = values.get(flag) or SAMPLE_VALUES.get(action.metavar or "", "1")
         args = ["serve", f"--{flag}"] if action.nargs == 0 else ["serve", f"--{flag}={value}"]
         parser.parse_args(args)  # no SystemExit: the flag and a value of its type parse
-    args = parser.parse_args(["serve", "--enable_profiler=false", "--rest_api_timeout_in_ms=100", "--enable_model_warmup"])
+    args = parser.parse_args(
+        ["serve", "--enable_profiler=false", "--rest_api_timeout_in_ms=100", "--enable_model_warmup"]
+    )
     lines = tfs_flags.no_effect_lines(args)
     assert len(lines) == 3 and all("has no effect here" in line for line in lines)
     assert lines[0].startswith("--rest_api_timeout_in_ms=100 ")
-    assert tfs_flags.refusals(parser.parse_args(["serve", "--ssl_config_file=", "--use_alts_credentials=false"])) == []
+    assert (
+        tfs_flags.refusals(parser.parse_args(["serve", "--ssl_config_file=", "--use_alts_credentials=false"]))
+        == []
+    )
     refused = tfs_flags.refusals(parser.parse_args(["serve", "--ssl_config_file=tls.config"]))
     assert len(refused) == 1 and "terminate TLS" in refused[0]
 
@@ -707,7 +763,7 @@ def test_tf_serving_series_render_as_prometheus_reads_them():
     series._count[("big", "OK")] = 1_234_567  # counts past a million keep every digit
     series.observe_load("/models/m/1", ok=True)
     text = series.render()
-    assert ":tensorflow:serving:request_count{model_name=\"big\",status=\"OK\"} 1234567" in text
+    assert ':tensorflow:serving:request_count{model_name="big",status="OK"} 1234567' in text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = families[":tensorflow:serving:request_latency"].samples
     buckets = [s.value for s in samples if s.name.endswith("_bucket")]
@@ -728,7 +784,9 @@ def test_short_events_are_padded_to_the_bound_within_the_element_limit():
     legacy = Signature("serving_default", {"frames": TensorSig("frames", types_pb2.DT_STRING, (None, 3))}, {})
     (bounded,) = bound_frames({"serving_default": legacy}, spec).values()  # an export from before [-1, -1]
     frames = bounded.inputs["frames"]
-    assert frames.shape == (None, None) and frames.max_shape == (None, 3) and frames.shape_text() == "[-1,1..3]"
+    assert (
+        frames.shape == (None, None) and frames.max_shape == (None, 3) and frames.shape_text() == "[-1,1..3]"
+    )
     short = np.array([[b"f0", b"f1"]], dtype=object)
     assert bounded.check_inputs({"frames": short}) == 1
     assert bounded.padded_inputs({"frames": short}, 100)["frames"].tolist() == [[b"f0", b"f1", b""]]
@@ -746,6 +804,8 @@ def test_session_parallelism_is_read_as_tf_serving_reads_it():
     from serving.cli import serve_command
 
     parser = build_parser()
-    args = parser.parse_args(["serve", "--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=4"])
+    args = parser.parse_args(
+        ["serve", "--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=4"]
+    )
     with pytest.raises(UserError, match="cannot be given with"):
         serve_command(args)

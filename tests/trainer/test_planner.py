@@ -83,8 +83,12 @@ def test_data_parallel_bytes_grow_with_params_not_batch():
     large = P.plan_layout(model, "data", 4, 4 * 256, PCIE)
     assert small.bytes_per_device == pytest.approx(large.bytes_per_device)
     assert small.bytes_per_device == pytest.approx(2 * 3 / 4 * model.params * 4)
-    doubled = P.ModelSpec("x2", tuple(dataclasses.replace(layer, params=2 * layer.params) for layer in model.layers))
-    assert P.plan_layout(doubled, "data", 4, 64, PCIE).bytes_per_device == pytest.approx(2 * small.bytes_per_device)
+    doubled = P.ModelSpec(
+        "x2", tuple(dataclasses.replace(layer, params=2 * layer.params) for layer in model.layers)
+    )
+    assert P.plan_layout(doubled, "data", 4, 64, PCIE).bytes_per_device == pytest.approx(
+        2 * small.bytes_per_device
+    )
 
 
 def test_model_parallel_bytes_grow_with_batch_not_params():
@@ -93,13 +97,17 @@ def test_model_parallel_bytes_grow_with_batch_not_params():
     b256 = P.plan_layout(model, "model", 4, 256, PCIE)
     assert b64.bytes_per_device > 0
     assert b256.bytes_per_device == pytest.approx(4 * b64.bytes_per_device)
-    fat = P.ModelSpec("fat", tuple(dataclasses.replace(layer, params=10 * layer.params) for layer in model.layers))
+    fat = P.ModelSpec(
+        "fat", tuple(dataclasses.replace(layer, params=10 * layer.params) for layer in model.layers)
+    )
     assert P.plan_layout(fat, "model", 4, 64, PCIE).bytes_per_device == pytest.approx(b64.bytes_per_device)
 
 
 @pytest.mark.parametrize("devices", [4, 8])
 def test_hybrid_beats_data_and_model_parallel_for_alexnet_on_pcie(devices):
-    plans = {layout: P.plan_layout(P.alexnet_owt(), layout, devices, 128 * devices, PCIE) for layout in P.LAYOUTS}
+    plans = {
+        layout: P.plan_layout(P.alexnet_owt(), layout, devices, 128 * devices, PCIE) for layout in P.LAYOUTS
+    }
     hybrid, others = plans["hybrid"], [plans["data"], plans["model"]]
     for other in others:
         assert hybrid.bytes_per_device < 0.5 * other.bytes_per_device
@@ -109,7 +117,9 @@ def test_hybrid_beats_data_and_model_parallel_for_alexnet_on_pcie(devices):
         assert hybrid.step_overlap_s <= other.step_overlap_s * 1.01
     # on a slower link (PCIe staged through host memory) overlap no longer hides the others' traffic
     slow = dataclasses.replace(PCIE, bandwidth=1e9)
-    plans = {layout: P.plan_layout(P.alexnet_owt(), layout, devices, 128 * devices, slow) for layout in P.LAYOUTS}
+    plans = {
+        layout: P.plan_layout(P.alexnet_owt(), layout, devices, 128 * devices, slow) for layout in P.LAYOUTS
+    }
     assert plans["hybrid"].step_overlap_s < min(plans["data"].step_overlap_s, plans["model"].step_overlap_s)
 
 
@@ -129,7 +139,9 @@ def test_overlap_lies_between_compute_and_serial_time():
         for layout in P.LAYOUTS:
             for bw in (1e8, 6e9):
                 plan = P.plan_layout(model, layout, 4, 64, dataclasses.replace(PCIE, bandwidth=bw))
-                assert plan.compute_s * (1 - 1e-9) <= plan.step_overlap_s <= plan.step_no_overlap_s * (1 + 1e-9)
+                assert (
+                    plan.compute_s * (1 - 1e-9) <= plan.step_overlap_s <= plan.step_no_overlap_s * (1 + 1e-9)
+                )
 
 
 def test_hybrid_2d_shards_fc_over_model_axis_and_all_reduces_over_batch_axis():
@@ -146,7 +158,13 @@ def test_alexnet_presets_have_the_published_shapes():
     assert owt.params_of("fc") == original.params_of("fc") == 58_631_144
     assert owt.params - owt.params_of("fc") == 2_469_696  # 64-192-384-256-256 single column
     assert original.params - original.params_of("fc") == 2_334_080  # two towers, grouped convs
-    assert [layer.out_elements for layer in owt.layers[:5]] == [27 * 27 * 64, 13 * 13 * 192, 13 * 13 * 384, 13 * 13 * 256, 6 * 6 * 256]
+    assert [layer.out_elements for layer in owt.layers[:5]] == [
+        27 * 27 * 64,
+        13 * 13 * 192,
+        13 * 13 * 384,
+        13 * 13 * 256,
+        6 * 6 * 256,
+    ]
     assert owt.fwd_flops == pytest.approx(1.43e9, rel=0.01)  # 0.71 G multiply-adds
     assert original.fwd_flops == pytest.approx(1.45e9, rel=0.01)
 
@@ -156,7 +174,10 @@ def test_alexnet_presets_have_the_published_shapes():
     [
         ((4, 32, 32, 3, 4), {}),
         ((3, 17, 17, 3, 5), {"conv_filters": [16, 16, 24], "fc_units": [100, 50], "blocks_per_stage": 2}),
-        ((1, 8, 8, 1, 3), {"conv_filters": [8, 16], "fc_units": [64], "attention_heads": 3, "width_multiplier": 1.5}),
+        (
+            (1, 8, 8, 1, 3),
+            {"conv_filters": [8, 16], "fc_units": [64], "attention_heads": 3, "width_multiplier": 1.5},
+        ),
         ((2, 12, 20, 1, 3), {"conv_filters": [8], "fc_units": [16], "stem_stride": 1}),
         ((2, 16, 16, 1, 3), {"conv_filters": [8, 16], "fc_units": [16], "pool": "avgmax"}),
     ],
@@ -199,10 +220,14 @@ def test_units():
 
 def test_json_model_file(tmp_path):
     path = tmp_path / "net.json"
-    path.write_text(json.dumps({"name": "net", "layers": [dataclasses.asdict(layer) for layer in toy().layers]}))
+    path.write_text(
+        json.dumps({"name": "net", "layers": [dataclasses.asdict(layer) for layer in toy().layers]})
+    )
     loaded = P.load_model_json(str(path))
     assert loaded.layers == toy().layers and loaded.name == "net"
-    path.write_text('{"layers": [{"name": "a", "kind": "lstm", "params": 1, "fwd_flops": 1, "out_elements": 1}]}')
+    path.write_text(
+        '{"layers": [{"name": "a", "kind": "lstm", "params": 1, "fwd_flops": 1, "out_elements": 1}]}'
+    )
     with pytest.raises(P.PlannerError, match="kind"):
         P.load_model_json(str(path))
     path.write_text("{not json")
@@ -234,16 +259,34 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_cli_json(capsys, tmp_path):
     out_file = tmp_path / "plan.json"
     code, out, _ = run_cli(
-        capsys, "--model", "alexnet", "--devices", "1,4", "--device-flops", "1.4T", "--json", "--out", str(out_file)
+        capsys,
+        "--model",
+        "alexnet",
+        "--devices",
+        "1,4",
+        "--device-flops",
+        "1.4T",
+        "--json",
+        "--out",
+        str(out_file),
     )
     assert code == 0
     result = json.loads(out)
     assert result == json.loads(out_file.read_text())
     assert [(p["devices"], p["layout"]) for p in result["plans"]] == [
-        (1, "data"), (1, "model"), (1, "hybrid"), (4, "data"), (4, "model"), (4, "hybrid")
+        (1, "data"),
+        (1, "model"),
+        (1, "hybrid"),
+        (4, "data"),
+        (4, "model"),
+        (4, "hybrid"),
     ]
     hybrid = result["plans"][-1]
-    assert hybrid["global_batch"] == 512 and hybrid["bytes_per_device"] > 0 and hybrid["speedup_overlap"] <= 4.0 + 1e-9
+    assert (
+        hybrid["global_batch"] == 512
+        and hybrid["bytes_per_device"] > 0
+        and hybrid["speedup_overlap"] <= 4.0 + 1e-9
+    )
     assert result["hardware"]["device_flops"] == 1.4e12
     assert result["best"]["4"]["fewest_bytes"] == "hybrid"
 

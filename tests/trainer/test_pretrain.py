@@ -42,9 +42,13 @@ def pretrained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pretrain")
     # Three cameras of 32 events: camera negatives (the default) group them, a batch of 16 from each.
-    examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 32, "eval": 24, "unlabelled": 64}, devices=3)
+    examples = fx.write_examples(
+        str(root / "examples"), SPEC, {"train": 32, "eval": 24, "unlabelled": 64}, devices=3
+    )
     cfg = tiny_config()
-    report = launch.pretrain(cfg, examples, str(root / "run"), export_dir=str(root / "backbone"), log=lambda line: None)
+    report = launch.pretrain(
+        cfg, examples, str(root / "run"), export_dir=str(root / "backbone"), log=lambda line: None
+    )
     return root, examples, cfg, report
 
 
@@ -103,14 +107,19 @@ def test_camera_negatives_batch_events_of_one_camera(tmp_path):
     groups = camera_groups(events, batch_size=4)
     assert sorted(groups) == [b"cam00", b"cam01", b"cam02"] and len(set(groups.values())) == 3
     assert events[b"cam03"] == events[b"cam04"] == 3
-    fields = {layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string), layout.EVENT_ID: tf.io.FixedLenFeature([], tf.string)}
+    fields = {
+        layout.DEVICE_ID: tf.io.FixedLenFeature([], tf.string),
+        layout.EVENT_ID: tf.io.FixedLenFeature([], tf.string),
+    }
 
     def read(grouped: bool, batches: int) -> list[tuple[set[bytes], list[bytes]]]:
         out = []
         for _, serialized in event_batches(files, batch_size=4, seed=0, epoch_size=36,
                                            groups=groups if grouped else None).take(batches):  # fmt: skip
             parsed = tf.io.parse_example(serialized, fields)
-            out.append((set(parsed[layout.DEVICE_ID].numpy().tolist()), parsed[layout.EVENT_ID].numpy().tolist()))
+            out.append(
+                (set(parsed[layout.DEVICE_ID].numpy().tolist()), parsed[layout.EVENT_ID].numpy().tolist())
+            )
         return out
 
     grouped = read(True, 27)  # three epochs' worth
@@ -206,7 +215,9 @@ def test_pipeline_with_pretrain_records_the_pretrainer_and_its_lineage_to_the_te
     assert pre["events"]["total"] == pre["events"]["train"] + pre["events"]["unlabelled"]
     assert os.path.exists(pre["plots"]["pretrain_curve"])
     train_report = json.loads(open(report["teacher"]["train_report"]).read())
-    assert train_report["pretrained_backbone"]["path"].startswith(pre["backbone"].rsplit("/Format-Serving", 1)[0])
+    assert train_report["pretrained_backbone"]["path"].startswith(
+        pre["backbone"].rsplit("/Format-Serving", 1)[0]
+    )
 
     cfg = Config()
     cfg.set("run.workdir", str(work))
@@ -216,9 +227,13 @@ def test_pipeline_with_pretrain_records_the_pretrainer_and_its_lineage_to_the_te
     store = outputs.open_store(connection)
     [model] = store.get_artifacts_by_uri(found["Pretrainer"].uris["model"][0])
     readers = {
-        e.execution_id for e in store.get_events_by_artifact_ids([model.id]) if e.type == metadata_store_pb2.Event.INPUT
+        e.execution_id
+        for e in store.get_events_by_artifact_ids([model.id])
+        if e.type == metadata_store_pb2.Event.INPUT
     }
-    assert found["TeacherTrainer"].execution_id in readers  # the teacher's base_model is the Pretrainer's model
+    assert (
+        found["TeacherTrainer"].execution_id in readers
+    )  # the teacher's base_model is the Pretrainer's model
     inputs = store.get_events_by_execution_ids([found["TeacherTrainer"].execution_id])
     assert any(e.artifact_id == model.id and e.path.steps[0].key == "base_model" for e in inputs)
     assert layout.TRAIN in pre["events"]

@@ -33,7 +33,9 @@ def _epoch(ds, batches):
     """(label, logit, frame checksum) per event of ``batches`` batches, sorted."""
     rows = []
     for frames, targets in ds.take(batches):
-        for f, y, t in zip(frames.numpy(), targets["label"].numpy(), targets["teacher_logits"].numpy(), strict=True):
+        for f, y, t in zip(
+            frames.numpy(), targets["label"].numpy(), targets["teacher_logits"].numpy(), strict=True
+        ):
             rows.append((int(y), float(t[0]), round(float(f.sum()), 3)))
     return sorted(rows)
 
@@ -122,7 +124,9 @@ def test_student_outputs_and_size():
     assert teacher.count_params() >= 20 * default.count_params()
 
     def conv_params(model: Any, heads: tuple[str, ...]) -> int:
-        return sum(int(v.shape.num_elements()) for v in model.trainable_variables if not v.name.startswith(heads))
+        return sum(
+            int(v.shape.num_elements()) for v in model.trainable_variables if not v.name.startswith(heads)
+        )
 
     # The teacher is big where accuracy comes from: its backbone, not its fully-connected head.
     teacher_conv = conv_params(teacher, ("fc_", "logits", "attention"))
@@ -164,6 +168,8 @@ def test_student_stem_sees_what_moved():
     # converter aborted on the digits set), so the branch is left out.
     single = EventSpec(SPEC.classes, frames=1, height=8, width=8, channels=1)
     assert CONTRAST_LAYER not in {layer.name for layer in build_student(single, STUDENT).layers}
+
+
 # -- pruning -----------------------------------------------------------------------------------
 def test_plan_schedule_lands_on_target_step():
     from trainer.distill.prune import plan_schedule
@@ -189,9 +195,7 @@ def test_pruning_reaches_target_sparsity_and_keeps_the_dense_model():
     frames = rng.uniform(size=(n, *SPEC.input_shape)).astype(np.float32)
     labels = rng.integers(-1, 3, size=n).astype(np.int32)
     teacher = rng.normal(size=(n, 3)).astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (frames, {"label": labels, kd.TEACHER_LOGITS: teacher})
-    ).batch(8)
+    ds = tf.data.Dataset.from_tensor_slices((frames, {"label": labels, kd.TEACHER_LOGITS: teacher})).batch(8)
 
     student = build_student(SPEC, StudentConfig(filters=[32, 64], head_units=32, blocks_per_stage=1))
     dense_before = [w.copy() for w in student.get_weights()]
@@ -272,7 +276,9 @@ def test_standard_metadata_is_read_alike_by_tflite_support_and_without_it(tmp_pa
     assert inp["process_units"][0]["options_type"] == "NormalizationOptions"
     assert inp["process_units"][0]["options"] == {"mean": [0.0], "std": [255.0]}
     logits_md = next(t for t in subgraph["output_tensor_metadata"] if t["name"] == "logits")
-    assert [(f["name"], f["type"]) for f in logits_md["associated_files"]] == [(LABELS_FILE, "TENSOR_AXIS_LABELS")]
+    assert [(f["name"], f["type"]) for f in logits_md["associated_files"]] == [
+        (LABELS_FILE, "TENSOR_AXIS_LABELS")
+    ]
     assert [f["name"] for f in shown["metadata"]["associated_files"]] == [EVENT_SPEC_FILE]
     # The metadata's output order is the subgraph's (not the signature's alphabetical one).
     flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(tagged))
@@ -299,9 +305,14 @@ def test_standard_metadata_is_read_alike_by_tflite_support_and_without_it(tmp_pa
         "print(sorted(d.get_packed_associated_file_list()))\n"
         "print(d.get_associated_file_buffer('labels.txt').decode().split())\n"
     )
-    shown_by_tool = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    shown_by_tool = subprocess.run(
+        [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300
+    )
     assert shown_by_tool.returncode == 0, shown_by_tool.stderr[-2000:]
-    assert shown_by_tool.stdout.split("\n")[:2] == [str(sorted([EVENT_SPEC_FILE, LABELS_FILE])), "['a', 'b', 'c']"]
+    assert shown_by_tool.stdout.split("\n")[:2] == [
+        str(sorted([EVENT_SPEC_FILE, LABELS_FILE])),
+        "['a', 'b', 'c']",
+    ]
 
     # Re-embedding replaces the metadata instead of adding a second copy; converter entries survive.
     again = embed_metadata(tagged, {**meta, "variant": "x", "labels": ["p", "q", "r"]})
@@ -340,7 +351,9 @@ def test_metadata_reader_field_slots_match_tflite_support_schema():
     from ondevice import metadata as md
 
     def slot(cls, method):
-        offset = int(re.search(r"Offset\((\d+)\)", inspect.getsource(getattr(getattr(fb, cls), method))).group(1))
+        offset = int(
+            re.search(r"Offset\((\d+)\)", inspect.getsource(getattr(getattr(fb, cls), method))).group(1)
+        )
         return (offset - 4) // 2
 
     expected = {
@@ -356,7 +369,9 @@ def test_metadata_reader_field_slots_match_tflite_support_schema():
         "_AF_NAME": ("AssociatedFile", "Name"), "_AF_DESCRIPTION": ("AssociatedFile", "Description"),
         "_AF_TYPE": ("AssociatedFile", "Type"),
     }  # fmt: skip
-    assert {name: getattr(md, name) for name in expected} == {name: slot(*where) for name, where in expected.items()}
+    assert {name: getattr(md, name) for name in expected} == {
+        name: slot(*where) for name, where in expected.items()
+    }
     assert md.TENSOR_AXIS_LABELS == fb.AssociatedFileType.TENSOR_AXIS_LABELS
     assert md.NORMALIZATION_OPTIONS == fb.ProcessUnitOptions.NormalizationOptions
 

@@ -36,7 +36,9 @@ def chain(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("productionize")
     examples = fx.write_examples(str(root / "examples"), SPEC, {"train": 96, "eval": 60, "unlabelled": 32})
-    teacher_dir = fx.train_stand_in_teacher(examples, SPEC, str(root / "teacher" / "Format-Serving"), epochs=4)
+    teacher_dir = fx.train_stand_in_teacher(
+        examples, SPEC, str(root / "teacher" / "Format-Serving"), epochs=4
+    )
 
     cfg = Config()
     for key, value in {
@@ -106,7 +108,13 @@ def test_distiller_writes_students_with_the_serving_contract(chain):
 
 def test_lite_converter_report_and_files(chain):
     report, lite = chain["report"], chain["lite"]
-    for name in ("model.tflite", "model_float16.tflite", "metadata.json", "variants.png", "confusion_int8.png"):
+    for name in (
+        "model.tflite",
+        "model_float16.tflite",
+        "metadata.json",
+        "variants.png",
+        "confusion_int8.png",
+    ):
         assert os.path.getsize(os.path.join(lite.uri, name)) > 0, name
     with open(os.path.join(lite.uri, "variants.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -172,17 +180,23 @@ print(json.dumps({{
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["tf_importable"] is False
     assert result["interpreter"] == "ai_edge_litert.interpreter"
-    assert result["runtime"] == result["clf_runtime"] == {
-        "name": "ai-edge-litert", "version": "1.4.0", "module": "ai_edge_litert.interpreter"
-    }
+    assert (
+        result["runtime"]
+        == result["clf_runtime"]
+        == {"name": "ai-edge-litert", "version": "1.4.0", "module": "ai_edge_litert.interpreter"}
+    )
     assert result["input_dtype"] == "int8"
     # The representative set pins the input range to [0, 1]: int8 input = pixel - 128.
     assert result["quantization"]["scale"] == pytest.approx(1 / 255, rel=1e-4)
     assert result["quantization"]["zero_point"] == -128
     assert result["class_ids"] == result["raw_ids"]
-    assert all(n in SPEC.classes for n in result["names"]) and all(0 <= b < SPEC.frames for b in result["best"])
+    assert all(n in SPEC.classes for n in result["names"]) and all(
+        0 <= b < SPEC.frames for b in result["best"]
+    )
     # Same events through the float student it was converted from: the int8 model mostly agrees.
-    model = load_keras(DistillerOutput(chain["student"]).keras(STUDENT_QAT))  # the float twin int8 was converted from
+    model = load_keras(
+        DistillerOutput(chain["student"]).keras(STUDENT_QAT)
+    )  # the float twin int8 was converted from
     reference = np.argmax(model(frames.astype(np.float32) / 255.0, training=False)["logits"].numpy(), axis=-1)
     assert np.mean(reference == np.array(result["class_ids"])) >= 0.75
 
@@ -214,13 +228,21 @@ def test_parity_gate_blocks_a_deliberately_broken_model(chain):
 def test_latency_measurement_is_sane(chain):
     from trainer.lite import measure
 
-    lite_result = measure.latency("tflite", os.path.join(chain["lite"].uri, "model.tflite"), runs=30, warmup=3)
+    lite_result = measure.latency(
+        "tflite", os.path.join(chain["lite"].uri, "model.tflite"), runs=30, warmup=3
+    )
     assert lite_result["tensorflow_imported"] is False
     assert lite_result["runtime"]["name"] == "ai-edge-litert"  # the on-device default, never tf.lite
     pinned = measure.latencies(
-        {"old": ("tflite", os.path.join(chain["lite"].uri, "model.tflite"), "tflite-runtime")}, runs=5, warmup=1
+        {"old": ("tflite", os.path.join(chain["lite"].uri, "model.tflite"), "tflite-runtime")},
+        runs=5,
+        warmup=1,
     )["old"]
-    assert pinned["runtime"] == {"name": "tflite-runtime", "version": "2.14.0", "module": "tflite_runtime.interpreter"}
+    assert pinned["runtime"] == {
+        "name": "tflite-runtime",
+        "version": "2.14.0",
+        "module": "tflite_runtime.interpreter",
+    }
     saved = measure.latency("savedmodel", os.path.join(chain["student"], "Format-Serving"), runs=15, warmup=3)
     for result in (lite_result, saved):
         assert 0 < result["p50_ms"] <= result["p99_ms"] < 1000
@@ -256,7 +278,9 @@ def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
     assert sparsity["after"] == pytest.approx(sparsity["before"], abs=1e-6)  # PQAT kept every zero
 
     pruned = load_keras(DistillerOutput(chain["student"]).keras(STUDENT_PRUNED))
-    quantized = trained_student(DistillerOutput(chain["student"]))  # float32 with the int8 rounding simulated: what serves
+    quantized = trained_student(
+        DistillerOutput(chain["student"])
+    )  # float32 with the int8 rounding simulated: what serves
     # The same pruned model converted without QAT (post-training quantization only).
     representative = tflite.representative_events(split_files(chain["examples"], "train"), SPEC, 48)
     ptq = tflite.convert_variant(pruned, SPEC, "int8", representative=representative)
@@ -282,4 +306,7 @@ def test_qat_keeps_the_pruned_sparsity_and_lifts_int8_agreement(chain):
     assert float16["reference"] == "student_qat_unrounded"
     assert (float16["events"], float16["eval_events"]) == (188, 60) and float16["agreement"] >= 0.95
     assert report["tflite"]["float16"]["parity"] == float16
-    assert load_keras(DistillerOutput(chain["student"]).keras(STUDENT_QAT)).count_params() == pruned.count_params()
+    assert (
+        load_keras(DistillerOutput(chain["student"]).keras(STUDENT_QAT)).count_params()
+        == pruned.count_params()
+    )

@@ -50,7 +50,12 @@ def _train(config: str, data: str, workdir: str, *flags: str, env: dict | None =
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", config, "--data", data,
            "--workdir", workdir, "--quiet", *flags]  # fmt: skip
     return subprocess.Popen(
-        cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -89,14 +94,39 @@ def runs(tmp_path_factory):
 
     procs = {
         "mirrored": _train(config, data, w["mirrored"], "--strategy", "mirrored", "--no-export"),
-        "hybrid_2d": _train(config, data, w["hybrid_2d"], "--strategy", "hybrid", "--mesh", "batch=2,model=2",
-                            "--fc-layout", "2d", "--no-export"),  # fmt: skip
-        "hybrid_1d": _train(config, data, w["hybrid_1d"], "--strategy", "hybrid", "--fc-layout", "1d", "--no-export"),
-        "bad_mesh": _train(config, data, w["bad_mesh"], "--strategy", "hybrid", "--mesh", "batch=4,model=2",
-                           "--no-export"),  # fmt: skip
-        "bf16": _train(config, data, w["bf16"], "--strategy", "single", "--mixed-precision", "bf16", "--no-export"),
-        "killed": _train(config, data, w["killed"], "--strategy", "single", "--steps", "400",
-                         "--checkpoint-every", "2", "--no-export"),  # fmt: skip
+        "hybrid_2d": _train(
+            config,
+            data,
+            w["hybrid_2d"],
+            "--strategy",
+            "hybrid",
+            "--mesh",
+            "batch=2,model=2",
+            "--fc-layout",
+            "2d",
+            "--no-export",
+        ),  # fmt: skip
+        "hybrid_1d": _train(
+            config, data, w["hybrid_1d"], "--strategy", "hybrid", "--fc-layout", "1d", "--no-export"
+        ),
+        "bad_mesh": _train(
+            config, data, w["bad_mesh"], "--strategy", "hybrid", "--mesh", "batch=4,model=2", "--no-export"
+        ),  # fmt: skip
+        "bf16": _train(
+            config, data, w["bf16"], "--strategy", "single", "--mixed-precision", "bf16", "--no-export"
+        ),
+        "killed": _train(
+            config,
+            data,
+            w["killed"],
+            "--strategy",
+            "single",
+            "--steps",
+            "400",
+            "--checkpoint-every",
+            "2",
+            "--no-export",
+        ),  # fmt: skip
         # Multi-client DTensor: `eventpipe train` starts 2 clients through the launcher, in both
         # FC layouts (1d: each client holds different shards of every FC kernel).
         "clients_2d": _train(config, data, w["clients_2d"], *clients, "--fc-layout", "2d"),
@@ -161,9 +191,11 @@ def runs(tmp_path_factory):
             "worker1": _report(os.path.join(w["multiworker"], "workers", "worker-1")),
             "resumed": _report(w["killed"]),
             "bf16": _report(w["bf16"]),
-            **{f"{name}_{who}": _report(os.path.join(w[name], *sub))
-               for name in ("clients_1d", "clients_2d")
-               for who, sub in (("chief", ()), ("client1", ("workers", "worker-1")))},  # fmt: skip
+            **{
+                f"{name}_{who}": _report(os.path.join(w[name], *sub))
+                for name in ("clients_1d", "clients_2d")
+                for who, sub in (("chief", ()), ("client1", ("workers", "worker-1")))
+            },  # fmt: skip
         },
         "workdirs": w,
     }
@@ -221,10 +253,15 @@ def test_hybrid_1d_shards_fc_over_all_devices(runs):
     assert set(v["conv_stem/kernel"]["layout"]) == {"unsharded"}
 
 
-@pytest.mark.parametrize(("layout_name", "mesh", "units"), [("1d", {"devices": 4}, 16), ("2d", {"batch": 2, "model": 2}, 32)])
+@pytest.mark.parametrize(
+    ("layout_name", "mesh", "units"), [("1d", {"devices": 4}, 16), ("2d", {"batch": 2, "model": 2}, 32)]
+)
 def test_dtensor_clients_form_one_mesh_with_fc_shards_on_both(runs, layout_name, mesh, units):
     """2 clients x 2 logical devices: one mesh; each client holds the FC shards of its own devices."""
-    chief, other = runs["reports"][f"clients_{layout_name}_chief"], runs["reports"][f"clients_{layout_name}_client1"]
+    chief, other = (
+        runs["reports"][f"clients_{layout_name}_chief"],
+        runs["reports"][f"clients_{layout_name}_client1"],
+    )
     assert chief["mesh"] == other["mesh"] == {"clients": 2, **mesh}
     assert chief["is_chief"] and not other["is_chief"] and other["worker_index"] == 1
     np.testing.assert_allclose(other["losses"], chief["losses"], rtol=1e-6)

@@ -34,7 +34,9 @@ def test_patience_stops_once_the_eval_loss_stops_improving():
     assert not patience_exhausted(cfg, evals[:4] + [{"step": 50, "loss": 0.69}], 50)  # a new best
     assert not patience_exhausted(TeacherConfig(patience=2, min_steps=60), evals, 50)  # min_steps first
     assert not patience_exhausted(TeacherConfig(patience=0, min_steps=20), evals, 50)  # 0: never stops early
-    assert not patience_exhausted(TeacherConfig(patience=2, min_steps=20, steps=50), evals, 50)  # fixed length
+    assert not patience_exhausted(
+        TeacherConfig(patience=2, min_steps=20, steps=50), evals, 50
+    )  # fixed length
 
 
 def test_frame_loss_trains_attention_toward_the_known_best_frame_only():
@@ -88,7 +90,9 @@ def test_augmentation_is_a_function_of_the_event_position_only():
     positions = tf.range(100, 106, dtype=tf.int64)
     whole = augment_events(frames, positions, seed=7).numpy()
     # The same events split into other batches (another strategy's per-replica slices) agree.
-    halves = np.concatenate([augment_events(frames[:2], positions[:2], 7), augment_events(frames[2:], positions[2:], 7)])
+    halves = np.concatenate(
+        [augment_events(frames[:2], positions[:2], 7), augment_events(frames[2:], positions[2:], 7)]
+    )
     np.testing.assert_array_equal(whole, halves)
     assert whole.min() >= 0.0 and whole.max() <= 1.0 and whole.shape == (6, 3, 16, 16, 1)
     assert not np.allclose(whole, frames.numpy())
@@ -102,7 +106,12 @@ def test_augmentation_is_a_function_of_the_event_position_only():
 
 @pytest.mark.parametrize(
     "size, budget, expected",
-    [((32, 32), 16384, (32, 32)), ((480, 640), 16384, (110, 147)), ((288, 384), 16384, (110, 147)), ((8, 8), 16, (4, 4))],
+    [
+        ((32, 32), 16384, (32, 32)),
+        ((480, 640), 16384, (110, 147)),
+        ((288, 384), 16384, (110, 147)),
+        ((8, 8), 16, (4, 4)),
+    ],
 )
 def test_pixel_budget_keeps_the_aspect_ratio(size, budget, expected):
     got = fit_pixel_budget(*size, budget)
@@ -139,7 +148,9 @@ def test_a_plan_that_cannot_fit_is_a_clear_error_naming_what_to_lower():
     message = str(info.value)
     for needle in ("teacher.global_batch_size", "data.max_input_pixels", "480x640", "GiB", "would fit"):
         assert needle in message
-    assert check_fits(build_teacher(small, cfg), small, cfg, weight_copies=4, available=24 * 2**30)["total_bytes"]
+    assert check_fits(build_teacher(small, cfg), small, cfg, weight_copies=4, available=24 * 2**30)[
+        "total_bytes"
+    ]
 
 
 def test_dtensor_clients_must_fill_the_mesh_before_any_process_starts(tmp_path):
@@ -147,7 +158,11 @@ def test_dtensor_clients_must_fill_the_mesh_before_any_process_starts(tmp_path):
     from trainer.parallel import launch
 
     cfg = Config()
-    cfg.teacher.strategy, cfg.teacher.clients, cfg.teacher.logical_devices = "hybrid", 2, 4  # 8 devices, mesh 4
+    cfg.teacher.strategy, cfg.teacher.clients, cfg.teacher.logical_devices = (
+        "hybrid",
+        2,
+        4,
+    )  # 8 devices, mesh 4
     with pytest.raises(UserError, match=r"needs 4 devices but 2 DTensor clients x 4 logical devices give 8; "
                                         r"pass --logical-devices 2"):  # fmt: skip
         launch.train(cfg, str(tmp_path / "examples"), str(tmp_path / "work"))

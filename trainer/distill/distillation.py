@@ -47,7 +47,9 @@ def _check_teacher(teacher_dir: str, spec: EventSpec) -> None:
     try:
         teacher_spec = load_spec(teacher_dir)
     except FileNotFoundError:
-        raise UserError(f"{teacher_dir} is not an eventpipe export (no assets.extra/event_spec.json)") from None
+        raise UserError(
+            f"{teacher_dir} is not an eventpipe export (no assets.extra/event_spec.json)"
+        ) from None
     if teacher_spec != spec:
         raise UserError(
             f"the teacher at {teacher_dir} was trained for {teacher_spec.to_dict()} but the examples are "
@@ -122,7 +124,11 @@ def _log_dirs(log_dir: str | None) -> Any:
 
 
 def _read_inputs(
-    examples_uri: str, teacher_dir: str, cfg: StudentConfig, train_files: list[str] | None, eval_files: list[str] | None
+    examples_uri: str,
+    teacher_dir: str,
+    cfg: StudentConfig,
+    train_files: list[str] | None,
+    eval_files: list[str] | None,
 ) -> _Inputs:
     spec = EventSpec.load(examples_uri)
     _check_teacher(teacher_dir, spec)
@@ -134,7 +140,13 @@ def _read_inputs(
     both = sorted(labelled + unlabelled)
     soft, soft_frames = kd.teacher_soft_labels(teacher_dir, both, spec, cfg.teacher_batch_size)
     train = kd.distillation_dataset(
-        both, soft, spec, cfg.batch_size, seed=cfg.seed, cache_bytes=cfg.cache_mb * 2**20, teacher_frames=soft_frames
+        both,
+        soft,
+        spec,
+        cfg.batch_size,
+        seed=cfg.seed,
+        cache_bytes=cfg.cache_mb * 2**20,
+        teacher_frames=soft_frames,
     )
     steps = max(kd.steps_per_epoch(len(soft), cfg.batch_size), math.ceil(cfg.min_steps / max(1, cfg.epochs)))
     return _Inputs(spec, labelled, unlabelled, eval_files, soft, train, steps)
@@ -156,7 +168,9 @@ def _dense_phase(inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput
     return _Students(dense=student, history=history, pruned=student)
 
 
-def _pruning_phase(students: _Students, inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any) -> None:
+def _pruning_phase(
+    students: _Students, inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any
+) -> None:
     """Phase 2: distillation with magnitude pruning from the dense weights -> ``student_pruned``."""
     if cfg.prune_epochs <= 0:
         return
@@ -176,7 +190,9 @@ def _pruning_phase(students: _Students, inputs: _Inputs, cfg: StudentConfig, out
     students.pruned.save(out.keras(files.STUDENT_PRUNED))
 
 
-def _qat_phase(students: _Students, inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any) -> None:
+def _qat_phase(
+    students: _Students, inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any
+) -> None:
     """Phase 3: quantization-aware distillation that keeps the pruning masks -> ``student_qat``."""
     if cfg.qat_epochs <= 0:
         return
@@ -199,7 +215,9 @@ def _qat_phase(students: _Students, inputs: _Inputs, cfg: StudentConfig, out: fi
     students.quantized = quantized
 
 
-def _scratch_baseline(students: _Students, inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any) -> dict[str, int]:
+def _scratch_baseline(
+    students: _Students, inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any
+) -> dict[str, int]:
     """The same student on hard labels only, with the dense phase's optimizer steps; returns the event counts."""
     inputs.train = None  # one decoded cache at a time: the distillation stream's goes before the baseline's
     unlabelled = _count(inputs.unlabelled)
@@ -219,7 +237,9 @@ def _scratch_baseline(students: _Students, inputs: _Inputs, cfg: StudentConfig, 
     return {"labelled": labelled, "unlabelled": unlabelled}
 
 
-def _report(students: _Students, inputs: _Inputs, cfg: StudentConfig, teacher_dir: str, counts: dict[str, int]) -> dict[str, Any]:
+def _report(
+    students: _Students, inputs: _Inputs, cfg: StudentConfig, teacher_dir: str, counts: dict[str, int]
+) -> dict[str, Any]:
     """distill_report.json: what ran, and every variant's eval accuracy and agreement with the teacher."""
     steps = inputs.steps
     report: dict[str, Any] = {
@@ -265,5 +285,3 @@ def _count(files: list[str]) -> int:
     if not files:
         return 0
     return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(0, lambda n, _: n + 1))
-
-

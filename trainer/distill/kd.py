@@ -39,9 +39,7 @@ def distillation_loss(
     student_logits = tf.cast(student_logits, tf.float32)
     teacher_logits = tf.cast(teacher_logits, tf.float32)
     labelled = tf.cast(labels >= 0, tf.float32)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.maximum(labels, 0), logits=student_logits
-    )
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0), logits=student_logits)
     t = float(temperature)
     teacher_log_p = tf.nn.log_softmax(teacher_logits / t, axis=-1)
     student_log_p = tf.nn.log_softmax(student_logits / t, axis=-1)
@@ -121,7 +119,9 @@ def distillation_dataset(
     if shuffle:
         # Repeated before batching: every batch is full, so the train step is traced once per
         # phase (a short last batch per epoch retraced it, seconds each with TFMOT's wrappers).
-        pairs = pairs.shuffle(min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True).repeat()
+        pairs = pairs.shuffle(
+            min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True
+        ).repeat()
     pairs = pairs.batch(batch_size)
     return pairs.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -175,7 +175,9 @@ class DistillationModel(keras.Model):
                 targets[layout.LABEL], logits, targets[TEACHER_LOGITS], self.temperature, self.alpha
             )
             if self.frame_weight > 0 and layout.BEST_FRAME in targets:
-                per_event += self.frame_weight * frame_cross_entropy(targets[layout.BEST_FRAME], out["frame_weights"])
+                per_event += self.frame_weight * frame_cross_entropy(
+                    targets[layout.BEST_FRAME], out["frame_weights"]
+                )
             loss = tf.reduce_mean(per_event)
             if self.student.losses:
                 loss += tf.add_n(self.student.losses)
@@ -204,7 +206,9 @@ class DistillationModel(keras.Model):
         frames, targets = data
         logits = self.student(frames, training=False)["logits"]
         loss = tf.reduce_mean(
-            distillation_loss(targets[layout.LABEL], logits, targets[TEACHER_LOGITS], self.temperature, self.alpha)
+            distillation_loss(
+                targets[layout.LABEL], logits, targets[TEACHER_LOGITS], self.temperature, self.alpha
+            )
         )
         return self._update_metrics(loss, logits, targets)
 

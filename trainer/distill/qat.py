@@ -150,7 +150,7 @@ def calibrate_ranges(qat: keras.Model, float_model: keras.Model, batches: Any) -
         layer, _, leaf = weight.name.rpartition("/")
         leaf = leaf.split(":")[0]
         if layer.startswith("quant_") and leaf.endswith(RANGE_SUFFIXES):
-            targets.setdefault(layer[len("quant_"):], []).append((leaf, weight))
+            targets.setdefault(layer[len("quant_") :], []).append((leaf, weight))
     fresh = keras.models.clone_model(float_model)  # one graph (stripped models share layers with others)
     fresh.set_weights(float_model.get_weights())
     names = [n for n in targets if n in {layer.name for layer in fresh.layers}]

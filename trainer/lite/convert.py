@@ -139,7 +139,11 @@ def _read_student(out: files.DistillerOutput, spec: EventSpec, examples_uri: str
     has_pruned = bool((distill_report.get("pruning") or {}).get("plan"))
     quantized = qat.trained_student(out)
     reference = (
-        files.STUDENT_QAT if quantized is not None else files.STUDENT_PRUNED if has_pruned else files.STUDENT_FLOAT
+        files.STUDENT_QAT
+        if quantized is not None
+        else files.STUDENT_PRUNED
+        if has_pruned
+        else files.STUDENT_FLOAT
     )
     model = load_keras(out.keras(reference))
     return _Student(out, distill_report, reference, model, quantized, has_pruned)
@@ -161,7 +165,10 @@ def _convert(
 ) -> dict[str, tflite.LiteModel]:
     """int8 from the QAT model (its recorded ranges), float16 from the plain float weights; both written."""
     representative = tflite.representative_events(train_files, spec, cfg.representative_examples, cfg.seed)
-    sources = {"int8": student.quantized if student.quantized is not None else student.model, "float16": student.model}
+    sources = {
+        "int8": student.quantized if student.quantized is not None else student.model,
+        "float16": student.model,
+    }
     converted = {}
     for variant, filename in tqdm(list(TFLITE_FILES.items()), desc="TFLite", leave=False, disable=None):
         converted[variant] = tflite.convert_variant(
@@ -189,7 +196,11 @@ def _predictors(
     if os.path.exists(out.keras(files.STUDENT_SCRATCH)):
         predictors[files.STUDENT_SCRATCH] = keras_predictor(load_keras(out.keras(files.STUDENT_SCRATCH)))
     if student.has_pruned:
-        pruned = student.model if reference == files.STUDENT_PRUNED else load_keras(out.keras(files.STUDENT_PRUNED))
+        pruned = (
+            student.model
+            if reference == files.STUDENT_PRUNED
+            else load_keras(out.keras(files.STUDENT_PRUNED))
+        )
         predictors[files.STUDENT_PRUNED] = keras_predictor(pruned)
     float16_source = reference
     if student.quantized is not None:
@@ -202,7 +213,11 @@ def _predictors(
 
 
 def _variants(
-    student: _Student, converted: dict[str, tflite.LiteModel], spec: EventSpec, output_dir: str, teacher_dir: str | None
+    student: _Student,
+    converted: dict[str, tflite.LiteModel],
+    spec: EventSpec,
+    output_dir: str,
+    teacher_dir: str | None,
 ) -> dict[str, dict[str, Any]]:
     """Each variant's format, path, bytes, parameters and FLOPs per event (every student has the same)."""
     out = student.out
@@ -217,9 +232,13 @@ def _variants(
             flops_per_event=measure.saved_model_flops_per_event(teacher_dir),
         )
     if os.path.exists(out.keras(files.STUDENT_SCRATCH)):
-        variants[files.STUDENT_SCRATCH] = {**_variant_entry("keras", out.keras(files.STUDENT_SCRATCH)), **size}
+        variants[files.STUDENT_SCRATCH] = {
+            **_variant_entry("keras", out.keras(files.STUDENT_SCRATCH)),
+            **size,
+        }
     variants[files.STUDENT_FLOAT] = {
-        **_variant_entry("savedmodel", out.float_savedmodel, out.keras(files.STUDENT_FLOAT)), **size
+        **_variant_entry("savedmodel", out.float_savedmodel, out.keras(files.STUDENT_FLOAT)),
+        **size,
     }
     if student.has_pruned:
         pruned_keras = out.keras(files.STUDENT_PRUNED)
@@ -235,13 +254,19 @@ def _variants(
         }  # fmt: skip
     for variant, filename in TFLITE_FILES.items():
         variants[variant] = {
-            **_variant_entry("tflite", os.path.join(output_dir, filename)), **size, **converted[variant].info()
+            **_variant_entry("tflite", os.path.join(output_dir, filename)),
+            **size,
+            **converted[variant].info(),
         }
     return variants
 
 
 def _score(
-    variants: dict[str, dict[str, Any]], preds: dict[str, Any], student: _Student, spec: EventSpec, float16_source: str
+    variants: dict[str, dict[str, Any]],
+    preds: dict[str, Any],
+    student: _Student,
+    spec: EventSpec,
+    float16_source: str,
 ) -> None:
     """Accuracy, per-class accuracy, agreement with the production student and best frame, per variant."""
     reference = student.reference
@@ -257,10 +282,14 @@ def _score(
         variants["int8"]["agreement_with_student_pruned"] = (
             preds["int8"].agreement(preds[files.STUDENT_PRUNED]) if student.has_pruned else None
         )
-        variants["float16"]["agreement_with_" + float16_source] = preds["float16"].agreement(preds[float16_source])
+        variants["float16"]["agreement_with_" + float16_source] = preds["float16"].agreement(
+            preds[float16_source]
+        )
 
 
-def _plots(variants: dict[str, dict[str, Any]], matrix: Any, spec: EventSpec, output_dir: str) -> dict[str, str]:
+def _plots(
+    variants: dict[str, dict[str, Any]], matrix: Any, spec: EventSpec, output_dir: str
+) -> dict[str, str]:
     rows = [
         {"name": name, "accuracy": entry["accuracy"], "bytes": entry["bytes"]["raw"],
          "latency_ms": _p50(entry), "format": entry.get("format")}
@@ -317,7 +346,9 @@ def _report(
         },
         "comparison": {
             **comparison(variants),
-            **best_frame_baselines(preds[reference], spec.frames, confidence_pick(preds, "teacher", spec.frames)),
+            **best_frame_baselines(
+                preds[reference], spec.frames, confidence_pick(preds, "teacher", spec.frames)
+            ),
         },
         "plots": plot_files,
         # What ReleaseGate reads: the int8 verdict, with float16's folded in.

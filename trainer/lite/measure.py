@@ -54,7 +54,8 @@ def saved_model_params(export_dir: str) -> int:
         sum(
             int(np.prod(shape))
             for name, shape in reader.get_variable_to_shape_map().items()
-            if name.endswith("/.ATTRIBUTES/VARIABLE_VALUE") and "optimizer" not in name.lower()
+            if name.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+            and "optimizer" not in name.lower()
             and "save_counter" not in name
         )
     )
@@ -97,8 +98,10 @@ def _register_einsum_flops() -> None:
             shape = graph_util.tensor_shape_from_node_def_name(graph, node.input[i])
             for letter, dim in zip(term, shape.as_list(), strict=False):
                 sizes[letter] = int(dim or 1)
-        total = 2 * int(np.prod(list(sizes.values()))) if len(inputs.split(",")) == 2 else int(
-            np.prod(list(sizes.values()))
+        total = (
+            2 * int(np.prod(list(sizes.values())))
+            if len(inputs.split(",")) == 2
+            else int(np.prod(list(sizes.values())))
         )
         return ops.OpStats("flops", total)
 
@@ -245,7 +248,9 @@ def _load_tflite(path: str) -> tuple[Any, dict[str, Any]]:
     from ondevice.runtime import LiteEventClassifier
 
     classifier = LiteEventClassifier(path, num_threads=1)
-    prepared = classifier.prepare(np.random.default_rng(0).uniform(0, 1, classifier.input_shape).astype(np.float32))
+    prepared = classifier.prepare(
+        np.random.default_rng(0).uniform(0, 1, classifier.input_shape).astype(np.float32)
+    )
     info = {"kind": "tflite", "tensorflow_imported": False, "runtime": classifier.runtime.describe()}
     return (lambda: classifier.invoke(prepared)), info
 
@@ -299,7 +304,9 @@ def _serve(kind: str, path: str, warmup: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.lite.measure")
     sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="hold one model; time N calls per line N read from stdin (JSON out)")
+    worker = sub.add_parser(
+        "worker", help="hold one model; time N calls per line N read from stdin (JSON out)"
+    )
     worker.add_argument("--kind", choices=KINDS, required=True)
     worker.add_argument("--path", required=True)
     worker.add_argument("--warmup", type=int, default=20)

@@ -42,7 +42,10 @@ def tradeoff_plot(rows: list[dict[str, Any]], path: str, title: str = "Model var
         ax_size.scatter(kib, row["accuracy"], label=f"{row['name']} ({kib:,.0f} KiB{fmt})", **style)
         if row.get("latency_ms") is not None:
             ax_latency.scatter(row["latency_ms"], row["accuracy"], **style)
-    for ax, label in ((ax_size, "size on disk (KiB, log)"), (ax_latency, "latency per event, p50 (ms, batch 1, 1 thread, log)")):
+    for ax, label in (
+        (ax_size, "size on disk (KiB, log)"),
+        (ax_latency, "latency per event, p50 (ms, batch 1, 1 thread, log)"),
+    ):
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter())

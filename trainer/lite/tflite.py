@@ -43,7 +43,9 @@ try:
         metadata_writer,
         writer_utils,
     )
-except ImportError as e:  # its native code links libusb-1.0 (Debian: apt-get install libusb-1.0-0; make setup does)
+except (
+    ImportError
+) as e:  # its native code links libusb-1.0 (Debian: apt-get install libusb-1.0-0; make setup does)
     raise ImportError(
         f"tflite-support's metadata writers cannot be imported ({e}); install Debian's libusb-1.0-0 "
         "(apt-get install libusb-1.0-0, or make setup) and pip install tflite-support==0.4.4"
@@ -100,7 +102,8 @@ def _concrete_function(model: Any, spec: EventSpec) -> Any:
     # No AutoGraph: the student (and TFMOT's wrappers) has no tensor-dependent Python control
     # flow, and converting every layer's call made each trace of a QAT model take ~7 s.
     @tf.function(
-        input_signature=[tf.TensorSpec([1, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)], autograph=False
+        input_signature=[tf.TensorSpec([1, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)],
+        autograph=False,
     )
     def serve(frames: Any) -> dict[str, Any]:
         out = model(frames, training=False)
@@ -164,7 +167,9 @@ def convert(
             return bytes(converter.convert())
         except Exception as e:
             failure = e
-    raise RuntimeError(f"TFLite {variant} conversion failed: {failure}\nconverter log:\n" + "\n".join(log[-40:]))
+    raise RuntimeError(
+        f"TFLite {variant} conversion failed: {failure}\nconverter log:\n" + "\n".join(log[-40:])
+    )
 
 
 @contextlib.contextmanager
@@ -252,7 +257,9 @@ def _output_tensor_names(content: bytes) -> dict[str, str]:
     """Signature output name (``logits``) -> the subgraph tensor's name, which orders metadata."""
     model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     subgraph = model_object.subgraphs[0]
-    (signature,) = [s for s in model_object.signatureDefs if s.signatureKey in (b"serving_default", "serving_default")]
+    (signature,) = [
+        s for s in model_object.signatureDefs if s.signatureKey in (b"serving_default", "serving_default")
+    ]
     names = {}
     for tensor_map in signature.outputs:
         key = tensor_map.name.decode() if isinstance(tensor_map.name, bytes) else tensor_map.name
@@ -267,7 +274,9 @@ def event_spec_document(metadata: dict[str, Any]) -> dict[str, Any]:
     Labels (``labels.txt``), normalization (NormalizationOptions), tensor names and the model's
     name/description/version (tensor and model metadata) have one home each.
     """
-    doc = {k: v for k, v in metadata.items() if k not in ("labels", "outputs", "name", "description", "version")}
+    doc = {
+        k: v for k, v in metadata.items() if k not in ("labels", "outputs", "name", "description", "version")
+    }
     doc["input"] = {k: v for k, v in metadata["input"].items() if k not in ("normalization", "name")}
     if "event_spec" in doc:
         doc["event_spec"] = {k: v for k, v in doc["event_spec"].items() if k != "classes"}
@@ -287,7 +296,9 @@ def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
     channels = int(inp["channels"])
     tensor_names = _output_tensor_names(content)
     if set(tensor_names) != set(metadata["outputs"]):
-        raise ValueError(f"model outputs {sorted(tensor_names)} but the metadata describes {sorted(metadata['outputs'])}")
+        raise ValueError(
+            f"model outputs {sorted(tensor_names)} but the metadata describes {sorted(metadata['outputs'])}"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         labels_path = os.path.join(tmp, LABELS_FILE)
         with open(labels_path, "w", encoding="utf-8") as f:
@@ -338,7 +349,10 @@ def display_metadata(content: bytes) -> dict[str, Any]:
     displayer = tflite_metadata.MetadataDisplayer.with_model_buffer(bytearray(content))
     return {
         "metadata": json.loads(displayer.get_metadata_json()),
-        "files": {name: displayer.get_associated_file_buffer(name) for name in displayer.get_packed_associated_file_list()},
+        "files": {
+            name: displayer.get_associated_file_buffer(name)
+            for name in displayer.get_packed_associated_file_list()
+        },
     }
 
 
@@ -360,7 +374,9 @@ def _tensor_info(detail: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def build_metadata(content: bytes, spec: EventSpec, variant: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_metadata(
+    content: bytes, spec: EventSpec, variant: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What an app needs to use the model with no side files (the TFLite metadata contents)."""
     inputs, outputs = _io_details(content)
     input_info = _tensor_info(inputs[layout.DECODED_INPUT])
@@ -431,7 +447,12 @@ def convert_variant(
     if try_sparse if try_sparse is not None else has_sparsity(model):
         candidate = strip_internal_names(
             convert(
-                model, spec, variant, representative=representative, input_type=input_type, sparse=True,
+                model,
+                spec,
+                variant,
+                representative=representative,
+                input_type=input_type,
+                sparse=True,
                 function=function,
             )
         )
@@ -464,7 +485,10 @@ class ParityResult:
 
 
 def parity(
-    reference_predicted: np.ndarray, lite_predicted: np.ndarray, min_agreement: float, eval_events: int | None = None
+    reference_predicted: np.ndarray,
+    lite_predicted: np.ndarray,
+    min_agreement: float,
+    eval_events: int | None = None,
 ) -> ParityResult:
     """The gate: top-1 of the TFLite model equals the float model's on >= ``min_agreement`` of events.
 
@@ -480,5 +504,11 @@ def parity(
     agreement = same / events
     eval_agreement = float(np.mean(matches[:eval_events])) if eval_events else None
     return ParityResult(
-        agreement, events, events - same, min_agreement, agreement >= min_agreement, eval_agreement, eval_events
+        agreement,
+        events,
+        events - same,
+        min_agreement,
+        agreement >= min_agreement,
+        eval_agreement,
+        eval_events,
     )

@@ -166,10 +166,13 @@ class GroupNorm(keras.layers.Layer):
         mean_c = tf.reduce_mean(x, axis=[1, 2])  # [N, C]
         square_c = tf.reduce_mean(tf.square(x), axis=[1, 2])
         mean_g = tf.reduce_mean(tf.reshape(mean_c, [-1, self.group_count, per_group]), axis=-1, keepdims=True)
-        square_g = tf.reduce_mean(tf.reshape(square_c, [-1, self.group_count, per_group]), axis=-1, keepdims=True)
+        square_g = tf.reduce_mean(
+            tf.reshape(square_c, [-1, self.group_count, per_group]), axis=-1, keepdims=True
+        )
         variance = tf.maximum(square_g - tf.square(mean_g), 0.0)
         scale = tf.reshape(
-            tf.math.rsqrt(variance + self.epsilon) * tf.ones_like(tf.reshape(mean_c, [-1, self.group_count, per_group])),
+            tf.math.rsqrt(variance + self.epsilon)
+            * tf.ones_like(tf.reshape(mean_c, [-1, self.group_count, per_group])),
             [-1, 1, 1, dim],
         ) * tf.cast(self.gamma, x.dtype)
         mean = tf.reshape(mean_g * tf.ones([1, 1, per_group], x.dtype), [-1, 1, 1, dim])
@@ -260,9 +263,9 @@ def _residual_block(x: Any, filters: int, stride: int, name: str, norm: Any) -> 
         shortcut = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_project")(y)
     y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{name}_a")(y)
     y = keras.layers.Activation("relu", name=f"{name}_relu_b")(norm(f"{name}_norm_b")(y))
-    y = keras.layers.Conv2D(
-        filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_b"
-    )(y)  # zero-initialised: each block starts as its shortcut
+    y = keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_b")(
+        y
+    )  # zero-initialised: each block starts as its shortcut
     return keras.layers.Add(name=f"{name}_add")([shortcut, y])
 
 

@@ -72,7 +72,9 @@ def unsharded_value(value: Any) -> np.ndarray:
     """The full value of a DTensor (variable or tensor) as numpy, gathered from its shards."""
     if isinstance(value, tf.Variable):
         value = value.read_value()
-    full = dtensor.relayout(value, dtensor.Layout.replicated(dtensor.fetch_layout(value).mesh, value.shape.rank))
+    full = dtensor.relayout(
+        value, dtensor.Layout.replicated(dtensor.fetch_layout(value).mesh, value.shape.rank)
+    )
     return dtensor.unpack(full)[0].numpy()
 
 
@@ -115,7 +117,9 @@ class HybridRunner(Runner):
         if self.clients > 1:
             self.mesh = _distributed_mesh(dims, setup)
         else:
-            self.mesh = dtensor.create_mesh(dims, devices=list(setup.devices[:needed]), device_type=setup.device_type)
+            self.mesh = dtensor.create_mesh(
+                dims, devices=list(setup.devices[:needed]), device_type=setup.device_type
+            )
         self.data_axis = data_axis
         rank = len(spec.input_shape) + 1
         self.frames_layout = dtensor.Layout.batch_sharded(self.mesh, data_axis, rank=rank)

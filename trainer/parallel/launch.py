@@ -35,7 +35,9 @@ from contract.config import Config, client_mesh_error, parse_mesh
 from contract.errors import UserError
 
 # absl-formatted native log records ("E0000 00:00:1795353203.219221  14985 file.cc:1121] ...").
-_NATIVE_LOG = re.compile(rb"(?:[EWIF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::).*")
+_NATIVE_LOG = re.compile(
+    rb"(?:[EWIF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before absl::).*"
+)
 LOCAL_HOST = "127.0.0.1"
 DTENSOR_JOBS = "DTENSOR_JOBS"  # set: this process is one client of an existing multi-client DTensor job
 Log = Callable[[str], Any]
@@ -78,8 +80,14 @@ def train(
         cluster = local_cluster(workers)
         log(f"multiworker: {workers} local workers on {', '.join(cluster)} (worker 0 is the chief)")
         children = [
-            _Child(f"worker {i}", cmd, {"TF_CONFIG": tf_config(cluster, i)}, log, prefix=f"[worker {i}] ",
-                   progress=progress and i == 0)  # fmt: skip
+            _Child(
+                f"worker {i}",
+                cmd,
+                {"TF_CONFIG": tf_config(cluster, i)},
+                log,
+                prefix=f"[worker {i}] ",
+                progress=progress and i == 0,
+            )  # fmt: skip
             for i in range(workers)
         ]
     elif starts_dtensor_clients(cfg):
@@ -89,8 +97,14 @@ def train(
         cluster = local_cluster(clients)
         log(f"hybrid: {clients} local DTensor clients on {', '.join(cluster)} (client 0 is the chief)")
         children = [
-            _Child(f"client {i}", cmd, dtensor_env(cluster, i), log, prefix=f"[client {i}] ",
-                   progress=progress and i == 0)  # fmt: skip
+            _Child(
+                f"client {i}",
+                cmd,
+                dtensor_env(cluster, i),
+                log,
+                prefix=f"[client {i}] ",
+                progress=progress and i == 0,
+            )  # fmt: skip
             for i in range(clients)
         ]
     else:
@@ -221,7 +235,10 @@ def _die_with_parent() -> None:
     """
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: no parent-death signal; the child may outlive a killed parent
+    except (
+        OSError,
+        AttributeError,
+    ):  # not Linux: no parent-death signal; the child may outlive a killed parent
         pass
 
 
@@ -286,7 +303,9 @@ class _Child:
             sys.stderr.flush()
 
     def _line(self, raw: bytes, log: Log, prefix: str) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1]  # a redrawn bar: its last state
+        line = (
+            raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1]
+        )  # a redrawn bar: its last state
         self.tail.append(line)
         log(prefix + line)
 
@@ -319,7 +338,9 @@ class _Child:
         code = self.wait()
         after = f" (then {', '.join(also)})" if also else ""
         if code == UserError.exit_code:
-            message = next((t for t in reversed(self.tail) if "error:" in t), self.tail[-1] if self.tail else "")
+            message = next(
+                (t for t in reversed(self.tail) if "error:" in t), self.tail[-1] if self.tail else ""
+            )
             raise UserError(f"{self.name}: " + message.split("error:", 1)[-1].strip() + after)
         if code:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"

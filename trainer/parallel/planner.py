@@ -83,6 +83,7 @@ TRAIN_FLOPS_PER_FWD = 3.0  # forward + backward (input grads + weight grads)
 class PlannerError(UserError):
     """A model description or planner setting that cannot be used; the message says which."""
 
+
 # ----------------------------------------------------------------------------- model description
 
 
@@ -98,7 +99,9 @@ class Layer:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise PlannerError(f"layer {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise PlannerError(
+                f"layer {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
+            )
         if self.params < 0 or self.fwd_flops < 0 or self.out_elements < 1:
             raise PlannerError(
                 f"layer {self.name!r}: needs params >= 0, fwd_flops >= 0 and out_elements >= 1"
@@ -198,7 +201,9 @@ def alexnet_2012() -> ModelSpec:
     conv4, hw = conv_layer("conv4", hw, 384, 384, 3, pad=1, groups=2)
     conv5, hw = conv_layer("conv5", hw, 384, 256, 3, pad=1, groups=2, pool=(3, 2))
     layers = [conv1, conv2, conv3, conv4, conv5, *_alexnet_fc(hw * hw * 256)]
-    return ModelSpec("alexnet-2012", tuple(layers), "Krizhevsky et al. 2012, two-tower grouped convs, 227x227 input")
+    return ModelSpec(
+        "alexnet-2012", tuple(layers), "Krizhevsky et al. 2012, two-tower grouped convs, 227x227 input"
+    )
 
 
 def eventpipe_teacher(
@@ -216,7 +221,9 @@ def eventpipe_teacher(
     in the cost model).
     """
     if not cfg.conv_filters or not cfg.fc_units:
-        raise PlannerError("teacher needs at least one conv stage (teacher.conv_filters) and one fc layer (teacher.fc_units)")
+        raise PlannerError(
+            "teacher needs at least one conv stage (teacher.conv_filters) and one fc layer (teacher.fc_units)"
+        )
     if min(frames, height, width, channels, classes) < 1:
         raise PlannerError("teacher geometry needs frames, size, channels and classes >= 1")
     layers: list[Layer] = []
@@ -234,7 +241,11 @@ def eventpipe_teacher(
     p, f, h, w = conv(3, stem_stride(cfg.stem_stride, height, width), stem_in, widths[0], h, w)
     c = widths[0]
     layers.append(Layer("conv_stem", "conv", p, f, frames * h * w * c))
-    blocks = [(stage, block, filters) for stage, filters in enumerate(widths) for block in range(cfg.blocks_per_stage)]
+    blocks = [
+        (stage, block, filters)
+        for stage, filters in enumerate(widths)
+        for block in range(cfg.blocks_per_stage)
+    ]
     for i, (stage, block, filters) in enumerate(blocks):
         stride = 2 if stage > 0 and block == 0 else 1
         params, flops = float(norm(c) + norm(filters)), 0.0  # norm_a on the input, norm_b mid-block
@@ -257,9 +268,11 @@ def eventpipe_teacher(
     attn_params = (
         frames * width_f  # frame-position embedding
         + 3 * (width_f * inner + inner)  # query, key, value projections
-        + inner * width_f + width_f  # output projection
+        + inner * width_f
+        + width_f  # output projection
         + 2 * width_f  # layer norm
-        + width_f + 1  # attention-pooling score
+        + width_f
+        + 1  # attention-pooling score
     )
     attn_flops = frames * (2.0 * 4 * width_f * inner + 2.0 * width_f) + 2 * 2.0 * frames * frames * inner
     layers.append(Layer("attention", "attention", attn_params, attn_flops, width_f))
@@ -290,7 +303,7 @@ def load_model_json(path: str) -> ModelSpec:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PlannerError(f"model file {path!r} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("layers"), list):
-        raise PlannerError(f"model file {path!r} needs an object with a \"layers\" list")
+        raise PlannerError(f'model file {path!r} needs an object with a "layers" list')
     layers = []
     wanted = ("name", "kind", "params", "fwd_flops", "out_elements")
     for i, item in enumerate(raw["layers"]):
@@ -321,7 +334,9 @@ _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 def parse_bandwidth(text: str) -> float:
     """``6GB/s``, ``600MB/s``, ``25Gbit/s``, ``10Gbps``, ``1GiB/s`` or plain bytes/s -> bytes/s."""
-    m = re.fullmatch(_NUMBER + r"\s*([kKmMgGtTpP])?(i)?\s*(B|b|bit|bits|byte|bytes)?\s*(/s|ps)?", text.strip())
+    m = re.fullmatch(
+        _NUMBER + r"\s*([kKmMgGtTpP])?(i)?\s*(B|b|bit|bits|byte|bytes)?\s*(/s|ps)?", text.strip()
+    )
     if not m or float(m.group(1)) <= 0:
         raise PlannerError(f"--bandwidth: cannot read {text!r}; use a rate like 6GB/s, 600MB/s or 25Gbit/s")
     number, prefix, binary, unit = float(m.group(1)), (m.group(2) or ""), m.group(3), m.group(4) or "B"
@@ -331,9 +346,13 @@ def parse_bandwidth(text: str) -> float:
 
 def parse_flops(text: str) -> float:
     """``1.4T``, ``1.4TFLOP/s``, ``900GFLOPS`` or plain FLOP/s -> FLOP/s."""
-    m = re.fullmatch(_NUMBER + r"\s*([kKmMgGtTpP])?\s*(flop/s|flops|flop)?", text.strip(), flags=re.IGNORECASE)
+    m = re.fullmatch(
+        _NUMBER + r"\s*([kKmMgGtTpP])?\s*(flop/s|flops|flop)?", text.strip(), flags=re.IGNORECASE
+    )
     if not m or float(m.group(1)) <= 0:
-        raise PlannerError(f"--device-flops: cannot read {text!r}; use 'measure' or a rate like 1.4T or 900GFLOP/s")
+        raise PlannerError(
+            f"--device-flops: cannot read {text!r}; use 'measure' or a rate like 1.4T or 900GFLOP/s"
+        )
     return float(m.group(1)) * _SI[(m.group(2) or "").lower()]
 
 
@@ -373,7 +392,9 @@ class Hardware:
 
     def __post_init__(self) -> None:
         if self.device_flops <= 0 or self.bandwidth <= 0 or self.latency < 0 or self.bytes_per_value < 1:
-            raise PlannerError("hardware needs device_flops > 0, bandwidth > 0, latency >= 0, bytes_per_value >= 1")
+            raise PlannerError(
+                "hardware needs device_flops > 0, bandwidth > 0, latency >= 0, bytes_per_value >= 1"
+            )
 
 
 @dataclass
@@ -435,7 +456,9 @@ class LayoutPlan:
         }
 
 
-def placements(model: ModelSpec, layout: str, devices: int, mesh: dict[str, int] | None = None) -> list[tuple[int, int]]:
+def placements(
+    model: ModelSpec, layout: str, devices: int, mesh: dict[str, int] | None = None
+) -> list[tuple[int, int]]:
     """``(batch shards, model shards)`` of every layer for a layout on ``devices`` devices."""
     if layout == "data":
         return [(devices, 1)] * len(model.layers)
@@ -520,14 +543,18 @@ def plan_layout(
 ) -> LayoutPlan:
     """Cost of one training step of ``layout`` (see the module docstring for the model)."""
     if devices < 1 or global_batch < devices:
-        raise PlannerError(f"need devices >= 1 and a global batch >= devices, got {devices} and {global_batch}")
+        raise PlannerError(
+            f"need devices >= 1 and a global batch >= devices, got {devices} and {global_batch}"
+        )
     place = placements(model, layout, devices, mesh)
     layers = model.layers
     s = hw.bytes_per_value
     G = global_batch
 
     # Per-step quantities (whole batch, no chunking).
-    fwd = [G * layer.fwd_flops / (d * m) / hw.device_flops for layer, (d, m) in zip(layers, place, strict=True)]
+    fwd = [
+        G * layer.fwd_flops / (d * m) / hw.device_flops for layer, (d, m) in zip(layers, place, strict=True)
+    ]
     exchange: list[tuple[float, int]] = [(0.0, 1)]  # into layer i: (bytes each way, group size)
     for i in range(1, len(layers)):
         values, group = _exchange_values(layers[i - 1].out_elements, G, place[i - 1], place[i])
@@ -545,12 +572,22 @@ def plan_layout(
     collectives = []
     for i, (nbytes, group) in enumerate(exchange):
         if nbytes > 0:
-            collectives.append({"what": f"activations into {layers[i].name} (fwd + bwd)", "bytes": 2 * nbytes, "group": group})
+            collectives.append(
+                {
+                    "what": f"activations into {layers[i].name} (fwd + bwd)",
+                    "bytes": 2 * nbytes,
+                    "group": group,
+                }
+            )
     if loss_bytes > 0:
-        collectives.append({"what": f"{layers[-1].name} outputs for the loss", "bytes": loss_bytes, "group": m_last})
+        collectives.append(
+            {"what": f"{layers[-1].name} outputs for the loss", "bytes": loss_bytes, "group": m_last}
+        )
     for i, (nbytes, group) in enumerate(grads):
         if nbytes > 0:
-            collectives.append({"what": f"{layers[i].name} gradient all-reduce", "bytes": nbytes, "group": group})
+            collectives.append(
+                {"what": f"{layers[i].name} gradient all-reduce", "bytes": nbytes, "group": group}
+            )
 
     compute_s = TRAIN_FLOPS_PER_FWD * sum(fwd)
     comm_s = (
@@ -634,7 +671,9 @@ def plan_all(
 ) -> list[LayoutPlan]:
     """Every layout for every device count: weak scaling (``batch_per_device``) or a fixed ``global_batch``."""
     if (batch_per_device is None) == (global_batch is None):
-        raise PlannerError("give exactly one of a per-device batch (--batch) and a global batch (--global-batch)")
+        raise PlannerError(
+            "give exactly one of a per-device batch (--batch) and a global batch (--global-batch)"
+        )
     plans = []
     for n in devices:
         if global_batch is not None:
@@ -727,11 +766,15 @@ def compare_with_paper(
     }
 
 
-def _bandwidth_to_match(model: ModelSpec, n: int, g: int, hw: Hardware, chunks: int, reported: float) -> float | None:
+def _bandwidth_to_match(
+    model: ModelSpec, n: int, g: int, hw: Hardware, chunks: int, reported: float
+) -> float | None:
     """Effective link rate at which the no-overlap hybrid prediction equals the reported speedup."""
 
     def speedup(bw: float) -> float:
-        return plan_layout(model, "hybrid", n, g, dataclasses.replace(hw, bandwidth=bw), chunks=chunks).speedup_no_overlap
+        return plan_layout(
+            model, "hybrid", n, g, dataclasses.replace(hw, bandwidth=bw), chunks=chunks
+        ).speedup_no_overlap
 
     lo, hi = 1e6, 1e13
     if not speedup(lo) <= reported <= speedup(hi):

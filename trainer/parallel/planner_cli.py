@@ -41,27 +41,57 @@ def add_parser(subparsers: Any) -> None:
         default="measure",
         help="achieved FLOP/s per device, e.g. 1.4T or 300GFLOP/s; 'measure' = this host's fp32 matmul (default)",
     )
-    p.add_argument("--bandwidth", default="6GB/s", help="link bandwidth per device and direction, e.g. 6GB/s, 25Gbit/s (default 6GB/s)")
+    p.add_argument(
+        "--bandwidth",
+        default="6GB/s",
+        help="link bandwidth per device and direction, e.g. 6GB/s, 25Gbit/s (default 6GB/s)",
+    )
     p.add_argument("--latency", default="10us", help="cost per message, e.g. 10us (default)")
-    p.add_argument("--batch", default=None, help="examples per device per step; global batch = N x batch (default 128)")
-    p.add_argument("--global-batch", default=None, help="fixed global batch split over N devices (instead of --batch)")
-    p.add_argument("--bytes-per-value", default="4", help="bytes per activation/gradient value: 4 fp32, 2 fp16/bf16 (default 4)")
-    p.add_argument("--chunks", default="0", help="micro-batches per device for overlapping exchanges (default: N)")
+    p.add_argument(
+        "--batch", default=None, help="examples per device per step; global batch = N x batch (default 128)"
+    )
+    p.add_argument(
+        "--global-batch", default=None, help="fixed global batch split over N devices (instead of --batch)"
+    )
+    p.add_argument(
+        "--bytes-per-value",
+        default="4",
+        help="bytes per activation/gradient value: 4 fp32, 2 fp16/bf16 (default 4)",
+    )
+    p.add_argument(
+        "--chunks", default="0", help="micro-batches per device for overlapping exchanges (default: N)"
+    )
     p.add_argument(
         "--mesh",
         default=None,
         help="batch=D,model=M: also plan the 2-D hybrid (FC sharded over model) for N = D x M "
         "(default for eventpipe-teacher: teacher.mesh when teacher.fc_layout is 2d)",
     )
-    p.add_argument("--frames", default=None, help="eventpipe-teacher: frames per event (default: data.frames or simulator.frames)")
-    p.add_argument("--size", default=None, help="eventpipe-teacher: frame height = width (default: data.height or simulator.size)")
-    p.add_argument("--channels", default=None, help="eventpipe-teacher: 1 or 3 (default: data.channels or simulator.channels)")
+    p.add_argument(
+        "--frames",
+        default=None,
+        help="eventpipe-teacher: frames per event (default: data.frames or simulator.frames)",
+    )
+    p.add_argument(
+        "--size",
+        default=None,
+        help="eventpipe-teacher: frame height = width (default: data.height or simulator.size)",
+    )
+    p.add_argument(
+        "--channels",
+        default=None,
+        help="eventpipe-teacher: 1 or 3 (default: data.channels or simulator.channels)",
+    )
     p.add_argument(
         "--classes",
         default=None,
         help="eventpipe-teacher: number of classes or comma-separated names (default: data.classes or simulator.classes)",
     )
-    p.add_argument("--compare-paper", action="store_true", help="add the AlexNet prediction vs Krizhevsky 2014's speedups")
+    p.add_argument(
+        "--compare-paper",
+        action="store_true",
+        help="add the AlexNet prediction vs Krizhevsky 2014's speedups",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.set_defaults(func=plan_parallel_command)
@@ -73,7 +103,9 @@ def _positive_int(flag: str, text: str | None, *, allow_zero: bool = False) -> i
     except ValueError:
         value = -1
     if value < (0 if allow_zero else 1):
-        raise planner.PlannerError(f"{flag} expects a {'non-negative' if allow_zero else 'positive'} integer, got {text!r}")
+        raise planner.PlannerError(
+            f"{flag} expects a {'non-negative' if allow_zero else 'positive'} integer, got {text!r}"
+        )
     return value
 
 
@@ -137,8 +169,14 @@ def plan_parallel_command(args: argparse.Namespace) -> int:
         devices = sorted(set(devices) | {mesh["batch"] * mesh["model"]})
 
     hw = planner.Hardware(device_flops, bandwidth, latency, bytes_per_value)
-    plans = planner.plan_all(model, devices, hw, batch_per_device=batch, global_batch=global_batch, chunks=chunks, mesh=mesh)
-    paper = planner.compare_with_paper(bandwidth=bandwidth, latency=latency, chunks=chunks) if args.compare_paper else None
+    plans = planner.plan_all(
+        model, devices, hw, batch_per_device=batch, global_batch=global_batch, chunks=chunks, mesh=mesh
+    )
+    paper = (
+        planner.compare_with_paper(bandwidth=bandwidth, latency=latency, chunks=chunks)
+        if args.compare_paper
+        else None
+    )
 
     result = {
         "model": model.to_dict(),
@@ -159,7 +197,9 @@ def plan_parallel_command(args: argparse.Namespace) -> int:
     print(planner.format_model(model))
     print(planner.format_hardware(hw, flops_note))
     scaling = f"{batch} examples per device" if batch else f"global batch {global_batch}"
-    print(f"batch: {scaling}; training = 3 x forward FLOPs; bytes = sent per device per step (ring collectives)")
+    print(
+        f"batch: {scaling}; training = 3 x forward FLOPs; bytes = sent per device per step (ring collectives)"
+    )
     print()
     print(planner.format_plans(plans))
     print()

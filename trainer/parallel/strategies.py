@@ -264,4 +264,3 @@ class DistributeRunner(Runner):
                 }
             )
         return rows
-

@@ -77,7 +77,9 @@ def train(
 
     trained = build_pretext(spec, cfg.teacher, cfg.pretrain)
     trained.set_weights(runner.plain_weights())
-    report = _report(cfg, data, strategy, runner, setup, steps, losses, step_times, wall, initial, trained, examples_dir)
+    report = _report(
+        cfg, data, strategy, runner, setup, steps, losses, step_times, wall, initial, trained, examples_dir
+    )
     if export_dir:
         report["backbone"] = save_backbone(
             trained, export_dir, spec, cfg.teacher, {"steps": steps, "final_loss": report["final_loss"]}
@@ -94,7 +96,9 @@ def train(
 
 def _inputs(examples_dir: str) -> tuple[EventSpec, dict[str, list[str]]]:
     if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
-        raise UserError(f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact")
+        raise UserError(
+            f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact"
+        )
     spec = EventSpec.load(examples_dir)
     by_split = {s: layout.split_files(examples_dir, s) for s in (layout.TRAIN, layout.UNLABELLED_SPLIT)}
     if not any(by_split.values()):
@@ -129,13 +133,19 @@ def _build(cfg: Config, spec: EventSpec, setup: Any, strategy: str, steps: int) 
     runner = _HybridRunner(cfg, spec, setup) if strategy == "hybrid" else _SingleRunner(cfg, spec)
     warmup = max(1, int(WARMUP_FRACTION * steps))
     schedule = keras.optimizers.schedules.CosineDecay(
-        p.learning_rate * 0.1, max(1, steps - warmup), alpha=0.05, warmup_target=p.learning_rate, warmup_steps=warmup
+        p.learning_rate * 0.1,
+        max(1, steps - warmup),
+        alpha=0.05,
+        warmup_target=p.learning_rate,
+        warmup_steps=warmup,
     )
     runner.build(initial.get_weights(), schedule)
     return initial, runner
 
 
-def _loop(cfg: Config, data: _Data, runner: Any, steps: int, desc: str, progress: bool) -> tuple[list[float], list[float], float]:
+def _loop(
+    cfg: Config, data: _Data, runner: Any, steps: int, desc: str, progress: bool
+) -> tuple[list[float], list[float], float]:
     """(losses, step times, wall seconds) of ``steps`` NT-Xent steps."""
     from trainer.pretrain.views import PICK_A, PICK_B, VIEW_A, VIEW_B, contrastive_batches
 
@@ -265,7 +275,9 @@ class _HybridRunner:
                             f"set teacher.logical_devices={needed}")  # fmt: skip
         # The batch and projection sizes fit the axes: check_pretrain said so before anything ran.
         self.data_axis, self.model_axis = self.dims[0][0], self.dims[-1][0]
-        self.mesh = dtensor.create_mesh(self.dims, devices=list(setup.devices[:needed]), device_type=setup.device_type)
+        self.mesh = dtensor.create_mesh(
+            self.dims, devices=list(setup.devices[:needed]), device_type=setup.device_type
+        )
         rank = len(spec.input_shape) + 1
         self.frames_layout = dtensor.Layout.batch_sharded(self.mesh, self.data_axis, rank=rank)
         self.pick_layout = dtensor.Layout.batch_sharded(self.mesh, self.data_axis, rank=2)
@@ -288,7 +300,9 @@ class _HybridRunner:
         layout_map[rf"{PROJ_OUT}\..*kernel"] = dtensor.Layout([model_axis, dtensor.UNSHARDED], mesh)
         gathered = dtensor.Layout.replicated(mesh, rank=2)
         with layout_map.scope():
-            self.model = model = build_pretext(self.spec, self.cfg.teacher, self.cfg.pretrain, feature_layout=gathered)
+            self.model = model = build_pretext(
+                self.spec, self.cfg.teacher, self.cfg.pretrain, feature_layout=gathered
+            )
         for variable, value in zip(model.weights, weights, strict=True):
             variable.assign(to_mesh(value, variable.layout))
         self.optimizer = optimizer = keras.optimizers.Adam(schedule, mesh=mesh)

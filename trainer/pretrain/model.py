@@ -48,7 +48,9 @@ class PickFrame(keras.layers.Layer):
         return tf.reduce_sum(embeddings * tf.cast(pick, embeddings.dtype)[..., None], axis=1)
 
 
-def build_pretext(spec: EventSpec, teacher: TeacherConfig, pretrain: PretrainConfig, *, feature_layout: Any = None) -> Any:
+def build_pretext(
+    spec: EventSpec, teacher: TeacherConfig, pretrain: PretrainConfig, *, feature_layout: Any = None
+) -> Any:
     """``{frames [B,K,H,W,C], pick [B,K]} -> z [B, projection_units[-1]]``.
 
     ``feature_layout``: a DTensor layout the picked embeddings are relaid out to before the
@@ -95,10 +97,14 @@ def pretext_loss(model: Any, temperature: float) -> Any:
     return loss
 
 
-def save_backbone(model: Any, directory: str, spec: EventSpec, teacher: TeacherConfig, extra: dict[str, Any]) -> str:
+def save_backbone(
+    model: Any, directory: str, spec: EventSpec, teacher: TeacherConfig, extra: dict[str, Any]
+) -> str:
     """Write the backbone of ``model`` (pretext or teacher) to ``directory``; returns the weights path."""
     os.makedirs(directory, exist_ok=True)
-    arrays = {f"{layer.name}/{i}": w for layer in backbone_layers(model) for i, w in enumerate(layer.get_weights())}
+    arrays = {
+        f"{layer.name}/{i}": w for layer in backbone_layers(model) for i, w in enumerate(layer.get_weights())
+    }
     path = os.path.join(directory, BACKBONE_WEIGHTS)
     np.savez(path, **arrays)
     info = {"conv_filters": list(teacher.conv_filters), "norm": teacher.norm, "input_shape": list(spec.input_shape),
@@ -114,7 +120,9 @@ def backbone_dir(path: str) -> str:
     for candidate in (path, os.path.join(path, files.SERVING_MODEL_DIR)):
         if os.path.isfile(os.path.join(candidate, BACKBONE_WEIGHTS)):
             return candidate
-    raise UserError(f"{path} holds no pre-trained backbone ({BACKBONE_WEIGHTS}); point at a Pretrainer's model")
+    raise UserError(
+        f"{path} holds no pre-trained backbone ({BACKBONE_WEIGHTS}); point at a Pretrainer's model"
+    )
 
 
 def load_backbone(model: Any, path: str, teacher: TeacherConfig) -> list[str]:

@@ -21,7 +21,7 @@ def plot_pretrain_curve(report: dict[str, Any], path: str) -> str:
     window = max(1, len(losses) // 20)
     if window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, color="#036", label=f"moving mean ({window} steps)")
+        ax.plot(steps[window - 1 :], smooth, color="#036", label=f"moving mean ({window} steps)")
     ax.axhline(report["chance_loss"], color="#c33", linestyle="--", linewidth=0.8, label="chance, log(2B-1)")
     ax.set_xlabel("step")
     ax.set_ylabel("pretext loss")

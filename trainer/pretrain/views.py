@@ -68,18 +68,28 @@ def augment_view(frames: Any, positions: Any, seed: int, view: int, augmentation
             mean = tf.reduce_mean(event)
             event = (event - mean) * (0.6 + 0.8 * u[3]) + mean + (u[4] - 0.5) * 0.4
         if "noise" in augmentations:
-            event = event + tf.random.stateless_normal(tf.shape(event), seed=key + _NOISE_STREAM) * 0.05 * u[5]
+            event = (
+                event + tf.random.stateless_normal(tf.shape(event), seed=key + _NOISE_STREAM) * 0.05 * u[5]
+            )
         return tf.clip_by_value(event, 0.0, 1.0)
 
-    return tf.map_fn(one, (frames, positions), fn_output_signature=tf.TensorSpec(frames.shape[1:], tf.float32))
+    return tf.map_fn(
+        one, (frames, positions), fn_output_signature=tf.TensorSpec(frames.shape[1:], tf.float32)
+    )
 
 
-def frame_picks(counts: Any, positions: Any, seed: int, frames: int, *, temporal: bool = True) -> tuple[Any, Any]:
+def frame_picks(
+    counts: Any, positions: Any, seed: int, frames: int, *, temporal: bool = True
+) -> tuple[Any, Any]:
     """One-hot ``[B, K]`` masks of the two frames each event is read at: distinct if it has two and
     ``temporal``, else the same frame twice."""
-    keys = tf.stack([tf.fill(tf.shape(positions), tf.constant(seed, tf.int64) * 7919 + 17), positions], axis=1)
+    keys = tf.stack(
+        [tf.fill(tf.shape(positions), tf.constant(seed, tf.int64) * 7919 + 17), positions], axis=1
+    )
     u = tf.map_fn(
-        lambda k: tf.random.stateless_uniform([2], seed=k), keys, fn_output_signature=tf.TensorSpec([2], tf.float32)
+        lambda k: tf.random.stateless_uniform([2], seed=k),
+        keys,
+        fn_output_signature=tf.TensorSpec([2], tf.float32),
     )
     n = tf.maximum(tf.cast(counts, tf.float32), 1.0)
     first = tf.cast(tf.floor(u[:, 0] * n), tf.int32)
@@ -95,7 +105,10 @@ def events_per_camera(files: list[str]) -> Counter:
     if not files:
         return events
     ids = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
-    ids = ids.map(lambda s: tf.io.parse_example(s, DEVICE_FEATURE)[layout.DEVICE_ID], num_parallel_calls=tf.data.AUTOTUNE)
+    ids = ids.map(
+        lambda s: tf.io.parse_example(s, DEVICE_FEATURE)[layout.DEVICE_ID],
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     for chunk in ids:
         events.update(chunk.numpy().tolist())
     return events
@@ -108,7 +121,10 @@ def camera_groups(events: Counter, batch_size: int) -> dict[bytes, int]:
     own (1..``CAMERA_GROUPS``, the largest first; beyond that they share round-robin); the other
     cameras are ``MIXED_GROUP``, absent from the mapping.
     """
-    large = sorted((c for c, n in events.items() if n >= MIN_BATCHES_PER_CAMERA * batch_size), key=lambda c: (-events[c], c))
+    large = sorted(
+        (c for c, n in events.items() if n >= MIN_BATCHES_PER_CAMERA * batch_size),
+        key=lambda c: (-events[c], c),
+    )
     return {camera: 1 + i % CAMERA_GROUPS for i, camera in enumerate(large)}
 
 
@@ -126,13 +142,19 @@ def event_batches(
     if not groups:
         return ds.batch(batch_size, drop_remainder=True)
     table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(list(groups)), tf.constant(list(groups.values()), tf.int64)),
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(groups)), tf.constant(list(groups.values()), tf.int64)
+        ),
         default_value=MIXED_GROUP,
     )
 
     @tf.autograph.experimental.do_not_convert
     def with_group(position: Any, serialized: Any) -> Any:
-        return position, serialized, table.lookup(tf.io.parse_single_example(serialized, DEVICE_FEATURE)[layout.DEVICE_ID])
+        return (
+            position,
+            serialized,
+            table.lookup(tf.io.parse_single_example(serialized, DEVICE_FEATURE)[layout.DEVICE_ID]),
+        )
 
     ds = ds.map(with_group, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.group_by_window(lambda p, s, group: group, lambda _, w: w.batch(batch_size, drop_remainder=True),
@@ -149,8 +171,15 @@ def event_batches(
 
 
 def contrastive_batches(
-    files: list[str], spec: EventSpec, *, batch_size: int, seed: int, epoch_size: int, augmentations: list[str],
-    temporal: bool = True, groups: dict[bytes, int] | None = None,
+    files: list[str],
+    spec: EventSpec,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch_size: int,
+    augmentations: list[str],
+    temporal: bool = True,
+    groups: dict[bytes, int] | None = None,
 ) -> Any:
     """Endless batches ``{view_a, view_b, pick_a, pick_b}`` of ``batch_size`` events from ``files``
     (``temporal=False``: both views read at the same frame; ``groups``: see ``event_batches``)."""

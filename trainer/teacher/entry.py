@@ -55,7 +55,11 @@ def adopt_interrupted_checkpoints(model_run_dir: str, key: dict[str, Any]) -> st
         if run == model_run_dir or os.path.exists(os.path.join(run, files.TRAIN_REPORT)):
             continue  # finished runs are served from the ML Metadata cache, not resumed
         state = _read_json(os.path.join(run, STATE))
-        if state and _read_json(os.path.join(run, RESUME_KEY_FILE)) == key and (best is None or state["step"] > best[0]):
+        if (
+            state
+            and _read_json(os.path.join(run, RESUME_KEY_FILE)) == key
+            and (best is None or state["step"] > best[0])
+        ):
             best = (int(state["step"]), run)
     if best is None:
         return None
@@ -92,6 +96,4 @@ def run_fn(fn_args: Any) -> None:
         progress=sys.stderr.isatty(),
         init_backbone=backbone,
     )
-    logger.info(
-        "teacher: eval accuracy %.3f after %d steps", report["final_eval_accuracy"], report["steps"]
-    )
+    logger.info("teacher: eval accuracy %.3f after %d steps", report["final_eval_accuracy"], report["steps"])

@@ -47,10 +47,27 @@ CURVE = "training_curve.png"
 # Fields a resumed run must share with the run that wrote the checkpoint.
 BEST_WEIGHTS = "best_weights.npz"
 RESUME_KEYS = (
-    "strategy", "fc_layout", "mesh", "global_batch_size", "seed", "conv_filters",
-    "attention_heads", "fc_units", "mixed_precision", "augment", "warmup_steps", "decay_start", "final_lr_fraction",
-    "base_learning_rate", "reference_batch_size", "blocks_per_stage", "width_multiplier", "stem_stride",
-    "weight_decay", "label_smoothing", "frame_loss_weight",
+    "strategy",
+    "fc_layout",
+    "mesh",
+    "global_batch_size",
+    "seed",
+    "conv_filters",
+    "attention_heads",
+    "fc_units",
+    "mixed_precision",
+    "augment",
+    "warmup_steps",
+    "decay_start",
+    "final_lr_fraction",
+    "base_learning_rate",
+    "reference_batch_size",
+    "blocks_per_stage",
+    "width_multiplier",
+    "stem_stride",
+    "weight_decay",
+    "label_smoothing",
+    "frame_loss_weight",
 )  # fmt: skip  (the length may change: a resumed run can be extended)
 
 
@@ -199,7 +216,9 @@ class _Progress:
     evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"step", "loss", "accuracy"}
     stopped_early: int | None = None  # the step at which patience ran out
     step_times: list[float] = dataclasses.field(default_factory=list)
-    step_cpu: list[float] = dataclasses.field(default_factory=list)  # process CPU s (all threads): robust when shared
+    step_cpu: list[float] = dataclasses.field(
+        default_factory=list
+    )  # process CPU s (all threads): robust when shared
     input_waits: list[float] = dataclasses.field(default_factory=list)  # > 0: the step waited for input
     checkpoint_seconds: list[float] = dataclasses.field(default_factory=list)
     eval_seconds: float = 0.0
@@ -226,7 +245,9 @@ def train(
     """
     spec, train_files, eval_files = _check_inputs(cfg, examples_dir)
     setup = devices.configure(cfg.logical_devices)
-    run = _prepare(cfg, spec, setup, os.path.abspath(workdir), examples_dir, train_files, eval_files, init_backbone)
+    run = _prepare(
+        cfg, spec, setup, os.path.abspath(workdir), examples_dir, train_files, eval_files, init_backbone
+    )
     checkpoints = _Checkpoints(run)
     state = checkpoints.restore()
     batches = run.runner.batches(lambda size, shards, index: _batches(run, state.start, size, shards, index))
@@ -250,13 +271,17 @@ def _check_inputs(cfg: TeacherConfig, examples_dir: str) -> tuple[EventSpec, lis
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
     if cfg.steps < 0 or cfg.global_batch_size < 1 or cfg.reference_batch_size < 1:
-        raise UserError("teacher steps must be >= 0 (0: from epochs), global_batch_size and reference_batch_size >= 1")
+        raise UserError(
+            "teacher steps must be >= 0 (0: from epochs), global_batch_size and reference_batch_size >= 1"
+        )
     if cfg.clients < 1:
         raise UserError(f"teacher.clients must be >= 1, got {cfg.clients}")
     if cfg.steps == 0 and (cfg.epochs <= 0 or cfg.min_steps < 1):
         raise UserError("teacher.epochs must be > 0 and teacher.min_steps >= 1 (or set teacher.steps)")
     if not os.path.isfile(os.path.join(examples_dir, layout.SPEC_FILE)):
-        raise UserError(f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact")
+        raise UserError(
+            f"{examples_dir} has no {layout.SPEC_FILE}: point --data at an ingested Examples artifact"
+        )
     spec = EventSpec.load(examples_dir)
     train_files = layout.split_files(examples_dir, layout.TRAIN, required=True)
     eval_files = layout.split_files(examples_dir, layout.EVAL, required=True)
@@ -282,7 +307,9 @@ def _prepare(
         runner = HybridRunner(cfg, spec, setup)  # DTensor mesh
     else:
         runner = DistributeRunner(cfg, spec, setup, cfg.strategy)  # a tf.distribute strategy
-    own_dir = workdir if runner.is_chief else os.path.join(workdir, "workers", f"worker-{runner.worker_index}")
+    own_dir = (
+        workdir if runner.is_chief else os.path.join(workdir, "workers", f"worker-{runner.worker_index}")
+    )
     os.makedirs(own_dir, exist_ok=True)
     epoch_size = train_data.count_records(train_files, os.path.join(own_dir, "train_records.json"))
     steps = total_steps(cfg, epoch_size)
@@ -356,7 +383,12 @@ class _Checkpoints:
         if run.runner.is_chief:
             _write_json(
                 os.path.join(run.workdir, STATE),
-                {"step": step, "losses": state.losses, "evals": state.evals, "config": _resume_fields(run.cfg)},
+                {
+                    "step": step,
+                    "losses": state.losses,
+                    "evals": state.evals,
+                    "config": _resume_fields(run.cfg),
+                },
             )
         if run.runner.is_chief or not run.runner.shares_checkpoints:
             self.manager.save(checkpoint_number=step)
@@ -411,7 +443,12 @@ class _BestWeights:
 
 
 def _loop(
-    run: _Run, state: _Progress, batches: Any, evaluator: _BestWeights, checkpoints: _Checkpoints, progress: bool
+    run: _Run,
+    state: _Progress,
+    batches: Any,
+    evaluator: _BestWeights,
+    checkpoints: _Checkpoints,
+    progress: bool,
 ) -> None:
     """Step until the planned length or until patience runs out, checkpointing on the way."""
     import tensorflow as tf
@@ -420,7 +457,9 @@ def _loop(
     if patience_exhausted(cfg, state.evals, state.start):  # a resumed run that had already stopped
         state.stopped_early = state.start
     began = time.time()
-    bar = tqdm(total=steps, initial=state.start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step")
+    bar = tqdm(
+        total=steps, initial=state.start, desc=f"teacher {cfg.strategy}", disable=not progress, unit="step"
+    )
     for step in range(state.start, steps if state.stopped_early is None else state.start):
         waited = time.perf_counter()
         batch = next(batches)
@@ -430,7 +469,9 @@ def _loop(
         state.step_times.append(time.perf_counter() - t0)
         state.step_cpu.append(time.process_time() - c0)
         if not np.isfinite(loss):
-            raise UserError(f"teacher loss became {loss} at step {step + 1}; lower teacher.base_learning_rate")
+            raise UserError(
+                f"teacher loss became {loss} at step {step + 1}; lower teacher.base_learning_rate"
+            )
         state.losses.append(loss)
         with evaluator.writer.as_default():
             tf.summary.scalar("loss", loss, step=step + 1)
@@ -442,7 +483,10 @@ def _loop(
             evaluator.check(done, state)
             state.eval_seconds += time.perf_counter() - t_eval
         best = state.best_eval()
-        bar.set_postfix_str(f"loss {loss:.4f}" + (f", eval loss {state.evals[-1]['loss']:.3f} (best @{best['step']})" if best else ""))
+        bar.set_postfix_str(
+            f"loss {loss:.4f}"
+            + (f", eval loss {state.evals[-1]['loss']:.3f} (best @{best['step']})" if best else "")
+        )
         stop = patience_exhausted(cfg, state.evals, done)
         if done % max(1, cfg.checkpoint_every) == 0 or done == steps or stop:
             checkpoints.save(done, state)
@@ -514,12 +558,17 @@ def _report(
             "checkpoint_seconds": sum(state.checkpoint_seconds),
             "eval_seconds": state.eval_seconds,
         },
-        "data": {"examples_dir": os.path.abspath(run.examples_dir), "train_events": run.epoch_size,
-                 "spec": run.spec.to_dict()},  # fmt: skip
+        "data": {
+            "examples_dir": os.path.abspath(run.examples_dir),
+            "train_events": run.epoch_size,
+            "spec": run.spec.to_dict(),
+        },  # fmt: skip
         "variables": runner.variable_layouts(),
         "export_dir": os.path.abspath(export_dir) if export_dir and runner.is_chief else None,
         "pretrained_backbone": (
-            {"path": os.path.abspath(init_backbone), "layers": run.pretrained_layers} if init_backbone else None
+            {"path": os.path.abspath(init_backbone), "layers": run.pretrained_layers}
+            if init_backbone
+            else None
         ),
         "config": _config_dict(cfg),
     }

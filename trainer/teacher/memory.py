@@ -83,7 +83,6 @@ def available_bytes() -> int:
         except (OSError, ValueError):
             continue
     if available is None:
-
         available = int(psutil.virtual_memory().available)
     return available
 

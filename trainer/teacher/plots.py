@@ -23,14 +23,18 @@ def plot_training_curve(report: dict[str, Any], path: str) -> str:
     window = max(1, min(20, len(losses) // 10))
     if len(losses) >= window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, color="tab:blue", linewidth=2, label=f"loss ({window}-step mean)")
+        ax.plot(
+            steps[window - 1 :], smooth, color="tab:blue", linewidth=2, label=f"loss ({window}-step mean)"
+        )
     evals = report.get("eval_history") or []
     if evals:
         ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", color="tab:green",
                 markersize=3, linewidth=1, label="eval loss")  # fmt: skip
         best = report.get("best") or {}
         if best:
-            ax.axvline(best["step"], color="tab:green", linestyle=":", label=f"best eval loss (step {best['step']})")
+            ax.axvline(
+                best["step"], color="tab:green", linestyle=":", label=f"best eval loss (step {best['step']})"
+            )
     if report.get("resumed_from_step"):
         ax.axvline(report["resumed_from_step"], color="gray", linestyle="--", label="resumed")
     ax.set_xlabel("step")
