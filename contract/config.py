@@ -95,7 +95,7 @@ class TeacherConfig:
     decay_start: float = 0.25
     final_lr_fraction: float = 0.05  # ... then a cosine decay to this fraction of the peak
     mixed_precision: str = "off"  # off | bf16 | fp16
-    checkpoint_every: int = 100  # DTensor checkpoints cost ~3 s each
+    checkpoint_every: int = 100  # a DTensor save retraces the saver (docs/benchmarks.md, "Teacher training")
     eval_every: int = 0  # steps between eval-loss checks (the best one is exported); 0: once per epoch
     eval_batches: int = 0  # 0: the whole eval split
     augment: bool = True  # per-event flip, brightness/contrast jitter and shift (same for all frames)
@@ -126,8 +126,8 @@ def stem_stride(stride: int, height: int, width: int) -> int:
     least ``MIN_STEM_OUTPUT`` pixels a side, else 1.
 
     An early downsampling spends the demo's 32x32 FLOPs on width and depth, but small frames lose
-    their detail to it (scikit-learn's 8x8 digits: teacher 0.930 with a stride-2 stem, 0.977 with
-    stride 1; docs/benchmarks.md). Teacher, student and the planner all use this rule.
+    their detail to it (docs/benchmarks.md, "Why the defaults are what they are"). Teacher,
+    student and the planner all use this rule.
     """
     return stride if min(height, width) // stride >= MIN_STEM_OUTPUT else 1
 
@@ -141,7 +141,7 @@ def frame_pool(pool: str, frames: int) -> str:
 
     Multi-frame events hand the backbone their difference channels, which already locate what
     changed, and the mean pools it best; a single frame has no contrast, and a small object in a
-    cluttered scene is lost in the mean: the teacher then sat at chance on a 28x28 gray 10-class
+    cluttered scene is lost in the mean: the teacher stays at chance on a 28x28 gray 10-class
     set, where the maximum trains (docs/benchmarks.md, "Pooling").
     """
     if pool == "auto":
@@ -329,7 +329,8 @@ class StudentConfig:
 @dataclass
 class LiteConfig:
     input_type: str = "int8"  # int8 | uint8 for the full-integer model's input
-    representative_examples: int = 500  # calibration events; see docs/benchmarks.md for the parity they buy
+    # Calibration events; fewer cost int8 parity (docs/benchmarks.md, "Why the defaults are what they are").
+    representative_examples: int = 500
     min_agreement: float = 0.99  # TFLite top-1 vs its float student on every ingested event
     measure_latency: bool = True  # p50/p99 per event of every variant (batch 1, 1 thread)
     latency_runs: int = 200
@@ -363,7 +364,8 @@ class ServingConfig:
     version_policy: str = "latest"
     poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; 0 polls once, at start
     # Dynamic batching of SavedModel requests (--enable_batching), off by default as in TF
-    # Serving: on 2 cores it lost throughput at 4 clients and won at 16 (docs/benchmarks.md).
+    # Serving: on 2 cores it loses throughput at 4 clients and wins at 16 (docs/benchmarks.md,
+    # "Serving (make bench-serving)").
     enable_batching: bool = False
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0

@@ -65,8 +65,9 @@ def check_frame_pixels(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> None:
     if not data:
         return
     if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
-        # PNG's first chunk is IHDR at a fixed offset: reading it directly is ~50x cheaper than
-        # PIL's open, which matters per frame of every served request.
+        # PNG's first chunk is IHDR at a fixed offset: reading it directly is far cheaper than
+        # PIL's open, which matters per frame of every served request (docs/benchmarks.md,
+        # "Why the defaults are what they are").
         _check_dimensions(*struct.unpack(">II", data[16:24]), data, max_pixels)
         return
     try:

@@ -3,7 +3,8 @@
 This is what a device (or the on-device runner) needs: the model file alone. Labels, the
 frames layout and the input/output quantization come from the metadata embedded in the file
 (``ondevice.metadata``). The interpreter is chosen here and nowhere else (``lite_runtime``):
-LiteRT (``ai_edge_litert``, the successor of tflite-runtime; 7.6x faster on our int8 student here),
+LiteRT (``ai_edge_litert``, the successor of tflite-runtime, much faster on our int8 student:
+docs/benchmarks.md, "TFLite runtimes"),
 then ``tflite_runtime``, then ``tensorflow.lite`` only where TensorFlow is installed anyway.
 TensorFlow is never imported unless it is that last resort.
 """

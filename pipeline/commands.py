@@ -207,7 +207,7 @@ _created_workdirs: set[str] = (
 
 def prepare(args: argparse.Namespace) -> Config:
     cfg = load_config(args)
-    check_teacher(cfg.teacher)  # a bad architecture field is one line now, not a failed TeacherTrainer later
+    check_teacher(cfg.teacher)  # a bad architecture field is one line here, not a failed TeacherTrainer later
     if cfg.pretrain.enabled:
         check_pretrain(
             cfg

@@ -56,7 +56,8 @@ def beam_args(config: Config) -> list[str]:
             args += ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
         # DirectRunner workers import from this environment and stage nothing. Without a
         # dependency flag, every TFX Beam executor copies TFX's install and builds an sdist of
-        # it for remote workers (~10 s of a demo run); naming our own setup.py says "handled".
+        # it for remote workers, seconds of every run (docs/benchmarks.md, "`make run`"); naming
+        # our own setup.py says "handled".
         if os.path.isfile(source.SETUP_FILE) and not any(
             a.startswith(DEPENDENCY_FLAGS) for a in config.run.beam_args
         ):

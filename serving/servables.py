@@ -162,9 +162,9 @@ def _positional(fn: Any, aliases: Any) -> tuple[list[str] | None, Any]:
     name order: ``(names, function)``, or ``(None, fn)`` to call ``fn`` by keyword as it is
     (also when its arguments are not the SignatureDef's ``aliases``, as for a TF1 sparse input).
 
-    A restored signature resolves each captured variable in Python on every call (the student's
-    78 cost about 0.35 ms of a 2.4 ms call); the wrapper's graph calls the same function with
-    them bound once.
+    A restored signature resolves each captured variable in Python on every call (a real share
+    of a small model's call: docs/benchmarks.md, "Serving (make bench-serving)"); the wrapper's
+    graph calls the same function with them bound once.
     """
     args, kwargs = fn.structured_input_signature
     if args or not kwargs or set(kwargs) != set(aliases):

@@ -118,7 +118,7 @@ def distillation_dataset(
         return events.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     if shuffle:
         # Repeated before batching: every batch is full, so the train step is traced once per
-        # phase (a short last batch per epoch retraced it, seconds each with TFMOT's wrappers).
+        # phase (a short last batch per epoch would retrace it, seconds each with TFMOT's wrappers).
         pairs = pairs.shuffle(
             min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True
         ).repeat()
@@ -189,7 +189,7 @@ class DistillationModel(keras.Model):
         """``train_step`` as a tf.function without AutoGraph.
 
         The student, TFMOT's wrappers and this step have no tensor-dependent Python control
-        flow, and AutoGraph-converting every Keras/TFMOT call made tracing the dominant cost of
+        flow, and AutoGraph-converting every Keras/TFMOT call makes tracing the dominant cost of
         a short distillation (tens of seconds). Single-device only: no distribution strategy.
         """
 

@@ -24,7 +24,8 @@ from trainer.models.student import CONTEXT_SCORE_LAYER, LOGITS_LAYER, SCORE_LAYE
 
 DEFAULT_EXCLUDE = (LOGITS_LAYER, SCORE_LAYER, CONTEXT_SCORE_LAYER)
 # Kernels smaller than this (the stem, depthwise 3x3 filters, the first pointwise convs) stay
-# dense: they are a sliver of the bytes, and pruning them cost ~7 points of demo accuracy.
+# dense: they are a sliver of the bytes, and pruning them costs demo accuracy
+# (docs/benchmarks.md, "Why the defaults are what they are").
 MIN_PRUNABLE_WEIGHTS = 2048
 
 

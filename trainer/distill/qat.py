@@ -1,7 +1,8 @@
 """Quantization-aware training of the pruned student that keeps its sparsity (TFMOT PQAT).
 
-Post-training int8 quantization of the student left its top-1 disagreeing with the float
-model on 2-4% of events (ties between classes that the rounding of activations flips). QAT
+Post-training int8 quantization leaves the student's top-1 disagreeing with the float model
+on a few percent of events (ties between classes that the rounding of activations flips;
+docs/benchmarks.md, "Why the defaults are what they are"). QAT
 fine-tunes with the int8 rounding simulated (fake-quant on weights and activations), so the
 model learns margins that survive it; ``Default8BitPrunePreserveQuantizeScheme`` keeps the
 pruning masks fixed while it does (Pruning-preserving QAT), so the zeros, and the sparse
@@ -9,7 +10,7 @@ encoding they buy, survive.
 
 Every layer is annotated: stock layers through TFMOT's default 8-bit registry, our frame
 reshapes (``MergeFrames``, ``SplitFrames``) as pass-through (an int8 reshape keeps its input's
-scale; a range of their own made the converter build a model that disagreed with its QAT
+scale; a range of their own makes the converter build a model that disagrees with its QAT
 twin from the first layer on), our pooling layers with an output range. The TFLite converter
 then finds a recorded range for every tensor.
 
@@ -102,7 +103,8 @@ def load(path: str) -> keras.Model:
 def trained_student(output: files.DistillerOutput) -> keras.Model | None:
     """The quantization-aware student of a Distiller output (None if QAT did not run).
 
-    Loaded whole from H5 (about 1 s); rebuilding it with ``quantize_apply`` takes ~15 s.
+    Loaded whole from H5, far faster than rebuilding it with ``quantize_apply``
+    (docs/benchmarks.md, "Why the defaults are what they are").
     """
     return load(output.qat_h5) if os.path.exists(output.qat_h5) else None
 

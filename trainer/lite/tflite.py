@@ -100,7 +100,8 @@ def representative_events(files: list[str], spec: EventSpec, count: int, seed: i
 
 def _concrete_function(model: Any, spec: EventSpec) -> Any:
     # No AutoGraph: the student (and TFMOT's wrappers) has no tensor-dependent Python control
-    # flow, and converting every layer's call made each trace of a QAT model take ~7 s.
+    # flow, and converting every layer's call makes each trace of a QAT model slow
+    # (docs/benchmarks.md, "Why the defaults are what they are").
     @tf.function(
         input_signature=[tf.TensorSpec([1, *spec.input_shape], tf.float32, name=layout.DECODED_INPUT)],
         autograph=False,

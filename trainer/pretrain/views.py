@@ -11,7 +11,8 @@ The negatives of a view are the other events of its batch, and by default a batc
 of one camera (``camera_groups``; cameras with too few events for that are batched together).
 Frames of one event share their camera's background, so against events of other cameras the
 pretext is solved by recognising the background, and the backbone learns cameras, not objects
-(measured: a linear probe on it did worse than on random weights). Among events of one camera
+(a linear probe on it does worse than on random weights: docs/benchmarks.md, "Label efficiency
+with self-supervised pre-training"). Among events of one camera
 only what entered the scene tells them apart.
 
 All randomness is stateless in ``(seed, the event's position in the stream, view)``, like

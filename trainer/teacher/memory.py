@@ -7,8 +7,8 @@ The estimate: forward activations of one event (every layer output, per-frame la
 the frames of an event) times the global batch, doubled for the backward pass (gradients of
 activations live beside the saved forward ones), plus the decoded input batches the input
 pipeline keeps in flight, plus weights, gradients and Adam's two slots for every device copy
-(logical CPU devices share the host's memory), plus the TensorFlow runtime itself. Measured
-against real runs it errs on the high side (see docs/benchmarks.md).
+(logical CPU devices share the host's memory), plus the TensorFlow runtime itself. It errs on
+the high side of real runs.
 """
 
 from __future__ import annotations
