@@ -97,6 +97,7 @@ class _Student:
     model: Any  # its plain Keras model (the QAT weights without rounding, if QAT ran)
     quantized: Any  # the QAT model, or None
     has_pruned: bool
+    has_scratch: bool  # the hard-label baseline was trained
 
 
 def run_lite_conversion(
@@ -146,7 +147,8 @@ def _read_student(out: files.DistillerOutput, spec: EventSpec, examples_uri: str
         else files.STUDENT_FLOAT
     )
     model = load_keras(out.keras(reference))
-    return _Student(out, distill_report, reference, model, quantized, has_pruned)
+    has_scratch = os.path.exists(out.keras(files.STUDENT_SCRATCH))
+    return _Student(out, distill_report, reference, model, quantized, has_pruned, has_scratch)
 
 
 def _splits(examples_uri: str) -> tuple[list[str], list[str]]:
@@ -193,7 +195,7 @@ def _predictors(
         if spec.frames > 1:  # the per-frame-confidence baseline for best-frame accuracy
             predictors.update(solo_frame_predictors("teacher", predictors["teacher"], spec.frames))
     predictors[files.STUDENT_FLOAT] = keras_predictor(load_keras(out.keras(files.STUDENT_FLOAT)))
-    if os.path.exists(out.keras(files.STUDENT_SCRATCH)):
+    if student.has_scratch:
         predictors[files.STUDENT_SCRATCH] = keras_predictor(load_keras(out.keras(files.STUDENT_SCRATCH)))
     if student.has_pruned:
         pruned = (
@@ -231,7 +233,7 @@ def _variants(
             params=measure.saved_model_params(teacher_dir),
             flops_per_event=measure.saved_model_flops_per_event(teacher_dir),
         )
-    if os.path.exists(out.keras(files.STUDENT_SCRATCH)):
+    if student.has_scratch:
         variants[files.STUDENT_SCRATCH] = {
             **_variant_entry("keras", out.keras(files.STUDENT_SCRATCH)),
             **size,
