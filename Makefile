@@ -12,7 +12,7 @@ ARGS ?=
 PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do \
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 
-.PHONY: setup run test test-fast lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-warmup bench-quality bench-labels stage-times clean
+.PHONY: setup run test test-fast lint bench bench-simulator bench-ingest bench-train bench-productionize bench-serving bench-warmup bench-quality bench-labels bench-chaos stage-times clean
 
 setup: $(STAMP)
 
@@ -73,6 +73,10 @@ bench-quality: $(STAMP)
 # Label efficiency with and without self-supervised pre-training (not part of `make bench`: ~40 min).
 bench-labels: $(STAMP)
 	$(PY) benchmarks/bench_labels.py $(ARGS)
+
+# SIGKILL `eventpipe run` in every stage (docs/benchmarks.md, "Chaos"); exits 1 if anything was lost.
+bench-chaos: $(STAMP)
+	$(PY) benchmarks/bench_chaos.py $(ARGS)
 
 # Per-component start and duration of the latest run in a workdir (default: the demo's), from ML Metadata.
 stage-times: $(STAMP)

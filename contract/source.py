@@ -3,7 +3,9 @@ Beam workers): a child imports the same tree as its parent, installed or not."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from collections.abc import Mapping
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,3 +18,19 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})
     return env
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child: SIGKILL it when the process that started it dies (Linux prctl).
+
+    A killed pipeline must not leave a teacher writing checkpoints that the next run resumes
+    from, a model server holding its ports, or a latency worker loading models. Start the child
+    from a thread that lives as long as the child (the signal follows the starting thread).
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the child may outlive a killed parent
+        pass

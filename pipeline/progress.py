@@ -81,7 +81,11 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         train = (load_json(os.path.join(run, files.TRAIN_REPORT)) or {}) if run else {}
         if "final_eval_accuracy" not in train:
             return ""
-        return f"eval accuracy {train['final_eval_accuracy']:.3f} after {train.get('steps')} steps ({train.get('strategy')})"
+        resumed = f", resumed at step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
+        return (
+            f"eval accuracy {train['final_eval_accuracy']:.3f} after {train.get('steps')} steps "
+            f"({train.get('strategy')}{resumed})"
+        )
     if node in ("TeacherEvaluator", "StudentEvaluator"):
         return ", ".join(x for x in (_accuracy(out), _verdict(out)) if x)
     if node == "Distiller":

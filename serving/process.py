@@ -49,8 +49,9 @@ class ServerProcess:
         child_env = source.child_env(env)
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env
-        )
+            cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env,
+            preexec_fn=source.die_with_parent,
+        )  # fmt: skip
         self.rest_port: int | None = None
         self.grpc_port: int | None = None
 

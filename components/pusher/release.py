@@ -6,17 +6,19 @@ model). ``push_all`` checks every source first and only then pushes, so a missin
 leaves half a release behind; each destination is itself atomic (``components.pusher.push``).
 
 A release is three versions in three directories, and no rename spans them. So every part
-is staged first (copied, fsynced, its number claimed), a journal names them, and they are
-committed mobile, teacher, then student: the student version, the one clients follow, is the
-commit point, so a visible student version always has its teacher and mobile release. A push
-killed before it leaves a teacher or mobile version without its student; the next push (or a
-failure inside this one) hides those under ``.rolled-back-<version>`` and says so.
+is staged first (copied, fsynced, its number claimed), a journal names each part's staged and
+final directory, and they are committed student, teacher, then mobile: the student version,
+the one clients follow, is the commit point, and the mobile release that names it comes after
+it, so a visible mobile release always names a student version that exists. A push killed
+before the student commit leaves nothing visible; one killed after it is rolled forward by the
+next push (the staged parts the journal names are renamed into place) and says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from serving.warmup import predict_logs
 TEACHER_SUFFIX = "-teacher"
 JOURNAL_DIR = "releases"  # <serving_base>/<model_name>/.eventpipe-push/releases/<student version>.json
 ROLLED_BACK_PREFIX = ".rolled-back-"
+ROLES = ("student", "teacher", "mobile")  # the commit order; the student is the commit point
 
 
 def reasons_not_to_push(
@@ -167,18 +170,47 @@ def _alive(path: str, journal: dict[str, Any]) -> bool:
     return True
 
 
-def _roll_back(path: str, journal: dict[str, Any], why: str) -> list[str]:
-    hidden = [h for h in (_hide(p) for p in (journal.get("mobile"), journal.get("teacher")) if p) if h]
-    _write_json(path, {**journal, "state": "rolled_back", "why": why, "hidden": hidden})
-    return hidden
+def _roll_back(path: str, journal: dict[str, Any], why: str) -> None:
+    """Drop a release whose student was never committed: nothing of it is visible."""
+    for role in ROLES:
+        staged = journal.get(f"{role}_tmp")
+        if staged and os.path.isdir(staged):
+            shutil.rmtree(staged, ignore_errors=True)
+    _write_json(path, {**journal, "state": "rolled_back", "why": why})
 
 
-def recover_interrupted_releases(plan: PushPlan) -> list[str]:
-    """Hide the teacher/mobile versions of releases whose pusher died before their student commit."""
+def _roll_forward(path: str, journal: dict[str, Any]) -> list[str]:
+    """Finish a release whose pusher died after its student commit; the versions it committed.
+
+    A part whose staged directory is gone cannot be finished: then the whole release is hidden
+    (student included), so that no student version stays without its teacher and mobile release.
+    """
+    missing = [role for role in ROLES if journal.get(role) and not os.path.isdir(journal[role])
+               and not os.path.isdir(journal.get(f"{role}_tmp") or "")]  # fmt: skip
+    if missing:
+        hidden = [h for h in (_hide(journal[role]) for role in ROLES if journal.get(role)) if h]
+        why = f"the pusher died after the student commit and the staged {', '.join(missing)} is gone"
+        _write_json(path, {**journal, "state": "rolled_back", "why": why, "hidden": hidden})
+        return []
+    finished = []
+    for role in ROLES:
+        if journal.get(role) and not os.path.isdir(journal[role]):
+            rename_noreplace(journal[f"{role}_tmp"], journal[role])
+            finished.append(journal[role])
+    _write_json(path, {**journal, "state": "committed", "rolled_forward": finished})
+    return finished
+
+
+def recover_interrupted_releases(plan: PushPlan) -> dict[str, list[str]]:
+    """Settle the releases whose pusher died while committing them (see the module docstring).
+
+    Returns the versions rolled forward and the ones hidden (``{"rolled_forward": [...],
+    "rolled_back": [...]}``), empty lists when there was nothing to settle.
+    """
+    settled: dict[str, list[str]] = {"rolled_forward": [], "rolled_back": []}
     directory = _journal_dir(plan)
     if not os.path.isdir(directory):
-        return []
-    hidden: list[str] = []
+        return settled
     for name in sorted(os.listdir(directory)):
         if not name.endswith(".json"):
             continue
@@ -187,11 +219,13 @@ def recover_interrupted_releases(plan: PushPlan) -> list[str]:
             journal = json.load(f)
         if journal.get("state") != "committing" or _alive(path, journal):
             continue
-        if os.path.isdir(journal["student"]):  # died after the commit point: the release is whole
-            _write_json(path, {**journal, "state": "committed"})
+        if os.path.isdir(journal["student"]):
+            settled["rolled_forward"] += _roll_forward(path, journal)
+            after = _read_json(path) or {}
+            settled["rolled_back"] += after.get("hidden", [])
         else:
-            hidden += _roll_back(path, journal, "the pusher died before the student version was committed")
-    return hidden
+            _roll_back(path, journal, "the pusher died before the student version was committed")
+    return settled
 
 
 def _warmup(plan: PushPlan, model_name: str) -> list[Any] | None:
@@ -204,6 +238,7 @@ def push_all(plan: PushPlan) -> list[dict[str, Any]]:
     started = time.monotonic()
     recovered = recover_interrupted_releases(plan)
     staged: list[tuple[str, Staged]] = []
+    committed = False
     try:
         student = stage_saved_model(
             plan.student_dir, plan.serving_base, plan.model_name, _warmup(plan, plan.model_name)
@@ -236,23 +271,26 @@ def push_all(plan: PushPlan) -> list[dict[str, Any]]:
         os.makedirs(_journal_dir(plan), exist_ok=True)
         journal_path = os.path.join(_journal_dir(plan), f"{student.version}.json")
         journal = {"state": "committing", "pid": os.getpid(), "host": socket.gethostname(),
-                   **{role: part.path for role, part in parts.items()}}  # fmt: skip
+                   **{role: part.path for role, part in parts.items()},
+                   **{f"{role}_tmp": part.tmp for role, part in parts.items()}}  # fmt: skip
         _write_json(journal_path, journal)
         try:
-            for role in ("mobile", "teacher", "student"):  # the student, last, is the commit point
-                if role in parts:
-                    parts[role].commit()
+            parts["student"].commit()  # the commit point
         except BaseException as e:
-            _roll_back(
-                journal_path, journal, f"the push failed before the student version was committed: {e!r}"
-            )
+            _roll_back(journal_path, journal, f"the student commit failed: {e!r}")
             raise
+        committed = True  # from here on a failure leaves the staged parts for the next push to commit
+        for role in ROLES[1:]:
+            if role in parts:
+                parts[role].commit()
         _write_json(journal_path, {**journal, "state": "committed"})
     finally:
-        for _, part in staged:
-            part.discard()
+        if not committed:
+            for _, part in staged:
+                part.discard()
     seconds = round(time.monotonic() - started, 3)
     pushed = [{"role": role, **part.summary, "seconds": seconds} for role, part in staged]
-    if recovered:
-        pushed[0]["rolled_back"] = recovered
+    for how, paths in recovered.items():
+        if paths:
+            pushed[0][how] = paths
     return pushed

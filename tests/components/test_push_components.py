@@ -374,12 +374,14 @@ import contract.tfenv  # noqa: F401
 from components.pusher import release
 from components.pusher import push
 
-serving, mobile, student, teacher, lite, name = sys.argv[1:7]
+serving, mobile, student, teacher, lite, name, where = sys.argv[1:8]
 commit = push.Staged.commit
+committed = []
 
 def commit_or_die(self):
-    if self.directory == os.path.join(serving, name):  # the student: the commit point
-        os._exit(9)  # killed after the mobile and teacher versions were committed
+    if where == "before the student commit" or committed:
+        os._exit(9)
+    committed.append(self.directory)
     return commit(self)
 
 push.Staged.commit = commit_or_die
@@ -388,37 +390,69 @@ release.push_all(release.PushPlan(model_name=name, student_dir=student, serving_
 """
 
 
-def test_a_release_killed_between_its_commits_is_never_seen_half(inputs, tmp_path):
-    """A visible student version always has its mobile release; a dead push's parts are hidden."""
-    from components.pusher import release
-
-    serving, mobile = tmp_path / "serving", tmp_path / "mobile"
+def _kill_a_push(inputs, serving, mobile, where):
     student, teacher = (
         os.path.join(inputs["student"], "Format-Serving"),
         os.path.join(inputs["teacher"], "Format-Serving"),
     )
-    args = [str(serving), str(mobile), student, teacher, inputs["lite"], NAME]
+    args = [str(serving), str(mobile), student, teacher, inputs["lite"], NAME, where]
     killed = subprocess.run([sys.executable, "-c", _KILLED_PUSH, *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert killed.returncode == 9, killed.stderr[-2000:]
-    assert push.versions_on_disk(str(serving / NAME)) == []  # no student: clients see no new release
-    assert push.versions_on_disk(str(mobile / NAME)) == [1]  # the parts committed before the kill
-    assert push.versions_on_disk(str(serving / f"{NAME}-teacher")) == [1]
+    from components.pusher import release
 
-    plan = release.PushPlan(model_name=NAME, student_dir=student, serving_base=str(serving),
+    return release.PushPlan(model_name=NAME, student_dir=student, serving_base=str(serving),
                             teacher_dir=teacher, lite_dir=inputs["lite"], mobile_base=str(mobile))  # fmt: skip
-    pushed = {p["role"]: p for p in release.push_all(plan)}
-    # The dead push's teacher and mobile versions are hidden from servers and devices ...
-    assert sorted(pushed["student"]["rolled_back"]) == sorted(
-        [str(mobile / NAME / ".rolled-back-1"), str(serving / f"{NAME}-teacher" / ".rolled-back-1")]
-    )
-    # ... and the new release is whole: every mobile release names a student version that exists.
-    assert push.versions_on_disk(str(mobile / NAME)) == [2] and push.versions_on_disk(
-        str(serving / f"{NAME}-teacher")
-    ) == [2]
-    student_version = pushed["student"]["version"]
-    assert push.read_release(str(mobile / NAME / "2"))["serving"]["version"] == student_version
-    assert push.versions_on_disk(str(serving / NAME)) == [student_version]
+
+
+def _journal_states(serving):
     journals = serving / NAME / ".eventpipe-push" / "releases"
-    states = {p.name: json.loads(p.read_text())["state"] for p in journals.iterdir()}
-    assert states == {"1.json": "rolled_back", f"{student_version}.json": "committed"}
+    return {p.name: json.loads(p.read_text())["state"] for p in journals.iterdir()}
+
+
+def _hidden_entries(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith("."))
+
+
+def test_a_push_killed_before_its_student_commit_leaves_nothing_visible(inputs, tmp_path):
+    """The student is the commit point: before it, no version of the release is visible anywhere."""
+    from components.pusher import release
+
+    serving, mobile = tmp_path / "serving", tmp_path / "mobile"
+    plan = _kill_a_push(inputs, serving, mobile, "before the student commit")
+    for directory in (serving / NAME, serving / f"{NAME}-teacher", mobile / NAME):
+        assert push.versions_on_disk(str(directory)) == [], directory
+    pushed = {p["role"]: p for p in release.push_all(plan)}
+    assert "rolled_forward" not in pushed["student"] and "rolled_back" not in pushed["student"]
+    student_version = pushed["student"]["version"]
+    assert push.versions_on_disk(str(serving / NAME)) == [student_version]
+    assert push.read_release(str(mobile / NAME / str(pushed["mobile"]["version"])))["serving"]["version"] == (
+        student_version
+    )
+    assert _journal_states(serving) == {"1.json": "rolled_back", f"{student_version}.json": "committed"}
+    # The dead push's staged copies are gone, not left to age into "stale".
+    assert not [n for n in _hidden_entries(mobile / NAME) if n.startswith(push.TMP_PREFIX)]
+
+
+def test_a_push_killed_after_its_student_commit_is_rolled_forward(inputs, tmp_path):
+    """Killed between the student commit and the mobile one: the mobile release that would name
+    the student is not visible yet, and the next push commits it from the staged copy."""
+    from components.pusher import release
+
+    serving, mobile = tmp_path / "serving", tmp_path / "mobile"
+    plan = _kill_a_push(inputs, serving, mobile, "after the student commit")
+    assert push.versions_on_disk(str(serving / NAME)) == [1]
+    assert push.versions_on_disk(str(mobile / NAME)) == []  # no mobile release names a missing student
+    assert _journal_states(serving) == {"1.json": "committing"}
+
+    pushed = {p["role"]: p for p in release.push_all(plan)}
+    assert sorted(pushed["student"]["rolled_forward"]) == sorted(
+        [str(serving / f"{NAME}-teacher" / "1"), str(mobile / NAME / "1")]
+    )
+    assert push.read_release(str(mobile / NAME / "1"))["serving"]["version"] == 1
+    assert push.verify_release(str(mobile / NAME / "1")) == []
+    assert push.versions_on_disk(str(mobile / NAME)) == [1, 2]
+    assert (
+        push.read_release(str(mobile / NAME / "2"))["serving"]["version"] == pushed["student"]["version"] == 2
+    )
+    assert _journal_states(serving) == {"1.json": "committed", "2.json": "committed"}

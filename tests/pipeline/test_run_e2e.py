@@ -12,26 +12,15 @@ import sys
 import pytest
 from repo import REPO
 
-from contract.config import Config, SimulatorConfig
+from contract.config import Config
+from fixtures import chaos
+from fixtures.tiny_run import TINY, TINY_EVENTS, TINY_TRAINING
 from simulator.writer import generate
 
 pytestmark = pytest.mark.e2e
 
-TINY_TRAINING = [
-    "--set", "teacher.steps=40", "--set", "teacher.conv_filters=8,16", "--set", "teacher.fc_units=64,64",
-    "--set", "teacher.global_batch_size=16", "--set", "teacher.checkpoint_every=20",
-    "--set", "student.epochs=1", "--set", "student.prune_epochs=1", "--set", "student.qat_epochs=1",
-    "--set", "student.min_steps=0",
-    "--set", "student.filters=8,16", "--set", "lite.representative_examples=32",
-]  # fmt: skip
-# Models this small and short stay near chance (on 16x16 frames even 200 teacher steps did not
-# learn), so the production gates refuse them: test_the_production_gates_refuse_... checks that,
-# end to end. The other runs here relax the gates so that push and serving run too.
-RELAXED_GATES = [
-    "--set", "gates.min_accuracy=0", "--set", "gates.min_class_accuracy=0", "--set", "gates.max_student_drop=1",
-    "--set", "lite.min_agreement=0",
-]  # fmt: skip
-TINY = TINY_TRAINING + RELAXED_GATES
+# The gates refuse models this small: test_the_production_gates_refuse_... checks that, end to end.
+# The other runs here relax the gates (TINY) so that push and serving run too.
 
 
 def versions(model_dir):
@@ -49,11 +38,7 @@ def eventpipe(*args, cwd):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    generate(
-        str(root / "events"),
-        SimulatorConfig(events=160, frames=2, size=16, classes=["empty", "person", "vehicle"], seed=1),
-        workers=1, progress=False, preview=False,
-    )  # fmt: skip
+    generate(str(root / "events"), TINY_EVENTS, workers=1, progress=False, preview=False)
     args = ["run", "--data", str(root / "events"), "--workdir", str(root / "work"), *TINY]
     result = eventpipe(*args, cwd=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -317,6 +302,68 @@ def test_a_run_killed_during_teacher_training_resumes_from_its_checkpoint(first_
     train = json.loads(open(teacher["train_report"]).read())
     assert train["resumed_from_step"] >= checkpointed >= 20 and train["steps"] == 400
     assert len(train["losses"]) == 400  # the losses before the kill came back from the state file
+    assert f"resumed at step {train['resumed_from_step']}" in result.stdout  # its stage line says so
+
+
+CHAOS_SEED, CHAOS_KILLS = 29, 3
+
+
+def test_a_run_killed_at_seeded_moments_loses_nothing(first_run):
+    """SIGKILL `eventpipe run` (its process group, or the pipeline process alone) at seeded moments
+    inside the stages that take a while, resuming in one workdir; `make bench-chaos` covers every
+    stage. After each kill ML Metadata opens, nothing the run started lives on and no half release
+    is visible (also watched while the runs are alive); each rerun reuses what finished, and the
+    last run is blessed with the clean run's ingest counts."""
+    root, _, clean = first_run
+    durations = chaos.stage_durations(clean.stdout)
+    slow = [node for node, seconds in durations.items() if seconds >= 1.0]
+    moments = chaos.plan(durations, CHAOS_KILLS, CHAOS_SEED, stages=slow)
+    work, events = root / "work-chaos", root / "events-chaos"
+    shutil.copytree(root / "events", events)
+    bad = chaos.add_bad_events(str(events))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "--data",
+        str(events),
+        "--workdir",
+        str(work),
+        *TINY,
+    ]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    runs = []
+    with chaos.ReleaseWatcher(str(work)) as watcher:
+        for moment in moments:
+            run = chaos.run_once(cmd, str(root), env, str(root / "chaos.log"), timeout=900, moment=moment,
+                                 duration=durations[moment.stage], workdir=str(work))  # fmt: skip
+            seen = f"{moment} -> killed in {run.killed_in or '-'} at {run.killed_at_s}"
+            assert run.killed_at_s is not None, (
+                f"{seen}: the run ended first ({run.returncode})\n{run.stdout[-2000:]}"
+            )
+            assert run.strays == [], f"{seen}: processes outlived the kill: {run.strays}"
+            assert chaos.metadata_problems(str(work)) == [], seen
+            assert chaos.release_problems(str(work)) == [], seen
+            assert chaos.reuse_problems(runs, run) == [], f"{seen}\n{run.stdout}"
+            runs.append(run)
+        final = chaos.run_once(cmd, str(root), env, str(root / "chaos.log"), timeout=900)
+    assert final.returncode == 0, final.stdout[-3000:] + (root / "chaos.log").read_text()[-3000:]
+    assert chaos.reuse_problems(runs, final) == [], final.stdout
+    assert watcher.looks > 0 and watcher.problems == []
+    assert chaos.release_problems(str(work)) == []
+    for before, after in zip(runs, [*runs[1:], final], strict=True):
+        if before.resume_step and after.finished("TeacherTrainer") == "done":
+            assert f"resumed at step {before.resume_step}" in after.stdout, after.stdout
+    report = json.loads((work / "report.json").read_text())
+    assert report["release"]["blessed"] is True and report["push"]["pushed"] is True
+    # The clean run read the same events without the bad ones.
+    clean_events = json.loads((root / "work" / "report.json").read_text())["events"]
+    got = report["events"]
+    expected = (clean_events["read"] + bad, clean_events["accepted"], bad)
+    assert (got["read"], got["accepted"], got["rejected"]) == expected
+    print("chaos:", "; ".join(f"{r.moment.stage}+{r.moment.fraction:.0%} {r.moment.mode} -> {r.killed_in or '-'}"
+                              for r in runs), f"final run {final.seconds:.0f} s")  # fmt: skip
 
 
 # Appended to a copy of report.html: records load errors (scripts and failed resources) from the

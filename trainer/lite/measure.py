@@ -179,6 +179,7 @@ class _Worker:
         self.process = subprocess.Popen(
             command, env=_worker_env(runtime), cwd=source.REPO_ROOT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=source.die_with_parent,
         )  # fmt: skip
         self.info: dict[str, Any] = {}
 

@@ -17,11 +17,9 @@ environment each, unless the caller's environment has ``DTENSOR_JOBS`` already.
 from __future__ import annotations
 
 import collections
-import ctypes
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -227,24 +225,6 @@ def _read_report(workdir: str, name: str = files.TRAIN_REPORT) -> dict[str, Any]
         return json.load(f)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL it when the launching process dies (Linux prctl).
-
-    Otherwise a killed pipeline leaves its teacher training on, writing checkpoints that the
-    next run's teacher would be resuming from at the same time.
-    """
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (
-        OSError,
-        AttributeError,
-    ):  # not Linux: no parent-death signal; the child may outlive a killed parent
-        pass
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 class _Child:
     """One ``eventpipe train`` process whose output is streamed to ``log`` as it arrives.
 
@@ -267,7 +247,7 @@ class _Child:
         self._echo_pending = b""
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, cwd=source.REPO_ROOT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=source.die_with_parent,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._stream, args=(log, prefix), daemon=True)
         self._reader.start()
