@@ -2,8 +2,9 @@
 
 Each command lives in the module of its concern and registers itself through
 ``add_parser(subparsers)``; this module only wires them up, applies the shared
-configuration flags and turns user errors into one clear line. Command modules must
-not import TensorFlow at import time (``device-run`` runs where TensorFlow is absent).
+configuration flags and turns user errors, and a full disk anywhere below, into one clear
+line. Command modules must not import TensorFlow at import time (``device-run`` runs where
+TensorFlow is absent).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import sys
 
 from contract import tfenv  # noqa: F401
-from contract.errors import UserError
+from contract.errors import UserError, disk_full
 
 # Modules that define subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     prog = f"eventpipe {command}" if command else "eventpipe"
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -88,6 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        full = disk_full(e, command_workdir(args))
+        if full is None:
+            raise  # a bug or an unexpected failure: keep the traceback
+        print(f"{prog}: error: {full}", file=sys.stderr)
+        return full.exit_code
+
+
+def command_workdir(args: argparse.Namespace | None) -> str | None:
+    """The workdir the command resolved (--workdir, --config or the default), which a full disk's
+    message names when the failing write did not; None for commands without one."""
+    if args is None or not hasattr(args, "run.workdir"):
+        return None
+    from contract.config import load_config
+
+    try:
+        return load_config(args).workdir
+    except Exception:  # noqa: BLE001 (the flags were read once already; naming no workdir is the fallback)
+        return None
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ is what makes a push atomic); the source may be any path ``tf.io.gfile`` reads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -36,14 +37,14 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 import tensorflow as tf
 
 from contract import files
-from contract.errors import UserError
+from contract.errors import UserError, disk_full_at, disk_full_cause
 from ondevice.metadata import MetadataError, read_metadata
 from serving.versions import model_dir as resolve_model_dir
 from serving.versions import scan_versions
@@ -190,6 +191,19 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@contextlib.contextmanager
+def _naming_a_full_disk(model_dir: str) -> Iterator[None]:
+    """A full file system while pushing into ``model_dir`` is one DiskFull naming that directory
+    (the failing write names a hidden temporary that the failed push removes)."""
+    try:
+        yield
+    except OSError as e:  # shutil.Error (a failed copytree) included
+        if not disk_full_cause(e)[0]:
+            raise
+        remedy = "push to a file system with more room (run.serving_base, run.mobile_base)"
+        raise disk_full_at(model_dir, action="pushing to", remedy=remedy) from e
+
+
 def _remove_stale_temporaries(model_dir: str) -> None:
     """Delete temporary push dirs left by pushers that died long ago (never a live one)."""
     now = time.time()
@@ -244,22 +258,24 @@ class Staged:
 
     def take_next_version(self) -> None:
         """Claim the next free number (a directory someone made by hand keeps its own) and stamp it."""
-        for _ in range(MAX_ATTEMPTS):
-            version = _claim(self.directory, self.source)
-            if os.path.lexists(os.path.join(self.directory, str(version))):
-                continue
-            self.version = version
-            if self._stamp is not None:
-                self._stamp(self.tmp, version)
-                _fsync_dir(self.tmp)
-            self.summary.update(version=version, path=self.path)
-            return
+        with _naming_a_full_disk(self.directory):
+            for _ in range(MAX_ATTEMPTS):
+                version = _claim(self.directory, self.source)
+                if os.path.lexists(os.path.join(self.directory, str(version))):
+                    continue
+                self.version = version
+                if self._stamp is not None:
+                    self._stamp(self.tmp, version)
+                    _fsync_dir(self.tmp)
+                self.summary.update(version=version, path=self.path)
+                return
         raise RuntimeError(f"no free version in {self.directory} after {MAX_ATTEMPTS} attempts")
 
     def commit(self) -> dict[str, Any]:
         """Rename into place (never over an existing directory: FileExistsError); the summary."""
-        rename_noreplace(self.tmp, self.path)
-        _fsync_dir(self.directory)
+        with _naming_a_full_disk(self.directory):
+            rename_noreplace(self.tmp, self.path)
+            _fsync_dir(self.directory)
         return self.summary
 
     def discard(self) -> None:
@@ -276,23 +292,27 @@ def _stage(
     stamp: Callable[[str, int], None] | None,
     summary: dict[str, Any],
 ) -> Staged:
-    """Fill a temporary dir, fsync it, claim a version and stamp it; nothing visible yet."""
+    """Fill a temporary dir, fsync it, claim a version and stamp it; nothing visible yet.
+
+    On any failure (a full disk: DiskFull naming the model directory) the temporary is removed
+    and no version is visible; a version number claimed already stays used."""
     if _is_remote(base):
         raise UserError(f"push destination {base!r} must be a local or POSIX path (atomic rename)")
-    os.makedirs(base, exist_ok=True)
-    directory = resolve_model_dir(base, model_name)
-    os.makedirs(directory, exist_ok=True)
-    _remove_stale_temporaries(directory)
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-    os.mkdir(tmp)
-    try:
-        populate(tmp)
-        _fsync_tree(tmp)
-        summary["bytes"] = _tree_bytes(tmp)
-        return Staged(directory, tmp, source, stamp, summary)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _naming_a_full_disk(os.path.join(base, model_name)):
+        os.makedirs(base, exist_ok=True)
+        directory = resolve_model_dir(base, model_name)
+        os.makedirs(directory, exist_ok=True)
+        _remove_stale_temporaries(directory)
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        os.mkdir(tmp)
+        try:
+            populate(tmp)
+            _fsync_tree(tmp)
+            summary["bytes"] = _tree_bytes(tmp)
+            return Staged(directory, tmp, source, stamp, summary)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _publish(staged: Staged, started: float) -> dict[str, Any]:
