@@ -154,7 +154,11 @@ def main() -> int:
             _command(events, clean_dir), ROOT, source.child_env(), log, timeout=RUN_TIMEOUT_S
         )
         if clean.returncode != 0:
-            print(f"the clean run failed (exit {clean.returncode}); see {log}", file=sys.stderr)
+            args.keep = True  # the log is the only account of what went wrong
+            print(
+                f"the clean run failed (exit {clean.returncode}); see {log}\n{clean.stdout[-3000:]}",
+                file=sys.stderr,
+            )
             return 1
         durations = chaos.stage_durations(clean.stdout)
         clean_events = {k: _read_json(os.path.join(clean_dir, "report.json"))["events"][k]
