@@ -81,7 +81,8 @@ def _round(events: str, workdir: str, clean: chaos.RunResult, durations: dict, s
             rows.append((run, found))
             print(f"  kill {len(runs):2d}: {moment.stage:<18} +{moment.fraction:4.0%} {moment.mode:<6} "
                   f"-> in {run.killed_in or '-':<18} at {run.killed_at_s:6.1f} s"
-                  f"{'  PROBLEMS: ' + '; '.join(found + run.strays) if found or run.strays else ''}", flush=True)  # fmt: skip
+                  f"{'  PROBLEMS: ' + '; '.join(found + run.strays) if found or run.strays else ''}",
+                  flush=True)  # fmt: skip
         final = chaos.run_once(cmd, ROOT, env, log, timeout=RUN_TIMEOUT_S)
     table = [
         _kill_row(run, nxt, clean, found) for (run, found), nxt in zip(rows, [*runs[1:], final], strict=True)
@@ -123,7 +124,8 @@ def _summary(rounds: list[dict], clean_events: dict) -> dict:
     failed = [p for r in rounds for p in r["problems"] + r["half_releases"]]
     failed += [p for k in kills for p in k["problems"] + k["strays"]]
     failed += [f"final run: {r['final']}" for r in rounds
-               if r["final"]["returncode"] != 0 or not r["final"]["blessed"] or r["final"]["events"] != clean_events]  # fmt: skip
+               if r["final"]["returncode"] != 0 or not r["final"]["blessed"]
+               or r["final"]["events"] != clean_events]  # fmt: skip
     return {
         "kills": len(kills),
         "survived": sum(1 for k in kills if not (k["problems"] or k["strays"])),
@@ -175,7 +177,8 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     result = {"seed": args.seed, "clean_seconds": round(clean.seconds, 1), "stage_seconds": durations,
-              "rounds": rounds, "summary": summary, "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+              "rounds": rounds, "summary": summary,
+              "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
@@ -189,10 +192,12 @@ def _print(result: dict, out: str) -> None:
           f"{s['modes']['leader']} of the pipeline process alone)")  # fmt: skip
     print("killed in        " + ", ".join(f"{stage} {n}" for stage, n in s["by_stage"].items()))
     if s["recovery_extra_s"]:
-        print(f"recovery         the next run got through the killed stage {s['recovery_extra_s']['median']:+.1f} s "
+        print(f"recovery         the next run got through the killed stage "
+              f"{s['recovery_extra_s']['median']:+.1f} s "
               f"(median; max {s['recovery_extra_s']['max']:+.1f} s) against the clean run")  # fmt: skip
     finals = [r["final"] for r in result["rounds"]]
-    print("final runs       " + ", ".join(f"exit {f['returncode']}, {'blessed' if f['blessed'] else 'NOT blessed'}, "
+    print("final runs       " + ", ".join(f"exit {f['returncode']}, "
+                                          f"{'blessed' if f['blessed'] else 'NOT blessed'}, "
                                           f"{f['seconds']:.0f} s" for f in finals))  # fmt: skip
     half = [p for r in result["rounds"] for p in r["half_releases"]]
     looks = sum(r["watched"] for r in result["rounds"])

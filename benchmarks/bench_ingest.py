@@ -372,7 +372,10 @@ def _print_report(r: dict[str, Any], a: argparse.Namespace) -> None:
         f"== ingest benchmark: {a.size}x{a.size} RGB, {frames} frames/event, {os.cpu_count()} CPU core(s), "
         f"load avg {r['load_start']:.1f} -> {r['load_end']:.1f} =="
     )
-    head = f"{'measurement':<34} {'events':>7} {'wall s':>7} {'events/s':>9} {'images/s':>9} {'ev/cpu-s':>9} {'peak RSS':>10} {'procs':>5}"
+    head = (
+        f"{'measurement':<34} {'events':>7} {'wall s':>7} {'events/s':>9} {'images/s':>9} "
+        f"{'ev/cpu-s':>9} {'peak RSS':>10} {'procs':>5}"
+    )
     print(head)
     print("-" * len(head))
     order = [
@@ -395,7 +398,8 @@ def _print_report(r: dict[str, Any], a: argparse.Namespace) -> None:
     lim = r["limit"]
     print()
     print(
-        f"floor split: reading manifest+frames {lim['read_s']:.1f} s, make_example+gzip write {lim['write_s']:.1f} s; "
+        f"floor split: reading manifest+frames {lim['read_s']:.1f} s, "
+        f"make_example+gzip write {lim['write_s']:.1f} s; "
         f"output {lim['output_bytes'] / lim['events'] / 1024:.1f} KiB/event"
     )
     for key in ("ingest_in_memory", "ingest_multi"):
@@ -412,39 +416,48 @@ def _print_report(r: dict[str, Any], a: argparse.Namespace) -> None:
         )
         slope = (big["rss_peak_tree_mib"] - s["rss_peak_tree_mib"]) / (big["events"] - s["events"])
         print(
-            f"peak RSS of ingest ({a.large_mode}, process tree): {s['events']} events {s['rss_peak_tree_mib']:.0f} MiB, "
-            f"{big['events']} events {big['rss_peak_tree_mib']:.0f} MiB -> ratio {big['rss_peak_tree_mib'] / s['rss_peak_tree_mib']:.2f} "
+            f"peak RSS of ingest ({a.large_mode}, process tree): "
+            f"{s['events']} events {s['rss_peak_tree_mib']:.0f} MiB, "
+            f"{big['events']} events {big['rss_peak_tree_mib']:.0f} MiB -> "
+            f"ratio {big['rss_peak_tree_mib'] / s['rss_peak_tree_mib']:.2f} "
             f"for {big['events'] / s['events']:.0f}x the events"
         )
         print(
-            f"  (after imports, before the run: {s['rss_baseline_mib']:.0f} / {big['rss_baseline_mib']:.0f} MiB; "
+            "  (after imports, before the run: "
+            f"{s['rss_baseline_mib']:.0f} / {big['rss_baseline_mib']:.0f} MiB; "
             f"growth {slope * 1024:.2f} KiB per extra event)"
         )
         if r.get("simulate_large"):
             ss, sb = r["simulate"], r["simulate_large"]
             print(
                 f"peak RSS of the simulator: {ss['events']} events {ss['rss_peak_tree_mib']:.0f} MiB, "
-                f"{sb['events']} events {sb['rss_peak_tree_mib']:.0f} MiB -> ratio {sb['rss_peak_tree_mib'] / ss['rss_peak_tree_mib']:.2f}"
+                f"{sb['events']} events {sb['rss_peak_tree_mib']:.0f} MiB -> "
+                f"ratio {sb['rss_peak_tree_mib'] / ss['rss_peak_tree_mib']:.2f}"
             )
         else:
             print(
-                f"  (large set: the {s['events']} simulated events + {big['events'] - s['events']} replicas under new ids "
+                f"  (large set: the {s['events']} simulated events + "
+                f"{big['events'] - s['events']} replicas under new ids "
                 "reading the same frame files; --large-source simulate renders them all)"
             )
     x = r["extrapolation"]
     print()
     print(
-        f"extrapolation to the inventory: {INVENTORY_EVENTS / 1e6:.2f}M labelled events, {INVENTORY_IMAGES / 1e6:.1f}M images "
+        f"extrapolation to the inventory: {INVENTORY_EVENTS / 1e6:.2f}M labelled events, "
+        f"{INVENTORY_IMAGES / 1e6:.1f}M images "
         f"({a.size}x{a.size} PNG as measured)"
     )
     print(
-        f"  CPU per image: {x['cpu_ms_per_image_optimistic']:.2f} ms optimistic, {x['cpu_ms_per_image_conservative']:.2f} ms "
-        f"conservative, {x['cpu_ms_per_image_floor']:.2f} ms floor; output {x['output_tib']:.2f} TiB gzipped TFRecords"
+        f"  CPU per image: {x['cpu_ms_per_image_optimistic']:.2f} ms optimistic, "
+        f"{x['cpu_ms_per_image_conservative']:.2f} ms conservative, "
+        f"{x['cpu_ms_per_image_floor']:.2f} ms floor; "
+        f"output {x['output_tib']:.2f} TiB gzipped TFRecords"
     )
     print(f"  {'workers':>7} {'optimistic':>11} {'conservative':>12} {'floor':>9} {'I/O all workers':>16}")
     for row in x["rows"]:
         print(
-            f"  {row['workers']:>7} {_fmt_duration(row['optimistic_s']):>11} {_fmt_duration(row['conservative_s']):>12} "
+            f"  {row['workers']:>7} {_fmt_duration(row['optimistic_s']):>11} "
+            f"{_fmt_duration(row['conservative_s']):>12} "
             f"{_fmt_duration(row['floor_s']):>9} {row['io_mib_s_total']:>11.0f} MiB/s"
         )
     if "single_machine_rss_gib" in x:
@@ -453,7 +466,8 @@ def _print_report(r: dict[str, Any], a: argparse.Namespace) -> None:
             f"-> ~{x['single_machine_rss_gib']:.1f} GiB peak at {INVENTORY_EVENTS / 1e6:.2f}M events"
         )
     print(
-        f"  simulator: {x['simulator_core_hours']:.1f} core-hours to render {INVENTORY_IMAGES / 1e6:.1f}M images"
+        f"  simulator: {x['simulator_core_hours']:.1f} core-hours "
+        f"to render {INVENTORY_IMAGES / 1e6:.1f}M images"
     )
     print("  assumptions: one Beam worker = one core delivering the measured per-core rate; linear scaling")
     print("  (events are independent; the only shuffles carry ~0.3 KiB of metadata per event); the input is")
@@ -543,7 +557,8 @@ def _orchestrate(a: argparse.Namespace) -> dict[str, Any]:
             m["label"] = labels.get(key, key)
             r[key] = m
             tqdm.write(
-                f"{key:<18} {kw['n']:>7} events  {m['wall_s']:7.1f} s  {m['events'] / m['wall_s']:8.1f} events/s  "
+                f"{key:<18} {kw['n']:>7} events  {m['wall_s']:7.1f} s  "
+                f"{m['events'] / m['wall_s']:8.1f} events/s  "
                 f"cpu {m['cpu_s']:7.1f} s  peak RSS {m['rss_peak_tree_mib']:6.0f} MiB",
                 file=sys.stderr,
             )

@@ -12,8 +12,9 @@ backbone's features, random and pre-trained) shows what the pretext itself put i
 Target (issue 15): at 10% labels the pre-trained teacher's student reaches >= 90% of the
 100%-label student's accuracy and beats the 10% student whose teacher started from scratch.
 
-    .venv/bin/python benchmarks/bench_labels.py      # 10k events, 90% unlabelled: over an hour on 2 cores (not run;
-                                                      # 10 pre-training epochs alone ~29 min at 0.60 s per step)
+    .venv/bin/python benchmarks/bench_labels.py      # 10k events, 90% unlabelled: over an hour
+                                                      # on 2 cores (not run; 10 pre-training epochs
+                                                      # alone ~29 min at 0.60 s per step)
     .venv/bin/python benchmarks/bench_labels.py --events 3000 --unlabelled-fraction 0.6 --fractions 0.1,1 \
         --teacher-steps 200 --pretrain-steps 800        # 26-31 min on 2 cores (docs/benchmarks.md)
 """
@@ -46,8 +47,9 @@ def generate(args: argparse.Namespace, out: str) -> dict:
     began = time.perf_counter()
     summary = render(out, cfg, progress=False, preview=False)
     seconds = time.perf_counter() - began
-    return {"events": args.events, "unlabelled_fraction": args.unlabelled_fraction, "seconds": round(seconds, 1),
-            "events_per_second": round(args.events / seconds, 1), "workers": summary.get("workers")}  # fmt: skip
+    return {"events": args.events, "unlabelled_fraction": args.unlabelled_fraction,
+            "seconds": round(seconds, 1), "events_per_second": round(args.events / seconds, 1),
+            "workers": summary.get("workers")}  # fmt: skip
 
 
 def ingest(events: str, work: str) -> tuple[str, float]:
@@ -80,7 +82,8 @@ def with_fraction(examples: str, fraction: float, out: str, seed: int) -> dict:
         bytes(r.numpy()) for r in tf.data.TFRecordDataset(layout.split_files(examples, layout.TRAIN), "GZIP")
     ]
     unlabelled = [bytes(r.numpy()) for r in
-                  tf.data.TFRecordDataset(layout.split_files(examples, layout.UNLABELLED_SPLIT), "GZIP")]  # fmt: skip
+                  tf.data.TFRecordDataset(layout.split_files(examples, layout.UNLABELLED_SPLIT),
+                                          "GZIP")]  # fmt: skip
     keep = set(
         np.random.default_rng(seed).permutation(len(train))[: max(1, round(fraction * len(train)))].tolist()
     )
@@ -125,7 +128,8 @@ def student(examples: str, teacher_dir: str, out: str, cfg) -> dict:
     from trainer.distill.distillation import run_distillation
 
     report = run_distillation(examples, teacher_dir, out, cfg.student)
-    return {"distilled": report["eval"]["student_float"]["accuracy"], "scratch": report["eval"]["student_scratch"]["accuracy"],
+    return {"distilled": report["eval"]["student_float"]["accuracy"],
+            "scratch": report["eval"]["student_scratch"]["accuracy"],
             "seconds": report["seconds"]}  # fmt: skip
 
 
@@ -240,15 +244,18 @@ def main() -> int:
     quiet = lambda line: None  # noqa: E731
     try:
         sim = generate(args, os.path.join(root, "events"))
-        print(f"simulator: {sim['events']} events ({sim['unlabelled_fraction']:.0%} unlabelled) in {sim['seconds']} s, "
+        print(f"simulator: {sim['events']} events ({sim['unlabelled_fraction']:.0%} unlabelled) "
+              f"in {sim['seconds']} s, "
               f"{sim['events_per_second']} events/s", flush=True)  # fmt: skip
         examples, ingest_s = ingest(os.path.join(root, "events"), os.path.join(root, "ingest"))
         print(f"ingest:    {ingest_s:.0f} s", flush=True)
         began = time.perf_counter()
         pre = launch.pretrain(cfg, examples, os.path.join(root, "pretrain"),
                               export_dir=os.path.join(root, "backbone"), log=quiet)  # fmt: skip
-        print(f"pretrain:  {pre['steps']} steps on {pre['events']['total']} events, NT-Xent {pre['initial_loss']:.3f} -> "
-              f"{pre['final_loss']:.3f} (chance {pre['chance_loss']:.3f}), {time.perf_counter() - began:.0f} s",
+        print(f"pretrain:  {pre['steps']} steps on {pre['events']['total']} events, "
+              f"NT-Xent {pre['initial_loss']:.3f} -> "
+              f"{pre['final_loss']:.3f} (chance {pre['chance_loss']:.3f}), "
+              f"{time.perf_counter() - began:.0f} s",
               flush=True)  # fmt: skip
         rows = []
         for fraction in fractions:
@@ -270,8 +277,10 @@ def main() -> int:
                 ]  # the same for both teachers (hard labels, same seed)
                 row[f"seconds_{init}"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
-            print(f"labels {fraction:>5.0%} ({counts['labelled']} labelled): teacher {row['teacher_scratch']:.3f} -> "
-                  f"{row['teacher_pretrained']:.3f} pre-trained; student {row['student_scratch_teacher']:.3f} -> "
+            print(f"labels {fraction:>5.0%} ({counts['labelled']} labelled): "
+                  f"teacher {row['teacher_scratch']:.3f} -> "
+                  f"{row['teacher_pretrained']:.3f} pre-trained; "
+                  f"student {row['student_scratch_teacher']:.3f} -> "
                   f"{row['student_pretrained_teacher']:.3f}", flush=True)  # fmt: skip
         dirs = {r["fraction"]: os.path.join(root, f"labels-{r['fraction']:g}") for r in rows}
         for init, backbone in (("random", None), ("pretrained", os.path.join(root, "backbone"))):
@@ -281,15 +290,19 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
-    header = (f"{'labels':>7} {'labelled':>8} | {'probe':>6} {'probe+pt':>8} | {'teacher':>7} {'teacher+pt':>10} | "
+    header = (f"{'labels':>7} {'labelled':>8} | {'probe':>6} {'probe+pt':>8} | "
+              f"{'teacher':>7} {'teacher+pt':>10} | "
               f"{'student':>7} {'student+pt':>10} {'hard only':>9}")  # fmt: skip
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['fraction']:>7.0%} {r['labelled']:>8} | {r['probe_random']:>6.3f} {r['probe_pretrained']:>8.3f} | "
+        print(f"{r['fraction']:>7.0%} {r['labelled']:>8} | "
+              f"{r['probe_random']:>6.3f} {r['probe_pretrained']:>8.3f} | "
               f"{r['teacher_scratch']:>7.3f} {r['teacher_pretrained']:>10.3f} | "
-              f"{r['student_scratch_teacher']:>7.3f} {r['student_pretrained_teacher']:>10.3f} {r['student_hard_labels']:>9.3f}")  # fmt: skip
+              f"{r['student_scratch_teacher']:>7.3f} {r['student_pretrained_teacher']:>10.3f} "
+              f"{r['student_hard_labels']:>9.3f}")  # fmt: skip
     print(
-        "probe: a linear classifier on the frozen backbone (random weights / pre-trained); +pt: pre-trained backbone"
+        "probe: a linear classifier on the frozen backbone (random weights / pre-trained); "
+        "+pt: pre-trained backbone"
     )
     full = next((r for r in rows if r["fraction"] == 1.0), None)
     tenth = next((r for r in rows if abs(r["fraction"] - 0.1) < 1e-9), None)
@@ -298,19 +311,23 @@ def main() -> int:
         ratio = tenth["student_pretrained_teacher"] / full["student_pretrained_teacher"]
         ratio_scratch = tenth["student_scratch_teacher"] / full["student_scratch_teacher"]
         target = {"ratio_to_full": ratio, "reaches_90_percent": ratio >= 0.9,
-                  "beats_scratch_teacher_student": tenth["student_pretrained_teacher"] > tenth["student_scratch_teacher"],
+                  "beats_scratch_teacher_student":
+                      tenth["student_pretrained_teacher"] > tenth["student_scratch_teacher"],
                   "ratio_to_full_without_pretraining": ratio_scratch}  # fmt: skip
         print(f"\n10% labels: the pre-trained teacher's student is at {ratio:.1%} of the 100%-label student "
-              f"(target >= 90%: {'met' if target['reaches_90_percent'] else 'NOT met'}); vs the scratch teacher's "
-              f"student {tenth['student_scratch_teacher']:.3f}: {'beats it' if target['beats_scratch_teacher_student'] else 'does NOT beat it'}"
-              f"; without pre-training the 10% student is at {ratio_scratch:.1%} of its 100% run")  # fmt: skip
+              f"(target >= 90%: {'met' if target['reaches_90_percent'] else 'NOT met'}); "
+              f"vs the scratch teacher's student {tenth['student_scratch_teacher']:.3f}: "
+              f"{'beats it' if target['beats_scratch_teacher_student'] else 'does NOT beat it'}"
+              f"; without pre-training the 10% student is at {ratio_scratch:.1%} "
+              "of its 100% run")  # fmt: skip
     result = {"simulator": sim, "ingest_seconds": round(ingest_s, 1), "pretrain": {k: pre[k] for k in (
-        "steps", "events", "initial_loss", "final_loss", "chance_loss", "timing")}, "rows": rows, "target": target,
-        "args": vars(args)}  # fmt: skip
+        "steps", "events", "initial_loss", "final_loss", "chance_loss", "timing")},
+        "rows": rows, "target": target, "args": vars(args)}  # fmt: skip
     with open(os.path.join(args.out, "bench_labels.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     print(
-        f"table: {os.path.join(args.out, 'bench_labels.json')}\nplot:  {plot(rows, os.path.join(args.out, 'label_efficiency.png'))}"
+        f"table: {os.path.join(args.out, 'bench_labels.json')}\n"
+        f"plot:  {plot(rows, os.path.join(args.out, 'label_efficiency.png'))}"
     )
     return 0
 

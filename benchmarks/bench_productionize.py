@@ -16,10 +16,12 @@ Targets (issue 4): int8 bytes <= 1/4 of the float student; int8 latency >= 3x fa
 teacher SavedModel per event; int8 accuracy >= 0.99 x teacher. The machine may be shared:
 latency ratios are measured in the same run and are what to compare.
 
-    .venv/bin/python benchmarks/bench_productionize.py                  # demo: 2000 events, ~15-25 min on 2 cores
+    .venv/bin/python benchmarks/bench_productionize.py                  # demo: 2000 events,
+                                                                        # ~15-25 min on 2 cores
     .venv/bin/python benchmarks/bench_productionize.py --quick          # 600 events, short training, ~5-8 min
     .venv/bin/python benchmarks/bench_productionize.py --workdir W --reuse --json out.json
-    .venv/bin/python benchmarks/bench_productionize.py --runtimes-only LITE_DIR  # step 5 on a LiteConverter output
+    .venv/bin/python benchmarks/bench_productionize.py --runtimes-only LITE_DIR
+                                                                        # step 5 on a LiteConverter output
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def print_table(report: dict[str, Any], reference: dict[str, Any]) -> None:
                 c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
         )
-    print(f"(float32 TFLite of the dense student, size reference: {reference['bytes']['raw'] / 1024:.1f} KiB, "
+    print(f"(float32 TFLite of the dense student, size reference: "
+          f"{reference['bytes']['raw'] / 1024:.1f} KiB, "
           f"{reference['bytes']['gzipped'] / 1024:.1f} KiB gz)")  # fmt: skip
 
 
@@ -190,7 +193,8 @@ def print_runtime_table(table: dict[str, dict[str, dict[str, Any]]]) -> None:
         ratio = (
             row["int8"]["p50_ms"] / row["float16"]["p50_ms"] if "int8" in row and "float16" in row else None
         )
-        rows.append([f"{runtime} {version}", *(f"{row[v]['p50_ms']:.3f}" if v in row else "-" for v in variants),
+        rows.append([f"{runtime} {version}",
+                     *(f"{row[v]['p50_ms']:.3f}" if v in row else "-" for v in variants),
                      f"{ratio:.2f}" if ratio else "-"])  # fmt: skip
     names = list(table)
     if len(names) == 2 and all("int8" in table[n] for n in names):
@@ -351,14 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         c = report["comparison"]
         print(f"teacher/student: params {c.get('teacher_params_over_student', float('nan')):.1f}x, "
               f"FLOPs {c.get('teacher_flops_over_student', float('nan')):.1f}x, "
-              f"bytes (teacher SavedModel / int8) {c.get('teacher_bytes_over_int8', float('nan')):.1f}x")  # fmt: skip
+              "bytes (teacher SavedModel / int8) "
+              f"{c.get('teacher_bytes_over_int8', float('nan')):.1f}x")  # fmt: skip
         parity = report["parity"]
         print(f"parity: int8 agrees with the float student on {parity['agreement']:.2%} of "
               f"{parity['events']} eval events (gate {parity['min_agreement']:.0%}: "
               f"{'blessed' if parity['blessed'] else 'NOT blessed'})")  # fmt: skip
         if "blessing" in report:
             b = report["blessing"]
-            print(f"blessing (floor / vs teacher / regression): {'blessed' if b['blessed'] else 'NOT blessed'} "
+            print(f"blessing (floor / vs teacher / regression): "
+                  f"{'blessed' if b['blessed'] else 'NOT blessed'} "
                   f"{'; '.join(b['problems'])}")  # fmt: skip
         kept = (
             f"{report['plots']['tradeoff']}, {report['plots']['confusion']}"
@@ -370,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         print("time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in timings.items()))
         if a.json:
             with open(a.json, "w", encoding="utf-8") as f:
-                json.dump({"args": vars(a), "report": report, "float32_reference": reference, "runtimes": runtimes,
-                           "targets": results, "timings": timings}, f, indent=2, default=float)  # fmt: skip
+                json.dump({"args": vars(a), "report": report, "float32_reference": reference,
+                           "runtimes": runtimes, "targets": results, "timings": timings},
+                          f, indent=2, default=float)  # fmt: skip
     finally:
         if not a.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

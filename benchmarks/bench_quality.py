@@ -30,9 +30,11 @@ of the real single-frame sets (28x28 grayscale, 10 classes, 6,000 events): bless
 teacher above the scratch student.
 
     .venv/bin/python benchmarks/bench_quality.py                       # 3 seeds + digits
-    .venv/bin/python benchmarks/bench_quality.py --quick               # smoke test: 1 seed, 400 events, short training
+    .venv/bin/python benchmarks/bench_quality.py --quick               # smoke test: 1 seed, 400 events,
+                                                                       # short training
     .venv/bin/python benchmarks/bench_quality.py --seeds 0 --no-real --run-arg=--strategy=single
-    .venv/bin/python benchmarks/bench_quality.py --from-existing       # re-print from the runs already in --out
+    .venv/bin/python benchmarks/bench_quality.py --from-existing       # re-print from the runs already
+                                                                       # in --out
 
 Everything goes under ``--out`` (default benchmarks/out/quality): events-S/, work-S/ (with
 heldout.json), heldout-S/, heldout-work-S/, digits/, work-digits/, single-frame/,
@@ -383,11 +385,13 @@ def targets(figs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         target("kd_gain > 0", "mean(comparison.kd_gain) > 0", col["kd_gain"], lambda v: v > 0, on_mean=True),
         target("int8 agreement >= 0.99", f"tflite.parity.agreement >= {MIN_INT8_AGREEMENT} on every seed",
                col["int8_agreement"], lambda v: v >= MIN_INT8_AGREEMENT, on_mean=False),
-        target("int8 accuracy >= 0.99 x float student", f"int8 / float student >= {MIN_INT8_OVER_FLOAT} on every seed",
+        target("int8 accuracy >= 0.99 x float student",
+               f"int8 / float student >= {MIN_INT8_OVER_FLOAT} on every seed",
                col["int8_over_source"], lambda v: v >= MIN_INT8_OVER_FLOAT, on_mean=False),
         target("int8: no class below 0.6", f"lowest per-class accuracy >= {MIN_CLASS_ACCURACY} on every seed",
                col["int8_min_class"], lambda v: v >= MIN_CLASS_ACCURACY, on_mean=False),
-        target("teacher: no class below 0.6", f"lowest teacher.class_accuracy >= {MIN_CLASS_ACCURACY} on every seed",
+        target("teacher: no class below 0.6",
+               f"lowest teacher.class_accuracy >= {MIN_CLASS_ACCURACY} on every seed",
                col["teacher_min_class"], lambda v: v >= MIN_CLASS_ACCURACY, on_mean=False),
     ]  # fmt: skip
 
@@ -404,14 +408,17 @@ def heldout_targets(held: dict[str, Any]) -> list[dict[str, Any]]:
 
     best = [h["best_frame"].get("qat") for h in held["seeds"].values()]
     return [
-        target("held-out: teacher >= scratch + 3 points", "mean paired (teacher - scratch) >= 0.03, all seeds",
-               [p["mean"] for p in pair("teacher-scratch")], lambda v: v >= MIN_TEACHER_OVER_SCRATCH, on_mean=True),
+        target("held-out: teacher >= scratch + 3 points",
+               "mean paired (teacher - scratch) >= 0.03, all seeds",
+               [p["mean"] for p in pair("teacher-scratch")], lambda v: v >= MIN_TEACHER_OVER_SCRATCH,
+               on_mean=True),
         target("held-out: kd_gain >= +1 point, interval above 0",
                f"paired (distilled - scratch): mean >= {MIN_KD_GAIN}, 95% low > 0, all seeds",
                pair("distilled-scratch"), lambda p: p["mean"] >= MIN_KD_GAIN and p["low"] > 0, on_mean=False),
         target("held-out: int8 >= scratch student", "mean paired (int8 - scratch) >= 0, all seeds",
                [p["mean"] for p in pair("int8-scratch")], lambda v: v >= 0, on_mean=True),
-        target("held-out: best frame >= 0.85 (production student)", f"best_frame(qat) >= {MIN_BEST_FRAME} on every seed",
+        target("held-out: best frame >= 0.85 (production student)",
+               f"best_frame(qat) >= {MIN_BEST_FRAME} on every seed",
                best, lambda v: v >= MIN_BEST_FRAME, on_mean=False),
     ]  # fmt: skip
 
@@ -441,7 +448,8 @@ def run_seed(seed: int, a: argparse.Namespace, logs: str) -> dict[str, Any]:
     events, workdir = os.path.join(a.out, f"events-{seed}"), os.path.join(a.out, f"work-{seed}")
     log(f"seed {seed}: eventpipe generate --events {a.events} --seed {seed}")
     shutil.rmtree(events, ignore_errors=True)
-    generate = [*eventpipe(), "generate", "--out", events, "--events", str(a.events), "--seed", str(seed), "--no-progress"]  # fmt: skip
+    generate = [*eventpipe(), "generate", "--out", events, "--events", str(a.events), "--seed", str(seed),
+                "--no-progress"]  # fmt: skip
     rc, wall = run_logged(generate, os.path.join(logs, f"generate-{seed}.log"))
     log(f"seed {seed}: generated in {wall:.0f} s")
     if rc != 0:
@@ -470,7 +478,8 @@ def score_heldout(seed: int, a: argparse.Namespace, workdir: str, logs: str) -> 
     written = heldout.write_heldout(directory, seed, a.events, a.heldout, a.events)
     log(f"seed {seed}: {written['events']} held-out events ({written['labelled']} labelled), ingesting")
     shutil.rmtree(ingest, ignore_errors=True)
-    command = [*eventpipe(), "validate", "--data", directory, "--workdir", ingest, "--classes", ",".join(classes)]  # fmt: skip
+    command = [*eventpipe(), "validate", "--data", directory, "--workdir", ingest,
+               "--classes", ",".join(classes)]  # fmt: skip
     rc, _ = run_logged(command, os.path.join(logs, f"heldout-{seed}.log"))
     result: dict[str, Any] = {"written": written}
     if rc != 0:
@@ -481,7 +490,8 @@ def score_heldout(seed: int, a: argparse.Namespace, workdir: str, logs: str) -> 
             examples = json.load(f)["examples"]
         result.update(heldout.score_run(report, examples))
         log(
-            f"seed {seed}: held-out teacher - scratch {heldout.interval(result['paired'].get('teacher-scratch'))}"
+            f"seed {seed}: held-out teacher - scratch "
+            f"{heldout.interval(result['paired'].get('teacher-scratch'))}"
         )
     with open(os.path.join(workdir, HELDOUT_FILE), "w", encoding="utf-8") as f:
         json.dump(result, f)
@@ -518,7 +528,8 @@ def print_heldout(seeds: list[int], scored: list[dict[str, Any] | None]) -> dict
     print_table(["figure", *(f"seed {s}" for s, _ in present)], rows)
     pooled = heldout.pooled([h for _, h in present])
     print("\npaired differences (a - b on the same events, 95% interval)")
-    rows = [[pair, *(heldout.interval(h["paired"].get(pair)) for _, h in present), heldout.interval(pooled.get(pair))]
+    rows = [[pair, *(heldout.interval(h["paired"].get(pair)) for _, h in present),
+             heldout.interval(pooled.get(pair))]
             for pair in pooled]  # fmt: skip
     print_table(["a - b", *(f"seed {s}" for s, _ in present), "all seeds"], rows)
     return {
@@ -635,7 +646,8 @@ def digits_targets(d: dict[str, Any]) -> list[dict[str, Any]]:
         target("digits: blessed", "release.blessed", [f["blessed"]], bool, on_mean=False),
         target(f"digits: teacher >= {DIGITS_TEACHER}", "teacher accuracy", [f["teacher"]],
                lambda v: v >= DIGITS_TEACHER, on_mean=False),
-        target(f"digits: int8 >= {DIGITS_INT8}", "int8 accuracy", [f["int8"]], lambda v: v >= DIGITS_INT8, on_mean=False),
+        target(f"digits: int8 >= {DIGITS_INT8}", "int8 accuracy", [f["int8"]],
+               lambda v: v >= DIGITS_INT8, on_mean=False),
     ]  # fmt: skip
 
 
@@ -660,7 +672,8 @@ def print_digits(d: dict[str, Any]) -> None:
         print(f"baselines: {base['error']}")
     verdict = {True: "blessed", False: "NOT blessed", None: "-"}[f["blessed"]]
     problems = "; ".join(map(str, f["release_problems"]))
-    print(f"pipeline run: exit {fmt(f['exit_code'], 'd')}, release {verdict}{': ' + problems if problems else ''}, "
+    print(f"pipeline run: exit {fmt(f['exit_code'], 'd')}, "
+          f"release {verdict}{': ' + problems if problems else ''}, "
           f"{fmt(f['wall_s'], '.0f')} s")  # fmt: skip
     print(f"published reference: {PUBLISHED}; the same split here: "
           f"SVC {fmt(base.get('published_split_svc_accuracy'), '.3f')}")  # fmt: skip
@@ -698,7 +711,8 @@ def print_single_frame(d: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 SINGLE_ROWS = {"exit_code", "blessed", "eval_events", "teacher", "scratch", "distilled", "qat", "kd_gain",
-               "teacher_minus_scratch", "int8", "int8_agreement", "int8_min_class", "teacher_min_class", "wall_s"}  # fmt: skip
+               "teacher_minus_scratch", "int8", "int8_agreement", "int8_min_class", "teacher_min_class",
+               "wall_s"}  # fmt: skip
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -709,7 +723,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--events", type=int, default=2000, help="events per simulated data set (2000, the demo default)"
     )
     p.add_argument("--run-arg", dest="run_args", action="append", default=[],
-                   help="extra argument for every eventpipe run, e.g. --run-arg=--strategy=single (repeatable)")  # fmt: skip
+                   help="extra argument for every eventpipe run, "
+                        "e.g. --run-arg=--strategy=single (repeatable)")  # fmt: skip
     p.add_argument("--real", choices=["digits"], default="digits", help="real image set to run (digits)")
     p.add_argument("--no-real", dest="real", action="store_const", const=None, help="skip the real image set")
     p.add_argument("--heldout", type=int, default=HELDOUT_EVENTS,
@@ -717,7 +732,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-single-frame", dest="single_frame", action="store_false",
                    help="skip the single-frame 10-class set")  # fmt: skip
     p.add_argument("--quick", action="store_true",
-                   help=f"smoke test: first seed only, {QUICK_EVENTS} events, short training, {QUICK_DIGITS} digits")  # fmt: skip
+                   help=f"smoke test: first seed only, {QUICK_EVENTS} events, short training, "
+                        f"{QUICK_DIGITS} digits")  # fmt: skip
     p.add_argument(
         "--out", default=os.path.join(REPO, "benchmarks", "out", "quality"), help="output directory"
     )

@@ -348,14 +348,19 @@ class Echo(BaseHTTPRequestHandler):
         pass
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(rest_reply) + rest_reply)
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % len(rest_reply) + rest_reply
+        )
 
 http = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
 http.daemon_threads = True
 threading.Thread(target=http.serve_forever, daemon=True).start()
 server = grpc.server(ThreadPoolExecutor(max_workers=32), options=[("grpc.so_reuseport", 0)])
 handler = grpc.unary_unary_rpc_method_handler(lambda request, context: grpc_reply)
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {"Predict": handler}),))
+server.add_generic_rpc_handlers(
+    (grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {"Predict": handler}),)
+)
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(json.dumps({"rest": http.server_address[1], "grpc": port}), flush=True)
@@ -441,7 +446,8 @@ def batch_stats(port: int) -> dict[str, float]:
 
 MAX_BATCH = 16
 MODES = {"no_batching": ["--enable_batching=false"],
-         "batching": ["--enable_batching", "--max-batch-size", str(MAX_BATCH), "--batch-timeout-ms", "2"]}  # fmt: skip
+         "batching": ["--enable_batching", "--max-batch-size", str(MAX_BATCH),
+                      "--batch-timeout-ms", "2"]}  # fmt: skip
 
 
 def bench_backend(name: str, base: str, frames: list[bytes], args: argparse.Namespace) -> dict:
@@ -582,17 +588,20 @@ def print_table(results: list[dict], clients: list[int]) -> None:
         for api in ("rest", "grpc"):
             lat = r["no_batching"][f"{api}_latency"]
             print(
-                f"  {r['backend']:<10} {api.upper():<5} (no batching)       {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
+                f"  {r['backend']:<10} {api.upper():<5} (no batching)       "
+                f"{lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
                 f"   {r[f'{api}_added_ms_p50']:+7.2f}    {r[f'{api}_ratio_p50']:5.2f}x"
             )
             lat = r["batching"][f"{api}_latency"]
             print(
-                f"  {r['backend']:<10} {api.upper():<5} (batching on)       {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
+                f"  {r['backend']:<10} {api.upper():<5} (batching on)       "
+                f"{lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
                 f"   rate on/off {r[f'{api}_lone_ratio']:.2f}x (trimmed means)"
             )
             lat = r["floor"][f"{api}_latency"]
             print(
-                f"  {r['backend']:<10} {api.upper():<5} echo (the floor)    {lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
+                f"  {r['backend']:<10} {api.upper():<5} echo (the floor)    "
+                f"{lat['p50_ms']:7.2f}  {lat['p99_ms']:7.2f}"
             )
     print("  (echo: the same client against a server on the server's own HTTP and gRPC libraries whose")
     print("   handler costs nothing: the least the server can add while it is built on them)")
@@ -628,7 +637,8 @@ def print_table(results: list[dict], clients: list[int]) -> None:
     for r in results:
         for name, value, target, bound, met in target_checks(r, clients):
             print(
-                f"  {r['backend']:<10} {name:<40} {value:>9}  {target:>10}  {bound:>11}   {'pass' if met else 'FAIL'}"
+                f"  {r['backend']:<10} {name:<40} {value:>9}  {target:>10}  {bound:>11}   "
+                f"{'pass' if met else 'FAIL'}"
             )
     print("  (bound here: for added latency, the echo floor of the server's libraries; for batching's gain,")
     print("   the model's CPU per row alone over merged at the rows per call reached, the most batching")
@@ -724,7 +734,8 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()[0]
     print(
-        f"\nmachine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} at start, {load_after:.1f} at end"
+        f"\nmachine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} at start, "
+        f"{load_after:.1f} at end"
     )
     print_table(results, args.clients)
     summary = {

@@ -108,7 +108,8 @@ def main() -> int:
         print(
             f"{r['events']:>7} {r['frames_as']:>9} {r['geometry']:>10} {r['workers']:>7} {r['wall_s']:>6} "
             f"{r['events_per_s']:>8} {r['images_per_s']:>8} {r['cpu_ms_per_event']:>9} {r['sys_percent']:>5} "
-            f"{r['events_per_cpu_s']:>8} {r['bytes_per_event'] / 1024:>6.1f} {r['peak_rss_mib_parent']:>6} MiB "
+            f"{r['events_per_cpu_s']:>8} {r['bytes_per_event'] / 1024:>6.1f} "
+            f"{r['peak_rss_mib_parent']:>6} MiB "
             f"{r['peak_rss_mib_worker']:>6} MiB"
         )
     print("events/s, images/s: wall clock with all workers; ev/cpu-s: per core (CPU time of all processes);")

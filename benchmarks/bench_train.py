@@ -85,21 +85,28 @@ from trainer import data as train_data
 data, batch, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 spec = EventSpec.load(data)
 files = layout.split_files(data, layout.TRAIN, required=True)
-it = iter(train_data.train_batches(files, spec, batch_size=batch, seed=0, epoch_size=train_data.count_records(files)))
+it = iter(
+    train_data.train_batches(
+        files, spec, batch_size=batch, seed=0, epoch_size=train_data.count_records(files)
+    )
+)
 for _ in range(3):
     next(it)
 t, c = time.perf_counter(), time.process_time()
 for _ in range(batches):
     next(it)
 wall, cpu = time.perf_counter() - t, time.process_time() - c
-print(json.dumps({"events_per_second": batch * batches / wall, "cpu_seconds_per_event": cpu / (batch * batches)}))
+print(json.dumps({
+    "events_per_second": batch * batches / wall,
+    "cpu_seconds_per_event": cpu / (batch * batches),
+}))
 """
 
 
 def input_rate(data: str, batch: int, batches: int = 60) -> dict:
     """The teacher's input pipeline alone: decoded events/s and CPU seconds per event."""
-    out = subprocess.run([sys.executable, "-c", INPUT_PROBE, data, str(batch), str(batches)], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", INPUT_PROBE, data, str(batch), str(batches)], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -190,7 +197,8 @@ def main() -> None:
     load = os.getloadavg()
     print(f"\nfp32 matmul ceiling: {ceiling['flops_per_second'] / 1e9:.1f} GFLOP/s ({os.cpu_count()} cores, "
           f"n={ceiling['n']}); teacher: {work['training'] / 1e9:.3f} GFLOP per training event, "
-          f"{work['parameters']['total'] / 1e6:.2f} M parameters ({work['parameters']['fully_connected'] / 1e6:.2f} M in FC)")  # fmt: skip
+          f"{work['parameters']['total'] / 1e6:.2f} M parameters "
+          f"({work['parameters']['fully_connected'] / 1e6:.2f} M in FC)")  # fmt: skip
     print(f"{'strategy':<12} {'mesh':<22} {'step s':>7} {'events/s':>9} {'GFLOP/s':>8} {'of ceiling':>10} "
           f"{'step vs single':>14} {'CPU-s/step':>10} {'CPU vs single':>13}")  # fmt: skip
     for name, r in results.items():
@@ -211,16 +219,19 @@ def main() -> None:
         wait = r["input_wait_fraction"] or 0.0
         verdict = "compute-bound" if r["input_headroom"] > 1.5 and wait < 0.05 else "INPUT-BOUND"
         print(
-            f"{name:<12} {r['events_per_second']:>14.1f} {r['input_headroom']:>13.1f}x {wait:>17.1%}  {verdict}"
+            f"{name:<12} {r['events_per_second']:>14.1f} {r['input_headroom']:>13.1f}x "
+            f"{wait:>17.1%}  {verdict}"
         )
     if load[0] > (os.cpu_count() or 1):
-        print("note: the machine is busier than its cores; separate processes (multiworker) get a larger share "
+        print("note: the machine is busier than its cores; "
+              "separate processes (multiworker) get a larger share "
               "of a contended CPU, so compare CPU-s/step rather than wall time")  # fmt: skip
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; total {time.time() - started:.0f} s")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"ceiling": ceiling, "flops_per_event": work, "batch": args.batch, "steps": args.steps,
-                   "input_pipeline": feed, "strategies": results, "load_average": load}, f, indent=2)  # fmt: skip
+                   "input_pipeline": feed, "strategies": results, "load_average": load},
+                  f, indent=2)  # fmt: skip
     print(f"results: {args.out}")
 
 

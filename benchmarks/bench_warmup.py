@@ -115,7 +115,8 @@ def main() -> None:
         for r in range(args.rounds):
             for mode in ("cold", "warm") if r % 2 == 0 else ("warm", "cold"):
                 out = subprocess.run(
-                    [sys.executable, os.path.abspath(__file__), "--child", model_dir, mode, "--requests", str(args.requests)],
+                    [sys.executable, os.path.abspath(__file__), "--child", model_dir, mode,
+                     "--requests", str(args.requests)],
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -126,17 +127,21 @@ def main() -> None:
     print(f"\nfirst request after a SavedModel load, median of {args.rounds} fresh processes per mode "
           f"(load average {os.getloadavg()[0]:.1f}):")  # fmt: skip
     print(
-        f"{'mode':<6} {'load s':>7} {'replay s':>9} {'first ms':>9} {'steady p50 ms':>14} {'first/steady':>13}"
+        f"{'mode':<6} {'load s':>7} {'replay s':>9} {'first ms':>9} "
+        f"{'steady p50 ms':>14} {'first/steady':>13}"
     )
     for mode in ("cold", "warm"):
         first, steady = med(mode, "first_ms"), med(mode, "steady_p50_ms")
         print(
-            f"{mode:<6} {med(mode, 'load_s'):>7.2f} {med(mode, 'replay_s'):>9.2f} {first:>9.1f} {steady:>14.2f} "
+            f"{mode:<6} {med(mode, 'load_s'):>7.2f} {med(mode, 'replay_s'):>9.2f} "
+            f"{first:>9.1f} {steady:>14.2f} "
             f"{first / steady:>12.1f}x"
         )
     print(
-        f"warm-up records ({args.events}) make the first request {med('cold', 'first_ms') / med('warm', 'first_ms'):.1f}x "
-        f"faster; the server pays {med('warm', 'replay_s'):.2f} s of replay before the version is AVAILABLE"
+        f"warm-up records ({args.events}) make the first request "
+        f"{med('cold', 'first_ms') / med('warm', 'first_ms'):.1f}x "
+        f"faster; the server pays {med('warm', 'replay_s'):.2f} s of replay "
+        "before the version is AVAILABLE"
     )
 
 

@@ -34,7 +34,8 @@ def stage_times(workdir: str) -> list[tuple[str, str, float, float]]:
     for node, out in latest.items():
         e = by_id[out.execution_id]
         rows.append((node, metadata_store_pb2.Execution.State.Name(e.last_known_state),
-                     e.create_time_since_epoch / 1000, (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000))  # fmt: skip
+                     e.create_time_since_epoch / 1000,
+                     (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000))  # fmt: skip
     if not rows:
         return []
     t0 = min(r[2] for r in rows)

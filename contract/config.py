@@ -47,7 +47,8 @@ class DataConfig:
     max_input_pixels: int = 128 * 128
 
 
-# Teacher distribution strategies (trainer.parallel.strategies runs the first three, trainer.parallel.hybrid the last).
+# Teacher distribution strategies (trainer.parallel.strategies runs the first three,
+# trainer.parallel.hybrid the last).
 STRATEGIES = ("single", "mirrored", "multiworker", "hybrid")
 
 
@@ -220,8 +221,8 @@ def pretrain_problems(p: PretrainConfig) -> list[str]:
         problems.append(f"pretrain.augmentations: unknown {', '.join(map(repr, unknown))}; "
                         f"choose from {', '.join(PRETRAIN_AUGMENTATIONS)}")  # fmt: skip
     if len(p.projection_units) < 2 or any(u < 1 for u in p.projection_units):
-        problems.append(f"pretrain.projection_units must be at least two positive sizes (hidden layers, then the "
-                        f"output), got {p.projection_units}")  # fmt: skip
+        problems.append(f"pretrain.projection_units must be at least two positive sizes "
+                        f"(hidden layers, then the output), got {p.projection_units}")  # fmt: skip
     if p.pairs not in ("temporal", "same_frame"):
         problems.append(f"pretrain.pairs must be temporal or same_frame, got {p.pairs!r}")
     if p.negatives not in PRETRAIN_NEGATIVES:
@@ -257,12 +258,14 @@ def check_pretrain(cfg: Config) -> None:
         p, dims = cfg.pretrain, mesh_dims(cfg.teacher)
         (data_axis, data_size), (model_axis, model_size) = dims[0], dims[-1]
         if p.batch % data_size:
-            problems.append(f"pretrain.batch {p.batch} must be a multiple of the {data_axis} axis ({data_size}) "
-                            f"of teacher.mesh {cfg.teacher.mesh} under hybrid")  # fmt: skip
+            problems.append(f"pretrain.batch {p.batch} must be a multiple of the {data_axis} axis "
+                            f"({data_size}) of teacher.mesh {cfg.teacher.mesh} under hybrid")  # fmt: skip
         hidden = p.projection_units[:-1]
         if any(u % model_size for u in hidden):
-            problems.append(f"pretrain.projection_units {p.projection_units}: under hybrid each hidden layer must be "
-                            f"a multiple of the {model_axis} axis ({model_size}) of teacher.mesh {cfg.teacher.mesh}")  # fmt: skip
+            problems.append(f"pretrain.projection_units {p.projection_units}: "
+                            "under hybrid each hidden layer must be "
+                            f"a multiple of the {model_axis} axis ({model_size}) "
+                            f"of teacher.mesh {cfg.teacher.mesh}")  # fmt: skip
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -292,7 +295,8 @@ class StudentConfig:
     # Single-frame data has no motion: the branch is left out (an all-zero tensor has no int8 range).
     frame_contrast: bool = True
     # Per stage, after the stride-2 stem. [2, 1, 2] rather than MobileNet's [1, 2, 2]: fewer FLOPs and a
-    # faster int8 model at no loss of distilled accuracy (docs/benchmarks.md, "Why the defaults are what they are").
+    # faster int8 model at no loss of distilled accuracy (docs/benchmarks.md,
+    # "Why the defaults are what they are").
     strides: list[int] = field(default_factory=lambda: [2, 1, 2])
     dropout: float = 0.1
     weight_decay: float = 0.0  # L2 on conv kernels
@@ -305,7 +309,8 @@ class StudentConfig:
     frame_loss_weight: float = 0.0
     epochs: int = 10  # dense distillation ("student float"); the scratch baseline gets the same steps
     # Small data sets: an epoch is at least min_steps / epochs steps, so every phase (dense,
-    # pruning, QAT, scratch) trains long enough to converge (docs/benchmarks.md, "Why the defaults are what they are").
+    # pruning, QAT, scratch) trains long enough to converge (docs/benchmarks.md,
+    # "Why the defaults are what they are").
     min_steps: int = 500
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -420,9 +425,9 @@ class RunConfig:
 # room for 10x the data; the trainers get the most (TensorFlow threads, the decoded-event cache).
 KUBEFLOW_RESOURCES: dict[str, list[float]] = {
     "EventExampleGen": [2, 4], "StatisticsGen": [2, 4], "SchemaGen": [1, 2], "ExampleValidator": [1, 2],
-    "IngestGate": [0.5, 1], "Pretrainer": [4, 16], "TeacherTrainer": [4, 16], "TeacherEvaluator": [2, 8], "Distiller": [4, 16],
-    "StudentEvaluator": [2, 8], "LiteConverter": [2, 8], "ServingValidator": [2, 8], "ReleaseGate": [0.5, 1],
-    "EventPusher": [1, 4],
+    "IngestGate": [0.5, 1], "Pretrainer": [4, 16], "TeacherTrainer": [4, 16], "TeacherEvaluator": [2, 8],
+    "Distiller": [4, 16], "StudentEvaluator": [2, 8], "LiteConverter": [2, 8], "ServingValidator": [2, 8],
+    "ReleaseGate": [0.5, 1], "EventPusher": [1, 4],
 }  # fmt: skip
 
 
@@ -507,7 +512,8 @@ class Config:
         section = getattr(self, section_name, None)
         if section is None or not dataclasses.is_dataclass(section) or not key:
             raise ConfigError(
-                f"unknown config key {dotted!r}; sections: {', '.join(f.name for f in dataclasses.fields(self))}"
+                f"unknown config key {dotted!r}; "
+                f"sections: {', '.join(f.name for f in dataclasses.fields(self))}"
             )
         fields = {f.name: f for f in dataclasses.fields(section)}
         if key not in fields:

@@ -35,7 +35,8 @@ class DiskFull(UserError):
 
 
 def disk_full_at(path: str, action: str = "writing", remedy: str | None = None) -> DiskFull:
-    """A DiskFull for ``path``: "no space left on device <action> <path> (<space left there>): <what to do>"."""
+    """A DiskFull for ``path``:
+    "no space left on device <action> <path> (<space left there>): <what to do>"."""
     path = os.path.abspath(path)
     todo = (
         f"free space there, or {remedy}, and run the command again"

@@ -59,7 +59,8 @@ class DistillerOutput:
         return os.path.join(self.root, "keras")
 
     def keras(self, variant: str) -> str:
-        """A variant's tf_keras file (``STUDENT_FLOAT``, ``STUDENT_PRUNED``, ``STUDENT_QAT``, ``STUDENT_SCRATCH``)."""
+        """A variant's tf_keras file (``STUDENT_FLOAT``, ``STUDENT_PRUNED``, ``STUDENT_QAT``,
+        ``STUDENT_SCRATCH``)."""
         return os.path.join(self.keras_dir, f"{variant}.keras")
 
     @property

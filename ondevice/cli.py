@@ -16,7 +16,8 @@ from contract.errors import UserError
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser(
         "device-run",
-        help="classify events on-device with a .tflite model (LiteRT or tflite-runtime, no TensorFlow) and time it",
+        help="classify events on-device with a .tflite model (LiteRT or tflite-runtime, no TensorFlow) "
+        "and time it",
         description="Classify events as an app on a device would: LiteRT (or tflite-runtime) and PIL, no "
         "TensorFlow; labels and normalization from the model's own metadata. The accuracy it prints is over "
         "every labelled event of --data. --config/--set: data.max_frame_pixels bounds each frame's decode.",
@@ -39,7 +40,7 @@ def device_run_command(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise UserError("--limit must be >= 0")
     cfg = load_config(args)
-    run_device(args.model, args.data, limit=args.limit, threads=args.threads, show=args.show, out_path=args.out,
-               max_frame_pixels=cfg.data.max_frame_pixels)  # fmt: skip
+    run_device(args.model, args.data, limit=args.limit, threads=args.threads, show=args.show,
+               out_path=args.out, max_frame_pixels=cfg.data.max_frame_pixels)  # fmt: skip
     sys.stdout.flush()
     return 0

@@ -71,7 +71,8 @@ def iter_events(data: str, stream=None) -> Iterator[Event]:
     if ignored:
         reasons = Counter(reason for _path, reason in ignored)
         print(f"ignored {len(ignored)} entries of the folder tree: "
-              + "; ".join(f"{n} {reason}" for reason, n in reasons.items()), file=stream or sys.stdout)  # fmt: skip
+              + "; ".join(f"{n} {reason}" for reason, n in reasons.items()),
+              file=stream or sys.stdout)  # fmt: skip
     return _folder_events(data, events)
 
 
@@ -251,8 +252,8 @@ def run_device(
         print(f"... {counts['events'] - show} more", file=stream)
     lat = summary["latency_ms"]
     acc = (
-        f", accuracy {summary['accuracy']:.3f} on the {counts['labelled']} labelled events of --data (all of them: "
-        "events the model was trained on count too; give held-out events to measure it)"
+        f", accuracy {summary['accuracy']:.3f} on the {counts['labelled']} labelled events of --data "
+        "(all of them: events the model was trained on count too; give held-out events to measure it)"
         if counts["labelled"]
         else ""
     )

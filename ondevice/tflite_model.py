@@ -64,7 +64,8 @@ class LiteEventModel:
             )
         except MetadataError as e:
             raise LiteModelError(
-                f"{path}: {e}; convert the model with trainer/lite/tflite.py, which embeds labels and normalization"
+                f"{path}: {e}; convert the model with trainer/lite/tflite.py, "
+                "which embeds labels and normalization"
             ) from e
         except (KeyError, ValueError, RuntimeError) as e:
             raise LiteModelError(
@@ -115,7 +116,8 @@ class LiteEventModel:
         decoded = np.asarray(decoded, dtype=np.float32)
         if decoded.ndim != 5 or tuple(decoded.shape[1:]) != self.input_shape:
             raise LiteModelError(
-                f"frames must have shape [B, {', '.join(map(str, self.input_shape))}], got {list(decoded.shape)}"
+                f"frames must have shape [B, {', '.join(map(str, self.input_shape))}], "
+                f"got {list(decoded.shape)}"
             )
         batch = decoded.shape[0]
         logits = np.zeros((batch, self.num_classes), np.float32)

@@ -27,7 +27,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that runs (part of) the pipeline."""
     add_config_flags(p)
     p.add_argument("--data", metavar="DIR", dest="run.data",
-                   help="events: JSONL manifests, an image-folder tree or TFRecords (required unless --config sets run.data)")  # fmt: skip
+                   help="events: JSONL manifests, an image-folder tree or TFRecords "
+                        "(required unless --config sets run.data)")  # fmt: skip
     p.add_argument(
         "--workdir",
         metavar="DIR",
@@ -113,14 +114,16 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         dest="pretrain.enabled",
         action="store_true",
         default=None,
-        help="self-supervised pre-training of the teacher's backbone on every train and unlabelled event first (the Pretrainer; pretrain.* in the config)",
+        help="self-supervised pre-training of the teacher's backbone on every train and unlabelled event "
+        "first (the Pretrainer; pretrain.* in the config)",
     )
     p.add_argument(
         "--train-clients",
         metavar="N",
         dest="teacher.clients",
         type=int,
-        help="hybrid: DTensor client processes forming one mesh, started on 127.0.0.1 when DTENSOR_JOBS is unset (default 1)",
+        help="hybrid: DTensor client processes forming one mesh, started on 127.0.0.1 "
+        "when DTENSOR_JOBS is unset (default 1)",
     )
 
 
@@ -148,7 +151,8 @@ def add_kubeflow_flags(p: argparse.ArgumentParser) -> None:
         "--accelerator",
         metavar="TYPE",
         dest="kubeflow.accelerator",
-        help="kubeflow: accelerator type the cluster knows (default nvidia.com/gpu; e.g. NVIDIA_TESLA_T4 on Vertex)",
+        help="kubeflow: accelerator type the cluster knows "
+        "(default nvidia.com/gpu; e.g. NVIDIA_TESLA_T4 on Vertex)",
     )
     p.add_argument(
         "--allow-local",
@@ -391,6 +395,7 @@ def _compile_kubeflow(cfg: Config, output: str, through: str) -> int:
     path = runners.compile_kubeflow(cfg, output, through=through)
     print(f"Kubeflow Pipelines v2 spec: {path} (image {cfg.run.image})")
     print(
-        "submit it with the KFP client or the Kubeflow/Vertex AI Pipelines UI; build the image from ./Dockerfile"
+        "submit it with the KFP client or the Kubeflow/Vertex AI Pipelines UI; "
+        "build the image from ./Dockerfile"
     )
     return 0

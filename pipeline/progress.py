@@ -100,7 +100,10 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         p = _props(out, "lite")
         if "agreement" not in p:
             return ""
-        return f"int8 {p.get('int8_bytes', 0):,} bytes, agrees with float on {p['agreement']:.1%}, {_verdict(out, 'lite')}"
+        return (
+            f"int8 {p.get('int8_bytes', 0):,} bytes, agrees with float on {p['agreement']:.1%}, "
+            f"{_verdict(out, 'lite')}"
+        )
     if node == "EventPusher":
         p = _props(out, "pushed_model")
         if not p.get("pushed"):

@@ -29,8 +29,8 @@ def provenance() -> dict[str, Any]:
             head = subprocess.run(
                 [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
             )
-            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, timeout=10)  # fmt: skip
+            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)  # fmt: skip
             if head.returncode == 0:
                 state = (
                     "+dirty" if dirty.stdout.strip() else "" if dirty.returncode == 0 else "+unknown-state"
@@ -63,8 +63,8 @@ def update(path: str, sections: dict[str, Any]) -> dict[str, Any]:
 def ingest_section(
     summary: dict[str, Any], quarantine_uri: str, examples_uri: str, anomalies: list
 ) -> dict[str, Any]:
-    keys = ("read", "accepted", "rejected", "unlabelled", "rejected_by_reason", "ignored_files", "ignored_by_reason",
-            "ignored_examples")  # fmt: skip
+    keys = ("read", "accepted", "rejected", "unlabelled", "rejected_by_reason", "ignored_files",
+            "ignored_by_reason", "ignored_examples")  # fmt: skip
     events = {k: summary[k] for k in keys if k in summary}
     events["splits"] = summary["splits"]
     events["labels"] = summary["labels"]

@@ -43,11 +43,13 @@ VARIANTS = (
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;
 color:#1d2430;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d5dbe3;padding-bottom:4px}
+h1{font-size:22px;margin:0 0 4px}\
+h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d5dbe3;padding-bottom:4px}
 .muted{color:#5d6878}.verdict{padding:12px 16px;border-radius:6px;margin:14px 0;font-size:16px}
 .ok{background:#e3f4e6;border:1px solid #6cbf7c}.bad{background:#fbe6e4;border:1px solid #e0877c}
 .unknown{background:#eef0f3;border:1px solid #b7bfca}
-table{border-collapse:collapse;margin:6px 0 10px}th,td{border:1px solid #d5dbe3;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:6px 0 10px}\
+th,td{border:1px solid #d5dbe3;padding:3px 8px;text-align:right}
 th{background:#f3f5f8}td.l,th.l{text-align:left}code{font-size:12px;word-break:break-all}
 .plots img{max-width:100%;margin:4px 12px 4px 0;border:1px solid #e2e6eb}
 .frames{display:flex;gap:6px;align-items:flex-start;flex-wrap:wrap}
@@ -173,7 +175,10 @@ def verdict_section(rep: dict[str, Any]) -> str:
     gate = rep.get("gate") or {}
     if release:
         if release.get("blessed"):
-            head = '<div class="verdict ok"><b>Release: BLESSED</b>: every gate passed; the student was pushed.</div>'
+            head = (
+                '<div class="verdict ok"><b>Release: BLESSED</b>: every gate passed; '
+                "the student was pushed.</div>"
+            )
         else:
             head = '<div class="verdict bad"><b>Release: NOT blessed</b>: the student was not pushed.</div>'
         problems = release.get("problems") or []
@@ -192,7 +197,10 @@ def verdict_section(rep: dict[str, Any]) -> str:
             '<div class="verdict bad"><b>Stopped at the ingest gate</b>: the events need fixing '
             f"before anything is trained.</div><ul>{items}</ul>"
         )
-    return '<div class="verdict unknown"><b>No release verdict</b>: the run stopped before the release gate.</div>'
+    return (
+        '<div class="verdict unknown"><b>No release verdict</b>: '
+        "the run stopped before the release gate.</div>"
+    )
 
 
 def events_section(rep: dict[str, Any]) -> str:
@@ -201,9 +209,9 @@ def events_section(rep: dict[str, Any]) -> str:
         return ""
     splits = ev.get("splits") or {}
     rows = [[e(k), e(v)] for k, v in [
-        ("read", ev.get("read")), ("accepted", ev.get("accepted")), ("quarantined (rejected)", ev.get("rejected")),
-        ("unlabelled", ev.get("unlabelled")), ("train split", splits.get("train", 0)),
-        ("eval split", splits.get("eval", 0)),
+        ("read", ev.get("read")), ("accepted", ev.get("accepted")),
+        ("quarantined (rejected)", ev.get("rejected")), ("unlabelled", ev.get("unlabelled")),
+        ("train split", splits.get("train", 0)), ("eval split", splits.get("eval", 0)),
     ]]  # fmt: skip
     out = "<h2>Events</h2>" + _table(["", "events"], rows)
     reasons = ev.get("rejected_by_reason") or {}
@@ -252,7 +260,10 @@ def statistics_table(glance: dict[str, Any]) -> str:
             return "-"
         missing = f", {row['missing']} missing" if row.get("missing") else ""
         if "mean" in row:
-            return f"{_num(row['min'], '.4g')} .. {_num(row['max'], '.4g')} (mean {_num(row['mean'], '.4g')}){missing}"
+            return (
+                f"{_num(row['min'], '.4g')} .. {_num(row['max'], '.4g')} "
+                f"(mean {_num(row['mean'], '.4g')}){missing}"
+            )
         top = ", ".join(f"{value} ({count})" for value, count in row.get("top") or [])
         return f"{row.get('unique')} unique" + (f": {top}" if top else "") + missing
 
@@ -354,8 +365,10 @@ def quarantine_examples(quarantine_uri: str, data_root: str) -> str:
             else:
                 thumbs.append(f'<div class="frame muted">frame {i}:<br>not decodable</div>')
         out += (
-            f'<div class="event"><b>{e(entry.get("reason"))}</b>: event <code>{e(entry.get("event_id"))}</code> '
-            f'from <code>{e(entry.get("source"))}</code><br><span class="muted">{e(entry.get("detail"))}</span>'
+            f'<div class="event"><b>{e(entry.get("reason"))}</b>: '
+            f"event <code>{e(entry.get('event_id'))}</code> "
+            f"from <code>{e(entry.get('source'))}</code><br>"
+            f'<span class="muted">{e(entry.get("detail"))}</span>'
             + (f'<div class="frames">{"".join(thumbs)}</div>' if thumbs else "")
             + "</div>"
         )
@@ -373,9 +386,9 @@ def models_section(rep: dict[str, Any]) -> str:
             (v.get("sparsity") or {}).get("all_weights") if isinstance(v.get("sparsity"), dict) else None
         )
         rows.append([
-            e(name), e(_num(v.get("accuracy"))), e(f"{v['params']:,}" if v.get("params") else "-"), e(_kib(size)),
-            e(_kib((v.get("bytes") or {}).get("gzipped"))), e(_num(p50_ms(v), ".2f")), e(v.get("format")),
-            e(_num(v.get("best_frame_accuracy"))), e(_num(sparsity, ".2f")),
+            e(name), e(_num(v.get("accuracy"))), e(f"{v['params']:,}" if v.get("params") else "-"),
+            e(_kib(size)), e(_kib((v.get("bytes") or {}).get("gzipped"))), e(_num(p50_ms(v), ".2f")),
+            e(v.get("format")), e(_num(v.get("best_frame_accuracy"))), e(_num(sparsity, ".2f")),
         ])  # fmt: skip
     if not rows:
         return ""
@@ -413,10 +426,14 @@ def models_section(rep: dict[str, Any]) -> str:
     parity = (rep.get("tflite") or {}).get("parity") or {}
     if parity.get("agreement") is not None:
         notes.append(f"int8 agrees with the float student on {parity['agreement']:.1%} of "
-                     f"{parity.get('events', 0)} events ({_num(parity.get('eval_agreement'), '.1%')} of the eval split)")  # fmt: skip
+                     f"{parity.get('events', 0)} events "
+                     f"({_num(parity.get('eval_agreement'), '.1%')} of the eval split)")  # fmt: skip
     if notes:
         out += "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>"
-    out += f'<div class="plots">{_plot((rep.get("plots") or {}).get("tradeoff"), "accuracy vs size and latency")}</div>'
+    out += (
+        '<div class="plots">'
+        f"{_plot((rep.get('plots') or {}).get('tradeoff'), 'accuracy vs size and latency')}</div>"
+    )
     return out
 
 
@@ -435,9 +452,15 @@ def classes_section(rep: dict[str, Any]) -> str:
         classes, matrix = confusion["classes"], confusion["matrix"]
         rows = [[e(classes[i])] + [f'<span class="{"cell-hi" if i == j else ""}">{e(n)}</span>'
                                    for j, n in enumerate(row)] for i, row in enumerate(matrix)]  # fmt: skip
-        out += "<p>Confusion matrix of the int8 release on the eval split (rows: true class, columns: predicted):</p>"
+        out += (
+            "<p>Confusion matrix of the int8 release on the eval split "
+            "(rows: true class, columns: predicted):</p>"
+        )
         out += _table(["true \\ predicted"] + [e(c) for c in classes], rows)
-    out += f'<div class="plots">{_plot((rep.get("plots") or {}).get("confusion"), "confusion matrix", 460)}</div>'
+    out += (
+        '<div class="plots">'
+        f"{_plot((rep.get('plots') or {}).get('confusion'), 'confusion matrix', 460)}</div>"
+    )
     return out
 
 
@@ -486,7 +509,8 @@ def training_section(rep: dict[str, Any]) -> str:
     out = "<h2>Training curves</h2>"
     if pre_curve:
         out += (
-            f"<p>Self-supervised pre-training of the backbone: {e(pre.get('strategy'))}, {e(pre.get('steps'))} steps "
+            f"<p>Self-supervised pre-training of the backbone: {e(pre.get('strategy'))}, "
+            f"{e(pre.get('steps'))} steps "
             f"on {e((pre.get('events') or {}).get('total'))} events (labels unread), NT-Xent "
             f"{e(_num(pre.get('initial_loss')))} to {e(_num(pre.get('final_loss')))}.</p>"
             + '<div class="plots">'
@@ -560,14 +584,17 @@ def best_frames_section(rep: dict[str, Any]) -> str:
         )
         out += (
             f'<div class="event">event <code>{e(ev["event_id"])}</code>: label <b>{e(ev.get("label"))}</b>, '
-            f"predicted <b>{e(ev.get('predicted'))}</b> ({right}, p={e(_num(ev.get('probability'), '.2f'))}), "
-            f"best frame {e(ev.get('best_frame'))} (true: {e(_or_unknown(ev.get('true_best_frame')))}){int8}"
+            f"predicted <b>{e(ev.get('predicted'))}</b> "
+            f"({right}, p={e(_num(ev.get('probability'), '.2f'))}), "
+            f"best frame {e(ev.get('best_frame'))} "
+            f"(true: {e(_or_unknown(ev.get('true_best_frame')))}){int8}"
             f'<div class="frames">{"".join(thumbs)}</div></div>'
         )
     served = rep.get("serving_check") or {}
     if served.get("ok"):
         out += (
-            f"<p>Served check: <code>{e(served.get('url'))}</code> answered event <code>{e(served.get('event_id'))}</code> "
+            f"<p>Served check: <code>{e(served.get('url'))}</code> "
+            f"answered event <code>{e(served.get('event_id'))}</code> "
             f"(label {e(served.get('label'))}) with {e(served.get('predicted'))}, best frame "
             f"{e(served.get('best_frame'))}, in {e(served.get('milliseconds'))} ms.</p>"
         )

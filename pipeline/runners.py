@@ -169,7 +169,8 @@ def compile_kubeflow(config: Config, output_path: str, *, through: str = "push")
         raise UserError(
             "this spec could not run on a cluster:\n  "
             + "\n  ".join(problems)
-            + "\n(--allow-local compiles it anyway, for a kind or minikube cluster that mounts this disk and has the image)"
+            + "\n(--allow-local compiles it anyway, for a kind or minikube cluster "
+            "that mounts this disk and has the image)"
         )
     pipeline = create_pipeline(
         config,

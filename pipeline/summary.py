@@ -71,9 +71,9 @@ def pretrain_section(found: dict[str, Any]) -> dict[str, Any] | None:
     pre = load_json(os.path.join(run_dir, files.PRETRAIN_REPORT)) if run_dir else None
     if not pre:
         return None
-    keys = ("strategy", "mesh", "steps", "epochs", "batch", "temperature", "augmentations", "pairs", "negatives", "cameras",
-            "projection_units", "events", "losses", "initial_loss", "final_loss", "chance_loss", "backbone_relative_change", "timing",
-            "parameters", "plots")  # fmt: skip
+    keys = ("strategy", "mesh", "steps", "epochs", "batch", "temperature", "augmentations", "pairs",
+            "negatives", "cameras", "projection_units", "events", "losses", "initial_loss", "final_loss",
+            "chance_loss", "backbone_relative_change", "timing", "parameters", "plots")  # fmt: skip
     return {
         **{k: pre.get(k) for k in keys},
         "seconds": (pre.get("timing") or {}).get("wall_seconds"),
@@ -209,7 +209,8 @@ def _ingest_lines(rep: dict[str, Any]) -> list[str]:
     reasons = ", ".join(f"{k} {v}" for k, v in ev["rejected_by_reason"].items()) or "none"
     lines = [
         f"events     read {ev['read']} = accepted {ev['accepted']} + rejected {ev['rejected']} ({reasons}); "
-        f"train {ev['splits'].get('train', 0)}, eval {ev['splits'].get('eval', 0)}, unlabelled {ev['unlabelled']}"
+        f"train {ev['splits'].get('train', 0)}, eval {ev['splits'].get('eval', 0)}, "
+        f"unlabelled {ev['unlabelled']}"
     ]
     if ev.get("ignored_files"):
         why = "; ".join(f"{n} {reason}" for reason, n in ev["ignored_by_reason"].items())
@@ -225,7 +226,8 @@ def _pretrain_lines(rep: dict[str, Any]) -> list[str]:
         return []
     return [
         f"pretrain   NT-Xent {_fmt(pre.get('initial_loss'))} -> {_fmt(pre.get('final_loss'))} "
-        f"(chance {_fmt(pre.get('chance_loss'))}), {pre.get('steps')} steps on {(pre.get('events') or {}).get('total')} "
+        f"(chance {_fmt(pre.get('chance_loss'))}), "
+        f"{pre.get('steps')} steps on {(pre.get('events') or {}).get('total')} "
         f"events, {pre.get('strategy')}, {_fmt(pre.get('seconds'), '.0f')} s"
     ]
 
@@ -242,7 +244,8 @@ def _teacher_lines(rep: dict[str, Any]) -> list[str]:
     best = f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})" if t.get("best") else ""
     return [
         f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
-        f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps{best}, p50 {_fmt(p50_ms(t), '.2f')} ms/event"
+        f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps{best}, "
+        f"p50 {_fmt(p50_ms(t), '.2f')} ms/event"
     ]
 
 
@@ -284,7 +287,8 @@ def _tflite_lines(rep: dict[str, Any]) -> list[str]:
             agreement = (v.get("parity") or {}).get("agreement")
             lines.append(
                 f"tflite     {name}: {v['bytes']['raw']:,} bytes, accuracy {_fmt(v.get('accuracy'))}, "
-                f"agrees with the float student on {_fmt(agreement, '.1%')}, p50 {_fmt(p50_ms(v), '.2f')} ms/event"
+                f"agrees with the float student on {_fmt(agreement, '.1%')}, "
+                f"p50 {_fmt(p50_ms(v), '.2f')} ms/event"
             )
     return lines
 
@@ -346,7 +350,8 @@ def best_frame_line(teacher: dict[str, Any], production: dict[str, Any], compari
     baselines = ", ".join(f"{label}: {_fmt(v)}" for label, v in rules.items())
     return (
         f"best frame named right on {teacher['best_frame_events']} eval events with a known one: teacher "
-        f"{shown(teacher.get('best_frame_accuracy'))}, student {shown(production.get('best_frame_accuracy'))} "
+        f"{shown(teacher.get('best_frame_accuracy'))}, "
+        f"student {shown(production.get('best_frame_accuracy'))} "
         f"({baselines})"
     )
 
@@ -369,7 +374,8 @@ def next_steps(rep: dict[str, Any]) -> list[str]:
         command = " ".join(shlex.quote(a) for a in served["serve_command"])
         lines.append(f"next       serve it:   {command}")
         lines.append(
-            f"next       query it:   curl -s localhost:{served['rest_port']}/v1/models/{served['model_name']}:predict "
+            "next       query it:   curl -s "
+            f"localhost:{served['rest_port']}/v1/models/{served['model_name']}:predict "
             f"-d @{shlex.quote(served['request_file'])}"
         )
     runs = {
@@ -380,7 +386,8 @@ def next_steps(rep: dict[str, Any]) -> list[str]:
     }  # fmt: skip
     if len(runs) == 1:
         lines.append(
-            f"next       curves:     {venv_tool('tensorboard')} --logdir {shlex.quote(next(iter(runs.values())))}"
+            f"next       curves:     {venv_tool('tensorboard')} "
+            f"--logdir {shlex.quote(next(iter(runs.values())))}"
         )
     elif runs:  # one TensorBoard, each model's runs under its name
         spec = ",".join(f"{name}:{logs}" for name, logs in runs.items())

@@ -11,10 +11,10 @@ batch slots (TF Serving's ``num_batch_threads``, the config's ``serving.num_batc
 A request that finds a free slot and no batch open leads one: it collects the queue and calls
 the model. Requests arriving while a batch is open join it, as in TF Serving (one open batch
 per queue). Requests arriving while every slot is busy queue; when a leader's model call
-returns, it hands its slot to the oldest of them before sending the results out. A lone request so runs in its own thread
-with no hand-off and no queueing at all (a worker thread costs two thread wake-ups per
-request, which on busy cores cost more than batching saves), and up to ``threads`` model
-calls run side by side.
+returns, it hands its slot to the oldest of them before sending the results out. A lone
+request so runs in its own thread with no hand-off and no queueing at all (a worker thread
+costs two thread wake-ups per request, which on busy cores cost more than batching saves), and
+up to ``threads`` model calls run side by side.
 
 Only servables that run batches as one graph call use it (SavedModels); TFLite models take
 one event per invocation and run on an interpreter pool instead.

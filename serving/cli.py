@@ -24,10 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="TF-Serving-compatible server (REST + gRPC) for SavedModel and TFLite versions",
         description=(
             "Serve <model_base_path>/<version>/ (SavedModel or model.tflite) with TF Serving's REST and gRPC "
-            "APIs and TF Serving's flags and files, or every model of a --model_config_file. New versions load "
-            "in the background (after replaying assets.extra/tf_serving_warmup_requests) and are swapped in "
-            "without dropping requests; version labels come from the config file's version_labels or "
-            '<model_base_path>/labels.json, e.g. {"stable": 1, "canary": 2}.'
+            "APIs and TF Serving's flags and files, or every model of a --model_config_file. "
+            "New versions load in the background (after replaying assets.extra/tf_serving_warmup_requests) "
+            "and are swapped in without dropping requests; version labels come from the config file's "
+            'version_labels or <model_base_path>/labels.json, e.g. {"stable": 1, "canary": 2}.'
         ),
     )
     add_config_flags(p)

@@ -1,14 +1,14 @@
 """The model manager: which versions are on disk, loaded, serving, or failed.
 
-It polls the model's base path (its directory of version directories) every ``poll_seconds``, loads the versions the policy wants in
-a background thread (one at a time), and publishes the set of serving versions as an
-immutable snapshot that request threads read without locks. A new version is swapped in
-only after it has loaded and answered a warm-up request; under the ``latest`` policy the
-previous version is unloaded only then (availability first, as TF Serving does), so no
-request sees a gap. A SavedModel's ``assets.extra/tf_serving_warmup_requests`` are replayed before
-it is AVAILABLE (``serving.warmup``). A version that fails to load is reported with state END and its error,
-and is retried only if its directory changes. Requests already holding an unloading
-version finish on it.
+It polls the model's base path (its directory of version directories) every ``poll_seconds``, loads
+the versions the policy wants in a background thread (one at a time), and publishes the set of
+serving versions as an immutable snapshot that request threads read without locks. A new version is
+swapped in only after it has loaded and answered a warm-up request; under the ``latest`` policy the
+previous version is unloaded only then (availability first, as TF Serving does), so no request sees
+a gap. A SavedModel's ``assets.extra/tf_serving_warmup_requests`` are replayed before it is
+AVAILABLE (``serving.warmup``). A version that fails to load is reported with state END and its
+error, and is retried only if its directory changes. Requests already holding an unloading version
+finish on it.
 
 Version states follow TF Serving's ``ModelVersionStatus.State``.
 """

@@ -94,14 +94,16 @@ class TfServingSeries:
         out += [
             f"{self.COUNT}{{{_labels(('model_name', 'status'), k)}}} {v}" for k, v in sorted(count.items())
         ]
-        out += [f"# HELP {self.LATENCY} Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+        out += [f"# HELP {self.LATENCY} Distribution of wall time (in microseconds) "
+                "for Tensorflow Serving request.",
                 f"# TYPE {self.LATENCY} histogram"]  # fmt: skip
         for key, cells in sorted(latency.items()):
             labels = _labels(("model_name", "API", "entrypoint"), key)
             out += [f'{self.LATENCY}_bucket{{{labels},le="{b:.10g}"}} {int(cells[i])}'
                     for i, b in enumerate(TFS_LATENCY_BOUNDS_US)]  # fmt: skip
             out += [f'{self.LATENCY}_bucket{{{labels},le="+Inf"}} {int(cells[-2])}',
-                    f"{self.LATENCY}_sum{{{labels}}} {cells[-1]!r}", f"{self.LATENCY}_count{{{labels}}} {int(cells[-2])}"]  # fmt: skip
+                    f"{self.LATENCY}_sum{{{labels}}} {cells[-1]!r}",
+                    f"{self.LATENCY}_count{{{labels}}} {int(cells[-2])}"]  # fmt: skip
         out += [f"# HELP {self.LOADS} The number of times a SavedModel was successfully loaded.",
                 f"# TYPE {self.LOADS} counter"]  # fmt: skip
         out += [

@@ -271,7 +271,8 @@ class _Server(ThreadingHTTPServer):
             try:
                 request.settimeout(1.0)
                 request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    b"HTTP/1.1 503 Service Unavailable\r\n"
+                    b"Content-Type: application/json\r\nConnection: close\r\n"
                     + f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n\r\n".encode("latin-1")
                     + body
                 )
@@ -300,11 +301,12 @@ class RestServer:
 
     def __init__(
         self, models: ModelRegistry, metrics: ServingMetrics, host: str, port: int, max_body_bytes: int,
-        *, read_timeout_seconds: float, max_connections: int, max_tensor_elements: int, metrics_path: str | None,
+        *, read_timeout_seconds: float, max_connections: int, max_tensor_elements: int,
+        metrics_path: str | None,
     ) -> None:  # fmt: skip
         self._server = _Server(
-            (host, port), models, metrics, max_body_bytes, read_timeout_seconds, max_connections, max_tensor_elements,
-            metrics_path,
+            (host, port), models, metrics, max_body_bytes, read_timeout_seconds, max_connections,
+            max_tensor_elements, metrics_path,
         )  # fmt: skip
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="rest-server", daemon=True

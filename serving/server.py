@@ -42,7 +42,8 @@ class ModelServer:
             raise UserError("serving.max_tensor_elements must be positive")
         if options.read_timeout_seconds <= 0 or options.max_connections <= 0:
             raise UserError(
-                "serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) must be positive"
+                "serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) "
+                "must be positive"
             )
         if options.rest_port < 0 and options.grpc_port < 0:
             raise UserError("both front ends are off: give --rest_api_port or --port")
@@ -94,7 +95,8 @@ class ModelServer:
             try:
                 self.rest = RestServer(
                     self.models, self.metrics, options.host, options.rest_port, options.max_body_bytes,
-                    read_timeout_seconds=options.read_timeout_seconds, max_connections=options.max_connections,
+                    read_timeout_seconds=options.read_timeout_seconds,
+                    max_connections=options.max_connections,
                     max_tensor_elements=options.max_tensor_elements, metrics_path=metrics_path,
                 )  # fmt: skip
             except OSError as e:

@@ -202,7 +202,8 @@ class Signature:
         for alias, array in padded.items():
             if array.size > max_elements:
                 raise invalid(
-                    f"input '{alias}' padded to shape {list(array.shape)} holds more than {max_elements} elements, "
+                    f"input '{alias}' padded to shape {list(array.shape)} "
+                    f"holds more than {max_elements} elements, "
                     "the server's limit (serving.max_tensor_elements); send smaller batches"
                 )
         return padded

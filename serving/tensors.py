@@ -312,7 +312,8 @@ def parse_predict_body(body: bytes) -> dict[str, Any]:
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
         raise invalid(
-            f"JSON Value: {_json_text(doc)} not formatted correctly. 'signature_name' key must be a string value."
+            f"JSON Value: {_json_text(doc)} not formatted correctly. "
+            "'signature_name' key must be a string value."
         )
     return doc
 

@@ -45,27 +45,34 @@ NO_EFFECT: dict[str, tuple[Callable[[str], object], str]] = {
     "grpc_socket_path": (str, "gRPC listens on TCP only (--port)"),
     "rest_api_timeout_in_ms": (int, "a REST request runs to completion; an idle connection closes after "
                                     "--read-timeout-seconds"),
-    "rest_api_enable_cors_support": (flag_bool, "no CORS headers are sent; put a proxy in front for browsers"),
-    "allow_version_labels_for_unavailable_models": (flag_bool, "labels may always name any version; a request "
-                                                               "through a label whose version is not loaded fails"),
+    "rest_api_enable_cors_support": (flag_bool, "no CORS headers are sent; "
+                                                "put a proxy in front for browsers"),
+    "allow_version_labels_for_unavailable_models": (flag_bool, "labels may always name any version; "
+                                                               "a request through a label whose version "
+                                                               "is not loaded fails"),
     "enable_per_model_batching_parameters": (flag_bool, "one BatchingParameters applies to every model"),
     "num_load_threads": (int, "versions load one at a time, in the background, while the old one serves"),
     "num_unload_threads": (int, "a replaced version unloads once its last request is answered"),
-    "max_num_load_retries": (int, "a version that failed to load is retried when its files change, not on a timer"),
+    "max_num_load_retries": (int, "a version that failed to load is retried when its files change, "
+                                  "not on a timer"),
     "load_retry_interval_micros": (int, "a version that failed to load is retried when its files change"),
     "flush_filesystem_caches": (flag_bool, "there is no filesystem cache to flush"),
     "tensorflow_session_config_file": (str, "thread pools come from --tensorflow_intra_op_parallelism and "
                                             "--tensorflow_inter_op_parallelism"),
-    "platform_config_file": (str, "the platform is read from each version directory (SavedModel or model.tflite)"),
+    "platform_config_file": (str, "the platform is read from each version directory "
+                                  "(SavedModel or model.tflite)"),
     "per_process_gpu_memory_fraction": (float, "TensorFlow's default GPU memory allocation applies"),
     "saved_model_tags": (str, "SavedModels load with the serve tag"),
     "enable_model_warmup": (flag_bool, "warm-up always runs: a version takes traffic only after its warm-up "
                                        "requests answer"),
     "num_request_iterations_for_warmup": (int, "each warm-up record is replayed once"),
-    "remove_unused_fields_from_bundle_metagraph": (flag_bool, "only the signatures are kept from the MetaGraphDef"),
+    "remove_unused_fields_from_bundle_metagraph": (flag_bool, "only the signatures are kept "
+                                                              "from the MetaGraphDef"),
     "num_tflite_pools": (int, "TFLite versions run on one single-threaded interpreter per core"),
-    "num_tflite_interpreters_per_pool": (int, "TFLite versions run on one single-threaded interpreter per core"),
-    "enable_signature_method_name_check": (flag_bool, "every signature answers Predict, whatever its method name"),
+    "num_tflite_interpreters_per_pool": (int, "TFLite versions run on one single-threaded interpreter "
+                                              "per core"),
+    "enable_signature_method_name_check": (flag_bool, "every signature answers Predict, "
+                                                      "whatever its method name"),
     "xla_cpu_compilation_enabled": (flag_bool, "XLA JIT stays TensorFlow's default"),
     "enable_profiler": (flag_bool, "no profiler service is offered"),
     "thread_pool_factory_config_file": (str, "request threads come from --grpc_max_threads and "

@@ -90,7 +90,8 @@ def replay(servable: Any, logs: list[prediction_log_pb2.PredictionLog], max_tens
         kind = log.WhichOneof("log_type")
         if kind != "predict_log":
             raise WarmupError(
-                f"warm-up record {i} is a {kind or 'empty'} record; eventpipe models serve predict requests only"
+                f"warm-up record {i} is a {kind or 'empty'} record; "
+                "eventpipe models serve predict requests only"
             )
         request = log.predict_log.request
         try:

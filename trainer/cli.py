@@ -46,7 +46,8 @@ def add_parser(subparsers: Any) -> None:
         help="train the teacher on an Examples artifact (single | mirrored | multiworker | hybrid)",
         description="Train the teacher; writes WORKDIR/train_report.json, checkpoints (a rerun resumes), "
         "TensorBoard scalars, a training-curve plot and the exported SavedModel.",
-        splits="Split-train/, Split-eval/", workdir_help="checkpoints, report and model go here; rerun to resume",
+        splits="Split-train/, Split-eval/",
+        workdir_help="checkpoints, report and model go here; rerun to resume",
     )  # fmt: skip
     p.add_argument(
         "--strategy",
@@ -66,7 +67,8 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         dest="teacher.clients",
         type=int,
-        help="hybrid: N DTensor client processes (one per host) form one mesh, each with --logical-devices devices; started on 127.0.0.1 unless DTENSOR_JOBS is set (default 1)",
+        help="hybrid: N DTensor client processes (one per host) form one mesh, "
+        "each with --logical-devices devices; started on 127.0.0.1 unless DTENSOR_JOBS is set (default 1)",
     )
     p.add_argument("--mesh", metavar="AXES", dest="teacher.mesh", help="hybrid mesh, e.g. batch=2,model=2")
     p.add_argument(
@@ -80,7 +82,8 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         dest="teacher.steps",
         type=int,
-        help="optimisation steps in total (default 0: teacher.epochs over the train split, at least teacher.min_steps)",
+        help="optimisation steps in total "
+        "(default 0: teacher.epochs over the train split, at least teacher.min_steps)",
     )
     p.add_argument(
         "--epochs",
@@ -123,8 +126,9 @@ def add_parser(subparsers: Any) -> None:
     p = _command(
         subparsers, "pretrain",
         help="self-supervised pre-training of the teacher's conv backbone (temporal contrast, no labels)",
-        description="Pre-train the teacher's backbone on the train and unlabelled events (frames of one event are "
-        "positive pairs, NT-Xent); writes WORKDIR/pretrain_report.json, the loss plot and the backbone "
+        description="Pre-train the teacher's backbone on the train and unlabelled events "
+        "(frames of one event are positive pairs, NT-Xent); "
+        "writes WORKDIR/pretrain_report.json, the loss plot and the backbone "
         "(backbone.npz) that eventpipe train --init-backbone starts from.",
         splits="Split-train/, Split-unlabelled/", workdir_help="report and plot go here",
     )  # fmt: skip
@@ -160,7 +164,8 @@ def pretrain_command(args: argparse.Namespace) -> int:
     report = train(cfg, examples, cfg.workdir, export_dir=export_dir, progress=not args.quiet)
     print(
         f"pretrain {report['strategy']}: {report['steps']} steps on {report['events']['total']} events, "
-        f"NT-Xent {report['initial_loss']:.3f} -> {report['final_loss']:.3f} (chance {report['chance_loss']:.3f}), "
+        f"NT-Xent {report['initial_loss']:.3f} -> {report['final_loss']:.3f} "
+        f"(chance {report['chance_loss']:.3f}), "
         f"{report['timing']['wall_seconds']:.0f} s"
     )
     print(f"report: {os.path.join(cfg.workdir, files.PRETRAIN_REPORT)}")

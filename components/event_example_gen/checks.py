@@ -44,8 +44,8 @@ DUPLICATE_ID = "duplicate_id"
 
 REASONS = (
     MALFORMED_LINE, MISSING_FIELD, BAD_FIELD, BAD_TIMESTAMP, UNKNOWN_LABEL, WRONG_FRAME_COUNT,
-    BAD_FRAME_REF, PATH_ESCAPE, FRAME_MISSING, FRAME_UNREADABLE, FRAME_TOO_LARGE, UNDECODABLE_FRAME, MIXED_FRAME_SIZES,
-    DUPLICATE_ID,
+    BAD_FRAME_REF, PATH_ESCAPE, FRAME_MISSING, FRAME_UNREADABLE, FRAME_TOO_LARGE, UNDECODABLE_FRAME,
+    MIXED_FRAME_SIZES, DUPLICATE_ID,
 )  # fmt: skip
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -129,7 +129,8 @@ def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Acce
     if label is not None and rules.classes and label not in rules.classes:
         raise _Reject(
             UNKNOWN_LABEL,
-            f"label {label!r} is not in the class vocabulary {list(rules.classes)}; fix the label or add the class to --classes",
+            f"label {label!r} is not in the class vocabulary {list(rules.classes)}; "
+            "fix the label or add the class to --classes",
         )
     frames = record["frames"]
     if not isinstance(frames, list):
@@ -140,7 +141,8 @@ def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Acce
     if not 1 <= len(frames) <= rules.max_frames:
         raise _Reject(
             WRONG_FRAME_COUNT,
-            f"{len(frames)} frames; events need 1..{rules.max_frames} (raise --max-frames if longer bursts are expected)",
+            f"{len(frames)} frames; events need 1..{rules.max_frames} "
+            "(raise --max-frames if longer bursts are expected)",
         )
     best_frame = record.get("best_frame")
     if best_frame is not None and (
@@ -148,7 +150,8 @@ def _check_record(event: RawEvent, record: dict[str, Any], rules: Rules) -> Acce
     ):
         raise _Reject(
             BAD_FIELD,
-            f"field 'best_frame' must be a 0-based index of one of the event's {len(frames)} frames (0..{len(frames) - 1}) or null, got {best_frame!r}",
+            f"field 'best_frame' must be a 0-based index of one of the event's {len(frames)} frames "
+            f"(0..{len(frames) - 1}) or null, got {best_frame!r}",
         )
     payloads = event.inline_frames or [
         _load_frame(ref, i, event.base_dir, rules) for i, ref in enumerate(frames)
@@ -221,7 +224,8 @@ def _load_frame(ref: Any, index: int, base_dir: str, rules: Rules) -> bytes:
     if info.st_size > rules.max_frame_bytes:
         raise _Reject(
             FRAME_TOO_LARGE,
-            f"frame {index} file {ref!r} is {info.st_size} bytes, over the {rules.max_frame_bytes}-byte limit",
+            f"frame {index} file {ref!r} is {info.st_size} bytes, "
+            f"over the {rules.max_frame_bytes}-byte limit",
         )
     try:
         with open(path, "rb") as f:

@@ -291,7 +291,8 @@ def _read_tfrecord(path: str, rel: str, max_record_bytes: int) -> Iterator[RawEv
     except (ValueError, OSError, EOFError, zlib.error) as e:  # gzip: BadGzipFile, EOFError, zlib.error
         yield RawEvent(
             f"{rel}:{index + 1}", None, "", base_dir,
-            f"unreadable TFRecord file from record {index + 1} on ({e}); the rest of the file cannot be framed",
+            f"unreadable TFRecord file from record {index + 1} on ({e}); "
+            "the rest of the file cannot be framed",
             order=(rel, index + 1),
         )  # fmt: skip
 

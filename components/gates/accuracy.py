@@ -105,10 +105,12 @@ def _bound_failure(
         lower = bounds.lower_bound.value
         floor = "per-class floor" if kind == CLASS_FLOOR else "floor"
         return _failure(model, metric, slice_, kind, value, lower,
-                        f"{model}: {metric} on {_on(slice_)} is {value:.3f}, below the {floor} {lower:.3f}{source}")  # fmt: skip
+                        f"{model}: {metric} on {_on(slice_)} is {value:.3f}, "
+                        f"below the {floor} {lower:.3f}{source}")  # fmt: skip
     upper = bounds.upper_bound.value
     return _failure(model, metric, slice_, kind, value, {"upper_bound": upper},
-                    f"{model}: {metric} on {_on(slice_)} is {value:.3f}, above the bound {upper:.3f}{source}")  # fmt: skip
+                    f"{model}: {metric} on {_on(slice_)} is {value:.3f}, "
+                    f"above the bound {upper:.3f}{source}")  # fmt: skip
 
 
 def _change_failure(
@@ -239,13 +241,16 @@ def tfma_failures(evaluation_uri: str, model: str, *, baseline: str = "the basel
     for spec in result.missing_slices:
         keys = ",".join(spec.feature_keys) or OVERALL
         failures.append(_failure(model, ACCURACY, keys, MISSING, None, None,
-                                 f"{model}: no eval events in the slices {keys} a threshold names (TFMA)"))  # fmt: skip
+                                 f"{model}: no eval events in the slices {keys} "
+                                 "a threshold names (TFMA)"))  # fmt: skip
     if result.missing_thresholds:
         failures.append(_failure(model, ACCURACY, OVERALL, MISSING, None, None,
-                                 f"{model}: the TFMA config sets no thresholds, nothing was validated (TFMA)"))  # fmt: skip
+                                 f"{model}: the TFMA config sets no thresholds, "
+                                 "nothing was validated (TFMA)"))  # fmt: skip
     if not failures:
         failures.append(_failure(model, ACCURACY, OVERALL, MISSING, None, None,
-                                 f"{model}: TFMA did not validate the model and named no failure (see {evaluation_uri})"))  # fmt: skip
+                                 f"{model}: TFMA did not validate the model and named no failure "
+                                 f"(see {evaluation_uri})"))  # fmt: skip
     return failures
 
 
@@ -254,7 +259,8 @@ def _from_proto(failure: Any, model: str, slice_: str, values: dict, baseline_na
     key, threshold = failure.metric_key, failure.metric_threshold
     if failure.metric_value.WhichOneof("type") != "double_value":
         return _failure(model, key.name, slice_, MISSING, None, None,
-                        f"{model}: TFMA computed no {key.name} on {_on(slice_)} to check ({failure.message.strip()})")  # fmt: skip
+                        f"{model}: TFMA computed no {key.name} on {_on(slice_)} to check "
+                        f"({failure.message.strip()})")  # fmt: skip
     value = failure.metric_value.double_value.value
     if not key.is_diff:
         return _bound_failure(model, key.name, slice_, value, threshold.value_threshold, " (TFMA)")

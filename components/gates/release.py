@@ -34,7 +34,8 @@ def decide(
     student_blessed: bool = True,
 ) -> dict:
     """The release verdict: ``failures`` (TFMA's, as ``tfma_failures`` reads them, or
-    ``check_accuracies``') plus the student-vs-teacher check, and a problem line for each; then parity, serving.
+    ``check_accuracies``') plus the student-vs-teacher check, and a problem line for each;
+    then parity, serving.
 
     ``teacher_blessed`` / ``student_blessed`` are the Evaluators' blessings: a refusal that
     names no failure is still a refusal."""
@@ -43,7 +44,8 @@ def decide(
     for model, blessed in (("teacher", teacher_blessed), ("student", student_blessed)):
         if not blessed and not any(f["model"] == model for f in failures):
             failures.append({"model": model, "metric": None, "slice": None, "kind": MISSING, "value": None,
-                             "threshold": None, "message": f"{model}: TFMA did not bless it and named no failure"})  # fmt: skip
+                             "threshold": None,
+                             "message": f"{model}: TFMA did not bless it and named no failure"})  # fmt: skip
     relative = student_vs_teacher(teacher_accuracy, student_accuracy, max_student_drop)
     if relative is not None:
         failures.append(relative)

@@ -106,8 +106,8 @@ def EventPusher(
         # blessed baseline) must not mint a duplicate version: point at the one already there.
         record.update(destinations=already["destinations"], pushed=True, already_pushed=True)
     elif not reasons:
-        plan = _plan(serving, serving_base, mobile_base, pipeline_run_id, model, model_blessing, teacher_model,
-                     lite, examples)  # fmt: skip
+        plan = _plan(serving, serving_base, mobile_base, pipeline_run_id, model, model_blessing,
+                     teacher_model, lite, examples)  # fmt: skip
         record.update(destinations=push_all(plan), pushed=True)
         _remember_push(serving_base, serving.model_name, model.uri, record["destinations"])
     os.makedirs(pushed_model.uri, exist_ok=True)

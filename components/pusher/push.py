@@ -245,7 +245,8 @@ class Staged:
     """
 
     def __init__(
-        self, directory: str, tmp: str, source: str, stamp: Callable[[str, int], None] | None, summary: dict[str, Any]
+        self, directory: str, tmp: str, source: str, stamp: Callable[[str, int], None] | None,
+        summary: dict[str, Any]
     ) -> None:  # fmt: skip
         self.directory, self.tmp, self.source, self._stamp = directory, tmp, source, stamp
         self.summary = summary  # what push_* return, completed by commit

@@ -54,7 +54,8 @@ def reasons_not_to_push(
     model_id: int | None,
     model_uri: str,
 ) -> list[str]:
-    """Every reason the model must not be pushed ([] means push). ``None``: property absent/input not given."""
+    """Every reason the model must not be pushed ([] means push).
+    ``None``: property absent/input not given."""
     reasons = []
     if blessed != 1:
         reasons.append("the model is not blessed (ModelBlessing blessed != 1)")

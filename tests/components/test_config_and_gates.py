@@ -91,7 +91,8 @@ def test_ingest_verdict_blocks_anomalies_and_missing_eval():
 def gate(**kw):
     args = dict(
         teacher_accuracy=0.9, student_accuracy=0.88, failures=[], teacher_blessed=True, student_blessed=True,
-        lite={"blessed": True, "agreement": 1.0, "min_agreement": 0.99}, infra_blessed=True, max_student_drop=0.05,
+        lite={"blessed": True, "agreement": 1.0, "min_agreement": 0.99}, infra_blessed=True,
+        max_student_drop=0.05,
     )  # fmt: skip
     args.update(kw)
     return decide(**args)
@@ -105,18 +106,21 @@ def test_release_gate_blesses_a_good_student():
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"student_accuracy": 0.80}, "student vs teacher: sparse_categorical_accuracy on the overall slice is 0.800 "
-                                     "for the student, below (1 - 0.05) x the teacher's 0.900 = 0.855"),
+        ({"student_accuracy": 0.80}, "student vs teacher: sparse_categorical_accuracy on the overall slice "
+                                     "is 0.800 for the student, "
+                                     "below (1 - 0.05) x the teacher's 0.900 = 0.855"),
         ({"student_blessed": False}, "student: TFMA did not bless it"),
         ({"teacher_blessed": False}, "teacher: TFMA did not bless it"),
         ({"failures": [{"model": "teacher", "message": "teacher: sparse_categorical_accuracy ... (TFMA)"}]},
          "teacher: sparse_categorical_accuracy ... (TFMA)"),
         ({"lite": {"blessed": False, "agreement": 0.9, "min_agreement": 0.99, "events": 300,
                    "reference": "student_qat"}},
-         "int8 TFLite: top-1 agreement with student_qat is 90.0% of 300 events (train, unlabelled and eval), below lite.min_agreement 99.0%"),
+         "int8 TFLite: top-1 agreement with student_qat is 90.0% of 300 events (train, unlabelled and eval), "
+         "below lite.min_agreement 99.0%"),
         ({"lite": {"blessed": False, "agreement": 1.0, "min_agreement": 0.99, "events": 300,
                    "float16": {"agreement": 0.98, "min_agreement": 0.99, "events": 300}}},
-         "float16 TFLite: top-1 agreement with the float student is 98.0% of 300 events (train, unlabelled and eval)"),
+         "float16 TFLite: top-1 agreement with the float student is 98.0% of 300 events "
+         "(train, unlabelled and eval)"),
         ({"infra_blessed": False}, "ServingValidator"),
     ],
 )  # fmt: skip
@@ -174,8 +178,8 @@ def test_decide_on_accuracies_applies_the_pipeline_gates_to_numbers():
     assert not decide_on_accuracies(0.90, 0.85, gates)["blessed"]  # below 0.855
     regressed = decide_on_accuracies(0.90, 0.86, gates, baseline_accuracy=0.89)
     assert regressed["problems"] == [
-        "student: sparse_categorical_accuracy on the overall slice changed by -0.030 against the last blessed "
-        "student (0.890), more than the allowed -0.020"
+        "student: sparse_categorical_accuracy on the overall slice changed by -0.030 "
+        "against the last blessed student (0.890), more than the allowed -0.020"
     ]
     assert regressed["failures"][0]["kind"] == "regression"
     assert decide_on_accuracies(0.90, 0.88, gates, baseline_accuracy=0.89)["blessed"]
@@ -189,7 +193,8 @@ def test_decide_on_accuracies_checks_every_class_it_is_given():
     per_class = {"person": 0.95, "animal": 0.43, "vehicle": 0.9}
     refused = decide_on_accuracies(0.762, 0.75, gates, teacher_class_accuracy=per_class)
     assert refused["problems"] == [
-        "teacher: sparse_categorical_accuracy on slice label_name=animal is 0.430, below the per-class floor 0.500"
+        "teacher: sparse_categorical_accuracy on slice label_name=animal is 0.430, "
+        "below the per-class floor 0.500"
     ]
     [failure] = refused["failures"]
     assert (failure["model"], failure["slice"], failure["kind"]) == (
@@ -253,7 +258,8 @@ def test_single_frame_teachers_pool_the_maximum_and_multi_frame_ones_the_mean():
     with pytest.raises(ValueError, match="teacher.pool"):
         frame_pool("median", 4)
     small = {"conv_filters": [8, 16], "fc_units": [16]}
-    for frames, pool, layer_type, width in ((1, "auto", "GlobalMaxPooling2D", 16), (3, "auto", "GlobalAveragePooling2D", 16),
+    for frames, pool, layer_type, width in ((1, "auto", "GlobalMaxPooling2D", 16),
+                                             (3, "auto", "GlobalAveragePooling2D", 16),
                                              (2, "avgmax", "AvgMaxPool", 32)):  # fmt: skip
         model = build_teacher(EventSpec(("a", "b"), frames, 16, 16, 1), TeacherConfig(pool=pool, **small))
         layer = model.get_layer("conv_pool")

@@ -203,7 +203,10 @@ def test_a_teacher_under_the_per_class_floor_is_refused_naming_the_class(tfma_ru
     assert failure["model"] == "teacher" and failure["metric"] == ACCURACY
     assert failure["kind"] == "class_floor" and failure["slice"] == "label_name=animal"
     assert failure["value"] == pytest.approx(0.4) and failure["threshold"] == pytest.approx(0.5)
-    message = "teacher: sparse_categorical_accuracy on slice label_name=animal is 0.400, below the per-class floor 0.500 (TFMA)"
+    message = (
+        "teacher: sparse_categorical_accuracy on slice label_name=animal is 0.400, "
+        "below the per-class floor 0.500 (TFMA)"
+    )
     assert failure["message"] == message
     # The overall accuracy (0.80) passed its floor and is not blamed.
     verdict = release_gate(tmp_path, teacher, tfma_run("good_student"))
@@ -240,8 +243,8 @@ def test_a_regression_against_the_last_blessed_student_is_refused(tfma_run, tmp_
         {"baseline_model": "the last blessed student", "baseline": 0.85, "allowed_change": -0.02}
     )
     message = (
-        "student: sparse_categorical_accuracy on the overall slice changed by -0.067 against the last blessed "
-        "student (0.850), more than the allowed -0.020 (TFMA)"
+        "student: sparse_categorical_accuracy on the overall slice changed by -0.067 "
+        "against the last blessed student (0.850), more than the allowed -0.020 (TFMA)"
     )
     assert failure["message"] == message
     # The teacher is 0.90, so the student (0.783) also misses 0.855: both reasons, each once.

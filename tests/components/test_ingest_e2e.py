@@ -232,7 +232,8 @@ def test_tfrecord_crcs_are_checked_and_a_truncated_file_counts_what_it_held(tmp_
     run_ingest(src, tmp_path / "first")
     payloads = [
         r.numpy() for r in tf.data.TFRecordDataset(
-            sorted(glob.glob(str(tmp_path / "first" / "examples" / "Split-*" / "*.gz"))), compression_type="GZIP"
+            sorted(glob.glob(str(tmp_path / "first" / "examples" / "Split-*" / "*.gz"))),
+            compression_type="GZIP"
         )
     ]  # fmt: skip
     root = tmp_path / "records"
@@ -327,7 +328,8 @@ def test_ingest_fuzz_accounts_for_every_line_record_and_file(tmp_path):
 
     # A TFRecord built from the accepted examples, then damaged at random positions.
     payloads = [r.numpy() for r in tf.data.TFRecordDataset(
-        sorted(glob.glob(str(tmp_path / "out" / "examples" / "Split-*" / "*.gz"))), compression_type="GZIP")]  # fmt: skip
+        sorted(glob.glob(str(tmp_path / "out" / "examples" / "Split-*" / "*.gz"))),
+        compression_type="GZIP")]  # fmt: skip
     records = tmp_path / "records"
     records.mkdir()
     path = str(records / "events.tfrecord")

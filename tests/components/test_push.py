@@ -65,7 +65,8 @@ def test_reader_never_sees_a_partial_version_while_pushers_race(big_saved_model,
     thread.start()
     code = (
         "import sys, json; from components.pusher.push import push_saved_model\n"
-        "print(json.dumps([push_saved_model(sys.argv[1], sys.argv[2], sys.argv[3])['version'] for _ in range(3)]))"
+        "print(json.dumps([push_saved_model(sys.argv[1], sys.argv[2], sys.argv[3])['version'] "
+        "for _ in range(3)]))"
     )
     procs = [
         subprocess.Popen(

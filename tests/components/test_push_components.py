@@ -46,7 +46,8 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     lite.mkdir()
     shutil.copy(ss.tflite_model(1, "int8"), lite / "model.tflite")
     shutil.copy(ss.tflite_model(1, "float16"), lite / "model_float16.tflite")
-    report = {"tflite": {"int8": {"accuracy": 0.9, "bytes": {"raw": 1234}, "agreement_with_student_float": 0.99},
+    report = {"tflite": {"int8": {"accuracy": 0.9, "bytes": {"raw": 1234},
+                                  "agreement_with_student_float": 0.99},
                          "float16": {"accuracy": 0.91, "bytes": {"raw": 2345}},
                          "parity": {"agreement": 0.99, "passed": True}, "blessed": True}}  # fmt: skip
     (lite / "lite_report.json").write_text(json.dumps(report))
@@ -285,7 +286,8 @@ def _pusher_inputs(inputs, tmp_path, *, blessed=1, infra=1, blessing_model_id=7,
         "model": student,
         "model_blessing": _artifact(standard_artifacts.ModelBlessing, str(blessing_dir), 11, blessed=blessed,
                                     current_model=inputs["student"], current_model_id=blessing_model_id),
-        "infra_blessing": _artifact(standard_artifacts.InfraBlessing, str(tmp_path / "infra"), 12, blessed=infra),
+        "infra_blessing": _artifact(standard_artifacts.InfraBlessing, str(tmp_path / "infra"), 12,
+                                    blessed=infra),
         "teacher_model": _artifact(standard_artifacts.Model, inputs["teacher"], 8),
         "lite": _artifact(LiteModels, inputs["lite"], 9),
     }  # fmt: skip
@@ -396,13 +398,15 @@ def _kill_a_push(inputs, serving, mobile, where):
         os.path.join(inputs["teacher"], "Format-Serving"),
     )
     args = [str(serving), str(mobile), student, teacher, inputs["lite"], NAME, where]
-    killed = subprocess.run([sys.executable, "-c", _KILLED_PUSH, *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PUSH, *args], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=REPO),
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert killed.returncode == 9, killed.stderr[-2000:]
     from components.pusher import release
 
     return release.PushPlan(model_name=NAME, student_dir=student, serving_base=str(serving),
-                            teacher_dir=teacher, lite_dir=inputs["lite"], mobile_base=str(mobile))  # fmt: skip
+                            teacher_dir=teacher, lite_dir=inputs["lite"],
+                            mobile_base=str(mobile))  # fmt: skip
 
 
 def _journal_states(serving):

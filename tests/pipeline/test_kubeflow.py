@@ -21,7 +21,8 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
         [sys.executable, "-m", "pipeline.cli", "compile-kubeflow", "--data", "gs://bucket/events",
          "--pipeline-root", "gs://bucket/root", "--workdir", str(tmp_path / "w"), "--output", str(out),
          "--image", "registry.example/eventpipe:7", "--max-reject-rate", "0.07",
-         "--gpus", "2", "--accelerator", "NVIDIA_TESLA_T4", "--set", 'kubeflow.resources={"Distiller": [8, 32]}'],
+         "--gpus", "2", "--accelerator", "NVIDIA_TESLA_T4",
+         "--set", 'kubeflow.resources={"Distiller": [8, 32]}'],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -120,8 +121,8 @@ def test_a_spec_no_cluster_could_run_is_refused_naming_each_problem(tmp_path):
     r = subprocess.run([*base, "--data", "/x"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and not (tmp_path / "spec.json").exists()
     assert not (tmp_path / "w").exists()  # the workdir the refused command created is gone again
-    for problem in ("--data /x is a path on this machine", "--pipeline-root", "--image eventpipe:latest names no registry",
-                    "--allow-local"):  # fmt: skip
+    for problem in ("--data /x is a path on this machine", "--pipeline-root",
+                    "--image eventpipe:latest names no registry", "--allow-local"):  # fmt: skip
         assert problem in r.stderr, (problem, r.stderr[-2000:])
     help_text = subprocess.run(
         [*base[:4], "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -137,7 +138,8 @@ def test_a_spec_no_cluster_could_run_is_refused_naming_each_problem(tmp_path):
 def test_run_with_kubeflow_runner_compiles_into_the_workdir(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", "--runner", "kubeflow", "--data", "gs://bucket/events",
-         "--pipeline-root", "gs://bucket/root", "--workdir", str(tmp_path / "w"), "--image", "registry.example/e:1",
+         "--pipeline-root", "gs://bucket/root", "--workdir", str(tmp_path / "w"),
+         "--image", "registry.example/e:1",
          "--through", "train", "--strategy", "multiworker", "--train-workers", "4"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -50,15 +50,18 @@ def mysql_url(tmp_path_factory):
     data, port = str(root / "data"), _free_port()
     user = ["--user=" + getpass.getuser()]
     subprocess.run([install, "--no-defaults", f"--datadir={data}", *user, "--skip-test-db",
-                    "--auth-root-authentication-method=normal"], check=True, capture_output=True, timeout=120)  # fmt: skip
+                    "--auth-root-authentication-method=normal"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
     init = root / "init.sql"
     init.write_text(
-        f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\nGRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%';\n"
+        f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\n"
+        f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%';\n"
     )
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [server, "--no-defaults", f"--datadir={data}", f"--socket={root / 'sock'}", f"--port={port}",
-         "--bind-address=127.0.0.1", f"--pid-file={root / 'pid'}", f"--init-file={init}", "--skip-log-bin", *user],
+         "--bind-address=127.0.0.1", f"--pid-file={root / 'pid'}", f"--init-file={init}",
+         "--skip-log-bin", *user],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.time() + 60
@@ -79,7 +82,8 @@ def mysql_url(tmp_path_factory):
 
 def _validate(events, workdir, *flags):
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "validate", "--data", str(events), "--workdir", str(workdir), *flags],
+        [sys.executable, "-m", "pipeline.cli", "validate", "--data", str(events),
+         "--workdir", str(workdir), *flags],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 

@@ -24,7 +24,8 @@ def _outputs(state="COMPLETE", **props_by_key):
 
 
 def test_a_line_per_start_and_end_with_the_headline_and_nothing_else_printed(capsys):
-    found = {"EventExampleGen": _outputs(examples={"read": 10, "accepted": 8, "rejected": 2, "unlabelled": 3}),
+    found = {"EventExampleGen": _outputs(examples={"read": 10, "accepted": 8, "rejected": 2,
+                                                   "unlabelled": 3}),
              "StatisticsGen": _outputs(state="CACHED")}  # fmt: skip
     stream = io.StringIO()
     absl_logging.set_verbosity(absl_logging.ERROR)  # what the CLI does

@@ -47,7 +47,8 @@ def report(tmp_path, entries, **sections):
 
 def test_user_strings_are_escaped_everywhere(tmp_path):
     entries = [{"reason": HOSTILE_REASON, "detail": f"frame 0 of {HOSTILE}", "source": f"a.jsonl:{HOSTILE}",
-                "event_id": HOSTILE, "record": {"event_id": HOSTILE, "frames": [{"b64": "not base64 at all"}]}}]  # fmt: skip
+                "event_id": HOSTILE,
+                "record": {"event_id": HOSTILE, "frames": [{"b64": "not base64 at all"}]}}]  # fmt: skip
     rep = report(
         tmp_path, entries,
         release={"blessed": False, "problems": [f"class {HOSTILE} below its floor"],
@@ -152,8 +153,8 @@ def test_a_threshold_relative_to_another_model_is_shown_as_its_bound(tmp_path):
         "baseline_model": "teacher",
         "lower_bound": 0.936,
     }
-    failure = {"model": "student", "metric": "acc", "slice": "overall", "value": 0.905, "threshold": threshold,
-               "kind": "student_vs_teacher"}  # fmt: skip
+    failure = {"model": "student", "metric": "acc", "slice": "overall", "value": 0.905,
+               "threshold": threshold, "kind": "student_vs_teacher"}  # fmt: skip
     rep = report(
         tmp_path, [], release={"blessed": False, "problems": ["student vs teacher"], "failures": [failure]}
     )
@@ -162,12 +163,14 @@ def test_a_threshold_relative_to_another_model_is_shown_as_its_bound(tmp_path):
 
 
 def test_weak_results_are_marked_beside_their_baselines(tmp_path):
-    comparison = {"kd_gain": -1.2, "teacher_over_scratch_points": 2.0, "best_frame_first_frame_baseline": 0.546,
-                  "best_frame_random_baseline": 0.25, "best_frame_confidence_baseline": 0.6}  # fmt: skip
+    comparison = {"kd_gain": -1.2, "teacher_over_scratch_points": 2.0,
+                  "best_frame_first_frame_baseline": 0.546, "best_frame_random_baseline": 0.25,
+                  "best_frame_confidence_baseline": 0.6}  # fmt: skip
     rep = report(
         tmp_path, [], comparison=comparison,
         teacher={"accuracy": 0.97, "params": 10, "best_frame_accuracy": 0.71, "best_frame_events": 251},
-        student={"production": "student_qat", "qat": {"accuracy": 0.96, "params": 5, "best_frame_accuracy": 0.35}},
+        student={"production": "student_qat",
+                 "qat": {"accuracy": 0.96, "params": 5, "best_frame_accuracy": 0.35}},
     )  # fmt: skip
     page = report_html.render(rep, str(tmp_path / "report.json"))
     assert "-1.2 points (WORSE than the student trained alone)" in page
@@ -206,7 +209,8 @@ def test_tfdv_statistics_are_shown_at_a_glance():
             {"feature": "frame_count", "missing": 0, "min": 1.0, "mean": 3.5, "max": 4.0},
             {"feature": "label_name", "missing": 3, "unique": 2, "top": [["person", 50], ["vehicle", 37]]},
             {"feature": "frames", "missing": 0, "unique": 90}]},
-        "eval": {"examples": 10, "features": [{"feature": "frame_count", "missing": 0, "min": 4.0, "mean": 4.0, "max": 4.0}]},
+        "eval": {"examples": 10, "features": [
+            {"feature": "frame_count", "missing": 0, "min": 4.0, "mean": 4.0, "max": 4.0}]},
     }  # fmt: skip
     table = report_html.statistics_table(glance)
     assert "train (90 examples)" in table and "eval (10 examples)" in table

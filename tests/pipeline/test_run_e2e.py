@@ -79,7 +79,8 @@ def test_run_writes_every_section_and_artifact(first_run):
     lines = result.stdout.splitlines()
     ev = report["events"]
     assert any(re.search(r"EventExampleGen +started$", line) for line in lines)
-    assert any(re.search(rf"EventExampleGen +done in [\d.]+ s  read {ev['read']}, accepted {ev['accepted']}", line)
+    assert any(re.search(rf"EventExampleGen +done in [\d.]+ s  read {ev['read']}, "
+                         rf"accepted {ev['accepted']}", line)
                for line in lines)  # fmt: skip
     for node in (
         "TeacherTrainer",
@@ -268,7 +269,8 @@ def test_a_run_killed_during_teacher_training_resumes_from_its_checkpoint(first_
     work = root / "work-killed"
     args = ["run", "--data", str(root / "events"), "--workdir", str(work), *TINY, "--through", "train",
             "--set", "teacher.steps=400", "--set", "teacher.checkpoint_every=20"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=root, env=dict(os.environ, PYTHONPATH=REPO),
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=root,
+                            env=dict(os.environ, PYTHONPATH=REPO),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline, checkpointed = time.time() + 600, 0
     while time.time() < deadline and proc.poll() is None and not checkpointed:
@@ -362,7 +364,8 @@ def test_a_run_killed_at_seeded_moments_loses_nothing(first_run):
     got = report["events"]
     expected = (clean_events["read"] + bad, clean_events["accepted"], bad)
     assert (got["read"], got["accepted"], got["rejected"]) == expected
-    print("chaos:", "; ".join(f"{r.moment.stage}+{r.moment.fraction:.0%} {r.moment.mode} -> {r.killed_in or '-'}"
+    print("chaos:", "; ".join(f"{r.moment.stage}+{r.moment.fraction:.0%} {r.moment.mode} "
+                              f"-> {r.killed_in or '-'}"
                               for r in runs), f"final run {final.seconds:.0f} s")  # fmt: skip
 
 
@@ -377,7 +380,8 @@ window.addEventListener("error", function (ev) {
 _PROBE_TAIL = """<script>window.addEventListener("load", function () {
   var images = Array.prototype.slice.call(document.images);
   var bad = images.filter(function (i) {
-    return !(i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0 && i.getBoundingClientRect().height > 0);
+    return !(i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0 &&
+             i.getBoundingClientRect().height > 0);
   }).map(function (i) { return i.alt; });
   var out = document.createElement("pre");
   out.id = "probe";
@@ -391,7 +395,8 @@ def chromium(*args, profile):
     browser = shutil.which("chromium")
     assert browser, "chromium is not installed (Debian package `chromium`; .ci/run installs it)"
     return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}", *args],
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--user-data-dir={profile}", *args],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 

@@ -103,7 +103,8 @@ def test_wrong_python_or_missing_packages_is_one_line_saying_to_set_up(tmp_path,
         "import sys; sys.modules['tqdm'] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     r = subprocess.run([sys.executable, "-c", code, "generate", "--out", str(tmp_path / "e")], cwd=REPO,
-                       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)  # fmt: skip
+                       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error: package 'tqdm' is not installed for" in r.stderr and "make setup" in r.stderr
 

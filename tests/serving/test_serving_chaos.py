@@ -420,7 +420,8 @@ def test_pushes_corrupt_versions_and_sigkill_under_load(tmp_path):
         f"\nserve chaos: {len(outcomes)} requests in {time.monotonic() - test_started:.1f} s: "
         + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
         + f"; SIGKILL to first right answer {restart_s:.2f} s (REST "
-        f"{first_ok['rest'] - marks['kill']:.2f}, gRPC {first_ok['grpc'] - marks['kill']:.2f}; listening after "
+        f"{first_ok['rest'] - marks['kill']:.2f}, gRPC {first_ok['grpc'] - marks['kill']:.2f}; "
+        "listening after "
         f"{marks['listening'] - marks['kill']:.2f}); RSS: "
         + ", ".join(
             f"{what} {a:.1f} -> {b:.1f} MiB over {n} requests (catches {bound * 1024 / n:.0f} KiB/request)"

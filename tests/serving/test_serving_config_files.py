@@ -126,7 +126,8 @@ def test_model_config_file(tmp_path):
             "is not served",
         ),
         (
-            'model_config_list { config { name: "m" base_path: "/x" version_labels { key: "1x" value: 1 } } }',
+            'model_config_list { config { name: "m" base_path: "/x" '
+            'version_labels { key: "1x" value: 1 } } }',
             "must start with a letter",
         ),
         (
@@ -157,8 +158,9 @@ def test_serve_flags_have_tf_servings_meaning(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(
-        ["serve", "--model_name", "m", "--model_base_path", str(tmp_path), "--port", "9000", "--rest_api_port", "0",
-         "--rest_api_num_threads", "7", "--file_system_poll_wait_seconds", "0", "--enable_batching=false"]
+        ["serve", "--model_name", "m", "--model_base_path", str(tmp_path), "--port", "9000",
+         "--rest_api_port", "0", "--rest_api_num_threads", "7", "--file_system_poll_wait_seconds", "0",
+         "--enable_batching=false"]
     )  # fmt: skip
     s = load_config(args).serving
     assert (s.model_name, s.model_base_path, s.grpc_port, s.rest_port) == ("m", str(tmp_path), 9000, -1)

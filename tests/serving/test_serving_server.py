@@ -225,7 +225,8 @@ def test_a_tensorflow_model_server_command_line_starts_the_server(tmp_path):
     model_dir.mkdir()
     ss.push_saved_model(ss.saved_model(1), str(model_dir), 1)
     flags = ["--rest_api_timeout_in_ms=30000", "--enable_model_warmup=true", "--grpc_max_threads=8",
-             "--allow_version_labels_for_unavailable_models", "--grpc_channel_arguments=grpc.max_connection_age_ms=60000",
+             "--allow_version_labels_for_unavailable_models",
+             "--grpc_channel_arguments=grpc.max_connection_age_ms=60000",
              "--tensorflow_session_parallelism=1", "--file_system_poll_wait_seconds=1"]  # fmt: skip
     server = ss.ServerProcess(str(model_dir), "eventpipe", *flags)
     try:
@@ -244,7 +245,8 @@ def test_a_tensorflow_model_server_command_line_starts_the_server(tmp_path):
     ):
         assert f"--{flag}=" in log and "has no effect here" in log, flag
     refused = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--model_base_path", str(model_dir), "--ssl_config_file=x"],
+        [sys.executable, "-m", "pipeline.cli", "serve", "--model_base_path", str(model_dir),
+         "--ssl_config_file=x"],
         capture_output=True, text=True, timeout=120, cwd=ss.REPO,
     )  # fmt: skip
     assert refused.returncode != 0 and "terminate TLS in front of it" in refused.stderr
@@ -264,7 +266,8 @@ def test_the_serving_images_entrypoint_runs_like_tensorflow_serving(tmp_path):
     shown = subprocess.run([entrypoint, "--enable_batching"], env={**os.environ, "EVENTPIPE": "echo"},
                            capture_output=True, text=True, timeout=30)  # fmt: skip
     assert shown.stdout.split() == ["serve", "--host", "0.0.0.0", "--port=8500", "--rest_api_port=8501",
-                                    "--model_name=model", "--model_base_path=/models/model", "--enable_batching"]  # fmt: skip
+                                    "--model_name=model", "--model_base_path=/models/model",
+                                    "--enable_batching"]  # fmt: skip
     (tmp_path / "eventpipe").mkdir()
     ss.push_saved_model(ss.saved_model(1), str(tmp_path / "eventpipe"), 1)
     rest, grpc_port = _free_port(), _free_port()
@@ -782,8 +785,9 @@ def _mutations(rng: random.Random, valid: bytes) -> bytes:
         value = rng.choice(
             ["null", "true", '"x"', "{}", "[]", '{"b64": 1}', '{"b64": "%%%"}', "[[1, [2]]]", "1.5"]
         )
-        return rng.choice(['{"instances": %s}', '{"inputs": %s}', '{"instances": [%s]}', '{"inputs": {"frames": %s}}',
-                           '{"signature_name": %s, "instances": []}']).replace("%s", value).encode()  # fmt: skip
+        return (rng.choice(['{"instances": %s}', '{"inputs": %s}', '{"instances": [%s]}',
+                            '{"inputs": {"frames": %s}}', '{"signature_name": %s, "instances": []}'])
+                .replace("%s", value).encode())  # fmt: skip
     if pick == 6:  # ragged and oversized shapes within the body limit
         return json.dumps({"instances": [[0.5] * rng.randrange(1, 3000), [0.5]]}).encode()
     if pick == 7:  # valid JSON of the wrong structure
@@ -826,8 +830,8 @@ def test_grpc_fuzz_gets_invalid_argument_never_internal(static_server):
     pid = static_server.proc.pid
     peak_before = _peak_rss_bytes(pid)
     deadline, codes = time.monotonic() + FUZZ_SECONDS, collections.Counter()
-    dtypes = [types_pb2.DT_STRING, types_pb2.DT_FLOAT, types_pb2.DT_INT64, types_pb2.DT_HALF, types_pb2.DT_BOOL,
-              types_pb2.DT_INVALID, 999]  # fmt: skip
+    dtypes = [types_pb2.DT_STRING, types_pb2.DT_FLOAT, types_pb2.DT_INT64, types_pb2.DT_HALF,
+              types_pb2.DT_BOOL, types_pb2.DT_INVALID, 999]  # fmt: skip
     with grpc.insecure_channel(static_server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for i in range(FUZZ_REQUESTS):

@@ -82,7 +82,8 @@ def two_models(tmp_path_factory):
     )
     (root / "monitoring.txt").write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
     server = ss.ServerProcess(
-        None, None, "--model_config_file", str(config), "--enable_batching", "--batching_parameters_file", str(root / "batching.txt"),
+        None, None, "--model_config_file", str(config), "--enable_batching",
+        "--batching_parameters_file", str(root / "batching.txt"),
         "--monitoring_config_file", str(root / "monitoring.txt"), "--tensorflow_intra_op_parallelism", "1",
     )  # fmt: skip
     try:

@@ -615,7 +615,8 @@ def test_cli_rejects_bad_serving_arguments_in_one_line(tmp_path, capsys):
 
 
 def test_one_runtime_chooser_prefers_litert_and_can_be_pinned(monkeypatch):
-    """LiteRT when installed; ``EVENTPIPE_TFLITE_RUNTIME`` pins one; a wrong pin is an error, not a fallback."""
+    """LiteRT when installed; ``EVENTPIPE_TFLITE_RUNTIME`` pins one; a wrong pin is an error,
+    not a fallback."""
     from ondevice import runtime
 
     def choose(value: str | None, **kwargs):

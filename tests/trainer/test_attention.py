@@ -1,4 +1,5 @@
-"""The models' attention measured against the simulator's best frame: ingest keeps it, evaluation scores it."""
+"""The models' attention measured against the simulator's best frame: ingest keeps it,
+evaluation scores it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The communication planner (trainer/parallel/planner.py) and ``eventpipe plan-parallel``: no TensorFlow, fast."""
+"""The communication planner (trainer/parallel/planner.py) and ``eventpipe plan-parallel``:
+no TensorFlow, fast."""
 
 from __future__ import annotations
 

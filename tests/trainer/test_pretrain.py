@@ -23,8 +23,9 @@ SPEC = EventSpec(fx.CLASSES, frames=2, height=12, width=12, channels=3)
 def tiny_config(strategy: str = "single") -> Config:
     cfg = Config()
     for key, value in {
-        "teacher.strategy": strategy, "teacher.conv_filters": [8, 16], "teacher.fc_units": [32, 32], "teacher.stem_stride": 1,
-        "teacher.logical_devices": 2, "teacher.mesh": "batch=1,model=2", "teacher.global_batch_size": 16,
+        "teacher.strategy": strategy, "teacher.conv_filters": [8, 16], "teacher.fc_units": [32, 32],
+        "teacher.stem_stride": 1, "teacher.logical_devices": 2, "teacher.mesh": "batch=1,model=2",
+        "teacher.global_batch_size": 16,
         "pretrain.steps": 40, "pretrain.batch": 16, "pretrain.projection_units": [32, 16],
     }.items():  # fmt: skip
         cfg.set(key, value)
@@ -58,7 +59,8 @@ def test_bad_pretrain_fields_are_named():
                          negatives="anywhere")  # fmt: skip
     text = "; ".join(pretrain_problems(bad))
     for field in ("pretrain.temperature", "pretrain.batch", "pretrain.augmentations", "'rotate'",
-                  "pretrain.projection_units", "pretrain.negatives must be one of camera, batch, got 'anywhere'"):  # fmt: skip
+                  "pretrain.projection_units",
+                  "pretrain.negatives must be one of camera, batch, got 'anywhere'"):  # fmt: skip
         assert field in text
     text = "; ".join(pretrain_problems(PretrainConfig(temperature=0.05, epochs=float("nan"))))
     assert "pretrain.temperature must be >= 0.1" in text and "pretrain.epochs" in text
@@ -72,7 +74,8 @@ def test_bad_pretrain_fields_are_named():
         check_pretrain(Config.from_dict({"pretrain": {"strategy": "mirrored"}}))
     # Hybrid's sizes against the teacher's mesh, before any process starts (not after ingest).
     cfg = Config.from_dict({"teacher": {"mesh": "batch=2,model=4", "fc_layout": "2d"},
-                            "pretrain": {"strategy": "hybrid", "batch": 5, "projection_units": [30, 16]}})  # fmt: skip
+                            "pretrain": {"strategy": "hybrid", "batch": 5,
+                                         "projection_units": [30, 16]}})  # fmt: skip
     with pytest.raises(ConfigError) as error:
         check_pretrain(cfg)
     assert "pretrain.batch 5 must be a multiple of the batch axis (2)" in str(error.value)
@@ -193,15 +196,17 @@ def test_pipeline_with_pretrain_records_the_pretrainer_and_its_lineage_to_the_te
 
     generate(
         str(tmp_path / "events"),
-        SimulatorConfig(events=96, frames=2, size=12, classes=["empty", "person", "vehicle"], unlabelled_fraction=0.5, seed=2),
+        SimulatorConfig(events=96, frames=2, size=12, classes=["empty", "person", "vehicle"],
+                        unlabelled_fraction=0.5, seed=2),
         workers=1, progress=False, preview=False,
     )  # fmt: skip
     work = tmp_path / "work"
     args = [
         "run", "--data", str(tmp_path / "events"), "--workdir", str(work), "--through", "train", "--pretrain",
         "--strategy", "single", "--set", "teacher.steps=6", "--set", "teacher.conv_filters=8,16",
-        "--set", "teacher.fc_units=32,32", "--set", "teacher.global_batch_size=16", "--set", "pretrain.steps=10",
-        "--set", "pretrain.batch=16", "--set", "pretrain.projection_units=32,16",
+        "--set", "teacher.fc_units=32,32", "--set", "teacher.global_batch_size=16",
+        "--set", "pretrain.steps=10", "--set", "pretrain.batch=16",
+        "--set", "pretrain.projection_units=32,16",
         "--set", "gates.min_accuracy=0", "--set", "gates.min_class_accuracy=0",
     ]  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=tmp_path, capture_output=True,

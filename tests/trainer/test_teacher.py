@@ -416,7 +416,8 @@ def test_child_progress_reaches_stderr_without_native_log_noise(capsys):
 
     script = (
         "import sys; w = sys.stderr.write; w('\\rteacher: 1/2'); sys.stderr.flush(); "
-        "w('E0000 00:00:1795353203.219221   14985 op_level_cost_estimator.cc:1121] Incompatible Matrix dimensions\\n'); "
+        "w('E0000 00:00:1795353203.219221   14985 op_level_cost_estimator.cc:1121] "
+        "Incompatible Matrix dimensions\\n'); "
         "w('\\rteacher: 2/2\\n'); print('teacher done')"
     )
     logged = []

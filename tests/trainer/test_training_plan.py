@@ -69,8 +69,8 @@ def test_teacher_loss_adds_the_frame_term_and_smooths_labels():
 def test_schedule_warms_up_then_decays_to_the_final_fraction():
     from trainer.teacher.loop import make_schedule
 
-    cfg = TeacherConfig(base_learning_rate=1e-3, global_batch_size=64, reference_batch_size=32, warmup_steps=10,
-                        decay_start=0.5)  # fmt: skip
+    cfg = TeacherConfig(base_learning_rate=1e-3, global_batch_size=64, reference_batch_size=32,
+                        warmup_steps=10, decay_start=0.5)  # fmt: skip
     schedule = make_schedule(cfg, 110)
     lrs = schedule(np.arange(111)).numpy()
     assert lrs[0] == pytest.approx(1e-3) and lrs[10] == pytest.approx(2e-3)  # linear scaling: 2x

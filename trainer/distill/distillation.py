@@ -218,7 +218,8 @@ def _qat_phase(
 def _scratch_baseline(
     students: _Students, inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any
 ) -> dict[str, int]:
-    """The same student on hard labels only, with the dense phase's optimizer steps; returns the event counts."""
+    """The same student on hard labels only, with the dense phase's optimizer steps;
+    returns the event counts."""
     inputs.train = None  # one decoded cache at a time: the distillation stream's goes before the baseline's
     unlabelled = _count(inputs.unlabelled)
     labelled = len(inputs.soft) - unlabelled  # soft labels cover labelled + unlabelled, once each
@@ -230,8 +231,9 @@ def _scratch_baseline(
     keras.utils.set_random_seed(cfg.seed)
     students.scratch = build_student(spec, cfg)
     students.history["scratch"] = kd.distill(
-        students.scratch, hard, steps=inputs.steps, epochs=cfg.epochs, cfg=dataclasses.replace(cfg, alpha=1.0),
-        learning_rate=cfg.learning_rate, desc="student from scratch (hard labels)", log_dir=logs("scratch"),
+        students.scratch, hard, steps=inputs.steps, epochs=cfg.epochs,
+        cfg=dataclasses.replace(cfg, alpha=1.0), learning_rate=cfg.learning_rate,
+        desc="student from scratch (hard labels)", log_dir=logs("scratch"),
     )  # fmt: skip
     students.scratch.save(out.keras(files.STUDENT_SCRATCH))
     return {"labelled": labelled, "unlabelled": unlabelled}
@@ -248,9 +250,11 @@ def _report(
         "examples": counts,
         "params": int(students.dense.count_params()),
         "steps_per_epoch": steps,
-        "pruning": {"plan": students.plan.to_dict() if students.plan else None, "sparsity": students.sparsity},
+        "pruning": {"plan": students.plan.to_dict() if students.plan else None,
+                    "sparsity": students.sparsity},
         "qat": (
-            {"epochs": cfg.qat_epochs, "preserve_sparsity": bool(students.pruned_layers), "sparsity": students.qat_sparsity}
+            {"epochs": cfg.qat_epochs, "preserve_sparsity": bool(students.pruned_layers),
+             "sparsity": students.qat_sparsity}
             if students.quantized is not None else None
         ),
         "scratch": {"labelled_events": counts["labelled"], "steps": steps * cfg.epochs},

@@ -7,9 +7,10 @@ Loss per event (Hinton et al. 2015)::
 Unlabelled events (label -1) contribute only the distillation term, so more unlabelled data
 means fewer labels are needed. The frame-attention weights are trained, with weight
 ``frame_weight``, to name the event's best frame: the known one where ingest has it, else the
-teacher's pick (the scratch baseline gets the known ones only). The teacher's logits are computed once per example (one pass
-over the data through the teacher SavedModel's ``decoded_frames`` signature) and travel with
-the serialized examples through shuffling and batching, so epochs never re-run the teacher.
+teacher's pick (the scratch baseline gets the known ones only). The teacher's logits are
+computed once per example (one pass over the data through the teacher SavedModel's
+``decoded_frames`` signature) and travel with the serialized examples through shuffling and
+batching, so epochs never re-run the teacher.
 """
 
 from __future__ import annotations

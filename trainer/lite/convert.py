@@ -175,7 +175,8 @@ def _convert(
     for variant, filename in tqdm(list(TFLITE_FILES.items()), desc="TFLite", leave=False, disable=None):
         converted[variant] = tflite.convert_variant(
             sources[variant], spec, variant, representative=representative, input_type=cfg.input_type,
-            try_sparse=tflite.has_sparsity(student.model), extra_metadata={"source": SOURCES[student.reference]},
+            try_sparse=tflite.has_sparsity(student.model),
+            extra_metadata={"source": SOURCES[student.reference]},
         )  # fmt: skip
         with open(os.path.join(output_dir, filename), "wb") as f:
             f.write(converted[variant].content)
@@ -298,7 +299,8 @@ def _plots(
         for name, entry in variants.items()
     ]  # fmt: skip
     return {
-        "tradeoff": plots.tradeoff_plot(rows, os.path.join(output_dir, TRADEOFF_PNG), "Teacher and student variants"),
+        "tradeoff": plots.tradeoff_plot(rows, os.path.join(output_dir, TRADEOFF_PNG),
+                                        "Teacher and student variants"),
         "confusion": plots.confusion_plot(matrix, list(spec.classes), os.path.join(output_dir, CONFUSION_PNG),
                                           "int8 TFLite on the eval split"),
     }  # fmt: skip

@@ -192,7 +192,8 @@ class _Worker:
         if not line:
             self.process.wait(timeout=30)
             raise RuntimeError(
-                f"latency measurement of {self.path} ({self.kind}) failed:\n{self.process.stderr.read()[-3000:]}"
+                f"latency measurement of {self.path} ({self.kind}) failed:\n"
+                f"{self.process.stderr.read()[-3000:]}"
             )
         return json.loads(line)
 
@@ -217,9 +218,10 @@ def latencies(
     """p50/p99 per event (batch 1, 1 thread) of several models, measured side by side.
 
     ``variants``: name -> (kind, path) or, for TFLite, (kind, path, runtime) to pin the
-    interpreter package (``ondevice.runtime.RUNTIMES``; default: the one it chooses). Each model is loaded once in its own subprocess; the
-    ``runs`` calls are split into ``rounds`` that alternate between the models, so a busy
-    machine slows every variant alike and the ratios stay meaningful.
+    interpreter package (``ondevice.runtime.RUNTIMES``; default: the one it chooses). Each
+    model is loaded once in its own subprocess; the ``runs`` calls are split into ``rounds``
+    that alternate between the models, so a busy machine slows every variant alike and the
+    ratios stay meaningful.
     """
     workers: dict[str, _Worker] = {}
     try:

@@ -324,7 +324,8 @@ def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
                 f"({inp.get('layout', 'NKHWC')}), time order; model value = (pixel - mean) / std"
             ),
             norm_mean=norm.get("mean"), norm_std=norm.get("std"),
-            color_space_type=metadata_fb.ColorSpaceType.RGB if channels == 3 else metadata_fb.ColorSpaceType.GRAYSCALE,
+            color_space_type=(metadata_fb.ColorSpaceType.RGB if channels == 3
+                              else metadata_fb.ColorSpaceType.GRAYSCALE),
             tensor_type=writer_utils.get_input_tensor_types(bytearray(content))[0],
         )  # fmt: skip
         outputs = {

@@ -128,7 +128,8 @@ def _separable_block(x: Any, filters: int, strides: int, name: str, l2: float) -
 
 
 def _stem(x: Any, filters: int, name: str, reg: Any) -> Any:
-    """Strided 3x3 convolution (stride 1 for small frames: ``contract.config.stem_stride``) and its batch norm."""
+    """Strided 3x3 convolution (stride 1 for small frames: ``contract.config.stem_stride``) and its
+    batch norm."""
     stride = stem_stride(STEM_STRIDE, *x.shape[1:3])
     x = keras.layers.Conv2D(
         filters, 3, strides=stride, padding="same", use_bias=False, name=name, kernel_regularizer=reg

@@ -45,7 +45,8 @@ def configure(logical_devices: int, *, gpu_memory_mb: int = 4096) -> DeviceSetup
             else:
                 if logical_devices % len(gpus):
                     raise UserError(
-                        f"--logical-devices {logical_devices} is not a multiple of the {len(gpus)} GPUs present"
+                        f"--logical-devices {logical_devices} is not a multiple of the "
+                        f"{len(gpus)} GPUs present"
                     )
                 per_gpu = logical_devices // len(gpus)
                 for gpu in gpus:

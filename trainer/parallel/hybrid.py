@@ -101,17 +101,20 @@ class HybridRunner(Runner):
         data_size, model_size = dims[0][1], dims[-1][1]
         if cfg.global_batch_size % data_size:
             raise UserError(
-                f"--global-batch-size {cfg.global_batch_size} must be a multiple of the {data_axis} axis ({data_size})"
+                f"--global-batch-size {cfg.global_batch_size} must be a multiple of the "
+                f"{data_axis} axis ({data_size})"
             )
         for units in cfg.fc_units:
             if units % model_size:
                 raise UserError(
-                    f"teacher.fc_units {cfg.fc_units} must be multiples of the {model_axis} axis ({model_size})"
+                    f"teacher.fc_units {cfg.fc_units} must be multiples of the "
+                    f"{model_axis} axis ({model_size})"
                 )
         if mixed_precision_policy(cfg.mixed_precision, setup.device_type) != "float32":
             raise UserError(
                 "hybrid trains in float32 (--mixed-precision off): tf_keras's LayoutMap cannot lay out the "
-                "AutoCastVariables mixed precision creates; use bf16/fp16 with single, mirrored or multiworker"
+                "AutoCastVariables mixed precision creates; "
+                "use bf16/fp16 with single, mirrored or multiworker"
             )
         self.dims = dims
         if self.clients > 1:

@@ -58,7 +58,8 @@ def train(
     ``multiworker`` without a ``TF_CONFIG`` in this environment runs ``cfg.teacher.workers``
     local worker processes (MultiWorkerMirroredStrategy, one replica each); ``hybrid`` with
     ``cfg.teacher.clients > 1`` and no ``DTENSOR_JOBS`` runs that many DTensor clients, each
-    with ``teacher.logical_devices`` devices of the one mesh; every other case runs one child. ``export_dir``: where the SavedModel goes (None: no export).
+    with ``teacher.logical_devices`` devices of the one mesh; every other case runs one child.
+    ``export_dir``: where the SavedModel goes (None: no export).
     ``progress``: show the (chief's) progress bar on this process's stderr. If any process
     fails the others are stopped, since a collective would otherwise wait for the lost peer
     forever.
@@ -165,7 +166,8 @@ def dtensor_env(cluster: list[str], index: int) -> dict[str, str]:
 
 
 def check_client_mesh(cfg: Config) -> None:
-    """Refuse, before any process starts, a mesh that ``teacher.clients`` x ``teacher.logical_devices`` cannot fill.
+    """Refuse, before any process starts, a mesh that ``teacher.clients`` x
+    ``teacher.logical_devices`` cannot fill.
 
     A multi-client mesh uses every device of every client (``create_distributed_mesh``).
     """

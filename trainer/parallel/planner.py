@@ -214,11 +214,11 @@ def eventpipe_teacher(
     Residual blocks and the attention stage become one planner layer each (one boundary at
     their output); the backbone runs on all ``frames`` of an event, so its FLOPs and
     activations are per event. The stem sees ``2 x channels`` when ``frames > 1`` (each frame
-    and its difference from the event's mean frame), ``channels`` otherwise; each pre-activation block holds its two per-pixel layer
-    norms (``2 x channels`` parameters each) and the last block the final norm before the
-    pooling. Parameter counts include biases and norm scales/offsets, as Keras counts them;
-    FLOPs count multiply-adds only (norms, ReLUs, adds and pooling are ignored, as everywhere
-    in the cost model).
+    and its difference from the event's mean frame), ``channels`` otherwise; each
+    pre-activation block holds its two per-pixel layer norms (``2 x channels`` parameters
+    each) and the last block the final norm before the pooling. Parameter counts include
+    biases and norm scales/offsets, as Keras counts them; FLOPs count multiply-adds only
+    (norms, ReLUs, adds and pooling are ignored, as everywhere in the cost model).
     """
     if not cfg.conv_filters or not cfg.fc_units:
         raise PlannerError(
@@ -283,9 +283,11 @@ def eventpipe_teacher(
     layers.append(fc_layer("logits", n_in, classes))
     source = (
         f"trainer/models/teacher.py with conv_filters={cfg.conv_filters} x{cfg.width_multiplier:g}, "
-        f"{cfg.blocks_per_stage} block(s) per stage, stem stride {stem_stride(cfg.stem_stride, height, width)}, "
+        f"{cfg.blocks_per_stage} block(s) per stage, "
+        f"stem stride {stem_stride(cfg.stem_stride, height, width)}, "
         f"fc_units={cfg.fc_units}, "
-        f"attention_heads={cfg.attention_heads}; events of {frames} x {height}x{width}x{channels}, {classes} classes"
+        f"attention_heads={cfg.attention_heads}; "
+        f"events of {frames} x {height}x{width}x{channels}, {classes} classes"
     )
     return ModelSpec("eventpipe-teacher", tuple(layers), source)
 
@@ -294,7 +296,8 @@ PRESETS = ("alexnet", "alexnet-2012", "eventpipe-teacher")
 
 
 def load_model_json(path: str) -> ModelSpec:
-    """A model from JSON: ``{"name": ..., "layers": [{"name", "kind", "params", "fwd_flops", "out_elements"}]}``."""
+    """A model from JSON:
+    ``{"name": ..., "layers": [{"name", "kind", "params", "fwd_flops", "out_elements"}]}``."""
     if not os.path.isfile(path):
         raise PlannerError(f"--model {path!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
     try:
@@ -475,7 +478,8 @@ def placements(
 
 
 def _exchange_values(a: int, batch: int, src: tuple[int, int], dst: tuple[int, int]) -> tuple[float, int]:
-    """Values one device receives to turn ``src``-placed activations into ``dst``'s full input; ring group size."""
+    """Values one device receives to turn ``src``-placed activations into ``dst``'s full input;
+    ring group size."""
     d1, m1 = src
     d2, _ = dst
     need = batch / d2 * a
@@ -669,7 +673,8 @@ def plan_all(
     chunks: int = 0,
     mesh: dict[str, int] | None = None,
 ) -> list[LayoutPlan]:
-    """Every layout for every device count: weak scaling (``batch_per_device``) or a fixed ``global_batch``."""
+    """Every layout for every device count: weak scaling (``batch_per_device``) or a fixed
+    ``global_batch``."""
     if (batch_per_device is None) == (global_batch is None):
         raise PlannerError(
             "give exactly one of a per-device batch (--batch) and a global batch (--global-batch)"
@@ -805,7 +810,10 @@ def format_plans(plans: list[LayoutPlan]) -> str:
         f"{'compute ms':>10} {'comm ms':>9} {'exposed ms':>10} {'step ms':>9} {'step ms':>9} "
         f"{'speedup':>8} {'speedup':>8}"
     )
-    sub = f"{'':>3} {'':<10} {'':>6} {'':>12} {'':>9} {'':>9} {'':>10} {'':>9} {'(overlap)':>10} {'(serial)':>9} {'(overlap)':>9} {'(serial)':>8} {'(overlap)':>8}"
+    sub = (
+        f"{'':>3} {'':<10} {'':>6} {'':>12} {'':>9} {'':>9} {'':>10} {'':>9} {'(overlap)':>10} "
+        f"{'(serial)':>9} {'(overlap)':>9} {'(serial)':>8} {'(overlap)':>8}"
+    )
     lines = [header, sub]
     for p in plans:
         lines.append(
@@ -836,16 +844,19 @@ def format_hardware(hw: Hardware, flops_note: str) -> str:
 def format_paper(result: dict[str, Any]) -> str:
     a = result["assumptions"]
     lines = [
-        "AlexNet vs Krizhevsky 2014 ('one weird trick', Table 1: K20 GPUs, 128 examples per worker, hybrid layout)",
+        "AlexNet vs Krizhevsky 2014 "
+        "('one weird trick', Table 1: K20 GPUs, 128 examples per worker, hybrid layout)",
         f"  assumed per-GPU rate {_si(a['device_flops'], 'FLOP/s')} = the paper's 1-GPU time "
         f"({a['paper_hours'][1]} h) for {a['epochs']} epochs of {a['train_images']:,} images "
-        f"({a['single_gpu_images_per_s']:.0f} images/s; {a['device_flops_fraction_of_k20_peak']:.0%} of the K20's "
+        f"({a['single_gpu_images_per_s']:.0f} images/s; "
+        f"{a['device_flops_fraction_of_k20_peak']:.0%} of the K20's "
         f"{K20_PEAK_FP32 / 1e12:.2f} TFLOP/s fp32 peak)",
         f"  assumed link {_si(a['bandwidth'], 'B/s')} per GPU and direction (PCIe 2.0 x16), "
         f"{a['latency'] * 1e6:.3g} us per message, fp32, flat topology",
         f"  {'GPUs':>4} {'reported':>9} {'predicted':>10} {'ratio':>6} {'predicted':>10} {'ratio':>6} "
         f"{'data-par':>9} {'model-par':>10} {'link for reported':>18}",
-        f"  {'':>4} {'':>9} {'(overlap)':>10} {'':>6} {'(serial)':>10} {'':>6} {'(overlap)':>9} {'(overlap)':>10} {'(serial)':>18}",
+        f"  {'':>4} {'':>9} {'(overlap)':>10} {'':>6} {'(serial)':>10} {'':>6} "
+        f"{'(overlap)':>9} {'(overlap)':>10} {'(serial)':>18}",
     ]
     for r in result["rows"]:
         need = r["bandwidth_to_match_no_overlap"]

@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--device-flops",
         default="measure",
-        help="achieved FLOP/s per device, e.g. 1.4T or 300GFLOP/s; 'measure' = this host's fp32 matmul (default)",
+        help="achieved FLOP/s per device, e.g. 1.4T or 300GFLOP/s; "
+        "'measure' = this host's fp32 matmul (default)",
     )
     p.add_argument(
         "--bandwidth",
@@ -85,7 +86,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--classes",
         default=None,
-        help="eventpipe-teacher: number of classes or comma-separated names (default: data.classes or simulator.classes)",
+        help="eventpipe-teacher: number of classes or comma-separated names "
+        "(default: data.classes or simulator.classes)",
     )
     p.add_argument(
         "--compare-paper",

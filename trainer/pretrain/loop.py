@@ -199,7 +199,8 @@ def _report(
         "negatives": p.negatives,
         # camera negatives: cameras with a group of their own, and the events of those batched together
         "cameras": {"cameras": len(per_camera), "own_group": len(groups),
-                    "mixed_events": sum(n for c, n in per_camera.items() if c not in groups)} if per_camera else None,
+                    "mixed_events": sum(n for c, n in per_camera.items() if c not in groups)}
+                   if per_camera else None,
         "projection_units": list(p.projection_units),
         "learning_rate": p.learning_rate,
         "events": {**data.events, "total": data.epoch_size, "eval_held_out": True},
@@ -218,8 +219,10 @@ def _report(
         },
         "data": {"examples_dir": os.path.abspath(examples_dir), "spec": data.spec.to_dict()},
         "parameters": {
-            "backbone": int(sum(int(np.prod(w.shape)) for layer in backbone_layers(trained) for w in layer.weights)),
-            "projection_head": int(sum(int(np.prod(w.shape)) for w in trained.weights if w.name.startswith("proj"))),
+            "backbone": int(sum(int(np.prod(w.shape)) for layer in backbone_layers(trained)
+                                for w in layer.weights)),
+            "projection_head": int(sum(int(np.prod(w.shape)) for w in trained.weights
+                                       if w.name.startswith("proj"))),
         },
     }  # fmt: skip
 
@@ -271,7 +274,8 @@ class _HybridRunner:
         self.dims = mesh_dims(cfg.teacher)
         needed = int(np.prod([size for _, size in self.dims]))
         if needed > setup.count:
-            raise UserError(f"teacher.mesh {cfg.teacher.mesh} needs {needed} devices but {setup.count} are configured; "
+            raise UserError(f"teacher.mesh {cfg.teacher.mesh} needs {needed} devices "
+                            f"but {setup.count} are configured; "
                             f"set teacher.logical_devices={needed}")  # fmt: skip
         # The batch and projection sizes fit the axes: check_pretrain said so before anything ran.
         self.data_axis, self.model_axis = self.dims[0][0], self.dims[-1][0]

@@ -107,8 +107,9 @@ def save_backbone(
     }
     path = os.path.join(directory, BACKBONE_WEIGHTS)
     np.savez(path, **arrays)
-    info = {"conv_filters": list(teacher.conv_filters), "norm": teacher.norm, "input_shape": list(spec.input_shape),
-            "layers": sorted({k.split("/")[0] for k in arrays}), **extra}  # fmt: skip
+    info = {"conv_filters": list(teacher.conv_filters), "norm": teacher.norm,
+            "input_shape": list(spec.input_shape), "layers": sorted({k.split("/")[0] for k in arrays}),
+            **extra}  # fmt: skip
     with open(os.path.join(directory, BACKBONE_INFO), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
     return path
@@ -143,8 +144,9 @@ def load_backbone(model: Any, path: str, teacher: TeacherConfig) -> list[str]:
         for layer in backbone_layers(model):
             values = [stored[f"{layer.name}/{i}"] for i in range(len(layer.weights))]
             if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
-                raise UserError(f"pre-trained backbone layer {layer.name} does not fit the teacher (input shape "
-                                f"{info['input_shape']}): retrain the Pretrainer on these examples")  # fmt: skip
+                raise UserError(f"pre-trained backbone layer {layer.name} does not fit the teacher "
+                                f"(input shape {info['input_shape']}): "
+                                "retrain the Pretrainer on these examples")  # fmt: skip
             layer.set_weights(values)
             loaded.append(layer.name)
     return loaded

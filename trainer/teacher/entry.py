@@ -1,14 +1,14 @@
 """TFX Trainer entry point for the teacher (``run_fn``).
 
-The Trainer executor already runs TensorFlow in its process, so the logical devices and
-mesh the strategy needs cannot be configured there: training runs in a child process
+The Trainer executor already runs TensorFlow in its process, so the logical devices and mesh the
+strategy needs cannot be configured there: training runs in a child process
 (``trainer.parallel.launch``) with the pipeline's resolved config; ``--strategy multiworker`` starts
-``teacher.workers`` local worker processes with a TF_CONFIG each (or one task of an external
-cluster when TF_CONFIG is already set), and ``hybrid`` with ``teacher.clients > 1`` as many
-DTensor clients with a ``DTENSOR_*`` environment each (or one when DTENSOR_JOBS is set). The (chief) child writes the exported SavedModel to
-``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard scalars and the
-training-curve plot under ``model_run_dir``. When the Pretrainer ran, its model arrives as ``fn_args.base_model`` and the
-teacher's conv backbone starts from it.
+``teacher.workers`` local worker processes with a TF_CONFIG each (or one task of an external cluster
+when TF_CONFIG is already set), and ``hybrid`` with ``teacher.clients > 1`` as many DTensor clients
+with a ``DTENSOR_*`` environment each (or one when DTENSOR_JOBS is set). The (chief) child writes
+the exported SavedModel to ``serving_model_dir`` and checkpoints, ``train_report.json``, TensorBoard
+scalars and the training-curve plot under ``model_run_dir``. When the Pretrainer ran, its model
+arrives as ``fn_args.base_model`` and the teacher's conv backbone starts from it.
 
 A run killed during training (SIGKILL, a lost machine) leaves its checkpoints in its own
 ``model_run`` directory, and the next pipeline run gets a fresh one. So before training, the

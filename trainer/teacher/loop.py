@@ -128,8 +128,9 @@ def make_schedule(cfg: TeacherConfig, steps: int) -> Any:
             return tf.where(step < warmup, rising, decayed)
 
         def get_config(self) -> dict[str, Any]:
-            return {"start": self.start, "peak": self.peak, "warmup_steps": self.warmup_steps, "total": self.total,
-                    "decay_start": self.decay_start, "final_fraction": self.final_fraction}  # fmt: skip
+            return {"start": self.start, "peak": self.peak, "warmup_steps": self.warmup_steps,
+                    "total": self.total, "decay_start": self.decay_start,
+                    "final_fraction": self.final_fraction}  # fmt: skip
 
     return WarmupHoldCosine(
         cfg.base_learning_rate, scaled_learning_rate(cfg), cfg.warmup_steps, steps, cfg.decay_start,

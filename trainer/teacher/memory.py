@@ -114,7 +114,8 @@ def check_fits(
     weight_copies: int = 1,
     available: int | None = None,
 ) -> dict[str, Any]:
-    """The estimate, or a UserError naming what to lower when it exceeds ``memory_fraction`` of free memory."""
+    """The estimate, or a UserError naming what to lower when it exceeds ``memory_fraction`` of
+    free memory."""
     plan = estimate(model, spec, cfg, weight_copies=weight_copies)
     free = available_bytes() if available is None else available
     budget = free * cfg.memory_fraction
@@ -130,7 +131,8 @@ def check_fits(
     )  # fmt: skip
     raise UserError(
         f"teacher training needs about {plan['total_bytes'] / GIB:.1f} GiB "
-        f"(activations {plan['activations_bytes'] / GIB:.1f} GiB for a global batch of {cfg.global_batch_size} events "
+        f"(activations {plan['activations_bytes'] / GIB:.1f} GiB "
+        f"for a global batch of {cfg.global_batch_size} events "
         f"of {spec.frames}x{spec.height}x{spec.width}x{spec.channels}, weights and optimizer "
         f"{plan['weights_bytes'] / GIB:.1f} GiB) but only {budget / GIB:.1f} GiB may be used "
         f"({cfg.memory_fraction:.0%} of {free / GIB:.1f} GiB available); lower teacher.global_batch_size "
