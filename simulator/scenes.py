@@ -366,86 +366,123 @@ def _noise_bank(seed: int) -> np.ndarray:
     return bank
 
 
+class _Pen:
+    """Paints an object's parts at offsets from its per-frame track position."""
+
+    def __init__(self, canvas: _Canvas, track: _Track):
+        self.canvas = canvas
+        self.track = track
+        self.frames = np.arange(len(track.x), dtype=np.float32)
+        self.visible = None if track.visible.all() else track.visible
+
+    def paint(self, sdf, dx, dy, ext, colour, shade=None) -> None:
+        self.canvas.paint(sdf, self.track.x + dx, self.track.y + dy, ext, colour, self.visible, shade)
+
+    def shadow(self, rx: float, ry: float, strength: float) -> None:
+        """An elliptic ground shadow under the track position."""
+        self.canvas.darken(_ellipse(rx, ry), self.track.x, self.track.y, (rx, ry), strength, self.visible)
+
+
+def _draw_person(pen: _Pen, arch: Archetype, rng: np.random.Generator, s: int, ch: int) -> None:
+    h = rng.uniform(0.36, 0.46) * s * pen.track.scale
+    w = h * rng.uniform(0.3, 0.38)
+    shirt, pants, skin = _pick(rng, _SHIRTS, ch), _pick(rng, _PANTS, ch), _pick(rng, _SKIN, ch)
+    pen.shadow(0.55 * w + 0.5, 0.06 * h + 0.5, 0.35)
+    swing = (0.18 * w * np.sin(pen.frames * 2.2 + rng.uniform(0, 6.28))).astype(np.float32)
+    legw, legh = max(0.35, 0.13 * w), 0.23 * h
+    for sign in (-1.0, 1.0):
+        pen.paint(_box(legw, legh), sign * (0.22 * w + swing * sign), -legh, (legw, legh), pants)
+    pen.paint(_box(0.5 * w, 0.2 * h), 0.0, -0.64 * h, (0.5 * w, 0.2 * h), shirt, (-0.2 * h, 0.4 * h))
+    pen.paint(_ellipse(0.12 * h, 0.12 * h), 0.0, -0.9 * h, (0.12 * h, 0.12 * h), skin)
+
+
+def _draw_vehicle(pen: _Pen, arch: Archetype, rng: np.random.Generator, s: int, ch: int) -> None:
+    d = pen.track.direction
+    w = rng.uniform(0.42, 0.56) * s * pen.track.scale
+    h = w * rng.uniform(0.42, 0.5)
+    body, glass, tyre = _pick(rng, _CARS, ch), _rgb(ch, 0.16, 0.2, 0.26), _rgb(ch, 0.05, 0.05, 0.05)
+    pen.shadow(0.58 * w, 0.07 * h + 0.5, 0.45)
+    pen.paint(_box(0.5 * w, 0.24 * h), 0.0, -0.38 * h, (0.5 * w, 0.24 * h), body, (-0.24 * h, 0.5 * h))
+    pen.paint(_box(0.3 * w, 0.2 * h), -0.06 * w * d, -0.76 * h, (0.3 * w, 0.2 * h), body)
+    pen.paint(_box(0.24 * w, 0.13 * h), -0.06 * w * d, -0.76 * h, (0.24 * w, 0.13 * h), glass)
+    for sign in (-1.0, 1.0):
+        pen.paint(_ellipse(0.11 * w, 0.11 * w), sign * 0.3 * w, -0.13 * h, (0.11 * w, 0.11 * w), tyre)
+    lamp = 0.04 * w + 0.3
+    pen.paint(_ellipse(lamp, lamp), 0.47 * w * d, -0.45 * h, (lamp, lamp), _rgb(ch, 1.0, 0.95, 0.7))
+
+
+def _draw_animal(pen: _Pen, arch: Archetype, rng: np.random.Generator, s: int, ch: int) -> None:
+    d = pen.track.direction
+    w = rng.uniform(0.3, 0.4) * s * pen.track.scale
+    h = w * 0.62
+    fur = _pick(rng, _FUR, ch)
+    dark = fur * 0.7
+    pen.shadow(0.45 * w, 0.07 * h + 0.5, 0.35)
+    gait = (0.06 * w * np.sin(pen.frames * 2.6)).astype(np.float32)
+    legw = max(0.35, 0.05 * w)
+    for off in (-0.3, -0.18, 0.18, 0.3):
+        pen.paint(_box(legw, 0.2 * h), off * w + gait * np.sign(off), -0.2 * h, (legw, 0.2 * h), dark)
+    pen.paint(_ellipse(0.4 * w, 0.22 * h), 0.0, -0.55 * h, (0.4 * w, 0.22 * h), fur, (-0.22 * h, 0.44 * h))
+    pen.paint(_ellipse(0.15 * w, 0.13 * w), 0.42 * w * d, -0.8 * h, (0.15 * w, 0.13 * w), fur)
+    tail = max(0.35, 0.04 * w)
+    pen.paint(_box(0.12 * w, tail), -0.45 * w * d, -0.72 * h, (0.12 * w, tail), dark)
+
+
+def _draw_bird(pen: _Pen, arch: Archetype, rng: np.random.Generator, s: int, ch: int) -> None:
+    d = pen.track.direction
+    w = rng.uniform(0.14, 0.2) * s * pen.track.scale
+    feathers = _pick(rng, _BIRDS, ch)
+    flap = (0.35 * np.where(np.arange(len(pen.track.x)) % 2 == 0, 1.0, -1.0)).astype(np.float32)[
+        :, None, None
+    ]
+    wing = _ellipse(0.3 * w, 0.08 * w + 0.3)
+    for sign in (-1.0, 1.0):
+        # Wing tips bend up or down by frame: the flap.
+        pen.paint(
+            lambda u, v: wing(u, v + flap * np.abs(u)), sign * 0.28 * w, 0.0, (0.3 * w, 0.2 * w), feathers
+        )
+    pen.paint(_ellipse(0.2 * w, 0.1 * w + 0.3), 0.0, 0.0, (0.2 * w, 0.1 * w + 0.3), feathers * 0.85)
+    head = 0.07 * w + 0.3
+    pen.paint(_ellipse(head, head), 0.2 * w * d, -0.05 * w, (head, head), feathers * 0.7)
+
+
+def _draw_package(pen: _Pen, arch: Archetype, rng: np.random.Generator, s: int, ch: int) -> None:
+    w = rng.uniform(0.16, 0.24) * s * pen.track.scale
+    h = w * rng.uniform(0.6, 0.9)
+    cardboard = _pick(rng, _BOXES, ch)
+    pen.shadow(0.6 * w, 0.08 * h + 0.5, 0.4)
+    pen.paint(_box(0.5 * w, 0.5 * h), 0.0, -0.5 * h, (0.5 * w, 0.5 * h), cardboard, (-0.5 * h, h))
+    tape = max(0.3, 0.07 * w)
+    pen.paint(_box(tape, 0.5 * h), 0.0, -0.5 * h, (tape, 0.5 * h), _rgb(ch, 0.85, 0.8, 0.6))
+
+
+def _draw_shape(pen: _Pen, arch: Archetype, rng: np.random.Generator, s: int, ch: int) -> None:
+    r = rng.uniform(0.1, 0.15) * s * pen.track.scale
+    colour = _hsv(
+        ch, (arch.hue + rng.uniform(-0.03, 0.03)) % 1.0, rng.uniform(0.65, 0.95), rng.uniform(0.7, 1.0)
+    )
+    off = 0.06 * s  # a drop shadow, down and to the right
+    tr = pen.track
+    pen.canvas.darken(_ellipse(r, r), tr.x + off, tr.y + off, (r, r), 0.3, pen.visible)
+    pen.paint(_shape(arch.shape, r), 0.0, 0.0, (1.25 * r, 1.25 * r), colour, (-r, 2 * r))
+
+
+_DRAWERS = {
+    "person": _draw_person,
+    "vehicle": _draw_vehicle,
+    "animal": _draw_animal,
+    "bird": _draw_bird,
+    "package": _draw_package,
+    "shape": _draw_shape,
+}
+
+
 def _draw_object(c: _Canvas, arch: Archetype, tr: _Track, rng: np.random.Generator, s: int, ch: int) -> None:
     """Paint the class's object (and its ground shadow) at every frame of ``tr``."""
-    kf = np.arange(len(tr.x), dtype=np.float32)
-    gx, gy, sc, d = tr.x, tr.y, tr.scale, tr.direction
-    vis = None if tr.visible.all() else tr.visible
-
-    def paint(sdf, dx, dy, ext, colour, shade=None):
-        c.paint(sdf, gx + dx, gy + dy, ext, colour, vis, shade)
-
-    def shadow(rx, ry, strength):
-        c.darken(_ellipse(rx, ry), gx, gy, (rx, ry), strength, vis)
-
-    if arch.kind == "person":
-        h = rng.uniform(0.36, 0.46) * s * sc
-        w = h * rng.uniform(0.3, 0.38)
-        shirt, pants, skin = _pick(rng, _SHIRTS, ch), _pick(rng, _PANTS, ch), _pick(rng, _SKIN, ch)
-        shadow(0.55 * w + 0.5, 0.06 * h + 0.5, 0.35)
-        swing = (0.18 * w * np.sin(kf * 2.2 + rng.uniform(0, 6.28))).astype(np.float32)
-        legw, legh = max(0.35, 0.13 * w), 0.23 * h
-        for sign in (-1.0, 1.0):
-            paint(_box(legw, legh), sign * (0.22 * w + swing * sign), -legh, (legw, legh), pants)
-        paint(_box(0.5 * w, 0.2 * h), 0.0, -0.64 * h, (0.5 * w, 0.2 * h), shirt, (-0.2 * h, 0.4 * h))
-        paint(_ellipse(0.12 * h, 0.12 * h), 0.0, -0.9 * h, (0.12 * h, 0.12 * h), skin)
-    elif arch.kind == "vehicle":
-        w = rng.uniform(0.42, 0.56) * s * sc
-        h = w * rng.uniform(0.42, 0.5)
-        body, glass, tyre = _pick(rng, _CARS, ch), _rgb(ch, 0.16, 0.2, 0.26), _rgb(ch, 0.05, 0.05, 0.05)
-        shadow(0.58 * w, 0.07 * h + 0.5, 0.45)
-        paint(_box(0.5 * w, 0.24 * h), 0.0, -0.38 * h, (0.5 * w, 0.24 * h), body, (-0.24 * h, 0.5 * h))
-        paint(_box(0.3 * w, 0.2 * h), -0.06 * w * d, -0.76 * h, (0.3 * w, 0.2 * h), body)
-        paint(_box(0.24 * w, 0.13 * h), -0.06 * w * d, -0.76 * h, (0.24 * w, 0.13 * h), glass)
-        for sign in (-1.0, 1.0):
-            paint(_ellipse(0.11 * w, 0.11 * w), sign * 0.3 * w, -0.13 * h, (0.11 * w, 0.11 * w), tyre)
-        lamp = 0.04 * w + 0.3
-        paint(_ellipse(lamp, lamp), 0.47 * w * d, -0.45 * h, (lamp, lamp), _rgb(ch, 1.0, 0.95, 0.7))
-    elif arch.kind == "animal":
-        w = rng.uniform(0.3, 0.4) * s * sc
-        h = w * 0.62
-        fur = _pick(rng, _FUR, ch)
-        dark = fur * 0.7
-        shadow(0.45 * w, 0.07 * h + 0.5, 0.35)
-        gait = (0.06 * w * np.sin(kf * 2.6)).astype(np.float32)
-        legw = max(0.35, 0.05 * w)
-        for off in (-0.3, -0.18, 0.18, 0.3):
-            paint(_box(legw, 0.2 * h), off * w + gait * np.sign(off), -0.2 * h, (legw, 0.2 * h), dark)
-        paint(_ellipse(0.4 * w, 0.22 * h), 0.0, -0.55 * h, (0.4 * w, 0.22 * h), fur, (-0.22 * h, 0.44 * h))
-        paint(_ellipse(0.15 * w, 0.13 * w), 0.42 * w * d, -0.8 * h, (0.15 * w, 0.13 * w), fur)
-        tail = max(0.35, 0.04 * w)
-        paint(_box(0.12 * w, tail), -0.45 * w * d, -0.72 * h, (0.12 * w, tail), dark)
-    elif arch.kind == "bird":
-        w = rng.uniform(0.14, 0.2) * s * sc
-        feathers = _pick(rng, _BIRDS, ch)
-        flap = (0.35 * np.where(np.arange(len(gx)) % 2 == 0, 1.0, -1.0)).astype(np.float32)[:, None, None]
-        wing = _ellipse(0.3 * w, 0.08 * w + 0.3)
-        for sign in (-1.0, 1.0):
-            # Wing tips bend up or down by frame: the flap.
-            paint(
-                lambda u, v: wing(u, v + flap * np.abs(u)), sign * 0.28 * w, 0.0, (0.3 * w, 0.2 * w), feathers
-            )
-        paint(_ellipse(0.2 * w, 0.1 * w + 0.3), 0.0, 0.0, (0.2 * w, 0.1 * w + 0.3), feathers * 0.85)
-        head = 0.07 * w + 0.3
-        paint(_ellipse(head, head), 0.2 * w * d, -0.05 * w, (head, head), feathers * 0.7)
-    elif arch.kind == "package":
-        w = rng.uniform(0.16, 0.24) * s * sc
-        h = w * rng.uniform(0.6, 0.9)
-        cardboard = _pick(rng, _BOXES, ch)
-        shadow(0.6 * w, 0.08 * h + 0.5, 0.4)
-        paint(_box(0.5 * w, 0.5 * h), 0.0, -0.5 * h, (0.5 * w, 0.5 * h), cardboard, (-0.5 * h, h))
-        tape = max(0.3, 0.07 * w)
-        paint(_box(tape, 0.5 * h), 0.0, -0.5 * h, (tape, 0.5 * h), _rgb(ch, 0.85, 0.8, 0.6))
-    elif arch.kind == "shape":
-        r = rng.uniform(0.1, 0.15) * s * sc
-        colour = _hsv(
-            ch, (arch.hue + rng.uniform(-0.03, 0.03)) % 1.0, rng.uniform(0.65, 0.95), rng.uniform(0.7, 1.0)
-        )
-        off = 0.06 * s
-        c.darken(_ellipse(r, r), gx + off, gy + off, (r, r), 0.3, vis)
-        paint(_shape(arch.shape, r), 0.0, 0.0, (1.25 * r, 1.25 * r), colour, (-r, 2 * r))
-    else:
+    draw = _DRAWERS.get(arch.kind)
+    if draw is None:
         raise ValueError(f"no drawing for archetype {arch}")
+    draw(_Pen(c, tr), arch, rng, s, ch)
 
 
 def _occluder(c: _Canvas, rng: np.random.Generator, s: int, ch: int, near_x: float) -> None:
@@ -516,48 +553,102 @@ def _timestamp(index: int, rng: np.random.Generator) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+@dataclass(frozen=True)
+class _EventFacts:
+    """Who filmed an event, what it shows, how it is labelled and when."""
+
+    device: int
+    true_class: int
+    label: int | None
+    timestamp: str
+
+
 def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> RenderedEvent:
     """Render event ``index`` of the data set described by ``cfg`` (a SimulatorConfig).
 
-    The result depends only on ``cfg``'s content fields and ``index``.
+    The result depends only on ``cfg``'s content fields and ``index``. Every phase draws from
+    one generator, so the phases run in a fixed order and each draws what it always drew.
     """
     archetypes = archetypes if archetypes is not None else archetypes_for(cfg.classes)
     rng = np.random.default_rng([cfg.seed, index])
-    k, s, ch = cfg.frames, cfg.size, cfg.channels
+    facts = _event_facts(cfg, index, rng)
+    arch = archetypes[facts.true_class]
+    negative = arch.kind == "empty"
+    nuisance = _choose_nuisances(rng, negative)
+    strength = 1.0 if negative else 0.5  # the hard negatives' nuisances are strong, others mild
+    img, offsets = _camera_view(cfg, facts.device, rng, shake=nuisance["shake"], negative=negative)
+    canvas = _Canvas(img)
+    area, tags = _paint_scene(cfg, canvas, arch, rng, offsets, negative)
+    _light(cfg, img, canvas.coords, rng, nuisance, strength)
+    if rng.random() < 0.15:
+        img = _blur(img, horizontal_only=bool(rng.random() < 0.5))
+        tags.append("blurred")
+    frames = _sensor_readout(img, cfg.seed, rng, noisy=nuisance["noise"], strength=strength)
+    tags.extend(name for name in NUISANCES if nuisance[name])
+    device_id = device_name(facts.device, cfg.devices)
+    return RenderedEvent(
+        index=index,
+        event_id=f"{device_id}-{index:0{event_id_width(cfg.events)}d}",
+        device_id=device_id,
+        timestamp=facts.timestamp,
+        true_class=facts.true_class,
+        label=facts.label,
+        frames=frames,
+        tags=tags,
+        visible_area=area,
+        best_frame=best_frame(area),
+    )
+
+
+def _event_facts(cfg, index: int, rng: np.random.Generator) -> _EventFacts:
+    """Camera, class and label (unlabelled, or noisy with ``label_noise``), and timestamp."""
     device = int(rng.integers(cfg.devices))
     true_class = int(rng.integers(len(cfg.classes)))
-    arch = archetypes[true_class]
     label: int | None = true_class
     if rng.random() < cfg.unlabelled_fraction:
         label = None
     elif len(cfg.classes) > 1 and rng.random() < cfg.label_noise:
         label = (true_class + int(rng.integers(1, len(cfg.classes)))) % len(cfg.classes)
-    timestamp = _timestamp(index, rng)
-    tags: list[str] = []
+    return _EventFacts(device, true_class, label, _timestamp(index, rng))
 
-    # Which nuisances: the hard negatives always get at least one, strong; others sometimes, mild.
-    negative = arch.kind == "empty"
+
+def _choose_nuisances(rng: np.random.Generator, negative: bool) -> dict[str, bool]:
+    """The hard negatives always get one or two nuisances; other events each one sometimes."""
     if negative:
         chosen = set(rng.choice(len(NUISANCES), size=int(rng.integers(1, 3)), replace=False).tolist())
-        nuisance = {name: (i in chosen) for i, name in enumerate(NUISANCES)}
-    else:
-        nuisance = {name: bool(rng.random() < 0.12) for name in NUISANCES}
-    strength = 1.0 if negative else 0.5
+        return {name: (i in chosen) for i, name in enumerate(NUISANCES)}
+    return {name: bool(rng.random() < 0.12) for name in NUISANCES}
 
-    # Background through a (possibly shaking) camera: [C, K, S, S].
-    bg = device_background(cfg.seed, device, s, ch)
+
+def _camera_view(
+    cfg, device: int, rng: np.random.Generator, *, shake: bool, negative: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The device's background through a (possibly shaking) camera, ``[C, K, S, S]``, and the
+    per-frame ``(dy, dx)`` camera offsets."""
+    k, s = cfg.frames, cfg.size
+    bg = device_background(cfg.seed, device, s, cfg.channels)
     m = shake_margin(s)
-    if nuisance["shake"]:
+    if shake:
         amp = m if negative else max(1, m // 2)
     else:
-        amp = 1 if rng.random() < 0.3 else 0
+        amp = 1 if rng.random() < 0.3 else 0  # a little jitter even on a steady mount
     offsets = rng.integers(-amp, amp + 1, size=(k, 2)) if amp else np.zeros((k, 2), np.int64)
     img = np.stack([bg[:, m + dy : m + dy + s, m + dx : m + dx + s] for dy, dx in offsets.tolist()], axis=1)
-    canvas = _Canvas(img)
+    return img, offsets
 
-    # The object, in world coordinates, seen through the shaken camera.
+
+def _paint_scene(
+    cfg, canvas: _Canvas, arch: Archetype, rng: np.random.Generator, offsets: np.ndarray, negative: bool
+) -> tuple[np.ndarray | None, list[str]]:
+    """The object (none for the negative class) and perhaps an occluder near it.
+
+    Returns the object's visible pixels per frame (None without an object) and the tags.
+    """
+    k, s, ch = cfg.frames, cfg.size, cfg.channels
+    tags: list[str] = []
     near_x = rng.uniform(0.3, 0.7) * s
     if not negative:
+        # The object moves in world coordinates and is seen through the shaken camera.
         tr = _track(arch, rng, k, s)
         tr.x -= offsets[:, 1].astype(np.float32)
         tr.y -= offsets[:, 0].astype(np.float32)
@@ -570,9 +661,30 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
         tags.append("occluded")
     canvas.layer = ""
     area = None if canvas.cover is None else canvas.cover.sum(axis=(1, 2), dtype=np.float64)
+    return area, tags
 
-    # Lighting: per-event exposure and white balance, per-frame drift or a strong change.
-    coords = canvas.coords
+
+def _light(
+    cfg,
+    img: np.ndarray,
+    coords: np.ndarray,
+    rng: np.random.Generator,
+    nuisance: dict[str, bool],
+    strength: float,
+) -> None:
+    """Lighting, in place: exposure and white balance, then any cloud shadow and flash."""
+    ch, k = cfg.channels, cfg.frames
+    gain = _exposure(rng, k, nuisance, strength)
+    tint = 1 + rng.normal(0, 0.04, ch) if ch == 3 else np.ones(1)
+    img *= (tint[:, None] * gain[None, :]).astype(np.float32)[:, :, None, None]
+    if nuisance["cloud"]:
+        _cloud_shadow(img, coords, rng, strength)
+    if nuisance["flash"]:
+        _flash(img, coords, rng, strength)
+
+
+def _exposure(rng: np.random.Generator, k: int, nuisance: dict[str, bool], strength: float) -> np.ndarray:
+    """Per-frame gain: per-event exposure with a little drift, or a strong change under a nuisance."""
     gain = rng.uniform(0.75, 1.15) * (1 + rng.normal(0, 0.02, k))
     if nuisance["noise"]:
         gain = gain * (1 - rng.uniform(0.25, 0.5) * strength)  # dusk: dark and grainy
@@ -582,48 +694,41 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
             gain = gain * (1 + ramp * np.linspace(-0.5, 0.5, k))
         else:
             gain = gain * (1 + rng.uniform(-0.3, 0.3) * strength)
-    tint = 1 + rng.normal(0, 0.04, ch) if ch == 3 else np.ones(1)
-    img *= (tint[:, None] * gain[None, :]).astype(np.float32)[:, :, None, None]
-    if nuisance["cloud"]:
-        # A soft shadow drifting across the scene.
-        r = rng.uniform(0.35, 0.7) * s
-        cx = rng.uniform(-0.2, 1.2) * s + rng.uniform(0.1, 0.25) * s * (np.arange(k) - (k - 1) / 2)
-        cy = rng.uniform(0, 1) * s
-        d2 = (coords[None, None, :] - cx[:, None, None].astype(np.float32)) ** 2 + (coords - cy)[
-            None, :, None
-        ] ** 2
-        img *= 1.0 - np.float32(rng.uniform(0.25, 0.5) * strength) * np.exp(d2 * np.float32(-1.0 / (r * r)))
-    if nuisance["flash"]:
-        # A light source (headlights, a torch) glaring into one frame.
-        f = int(rng.integers(k))
-        fx, fy, fr = rng.uniform(0, 1) * s, rng.uniform(0, 1) * s, rng.uniform(0.3, 0.8) * s
-        d2 = (coords[None, :] - fx) ** 2 + (coords - fy)[:, None] ** 2
-        img[:, f] += np.float32(rng.uniform(0.2, 0.45) * strength) * np.exp(d2 * np.float32(-1.0 / (fr * fr)))
-    if rng.random() < 0.15:
-        img = _blur(img, horizontal_only=bool(rng.random() < 0.5))
-        tags.append("blurred")
+    return gain
 
-    # Sensor noise: always a little; heavy for the noise nuisance (low light). Mostly
-    # luminance (shared by the channels, as after demosaicing), some chroma.
-    sigma = rng.uniform(0.03, 0.06) * strength if nuisance["noise"] else rng.uniform(0.004, 0.02)
-    img += np.float32(sigma) * _noise(cfg.seed, rng, img.shape)
+
+def _cloud_shadow(img: np.ndarray, coords: np.ndarray, rng: np.random.Generator, strength: float) -> None:
+    """A soft shadow drifting across the scene, in place."""
+    k, s = img.shape[1], img.shape[-1]
+    r = rng.uniform(0.35, 0.7) * s
+    cx = rng.uniform(-0.2, 1.2) * s + rng.uniform(0.1, 0.25) * s * (np.arange(k) - (k - 1) / 2)
+    cy = rng.uniform(0, 1) * s
+    d2 = (coords[None, None, :] - cx[:, None, None].astype(np.float32)) ** 2 + (coords - cy)[
+        None, :, None
+    ] ** 2
+    img *= 1.0 - np.float32(rng.uniform(0.25, 0.5) * strength) * np.exp(d2 * np.float32(-1.0 / (r * r)))
+
+
+def _flash(img: np.ndarray, coords: np.ndarray, rng: np.random.Generator, strength: float) -> None:
+    """A light source (headlights, a torch) glaring into one frame, in place."""
+    k, s = img.shape[1], img.shape[-1]
+    f = int(rng.integers(k))
+    fx, fy, fr = rng.uniform(0, 1) * s, rng.uniform(0, 1) * s, rng.uniform(0.3, 0.8) * s
+    d2 = (coords[None, :] - fx) ** 2 + (coords - fy)[:, None] ** 2
+    img[:, f] += np.float32(rng.uniform(0.2, 0.45) * strength) * np.exp(d2 * np.float32(-1.0 / (fr * fr)))
+
+
+def _sensor_readout(
+    img: np.ndarray, seed: int, rng: np.random.Generator, *, noisy: bool, strength: float
+) -> np.ndarray:
+    """Sensor noise and 8-bit quantisation of ``[C, K, S, S]`` light; returns uint8 ``[K, S, S, C]``.
+
+    Noise is always a little, heavy for the noise nuisance (low light); mostly luminance
+    (shared by the channels, as after demosaicing), some chroma.
+    """
+    sigma = rng.uniform(0.03, 0.06) * strength if noisy else rng.uniform(0.004, 0.02)
+    img += np.float32(sigma) * _noise(seed, rng, img.shape)
     img *= 255.0
     img += 0.5
     np.clip(img, 0.0, 255.0, out=img)
-    frames = np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))  # [K, S, S, C]
-    tags.extend(name for name in NUISANCES if nuisance[name])
-
-    width = event_id_width(cfg.events)
-    device_id = device_name(device, cfg.devices)
-    return RenderedEvent(
-        index=index,
-        event_id=f"{device_id}-{index:0{width}d}",
-        device_id=device_id,
-        timestamp=timestamp,
-        true_class=true_class,
-        label=label,
-        frames=frames,
-        tags=tags,
-        visible_area=area,
-        best_frame=best_frame(area),
-    )
+    return np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))

@@ -17,6 +17,7 @@ Output under ``out_dir``::
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -24,7 +25,9 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -128,6 +131,14 @@ class _ChunkResult:
     tags: Counter = field(default_factory=Counter)
     preview: dict[int, list[int]] = field(default_factory=dict)  # true class -> first event indices
 
+    def add(self, later: _ChunkResult) -> None:
+        """Fold in the counts of a chunk that comes later in event order."""
+        for name in ("by_class", "by_label", "noisy", "by_device", "tags"):
+            getattr(self, name).update(getattr(later, name))
+        for cls, idx in later.preview.items():
+            keep = self.preview.setdefault(cls, [])
+            keep.extend(idx[: PREVIEW_PER_CLASS - len(keep)])
+
 
 _WORKER: dict = {}
 
@@ -228,57 +239,109 @@ def generate(
     summary (also saved as ``simulator.json``) holds the parameters and counts per
     class/label/device/nuisance; the returned dict adds ``seconds`` and ``out_dir``.
     """
-    cfg = dataclasses.replace(cfg or SimulatorConfig())
-    cfg.classes = [c.strip() for c in cfg.classes]
-    validate(cfg)
+    cfg = _checked_config(cfg)
     out_dir = os.path.abspath(out_dir)
     _prepare_out_dir(out_dir, frames_dir=not cfg.inline_frames)
     n_workers = _worker_count(cfg, workers)
     started = time.perf_counter()
+    totals = _write_manifests(cfg, out_dir, n_workers, progress)
+    seconds = time.perf_counter() - started
+    summary = _summary(cfg, totals)
+    if preview:
+        picks = [(cfg.classes[c], totals.preview.get(c, [])) for c in range(len(cfg.classes))]
+        contact_sheet(cfg, picks, os.path.join(out_dir, PREVIEW_FILE))
+        summary["preview"] = PREVIEW_FILE
+    with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return {**summary, "seconds": round(seconds, 3), "workers": n_workers, "out_dir": out_dir}
 
+
+def _checked_config(cfg: SimulatorConfig | None) -> SimulatorConfig:
+    """A validated copy with trimmed class names; the caller's config is left as it was."""
+    cfg = dataclasses.replace(cfg or SimulatorConfig())
+    cfg.classes = [c.strip() for c in cfg.classes]
+    validate(cfg)
+    return cfg
+
+
+def _write_manifests(cfg: SimulatorConfig, out_dir: str, n_workers: int, progress: bool) -> _ChunkResult:
+    """Render every chunk and append its lines to its shard in event order; returns the totals.
+
+    Shards are written as ``.tmp`` files and renamed only once every chunk has succeeded.
+    """
     totals = _ChunkResult("")
-    shard_files: dict[int, str] = {}
     tasks = list(_tasks(cfg))
     bar = tqdm(
         total=cfg.events, unit="ev", desc="generate", disable=None if progress else True, mininterval=0.5
     )
-    current_shard, handle, pool = -1, None, None
-    try:
-        if n_workers == 1:
-            _init_worker(cfg, out_dir)
-            results = map(_render_chunk, (b for _, b in tasks))
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(
-                n_workers, initializer=_init_worker, initargs=(cfg, out_dir)
-            )
-            results = pool.imap(_render_chunk, [b for _, b in tasks])
+    shards = _ShardFiles(out_dir, cfg.shards)
+    with bar, _chunk_results(cfg, out_dir, n_workers, [b for _, b in tasks]) as results, shards:
         for (shard, (lo, hi)), res in zip(tasks, results, strict=True):
-            if shard != current_shard:
-                if handle is not None:
-                    handle.close()
-                current_shard = shard
-                shard_files[shard] = os.path.join(out_dir, manifest_name(shard, cfg.shards))
-                handle = open(shard_files[shard] + ".tmp", "w", encoding="utf-8")
-            handle.write(res.lines)
-            for name in ("by_class", "by_label", "noisy", "by_device", "tags"):
-                getattr(totals, name).update(getattr(res, name))
-            for cls, idx in res.preview.items():
-                keep = totals.preview.setdefault(cls, [])
-                keep.extend(idx[: PREVIEW_PER_CLASS - len(keep)])
+            shards.write(shard, res.lines)
+            totals.add(res)
             bar.update(hi - lo)
-    finally:
-        if handle is not None:
-            handle.close()
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    for path in shard_files.values():
-        os.replace(path + ".tmp", path)
-    seconds = time.perf_counter() - started
+    shards.publish()
+    return totals
 
+
+@contextlib.contextmanager
+def _chunk_results(
+    cfg: SimulatorConfig, out_dir: str, n_workers: int, bounds: list[tuple[int, int]]
+) -> Iterator[Iterator[_ChunkResult]]:
+    """Chunk results in task order, rendered here (one worker) or by a spawn pool ended on exit."""
+    if n_workers == 1:
+        _init_worker(cfg, out_dir)
+        yield map(_render_chunk, bounds)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(
+        n_workers, initializer=_init_worker, initargs=(cfg, out_dir)
+    )
+    try:
+        yield pool.imap(_render_chunk, bounds)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+class _ShardFiles:
+    """The shard manifests being appended to, one open at a time as ``<name>.tmp``."""
+
+    def __init__(self, out_dir: str, shards: int):
+        self.out_dir = out_dir
+        self.shards = shards
+        self.paths: dict[int, str] = {}
+        self.current = -1
+        self.handle: TextIO | None = None
+
+    def write(self, shard: int, lines: str) -> None:
+        if shard != self.current:
+            self.close()
+            self.current = shard
+            self.paths[shard] = os.path.join(self.out_dir, manifest_name(shard, self.shards))
+            self.handle = open(self.paths[shard] + ".tmp", "w", encoding="utf-8")
+        self.handle.write(lines)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def __enter__(self) -> _ShardFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def publish(self) -> None:
+        """Give the complete shards their final names."""
+        for path in self.paths.values():
+            os.replace(path + ".tmp", path)
+
+
+def _summary(cfg: SimulatorConfig, totals: _ChunkResult) -> dict:
+    """Parameters, counts per class/label/device/nuisance, archetypes and camera views."""
     archetypes = archetypes_for(cfg.classes)
-    summary = {
+    unlabelled = totals.by_label.get("(unlabelled)", 0)
+    return {
         "generator": "eventpipe.simulator",
         "parameters": _content_parameters(cfg),
         "events": cfg.events,
@@ -287,8 +350,8 @@ def generate(
         "counts": {
             "by_class": {c: totals.by_class.get(c, 0) for c in cfg.classes},
             "by_label": {c: totals.by_label.get(c, 0) for c in [*cfg.classes, "(unlabelled)"]},
-            "labelled": cfg.events - totals.by_label.get("(unlabelled)", 0),
-            "unlabelled": totals.by_label.get("(unlabelled)", 0),
+            "labelled": cfg.events - unlabelled,
+            "unlabelled": unlabelled,
             "noisy_labels": sum(totals.noisy.values()),
             "noisy_label_pairs": dict(sorted(totals.noisy.items())),
             "by_device": dict(sorted(totals.by_device.items())),
@@ -299,10 +362,3 @@ def generate(
         "classes": {name: arch.describe() for name, arch in zip(cfg.classes, archetypes, strict=True)},
         "devices": {device_name(d, cfg.devices): device_view(cfg.seed, d) for d in range(cfg.devices)},
     }
-    if preview:
-        picks = [(cfg.classes[c], totals.preview.get(c, [])) for c in range(len(cfg.classes))]
-        contact_sheet(cfg, picks, os.path.join(out_dir, PREVIEW_FILE))
-        summary["preview"] = PREVIEW_FILE
-    with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return {**summary, "seconds": round(seconds, 3), "workers": n_workers, "out_dir": out_dir}

@@ -220,27 +220,50 @@ def eventpipe_teacher(
     biases and norm scales/offsets, as Keras counts them; FLOPs count multiply-adds only
     (norms, ReLUs, adds and pooling are ignored, as everywhere in the cost model).
     """
+    _check_teacher(frames, height, width, channels, classes, cfg)
+    layers, c = _teacher_backbone(frames, height, width, channels, cfg)
+    width_f = 2 * c if frame_pool(cfg.pool, frames) == "avgmax" else c
+    layers.append(_teacher_attention(frames, width_f, cfg.attention_heads))
+    layers.extend(_teacher_head(width_f, cfg.fc_units, classes))
+    source = _teacher_source(frames, height, width, channels, classes, cfg)
+    return ModelSpec("eventpipe-teacher", tuple(layers), source)
+
+
+def _check_teacher(
+    frames: int, height: int, width: int, channels: int, classes: int, cfg: TeacherConfig
+) -> None:
+    """Refuse a teacher the counts below cannot describe, naming the setting."""
     if not cfg.conv_filters or not cfg.fc_units:
         raise PlannerError(
             "teacher needs at least one conv stage (teacher.conv_filters) and one fc layer (teacher.fc_units)"
         )
     if min(frames, height, width, channels, classes) < 1:
         raise PlannerError("teacher geometry needs frames, size, channels and classes >= 1")
-    layers: list[Layer] = []
-    h, w, c = height, width, channels
 
-    def conv(k: int, stride: int, c_in: int, c_out: int, h: int, w: int) -> tuple[int, float, int, int]:
-        oh, ow = math.ceil(h / stride), math.ceil(w / stride)  # padding="same" (1x1 "valid" agrees)
-        return k * k * c_in * c_out + c_out, 2.0 * oh * ow * k * k * c_in * c_out * frames, oh, ow
 
-    def norm(c: int) -> int:  # per-pixel layer norm over channels: gamma and beta
-        return 2 * c
+def _conv_cost(
+    frames: int, k: int, stride: int, c_in: int, c_out: int, h: int, w: int
+) -> tuple[int, float, int, int]:
+    """Parameters, FLOPs per event and output size of a ``k x k`` conv run on every frame."""
+    oh, ow = math.ceil(h / stride), math.ceil(w / stride)  # padding="same" (1x1 "valid" agrees)
+    return k * k * c_in * c_out + c_out, 2.0 * oh * ow * k * k * c_in * c_out * frames, oh, ow
 
+
+def _norm_params(c: int) -> int:
+    """A per-pixel layer norm over ``c`` channels holds gamma and beta."""
+    return 2 * c
+
+
+def _teacher_backbone(
+    frames: int, height: int, width: int, channels: int, cfg: TeacherConfig
+) -> tuple[list[Layer], int]:
+    """The stem and one layer per residual block; also the channels the last block leaves."""
     widths = teacher_stage_widths(cfg)
-    stem_in = 2 * c if frames > 1 else c  # frame + frame-difference channels (multi-frame events)
-    p, f, h, w = conv(3, stem_stride(cfg.stem_stride, height, width), stem_in, widths[0], h, w)
+    stem_in = 2 * channels if frames > 1 else channels  # frame + frame-difference channels (multi-frame)
+    stride = stem_stride(cfg.stem_stride, height, width)
+    p, f, h, w = _conv_cost(frames, 3, stride, stem_in, widths[0], height, width)
     c = widths[0]
-    layers.append(Layer("conv_stem", "conv", p, f, frames * h * w * c))
+    layers = [Layer("conv_stem", "conv", p, f, frames * h * w * c)]
     blocks = [
         (stage, block, filters)
         for stage, filters in enumerate(widths)
@@ -248,24 +271,40 @@ def eventpipe_teacher(
     ]
     for i, (stage, block, filters) in enumerate(blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        params, flops = float(norm(c) + norm(filters)), 0.0  # norm_a on the input, norm_b mid-block
-        if stride != 1 or c != filters:  # 1x1 projection shortcut from the pre-activated input
-            pp, ff, _, _ = conv(1, stride, c, filters, h, w)
-            params, flops = params + pp, flops + ff
-        pa, fa, oh, ow = conv(3, stride, c, filters, h, w)
-        pb, fb, _, _ = conv(3, 1, filters, filters, oh, ow)
-        h, w, c = oh, ow, filters
         last = i == len(blocks) - 1
-        if last:  # the final norm + ReLU, then global pooling (avgmax: mean and maximum)
-            params += norm(c)
-        pooled = 2 * c if frame_pool(cfg.pool, frames) == "avgmax" else c
+        params, flops, h, w = _residual_block(frames, stride, c, filters, h, w, final_norm=last)
+        c = filters
+        pooled = 2 * c if frame_pool(cfg.pool, frames) == "avgmax" else c  # avgmax: mean and maximum
         out = frames * pooled if last else frames * h * w * c
         name = f"conv_{stage}" if block == 0 else f"conv_{stage}_{block}"
-        layers.append(Layer(name, "conv", int(params + pa + pb), flops + fa + fb, out))
-    width_f = 2 * c if frame_pool(cfg.pool, frames) == "avgmax" else c
-    heads = max(1, min(cfg.attention_heads, width_f))
+        layers.append(Layer(name, "conv", params, flops, out))
+    return layers, c
+
+
+def _residual_block(
+    frames: int, stride: int, c: int, filters: int, h: int, w: int, *, final_norm: bool
+) -> tuple[int, float, int, int]:
+    """Parameters, FLOPs per event and output size of one pre-activation block.
+
+    The last block also holds the final norm (+ ReLU) that precedes the global pooling.
+    """
+    # norm_a on the input, norm_b mid-block
+    params, flops = float(_norm_params(c) + _norm_params(filters)), 0.0
+    if stride != 1 or c != filters:  # 1x1 projection shortcut from the pre-activated input
+        pp, ff, _, _ = _conv_cost(frames, 1, stride, c, filters, h, w)
+        params, flops = params + pp, flops + ff
+    pa, fa, oh, ow = _conv_cost(frames, 3, stride, c, filters, h, w)
+    pb, fb, _, _ = _conv_cost(frames, 3, 1, filters, filters, oh, ow)
+    if final_norm:
+        params += _norm_params(filters)
+    return int(params + pa + pb), flops + fa + fb, oh, ow
+
+
+def _teacher_attention(frames: int, width_f: int, attention_heads: int) -> Layer:
+    """The frame-attention stage over the ``frames`` pooled feature vectors of ``width_f`` values."""
+    heads = max(1, min(attention_heads, width_f))
     inner = heads * max(1, width_f // heads)  # heads x key_dim (value_dim = key_dim)
-    attn_params = (
+    params = (
         frames * width_f  # frame-position embedding
         + 3 * (width_f * inner + inner)  # query, key, value projections
         + inner * width_f
@@ -274,14 +313,24 @@ def eventpipe_teacher(
         + width_f
         + 1  # attention-pooling score
     )
-    attn_flops = frames * (2.0 * 4 * width_f * inner + 2.0 * width_f) + 2 * 2.0 * frames * frames * inner
-    layers.append(Layer("attention", "attention", attn_params, attn_flops, width_f))
-    n_in = width_f
-    for i, units in enumerate(cfg.fc_units):
+    flops = frames * (2.0 * 4 * width_f * inner + 2.0 * width_f) + 2 * 2.0 * frames * frames * inner
+    return Layer("attention", "attention", params, flops, width_f)
+
+
+def _teacher_head(n_in: int, fc_units: list[int], classes: int) -> list[Layer]:
+    """The fully-connected layers and the logits: the model-parallel part of hybrid."""
+    layers = []
+    for i, units in enumerate(fc_units):
         layers.append(fc_layer(f"fc_{i}", n_in, units))
         n_in = units
     layers.append(fc_layer("logits", n_in, classes))
-    source = (
+    return layers
+
+
+def _teacher_source(
+    frames: int, height: int, width: int, channels: int, classes: int, cfg: TeacherConfig
+) -> str:
+    return (
         f"trainer/models/teacher.py with conv_filters={cfg.conv_filters} x{cfg.width_multiplier:g}, "
         f"{cfg.blocks_per_stage} block(s) per stage, "
         f"stem stride {stem_stride(cfg.stem_stride, height, width)}, "
@@ -289,7 +338,6 @@ def eventpipe_teacher(
         f"attention_heads={cfg.attention_heads}; "
         f"events of {frames} x {height}x{width}x{channels}, {classes} classes"
     )
-    return ModelSpec("eventpipe-teacher", tuple(layers), source)
 
 
 PRESETS = ("alexnet", "alexnet-2012", "eventpipe-teacher")
@@ -535,6 +583,22 @@ def _makespan(tasks: list[_Task]) -> float:
     return end
 
 
+@dataclass(frozen=True)
+class _StepCosts:
+    """One step's compute and traffic per device for a placement, before any schedule."""
+
+    layers: tuple[Layer, ...]
+    hw: Hardware
+    fwd: list[float]  # forward compute seconds per layer, whole per-device batch
+    exchange: list[tuple[float, int]]  # into layer i: (bytes each way, ring group size)
+    loss_bytes: float  # logits a model-parallel last layer all-gathers for the loss
+    loss_group: int  # model shards of the last layer
+    grads: list[tuple[float, int]]  # per layer: (all-reduce bytes, replicas)
+
+    def collective_s(self, nbytes: float, messages: int) -> float:
+        return nbytes / self.hw.bandwidth + messages * self.hw.latency
+
+
 def plan_layout(
     model: ModelSpec,
     layout: str,
@@ -551,15 +615,38 @@ def plan_layout(
             f"need devices >= 1 and a global batch >= devices, got {devices} and {global_batch}"
         )
     place = placements(model, layout, devices, mesh)
+    costs = _step_costs(model, place, global_batch, hw)
+    compute_s = TRAIN_FLOPS_PER_FWD * sum(costs.fwd)
+    comm_s = _serial_comm_s(costs)
+    step_overlap, best_chunks, best_order = _best_overlap(
+        costs, _micro_batches(chunks, devices, global_batch)
+    )
+    return LayoutPlan(
+        layout=layout,
+        devices=devices,
+        global_batch=global_batch,
+        placements=place,
+        activation_bytes=2 * sum(b for b, _ in costs.exchange) + costs.loss_bytes,
+        gradient_bytes=sum(b for b, _ in costs.grads),
+        compute_s=compute_s,
+        comm_s=comm_s,
+        step_no_overlap_s=compute_s + comm_s,
+        step_overlap_s=min(step_overlap, compute_s + comm_s),
+        chunks=best_chunks,
+        schedule=best_order,
+        single_device_examples_per_s=hw.device_flops / (TRAIN_FLOPS_PER_FWD * model.fwd_flops),
+        collectives=_collectives(costs),
+    )
+
+
+def _step_costs(model: ModelSpec, place: list[tuple[int, int]], G: int, hw: Hardware) -> _StepCosts:
+    """Per-step compute and bytes of every layer, boundary and gradient (whole batch, no chunking)."""
     layers = model.layers
     s = hw.bytes_per_value
-    G = global_batch
-
-    # Per-step quantities (whole batch, no chunking).
     fwd = [
         G * layer.fwd_flops / (d * m) / hw.device_flops for layer, (d, m) in zip(layers, place, strict=True)
     ]
-    exchange: list[tuple[float, int]] = [(0.0, 1)]  # into layer i: (bytes each way, group size)
+    exchange: list[tuple[float, int]] = [(0.0, 1)]
     for i in range(1, len(layers)):
         values, group = _exchange_values(layers[i - 1].out_elements, G, place[i - 1], place[i])
         exchange.append((values * s, group))
@@ -569,12 +656,14 @@ def plan_layout(
         (2.0 * (d - 1) / d * layer.params / m * s, d) if d > 1 and layer.params else (0.0, 1)
         for layer, (d, m) in zip(layers, place, strict=True)
     ]
+    return _StepCosts(layers, hw, fwd, exchange, loss_bytes, m_last, grads)
 
-    def collective_s(nbytes: float, messages: int) -> float:
-        return nbytes / hw.bandwidth + messages * hw.latency
 
+def _collectives(costs: _StepCosts) -> list[dict[str, Any]]:
+    """The step's collectives with their bytes per device, for the report."""
+    layers = costs.layers
     collectives = []
-    for i, (nbytes, group) in enumerate(exchange):
+    for i, (nbytes, group) in enumerate(costs.exchange):
         if nbytes > 0:
             collectives.append(
                 {
@@ -583,84 +672,109 @@ def plan_layout(
                     "group": group,
                 }
             )
-    if loss_bytes > 0:
+    if costs.loss_bytes > 0:
         collectives.append(
-            {"what": f"{layers[-1].name} outputs for the loss", "bytes": loss_bytes, "group": m_last}
+            {
+                "what": f"{layers[-1].name} outputs for the loss",
+                "bytes": costs.loss_bytes,
+                "group": costs.loss_group,
+            }
         )
-    for i, (nbytes, group) in enumerate(grads):
+    for i, (nbytes, group) in enumerate(costs.grads):
         if nbytes > 0:
             collectives.append(
                 {"what": f"{layers[i].name} gradient all-reduce", "bytes": nbytes, "group": group}
             )
+    return collectives
 
-    compute_s = TRAIN_FLOPS_PER_FWD * sum(fwd)
-    comm_s = (
-        sum(2 * collective_s(b, g - 1) for b, g in exchange if b > 0)
-        + (collective_s(loss_bytes, m_last - 1) if loss_bytes > 0 else 0.0)
-        + sum(collective_s(b, 2 * (g - 1)) for b, g in grads if b > 0)
+
+def _serial_comm_s(costs: _StepCosts) -> float:
+    """Every collective back to back: activation exchanges both ways, the loss gather, gradients."""
+    loss_bytes, loss_group = costs.loss_bytes, costs.loss_group
+    return (
+        sum(2 * costs.collective_s(b, g - 1) for b, g in costs.exchange if b > 0)
+        + (costs.collective_s(loss_bytes, loss_group - 1) if loss_bytes > 0 else 0.0)
+        + sum(costs.collective_s(b, 2 * (g - 1)) for b, g in costs.grads if b > 0)
     )
 
-    def overlapped(n_chunks: int, order: str) -> float:
-        tasks: list[_Task] = []
 
-        def add(key: tuple[int, int, int], resource: str, duration: float, deps: list[int]) -> int:
-            if order == "chunk-major":  # finish a micro-batch through the layers before the next one
-                key = (key[0], key[2], key[1])
-            tasks.append(_Task(key, resource, duration, deps))
-            return len(tasks) - 1
-
-        L = len(layers)
-        last_fwd: list[int] = []
-        for c in range(n_chunks):
-            prev = None
-            for i in range(L):
-                deps = [] if prev is None else [prev]
-                nbytes, group = exchange[i]
-                if nbytes > 0:
-                    deps = [add((0, i, c), "link", collective_s(nbytes / n_chunks, group - 1), deps)]
-                prev = add((0, i, c), "compute", fwd[i] / n_chunks, deps)
-            if loss_bytes > 0:
-                prev = add((0, L, c), "link", collective_s(loss_bytes / n_chunks, m_last - 1), [prev])
-            last_fwd.append(prev)
-        bwd_of_layer: list[list[int]] = [[] for _ in layers]
-        for c in range(n_chunks):
-            prev = last_fwd[c]
-            for i in reversed(range(L)):
-                prev = add((1, L - i, c), "compute", 2 * fwd[i] / n_chunks, [prev])
-                bwd_of_layer[i].append(prev)
-                nbytes, group = exchange[i]
-                if nbytes > 0:
-                    prev = add((1, L - i, c), "link", collective_s(nbytes / n_chunks, group - 1), [prev])
-        for i, (nbytes, group) in enumerate(grads):
-            if nbytes > 0:
-                add((2, L - i, 0), "link", collective_s(nbytes, 2 * (group - 1)), bwd_of_layer[i])
-        return _makespan(tasks)
-
+def _micro_batches(chunks: int, devices: int, global_batch: int) -> int:
+    """Micro-batches per device to try: ``chunks`` (0: one per device), at least one example each."""
     wanted = chunks if chunks > 0 else devices
-    wanted = max(1, min(wanted, G // devices))
-    step_overlap, best_chunks, best_order = overlapped(1, SCHEDULES[0]), 1, SCHEDULES[0]
+    return max(1, min(wanted, global_batch // devices))
+
+
+def _best_overlap(costs: _StepCosts, wanted: int) -> tuple[float, int, str]:
+    """The shortest overlapped step over the schedules tried: (seconds, micro-batches, order)."""
+    step_overlap, best_chunks, best_order = _overlapped_s(costs, 1, SCHEDULES[0]), 1, SCHEDULES[0]
     if wanted > 1:
         for order in SCHEDULES:
-            t = overlapped(wanted, order)
+            t = _overlapped_s(costs, wanted, order)
             if t < step_overlap:
                 step_overlap, best_chunks, best_order = t, wanted, order
+    return step_overlap, best_chunks, best_order
 
-    return LayoutPlan(
-        layout=layout,
-        devices=devices,
-        global_batch=G,
-        placements=place,
-        activation_bytes=2 * sum(b for b, _ in exchange) + loss_bytes,
-        gradient_bytes=sum(b for b, _ in grads),
-        compute_s=compute_s,
-        comm_s=comm_s,
-        step_no_overlap_s=compute_s + comm_s,
-        step_overlap_s=min(step_overlap, compute_s + comm_s),
-        chunks=best_chunks,
-        schedule=best_order,
-        single_device_examples_per_s=hw.device_flops / (TRAIN_FLOPS_PER_FWD * model.fwd_flops),
-        collectives=collectives,
-    )
+
+@dataclass
+class _TaskGraph:
+    """Tasks of one overlapped step; keys are ``(phase, layer step, micro-batch)`` in layer-major order."""
+
+    order: str  # one of SCHEDULES
+    tasks: list[_Task] = field(default_factory=list)
+
+    def add(self, key: tuple[int, int, int], resource: str, duration: float, deps: list[int]) -> int:
+        if self.order == "chunk-major":  # finish a micro-batch through the layers before the next one
+            key = (key[0], key[2], key[1])
+        self.tasks.append(_Task(key, resource, duration, deps))
+        return len(self.tasks) - 1
+
+
+def _overlapped_s(costs: _StepCosts, n_chunks: int, order: str) -> float:
+    """Step time of the list schedule with ``n_chunks`` micro-batches under one priority order."""
+    graph = _TaskGraph(order)
+    last_fwd = [_forward_tasks(graph, costs, n_chunks, c) for c in range(n_chunks)]
+    bwd_of_layer = _backward_tasks(graph, costs, n_chunks, last_fwd)
+    for i, (nbytes, group) in enumerate(costs.grads):
+        if nbytes > 0:
+            # An all-reduce waits for its layer's backward on every micro-batch.
+            key = (2, len(costs.layers) - i, 0)
+            graph.add(key, "link", costs.collective_s(nbytes, 2 * (group - 1)), bwd_of_layer[i])
+    return _makespan(graph.tasks)
+
+
+def _forward_tasks(graph: _TaskGraph, costs: _StepCosts, n_chunks: int, c: int) -> int:
+    """Micro-batch ``c``'s forward pass, each layer after its input exchange; returns its last task."""
+    L = len(costs.layers)
+    prev = None
+    for i in range(L):
+        deps = [] if prev is None else [prev]
+        nbytes, group = costs.exchange[i]
+        if nbytes > 0:
+            deps = [graph.add((0, i, c), "link", costs.collective_s(nbytes / n_chunks, group - 1), deps)]
+        prev = graph.add((0, i, c), "compute", costs.fwd[i] / n_chunks, deps)
+    if costs.loss_bytes > 0:
+        gather_s = costs.collective_s(costs.loss_bytes / n_chunks, costs.loss_group - 1)
+        prev = graph.add((0, L, c), "link", gather_s, [prev])
+    return prev
+
+
+def _backward_tasks(
+    graph: _TaskGraph, costs: _StepCosts, n_chunks: int, last_fwd: list[int]
+) -> list[list[int]]:
+    """Every micro-batch's backward pass, last layer first; returns each layer's backward tasks."""
+    L = len(costs.layers)
+    bwd_of_layer: list[list[int]] = [[] for _ in costs.layers]
+    for c in range(n_chunks):
+        prev = last_fwd[c]
+        for i in reversed(range(L)):
+            prev = graph.add((1, L - i, c), "compute", 2 * costs.fwd[i] / n_chunks, [prev])
+            bwd_of_layer[i].append(prev)
+            nbytes, group = costs.exchange[i]
+            if nbytes > 0:
+                prev = graph.add(
+                    (1, L - i, c), "link", costs.collective_s(nbytes / n_chunks, group - 1), [prev]
+                )
+    return bwd_of_layer
 
 
 def plan_all(
