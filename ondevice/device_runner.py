@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -152,6 +152,18 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
 
 
+@dataclass
+class _Tally:
+    """Timings and counts of the run so far, in one place for the summary and the closing lines."""
+
+    decode_s: list[float] = field(default_factory=list)
+    infer_s: list[float] = field(default_factory=list)
+    total_s: list[float] = field(default_factory=list)
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"events": 0, "labelled": 0, "correct": 0, "failed": 0}
+    )
+
+
 def run_device(
     model_path: str,
     data: str,
@@ -167,87 +179,127 @@ def run_device(
     """Classify the events under ``data``; print predictions and latency; return the summary."""
 
     stream = stream or sys.stdout
+    model = _load_model(model_path, threads, max_frame_pixels)
+    events = iter_events(data, stream)  # the input form, or why it is refused, before --out is opened
+    _print_model(model, model_path, stream)
+    tally = _classify_events(model, events, limit, warmup, show, out_path, stream)
+    if tally.counts["events"] == 0:
+        raise UserError(f"no event under {data!r} could be classified")
+    summary = _summarize(model_path, model, tally)
+    _print_totals(summary, model, tally.counts, show, stream)
+    return summary
+
+
+def _load_model(model_path: str, threads: int, max_frame_pixels: int) -> LiteEventModel:
     try:
-        model = LiteEventModel(model_path, num_threads=threads or None, max_frame_pixels=max_frame_pixels)
+        return LiteEventModel(model_path, num_threads=threads or None, max_frame_pixels=max_frame_pixels)
     except LiteModelError as e:
         raise UserError(str(e)) from e
-    events = iter_events(data, stream)  # the input form, or why it is refused, before --out is opened
+
+
+def _print_model(model: LiteEventModel, model_path: str, stream) -> None:
     print(
         f"model {model_path}: {model.size_bytes / 1024:.1f} KiB, input {model.input_dtype} "
         f"[B,{','.join(map(str, model.input_shape))}], labels {list(model.labels)}, runtime {model.runtime}",
         file=stream,
     )
-    decode_s: list[float] = []
-    infer_s: list[float] = []
-    total_s: list[float] = []
-    counts = {"events": 0, "labelled": 0, "correct": 0, "failed": 0}
+
+
+def _classify_events(
+    model: LiteEventModel, events: Iterator[Event], limit: int, warmup: int, show: int, out_path: str, stream
+) -> _Tally:
+    """Events in order up to ``limit``; the ``--out`` file is closed whatever stops the run."""
+    tally = _Tally()
     out = open(out_path, "w", encoding="utf-8") if out_path else None  # noqa: SIM115  (closed below)
     try:
         for i, event in enumerate(events):
             if limit and i >= limit:
                 break
-            t0 = time.perf_counter()
-            try:
-                decoded = model.decode([event.frames])
-            except FrameDecodeError as e:
-                counts["failed"] += 1
-                print(f"{event.event_id}: skipped, {e}", file=stream)
-                continue
-            t1 = time.perf_counter()
-            if counts["events"] == 0:
-                for _ in range(max(0, warmup)):  # first invocations allocate; keep them out of the numbers
-                    model.predict_decoded(decoded)
-            t2 = time.perf_counter()
-            result = model.predict_decoded(decoded)
-            t3 = time.perf_counter()
-            decode_s.append(t1 - t0)
-            infer_s.append(t3 - t2)
-            total_s.append((t1 - t0) + (t3 - t2))
-            counts["events"] += 1
-            name = result["class_name"][0].decode("utf-8")
-            prob = float(result["probabilities"][0][result["class_id"][0]])
-            best = int(result["best_frame"][0])
-            verdict = ""
-            if event.label is not None:
-                counts["labelled"] += 1
-                ok = event.label == name
-                counts["correct"] += int(ok)
-                verdict = f"  label={event.label} {'ok' if ok else 'WRONG'}"
-            if counts["events"] <= show:
-                print(f"{event.event_id}: {name} p={prob:.3f} best_frame={best}{verdict}", file=stream)
-            if out is not None:
-                out.write(
-                    json.dumps(
-                        {
-                            "event_id": event.event_id,
-                            "class_name": name,
-                            "probability": prob,
-                            "best_frame": best,
-                            "probabilities": [float(p) for p in result["probabilities"][0]],
-                            "label": event.label,
-                            "runtime": str(model.runtime),
-                        }
-                    )
-                    + "\n"
-                )
+            result = _classify(model, event, tally, warmup, stream)
+            if result is not None:
+                _record_prediction(model, event, result, tally, show, out, stream)
     finally:
         if out is not None:
             out.close()
-    if counts["events"] == 0:
-        raise UserError(f"no event under {data!r} could be classified")
-    summary = {
+    return tally
+
+
+def _classify(model: LiteEventModel, event: Event, tally: _Tally, warmup: int, stream) -> dict | None:
+    """The model's outputs, or None for an event whose frames do not decode (skipped, not fatal).
+
+    Decode and inference are timed apart; the warm-up runs before the first event's timed call only."""
+    t0 = time.perf_counter()
+    try:
+        decoded = model.decode([event.frames])
+    except FrameDecodeError as e:
+        tally.counts["failed"] += 1
+        print(f"{event.event_id}: skipped, {e}", file=stream)
+        return None
+    t1 = time.perf_counter()
+    if tally.counts["events"] == 0:
+        for _ in range(max(0, warmup)):  # first invocations allocate; keep them out of the numbers
+            model.predict_decoded(decoded)
+    t2 = time.perf_counter()
+    result = model.predict_decoded(decoded)
+    t3 = time.perf_counter()
+    tally.decode_s.append(t1 - t0)
+    tally.infer_s.append(t3 - t2)
+    tally.total_s.append((t1 - t0) + (t3 - t2))
+    tally.counts["events"] += 1
+    return result
+
+
+def _record_prediction(
+    model: LiteEventModel, event: Event, result: dict, tally: _Tally, show: int, out, stream
+) -> None:
+    """Only labelled events count towards accuracy; only the first ``show`` are printed, every one
+    goes to ``--out``."""
+    name = result["class_name"][0].decode("utf-8")
+    prob = float(result["probabilities"][0][result["class_id"][0]])
+    best = int(result["best_frame"][0])
+    verdict = ""
+    if event.label is not None:
+        tally.counts["labelled"] += 1
+        ok = event.label == name
+        tally.counts["correct"] += int(ok)
+        verdict = f"  label={event.label} {'ok' if ok else 'WRONG'}"
+    if tally.counts["events"] <= show:
+        print(f"{event.event_id}: {name} p={prob:.3f} best_frame={best}{verdict}", file=stream)
+    if out is not None:
+        out.write(
+            json.dumps(
+                {
+                    "event_id": event.event_id,
+                    "class_name": name,
+                    "probability": prob,
+                    "best_frame": best,
+                    "probabilities": [float(p) for p in result["probabilities"][0]],
+                    "label": event.label,
+                    "runtime": str(model.runtime),
+                }
+            )
+            + "\n"
+        )
+
+
+def _summarize(model_path: str, model: LiteEventModel, tally: _Tally) -> dict:
+    counts = tally.counts
+    return {
         "model": model_path,
         "runtime": model.runtime.describe(),
         **counts,
         "accuracy": counts["correct"] / counts["labelled"] if counts["labelled"] else None,
         "latency_ms": {
-            "inference_p50": percentile_ms(infer_s, 50),
-            "inference_p99": percentile_ms(infer_s, 99),
-            "decode_p50": percentile_ms(decode_s, 50),
-            "end_to_end_p50": percentile_ms(total_s, 50),
-            "end_to_end_p99": percentile_ms(total_s, 99),
+            "inference_p50": percentile_ms(tally.infer_s, 50),
+            "inference_p99": percentile_ms(tally.infer_s, 99),
+            "decode_p50": percentile_ms(tally.decode_s, 50),
+            "end_to_end_p50": percentile_ms(tally.total_s, 50),
+            "end_to_end_p99": percentile_ms(tally.total_s, 99),
         },
     }
+
+
+def _print_totals(summary: dict, model: LiteEventModel, counts: dict[str, int], show: int, stream) -> None:
     if counts["events"] > show:
         print(f"... {counts['events'] - show} more", file=stream)
     lat = summary["latency_ms"]
@@ -263,4 +315,3 @@ def run_device(
         f"decode+inference p50 {lat['end_to_end_p50']:.2f} ms p99 {lat['end_to_end_p99']:.2f} ms",
         file=stream,
     )
-    return summary

@@ -36,88 +36,70 @@ class ModelServer:
     """
 
     def __init__(self, options: ServingConfig, model_base_path: str = "") -> None:
-        if options.max_body_bytes <= 0:
-            raise UserError("serving.max_body_bytes must be positive")
-        if options.max_tensor_elements <= 0:
-            raise UserError("serving.max_tensor_elements must be positive")
-        if options.read_timeout_seconds <= 0 or options.max_connections <= 0:
-            raise UserError(
-                "serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) "
-                "must be positive"
-            )
-        if options.rest_port < 0 and options.grpc_port < 0:
-            raise UserError("both front ends are off: give --rest_api_port or --port")
-        if options.intra_op_threads < 0 or options.inter_op_threads < 0:
-            raise UserError(
-                "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0"
-            )
-        if options.grpc_threads <= 0:
-            raise UserError("--grpc_max_threads (serving.grpc_threads) must be positive")
-        channel_options(options.grpc_channel_arguments)  # a malformed list is an error before anything starts
-        if options.num_batch_threads < 0:
-            raise UserError("serving.num_batch_threads must be >= 0 (0: one per core)")
+        _check_options(options)
         self.options = options
         self.models_served = served_models(options, model_base_path)
-        threads = options.num_batch_threads or default_threads()
-        batching = BatchingOptions(options.max_batch_size, options.batch_timeout_ms / 1000.0, threads)
-        if options.batching_parameters_file:
-            batching = read_batching_file(options.batching_parameters_file, batching)
-        self.batching = batching if options.enable_batching else NO_BATCHING
-        metrics_path = (
-            read_monitoring_file(options.monitoring_config_file)
-            if options.monitoring_config_file
-            else PROMETHEUS_PATH
-        )
+        self.batching = _batching(options)
+        metrics_path = _metrics_path(options)
         self.metrics = ServingMetrics()
-
-        def make_manager(served: ServedModel) -> ModelManager:
-            return ModelManager(
-                served.base_path,
-                served.name,
-                served.policy,
-                poll_seconds=options.poll_seconds,
-                labels_path=options.version_labels or None,
-                labels=served.labels,
-                batching=self.batching,
-                prefer_tflite=options.prefer_tflite,
-                metrics=self.metrics,
-                max_tensor_elements=options.max_tensor_elements,
-            )
-
         self.models = ModelRegistry(
             self.models_served,
-            make_manager,
+            self._make_manager,
             config_file=options.model_config_file,
             config_poll_seconds=options.model_config_file_poll_wait_seconds,
         )
-        self.rest: RestServer | None = None
-        if options.rest_port >= 0:
-            try:
-                self.rest = RestServer(
-                    self.models, self.metrics, options.host, options.rest_port, options.max_body_bytes,
-                    read_timeout_seconds=options.read_timeout_seconds,
-                    max_connections=options.max_connections,
-                    max_tensor_elements=options.max_tensor_elements, metrics_path=metrics_path,
-                )  # fmt: skip
-            except OSError as e:
-                raise UserError(f"cannot listen for REST on {options.host}:{options.rest_port}: {e}") from e
-        self.grpc: GrpcServer | None = None
-        if options.grpc_port >= 0:
-            try:
-                self.grpc = GrpcServer(
-                    self.models,
-                    self.metrics,
-                    options.host,
-                    options.grpc_port,
-                    options.max_body_bytes,
-                    workers=options.grpc_threads,
-                    max_tensor_elements=options.max_tensor_elements,
-                    channel_arguments=options.grpc_channel_arguments,
-                )
-            except (OSError, RuntimeError) as e:
-                if self.rest:
-                    self.rest.stop()
-                raise UserError(f"cannot listen for gRPC on {options.host}:{options.grpc_port}: {e}") from e
+        self.rest: RestServer | None = self._listen_rest(metrics_path)
+        self.grpc: GrpcServer | None = self._listen_grpc()
+
+    def _make_manager(self, served: ServedModel) -> ModelManager:
+        options = self.options
+        return ModelManager(
+            served.base_path,
+            served.name,
+            served.policy,
+            poll_seconds=options.poll_seconds,
+            labels_path=options.version_labels or None,
+            labels=served.labels,
+            batching=self.batching,
+            prefer_tflite=options.prefer_tflite,
+            metrics=self.metrics,
+            max_tensor_elements=options.max_tensor_elements,
+        )
+
+    def _listen_rest(self, metrics_path: str | None) -> RestServer | None:
+        options = self.options
+        if options.rest_port < 0:
+            return None
+        try:
+            return RestServer(
+                self.models, self.metrics, options.host, options.rest_port, options.max_body_bytes,
+                read_timeout_seconds=options.read_timeout_seconds,
+                max_connections=options.max_connections,
+                max_tensor_elements=options.max_tensor_elements, metrics_path=metrics_path,
+            )  # fmt: skip
+        except OSError as e:
+            raise UserError(f"cannot listen for REST on {options.host}:{options.rest_port}: {e}") from e
+
+    def _listen_grpc(self) -> GrpcServer | None:
+        """Called after REST is bound: a gRPC port that cannot be had releases the REST one."""
+        options = self.options
+        if options.grpc_port < 0:
+            return None
+        try:
+            return GrpcServer(
+                self.models,
+                self.metrics,
+                options.host,
+                options.grpc_port,
+                options.max_body_bytes,
+                workers=options.grpc_threads,
+                max_tensor_elements=options.max_tensor_elements,
+                channel_arguments=options.grpc_channel_arguments,
+            )
+        except (OSError, RuntimeError) as e:
+            if self.rest:
+                self.rest.stop()
+            raise UserError(f"cannot listen for gRPC on {options.host}:{options.grpc_port}: {e}") from e
 
     @property
     def rest_port(self) -> int | None:
@@ -177,6 +159,49 @@ class ModelServer:
         if self.grpc:
             self.grpc.stop()
         self.models.stop()
+
+
+def _check_options(options: ServingConfig) -> None:
+    """Refuse a bad setting before anything is loaded or bound."""
+    if options.max_body_bytes <= 0:
+        raise UserError("serving.max_body_bytes must be positive")
+    if options.max_tensor_elements <= 0:
+        raise UserError("serving.max_tensor_elements must be positive")
+    if options.read_timeout_seconds <= 0 or options.max_connections <= 0:
+        raise UserError(
+            "serving.read_timeout_seconds and serving.max_connections (--rest_api_num_threads) "
+            "must be positive"
+        )
+    if options.rest_port < 0 and options.grpc_port < 0:
+        raise UserError("both front ends are off: give --rest_api_port or --port")
+    if options.intra_op_threads < 0 or options.inter_op_threads < 0:
+        raise UserError(
+            "--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0"
+        )
+    if options.grpc_threads <= 0:
+        raise UserError("--grpc_max_threads (serving.grpc_threads) must be positive")
+    channel_options(options.grpc_channel_arguments)  # a malformed list is an error before anything starts
+    if options.num_batch_threads < 0:
+        raise UserError("serving.num_batch_threads must be >= 0 (0: one per core)")
+
+
+def _batching(options: ServingConfig) -> BatchingOptions:
+    """The config's batching, overridden by its parameters file (read even when batching is off,
+    so a bad file is refused either way)."""
+    threads = options.num_batch_threads or default_threads()
+    batching = BatchingOptions(options.max_batch_size, options.batch_timeout_ms / 1000.0, threads)
+    if options.batching_parameters_file:
+        batching = read_batching_file(options.batching_parameters_file, batching)
+    return batching if options.enable_batching else NO_BATCHING
+
+
+def _metrics_path(options: ServingConfig) -> str | None:
+    """Where REST serves Prometheus metrics: the monitoring file's choice (None: off), else the default."""
+    return (
+        read_monitoring_file(options.monitoring_config_file)
+        if options.monitoring_config_file
+        else PROMETHEUS_PATH
+    )
 
 
 def configure_tensorflow(options: ServingConfig) -> None:

@@ -278,20 +278,48 @@ def build_ingest(
     """Add the whole ingest graph to ``p``; outputs land under the two artifact URIs.
 
     ``progress_token``: from ``ingest_progress``, for the bar of events read."""
-    rules = checks.Rules(
+    rules = _rules(root, data)
+    units = _survey(root, quarantine_uri)
+    staging = os.path.join(examples_uri, "_staging")
+    checked, staged = _check_and_stage(p, units, root, rules, progress_token, quarantine_uri, staging)
+    per_id = _first_per_id(checked.meta)
+    kept_source = _kept_sources(per_id)
+    classes = _vocabulary(p, per_id, data)
+    _write_summary(checked.meta, per_id, classes, data, quarantine_uri)
+    _finalize_splits(staged, kept_source, classes, data, rules, examples_uri, quarantine_uri)
+
+
+def _rules(root: str, data: DataConfig) -> checks.Rules:
+    return checks.Rules(
         data_root=os.path.realpath(root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))),
         max_frames=data.max_frames,
         classes=tuple(data.classes),
         max_frame_bytes=data.max_frame_bytes,
         max_frame_pixels=data.max_frame_pixels,
     )
+
+
+def _survey(root: str, quarantine_uri: str) -> list[sources.Unit]:
+    """The input units; the files under the root that are not read are listed in the quarantine
+    before the graph runs, so the summary can count them."""
     found = sources.survey(root)
-    units = found.units
     os.makedirs(quarantine_uri, exist_ok=True)
     with open(os.path.join(quarantine_uri, IGNORED_FILE), "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"path": path, "reason": reason}) + "\n" for path, reason in found.ignored)
-    staging = os.path.join(examples_uri, "_staging")
+    return found.units
 
+
+def _check_and_stage(
+    p: beam.Pipeline,
+    units: list[sources.Unit],
+    root: str,
+    rules: checks.Rules,
+    progress_token: str,
+    quarantine_uri: str,
+    staging: str,
+) -> tuple[beam.pvalue.DoOutputsTuple, beam.PCollection]:
+    """Pass 1: rejections go to the quarantine and check-passed events to staging, so no frame
+    bytes cross a stage boundary; the tagged outputs and the staged file names."""
     checked = (
         p
         | "Units" >> beam.Create(units, reshuffle=True)
@@ -302,32 +330,51 @@ def build_ingest(
         os.path.join(quarantine_uri, f"{QUARANTINE_PREFIX}-checks"), file_name_suffix=".jsonl"
     )
     staged = checked.ok | "Stage" >> beam.io.WriteToTFRecord(os.path.join(staging, "events"))
+    return checked, staged
 
-    per_id = (
-        checked.meta
+
+def _first_per_id(meta: beam.PCollection) -> beam.PCollection:
+    """Per check-passed event id: (how many carry it, the first one's metadata)."""
+    return (
+        meta
         | "Passed" >> beam.Filter(lambda m: m.reason is None)
         | "ById" >> beam.Map(lambda m: (m.event_id, m))
         | "KeepFirst" >> beam.CombinePerKey(_KeepFirst())
     )
-    kept_source = (
+
+
+def _kept_sources(per_id: beam.PCollection) -> beam.PCollection:
+    """Per duplicated id, the source of the occurrence kept: pass 2 quarantines every other one."""
+    return (
         per_id
         | "Duplicated" >> beam.Filter(lambda kv: kv[1][0] > 1)
         | "KeptSource" >> beam.Map(lambda kv: (kv[0], kv[1][1].source))
     )
-    if data.classes:
-        classes = p | "ConfiguredClasses" >> beam.Create([list(data.classes)])
-    else:
-        classes = (
-            per_id
-            | "Labels" >> beam.FlatMap(lambda kv: [kv[1][1].label] if kv[1][1].label is not None else [])
-            | "DistinctLabels" >> beam.Distinct()
-            | "Vocabulary" >> beam.combiners.ToList()
-            | "Sorted" >> beam.Map(sorted)
-        )
 
+
+def _vocabulary(p: beam.Pipeline, per_id: beam.PCollection, data: DataConfig) -> beam.PCollection:
+    """The configured classes, else the sorted labels of the kept events (one list)."""
+    if data.classes:
+        return p | "ConfiguredClasses" >> beam.Create([list(data.classes)])
+    return (
+        per_id
+        | "Labels" >> beam.FlatMap(lambda kv: [kv[1][1].label] if kv[1][1].label is not None else [])
+        | "DistinctLabels" >> beam.Distinct()
+        | "Vocabulary" >> beam.combiners.ToList()
+        | "Sorted" >> beam.Map(sorted)
+    )
+
+
+def _write_summary(
+    meta: beam.PCollection,
+    per_id: beam.PCollection,
+    classes: beam.PCollection,
+    data: DataConfig,
+    quarantine_uri: str,
+) -> None:
+    """The summary, computed from the metadata alone, with the vocabulary, as one JSON file."""
     summary_items = (
-        checked.meta
-        | "RejectedReasons" >> beam.FlatMap(lambda m: [("rejected", m.reason)] if m.reason else []),
+        meta | "RejectedReasons" >> beam.FlatMap(lambda m: [("rejected", m.reason)] if m.reason else []),
         per_id | "KeptItems" >> beam.Map(lambda kv: ("kept", kv[1])),
     ) | "SummaryItems" >> beam.Flatten()
     summary = summary_items | "Summarize" >> beam.CombineGlobally(_Summarize(data.eval_percent))
@@ -343,6 +390,17 @@ def build_ingest(
         )
     )
 
+
+def _finalize_splits(
+    staged: beam.PCollection,
+    kept_source: beam.PCollection,
+    classes: beam.PCollection,
+    data: DataConfig,
+    rules: checks.Rules,
+    examples_uri: str,
+    quarantine_uri: str,
+) -> None:
+    """Pass 2: the staged events back, later duplicates to the quarantine, the rest to their splits."""
     final = (
         staged
         | "ReadStaged" >> beam.io.ReadAllFromTFRecord()

@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -290,6 +291,20 @@ def _serve_and_compare(
         report["errors"].append(f"request failed: {type(e).__name__}: {e}")
 
 
+@dataclass(frozen=True)
+class _Trial:
+    """One validation run's candidate, events and clock, handed as one to its phases."""
+
+    model_dir: str
+    model_name: str
+    frames: np.ndarray
+    ids: list[str]
+    spec: EventSpec  # the model's own, else the examples'
+    tolerance: float
+    started: float
+    deadline: float
+
+
 def validate_in_server(
     model_dir: str,
     examples_uri: str,
@@ -307,8 +322,19 @@ def validate_in_server(
     """
 
     started = time.monotonic()
-    deadline = started + timeout_s
-    report: dict[str, Any] = {
+    report = _new_report(model_dir, examples_uri, model_name)
+    spec, model_spec = _load_specs(model_dir, examples_uri, report["problems"])
+    frames, ids = layout.read_encoded_events(examples_uri, spec, num_events)
+    report["events"] = len(ids)
+    trial = _Trial(
+        model_dir, model_name, frames, ids, model_spec or spec, tolerance, started, started + timeout_s
+    )
+    _push_and_serve(trial, report)
+    return _conclude(report, started)
+
+
+def _new_report(model_dir: str, examples_uri: str, model_name: str) -> dict[str, Any]:
+    return {
         "model_dir": model_dir,
         "examples": examples_uri,
         "model_name": model_name,
@@ -318,7 +344,11 @@ def validate_in_server(
         "errors": [],
         "problems": [],
     }
-    problems: list[str] = report["problems"]
+
+
+def _load_specs(model_dir: str, examples_uri: str, problems: list[str]) -> tuple[EventSpec, EventSpec | None]:
+    """The examples' spec and the model's (None when unreadable): a model exported for other
+    data is a problem, not an error."""
     spec = EventSpec.load(examples_uri)
     try:
         model_spec = load_spec(model_dir)
@@ -329,34 +359,36 @@ def validate_in_server(
         problems.append(
             f"the model was exported for {model_spec.to_dict()}, the examples are {spec.to_dict()}"
         )
-    frames, ids = layout.read_encoded_events(examples_uri, spec, num_events)
-    report["events"] = len(ids)
+    return spec, model_spec
 
+
+def _push_and_serve(trial: _Trial, report: dict[str, Any]) -> None:
+    """Push, start the server, check in-process, then (unless that failed) the server's answers;
+    the server is always stopped and the scratch base removed."""
+    problems: list[str] = report["problems"]
     workdir = tempfile.mkdtemp(prefix="eventpipe-serving-validation-")
     server = None
     try:
         # Version 1 of a fresh base, with the warm-up records the Pusher writes: the server replays them.
         push_saved_model(
-            model_dir, os.path.join(workdir, "base"), model_name, predict_logs(frames, model_name)
+            trial.model_dir,
+            os.path.join(workdir, "base"),
+            trial.model_name,
+            predict_logs(trial.frames, trial.model_name),
         )
-        server = ServerProcess(os.path.join(workdir, "base", model_name), model_name, workdir=workdir)
+        server = ServerProcess(
+            os.path.join(workdir, "base", trial.model_name), trial.model_name, workdir=workdir
+        )
         # The reference runs here while the server process starts and loads.
-        try:
-            reference = in_process_outputs(model_dir, frames)
-        except Exception as e:  # noqa: BLE001  (any failure to run is a validation verdict, reported)
-            reference = None
-            problems.append(f"the model does not run in-process: {type(e).__name__}: {str(e)[:300]}")
-        if reference is not None:
-            problems += [
-                f"in-process outputs: {p}" for p in contract_problems(reference, model_spec or spec, len(ids))
-            ]
+        reference = _in_process_reference(trial, problems)
         if reference is not None and problems:
             # It runs but answers wrongly (or is for other data): refused without waiting for the server.
             report["serving_skipped"] = "the in-process checks already failed"
         else:
             _serve_and_compare(
-                server, model_name, frames, ids, reference, tolerance, started, deadline, report
-            )
+                server, trial.model_name, trial.frames, trial.ids, reference, trial.tolerance,
+                trial.started, trial.deadline, report,
+            )  # fmt: skip
     finally:
         if server is not None:
             report["server_exit_code"] = server.stop()
@@ -364,6 +396,22 @@ def validate_in_server(
                 report["server_log_tail"] = server.log_tail(LOG_TAIL_CHARS)
         shutil.rmtree(workdir, ignore_errors=True)
 
+
+def _in_process_reference(trial: _Trial, problems: list[str]) -> dict[str, np.ndarray] | None:
+    """The outputs to compare the server's with (None if the model does not run here), checked
+    against the contract: a model wrong the same way in both places must not pass."""
+    try:
+        reference = in_process_outputs(trial.model_dir, trial.frames)
+    except Exception as e:  # noqa: BLE001  (any failure to run is a validation verdict, reported)
+        problems.append(f"the model does not run in-process: {type(e).__name__}: {str(e)[:300]}")
+        return None
+    problems += [f"in-process outputs: {p}" for p in contract_problems(reference, trial.spec, len(trial.ids))]
+    return reference
+
+
+def _conclude(report: dict[str, Any], started: float) -> dict[str, Any]:
+    """Fold errors and mismatches into the problems, summarize the latencies; bless when none."""
+    problems: list[str] = report["problems"]
     problems += report["errors"]
     if report["mismatches"]:
         problems.append(f"{len(report['mismatches'])} answers differ from the in-process model")

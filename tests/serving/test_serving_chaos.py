@@ -20,7 +20,7 @@ import shutil
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -315,107 +315,178 @@ def _refused(server: ss.ServerProcess, version: int, path: str, reason: str) -> 
     return refused
 
 
-def test_pushes_corrupt_versions_and_sigkill_under_load(tmp_path):
-    test_started = time.monotonic()
+@dataclass
+class _Run:
+    """What the phases of one chaos run leave for the cleanup and the checks."""
+
+    base: str
+    sources: dict[int, str]
+    pushed_at: dict[int, float] = field(default_factory=dict)  # good version -> when its push began
+    marks: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, float] = field(default_factory=dict)
+    refusals: list[dict] = field(default_factory=list)
+    first_ok: dict[str, float] = field(default_factory=dict)  # api -> first right answer after the kill
+    statuses: list[dict] = field(default_factory=list)  # the restarted server's, at the end
+    restarted: ss.ServerProcess | None = None
+    staged: push.Staged | None = None
+
+    @property
+    def model_dir(self) -> str:
+        return os.path.join(self.base, NAME)
+
+    def publish(self, version: int) -> None:
+        """Push ``version`` as the Pusher does; a good version cannot serve before its push began."""
+        started = time.monotonic()
+        summary = push.push_saved_model(self.sources[version], self.base, NAME)
+        assert summary["version"] == version, summary  # each model answers the version it is pushed as
+        if version not in (TRUNCATED_GRAPH, BAD_CHECKSUM):
+            self.pushed_at[version] = started
+
+
+def _sources(tmp_path) -> dict[int, str]:
+    """The model to push as each version, corrupt ones included."""
     sources = {v: _version_model(v, str(tmp_path / f"src-{v}")) for v in (*GOOD, LAST_GOOD, HALF_PUSHED)}
     sources[TRUNCATED_GRAPH] = _truncated_graph(sources[GOOD[0]], str(tmp_path / "src-truncated"))
     sources[BAD_CHECKSUM] = _bad_checksum(
         _version_model(BAD_CHECKSUM, str(tmp_path / "src-4-good")), BAD_CHECKSUM, str(tmp_path / "src-4")
     )
-    base = str(tmp_path / "serving")
-    model_dir = os.path.join(base, NAME)
-    pushed_at: dict[int, float] = {}  # good version -> when its push began (it cannot serve before)
+    return sources
 
-    def publish(version: int) -> None:
-        started = time.monotonic()
-        summary = push.push_saved_model(sources[version], base, NAME)
-        assert summary["version"] == version, summary  # each model answers the version it is pushed as
-        if version not in (TRUNCATED_GRAPH, BAD_CHECKSUM):
-            pushed_at[version] = started
 
-    publish(GOOD[0])
-    server = ss.ServerProcess(model_dir, NAME)
-    restarted: ss.ServerProcess | None = None
-    staged: push.Staged | None = None
+def _start_load(server: ss.ServerProcess, load: Load, run: _Run) -> None:
+    server.wait_status(NAME, ss.available([GOOD[0]]))
+    load.start()
+    time.sleep(2.0)  # warm-up: connections open, the server's allocator at its working size
+    run.rss["start"] = _rss_mib(server.proc.pid)
+    run.marks["rss_start"] = time.monotonic()
+
+
+def _push_next_good(server: ss.ServerProcess, run: _Run) -> None:
+    run.publish(GOOD[1])
+    server.wait_status(NAME, ss.available([GOOD[1]]))
+    run.marks["swapped"] = time.monotonic()
+    time.sleep(1.0)
+
+
+def _push_corrupt(server: ss.ServerProcess, run: _Run) -> None:
+    """Both corrupt versions are refused, readably, while the previous good one serves on."""
+    run.publish(TRUNCATED_GRAPH)
+    run.refusals.append(_refused(server, TRUNCATED_GRAPH, os.path.join(run.model_dir, "3"), "SavedModel"))
+    run.publish(BAD_CHECKSUM)
+    run.refusals.append(
+        _refused(server, BAD_CHECKSUM, os.path.join(run.model_dir, "4"), "Checksum does not match")
+    )
+    time.sleep(1.0)
+
+
+def _push_last_and_half(server: ss.ServerProcess, run: _Run) -> None:
+    """The last good version, then a push that dies before its rename (never a version)."""
+    run.marks["last_push"] = time.monotonic()
+    run.publish(LAST_GOOD)
+    server.wait_status(NAME, ss.available([LAST_GOOD]))
+    run.marks["swapped_last"] = time.monotonic()
+    time.sleep(1.5)
+    # A pusher that dies between staging and its rename leaves a hidden directory and a claim.
+    run.staged = push.stage_saved_model(run.sources[HALF_PUSHED], run.base, NAME)
+    assert run.staged.version == HALF_PUSHED and os.path.isdir(run.staged.tmp)
+    run.rss["end"] = _rss_mib(server.proc.pid)
+
+
+def _kill_and_restart(server: ss.ServerProcess, load: Load, run: _Run) -> None:
+    """SIGKILL, then a new server on the same base path and ports, until both APIs answer right."""
+    run.marks["kill"] = time.monotonic()
+    server.proc.kill()
+    assert server.proc.wait(timeout=30) == -9
+    server.stop()
+    run.restarted = ss.ServerProcess(
+        run.model_dir, NAME, "--port", str(load.grpc_port), "--rest_api_port", str(load.rest_port)
+    )
+    run.marks["listening"] = time.monotonic()
+    deadline = run.marks["kill"] + 2 * RESTART_BOUND_S
+    while len(run.first_ok) < 2 and time.monotonic() < deadline:
+        for o in load.snapshot():
+            if o.result == "ok" and o.started > run.marks["kill"] and o.api not in run.first_ok:
+                run.first_ok[o.api] = o.ended
+        time.sleep(0.05)
+    assert len(run.first_ok) == 2, (
+        f"no right answer after the restart on {run.first_ok}:\n{run.restarted.log()}"
+    )
+
+
+def _steady_after_restart(run: _Run) -> None:
+    """The restarted server's RSS over steady load alone, and its version statuses."""
+    time.sleep(1.0)
+    run.rss["restart_start"] = _rss_mib(run.restarted.proc.pid)
+    run.marks["rss_restart_start"] = time.monotonic()
+    time.sleep(STEADY_S)
+    run.rss["restart_end"] = _rss_mib(run.restarted.proc.pid)
+    run.marks["rss_restart_end"] = time.monotonic()
+    run.statuses = ss.get_json(f"{run.restarted.url}/v1/models/{NAME}")[1]["model_version_status"]
+
+
+def _shut_down(load: Load, server: ss.ServerProcess, run: _Run) -> None:
+    load.stop()
+    server.stop()
+    if run.restarted is not None:
+        run.restarted.stop()
+    if run.staged is not None:
+        run.staged.discard()
+
+
+def test_pushes_corrupt_versions_and_sigkill_under_load(tmp_path):
+    test_started = time.monotonic()
+    run = _Run(str(tmp_path / "serving"), _sources(tmp_path))
+    run.publish(GOOD[0])
+    server = ss.ServerProcess(run.model_dir, NAME)
     load = Load(server.rest_port, server.grpc_port)
-    marks: dict[str, float] = {}
-    rss: dict[str, float] = {}
     try:
-        server.wait_status(NAME, ss.available([GOOD[0]]))
-        load.start()
-        time.sleep(2.0)  # warm-up: connections open, the server's allocator at its working size
-        rss["start"] = _rss_mib(server.proc.pid)
-        marks["rss_start"] = time.monotonic()
-
-        publish(GOOD[1])
-        server.wait_status(NAME, ss.available([GOOD[1]]))
-        marks["swapped"] = time.monotonic()
-        time.sleep(1.0)
-        publish(TRUNCATED_GRAPH)
-        refusals = [_refused(server, TRUNCATED_GRAPH, os.path.join(model_dir, "3"), "SavedModel")]
-        publish(BAD_CHECKSUM)
-        refusals.append(
-            _refused(server, BAD_CHECKSUM, os.path.join(model_dir, "4"), "Checksum does not match")
-        )
-        time.sleep(1.0)
-        marks["last_push"] = time.monotonic()
-        publish(LAST_GOOD)
-        server.wait_status(NAME, ss.available([LAST_GOOD]))
-        marks["swapped_last"] = time.monotonic()
-        time.sleep(1.5)
-        # A pusher that dies between staging and its rename leaves a hidden directory and a claim.
-        staged = push.stage_saved_model(sources[HALF_PUSHED], base, NAME)
-        assert staged.version == HALF_PUSHED and os.path.isdir(staged.tmp)
-        rss["end"] = _rss_mib(server.proc.pid)
-
-        marks["kill"] = time.monotonic()
-        server.proc.kill()
-        assert server.proc.wait(timeout=30) == -9
-        server.stop()
-        restarted = ss.ServerProcess(
-            model_dir, NAME, "--port", str(load.grpc_port), "--rest_api_port", str(load.rest_port)
-        )
-        marks["listening"] = time.monotonic()
-        first_ok: dict[str, float] = {}
-        deadline = marks["kill"] + 2 * RESTART_BOUND_S
-        while len(first_ok) < 2 and time.monotonic() < deadline:
-            for o in load.snapshot():
-                if o.result == "ok" and o.started > marks["kill"] and o.api not in first_ok:
-                    first_ok[o.api] = o.ended
-            time.sleep(0.05)
-        assert len(first_ok) == 2, f"no right answer after the restart on {first_ok}:\n{restarted.log()}"
-        time.sleep(1.0)
-        rss["restart_start"] = _rss_mib(restarted.proc.pid)
-        marks["rss_restart_start"] = time.monotonic()
-        time.sleep(STEADY_S)
-        rss["restart_end"] = _rss_mib(restarted.proc.pid)
-        marks["rss_restart_end"] = time.monotonic()
-        statuses = ss.get_json(f"{restarted.url}/v1/models/{NAME}")[1]["model_version_status"]
+        _start_load(server, load, run)
+        _push_next_good(server, run)
+        _push_corrupt(server, run)
+        _push_last_and_half(server, run)
+        _kill_and_restart(server, load, run)
+        _steady_after_restart(run)
     finally:
-        load.stop()
-        server.stop()
-        if restarted is not None:
-            restarted.stop()
-        if staged is not None:
-            staged.discard()
+        _shut_down(load, server, run)
 
     outcomes = load.snapshot()
     counts = collections.Counter(f"{o.api} {o.result}" for o in outcomes)
-    restart_s = max(first_ok.values()) - marks["kill"]
-    sampled = {
+    restart_s = max(run.first_ok.values()) - run.marks["kill"]
+    sampled = _rss_samples(outcomes, run)
+    _print_summary(outcomes, counts, restart_s, sampled, run, test_started)
+    _check_answers(outcomes, run)
+    _check_failures(outcomes, run)
+    _check_restart(run, restart_s, counts)
+    _check_memory(sampled)
+
+
+def _rss_samples(outcomes: list[Outcome], run: _Run) -> dict[str, tuple[float, float, int, int]]:
+    """Per server: RSS at the start and end of its sampled span, the requests in it, the bound."""
+    return {
         "first server": (
-            rss["start"],
-            rss["end"],
-            _between(outcomes, marks["rss_start"], marks["kill"]),
+            run.rss["start"],
+            run.rss["end"],
+            _between(outcomes, run.marks["rss_start"], run.marks["kill"]),
             RSS_CHURN_TOLERANCE_MIB,
         ),
         "restarted": (
-            rss["restart_start"],
-            rss["restart_end"],
-            _between(outcomes, marks["rss_restart_start"], marks["rss_restart_end"]),
+            run.rss["restart_start"],
+            run.rss["restart_end"],
+            _between(outcomes, run.marks["rss_restart_start"], run.marks["rss_restart_end"]),
             RSS_STEADY_TOLERANCE_MIB,
         ),
     }
+
+
+def _print_summary(
+    outcomes: list[Outcome],
+    counts: collections.Counter,
+    restart_s: float,
+    sampled: dict[str, tuple[float, float, int, int]],
+    run: _Run,
+    test_started: float,
+) -> None:
+    marks, first_ok = run.marks, run.first_ok
     print(
         f"\nserve chaos: {len(outcomes)} requests in {time.monotonic() - test_started:.1f} s: "
         + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
@@ -428,16 +499,19 @@ def test_pushes_corrupt_versions_and_sigkill_under_load(tmp_path):
             for what, (a, b, n, bound) in sampled.items()
         )
     )
-    for refused in refusals:
+    for refused in run.refusals:
         print(f"  refused: {refused['error_code']}: {refused['error_message']}")
 
-    # Every answer is right: from a complete good version, and the one the response names.
+
+def _check_answers(outcomes: list[Outcome], run: _Run) -> None:
+    """Every answer is right: from a complete good version, and the one the response names."""
+    marks = run.marks
     wrong = [o for o in outcomes if o.wrong]
     assert not wrong, f"{len(wrong)} wrong answers or unclear errors, e.g. {wrong[:3]}"
     ok = [o for o in outcomes if o.result == "ok"]
     served = collections.Counter(o.version for o in ok)
     assert set(served) == {*GOOD, LAST_GOOD}, f"versions answered: {served}"
-    early = [o for o in ok if o.ended < pushed_at[o.version]]
+    early = [o for o in ok if o.ended < run.pushed_at[o.version]]
     assert not early, f"answers from versions whose push had not begun: {early[:3]}"
     # Each client's answers move forward only: none from an unloaded version after a newer one.
     for client in {o.client for o in outcomes}:
@@ -449,23 +523,33 @@ def test_pushes_corrupt_versions_and_sigkill_under_load(tmp_path):
         (o.result, o.version) for o in between
     )
     assert {o.version for o in ok if o.started > marks["swapped_last"]} == {LAST_GOOD}
-    # Requests fail only while the server is down or loading, each with a clear status: none
-    # before the kill, none on a client after its first right answer from the restarted server.
+
+
+def _check_failures(outcomes: list[Outcome], run: _Run) -> None:
+    """Requests fail only while the server is down or loading, each with a clear status: none
+    before the kill, none on a client after its first right answer from the restarted server."""
+    kill = run.marks["kill"]
+    ok = [o for o in outcomes if o.result == "ok"]
     failed = [o for o in outcomes if o.result != "ok"]
-    assert not [o for o in failed if o.ended < marks["kill"]], f"failures before the kill: {failed[:3]}"
+    assert not [o for o in failed if o.ended < kill], f"failures before the kill: {failed[:3]}"
     for client in {o.client for o in outcomes}:
-        recovered = min(
-            (o.started for o in ok if o.client == client and o.started > marks["kill"]), default=0
-        )
+        recovered = min((o.started for o in ok if o.client == client and o.started > kill), default=0)
         assert recovered, f"{client} got no answer from the restarted server"
         late = [o for o in failed if o.client == client and o.started > recovered]
         assert not late, f"{client} failed after its first answer from the restarted server: {late[:3]}"
     unclear = [o for o in failed if o.result not in ALLOWED_FAILURES[o.api]]
     assert not unclear, f"failures without a clear status: {unclear[:3]}"
-    # The restarted server serves the last complete version; the half-pushed one does not exist.
+
+
+def _check_restart(run: _Run, restart_s: float, counts: collections.Counter) -> None:
+    """The restarted server serves the last complete version; the half-pushed one does not exist."""
+    statuses = run.statuses
     assert [(s["version"], s["state"]) for s in statuses] == [(str(LAST_GOOD), "AVAILABLE")], statuses
     assert restart_s <= RESTART_BOUND_S, f"{restart_s:.1f} s from SIGKILL to the first right answer"
     assert min(counts[f"{api} ok"] for api in ("rest", "grpc")) >= 200, counts
-    # Memory: versions loaded, refused and unloaded, thousands of requests; RSS stays flat.
+
+
+def _check_memory(sampled: dict[str, tuple[float, float, int, int]]) -> None:
+    """Versions loaded, refused and unloaded, thousands of requests: RSS stays flat."""
     for what, (start, end, requests, bound) in sampled.items():
         assert end - start <= bound, f"{what}: RSS {start:.1f} -> {end:.1f} MiB over {requests} requests"
