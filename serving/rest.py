@@ -320,5 +320,8 @@ class RestServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Release the port; a server whose loop never started has nothing to shut down (and
+        ``shutdown`` would wait for that loop forever)."""
+        if self._thread.ident is not None:
+            self._server.shutdown()
         self._server.server_close()

@@ -810,3 +810,32 @@ def test_session_parallelism_is_read_as_tf_serving_reads_it():
     )
     with pytest.raises(UserError, match="cannot be given with"):
         serve_command(args)
+
+
+def test_a_taken_grpc_port_is_a_clear_error_and_frees_the_rest_port(tmp_path):
+    """REST binds first; when the gRPC port is taken the server must say so and give the REST
+    port back at once (stopping a REST server whose loop never ran used to wait forever)."""
+    import socket
+
+    from contract.config import ServingConfig
+    from serving.server import ModelServer
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    options = ServingConfig(model_name="m", host="127.0.0.1", rest_port=0, grpc_port=taken.getsockname()[1])
+    outcome: dict = {}
+
+    def build() -> None:
+        try:
+            ModelServer(options, str(tmp_path)).stop()
+            outcome["error"] = None
+        except UserError as e:
+            outcome["error"] = str(e)
+
+    worker = threading.Thread(target=build, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    taken.close()
+    assert not worker.is_alive(), "ModelServer hung after failing to bind its gRPC port"
+    assert outcome["error"] and "cannot listen for gRPC" in outcome["error"]
