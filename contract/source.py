@@ -27,8 +27,10 @@ def die_with_parent() -> None:
     """``preexec_fn`` for a child: SIGKILL it when the process that started it dies (Linux prctl).
 
     A killed pipeline must not leave a teacher writing checkpoints that the next run resumes
-    from, a model server holding its ports, or a latency worker loading models. Start the child
-    from a thread that lives as long as the child (the signal follows the starting thread).
+    from, or a model server holding its ports. Start the child from a thread that lives as long
+    as the child (the signal follows the starting thread). A ``preexec_fn`` makes Popen fork
+    instead of spawn, running other libraries' fork handlers: a child that can notice its
+    parent's death by itself (EOF on a pipe) does without it.
     """
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -176,10 +176,10 @@ class _Worker:
         self.kind, self.path = kind, path
         command = [sys.executable, "-m", "trainer.lite.measure", "worker", "--kind", kind, "--path", path,
                    "--warmup", str(warmup)]  # fmt: skip
+        # No preexec_fn: a worker ends at EOF on stdin, which a dead parent closes.
         self.process = subprocess.Popen(
             command, env=_worker_env(runtime), cwd=source.REPO_ROOT, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=source.die_with_parent,
         )  # fmt: skip
         self.info: dict[str, Any] = {}
 
