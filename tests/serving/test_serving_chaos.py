@@ -51,8 +51,8 @@ RESTART_BOUND_S = 30.0  # SIGKILL to the first right answer on both APIs; genero
 RSS_CHURN_TOLERANCE_MIB = 12
 RSS_STEADY_TOLERANCE_MIB = 4
 STEADY_S = 5.0
-# A client's own reconnect backoff (gRPC's default grows to 120 s) would be measured instead of
-# the server: these clients retry a lost connection at least every 0.5 s.
+# The restart time measured is the server's, not a client's reconnect backoff (gRPC's default
+# backoff grows far beyond the bound): these clients retry a lost connection at least every 0.5 s.
 GRPC_CLIENT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
