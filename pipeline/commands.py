@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from contract import files
 from contract.config import STRATEGIES, Config, add_config_flags, check_pretrain, check_teacher, load_config
 from contract.errors import GateFailed, UserError
 from pipeline import report
@@ -263,8 +264,6 @@ def run_through(cfg: Config, through: str) -> dict[str, Any]:
     try:
         with progress.stage_lines(connection, newer_than=before):
             runners.run_pipeline(cfg, through)
-    except GateFailed as e:  # raised inside a component: report what ran, then stop below
-        error = e
     except UserError:
         raise
     except Exception as e:  # a failing component: find which, and why, from MLMD below
@@ -273,7 +272,7 @@ def run_through(cfg: Config, through: str) -> dict[str, Any]:
     gen = found.get("EventExampleGen")
     if gen is None or "examples" not in gen.uris:
         raise error or RuntimeError("EventExampleGen produced no output")
-    ingest = ingest_report(found, cfg)
+    ingest = ingest_report(found)
     run = {**report.provenance(), "metadata": outputs.newest_run(connection)}
     report.update(cfg.report_path, {**ingest, "config": cfg.to_dict(), "run": run})
     if ingest["gate"]["blessed"] is False:
@@ -284,10 +283,10 @@ def run_through(cfg: Config, through: str) -> dict[str, Any]:
     return found
 
 
-def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
+def ingest_report(found: dict[str, Any]) -> dict[str, Any]:
     """The events/quarantine/anomalies/gate part of report.json from this run's outputs."""
     from components.event_example_gen.beam_graph import SUMMARY_FILE
-    from components.gates.ingest import ingest_verdict, read_anomalies
+    from components.gates.ingest import read_anomalies
 
     gen = found["EventExampleGen"]
     examples_uri, quarantine_uri = gen.uris["examples"][0], gen.uris["quarantine"][0]
@@ -302,15 +301,20 @@ def ingest_report(found: dict[str, Any], cfg: Config) -> dict[str, Any]:
             section["statistics"] = report.statistics_glance(found["StatisticsGen"].uris["statistics"][0])
         except Exception as e:  # noqa: BLE001
             print(f"TFDV statistics not summarised: {type(e).__name__}: {e}", file=sys.stderr)
-    gate = found.get("IngestGate")
-    if gate is not None and gate.state != "FAILED":
-        section["gate"] = {"blessed": True, "problems": []}
-    elif gate is not None:
-        v = ingest_verdict(summary, anomalies, cfg.data.max_reject_rate, quarantine_uri)
-        section["gate"] = {"blessed": False, "problems": v["problems"]}
-    else:
-        section["gate"] = {"blessed": None, "problems": []}
+    section["gate"] = ingest_gate_verdict(found)
     return section
+
+
+def ingest_gate_verdict(found: dict[str, Any]) -> dict[str, Any]:
+    """The IngestGate's own verdict from its blessing; ``blessed`` None when it did not decide."""
+    gate = found.get("IngestGate")
+    uris = gate.uris.get("blessing") if gate is not None else None
+    path = os.path.join(uris[0], files.VERDICT) if uris else ""
+    if not os.path.exists(path):
+        return {"blessed": None, "problems": []}
+    with open(path, encoding="utf-8") as f:
+        verdict = json.load(f)
+    return {"blessed": bool(verdict["blessed"]), "problems": list(verdict["problems"])}
 
 
 def print_ingest(cfg: Config, rep: dict[str, Any]) -> None:
@@ -344,7 +348,7 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pipeline import summary
+    from pipeline import pushed_check, summary
 
     cfg = prepare(args)
     if cfg.run.runner == "kubeflow":  # the cluster executes it; here it is compiled
@@ -360,7 +364,9 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     sections = summary.collect(found, cfg)
     if args.through == STAGES[-1] and (sections.get("push") or {}).get("pushed"):
-        sections["serving_check"] = summary.serve_once(cfg, found["EventExampleGen"].uris["examples"][0])
+        sections["serving_check"] = pushed_check.check_pushed_model(
+            cfg, found["EventExampleGen"].uris["examples"][0]
+        )
     sections["seconds"] = round(time.time() - started, 1)
     rep = report.update(cfg.report_path, sections)
     summary.print_summary(rep, cfg.report_path, _write_html(rep, cfg.report_path))

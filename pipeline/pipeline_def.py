@@ -81,8 +81,30 @@ def create_pipeline(
         data_config=section_json(config.data),
     )
     components = [example_gen, statistics_gen, schema_gen, example_validator, ingest_gate]
+    # The gate's verdict is an artifact, not an exception: everything after it runs only when it
+    # blessed the data, and a refused run ends with the verdict recorded for the CLI to read.
+    with tfx.dsl.Cond(ingest_gate.outputs["blessing"].future()[0].custom_property("blessed") == 1):
+        components += _after_ingest(
+            config, through, example_gen, schema_gen, serving_base=serving_base, mobile_base=mobile_base
+        )
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=components,
+        enable_cache=config.run.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args,
+    )
+
+
+def _after_ingest(
+    config: Config, through: str, example_gen: Any, schema_gen: Any, *, serving_base: str, mobile_base: str
+) -> list[Any]:
+    """The stages after validation, up to and including ``through``."""
+    components: list[Any] = []
     if STAGES.index(through) >= STAGES.index("train"):
-        training = _training(config, example_gen, schema_gen, ingest_gate)
+        training = _training(config, example_gen, schema_gen)
         teacher, teacher_evaluator = training[-2:]
         components += training
     if STAGES.index(through) >= STAGES.index("productionize"):
@@ -95,18 +117,10 @@ def create_pipeline(
             config, example_gen, teacher, teacher_evaluator, distiller, student_evaluator, lite,
             serving_base=serving_base, mobile_base=mobile_base,
         )  # fmt: skip
-
-    return tfx.dsl.Pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
-        components=components,
-        enable_cache=config.run.enable_cache,
-        metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=beam_pipeline_args,
-    )
+    return components
 
 
-def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: Any) -> list[Any]:
+def _training(config: Config, example_gen: Any, schema_gen: Any) -> list[Any]:
     """The teacher: hybrid-parallel training in a child process, then TFMA on the eval split.
 
     With ``pretrain.enabled`` a Pretrainer (a stock Trainer over the same examples) comes first
@@ -127,7 +141,6 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
             eval_args=tfx.proto.EvalArgs(num_steps=0),
             custom_config=trainer_custom_config(config, "data", "teacher", "pretrain"),
         ).with_id("Pretrainer")
-        pretrainer.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
     extra = {"base_model": pretrainer.outputs["model"]} if pretrainer is not None else {}
     teacher = tfx.components.Trainer(
         run_fn="trainer.teacher.entry.run_fn",
@@ -139,7 +152,6 @@ def _training(config: Config, example_gen: Any, schema_gen: Any, ingest_gate: An
         custom_config=trainer_custom_config(config, "data", "teacher"),
         **extra,
     ).with_id("TeacherTrainer")
-    teacher.add_upstream_node(ingest_gate)  # never train on data the gate did not pass
     teacher_evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=teacher.outputs["model"],

@@ -177,10 +177,15 @@ class StageLines(logging.Filter):
         took = time.monotonic() - began if began is not None else 0.0
         try:
             out = self._lookup(node)
+            # The launcher records an execution before running one: none means the node was
+            # skipped (its Cond was false, e.g. behind an IngestGate that refused the data).
+            state = out.state.lower() if out is not None else "skipped"
             detail = headline(node, out) if out is not None else ""
         except Exception:  # noqa: BLE001  (a line must never break the run: this runs inside its logging)
-            out, detail = None, ""
-        state = out.state.lower() if out is not None else "finished"
+            state, detail = "finished", ""
+        if state == "skipped":
+            self._line(node, "skipped", "")
+            return
         what = {"complete": "done", "cached": "cached"}.get(state, state)
         self._line(node, f"{what} in {took:.1f} s", detail)
 

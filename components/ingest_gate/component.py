@@ -1,4 +1,8 @@
-"""IngestGate component: ``components.gates.ingest``'s verdict -> a blessing, or a clear stop."""
+"""IngestGate component: ``components.gates.ingest``'s verdict -> a blessing artifact.
+
+It never raises on a refusal: the blessing (``blessed`` 0 and every reason in ``files.VERDICT``)
+is published, the pipeline's ``Cond`` skips everything after it, and the CLI reads the verdict
+to stop the run with those reasons."""
 
 import json
 import os
@@ -12,7 +16,6 @@ from components.event_example_gen.beam_graph import SUMMARY_FILE
 from components.gates.ingest import ingest_verdict, read_anomalies
 from contract import files
 from contract.config import DataConfig, section_from_json
-from contract.errors import GateFailed
 
 
 @component
@@ -22,7 +25,7 @@ def IngestGate(
     blessing: OutputArtifact[IngestBlessing],
     data_config: Parameter[str],
 ) -> None:
-    """Blesses the ingested data or fails the run, naming every reason and the quarantine path.
+    """Blesses the ingested data or refuses it, naming every reason and the quarantine path.
 
     ``data_config``: the ``data`` config section (``contract.config.section_json``)."""
     data = section_from_json(DataConfig, data_config)
@@ -33,8 +36,6 @@ def IngestGate(
     with open(os.path.join(blessing.uri, files.VERDICT), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     blessing.set_int_custom_property("blessed", int(result["blessed"]))
-    if not result["blessed"]:
-        raise GateFailed("ingest gate: " + "; ".join(result["problems"]))
 
 
 __all__ = ["IngestGate"]

@@ -180,8 +180,8 @@ def _roll_back(path: str, journal: dict[str, Any], why: str) -> None:
     _write_json(path, {**journal, "state": "rolled_back", "why": why})
 
 
-def _roll_forward(path: str, journal: dict[str, Any]) -> list[str]:
-    """Finish a release whose pusher died after its student commit; the versions it committed.
+def _roll_forward(path: str, journal: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Finish a release whose pusher died after its student commit: (versions committed, hidden).
 
     A part whose staged directory is gone cannot be finished: then the whole release is hidden
     (student included), so that no student version stays without its teacher and mobile release.
@@ -192,14 +192,14 @@ def _roll_forward(path: str, journal: dict[str, Any]) -> list[str]:
         hidden = [h for h in (_hide(journal[role]) for role in ROLES if journal.get(role)) if h]
         why = f"the pusher died after the student commit and the staged {', '.join(missing)} is gone"
         _write_json(path, {**journal, "state": "rolled_back", "why": why, "hidden": hidden})
-        return []
+        return [], hidden
     finished = []
     for role in ROLES:
         if journal.get(role) and not os.path.isdir(journal[role]):
             rename_noreplace(journal[f"{role}_tmp"], journal[role])
             finished.append(journal[role])
     _write_json(path, {**journal, "state": "committed", "rolled_forward": finished})
-    return finished
+    return finished, []
 
 
 def recover_interrupted_releases(plan: PushPlan) -> dict[str, list[str]]:
@@ -221,9 +221,9 @@ def recover_interrupted_releases(plan: PushPlan) -> dict[str, list[str]]:
         if journal.get("state") != "committing" or _alive(path, journal):
             continue
         if os.path.isdir(journal["student"]):
-            settled["rolled_forward"] += _roll_forward(path, journal)
-            after = _read_json(path) or {}
-            settled["rolled_back"] += after.get("hidden", [])
+            finished, hidden = _roll_forward(path, journal)
+            settled["rolled_forward"] += finished
+            settled["rolled_back"] += hidden
         else:
             _roll_back(path, journal, "the pusher died before the student version was committed")
     return settled

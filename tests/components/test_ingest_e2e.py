@@ -16,8 +16,9 @@ from repo import REPO
 
 from components.event_example_gen import beam_graph
 from contract import layout
-from contract.config import DataConfig, SimulatorConfig
+from contract.config import Config, DataConfig, SimulatorConfig
 from ondevice import folders
+from pipeline import outputs, runners
 from simulator.writer import generate
 
 pytestmark = pytest.mark.e2e
@@ -155,6 +156,32 @@ def test_gate_stops_with_reasons_and_quarantine_path(dirty_data, tmp_path):
     report = json.loads((work / "report.json").read_text())
     assert report["quarantine"] in error[0]
     assert report["gate"]["blessed"] is False
+    assert report["gate"]["problems"][0] in error[0]  # the gate's own verdict, not a recomputation
+
+
+def test_a_refused_ingest_runs_nothing_after_the_gate(dirty_data, tmp_path):
+    """The gate publishes its refusal; the pipeline's Cond skips every later stage."""
+    work = tmp_path / "work"
+    r = eventpipe(
+        "run", "--data", str(dirty_data), "--workdir", str(work), "--classes", ",".join(CLASSES),
+        "--max-reject-rate", "0.01", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 3, r.stderr[-3000:]
+    error = [line for line in r.stderr.splitlines() if line.startswith("eventpipe run: error:")]
+    assert len(error) == 1 and "7 of 127 events rejected" in error[0], r.stderr[-3000:]
+    lines = {line.split("] ", 1)[1].split()[0]: line for line in r.stdout.splitlines() if "] " in line}
+    assert lines["IngestGate"].endswith("NOT blessed"), r.stdout
+    for node in ("TeacherTrainer", "Distiller", "LiteConverter", "EventPusher"):
+        assert lines[node].split()[-1] == "skipped", r.stdout
+    cfg = Config()
+    cfg.set("run.workdir", str(work))
+    connection = runners.metadata_connection(cfg)
+    assert outputs.execution_count(connection, "IngestGate") == {"COMPLETE": 1}
+    for node in ("TeacherTrainer", "Distiller", "EventPusher"):
+        assert outputs.execution_count(connection, node) == {}, node
+    report = json.loads((work / "report.json").read_text())
+    assert report["gate"]["blessed"] is False and report["gate"]["problems"][0] in error[0]
+    assert not glob.glob(str(work / "serving" / "*" / "*"))
 
 
 def run_ingest(root, out, data=None):

@@ -460,3 +460,20 @@ def test_a_push_killed_after_its_student_commit_is_rolled_forward(inputs, tmp_pa
         push.read_release(str(mobile / NAME / "2"))["serving"]["version"] == pushed["student"]["version"] == 2
     )
     assert _journal_states(serving) == {"1.json": "committed", "2.json": "committed"}
+
+
+def test_a_release_whose_staged_copy_vanished_is_hidden_whole(inputs, tmp_path):
+    """Killed after the student commit, and the staged teacher and mobile copies are gone: the
+    next push cannot finish that release, so it hides its student too and says so."""
+    from components.pusher import release
+
+    serving, mobile = tmp_path / "serving", tmp_path / "mobile"
+    plan = _kill_a_push(inputs, serving, mobile, "after the student commit")
+    journal = json.loads((serving / NAME / ".eventpipe-push" / "releases" / "1.json").read_text())
+    for role in ("teacher", "mobile"):
+        shutil.rmtree(journal[f"{role}_tmp"])
+
+    pushed = {p["role"]: p for p in release.push_all(plan)}
+    assert pushed["student"]["rolled_back"] == [str(serving / NAME / (release.ROLLED_BACK_PREFIX + "1"))]
+    assert push.versions_on_disk(str(serving / NAME)) == [pushed["student"]["version"]] == [2]
+    assert _journal_states(serving) == {"1.json": "rolled_back", "2.json": "committed"}

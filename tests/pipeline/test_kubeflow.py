@@ -59,6 +59,14 @@ def test_compile_kubeflow_spec_has_every_component_and_parameter(tmp_path):
     assert json.loads(constant("LiteConverter", "lite_config")) == dataclasses.asdict(cfg.lite)
     assert json.loads(constant("ServingValidator", "serving_config")) == dataclasses.asdict(cfg.serving)
     assert set(tasks["IngestGate"]["dependentTasks"]) == {"EventExampleGen", "ExampleValidator"}
+    # Everything after the IngestGate runs only on its blessing (a Cond, KFP's trigger policy).
+    before_gate = {"EventExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "IngestGate"}
+    for task, spec_ in tasks.items():
+        if task in before_gate or task.endswith("-resolver"):
+            assert "triggerPolicy" not in spec_, task
+            continue
+        condition = spec_["triggerPolicy"]["condition"]
+        assert "_IngestGate.blessing" in condition and "['blessed'] == 1" in condition, task
     # Pushes go beside the pipeline root, by the same rule as a local run's <workdir>/serving.
     assert constant("EventPusher", "serving_base") == "gs://bucket/serving"
     assert constant("EventPusher", "mobile_base") == "gs://bucket/mobile"

@@ -55,11 +55,26 @@ def test_lines_survive_tensorflow_silencing_absl_while_saving_a_model(tmp_path):
 
     stream = io.StringIO()
     absl_logging.set_verbosity(absl_logging.ERROR)
-    with StageLines({}.get, stream):
+    with StageLines({"Distiller": _outputs()}.get, stream):
         absl_logging.info("Component %s is running.", "Distiller")
         tf.saved_model.save(tf.Module(), str(tmp_path / "m"))
         absl_logging.info("Component %s is finished.", "Distiller")
-    assert "Distiller          finished in" in stream.getvalue(), stream.getvalue()
+    assert "Distiller          done in" in stream.getvalue(), stream.getvalue()
+
+
+def test_a_node_without_an_execution_is_skipped_and_a_failed_lookup_is_not():
+    def lookup(node):
+        if node == "Distiller":
+            raise OSError("metadata busy")
+        return None  # TeacherTrainer: the launcher recorded no execution (its Cond was false)
+
+    stream = io.StringIO()
+    with StageLines(lookup, stream):
+        for node in ("TeacherTrainer", "Distiller"):
+            absl_logging.info("Component %s is running.", node)
+            absl_logging.info("Component %s is finished.", node)
+    ends = [line.split("] ", 1)[1].split()[:2] for line in stream.getvalue().splitlines()][1::2]
+    assert ends == [["TeacherTrainer", "skipped"], ["Distiller", "finished"]]
 
 
 def test_headlines_of_the_release_components():
