@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from contract import tfenv  # noqa: F401
+from contract import source, tfenv  # noqa: F401
 from contract.errors import UserError, disk_full
 
 # Modules that define subcommands, in the order they appear in --help.
@@ -67,6 +67,7 @@ def environment_problem(command: str | None, missing: str | None = None) -> str 
 
 
 def main(argv: list[str] | None = None) -> int:
+    source.honour_parent_death()  # a child of a pipeline (teacher, server) dies with it
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     prog = f"eventpipe {command}" if command else "eventpipe"

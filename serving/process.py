@@ -46,12 +46,11 @@ class ServerProcess:
             "--set", "serving.rest_port=0", "--set", "serving.grpc_port=0", "--port-file", self.port_file,
             "--file_system_poll_wait_seconds", "0.2", *extra,
         ]  # fmt: skip
-        child_env = source.child_env(env)
+        child_env = source.child_env(env, die_with_parent=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env,
-            preexec_fn=source.die_with_parent,
-        )  # fmt: skip
+            cmd, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=child_env
+        )
         self.rest_port: int | None = None
         self.grpc_port: int | None = None
 

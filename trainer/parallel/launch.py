@@ -243,14 +243,13 @@ class _Child:
         self.what = what
         self.progress = progress
         cmd = cmd if progress else [*cmd, "--quiet"]
-        child_env = source.child_env(env)
+        child_env = source.child_env(env, die_with_parent=True)
         self.tail: collections.deque[str] = collections.deque(maxlen=30)
         self.stopped = False  # terminated by the launcher, not failed on its own
         self._echo_pending = b""
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, cwd=source.REPO_ROOT,
-            preexec_fn=source.die_with_parent,
-        )  # fmt: skip
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, cwd=source.REPO_ROOT
+        )
         self._reader = threading.Thread(target=self._stream, args=(log, prefix), daemon=True)
         self._reader.start()
 
