@@ -80,10 +80,11 @@ class TeacherConfig:
     # 1d (the paper's): all-gather features, FC sharded over all devices; 2d: batch x model mesh.
     # 1d is the cheaper one on CPUs (docs/benchmarks.md, "Why the defaults are what they are").
     fc_layout: str = "1d"
-    # Training length follows the data: up to max_epochs over the train split (at least min_steps),
+    # Training length follows the data: up to `epochs` over the train split (at least min_steps),
     # stopping early once the eval loss has not improved for `patience` evals; the best weights
-    # are exported.
-    epochs: float = 10.0
+    # are exported. The cap is what the demo's 2-core budget affords (docs/benchmarks.md,
+    # "Quality, teacher length").
+    epochs: float = 16.0
     min_steps: int = 200
     patience: int = 4  # evals without a new best eval loss before stopping; 0 = run all epochs
     steps: int = 0  # > 0: exactly this many steps (overrides epochs, min_steps and patience)
