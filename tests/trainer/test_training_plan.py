@@ -24,6 +24,21 @@ def test_training_length_follows_the_data():
     assert total_steps(cfg, 50_000) == 40  # the override wins
 
 
+def test_the_student_phases_follow_the_data_with_a_floor_for_small_sets():
+    from contract.config import StudentConfig
+    from trainer.distill.distillation import epoch_steps
+
+    cfg = StudentConfig()
+    # The demo (1,264 train + 400 unlabelled events) is above the floor: one pass per epoch.
+    assert epoch_steps(1664, cfg) == 52
+    # A small set gets 50 steps per epoch: 1,000 dense, 200 pruning, 100 QAT steps. The floor
+    # must not fall when the dense epochs grow, or the pruning and QAT phases would shrink.
+    assert epoch_steps(600, cfg) == 50
+    assert epoch_steps(600, cfg) * cfg.prune_epochs == 200
+    assert epoch_steps(600, cfg) * cfg.qat_epochs == 100
+    assert epoch_steps(600, StudentConfig(epochs=10, min_steps=1000)) == 100
+
+
 def test_patience_stops_once_the_eval_loss_stops_improving():
     from trainer.teacher.loop import patience_exhausted
 

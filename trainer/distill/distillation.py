@@ -148,8 +148,13 @@ def _read_inputs(
         cache_bytes=cfg.cache_mb * 2**20,
         teacher_frames=soft_frames,
     )
-    steps = max(kd.steps_per_epoch(len(soft), cfg.batch_size), math.ceil(cfg.min_steps / max(1, cfg.epochs)))
-    return _Inputs(spec, labelled, unlabelled, eval_files, soft, train, steps)
+    return _Inputs(spec, labelled, unlabelled, eval_files, soft, train, epoch_steps(len(soft), cfg))
+
+
+def epoch_steps(events: int, cfg: StudentConfig) -> int:
+    """Optimizer steps per epoch of every phase: one pass over ``events``, but at least
+    ``min_steps / epochs``, so a small set's pruning and QAT phases also train long enough."""
+    return max(kd.steps_per_epoch(events, cfg.batch_size), math.ceil(cfg.min_steps / max(1, cfg.epochs)))
 
 
 def _dense_phase(inputs: _Inputs, cfg: StudentConfig, out: files.DistillerOutput, logs: Any) -> _Students:

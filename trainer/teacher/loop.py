@@ -146,8 +146,15 @@ def evaluate(model: Any, files: list[str], spec: EventSpec, *, batch_size: int, 
     import tensorflow as tf
 
     predict = _EVAL_FUNCTIONS.get(model)
-    if predict is None:  # traced once per model, not once per eval check
-        predict = tf.function(lambda frames: model(frames, training=False)["logits"], autograph=False)
+    if predict is None:  # traced once per model, not once per eval check or batch size
+        # An unknown batch size: a graph specialised to a last batch of one event crashes
+        # TensorFlow's oneDNN graph rewrite on some CPUs when events have one frame
+        # (docs/benchmarks.md, "A crash on single-frame sets").
+        predict = tf.function(
+            lambda frames: model(frames, training=False)["logits"],
+            autograph=False,
+            input_signature=[tf.TensorSpec([None, *spec.input_shape], tf.float32)],
+        )
         _EVAL_FUNCTIONS[model] = predict
     correct = total = 0
     loss_sum = 0.0
