@@ -44,6 +44,8 @@ def chain(tmp_path_factory):
     for key, value in {
         "filters": [32, 64], "head_units": 32, "blocks_per_stage": 1, "epochs": 3, "prune_epochs": 2,
         "batch_size": 16, "learning_rate": 3e-3, "prune_learning_rate": 1e-3, "min_steps": 0,
+        # A 75%-sparse model: the QAT-against-PTQ comparison below is about a heavily pruned one.
+        "target_sparsity": 0.75,
     }.items():  # fmt: skip
         cfg.set(f"student.{key}", value)
     student_dir = root / "student"
