@@ -106,7 +106,9 @@ class RenderedEvent:
     tags: list[str] = field(default_factory=list)  # nuisances applied, "occluded", "blurred"
     # Pixels ([K] float) of the object each frame shows after occlusion and clipping; None: no object.
     visible_area: np.ndarray | None = None
-    best_frame: int | None = None  # the frame showing the most of the object (see best_frame())
+    # Pixels ([K] float) the object would cover with nothing in front of it and no frame edge.
+    whole_area: np.ndarray | None = None
+    best_frame: int | None = None  # the frame showing the largest share of the object (best_frame())
 
 
 def event_id_width(events: int) -> int:
@@ -173,17 +175,28 @@ class _Canvas:
     ``cover`` (``[K, S, S]``, when set) tracks how much of each pixel shows the object: paint
     with ``layer == "object"`` adds its coverage, ``layer == "occluder"`` hides what it covers.
     It is exactly the object's blend weight in the painted pixels, so its per-frame sum is the
-    object's visible area in pixels, clipped to the frame.
+    object's visible area in pixels, clipped to the frame. ``whole`` (set with ``cover``) tracks the
+    object layer alone on a canvas padded by ``PAD`` frames on each side: the area the object
+    would show with nothing in front of it and no frame edge, the denominator of its visible
+    fraction.
     """
+
+    PAD = 0.75  # frame sizes of padding around ``whole``: any object partly in the frame fits in it
 
     def __init__(self, img: np.ndarray):
         self.img = img
         self.size = img.shape[-1]
         self.coords = np.arange(self.size, dtype=np.float32) + 0.5  # pixel centres
         self.cover: np.ndarray | None = None
+        self.whole: np.ndarray | None = None
+        self.pad = int(np.ceil(self.PAD * self.size))
         self.layer = ""  # "object" | "occluder" | "" (not tracked)
 
-    def _window(self, cx: np.ndarray, cy: np.ndarray, ex: float, ey: float, visible: np.ndarray | None):
+    def _window(
+        self, cx: np.ndarray, cy: np.ndarray, ex: float, ey: float, visible: np.ndarray | None, pad: int = 0
+    ):
+        """Pixel slices of the shape's bounding box over all frames (on a canvas padded by ``pad``
+        pixels a side), and its pixel centres relative to each frame's shape centre."""
         xl, yl = cx.tolist(), cy.tolist()
         if visible is not None:
             shown = visible.tolist()
@@ -191,12 +204,14 @@ class _Canvas:
             yl = [y for y, keep in zip(yl, shown, strict=True) if keep]
             if not xl:
                 return None
-        x0, x1 = max(0, int(min(xl) - ex - 1)), min(self.size, int(max(xl) + ex + 2))
-        y0, y1 = max(0, int(min(yl) - ey - 1)), min(self.size, int(max(yl) + ey + 2))
+        end = self.size + 2 * pad
+        x0, x1 = max(0, int(min(xl) - ex - 1) + pad), min(end, int(max(xl) + ex + 2) + pad)
+        y0, y1 = max(0, int(min(yl) - ey - 1) + pad), min(end, int(max(yl) + ey + 2) + pad)
         if x0 >= x1 or y0 >= y1:
             return None
-        u = self.coords[x0:x1] - cx.reshape(-1, 1, 1)
-        v = self.coords[y0:y1, None] - cy.reshape(-1, 1, 1)
+        coords = np.arange(-pad, self.size + pad, dtype=np.float32) + 0.5 if pad else self.coords
+        u = coords[x0:x1] - cx.reshape(-1, 1, 1)
+        v = coords[y0:y1, None] - cy.reshape(-1, 1, 1)
         if visible is not None and len(xl) < len(visible):
             v += np.where(visible, 0.0, 1e4).astype(np.float32).reshape(-1, 1, 1)
         return (slice(y0, y1), slice(x0, x1)), u, v
@@ -239,6 +254,19 @@ class _Canvas:
                 cover += alpha * (1.0 - cover)
             else:
                 cover *= 1.0 - alpha
+        if self.whole is not None and self.layer == "object":
+            self._paint_whole(sdf, cx, cy, extent, visible)
+
+    def _paint_whole(self, sdf, cx, cy, extent, visible) -> None:
+        """The object's coverage on the padded canvas: no frame edge clips it, no occluder hides it."""
+        win = self._window(cx, cy, extent[0], extent[1], visible, self.pad)
+        if win is None:
+            return
+        (ysl, xsl), u, v = win
+        alpha = np.subtract(0.5, sdf(u, v), dtype=np.float32)
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+        whole = self.whole[:, ysl, xsl]
+        whole += alpha * (1.0 - whole)
 
     def darken(
         self,
@@ -530,22 +558,28 @@ def _noise(seed: int, rng: np.random.Generator, shape: tuple[int, ...]) -> np.nd
 
 
 MIN_VISIBLE_PIXELS = 1.0  # less than this in every frame: no visible object, no best frame
-BEST_FRAME_TIE = 0.02  # frames within 2% of the largest visible area tie; the earliest wins
+BEST_FRAME_TIE = 0.02  # frames within 2% of the largest visible fraction tie; the earliest wins
 
 
-def best_frame(visible_area: np.ndarray | None) -> int | None:
-    """The frame that shows the object best: the largest visible area, ties to the earliest.
+def best_frame(visible_area: np.ndarray | None, whole_area: np.ndarray | None = None) -> int | None:
+    """The frame that shows the object best: the largest visible fraction, ties to the earliest.
 
-    Areas within ``BEST_FRAME_TIE`` (relative) of the largest count as tied, so sub-pixel
-    antialiasing and a swinging leg do not decide between frames that show the whole object.
-    None when no frame shows at least ``MIN_VISIBLE_PIXELS`` of it (or there is no object).
+    The visible fraction is ``visible_area / whole_area`` (what occlusion and the frame edge
+    leave of the object); without ``whole_area`` it is the visible area itself. Fractions
+    within ``BEST_FRAME_TIE`` (relative) of the largest count as tied, so sub-pixel
+    antialiasing does not decide between frames that show the whole object, and a pose (a
+    swinging leg) never does: it changes both areas alike. None when no frame shows at least
+    ``MIN_VISIBLE_PIXELS`` of it (or there is no object).
     """
     if visible_area is None or len(visible_area) == 0:
         return None
-    top = float(np.max(visible_area))
-    if top < MIN_VISIBLE_PIXELS:
+    if float(np.max(visible_area)) < MIN_VISIBLE_PIXELS:
         return None
-    return int(np.argmax(visible_area >= top * (1.0 - BEST_FRAME_TIE)))
+    shown = np.asarray(visible_area, np.float64)
+    if whole_area is not None:
+        shown = np.divide(shown, whole_area, out=np.zeros_like(shown), where=np.asarray(whole_area) > 0)
+    top = float(np.max(shown))
+    return int(np.argmax(shown >= top * (1.0 - BEST_FRAME_TIE)))
 
 
 def _timestamp(index: int, rng: np.random.Generator) -> str:
@@ -578,7 +612,7 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
     strength = 1.0 if negative else 0.5  # the hard negatives' nuisances are strong, others mild
     img, offsets = _camera_view(cfg, facts.device, rng, shake=nuisance["shake"], negative=negative)
     canvas = _Canvas(img)
-    area, tags = _paint_scene(cfg, canvas, arch, rng, offsets, negative)
+    area, whole, tags = _paint_scene(cfg, canvas, arch, rng, offsets, negative)
     _light(cfg, img, canvas.coords, rng, nuisance, strength)
     if rng.random() < 0.15:
         img = _blur(img, horizontal_only=bool(rng.random() < 0.5))
@@ -596,7 +630,8 @@ def render_event(cfg, index: int, archetypes: list[Archetype] | None = None) -> 
         frames=frames,
         tags=tags,
         visible_area=area,
-        best_frame=best_frame(area),
+        whole_area=whole,
+        best_frame=best_frame(area, whole),
     )
 
 
@@ -639,10 +674,11 @@ def _camera_view(
 
 def _paint_scene(
     cfg, canvas: _Canvas, arch: Archetype, rng: np.random.Generator, offsets: np.ndarray, negative: bool
-) -> tuple[np.ndarray | None, list[str]]:
+) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
     """The object (none for the negative class) and perhaps an occluder near it.
 
-    Returns the object's visible pixels per frame (None without an object) and the tags.
+    Returns the object's visible pixels per frame, the pixels it would cover unhidden and
+    unclipped (both None without an object), and the tags.
     """
     k, s, ch = cfg.frames, cfg.size, cfg.channels
     tags: list[str] = []
@@ -654,6 +690,7 @@ def _paint_scene(
         tr.y -= offsets[:, 0].astype(np.float32)
         near_x = float(np.mean(tr.x))
         canvas.cover, canvas.layer = np.zeros((k, s, s), np.float32), "object"
+        canvas.whole = np.zeros((k, s + 2 * canvas.pad, s + 2 * canvas.pad), np.float32)
         _draw_object(canvas, arch, tr, rng, s, ch)
     if rng.random() < 0.2:
         canvas.layer = "occluder"
@@ -661,7 +698,8 @@ def _paint_scene(
         tags.append("occluded")
     canvas.layer = ""
     area = None if canvas.cover is None else canvas.cover.sum(axis=(1, 2), dtype=np.float64)
-    return area, tags
+    whole = None if canvas.whole is None else canvas.whole.sum(axis=(1, 2), dtype=np.float64)
+    return area, whole, tags
 
 
 def _light(

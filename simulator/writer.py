@@ -165,8 +165,8 @@ def save_frames(event: RenderedEvent, out_dir: str) -> list[str]:
 def manifest_record(event: RenderedEvent, classes: list[str], frames: list) -> dict:
     """The JSONL record; ``frames`` are relative paths or ``{"b64": ...}`` objects.
 
-    ``best_frame`` (0-based) is the frame showing the most of the object; it is left out for
-    events with no visible object (the negative class, an object hidden or outside the frame).
+    ``best_frame`` (0-based) is the frame showing the largest share of the object; it is left
+    out for events with no visible object (the negative class, an object hidden or outside the frame).
     """
     record: dict = {"event_id": event.event_id, "device_id": event.device_id, "timestamp": event.timestamp}
     if event.label is not None:

@@ -233,6 +233,7 @@ def test_visible_area_is_the_object_coverage_after_clipping_and_occlusion():
     s, k = 32, 4
     canvas = scenes._Canvas(np.zeros((3, k, s, s), np.float32))
     canvas.cover, canvas.layer = np.zeros((k, s, s), np.float32), "object"
+    canvas.whole = np.zeros((k, s + 2 * canvas.pad, s + 2 * canvas.pad), np.float32)
     x = np.array([16.0, 31.0, 40.0, 16.0], np.float32)  # inside, half out, outside, inside
     canvas.paint(scenes._box(3, 3), x, np.full(k, 16.0, np.float32), (3, 3), np.ones(3, np.float32))
     canvas.layer = "occluder"  # a pole 4 px wide over x 14..18, in every frame
@@ -244,12 +245,22 @@ def test_visible_area_is_the_object_coverage_after_clipping_and_occlusion():
         np.zeros(3, np.float32),
     )
     np.testing.assert_allclose(canvas.cover.sum(axis=(1, 2)), [12.0, 24.0, 0.0, 12.0], atol=1e-4)
-    assert scenes.best_frame(canvas.cover.sum(axis=(1, 2))) == 1
+    np.testing.assert_allclose(canvas.whole.sum(axis=(1, 2)), [36.0] * 4, atol=1e-4)  # no edge, no pole
+    assert scenes.best_frame(canvas.cover.sum(axis=(1, 2)), canvas.whole.sum(axis=(1, 2))) == 1
     assert (
         scenes.best_frame(np.array([5.0, 9.9, 10.0, 2.0])) == 1
     )  # within 2% of the largest: a tie, earliest wins
     assert scenes.best_frame(np.array([0.0, 0.5, 0.2])) is None  # under a pixel: nothing visible
     assert scenes.best_frame(None) is None
+
+
+def test_a_pose_does_not_decide_the_best_frame():
+    """A swinging leg changes the object's area, not how much of it is hidden: all frames tie."""
+    whole = np.array([40.0, 41.5, 42.5, 40.5])  # 6% apart: over the tie, a pose alone
+    assert scenes.best_frame(whole, whole) == 0
+    assert scenes.best_frame(whole) == 2  # by area alone the leg would name frame 2
+    assert scenes.best_frame(whole * [0.5, 1.0, 1.0, 1.0], whole) == 1  # frame 0 half hidden
+    assert scenes.best_frame(np.array([0.0, 3.0]), np.array([0.0, 30.0])) == 1  # 0/0 shows nothing
 
 
 def _render_without_object(cfg, index, monkeypatch):
@@ -279,7 +290,8 @@ def test_best_frame_is_the_frame_that_shows_most_of_the_object(monkeypatch):
             assert area is None and shown.best_frame is None
             np.testing.assert_array_equal(shown.frames, bare.frames)
             continue
-        assert shown.best_frame == scenes.best_frame(area)
+        assert shown.best_frame == scenes.best_frame(area, shown.whole_area)
+        assert np.all(area <= shown.whole_area + 1e-3)
         changed = (np.abs(shown.frames.astype(int) - bare.frames.astype(int)).max(axis=-1) >= 12).sum(
             axis=(1, 2)
         )
@@ -287,7 +299,8 @@ def test_best_frame_is_the_frame_that_shows_most_of_the_object(monkeypatch):
             assert changed[k] == 0
             hidden_frames += 1
         if shown.best_frame is not None:
-            assert area[shown.best_frame] == pytest.approx(area.max(), rel=scenes.BEST_FRAME_TIE)
+            share = area / np.maximum(shown.whole_area, 1e-9)
+            assert share[shown.best_frame] == pytest.approx(share.max(), rel=scenes.BEST_FRAME_TIE)
             assert changed[shown.best_frame] > 0
             top, second = np.sort(area)[::-1][:2]
             if top >= 4 and top > 1.15 * second:  # one frame clearly shows the most of it
