@@ -18,3 +18,27 @@ def frame_cross_entropy(best_frame: Any, frame_weights: Any) -> Any:
     log_w = tf.math.log(tf.maximum(weights, 1e-7))
     per_event = -tf.reduce_sum(tf.one_hot(tf.maximum(best, 0), weights.shape[-1]) * log_w, axis=-1)
     return tf.where(best >= 0, per_event, tf.zeros_like(per_event))
+
+
+def frame_ranking_loss(best_frame: Any, frame_weights: Any, margin: float, tilt: float) -> Any:
+    """Per-event ``[B]`` hinge loss that trains frame scores to name the best frame ``y``.
+
+    ``frame_weights`` are ``softmax(score_k - tilt * k)`` (``trainer.models.student.FrameOrder``),
+    so ``log w_k + tilt * k`` is the score up to a per-event constant. Every earlier frame must
+    score at least ``margin`` below ``y`` (it shows less of the object); a later one may score up
+    to ``margin / 4`` above it (a tie: the tilt still names ``y``). A cross-entropy would instead
+    push apart frames that show the object equally well, which a score that sees no frame
+    position cannot do (docs/benchmarks.md, "Best frame: a ranking loss for the tie rule").
+    Events whose best frame is unknown (-1) count zero.
+    """
+    best = tf.cast(best_frame, tf.int32)
+    weights = tf.cast(frame_weights, tf.float32)
+    frames = weights.shape[-1]
+    position = tf.range(frames)
+    score = tf.math.log(tf.maximum(weights, 1e-7)) + tilt * tf.cast(position, tf.float32)
+    own = tf.reduce_sum(tf.one_hot(tf.maximum(best, 0), frames) * score, axis=-1, keepdims=True)
+    before = tf.cast(position[None, :] < best[:, None], tf.float32)
+    after = tf.cast(position[None, :] > best[:, None], tf.float32)
+    hinge = before * tf.nn.relu(score - own + margin) + after * tf.nn.relu(score - own - margin / 4.0)
+    per_event = tf.reduce_sum(hinge, axis=-1)
+    return tf.where(best >= 0, per_event, tf.zeros_like(per_event))

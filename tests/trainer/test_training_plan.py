@@ -64,6 +64,43 @@ def test_frame_loss_trains_attention_toward_the_known_best_frame_only():
     assert loss == pytest.approx([-np.log(0.7), -np.log(0.25), 0.0], rel=1e-5)  # unknown (-1) counts zero
 
 
+def test_ranking_loss_wants_earlier_frames_below_and_lets_later_ones_tie():
+    import tensorflow as tf
+
+    from trainer.losses import frame_ranking_loss
+
+    tilt, margin = 0.5, 1.0
+
+    def weights(*scores):  # what the student outputs: softmax of the tilted scores
+        s = np.array(scores, np.float64) - tilt * np.arange(len(scores))
+        return np.exp(s) / np.exp(s).sum()
+
+    w = tf.constant(
+        np.stack(
+            [
+                weights(0.0, 2.0, 2.0, 2.0),  # best 1: frame 0 is 2 below (ok), 2 and 3 tie (ok)
+                weights(0.0, 0.5, 0.0, 0.0),  # best 1: frame 0 only 0.5 below -> 0.5 short of the margin
+                weights(0.0, 0.0, 1.0, 0.0),  # best 0: frame 2 is 1 above, 0.75 more than a tie allows
+                weights(5.0, 0.0, 0.0, 0.0),  # unknown best frame: counts zero
+            ]
+        ),
+        tf.float32,
+    )
+    loss = frame_ranking_loss(tf.constant([1, 1, 0, -1]), w, margin, tilt).numpy()
+    assert loss == pytest.approx([0.0, 0.5, 0.75, 0.0], abs=1e-4)
+
+
+def test_frame_order_names_the_earliest_of_frames_that_score_alike():
+    import tensorflow as tf
+
+    from trainer.models.student import FrameOrder
+
+    order = FrameOrder(0.5)
+    tilted = order(tf.constant([[1.0, 3.0, 3.0, 3.0], [1.0, 1.2, 1.9, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert np.argmax(tilted.numpy(), axis=-1).tolist() == [1, 0, 0]  # 1.9 is not 0.5 a frame above
+    assert FrameOrder.from_config(order.get_config()).tilt == 0.5
+
+
 def test_teacher_loss_adds_the_frame_term_and_smooths_labels():
     import tensorflow as tf
 

@@ -5,9 +5,10 @@ Loss per event (Hinton et al. 2015)::
     alpha * CE(label, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 Unlabelled events (label -1) contribute only the distillation term, so more unlabelled data
-means fewer labels are needed. The frame-attention weights are trained, with weight
-``frame_weight``, to name the event's best frame: the known one where ingest has it, else the
-teacher's pick (the scratch baseline gets the known ones only). The teacher's logits are
+means fewer labels are needed. The frame scores are trained, with weight ``frame_weight`` and
+a ranking loss (``trainer.losses.frame_ranking_loss``), to name the event's best frame: the
+known one where ingest has it, else the teacher's pick (the scratch baseline gets the known
+ones only). The teacher's logits are
 computed once per example (one pass over the data through the teacher SavedModel's
 ``decoded_frames`` signature) and travel with the serialized examples through shuffling and
 batching, so epochs never re-run the teacher.
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from contract import layout
 from contract.config import StudentConfig
 from contract.layout import EventSpec
-from trainer.losses import frame_cross_entropy
+from trainer.losses import frame_ranking_loss
 
 TEACHER_LOGITS = "teacher_logits"
 
@@ -136,14 +137,14 @@ def decoded_bytes(events: int, spec: EventSpec) -> int:
 class DistillationModel(keras.Model):
     """Trains ``student`` on the distillation loss; Keras callbacks (pruning) see the student inside."""
 
-    def __init__(
-        self, student: keras.Model, temperature: float, alpha: float, frame_weight: float = 0.0, **kwargs: Any
-    ) -> None:
+    def __init__(self, student: keras.Model, cfg: StudentConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.student = student
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-        self.frame_weight = float(frame_weight)
+        self.temperature = float(cfg.temperature)
+        self.alpha = float(cfg.alpha)
+        self.frame_weight = float(cfg.frame_loss_weight)
+        self.frame_margin = float(cfg.frame_margin)
+        self.frame_tilt = float(cfg.frame_tilt)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.Mean(name="accuracy")  # labelled events only
         self.agreement = keras.metrics.Mean(name="teacher_agreement")
@@ -176,8 +177,8 @@ class DistillationModel(keras.Model):
                 targets[layout.LABEL], logits, targets[TEACHER_LOGITS], self.temperature, self.alpha
             )
             if self.frame_weight > 0 and layout.BEST_FRAME in targets:
-                per_event += self.frame_weight * frame_cross_entropy(
-                    targets[layout.BEST_FRAME], out["frame_weights"]
+                per_event += self.frame_weight * frame_ranking_loss(
+                    targets[layout.BEST_FRAME], out["frame_weights"], self.frame_margin, self.frame_tilt
                 )
             loss = tf.reduce_mean(per_event)
             if self.student.losses:
@@ -261,7 +262,7 @@ def distill(
         tensorboard = keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0)
         callbacks = [*(callbacks or []), tensorboard]
     total = steps * epochs
-    trainer = DistillationModel(student, cfg.temperature, cfg.alpha, cfg.frame_loss_weight)
+    trainer = DistillationModel(student, cfg)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total), alpha=0.05)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule))
     history = trainer.fit(

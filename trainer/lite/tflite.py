@@ -334,7 +334,7 @@ def embed_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
                 label_files=[metadata_info.LabelFileMd(labels_path)], tensor_name=tensor_names["logits"],
             ),
             "frame_weights": metadata_info.TensorMd(
-                name="frame_weights", description="attention weight per frame; argmax = the best frame",
+                name="frame_weights", description="frame weight per frame; argmax = the best frame",
                 tensor_name=tensor_names["frame_weights"],
             ),
         }  # fmt: skip

@@ -8,8 +8,10 @@ a vehicle from a person, and a backbone that sees one frame at a time cannot oth
 (docs/benchmarks.md, "Why the defaults are what they are").
 A per-frame score, computed
 from the frame's features and the event's mean features (so what changed counts), is
-softmax-normalised across the frames: those weights pool the frames and name the best frame.
-A small fully-connected head maps the pooled features to class logits.
+softmax-normalised across the frames: those weights pool the frames. The same scores, tilted
+towards earlier frames (``FrameOrder``), give the frame weights the model names its best frame
+by: a score sees no frame position, and the best frame is the earliest of the frames that show
+the object equally well. A small fully-connected head maps the pooled features to class logits.
 
 The model maps ``[B, K, H, W, C]`` float32 in [0, 1] to ``{"logits": [B, C], "frame_weights":
 [B, K]}`` so ``trainer.models.export.export_saved_model`` exports it with the teacher's signatures. All
@@ -101,9 +103,26 @@ class FrameContrast(keras.layers.Layer):
         return {**super().get_config(), "frames": self.frames}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FrameOrder(keras.layers.Layer):
+    """``[B, K]`` frame scores -> ``score_k - tilt * k``: of frames that score alike, the earliest
+    wins the argmax, and a later one must score ``tilt`` per frame higher to be named instead."""
+
+    def __init__(self, tilt: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tilt = float(tilt)
+
+    def call(self, inputs: Any) -> Any:
+        order = tf.range(inputs.shape[-1], dtype=inputs.dtype)
+        return inputs - self.tilt * order
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "tilt": self.tilt}
+
+
 CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
-    for cls in (MergeFrames, SplitFrames, FrameMean, WeightedPool, FrameContrast)
+    for cls in (MergeFrames, SplitFrames, FrameMean, WeightedPool, FrameContrast, FrameOrder)
 }
 
 
@@ -173,8 +192,10 @@ def build_student(spec: EventSpec, cfg: StudentConfig | None = None) -> keras.Mo
     )
     scores = keras.layers.Add(name="frame_score_sum")([own, context])
     scores = keras.layers.Reshape((spec.frames,), name="frame_scores")(scores)
-    weights = keras.layers.Softmax(axis=-1, name="frame_weights")(scores)
-    pooled = WeightedPool(name="event_pool")([per_frame, weights])
+    pooling = keras.layers.Softmax(axis=-1, name="pool_weights")(scores)
+    pooled = WeightedPool(name="event_pool")([per_frame, pooling])
+    naming = FrameOrder(cfg.frame_tilt, name="frame_order")(scores) if spec.frames > 1 else scores
+    weights = keras.layers.Softmax(axis=-1, name="frame_weights")(naming)
 
     h = keras.layers.Dense(cfg.head_units, activation="relu", name="head")(pooled)
     h = keras.layers.Dropout(cfg.dropout, name="head_dropout")(h)
