@@ -308,7 +308,7 @@ class StudentConfig:
     # must score frame_margin below it; the named frame is the argmax of the scores tilted by
     # frame_tilt per frame towards the earliest. As measured: the student's best frame rose from
     # 0.32 to 0.73 at no cost in class accuracy; weight 0.5 cost 0.8 points (docs/benchmarks.md,
-    # "Best frame: the ranking loss adopted").
+    # "Best frame: the label by visible share, and the ranking loss adopted").
     frame_loss_weight: float = 0.1
     frame_margin: float = 1.0
     frame_tilt: float = 0.5
