@@ -23,14 +23,14 @@ from contract import layout
 from contract.layout import EventSpec
 from ondevice.runtime import LiteEventClassifier
 
-FRAME_WEIGHTS = "frame_weights"  # the models' attention output (Keras models and TFLite files)
+FRAME_WEIGHTS = "frame_weights"  # the models' per-frame weights; argmax = the frame named best
 
 
 class Output(NamedTuple):
     """What a predictor returns for a batch of ``B`` events."""
 
     logits: np.ndarray  # [B, C]
-    frame_weights: np.ndarray | None = None  # [B, K] attention over the frames (softmax)
+    frame_weights: np.ndarray | None = None  # [B, K] weights over the frames (softmax)
     best_frame: np.ndarray | None = None  # [B] the frame the model names; default argmax(frame_weights)
 
 

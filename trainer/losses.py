@@ -21,15 +21,18 @@ def frame_cross_entropy(best_frame: Any, frame_weights: Any) -> Any:
 
 
 def frame_ranking_loss(best_frame: Any, frame_weights: Any, margin: float, tilt: float) -> Any:
-    """Per-event ``[B]`` hinge loss that trains frame scores to name the best frame ``y``.
+    """Per-event ``[B]`` hinge loss that trains frame scores to rank frames as the best frame ``y``.
 
     ``frame_weights`` are ``softmax(score_k - tilt * k)`` (``trainer.models.student.FrameOrder``),
-    so ``log w_k + tilt * k`` is the score up to a per-event constant. Every earlier frame must
-    score at least ``margin`` below ``y`` (it shows less of the object); a later one may score up
-    to ``margin / 4`` above it (a tie: the tilt still names ``y``). A cross-entropy would instead
-    push apart frames that show the object equally well, which a score that sees no frame
-    position cannot do (docs/benchmarks.md, "Best frame: a ranking loss for the tie rule").
-    Events whose best frame is unknown (-1) count zero.
+    so ``log w_k + tilt * k`` is the score up to a per-event constant. The score sees no frame
+    position, so the loss asks only what such a score can give: every earlier frame at least
+    ``margin`` below ``y`` (it shows less of the object), every later one at most ``margin / 4``
+    above it (frames that show the object equally well tie). A cross-entropy would push tied
+    frames apart. The tilt is the naming prior on top, chosen on held-out events: 0.5 named more
+    best frames than 0.25, the largest tilt under which a met loss guarantees the argmax with four
+    frames, and a loss on the tilted scores named fewer (docs/benchmarks.md, "Best frame: the
+    label by visible share, and the ranking loss adopted"). Events whose best frame is unknown
+    (-1) count zero.
     """
     best = tf.cast(best_frame, tf.int32)
     weights = tf.cast(frame_weights, tf.float32)

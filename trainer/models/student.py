@@ -74,7 +74,7 @@ class FrameMean(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class WeightedPool(keras.layers.Layer):
-    """``([B, K, D], [B, K])`` -> ``[B, D]``: frames pooled with the softmax frame weights."""
+    """``([B, K, D], [B, K])`` -> ``[B, D]``: frames pooled with the softmax of their scores."""
 
     def call(self, inputs: Any) -> Any:
         features, weights = inputs
