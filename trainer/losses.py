@@ -29,10 +29,10 @@ def frame_ranking_loss(best_frame: Any, frame_weights: Any, margin: float, tilt:
     ``margin`` below ``y`` (it shows less of the object), every later one at most ``margin / 4``
     above it (frames that show the object equally well tie). A cross-entropy would push tied
     frames apart. The tilt is the naming prior on top, chosen on held-out events: 0.5 named more
-    best frames than 0.25, the largest tilt under which a met loss guarantees the argmax with four
-    frames, and a loss on the tilted scores named fewer (docs/benchmarks.md, "Best frame: the
-    label by visible share, and the ranking loss adopted"). Events whose best frame is unknown
-    (-1) count zero.
+    best frames than 0.25, a tilt under which a met loss guarantees the argmax with four frames
+    (``margin / 4`` to ``margin / (K - 1)``), and a loss on the tilted scores named fewer
+    (docs/benchmarks.md, "Best frame: the label by visible share, and the ranking loss
+    adopted"). Events whose best frame is unknown (-1) count zero.
     """
     best = tf.cast(best_frame, tf.int32)
     weights = tf.cast(frame_weights, tf.float32)
