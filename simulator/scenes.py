@@ -166,6 +166,15 @@ _BOXES = ((0.72, 0.55, 0.35), (0.62, 0.45, 0.28), (0.85, 0.78, 0.62))
 _POLES = ((0.25, 0.25, 0.27), (0.4, 0.3, 0.2), (0.55, 0.55, 0.55))
 
 
+def _coverage(
+    sdf: Callable[[np.ndarray, np.ndarray], np.ndarray], u: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """How much of each pixel the shape covers (0..1): its signed distance, antialiased over a pixel."""
+    alpha = np.subtract(0.5, sdf(u, v), dtype=np.float32)
+    np.clip(alpha, 0.0, 1.0, out=alpha)
+    return alpha
+
+
 class _Canvas:
     """K frames being painted, channel-first ``[C, K, S, S]`` so numpy loops run along rows.
 
@@ -190,13 +199,29 @@ class _Canvas:
         self.cover: np.ndarray | None = None
         self.whole: np.ndarray | None = None
         self.pad = int(np.ceil(self.PAD * self.size))
+        self.padded_coords = np.arange(-self.pad, self.size + self.pad, dtype=np.float32) + 0.5
         self.layer = ""  # "object" | "occluder" | "" (not tracked)
 
+    def track_object(self, frames: int) -> None:
+        """Start tracking the object's coverage (``cover``, ``whole``); paint it next."""
+        padded = self.size + 2 * self.pad
+        self.cover = np.zeros((frames, self.size, self.size), np.float32)
+        self.whole = np.zeros((frames, padded, padded), np.float32)
+        self.layer = "object"
+
     def _window(
-        self, cx: np.ndarray, cy: np.ndarray, ex: float, ey: float, visible: np.ndarray | None, pad: int = 0
+        self,
+        cx: np.ndarray,
+        cy: np.ndarray,
+        ex: float,
+        ey: float,
+        visible: np.ndarray | None,
+        padded: bool = False,
     ):
-        """Pixel slices of the shape's bounding box over all frames (on a canvas padded by ``pad``
-        pixels a side), and its pixel centres relative to each frame's shape centre."""
+        """Pixel slices of the shape's bounding box over all frames (on the canvas padded by
+        ``pad`` pixels a side when ``padded``), and its pixel centres relative to each frame's
+        shape centre."""
+        pad = self.pad if padded else 0
         xl, yl = cx.tolist(), cy.tolist()
         if visible is not None:
             shown = visible.tolist()
@@ -209,7 +234,7 @@ class _Canvas:
         y0, y1 = max(0, int(min(yl) - ey - 1) + pad), min(end, int(max(yl) + ey + 2) + pad)
         if x0 >= x1 or y0 >= y1:
             return None
-        coords = np.arange(-pad, self.size + pad, dtype=np.float32) + 0.5 if pad else self.coords
+        coords = self.padded_coords if pad else self.coords
         u = coords[x0:x1] - cx.reshape(-1, 1, 1)
         v = coords[y0:y1, None] - cy.reshape(-1, 1, 1)
         if visible is not None and len(xl) < len(visible):
@@ -236,8 +261,7 @@ class _Canvas:
         if win is None:
             return
         (ysl, xsl), u, v = win
-        alpha = np.subtract(0.5, sdf(u, v), dtype=np.float32)
-        np.clip(alpha, 0.0, 1.0, out=alpha)
+        alpha = _coverage(sdf, u, v)
         col = colour.reshape(-1, 1, 1, 1)
         if shade is not None:
             g = 1.12 - 0.3 * (v - shade[0]) / max(shade[1], 1.0)
@@ -259,12 +283,11 @@ class _Canvas:
 
     def _paint_whole(self, sdf, cx, cy, extent, visible) -> None:
         """The object's coverage on the padded canvas: no frame edge clips it, no occluder hides it."""
-        win = self._window(cx, cy, extent[0], extent[1], visible, self.pad)
+        win = self._window(cx, cy, extent[0], extent[1], visible, padded=True)
         if win is None:
             return
         (ysl, xsl), u, v = win
-        alpha = np.subtract(0.5, sdf(u, v), dtype=np.float32)
-        np.clip(alpha, 0.0, 1.0, out=alpha)
+        alpha = _coverage(sdf, u, v)
         whole = self.whole[:, ysl, xsl]
         whole += alpha * (1.0 - whole)
 
@@ -282,8 +305,7 @@ class _Canvas:
         if win is None:
             return
         (ysl, xsl), u, v = win
-        alpha = 0.5 - sdf(u, v)
-        np.clip(alpha, 0.0, 1.0, out=alpha)
+        alpha = _coverage(sdf, u, v)
         self.img[:, :, ysl, xsl] *= 1.0 - strength * alpha
 
 
@@ -689,8 +711,7 @@ def _paint_scene(
         tr.x -= offsets[:, 1].astype(np.float32)
         tr.y -= offsets[:, 0].astype(np.float32)
         near_x = float(np.mean(tr.x))
-        canvas.cover, canvas.layer = np.zeros((k, s, s), np.float32), "object"
-        canvas.whole = np.zeros((k, s + 2 * canvas.pad, s + 2 * canvas.pad), np.float32)
+        canvas.track_object(k)
         _draw_object(canvas, arch, tr, rng, s, ch)
     if rng.random() < 0.2:
         canvas.layer = "occluder"

@@ -14,10 +14,9 @@ def frame_cross_entropy(best_frame: Any, frame_weights: Any) -> Any:
     batch-sharded DTensor needs no relayout.
     """
     best = tf.cast(best_frame, tf.int32)
-    weights = tf.cast(frame_weights, tf.float32)
-    log_w = tf.math.log(tf.maximum(weights, 1e-7))
-    per_event = -tf.reduce_sum(tf.one_hot(tf.maximum(best, 0), weights.shape[-1]) * log_w, axis=-1)
-    return tf.where(best >= 0, per_event, tf.zeros_like(per_event))
+    log_w = _log_weights(frame_weights)
+    per_event = -tf.reduce_sum(tf.one_hot(tf.maximum(best, 0), log_w.shape[-1]) * log_w, axis=-1)
+    return _known_only(best, per_event)
 
 
 def frame_ranking_loss(best_frame: Any, frame_weights: Any, margin: float, tilt: float) -> Any:
@@ -35,13 +34,21 @@ def frame_ranking_loss(best_frame: Any, frame_weights: Any, margin: float, tilt:
     adopted"). Events whose best frame is unknown (-1) count zero.
     """
     best = tf.cast(best_frame, tf.int32)
-    weights = tf.cast(frame_weights, tf.float32)
-    frames = weights.shape[-1]
+    log_w = _log_weights(frame_weights)
+    frames = log_w.shape[-1]
     position = tf.range(frames)
-    score = tf.math.log(tf.maximum(weights, 1e-7)) + tilt * tf.cast(position, tf.float32)
+    score = log_w + tilt * tf.cast(position, tf.float32)
     own = tf.reduce_sum(tf.one_hot(tf.maximum(best, 0), frames) * score, axis=-1, keepdims=True)
     before = tf.cast(position[None, :] < best[:, None], tf.float32)
     after = tf.cast(position[None, :] > best[:, None], tf.float32)
     hinge = before * tf.nn.relu(score - own + margin) + after * tf.nn.relu(score - own - margin / 4.0)
-    per_event = tf.reduce_sum(hinge, axis=-1)
+    return _known_only(best, tf.reduce_sum(hinge, axis=-1))
+
+
+def _log_weights(frame_weights: Any) -> Any:
+    return tf.math.log(tf.maximum(tf.cast(frame_weights, tf.float32), 1e-7))
+
+
+def _known_only(best: Any, per_event: Any) -> Any:
+    """Zero where the best frame is unknown (-1)."""
     return tf.where(best >= 0, per_event, tf.zeros_like(per_event))

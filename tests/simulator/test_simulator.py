@@ -232,8 +232,7 @@ def test_inline_frames_hold_the_same_pngs(tmp_path):
 def test_visible_area_is_the_object_coverage_after_clipping_and_occlusion():
     s, k = 32, 4
     canvas = scenes._Canvas(np.zeros((3, k, s, s), np.float32))
-    canvas.cover, canvas.layer = np.zeros((k, s, s), np.float32), "object"
-    canvas.whole = np.zeros((k, s + 2 * canvas.pad, s + 2 * canvas.pad), np.float32)
+    canvas.track_object(k)
     x = np.array([16.0, 31.0, 40.0, 16.0], np.float32)  # inside, half out, outside, inside
     canvas.paint(scenes._box(3, 3), x, np.full(k, 16.0, np.float32), (3, 3), np.ones(3, np.float32))
     canvas.layer = "occluder"  # a pole 4 px wide over x 14..18, in every frame
