@@ -84,7 +84,7 @@ class TeacherConfig:
     # stopping early once the eval loss has not improved for `patience` evals; the best weights
     # are exported. The cap is what the demo's 2-core budget affords (docs/benchmarks.md,
     # "Quality, teacher length").
-    epochs: float = 24.0
+    epochs: float = 16.0
     min_steps: int = 200
     patience: int = 4  # evals without a new best eval loss before stopping; 0 = run all epochs
     steps: int = 0  # > 0: exactly this many steps (overrides epochs, min_steps and patience)
