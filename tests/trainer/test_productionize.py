@@ -68,6 +68,75 @@ def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
     assert sorted(first) == sorted(second) and first != second
 
 
+def test_each_pass_shows_every_event_as_its_next_view_with_that_views_teacher_logits(tmp_path):
+    """Consistent teaching: pass e over the events shows each one as augmented view e % V, the
+    exact frames the teacher labelled for that view (same stateless seed), paired with that
+    view's logits; in memory or streamed alike."""
+    import tensorflow as tf
+    from productionize_fixtures import write_examples
+
+    from contract import layout
+    from trainer.data import augment_events
+    from trainer.distill import kd
+
+    write_examples(str(tmp_path / "ex"), SPEC, {layout.TRAIN: 12})
+    files = sorted(str(p) for p in (tmp_path / "ex").glob("Split-train/*"))
+    raw = np.concatenate([b[layout.FRAMES].numpy() for b in layout.dataset(files, SPEC, 64)])
+    views = 3
+    logits = np.arange(12 * views * 3, dtype=np.float32).reshape(12, views, 3)  # logit[0] names (event, view)
+    for cache_bytes in (0, 10**6):
+        ds = kd.distillation_dataset(files, logits, SPEC, 4, seed=5, cache_bytes=cache_bytes, views=views)
+        stream = iter(ds)
+        for epoch in range(views + 1):
+            seen = []
+            for _ in range(3):
+                frames, targets = next(stream)
+                for f, t in zip(frames.numpy(), targets["teacher_logits"].numpy(), strict=True):
+                    event, view = divmod(int(t[0]) // 3, views)
+                    assert view == epoch % views
+                    position = kd.view_positions(event, view, views)
+                    one = tf.constant(raw[event : event + 1])
+                    expected = augment_events(one, tf.reshape(position, [1]), 5).numpy()[0]
+                    np.testing.assert_allclose(f, expected, atol=1e-6)
+                    seen.append(event)
+            assert sorted(seen) == list(range(12))  # every event once per pass
+    assert not np.allclose(augment_events(tf.constant(raw[:1]), tf.constant([0], tf.int64), 5), raw[:1])
+
+
+def test_teacher_labels_each_view_on_the_frames_the_student_will_see(tmp_path):
+    """The teacher's logits for view v of an event are its logits on that augmented view, and
+    views 0 is one view of the event as it is."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from productionize_fixtures import write_examples
+
+    from contract import layout
+    from trainer.data import augment_events
+    from trainer.distill import kd
+    from trainer.models.export import export_saved_model
+    from trainer.models.student import build_student
+
+    write_examples(str(tmp_path / "ex"), SPEC, {layout.TRAIN: 10})
+    files = sorted(str(p) for p in (tmp_path / "ex").glob("Split-train/*"))
+    keras.utils.set_random_seed(0)
+    teacher = build_student(SPEC, STUDENT)
+    head = teacher.get_layer("logits")  # a fresh head's logits are ~1e-6: scale them to ~1
+    head.set_weights([w * 1e5 for w in head.get_weights()])
+    export_saved_model(teacher, SPEC, str(tmp_path / "teacher"))
+    raw = np.concatenate([b[layout.FRAMES].numpy() for b in layout.dataset(files, SPEC, 64)])
+
+    plain, plain_frames = kd.teacher_soft_labels(str(tmp_path / "teacher"), files, SPEC, 4)
+    assert plain.shape == (10, 1, 3) and plain_frames.shape == (10, 1)
+    np.testing.assert_allclose(plain[:, 0], teacher(raw)["logits"].numpy(), atol=1e-3)
+    viewed, _ = kd.teacher_soft_labels(str(tmp_path / "teacher"), files, SPEC, 4, views=2, seed=7)
+    assert viewed.shape == (10, 2, 3)
+    for view in range(2):
+        positions = kd.view_positions(tf.range(10, dtype=tf.int64), view, 2)
+        expected = teacher(augment_events(tf.constant(raw), positions, 7))["logits"].numpy()
+        np.testing.assert_allclose(viewed[:, view], expected, atol=1e-3)
+    assert np.abs(plain).mean() > 0.05 and not np.allclose(viewed[:, 0], viewed[:, 1], atol=1e-2)
+
+
 # -- distillation loss -------------------------------------------------------------------------
 def test_distillation_loss_matches_hand_computed_values():
     from trainer.distill.kd import distillation_loss

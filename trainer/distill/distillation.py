@@ -1,7 +1,7 @@
 """Distillation: examples + teacher SavedModel -> distilled, pruned, QAT student and a baseline.
 
-Three phases on the distillation loss (labelled + unlabelled events, teacher soft labels
-computed once), and one baseline:
+Three phases on the distillation loss (labelled + unlabelled events in augmented views, the
+teacher's soft labels computed once per view: ``trainer.distill.kd``), and one baseline:
 
 1. dense distillation for ``student.epochs`` -> "student float";
 2. pruning fine-tune for ``student.prune_epochs`` from the dense weights (TFMOT polynomial
@@ -10,8 +10,8 @@ computed once), and one baseline:
    (``trainer.distill.qat``) -> "student qat": float32 with int8 rounding simulated, the production
    student that goes to serving and that the int8 TFLite (its compiled twin) must agree with;
 4. baseline "student scratch": the same student trained on hard labels only (labelled events,
-   no teacher), with the same optimizer steps as phase 1, so the report shows what
-   distillation buys (``kd_gain``).
+   no teacher), with the same optimizer steps and augmented views as phase 1, so the report
+   shows what the teacher buys (``kd_gain``), not what the augmentation does.
 
 What it writes is ``contract.files.DistillerOutput``. The pipeline's ``Distiller`` calls it from
 ``trainer.distill.entry.run_fn``; tests and benchmarks call ``run_distillation`` directly.
@@ -138,7 +138,11 @@ def _read_inputs(
     if not labelled:
         raise UserError(f"no training examples under {examples_uri}; run ingest first")
     both = sorted(labelled + unlabelled)
-    soft, soft_frames = kd.teacher_soft_labels(teacher_dir, both, spec, cfg.teacher_batch_size)
+    if cfg.augment_views < 0:
+        raise UserError(f"student.augment_views must be >= 0 (0: no augmentation), got {cfg.augment_views}")
+    soft, soft_frames = kd.teacher_soft_labels(
+        teacher_dir, both, spec, cfg.teacher_batch_size, views=cfg.augment_views, seed=cfg.seed
+    )
     train = kd.distillation_dataset(
         both,
         soft,
@@ -147,6 +151,7 @@ def _read_inputs(
         seed=cfg.seed,
         cache_bytes=cfg.cache_mb * 2**20,
         teacher_frames=soft_frames,
+        views=cfg.augment_views,
     )
     return _Inputs(spec, labelled, unlabelled, eval_files, soft, train, epoch_steps(len(soft), cfg))
 
@@ -231,7 +236,7 @@ def _scratch_baseline(
     spec = inputs.spec
     hard = kd.distillation_dataset(
         sorted(inputs.labelled), np.zeros([labelled, spec.num_classes], np.float32), spec, cfg.batch_size,
-        seed=cfg.seed, cache_bytes=cfg.cache_mb * 2**20,
+        seed=cfg.seed, cache_bytes=cfg.cache_mb * 2**20, views=cfg.augment_views,
     )  # fmt: skip
     keras.utils.set_random_seed(cfg.seed)
     students.scratch = build_student(spec, cfg)

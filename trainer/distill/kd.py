@@ -8,10 +8,14 @@ Unlabelled events (label -1) contribute only the distillation term, so more unla
 means fewer labels are needed. The frame scores are trained, with weight ``frame_weight`` and
 a ranking loss (``trainer.losses.frame_ranking_loss``), to name the event's best frame: the
 known one where ingest has it, else the teacher's pick (the scratch baseline gets the known
-ones only). The teacher's logits are
-computed once per example (one pass over the data through the teacher SavedModel's
-``decoded_frames`` signature) and travel with the serialized examples through shuffling and
-batching, so epochs never re-run the teacher.
+ones only).
+
+Consistent teaching (Beyer et al. 2022): the student trains on augmented views of its events
+(``trainer.data.augment_events``, the teacher's own augmentation), and its soft labels are the
+teacher's logits on exactly that view. The teacher labels ``views`` views per event once, up
+front (one pass over the data through the teacher SavedModel's ``decoded_frames`` signature);
+epoch ``e`` shows every event as view ``e % views``, re-made from the same stateless seed, so
+epochs never re-run the teacher. ``views`` 0: no augmentation, one view, the event as it is.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tqdm import tqdm
 from contract import layout
 from contract.config import StudentConfig
 from contract.layout import EventSpec
+from trainer.data import augment_events
 from trainer.losses import frame_ranking_loss
 
 TEACHER_LOGITS = "teacher_logits"
@@ -49,28 +54,55 @@ def distillation_loss(
     return alpha * labelled * ce + (1.0 - alpha) * (t * t) * kl
 
 
+def view_count(views: int) -> int:
+    """Teacher views per event: ``views``, or 1 (the event as it is) when there is no augmentation."""
+    return max(1, int(views))
+
+
+def view_positions(index: Any, view: Any, views: int) -> Any:
+    """The augmentation seed position of view ``view`` of event ``index``: distinct per (event, view)."""
+    return tf.cast(index, tf.int64) * view_count(views) + tf.cast(view, tf.int64)
+
+
 def teacher_soft_labels(
-    teacher_dir: str, files: list[str], spec: EventSpec, batch_size: int = 64
+    teacher_dir: str,
+    files: list[str],
+    spec: EventSpec,
+    batch_size: int = 64,
+    *,
+    views: int = 0,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's logits ``[N, C]`` and best frames ``[N]`` for every record of ``files``, in
-    ``sorted(files)`` order."""
+    """The teacher's logits ``[N, V, C]`` and best frames ``[N, V]`` for every record of ``files``
+    (``sorted(files)`` order) and each of its ``V = view_count(views)`` views."""
 
     model = tf.saved_model.load(teacher_dir)
     if layout.DECODED_SIGNATURE not in model.signatures:
         raise ValueError(f"teacher at {teacher_dir} has no {layout.DECODED_SIGNATURE!r} signature")
     decoded = model.signatures[layout.DECODED_SIGNATURE]
-    chunks, frames = [], []
+
+    @tf.function
+    def label(frames: Any, first: Any, view: Any) -> tuple[Any, Any]:
+        if views > 0:
+            index = first + tf.range(tf.shape(frames, out_type=tf.int64)[0])
+            frames = augment_events(frames, view_positions(index, view, views), seed)
+        out = decoded(**{layout.DECODED_INPUT: frames})
+        return out[layout.OUT_LOGITS], out[layout.OUT_BEST_FRAME]
+
+    chunks, frames, first = [], [], 0
     ds = layout.dataset(sorted(files), spec, batch_size)
     for batch in tqdm(ds, desc="teacher soft labels", unit="batch", leave=False, disable=None):
-        out = decoded(**{layout.DECODED_INPUT: batch[layout.FRAMES]})
-        chunks.append(out[layout.OUT_LOGITS].numpy().astype(np.float32))
-        frames.append(out[layout.OUT_BEST_FRAME].numpy().astype(np.int32))
+        per_view = [label(batch[layout.FRAMES], tf.constant(first, tf.int64), tf.constant(v, tf.int64))
+                    for v in range(view_count(views))]  # fmt: skip
+        chunks.append(np.stack([logits.numpy() for logits, _ in per_view], axis=1).astype(np.float32))
+        frames.append(np.stack([picked.numpy() for _, picked in per_view], axis=1).astype(np.int32))
+        first += len(chunks[-1])
     if not chunks:
         raise ValueError(f"no examples in {files}")
     logits = np.concatenate(chunks, axis=0)
-    if logits.shape[1] != spec.num_classes:
+    if logits.shape[-1] != spec.num_classes:
         raise ValueError(
-            f"teacher predicts {logits.shape[1]} classes but the examples have {spec.num_classes}"
+            f"teacher predicts {logits.shape[-1]} classes but the examples have {spec.num_classes}"
         )
     return logits, np.concatenate(frames, axis=0)
 
@@ -85,10 +117,14 @@ def distillation_dataset(
     seed: int = 0,
     cache_bytes: int = 0,
     teacher_frames: np.ndarray | None = None,
+    views: int = 0,
 ) -> Any:
     """``(frames, {"label", "teacher_logits", "best_frame"})`` batches; the teacher's outputs are
     paired with records by position.
 
+    ``teacher_logits``: ``[N, V, C]`` from ``teacher_soft_labels`` (or ``[N, C]``, the same for
+    every view). ``views`` > 0: pass ``e`` over the events shows each as its augmented view
+    ``e % views``, with that view's teacher outputs.
     ``best_frame``: the event's known best frame, else ``teacher_frames``' pick (-1 without it).
 
     ``shuffle``: a training stream (reshuffled every epoch, endless); otherwise one pass in order.
@@ -98,34 +134,47 @@ def distillation_dataset(
     step for the same cores. Larger data streams from the files.
     """
 
-    records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
+    events, count = len(teacher_logits), view_count(views)
+    logits = np.asarray(teacher_logits, np.float32)
+    logits = logits[:, None] if logits.ndim == 2 else logits
+    logits = np.broadcast_to(logits, [events, count, spec.num_classes])
     if teacher_frames is None:
-        teacher_frames = np.full([len(teacher_logits)], layout.UNKNOWN_FRAME, np.int32)
-    pairs = tf.data.Dataset.zip(
-        (records, tf.data.Dataset.from_tensor_slices((teacher_logits, teacher_frames.astype(np.int32))))
-    )
+        teacher_frames = np.full([events, count], layout.UNKNOWN_FRAME, np.int32)
+    picks = np.broadcast_to(teacher_frames.reshape(events, -1), [events, count])
+    logits_by_view = tf.constant(logits.reshape(events * count, -1))
+    picks_by_view = tf.constant(picks.reshape(-1).astype(np.int32))
+    records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
+    indexed = tf.data.Dataset.zip((records, tf.data.Dataset.range(events)))
 
-    def parse(serialized: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
-        logits, picked = teacher
+    def parse(serialized: Any, index: Any) -> tuple[Any, Any, Any]:
         parsed = layout.parse_batch(serialized, spec)
-        known = parsed[layout.BEST_FRAME]
-        best = tf.where(known >= 0, known, picked)
-        return parsed[layout.FRAMES], {layout.LABEL: parsed[layout.LABEL], TEACHER_LOGITS: logits,
-                                       layout.BEST_FRAME: best}  # fmt: skip
+        return parsed[layout.FRAMES], (parsed[layout.LABEL], parsed[layout.BEST_FRAME], index)
 
-    if decoded_bytes(len(teacher_logits), spec) <= cache_bytes:
-        events = pairs.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
+    def view(frames: Any, event: Any, seen: Any) -> tuple[Any, dict[str, Any]]:
+        label, known, index = event
+        position = view_positions(index, (seen // events) % count, views)
+        if views > 0:
+            frames = augment_events(frames, position, seed)
+        best = tf.where(known >= 0, known, tf.gather(picks_by_view, position))
+        return frames, {layout.LABEL: label, TEACHER_LOGITS: tf.gather(logits_by_view, position),
+                        layout.BEST_FRAME: best}  # fmt: skip
+
+    def viewed(stream: Any) -> Any:
+        # An element counter: the n-th event of the stream is in pass n // events.
+        stream = tf.data.Dataset.zip((stream, tf.data.Dataset.counter())).batch(batch_size)
+        return stream.map(lambda e, seen: view(*e, seen), num_parallel_calls=tf.data.AUTOTUNE)
+
+    if decoded_bytes(events, spec) <= cache_bytes:
+        decoded = indexed.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
         if shuffle:
-            events = events.shuffle(len(teacher_logits), seed=seed, reshuffle_each_iteration=True).repeat()
-        return events.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+            decoded = decoded.shuffle(events, seed=seed, reshuffle_each_iteration=True).repeat()
+        return viewed(decoded).prefetch(tf.data.AUTOTUNE)
     if shuffle:
         # Repeated before batching: every batch is full, so the train step is traced once per
         # phase (a short last batch per epoch would retrace it, seconds each with TFMOT's wrappers).
-        pairs = pairs.shuffle(
-            min(len(teacher_logits), 16384), seed=seed, reshuffle_each_iteration=True
-        ).repeat()
-    pairs = pairs.batch(batch_size)
-    return pairs.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        indexed = indexed.shuffle(min(events, 16384), seed=seed, reshuffle_each_iteration=True).repeat()
+    streamed = indexed.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return viewed(streamed).prefetch(tf.data.AUTOTUNE)
 
 
 def decoded_bytes(events: int, spec: EventSpec) -> int:
