@@ -334,10 +334,9 @@ class StudentConfig:
     qat_epochs: int = 2
     qat_learning_rate: float = 2e-4
     use_unlabelled: bool = True
-    # Every phase and the scratch baseline train on augmented views (the teacher's augmentation);
+    # Every phase and the scratch baseline train on augmented views (shift and photometric);
     # the teacher labels this many views per event once, and epoch e shows view e % augment_views.
-    # 0 = no augmentation. As measured, 4 views lifted the distilled student by 1.0-1.5 points and
-    # the scratch student by 1.1-2.5 (docs/benchmarks.md, "Consistent teaching on augmented views").
+    # 0 = no augmentation (docs/benchmarks.md, "Consistent teaching on augmented views").
     augment_views: int = 4
     teacher_batch_size: int = 64  # batch for computing the teacher's soft labels (once per view)
     # Decoded training events stay in memory when they fit (MiB, counted twice for the shuffle

@@ -118,12 +118,13 @@ def train_batches(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def augment_events(frames: Any, positions: Any, seed: int) -> Any:
+def augment_events(frames: Any, positions: Any, seed: int, *, flip: bool = True) -> Any:
     """Light camera-style augmentation of ``[B, K, H, W, C]`` frames in [0, 1].
 
     Per event, the same for all of its frames (motion between frames is the signal): a
-    horizontal flip with probability 1/2, a shift of up to 1/8 of the frame each way (edges
-    reflected), brightness +-0.1 and contrast x[0.8, 1.2] around the event's mean.
+    horizontal flip with probability 1/2 (``flip``), a shift of up to 1/8 of the frame each way
+    (edges reflected), brightness +-0.1 and contrast x[0.8, 1.2] around the event's mean. The
+    random draws do not depend on ``flip``.
     """
 
     _, _, height, width, _ = frames.shape
@@ -132,7 +133,8 @@ def augment_events(frames: Any, positions: Any, seed: int) -> Any:
     def one(args: Any) -> Any:
         event, position = args
         u = tf.random.stateless_uniform([5], seed=tf.stack([tf.constant(seed, tf.int64), position]))
-        event = tf.where(u[0] < 0.5, tf.reverse(event, axis=[2]), event)
+        if flip:
+            event = tf.where(u[0] < 0.5, tf.reverse(event, axis=[2]), event)
         if pad_y or pad_x:
             padded = tf.pad(event, [[0, 0], [pad_y, pad_y], [pad_x, pad_x], [0, 0]], mode="REFLECT")
             dy = tf.cast(tf.round(u[1] * 2 * pad_y), tf.int32)

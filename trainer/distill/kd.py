@@ -11,8 +11,9 @@ known one where ingest has it, else the teacher's pick (the scratch baseline get
 ones only).
 
 Consistent teaching (Beyer et al. 2022): the student trains on augmented views of its events
-(``trainer.data.augment_events``, the teacher's own augmentation), and its soft labels are the
-teacher's logits on exactly that view. The teacher labels ``views`` views per event once, up
+(``trainer.data.augment_events``, the teacher's augmentation without the mirror flip, which
+turns some classes into others: digits), and its soft labels are the teacher's logits on
+exactly that view. The teacher labels ``views`` views per event once, up
 front (one pass over the data through the teacher SavedModel's ``decoded_frames`` signature);
 epoch ``e`` shows every event as view ``e % views``, re-made from the same stateless seed, so
 epochs never re-run the teacher. ``views`` 0: no augmentation, one view, the event as it is.
@@ -35,6 +36,10 @@ from trainer.data import augment_events
 from trainer.losses import frame_ranking_loss
 
 TEACHER_LOGITS = "teacher_logits"
+# The student's views are never mirrored: on scikit-learn's digits a flip cost the scratch student
+# 3.4 points, and on the demo it gained nothing (docs/benchmarks.md, "Consistent teaching on
+# augmented views").
+FLIP = False
 
 
 def distillation_loss(
@@ -85,7 +90,7 @@ def teacher_soft_labels(
     def label(frames: Any, first: Any, view: Any) -> tuple[Any, Any]:
         if views > 0:
             index = first + tf.range(tf.shape(frames, out_type=tf.int64)[0])
-            frames = augment_events(frames, view_positions(index, view, views), seed)
+            frames = augment_events(frames, view_positions(index, view, views), seed, flip=FLIP)
         out = decoded(**{layout.DECODED_INPUT: frames})
         return out[layout.OUT_LOGITS], out[layout.OUT_BEST_FRAME]
 
@@ -154,7 +159,7 @@ def distillation_dataset(
         label, known, index = event
         position = view_positions(index, (seen // events) % count, views)
         if views > 0:
-            frames = augment_events(frames, position, seed)
+            frames = augment_events(frames, position, seed, flip=FLIP)
         best = tf.where(known >= 0, known, tf.gather(picks_by_view, position))
         return frames, {layout.LABEL: label, TEACHER_LOGITS: tf.gather(logits_by_view, position),
                         layout.BEST_FRAME: best}  # fmt: skip
