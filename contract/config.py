@@ -334,8 +334,8 @@ class StudentConfig:
     qat_epochs: int = 2
     qat_learning_rate: float = 2e-4
     use_unlabelled: bool = True
-    # Every phase and the scratch baseline train on augmented views (shift and photometric);
-    # the teacher labels this many views per event once, and epoch e shows view e % augment_views.
+    # Every phase and the scratch baseline train on augmented views (shift and photometric); the
+    # teacher labels this many views per event once, and pass e over the data shows view e % views.
     # 0 = no augmentation (docs/benchmarks.md, "Consistent teaching on augmented views").
     augment_views: int = 4
     teacher_batch_size: int = 64  # batch for computing the teacher's soft labels (once per view)

@@ -68,10 +68,11 @@ def test_decoded_cache_holds_exactly_the_streamed_events(tmp_path):
     assert sorted(first) == sorted(second) and first != second
 
 
-def test_each_pass_shows_every_event_as_its_next_view_with_that_views_teacher_logits(tmp_path):
+def test_each_pass_shows_every_event_as_its_next_view_with_that_views_teacher_outputs(tmp_path):
     """Consistent teaching: pass e over the events shows each one as augmented view e % V, the
     exact frames the teacher labelled for that view (same stateless seed), paired with that
-    view's logits; in memory or streamed alike."""
+    view's logits and best-frame pick; in memory or streamed alike, also where a batch spans two
+    passes (10 events, batches of 4)."""
     import tensorflow as tf
     from productionize_fixtures import write_examples
 
@@ -79,30 +80,38 @@ def test_each_pass_shows_every_event_as_its_next_view_with_that_views_teacher_lo
     from trainer.data import augment_events
     from trainer.distill import kd
 
-    write_examples(str(tmp_path / "ex"), SPEC, {layout.TRAIN: 12})
+    write_examples(str(tmp_path / "ex"), SPEC, {layout.TRAIN: 10})
     files = sorted(str(p) for p in (tmp_path / "ex").glob("Split-train/*"))
     raw = np.concatenate([b[layout.FRAMES].numpy() for b in layout.dataset(files, SPEC, 64)])
-    views = 3
-    logits = np.arange(12 * views * 3, dtype=np.float32).reshape(12, views, 3)  # logit[0] names (event, view)
+    known = np.concatenate([b[layout.BEST_FRAME].numpy() for b in layout.dataset(files, SPEC, 64)])
+    assert (known < 0).all()  # no known best frame: every event's is the teacher's pick
+    views, events = 3, 10
+    logits = np.arange(events * views * 3, dtype=np.float32).reshape(
+        events, views, 3
+    )  # logit[0] names (event, view)
+    picks = np.arange(events * views, dtype=np.int32).reshape(events, views) % SPEC.frames
     for cache_bytes in (0, 10**6):
-        ds = kd.distillation_dataset(files, logits, SPEC, 4, seed=5, cache_bytes=cache_bytes, views=views)
-        stream = iter(ds)
-        for epoch in range(views + 1):
-            seen = []
-            for _ in range(3):
-                frames, targets = next(stream)
-                for f, t in zip(frames.numpy(), targets["teacher_logits"].numpy(), strict=True):
-                    event, view = divmod(int(t[0]) // 3, views)
-                    assert view == epoch % views
-                    position = kd.view_positions(event, view, views)
-                    one = tf.constant(raw[event : event + 1])
-                    expected = augment_events(one, tf.reshape(position, [1]), 5, flip=False)
-                    expected = expected.numpy()[0]
-                    np.testing.assert_allclose(f, expected, atol=1e-6)
-                    seen.append(event)
-            assert sorted(seen) == list(range(12))  # every event once per pass
+        ds = kd.distillation_dataset(
+            files, logits, SPEC, 4, seed=5, cache_bytes=cache_bytes, teacher_frames=picks, views=views
+        )
+        seen = []
+        for frames, targets in ds.take(10):  # 40 events: passes 0-3
+            outputs = (targets["teacher_logits"].numpy(), targets["best_frame"].numpy())
+            for f, t, b in zip(frames.numpy(), *outputs, strict=True):
+                event, view = divmod(int(t[0]) // 3, views)
+                assert view == (len(seen) // events) % views
+                assert b == (known[event] if known[event] >= 0 else picks[event, view])
+                position = kd.view_positions(event, view, views)
+                one = tf.constant(raw[event : event + 1])
+                expected = augment_events(one, tf.reshape(position, [1]), 5, flip=False)
+                np.testing.assert_allclose(f, expected.numpy()[0], atol=1e-6)
+                seen.append(event)
+        for p in range(4):  # every event once per pass
+            assert sorted(seen[p * events : (p + 1) * events]) == list(range(events))
     shifted = augment_events(tf.constant(raw[:1]), tf.constant([0], tf.int64), 5, flip=False)
     assert not np.allclose(shifted, raw[:1])
+    with pytest.raises(ValueError, match="hold 3 views per event"):
+        kd.distillation_dataset(files, logits, SPEC, 4, views=2)
 
 
 def test_teacher_labels_each_view_on_the_frames_the_student_will_see(tmp_path):

@@ -10,8 +10,8 @@ teacher's soft labels computed once per view: ``trainer.distill.kd``), and one b
    (``trainer.distill.qat``) -> "student qat": float32 with int8 rounding simulated, the production
    student that goes to serving and that the int8 TFLite (its compiled twin) must agree with;
 4. baseline "student scratch": the same student trained on hard labels only (labelled events,
-   no teacher), with the same optimizer steps and augmented views as phase 1, so the report
-   shows what the teacher buys (``kd_gain``), not what the augmentation does.
+   no teacher), with the same optimizer steps and augmentation as phase 1, so the report shows
+   what the teacher buys (``kd_gain``), not what the augmentation does.
 
 What it writes is ``contract.files.DistillerOutput``. The pipeline's ``Distiller`` calls it from
 ``trainer.distill.entry.run_fn``; tests and benchmarks call ``run_distillation`` directly.
@@ -232,7 +232,7 @@ def _scratch_baseline(
     returns the event counts."""
     inputs.train = None  # one decoded cache at a time: the distillation stream's goes before the baseline's
     unlabelled = _count(inputs.unlabelled)
-    labelled = len(inputs.soft) - unlabelled  # soft labels cover labelled + unlabelled, once each
+    labelled = len(inputs.soft) - unlabelled  # soft labels: [labelled + unlabelled events, views, classes]
     spec = inputs.spec
     hard = kd.distillation_dataset(
         sorted(inputs.labelled), np.zeros([labelled, spec.num_classes], np.float32), spec, cfg.batch_size,

@@ -13,10 +13,10 @@ ones only).
 Consistent teaching (Beyer et al. 2022): the student trains on augmented views of its events
 (``trainer.data.augment_events``, the teacher's augmentation without the mirror flip, which
 turns some classes into others: digits), and its soft labels are the teacher's logits on
-exactly that view. The teacher labels ``views`` views per event once, up
-front (one pass over the data through the teacher SavedModel's ``decoded_frames`` signature);
-epoch ``e`` shows every event as view ``e % views``, re-made from the same stateless seed, so
-epochs never re-run the teacher. ``views`` 0: no augmentation, one view, the event as it is.
+exactly that view. The teacher labels ``views`` views per event once, up front (one pass over
+the data through the teacher SavedModel's ``decoded_frames`` signature); pass ``e`` over the
+events shows every event as view ``e % views``, re-made from the same stateless seed, so passes
+never re-run the teacher. ``views`` 0: no augmentation, one view, the event as it is.
 """
 
 from __future__ import annotations
@@ -127,9 +127,11 @@ def distillation_dataset(
     """``(frames, {"label", "teacher_logits", "best_frame"})`` batches; the teacher's outputs are
     paired with records by position.
 
-    ``teacher_logits``: ``[N, V, C]`` from ``teacher_soft_labels`` (or ``[N, C]``, the same for
-    every view). ``views`` > 0: pass ``e`` over the events shows each as its augmented view
-    ``e % views``, with that view's teacher outputs.
+    ``teacher_logits``: ``[N, V, C]`` from ``teacher_soft_labels`` with the same ``views`` (or
+    ``[N, C]``, the same for every view); ``files`` must hold exactly ``N`` records. ``views`` > 0:
+    pass ``e`` over the events (a pass is not a Keras epoch: see ``epoch_steps``) shows each as
+    its augmented view ``e % views``, with that view's teacher outputs; every new iterator (each
+    phase) starts again at pass 0, and a one-pass stream (``shuffle`` False) shows view 0.
     ``best_frame``: the event's known best frame, else ``teacher_frames``' pick (-1 without it).
 
     ``shuffle``: a training stream (reshuffled every epoch, endless); otherwise one pass in order.
@@ -141,11 +143,16 @@ def distillation_dataset(
 
     events, count = len(teacher_logits), view_count(views)
     logits = np.asarray(teacher_logits, np.float32)
+    if logits.ndim == 3 and logits.shape[1] != count:
+        raise ValueError(f"teacher logits hold {logits.shape[1]} views per event; the stream shows {count}")
     logits = logits[:, None] if logits.ndim == 2 else logits
     logits = np.broadcast_to(logits, [events, count, spec.num_classes])
     if teacher_frames is None:
         teacher_frames = np.full([events, count], layout.UNKNOWN_FRAME, np.int32)
-    picks = np.broadcast_to(teacher_frames.reshape(events, -1), [events, count])
+    picks = teacher_frames.reshape(events, -1)
+    if picks.shape[1] not in (1, count):
+        raise ValueError(f"teacher best frames hold {picks.shape[1]} views per event, the stream {count}")
+    picks = np.broadcast_to(picks, [events, count])
     logits_by_view = tf.constant(logits.reshape(events * count, -1))
     picks_by_view = tf.constant(picks.reshape(-1).astype(np.int32))
     records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
