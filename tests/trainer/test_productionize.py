@@ -86,9 +86,8 @@ def test_each_pass_shows_every_event_as_its_next_view_with_that_views_teacher_ou
     known = np.concatenate([b[layout.BEST_FRAME].numpy() for b in layout.dataset(files, SPEC, 64)])
     assert (known < 0).all()  # no known best frame: every event's is the teacher's pick
     views, events = 3, 10
-    logits = np.arange(events * views * 3, dtype=np.float32).reshape(
-        events, views, 3
-    )  # logit[0] names (event, view)
+    # logit[0] names (event, view)
+    logits = np.arange(events * views * 3, dtype=np.float32).reshape(events, views, 3)
     picks = np.arange(events * views, dtype=np.int32).reshape(events, views) % SPEC.frames
     for cache_bytes in (0, 10**6):
         ds = kd.distillation_dataset(

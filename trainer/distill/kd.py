@@ -86,21 +86,33 @@ def teacher_soft_labels(
         raise ValueError(f"teacher at {teacher_dir} has no {layout.DECODED_SIGNATURE!r} signature")
     decoded = model.signatures[layout.DECODED_SIGNATURE]
 
-    @tf.function
-    def label(frames: Any, first: Any, view: Any) -> tuple[Any, Any]:
+    count = view_count(views)
+
+    @tf.function(reduce_retracing=True)
+    def label(frames: Any, first: Any) -> tuple[Any, Any]:
+        """Every view of the batch in one teacher call, view-major, reshaped to ``[B, V, ...]``."""
         if views > 0:
             index = first + tf.range(tf.shape(frames, out_type=tf.int64)[0])
-            frames = augment_events(frames, view_positions(index, view, views), seed, flip=FLIP)
+            frames = tf.concat(
+                [
+                    augment_events(frames, view_positions(index, v, views), seed, flip=FLIP)
+                    for v in range(count)
+                ],
+                0,
+            )
         out = decoded(**{layout.DECODED_INPUT: frames})
-        return out[layout.OUT_LOGITS], out[layout.OUT_BEST_FRAME]
+
+        def per_event(x: Any) -> Any:
+            return tf.transpose(tf.reshape(x, [count, -1, *x.shape[1:]]), [1, 0, *range(2, x.shape.rank + 1)])
+
+        return per_event(out[layout.OUT_LOGITS]), per_event(out[layout.OUT_BEST_FRAME])
 
     chunks, frames, first = [], [], 0
     ds = layout.dataset(sorted(files), spec, batch_size)
     for batch in tqdm(ds, desc="teacher soft labels", unit="batch", leave=False, disable=None):
-        per_view = [label(batch[layout.FRAMES], tf.constant(first, tf.int64), tf.constant(v, tf.int64))
-                    for v in range(view_count(views))]  # fmt: skip
-        chunks.append(np.stack([logits.numpy() for logits, _ in per_view], axis=1).astype(np.float32))
-        frames.append(np.stack([picked.numpy() for _, picked in per_view], axis=1).astype(np.int32))
+        logits, picked = label(batch[layout.FRAMES], tf.constant(first, tf.int64))
+        chunks.append(logits.numpy().astype(np.float32))
+        frames.append(picked.numpy().astype(np.int32))
         first += len(chunks[-1])
     if not chunks:
         raise ValueError(f"no examples in {files}")
@@ -158,11 +170,13 @@ def distillation_dataset(
     records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
     indexed = tf.data.Dataset.zip((records, tf.data.Dataset.range(events)))
 
-    def parse(serialized: Any, index: Any) -> tuple[Any, Any, Any]:
+    def parse(serialized: Any, index: Any) -> tuple[Any, Any]:
         parsed = layout.parse_batch(serialized, spec)
         return parsed[layout.FRAMES], (parsed[layout.LABEL], parsed[layout.BEST_FRAME], index)
 
     def view(frames: Any, event: Any, seen: Any) -> tuple[Any, dict[str, Any]]:
+        """A batch of events as their views; ``seen``: each one's place in the stream, so its
+        pass is ``seen // events``."""
         label, known, index = event
         position = view_positions(index, (seen // events) % count, views)
         if views > 0:
@@ -171,22 +185,22 @@ def distillation_dataset(
         return frames, {layout.LABEL: label, TEACHER_LOGITS: tf.gather(logits_by_view, position),
                         layout.BEST_FRAME: best}  # fmt: skip
 
-    def viewed(stream: Any) -> Any:
-        # An element counter: the n-th event of the stream is in pass n // events.
-        stream = tf.data.Dataset.zip((stream, tf.data.Dataset.counter())).batch(batch_size)
-        return stream.map(lambda e, seen: view(*e, seen), num_parallel_calls=tf.data.AUTOTUNE)
+    def counted(stream: Any) -> Any:
+        """Each event with its place in the stream, batched."""
+        return tf.data.Dataset.zip((stream, tf.data.Dataset.counter())).batch(batch_size)
 
     if decoded_bytes(events, spec) <= cache_bytes:
         decoded = indexed.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
         if shuffle:
             decoded = decoded.shuffle(events, seed=seed, reshuffle_each_iteration=True).repeat()
-        return viewed(decoded).prefetch(tf.data.AUTOTUNE)
+        stream = counted(decoded).map(lambda e, seen: view(*e, seen), num_parallel_calls=tf.data.AUTOTUNE)
+        return stream.prefetch(tf.data.AUTOTUNE)
     if shuffle:
         # Repeated before batching: every batch is full, so the train step is traced once per
         # phase (a short last batch per epoch would retrace it, seconds each with TFMOT's wrappers).
         indexed = indexed.shuffle(min(events, 16384), seed=seed, reshuffle_each_iteration=True).repeat()
-    streamed = indexed.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    return viewed(streamed).prefetch(tf.data.AUTOTUNE)
+    stream = counted(indexed).map(lambda e, seen: view(*parse(*e), seen), num_parallel_calls=tf.data.AUTOTUNE)
+    return stream.prefetch(tf.data.AUTOTUNE)
 
 
 def decoded_bytes(events: int, spec: EventSpec) -> int:
