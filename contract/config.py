@@ -81,12 +81,13 @@ class TeacherConfig:
     # 1d is the cheaper one on CPUs (docs/benchmarks.md, "Why the defaults are what they are").
     fc_layout: str = "1d"
     # Training length follows the data: up to `epochs` over the train split (at least min_steps),
-    # stopping early once the eval loss has not improved for `patience` evals; the best weights
-    # are exported. The cap is what the demo's 2-core budget affords (docs/benchmarks.md,
+    # stopping early once the eval loss has not improved for `patience` evals in the second half
+    # of the decay (a checkpoint at a high rate is not annealed yet); the best weights are
+    # exported. The cap is what the demo's 2-core budget affords (docs/benchmarks.md,
     # "Quality, teacher length").
     epochs: float = 16.0
     min_steps: int = 200
-    patience: int = 4  # evals without a new best eval loss before stopping; 0 = run all epochs
+    patience: int = 4  # evals in the decay's second half without a new best eval loss; 0 = run all epochs
     steps: int = 0  # > 0: exactly this many steps (overrides epochs, min_steps and patience)
     global_batch_size: int = 32
     reference_batch_size: int = 32  # the batch size base_learning_rate is tuned for

@@ -82,8 +82,10 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         if "final_eval_accuracy" not in train:
             return ""
         resumed = f", resumed at step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
+        trained = train.get("steps_trained", train.get("steps"))
+        early = f" of {train.get('steps')}, stopped early" if train.get("stopped_early") else ""
         return (
-            f"eval accuracy {train['final_eval_accuracy']:.3f} after {train.get('steps')} steps "
+            f"eval accuracy {train['final_eval_accuracy']:.3f} after {trained} steps{early} "
             f"({train.get('strategy')}{resumed})"
         )
     if node in ("TeacherEvaluator", "StudentEvaluator"):

@@ -521,6 +521,11 @@ def training_section(rep: dict[str, Any]) -> str:
         best = teacher.get("best") or {}
         out += (
             f"<p>Teacher: {e(teacher.get('strategy'))}, {e(teacher.get('steps'))} steps"
+            + (
+                f" of {e(teacher.get('planned_steps'))} planned, stopped early"
+                if teacher.get("stopped_early")
+                else ""
+            )
             + (f", best eval loss at step {e(best.get('step'))}" if best else "")
             + f", final loss {e(_num(teacher.get('final_loss')))}.</p>"
         )

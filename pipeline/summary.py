@@ -39,7 +39,9 @@ def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
         "mesh": train.get("mesh"),
         "fc_layout": train.get("fc_layout"),
         "devices": train.get("devices"),
-        "steps": train.get("steps"),
+        "steps": train.get("steps_trained", train.get("steps")),
+        "planned_steps": train.get("steps"),
+        "stopped_early": train.get("stopped_early"),
         "epochs": train.get("epochs"),
         "best": train.get("best"),
         "params": (train.get("parameters") or {}).get("total"),
@@ -172,10 +174,15 @@ def _teacher_lines(rep: dict[str, Any]) -> list[str]:
     # already counts workers (clients).
     several = t.get("strategy") == "multiworker" or "clients" in (t.get("mesh") or {})
     where = "" if several else f" on {len(t.get('devices') or [])} devices"
-    best = f" ({t['epochs']:.1f} epochs, best eval loss at step {t['best']['step']})" if t.get("best") else ""
+    early = f" of {t.get('planned_steps')} planned, stopped early" if t.get("stopped_early") else ""
+    length = [f"{t['epochs']:.1f} epochs" if t.get("epochs") is not None else "",
+              f"best eval loss at step {t['best']['step']}" if t.get("best") else ""]  # fmt: skip
+    detail = ", ".join(x for x in length if x)
     return [
         f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
-        f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps{best}, "
+        f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps{early}"
+        + (f" ({detail})" if detail else "")
+        + ", "
         f"p50 {_fmt(p50_ms(t), '.2f')} ms/event"
     ]
 

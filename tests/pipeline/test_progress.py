@@ -88,3 +88,30 @@ def test_headlines_of_the_release_components():
     assert headline("EventPusher", pushed) == "pushed student v3, teacher v2, mobile v3"
     assert headline("EventPusher", _outputs(pushed_model={"pushed": 0})) == "nothing pushed"
     assert headline("SchemaGen", _outputs()) == ""
+
+
+def test_a_teacher_stopped_early_says_how_far_it_got_of_its_plan(tmp_path):
+    import json
+
+    from pipeline.summary import _teacher_lines
+
+    train = {"final_eval_accuracy": 0.974, "steps": 1061, "steps_trained": 630, "stopped_early": True,
+             "strategy": "hybrid", "epochs": 14.3, "best": {"step": 450}}  # fmt: skip
+    (tmp_path / "train_report.json").write_text(json.dumps(train))
+    run = outputs.NodeOutputs(state="COMPLETE", execution_id=1)
+    run.uris["model_run"] = [str(tmp_path)]
+    assert (
+        headline("TeacherTrainer", run)
+        == "eval accuracy 0.974 after 630 steps of 1061, stopped early (hybrid)"
+    )
+    full = dict(train, steps_trained=1061, stopped_early=False)
+    (tmp_path / "train_report.json").write_text(json.dumps(full))
+    assert headline("TeacherTrainer", run) == "eval accuracy 0.974 after 1061 steps (hybrid)"
+
+    teacher = {"strategy": "hybrid", "mesh": {"devices": 4}, "devices": ["d"] * 4, "steps": 630,
+               "planned_steps": 1061, "stopped_early": True, "epochs": 14.3,
+               "best": {"step": 450}}  # fmt: skip
+    [line] = _teacher_lines({"teacher": teacher})
+    assert "630 steps of 1061 planned, stopped early (14.3 epochs, best eval loss at step 450)" in line
+    [line] = _teacher_lines({"teacher": dict(teacher, stopped_early=False, epochs=None, best=None)})
+    assert "630 steps, p50" in line

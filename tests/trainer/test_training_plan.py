@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -42,16 +44,38 @@ def test_the_student_phases_follow_the_data_with_a_floor_for_small_sets():
 def test_patience_stops_once_the_eval_loss_stops_improving():
     from trainer.teacher.loop import patience_exhausted
 
-    cfg = TeacherConfig(patience=2, min_steps=20)
+    cfg = TeacherConfig(patience=2, min_steps=20, warmup_steps=0, decay_start=0.0)  # annealed from step 25
     evals = [{"step": 10 * i, "loss": loss} for i, loss in enumerate([1.0, 0.8, 0.7, 0.75, 0.71], start=1)]
-    assert patience_exhausted(cfg, evals, 50)  # two checks since the best (0.7 at step 30)
-    assert not patience_exhausted(cfg, evals[:4], 40)  # one check since the best
-    assert not patience_exhausted(cfg, evals[:4] + [{"step": 50, "loss": 0.69}], 50)  # a new best
-    assert not patience_exhausted(TeacherConfig(patience=2, min_steps=60), evals, 50)  # min_steps first
-    assert not patience_exhausted(TeacherConfig(patience=0, min_steps=20), evals, 50)  # 0: never stops early
-    assert not patience_exhausted(
-        TeacherConfig(patience=2, min_steps=20, steps=50), evals, 50
-    )  # fixed length
+    assert patience_exhausted(cfg, evals, 50, 50)  # two checks since the best (0.7 at step 30)
+    assert not patience_exhausted(cfg, evals[:4], 40, 50)  # one check since the best
+    assert not patience_exhausted(cfg, evals[:4] + [{"step": 50, "loss": 0.69}], 50, 50)  # a new best
+    assert not patience_exhausted(dataclasses.replace(cfg, min_steps=60), evals, 50, 50)  # min_steps first
+    assert not patience_exhausted(dataclasses.replace(cfg, patience=0), evals, 50, 50)  # 0: never stops early
+    assert not patience_exhausted(dataclasses.replace(cfg, steps=50), evals, 50, 50)  # fixed length
+
+
+def test_patience_counts_only_checks_in_the_second_half_of_the_decay():
+    """The digits teacher's eval loss was lowest at step 450 of 1,061, at the held rate; stopping
+    four checks later exported that unannealed checkpoint (0.974; 0.992 run to the end)."""
+    from trainer.teacher.loop import annealed_from, make_schedule, patience_exhausted
+
+    cfg = TeacherConfig(patience=4, min_steps=200, warmup_steps=30, decay_start=0.25)
+    steps = 1061
+    assert annealed_from(cfg, steps) == pytest.approx(265.25 + (1061 - 265.25) / 2)
+    schedule = make_schedule(cfg, steps)
+    peak = float(schedule(30))
+    # At the midpoint the cosine is half way from the peak to its floor.
+    half = peak * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) / 2)
+    assert float(schedule(int(annealed_from(cfg, steps)))) == pytest.approx(half, rel=1e-2)
+
+    losses = [0.52, 0.36, 0.24, 0.20, 0.19, 0.18, 0.139, 0.143, 0.178, 0.159, 0.162, 0.140, 0.144, 0.141,
+              0.142]  # fmt: skip
+    evals = [{"step": 45 * i, "loss": loss} for i, loss in enumerate(losses, start=4)]  # steps 180-810
+    upto = {e["step"]: evals[: i + 1] for i, e in enumerate(evals)}
+    assert not patience_exhausted(cfg, upto[630], 630, steps)  # 4 checks since 450, at a high rate
+    assert not patience_exhausted(cfg, upto[765], 765, steps)  # 630 is still before step 663
+    assert patience_exhausted(cfg, upto[810], 810, steps)  # 675, 720, 765 and 810: all annealing
+    assert not patience_exhausted(cfg, upto[765] + [{"step": 810, "loss": 0.1}], 810, steps)  # a new best
 
 
 def test_frame_loss_trains_attention_toward_the_known_best_frame_only():

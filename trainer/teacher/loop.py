@@ -1,12 +1,12 @@
 """The teacher's training loop, shared by every strategy.
 
 Training length follows the data: at most ``epochs`` over the train split (at least
-``min_steps``), stopped early once ``patience`` eval-loss checks in a row found no new best,
-unless ``steps`` fixes it. Large mini-batches follow Goyal et al. (2017): the learning rate
-scales linearly with the global batch (``base_learning_rate * global_batch_size /
-reference_batch_size``) and is reached by a gradual linear warm-up from the reference rate
-over ``warmup_steps``, held until ``decay_start`` of the steps, then a cosine decay takes it to
-``final_lr_fraction`` of the peak.
+``min_steps``), stopped early once ``patience`` eval-loss checks in a row, made in the second
+half of the learning-rate decay, found no new best, unless ``steps`` fixes it. Large
+mini-batches follow Goyal et al. (2017): the learning rate scales linearly with the global
+batch (``base_learning_rate * global_batch_size / reference_batch_size``) and is reached by a
+gradual linear warm-up from the reference rate over ``warmup_steps``, held until
+``decay_start`` of the steps, then a cosine decay takes it to ``final_lr_fraction`` of the peak.
 The eval loss is checked once per epoch (``eval_every``) and the weights with the lowest one
 are what gets exported and reported (the run keeps them in ``best_weights.npz``).
 
@@ -83,15 +83,30 @@ def total_steps(cfg: TeacherConfig, train_events: int) -> int:
     return max(cfg.min_steps, math.ceil(cfg.epochs * train_events / cfg.global_batch_size))
 
 
-def patience_exhausted(cfg: TeacherConfig, evals: list[dict[str, Any]], step: int) -> bool:
-    """True once ``patience`` eval checks in a row found no new lowest eval loss (past ``min_steps``).
+def patience_exhausted(cfg: TeacherConfig, evals: list[dict[str, Any]], step: int, steps: int) -> bool:
+    """True once ``patience`` eval checks in a row found no new lowest eval loss (past
+    ``min_steps``), all of them made in the second half of the decay (``annealed_from``).
 
-    A run of fixed length (``steps``) or with ``patience`` 0 never stops early.
+    Checks at a high learning rate do not count: the eval loss there is noisy and falls again as
+    the rate decays, so stopping on it would export an unannealed checkpoint. A run of fixed
+    length (``steps``) or with ``patience`` 0 never stops early.
     """
     if cfg.steps > 0 or cfg.patience <= 0 or step < cfg.min_steps or not evals:
         return False
     best = min(range(len(evals)), key=lambda i: (evals[i]["loss"], evals[i]["step"]))
-    return len(evals) - 1 - best >= cfg.patience
+    waited = evals[best + 1 :]
+    return len(waited) >= cfg.patience and waited[-cfg.patience]["step"] >= annealed_from(cfg, steps)
+
+
+def hold_until(warmup_steps: int, decay_start: float, steps: int) -> float:
+    """The step at which the cosine decay begins."""
+    return max(float(max(warmup_steps, 0)), decay_start * float(steps))
+
+
+def annealed_from(cfg: TeacherConfig, steps: int) -> float:
+    """The step half way through the decay, from which eval checks count towards patience."""
+    start = hold_until(cfg.warmup_steps, cfg.decay_start, steps)
+    return start + max(0.0, steps - start) / 2
 
 
 def steps_per_epoch(cfg: TeacherConfig, train_events: int) -> int:
@@ -120,9 +135,9 @@ def make_schedule(cfg: TeacherConfig, steps: int) -> Any:
                 rising = self.start + (self.peak - self.start) * tf.minimum(step / warmup, 1.0)
             else:
                 rising = tf.constant(self.peak, tf.float32)
-            hold_until = max(warmup, self.decay_start * float(self.total))
-            decay_steps = max(1.0, float(self.total) - hold_until)
-            progress = tf.clip_by_value((step - hold_until) / decay_steps, 0.0, 1.0)
+            decay_from = hold_until(self.warmup_steps, self.decay_start, self.total)
+            decay_steps = max(1.0, float(self.total) - decay_from)
+            progress = tf.clip_by_value((step - decay_from) / decay_steps, 0.0, 1.0)
             cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
             decayed = self.peak * (self.final_fraction + (1.0 - self.final_fraction) * cosine)
             return tf.where(step < warmup, rising, decayed)
@@ -462,7 +477,7 @@ def _loop(
     import tensorflow as tf
 
     cfg, runner, steps = run.cfg, run.runner, run.steps
-    if patience_exhausted(cfg, state.evals, state.start):  # a resumed run that had already stopped
+    if patience_exhausted(cfg, state.evals, state.start, steps):  # a resumed run that had already stopped
         state.stopped_early = state.start
     began = time.time()
     bar = tqdm(
@@ -495,7 +510,7 @@ def _loop(
             f"loss {loss:.4f}"
             + (f", eval loss {state.evals[-1]['loss']:.3f} (best @{best['step']})" if best else "")
         )
-        stop = patience_exhausted(cfg, state.evals, done)
+        stop = patience_exhausted(cfg, state.evals, done, steps)
         if done % max(1, cfg.checkpoint_every) == 0 or done == steps or stop:
             checkpoints.save(done, state)
         if stop:
