@@ -118,6 +118,7 @@ class TeacherConfig:
     # (cross-entropy on events whose best_frame is known).
     frame_loss_weight: float = 0.5
     norm: str = "group"  # conv-block normalisation: group (GroupNorm) | pixel (per-pixel layer norm)
+    norm_groups: int = 32  # GroupNorm's groups (Wu & He's default; fewer where channels do not divide)
     pool: str = "auto"  # per-frame pooling: auto (frame_pool()) | avg | max | avgmax (concatenated)
 
 
@@ -249,6 +250,8 @@ def check_teacher(cfg: TeacherConfig) -> None:
         problems.append(f"teacher.pool must be auto, {', '.join(POOLS)}; got {cfg.pool!r}")
     if cfg.norm not in TEACHER_NORMS:
         problems.append(f"teacher.norm must be {' or '.join(TEACHER_NORMS)}; got {cfg.norm!r}")
+    if cfg.norm_groups < 1:
+        problems.append(f"teacher.norm_groups must be >= 1; got {cfg.norm_groups}")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -274,7 +274,8 @@ def test_teacher_architecture_fields_are_checked_before_anything_runs():
 
     check_teacher(TeacherConfig())
     with pytest.raises(ConfigError) as e:
-        check_teacher(TeacherConfig(pool="median", norm="batch"))
+        check_teacher(TeacherConfig(pool="median", norm="batch", norm_groups=0))
     assert "teacher.pool must be auto, avg, max, avgmax; got 'median'" in str(e.value)
     assert "teacher.norm must be group or pixel; got 'batch'" in str(e.value)
+    assert "teacher.norm_groups must be >= 1; got 0" in str(e.value)
     assert main(["run", "--data", "/nonexistent", "--set", "teacher.pool=median"]) == 2  # before any workdir

@@ -172,6 +172,10 @@ def test_a_teacher_starts_from_the_backbone_trains_and_exports(pretrained):
     other.set("teacher.conv_filters", [4, 8])
     with pytest.raises(UserError, match="teacher.conv_filters"):
         load_backbone(build_teacher(SPEC, other.teacher), str(root / "backbone"), other.teacher)
+    other = Config()
+    other.set("teacher.norm_groups", 2 * cfg.teacher.norm_groups)  # the same weights, another function
+    with pytest.raises(UserError, match="norm_groups"):
+        load_backbone(build_teacher(SPEC, other.teacher), str(root / "backbone"), other.teacher)
 
 
 @pytest.mark.e2e

@@ -78,6 +78,27 @@ def test_patience_counts_only_checks_in_the_second_half_of_the_decay():
     assert not patience_exhausted(cfg, upto[765] + [{"step": 810, "loss": 0.1}], 810, steps)  # a new best
 
 
+def test_group_norm_normalises_each_group_of_each_frame_and_the_teacher_takes_its_count():
+    import tensorflow as tf
+
+    from trainer.models.teacher import GroupNorm, build_teacher
+
+    x = tf.random.stateless_normal([2, 5, 5, 64], seed=[1, 2]) * tf.range(1.0, 65.0) + tf.range(64.0)
+    layer = GroupNorm(groups=32)
+    y = layer(x).numpy().reshape(2, 25, 32, 2)  # gamma 1, beta 0: [events, pixels, groups, channels]
+    assert layer.group_count == 32
+    np.testing.assert_allclose(y.mean(axis=(1, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y.std(axis=(1, 3)), 1.0, atol=1e-3)
+    odd = GroupNorm(groups=32)
+    odd(tf.zeros([1, 2, 2, 24]))
+    assert odd.group_count == 24  # at most one group per channel
+
+    spec = EventSpec(classes=("a", "b"), frames=2, height=16, width=16, channels=1)
+    teacher = build_teacher(spec, TeacherConfig(conv_filters=[8, 16], fc_units=[8], norm_groups=4))
+    counts = {layer.name: layer.group_count for layer in teacher.layers if isinstance(layer, GroupNorm)}
+    assert counts and set(counts.values()) == {4}, counts
+
+
 def test_frame_loss_trains_attention_toward_the_known_best_frame_only():
     import tensorflow as tf
 

@@ -145,7 +145,7 @@ class GroupNorm(keras.layers.Layer):
     (docs/benchmarks.md, "Teacher training").
     """
 
-    def __init__(self, groups: int = 8, epsilon: float = 1e-5, **kwargs: Any) -> None:
+    def __init__(self, groups: int, epsilon: float = 1e-5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.groups, self.epsilon = groups, epsilon
 
@@ -217,7 +217,7 @@ def frame_embeddings(frames: Any, spec: EventSpec, cfg: TeacherConfig) -> Any:
 
     def norm(name: str) -> Any:
         if cfg.norm == "group":
-            return GroupNorm(name=name)
+            return GroupNorm(groups=cfg.norm_groups, name=name)
         if cfg.norm == "pixel":
             return LayerNorm(name=name)
         raise ValueError(f"teacher.norm must be group or pixel, got {cfg.norm!r}")

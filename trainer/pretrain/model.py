@@ -33,6 +33,7 @@ PROJ_OUT = "proj_out"
 PICK = "pick"
 BACKBONE_WEIGHTS = "backbone.npz"
 BACKBONE_INFO = "backbone.json"
+LEGACY_NORM_GROUPS = 8  # what a backbone.json written before teacher.norm_groups existed was built with
 
 
 class PickFrame(keras.layers.Layer):
@@ -108,8 +109,8 @@ def save_backbone(
     path = os.path.join(directory, BACKBONE_WEIGHTS)
     np.savez(path, **arrays)
     info = {"conv_filters": list(teacher.conv_filters), "norm": teacher.norm,
-            "input_shape": list(spec.input_shape), "layers": sorted({k.split("/")[0] for k in arrays}),
-            **extra}  # fmt: skip
+            "norm_groups": teacher.norm_groups, "input_shape": list(spec.input_shape),
+            "layers": sorted({k.split("/")[0] for k in arrays}), **extra}  # fmt: skip
     with open(os.path.join(directory, BACKBONE_INFO), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
     return path
@@ -134,10 +135,13 @@ def load_backbone(model: Any, path: str, teacher: TeacherConfig) -> list[str]:
     directory = backbone_dir(path)
     with open(os.path.join(directory, BACKBONE_INFO), encoding="utf-8") as f:
         info = json.load(f)
-    if info["conv_filters"] != list(teacher.conv_filters) or info["norm"] != teacher.norm:
+    theirs = (info["conv_filters"], info["norm"], info.get("norm_groups", LEGACY_NORM_GROUPS))
+    ours = (list(teacher.conv_filters), teacher.norm, teacher.norm_groups)
+    if theirs != ours:
         raise UserError(
-            f"the pre-trained backbone in {directory} has teacher.conv_filters={info['conv_filters']} and "
-            f"teacher.norm={info['norm']}, the teacher has {list(teacher.conv_filters)} and {teacher.norm}"
+            f"the pre-trained backbone in {directory} has teacher.conv_filters, teacher.norm and "
+            f"teacher.norm_groups {theirs[0]}, {theirs[1]} and {theirs[2]}; the teacher has "
+            f"{ours[0]}, {ours[1]} and {ours[2]}: pre-train again with the teacher's settings"
         )
     loaded = []
     with np.load(os.path.join(directory, BACKBONE_WEIGHTS)) as stored:

@@ -68,6 +68,8 @@ RESUME_KEYS = (
     "weight_decay",
     "label_smoothing",
     "frame_loss_weight",
+    "norm",
+    "norm_groups",
 )  # fmt: skip  (the length may change: a resumed run can be extended)
 
 
