@@ -269,7 +269,7 @@ def main() -> int:
                     cfg, data, run, export_dir=os.path.join(run, "model"), log=quiet, init_backbone=backbone
                 )
                 row[f"teacher_{init}"] = rep["final_eval_accuracy"]
-                row[f"teacher_{init}_steps"] = rep["steps"]
+                row[f"teacher_{init}_steps"] = rep["steps_trained"]
                 s = student(data, os.path.join(run, "model"), os.path.join(data, f"student-{init}"), cfg)
                 row[f"student_{init}_teacher"] = s["distilled"]
                 row["student_hard_labels"] = s[

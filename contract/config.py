@@ -118,7 +118,7 @@ class TeacherConfig:
     # (cross-entropy on events whose best_frame is known).
     frame_loss_weight: float = 0.5
     norm: str = "group"  # conv-block normalisation: group (GroupNorm) | pixel (per-pixel layer norm)
-    norm_groups: int = 32  # GroupNorm's groups (Wu & He's default; fewer where channels do not divide)
+    norm_groups: int = 32  # GroupNorm's groups (Wu & He's); at most one per channel, fewer if C % G
     pool: str = "auto"  # per-frame pooling: auto (frame_pool()) | avg | max | avgmax (concatenated)
 
 

@@ -26,6 +26,7 @@ from components.gates.accuracy import overall_accuracy
 from contract import files
 from pipeline import outputs
 from pipeline.summary import load_json
+from trainer.teacher.length import steps_text
 
 ANNOUNCED = re.compile(r"^(?:Component|node) (\S+) is (running|finished)\.$")
 
@@ -82,12 +83,10 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         if "final_eval_accuracy" not in train:
             return ""
         resumed = f", resumed at step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
-        trained = train.get("steps_trained", train.get("steps"))
-        early = f" of {train.get('steps')}, stopped early" if train.get("stopped_early") else ""
-        return (
-            f"eval accuracy {train['final_eval_accuracy']:.3f} after {trained} steps{early} "
-            f"({train.get('strategy')}{resumed})"
-        )
+        length = steps_text(train.get("steps_trained", train.get("steps")), train.get("steps"),
+                            train.get("stopped_early"))  # fmt: skip
+        accuracy = train["final_eval_accuracy"]
+        return f"eval accuracy {accuracy:.3f} after {length} ({train.get('strategy')}{resumed})"
     if node in ("TeacherEvaluator", "StudentEvaluator"):
         return ", ".join(x for x in (_accuracy(out), _verdict(out)) if x)
     if node == "Distiller":

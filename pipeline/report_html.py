@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.summary import best_frame_line, p50_ms
+from trainer.teacher.length import steps_text
 
 HTML_FILE = "report.html"
 QUARANTINE_EXAMPLES = 6  # quarantined events shown, spread over the reasons
@@ -520,12 +521,8 @@ def training_section(rep: dict[str, Any]) -> str:
     if teacher.get("steps"):
         best = teacher.get("best") or {}
         out += (
-            f"<p>Teacher: {e(teacher.get('strategy'))}, {e(teacher.get('steps'))} steps"
-            + (
-                f" of {e(teacher.get('planned_steps'))} planned, stopped early"
-                if teacher.get("stopped_early")
-                else ""
-            )
+            f"<p>Teacher: {e(teacher.get('strategy'))}, "
+            + e(steps_text(teacher.get("steps"), teacher.get("planned_steps"), teacher.get("stopped_early")))
             + (f", best eval loss at step {e(best.get('step'))}" if best else "")
             + f", final loss {e(_num(teacher.get('final_loss')))}.</p>"
         )

@@ -12,6 +12,7 @@ from typing import Any
 from components.gates.accuracy import overall_accuracy
 from contract import files
 from contract.config import Config
+from trainer.teacher.length import steps_text
 
 
 def load_json(path: str) -> dict[str, Any] | None:
@@ -174,16 +175,14 @@ def _teacher_lines(rep: dict[str, Any]) -> list[str]:
     # already counts workers (clients).
     several = t.get("strategy") == "multiworker" or "clients" in (t.get("mesh") or {})
     where = "" if several else f" on {len(t.get('devices') or [])} devices"
-    early = f" of {t.get('planned_steps')} planned, stopped early" if t.get("stopped_early") else ""
-    length = [f"{t['epochs']:.1f} epochs" if t.get("epochs") is not None else "",
+    length = steps_text(t.get("steps"), t.get("planned_steps"), t.get("stopped_early"))
+    detail = [f"{t['epochs']:.1f} epochs" if t.get("epochs") is not None else "",
               f"best eval loss at step {t['best']['step']}" if t.get("best") else ""]  # fmt: skip
-    detail = ", ".join(x for x in length if x)
+    if any(detail):
+        length += f" ({', '.join(x for x in detail if x)})"
     return [
         f"teacher    accuracy {_fmt(t.get('accuracy'))}, {t.get('params') or 0:,} params, "
-        f"{t.get('strategy')} ({mesh}){where}, {t.get('steps')} steps{early}"
-        + (f" ({detail})" if detail else "")
-        + ", "
-        f"p50 {_fmt(p50_ms(t), '.2f')} ms/event"
+        f"{t.get('strategy')} ({mesh}){where}, {length}, p50 {_fmt(p50_ms(t), '.2f')} ms/event"
     ]
 
 

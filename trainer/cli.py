@@ -16,6 +16,7 @@ from typing import Any
 from contract import files
 from contract.config import PRETRAIN_STRATEGIES, STRATEGIES, TeacherConfig, add_config_flags, load_config
 from contract.errors import UserError
+from trainer.teacher.length import steps_text
 
 
 def _command(subparsers: Any, name: str, help: str, description: str, splits: str, workdir_help: str) -> Any:
@@ -220,7 +221,10 @@ def summary_line(report: dict[str, Any]) -> str:
     losses = report["losses"]
     speed = report["timing"]["examples_per_second"]
     resumed = f", resumed at step {report['resumed_from_step']}" if report.get("resumed_from_step") else ""
-    parts = [f"teacher {report['strategy']}{layout} ({mesh}): {report['steps']} steps{resumed}"]
+    length = steps_text(
+        report.get("steps_trained", report["steps"]), report["steps"], report.get("stopped_early")
+    )
+    parts = [f"teacher {report['strategy']}{layout} ({mesh}): {length}{resumed}"]
     if losses:
         parts.append(f"final loss {losses[-1]:.4f}")
     parts.append(f"eval accuracy {report['eval']['accuracy']:.3f} on {report['eval']['events']} events")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 import pytest
@@ -91,27 +92,30 @@ def test_headlines_of_the_release_components():
 
 
 def test_a_teacher_stopped_early_says_how_far_it_got_of_its_plan(tmp_path):
-    import json
-
-    from pipeline.summary import _teacher_lines
+    from pipeline import report_html
+    from pipeline.summary import _teacher_lines, teacher_section
 
     train = {"final_eval_accuracy": 0.974, "steps": 1061, "steps_trained": 630, "stopped_early": True,
-             "strategy": "hybrid", "epochs": 14.3, "best": {"step": 450}}  # fmt: skip
+             "strategy": "hybrid", "mesh": {"devices": 4}, "devices": ["d"] * 4, "epochs": 14.3,
+             "best": {"step": 450}, "losses": [0.5]}  # fmt: skip
     (tmp_path / "train_report.json").write_text(json.dumps(train))
-    run = outputs.NodeOutputs(state="COMPLETE", execution_id=1)
-    run.uris["model_run"] = [str(tmp_path)]
+    found = {"TeacherTrainer": outputs.NodeOutputs(state="COMPLETE", execution_id=1)}
+    found["TeacherTrainer"].uris.update(model_run=[str(tmp_path)], model=[str(tmp_path / "model")])
+    run = found["TeacherTrainer"]
     assert (
         headline("TeacherTrainer", run)
-        == "eval accuracy 0.974 after 630 steps of 1061, stopped early (hybrid)"
+        == "eval accuracy 0.974 after 630 steps of 1061 planned, stopped early (hybrid)"
     )
-    full = dict(train, steps_trained=1061, stopped_early=False)
-    (tmp_path / "train_report.json").write_text(json.dumps(full))
-    assert headline("TeacherTrainer", run) == "eval accuracy 0.974 after 1061 steps (hybrid)"
 
-    teacher = {"strategy": "hybrid", "mesh": {"devices": 4}, "devices": ["d"] * 4, "steps": 630,
-               "planned_steps": 1061, "stopped_early": True, "epochs": 14.3,
-               "best": {"step": 450}}  # fmt: skip
+    teacher = teacher_section(found)
     [line] = _teacher_lines({"teacher": teacher})
     assert "630 steps of 1061 planned, stopped early (14.3 epochs, best eval loss at step 450)" in line
-    [line] = _teacher_lines({"teacher": dict(teacher, stopped_early=False, epochs=None, best=None)})
-    assert "630 steps, p50" in line
+    page = report_html.training_section({"teacher": dict(teacher, plots={"training_curve": "missing.png"})})
+    assert "hybrid, 630 steps of 1061 planned, stopped early, best eval loss at step 450" in page
+
+    (tmp_path / "train_report.json").write_text(
+        json.dumps(dict(train, steps_trained=1061, stopped_early=False))
+    )
+    assert headline("TeacherTrainer", run) == "eval accuracy 0.974 after 1061 steps (hybrid)"
+    [line] = _teacher_lines({"teacher": dict(teacher_section(found), epochs=None, best=None)})
+    assert "on 4 devices, 1061 steps, p50" in line

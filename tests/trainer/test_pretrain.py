@@ -246,3 +246,21 @@ def test_pipeline_with_pretrain_records_the_pretrainer_and_its_lineage_to_the_te
     inputs = store.get_events_by_execution_ids([found["TeacherTrainer"].execution_id])
     assert any(e.artifact_id == model.id and e.path.steps[0].key == "base_model" for e in inputs)
     assert layout.TRAIN in pre["events"]
+
+
+@pytest.mark.unit
+def test_a_backbone_saved_before_norm_groups_existed_loads_only_into_an_eight_group_teacher(tmp_path):
+    from contract.config import TeacherConfig
+    from trainer.models.teacher import build_teacher
+    from trainer.pretrain.model import BACKBONE_INFO, load_backbone, save_backbone
+
+    old = TeacherConfig(conv_filters=[8, 16], fc_units=[8], norm_groups=8)
+    save_backbone(build_teacher(SPEC, old), str(tmp_path), SPEC, old, {})
+    info_path = tmp_path / BACKBONE_INFO
+    info = json.loads(info_path.read_text())
+    del info["norm_groups"]  # as written before the field existed
+    info_path.write_text(json.dumps(info))
+    assert load_backbone(build_teacher(SPEC, old), str(tmp_path), old)
+    new = TeacherConfig(conv_filters=[8, 16], fc_units=[8], norm_groups=32)
+    with pytest.raises(UserError, match="norm_groups"):
+        load_backbone(build_teacher(SPEC, new), str(tmp_path), new)

@@ -42,22 +42,24 @@ def test_the_student_phases_follow_the_data_with_a_floor_for_small_sets():
 
 
 def test_patience_stops_once_the_eval_loss_stops_improving():
-    from trainer.teacher.loop import patience_exhausted
+    from trainer.teacher.length import patience_exhausted
 
-    cfg = TeacherConfig(patience=2, min_steps=20, warmup_steps=0, decay_start=0.0)  # annealed from step 25
+    cfg = TeacherConfig(patience=2, min_steps=20, warmup_steps=0, decay_start=0.0)  # annealed from step 30
     evals = [{"step": 10 * i, "loss": loss} for i, loss in enumerate([1.0, 0.8, 0.7, 0.75, 0.71], start=1)]
-    assert patience_exhausted(cfg, evals, 50, 50)  # two checks since the best (0.7 at step 30)
-    assert not patience_exhausted(cfg, evals[:4], 40, 50)  # one check since the best
-    assert not patience_exhausted(cfg, evals[:4] + [{"step": 50, "loss": 0.69}], 50, 50)  # a new best
-    assert not patience_exhausted(dataclasses.replace(cfg, min_steps=60), evals, 50, 50)  # min_steps first
-    assert not patience_exhausted(dataclasses.replace(cfg, patience=0), evals, 50, 50)  # 0: never stops early
-    assert not patience_exhausted(dataclasses.replace(cfg, steps=50), evals, 50, 50)  # fixed length
+    assert patience_exhausted(cfg, evals, 50, 60)  # two checks since the best (0.7 at step 30)
+    assert not patience_exhausted(cfg, evals[:4], 40, 60)  # one check since the best
+    assert not patience_exhausted(cfg, evals[:4] + [{"step": 50, "loss": 0.69}], 50, 60)  # a new best
+    assert not patience_exhausted(dataclasses.replace(cfg, min_steps=60), evals, 50, 60)  # min_steps first
+    assert not patience_exhausted(dataclasses.replace(cfg, patience=0), evals, 50, 60)  # 0: never stops early
+    assert not patience_exhausted(dataclasses.replace(cfg, steps=60), evals, 50, 60)  # fixed length
+    assert not patience_exhausted(cfg, evals, 50, 50)  # at its planned end a run has not stopped early
 
 
 def test_patience_counts_only_checks_in_the_second_half_of_the_decay():
-    """The digits teacher's eval loss was lowest at step 450 of 1,061, at the held rate; stopping
-    four checks later exported that unannealed checkpoint (0.974; 0.992 run to the end)."""
-    from trainer.teacher.loop import annealed_from, make_schedule, patience_exhausted
+    """The 24-epoch digits teacher's trajectory (docs/benchmarks.md, "Teacher: patience while
+    annealing"): its lowest eval loss came at the held rate, and only annealing checks may end it."""
+    from trainer.teacher.length import annealed_from, patience_exhausted
+    from trainer.teacher.loop import make_schedule
 
     cfg = TeacherConfig(patience=4, min_steps=200, warmup_steps=30, decay_start=0.25)
     steps = 1061
@@ -67,6 +69,9 @@ def test_patience_counts_only_checks_in_the_second_half_of_the_decay():
     # At the midpoint the cosine is half way from the peak to its floor.
     half = peak * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) / 2)
     assert float(schedule(int(annealed_from(cfg, steps)))) == pytest.approx(half, rel=1e-2)
+    # A warm-up longer than decay_start of the run moves the decay, and the midpoint, with it.
+    assert annealed_from(TeacherConfig(warmup_steps=150, decay_start=0.25), 200) == 175
+    assert annealed_from(TeacherConfig(warmup_steps=300), 200) == 300  # past the end: never stops early
 
     losses = [0.52, 0.36, 0.24, 0.20, 0.19, 0.18, 0.139, 0.143, 0.178, 0.159, 0.162, 0.140, 0.144, 0.141,
               0.142]  # fmt: skip
@@ -76,6 +81,18 @@ def test_patience_counts_only_checks_in_the_second_half_of_the_decay():
     assert not patience_exhausted(cfg, upto[765], 765, steps)  # 630 is still before step 663
     assert patience_exhausted(cfg, upto[810], 810, steps)  # 675, 720, 765 and 810: all annealing
     assert not patience_exhausted(cfg, upto[765] + [{"step": 810, "loss": 0.1}], 810, steps)  # a new best
+    at_midpoint = dataclasses.replace(cfg, decay_start=(675 - (1061 - 675)) / 1061)  # annealed from 675
+    assert annealed_from(at_midpoint, steps) == pytest.approx(675)
+    assert patience_exhausted(at_midpoint, upto[810], 810, steps)  # a check at the midpoint counts
+
+
+def test_a_checkpoint_from_before_a_resume_key_existed_resumes_with_that_keys_old_value():
+    from trainer.teacher.loop import RESUME_KEYS, _changed_fields
+
+    legacy = {k: getattr(TeacherConfig(), k) for k in RESUME_KEYS if k not in ("norm", "norm_groups", "pool")}
+    assert _changed_fields(legacy, TeacherConfig(norm_groups=8)) == []
+    assert _changed_fields(legacy, TeacherConfig(norm_groups=32)) == ["norm_groups"]
+    assert _changed_fields({**legacy, "seed": 5}, TeacherConfig(norm_groups=8)) == ["seed"]
 
 
 def test_group_norm_normalises_each_group_of_each_frame_and_the_teacher_takes_its_count():

@@ -9,7 +9,8 @@ hybrid strategy (``proj_*`` kernels sharded like the teacher's ``fc_*``).
 
 The backbone leaves the Pretrainer as ``backbone.npz`` (every weight of every ``conv*`` layer,
 keyed ``<layer>/<index>``) plus ``backbone.json`` (the architecture it fits): a teacher built
-with the same ``teacher.conv_filters`` and ``teacher.norm`` loads it by layer name.
+with the same ``teacher.conv_filters``, ``teacher.norm`` and ``teacher.norm_groups`` loads it by
+layer name.
 """
 
 from __future__ import annotations

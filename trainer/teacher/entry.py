@@ -29,6 +29,7 @@ from typing import Any
 from contract import files, layout
 from contract.config import config_from_custom_config
 from trainer.parallel import launch
+from trainer.teacher.length import steps_text
 from trainer.teacher.loop import STATE
 
 RESUME_KEY_FILE = "resume_key.json"  # what a later run must match to adopt this run's checkpoints
@@ -96,4 +97,5 @@ def run_fn(fn_args: Any) -> None:
         progress=sys.stderr.isatty(),
         init_backbone=backbone,
     )
-    logger.info("teacher: eval accuracy %.3f after %d steps", report["final_eval_accuracy"], report["steps"])
+    length = steps_text(report["steps_trained"], report["steps"], report["stopped_early"])
+    logger.info("teacher: eval accuracy %.3f after %s", report["final_eval_accuracy"], length)

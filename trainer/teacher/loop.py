@@ -41,6 +41,7 @@ from contract.errors import UserError
 from contract.layout import EventSpec
 from trainer import data as train_data
 from trainer.parallel import devices
+from trainer.teacher.length import hold_until, patience_exhausted
 
 STATE = "train_state.json"
 CURVE = "training_curve.png"
@@ -70,6 +71,7 @@ RESUME_KEYS = (
     "frame_loss_weight",
     "norm",
     "norm_groups",
+    "pool",
 )  # fmt: skip  (the length may change: a resumed run can be extended)
 
 
@@ -83,32 +85,6 @@ def total_steps(cfg: TeacherConfig, train_events: int) -> int:
     if cfg.steps > 0:
         return cfg.steps
     return max(cfg.min_steps, math.ceil(cfg.epochs * train_events / cfg.global_batch_size))
-
-
-def patience_exhausted(cfg: TeacherConfig, evals: list[dict[str, Any]], step: int, steps: int) -> bool:
-    """True once ``patience`` eval checks in a row found no new lowest eval loss (past
-    ``min_steps``), all of them made in the second half of the decay (``annealed_from``).
-
-    Checks at a high learning rate do not count: the eval loss there is noisy and falls again as
-    the rate decays, so stopping on it would export an unannealed checkpoint. A run of fixed
-    length (``steps``) or with ``patience`` 0 never stops early.
-    """
-    if cfg.steps > 0 or cfg.patience <= 0 or step < cfg.min_steps or not evals:
-        return False
-    best = min(range(len(evals)), key=lambda i: (evals[i]["loss"], evals[i]["step"]))
-    waited = evals[best + 1 :]
-    return len(waited) >= cfg.patience and waited[-cfg.patience]["step"] >= annealed_from(cfg, steps)
-
-
-def hold_until(warmup_steps: int, decay_start: float, steps: int) -> float:
-    """The step at which the cosine decay begins."""
-    return max(float(max(warmup_steps, 0)), decay_start * float(steps))
-
-
-def annealed_from(cfg: TeacherConfig, steps: int) -> float:
-    """The step half way through the decay, from which eval checks count towards patience."""
-    start = hold_until(cfg.warmup_steps, cfg.decay_start, steps)
-    return start + max(0.0, steps - start) / 2
 
 
 def steps_per_epoch(cfg: TeacherConfig, train_events: int) -> int:
@@ -205,8 +181,17 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
+# What a checkpoint written before a resume key existed was trained with.
+LEGACY_RESUME_FIELDS = {"norm": "group", "norm_groups": 8, "pool": "auto"}
+
+
 def _resume_fields(cfg: TeacherConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in RESUME_KEYS}
+
+
+def _changed_fields(saved: dict[str, Any], cfg: TeacherConfig) -> list[str]:
+    """The resume keys whose saved value differs from ``cfg``'s (legacy defaults for absent ones)."""
+    return sorted(k for k in RESUME_KEYS if saved.get(k, LEGACY_RESUME_FIELDS.get(k)) != getattr(cfg, k))
 
 
 @dataclasses.dataclass
@@ -388,8 +373,8 @@ class _Checkpoints:
         if latest:
             state_path = os.path.join(run.workdir, STATE)
             saved = _read_json(state_path) if os.path.exists(state_path) else {}
-            if saved.get("config") and saved["config"] != _resume_fields(cfg):
-                changed = sorted(k for k in RESUME_KEYS if saved["config"].get(k) != getattr(cfg, k))
+            changed = _changed_fields(saved["config"], cfg) if saved.get("config") else []
+            if changed:
                 raise UserError(
                     f"{run.workdir} holds a checkpoint of a run with different {', '.join(changed)}; "
                     "use a fresh --workdir or the same settings"
