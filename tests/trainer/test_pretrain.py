@@ -26,6 +26,9 @@ def tiny_config(strategy: str = "single") -> Config:
         "teacher.strategy": strategy, "teacher.conv_filters": [8, 16], "teacher.fc_units": [32, 32],
         "teacher.stem_stride": 1, "teacher.logical_devices": 2, "teacher.mesh": "batch=1,model=2",
         "teacher.global_batch_size": 16,
+        # 8 and 16 channels: 32 groups would be one channel each, under which this 40-step
+        # pretext task barely moves (docs/benchmarks.md, "Teacher: patience while annealing").
+        "teacher.norm_groups": 8,
         "pretrain.steps": 40, "pretrain.batch": 16, "pretrain.projection_units": [32, 16],
     }.items():  # fmt: skip
         cfg.set(key, value)
