@@ -83,10 +83,8 @@ def headline(node: str, out: outputs.NodeOutputs) -> str:
         if "final_eval_accuracy" not in train:
             return ""
         resumed = f", resumed at step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
-        length = steps_text(train.get("steps_trained", train.get("steps")), train.get("steps"),
-                            train.get("stopped_early"))  # fmt: skip
         accuracy = train["final_eval_accuracy"]
-        return f"eval accuracy {accuracy:.3f} after {length} ({train.get('strategy')}{resumed})"
+        return f"eval accuracy {accuracy:.3f} after {steps_text(train)} ({train.get('strategy')}{resumed})"
     if node in ("TeacherEvaluator", "StudentEvaluator"):
         return ", ".join(x for x in (_accuracy(out), _verdict(out)) if x)
     if node == "Distiller":

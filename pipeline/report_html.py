@@ -21,7 +21,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.summary import best_frame_line, p50_ms
-from trainer.teacher.length import steps_text
 
 HTML_FILE = "report.html"
 QUARANTINE_EXAMPLES = 6  # quarantined events shown, spread over the reasons
@@ -522,7 +521,7 @@ def training_section(rep: dict[str, Any]) -> str:
         best = teacher.get("best") or {}
         out += (
             f"<p>Teacher: {e(teacher.get('strategy'))}, "
-            + e(steps_text(teacher.get("steps"), teacher.get("planned_steps"), teacher.get("stopped_early")))
+            + e(teacher.get("length") or f"{teacher.get('steps')} steps")
             + (f", best eval loss at step {e(best.get('step'))}" if best else "")
             + f", final loss {e(_num(teacher.get('final_loss')))}.</p>"
         )

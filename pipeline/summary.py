@@ -43,6 +43,7 @@ def teacher_section(found: dict[str, Any]) -> dict[str, Any] | None:
         "steps": train.get("steps_trained", train.get("steps")),
         "planned_steps": train.get("steps"),
         "stopped_early": train.get("stopped_early"),
+        "length": steps_text(train),
         "epochs": train.get("epochs"),
         "best": train.get("best"),
         "params": (train.get("parameters") or {}).get("total"),
@@ -175,7 +176,7 @@ def _teacher_lines(rep: dict[str, Any]) -> list[str]:
     # already counts workers (clients).
     several = t.get("strategy") == "multiworker" or "clients" in (t.get("mesh") or {})
     where = "" if several else f" on {len(t.get('devices') or [])} devices"
-    length = steps_text(t.get("steps"), t.get("planned_steps"), t.get("stopped_early"))
+    length = t.get("length") or f"{t.get('steps')} steps"
     detail = [f"{t['epochs']:.1f} epochs" if t.get("epochs") is not None else "",
               f"best eval loss at step {t['best']['step']}" if t.get("best") else ""]  # fmt: skip
     if any(detail):

@@ -221,10 +221,7 @@ def summary_line(report: dict[str, Any]) -> str:
     losses = report["losses"]
     speed = report["timing"]["examples_per_second"]
     resumed = f", resumed at step {report['resumed_from_step']}" if report.get("resumed_from_step") else ""
-    length = steps_text(
-        report.get("steps_trained", report["steps"]), report["steps"], report.get("stopped_early")
-    )
-    parts = [f"teacher {report['strategy']}{layout} ({mesh}): {length}{resumed}"]
+    parts = [f"teacher {report['strategy']}{layout} ({mesh}): {steps_text(report)}{resumed}"]
     if losses:
         parts.append(f"final loss {losses[-1]:.4f}")
     parts.append(f"eval accuracy {report['eval']['accuracy']:.3f} on {report['eval']['events']} events")

@@ -97,5 +97,4 @@ def run_fn(fn_args: Any) -> None:
         progress=sys.stderr.isatty(),
         init_backbone=backbone,
     )
-    length = steps_text(report["steps_trained"], report["steps"], report["stopped_early"])
-    logger.info("teacher: eval accuracy %.3f after %s", report["final_eval_accuracy"], length)
+    logger.info("teacher: eval accuracy %.3f after %s", report["final_eval_accuracy"], steps_text(report))

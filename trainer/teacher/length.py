@@ -24,11 +24,13 @@ def patience_exhausted(cfg: TeacherConfig, evals: list[dict[str, Any]], step: in
     return len(waited) >= cfg.patience and waited[-cfg.patience]["step"] >= annealed_from(cfg, planned)
 
 
-def steps_text(trained: int | None, planned: int | None, stopped_early: bool | None) -> str:
-    """'630 steps of 1061 planned, stopped early', or '1061 steps': every report's wording."""
-    if stopped_early:
-        return f"{trained} steps of {planned} planned, stopped early"
-    return f"{trained if trained is not None else planned} steps"
+def steps_text(train_report: dict[str, Any]) -> str:
+    """A train report's length as every report words it: '630 steps of 1061 planned, stopped
+    early', or '1061 steps'."""
+    trained = train_report.get("steps_trained", train_report.get("steps"))
+    if train_report.get("stopped_early"):
+        return f"{trained} steps of {train_report.get('steps')} planned, stopped early"
+    return f"{trained} steps"
 
 
 def hold_until(warmup_steps: int, decay_start: float, steps: int) -> float:
