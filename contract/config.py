@@ -118,7 +118,10 @@ class TeacherConfig:
     # (cross-entropy on events whose best_frame is known).
     frame_loss_weight: float = 0.5
     norm: str = "group"  # conv-block normalisation: group (GroupNorm) | pixel (per-pixel layer norm)
-    norm_groups: int = 32  # GroupNorm's groups (Wu & He's); at most one per channel, fewer if C % G
+    # GroupNorm's groups (Wu & He's); at most one per channel, fewer if C % G. With 8 the random
+    # backbone gave every frame nearly one embedding: slow teachers, a pretext stuck at chance
+    # (docs/benchmarks.md, "Label efficiency", 2026-12-05).
+    norm_groups: int = 32
     pool: str = "auto"  # per-frame pooling: auto (frame_pool()) | avg | max | avgmax (concatenated)
 
 

@@ -27,7 +27,8 @@ def tiny_config(strategy: str = "single") -> Config:
         "teacher.stem_stride": 1, "teacher.logical_devices": 2, "teacher.mesh": "batch=1,model=2",
         "teacher.global_batch_size": 16,
         # 8 and 16 channels: 32 groups would be one channel each, under which this 40-step
-        # pretext task barely moves (docs/benchmarks.md, "Teacher: patience while annealing").
+        # pretext task barely moves (docs/benchmarks.md, "Teacher: patience while annealing");
+        # the production widths need 32 (test_the_pretext_learns_at_the_production_teacher_widths).
         "teacher.norm_groups": 8,
         "pretrain.steps": 40, "pretrain.batch": 16, "pretrain.projection_units": [32, 16],
     }.items():  # fmt: skip
@@ -148,6 +149,30 @@ def test_pretext_loss_falls_and_the_backbone_moves(pretrained):
     assert os.path.exists(report["plots"]["pretrain_curve"])
     with np.load(report["backbone"]) as stored:
         assert "conv_stem/0" in stored.files and not any(k.startswith("proj") for k in stored.files)
+
+
+@pytest.mark.e2e
+def test_the_pretext_learns_at_the_production_teacher_widths(tmp_path):
+    """The default teacher's backbone (every conv width and norm as shipped) leaves chance.
+
+    With 8 norm groups it did not: every event got nearly the same embedding from the start and
+    the loss sat at chance for all 800 steps of `make bench-labels` (docs/benchmarks.md, "Label
+    efficiency", 2026-12-05); on these events, too, for all 80 steps.
+    """
+    from trainer.parallel import launch
+
+    spec = EventSpec(fx.CLASSES, frames=2, height=32, width=32, channels=3)
+    examples = fx.write_examples(
+        str(tmp_path / "examples"), spec, {"train": 32, "eval": 24, "unlabelled": 64}, devices=3
+    )
+    cfg = Config()
+    for key, value in {"teacher.strategy": "single", "pretrain.steps": 80, "pretrain.batch": 16}.items():
+        cfg.set(key, value)
+    report = launch.pretrain(
+        cfg, examples, str(tmp_path / "run"), export_dir=str(tmp_path / "backbone"), log=lambda line: None
+    )
+    late = float(np.mean(report["losses"][-10:]))
+    assert late < report["chance_loss"] - 0.2, (report["chance_loss"], report["losses"])
 
 
 @pytest.mark.e2e
