@@ -16,7 +16,7 @@ Target (issue 15): at 10% labels the pre-trained teacher's student reaches >= 90
                                                       # on 2 cores (not run; 10 pre-training epochs
                                                       # alone ~29 min at 0.60 s per step)
     .venv/bin/python benchmarks/bench_labels.py --events 3000 --unlabelled-fraction 0.6 --fractions 0.1,1 \
-        --teacher-steps 200 --pretrain-steps 800        # 26-31 min on 2 cores (docs/benchmarks.md)
+        --teacher-steps 200 --pretrain-steps 800        # 20-31 min on 2 cores (docs/benchmarks.md)
 """
 
 from __future__ import annotations

@@ -118,9 +118,9 @@ class TeacherConfig:
     # (cross-entropy on events whose best_frame is known).
     frame_loss_weight: float = 0.5
     norm: str = "group"  # conv-block normalisation: group (GroupNorm) | pixel (per-pixel layer norm)
-    # GroupNorm's groups (Wu & He's); at most one per channel, fewer if C % G. With 8 the random
-    # backbone gave every frame nearly one embedding: slow teachers, a pretext stuck at chance
-    # (docs/benchmarks.md, "Label efficiency", 2026-12-05).
+    # GroupNorm's groups (Wu & He's); at most one per channel, fewer if C % G. Fewer groups leave a
+    # random backbone's frame embeddings alike: at these widths the teacher learns slowly and the
+    # Pretrainer's pretext stays at chance (docs/benchmarks.md, "Why the defaults are what they are").
     norm_groups: int = 32
     pool: str = "auto"  # per-frame pooling: auto (frame_pool()) | avg | max | avgmax (concatenated)
 
