@@ -521,7 +521,7 @@ def training_section(rep: dict[str, Any]) -> str:
         best = teacher.get("best") or {}
         out += (
             f"<p>Teacher: {e(teacher.get('strategy'))}, "
-            + e(teacher.get("length") or f"{teacher.get('steps')} steps")
+            + e(teacher["length"])
             + (f", best eval loss at step {e(best.get('step'))}" if best else "")
             + f", final loss {e(_num(teacher.get('final_loss')))}.</p>"
         )

@@ -176,7 +176,7 @@ def _teacher_lines(rep: dict[str, Any]) -> list[str]:
     # already counts workers (clients).
     several = t.get("strategy") == "multiworker" or "clients" in (t.get("mesh") or {})
     where = "" if several else f" on {len(t.get('devices') or [])} devices"
-    length = t.get("length") or f"{t.get('steps')} steps"
+    length = t["length"]  # teacher_section words it once
     detail = [f"{t['epochs']:.1f} epochs" if t.get("epochs") is not None else "",
               f"best eval loss at step {t['best']['step']}" if t.get("best") else ""]  # fmt: skip
     if any(detail):
